@@ -1,0 +1,56 @@
+# The commands people type. CI runs `make check` and `make test` too.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install run test test-fast check lint format typecheck bench mosquitto clean
+
+help:
+	@echo "make run        start broker + controller + cloud agent (edgeplane up)"
+	@echo "make test       the whole test suite against a private mosquitto"
+	@echo "make check      ruff (lint + format) and mypy --strict"
+	@echo "make bench      the benchmarks under bench/ (prints numbers and ratios)"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Tests need a mosquitto binary; install Debian's package when it is missing.
+mosquitto:
+	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
+	  echo "installing mosquitto from Debian packages"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; }
+
+run: $(STAMP)
+	$(BIN)/edgeplane up
+
+test: $(STAMP) mosquitto
+	$(BIN)/pytest
+
+test-fast: $(STAMP) mosquitto
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck
+
+bench: $(STAMP) mosquitto
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,172 @@
+"""Starting and stopping a private mosquitto: for ``edgeplane up`` and for the tests.
+
+The committed config (``mosquitto/*.conf``) holds the policy; this module appends what only
+the running process knows: the listener, the data directory and, when we run as root,
+``user root`` (mosquitto would otherwise drop to its own user and lose the rights to a
+root-owned data directory).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from controller.errors import BrokerStartError
+
+__all__ = ["MosquittoProcess", "find_mosquitto", "free_port", "port_open"]
+
+_SEARCH_PATH = ("/usr/sbin", "/usr/local/sbin", "/usr/bin")
+
+
+def find_mosquitto() -> str | None:
+    """The mosquitto binary on PATH or in the usual sbin directories, or None."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for directory in _SEARCH_PATH:
+        candidate = Path(directory) / "mosquitto"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class MosquittoProcess:
+    """A mosquitto child process with its own config and data directory.
+
+    ``start()`` and ``stop()`` may be called repeatedly: the port and the data directory
+    stay the same, so a restart keeps persisted retained messages and sessions.
+    """
+
+    def __init__(
+        self,
+        base_config: Path,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        binary: str | None = None,
+        extra_lines: tuple[str, ...] = (),
+    ) -> None:
+        self.base_config = base_config
+        self.data_dir = data_dir
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.binary = binary or find_mosquitto()
+        self.extra_lines = extra_lines
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "mosquitto.log"
+
+    def write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            self.base_config.read_text(),
+            "# --- appended by edgeplane for this process ---",
+            f"listener {self.port} {self.host}",
+            f"persistence_location {self.data_dir}/",
+            f"log_dest file {self.log_path}",
+            *self.extra_lines,
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")
+        config = self.data_dir / "mosquitto.conf"
+        config.write_text("\n".join(lines) + "\n")
+        return config
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start mosquitto and block until it accepts connections."""
+        if self.running:
+            return
+        if self.binary is None:
+            raise BrokerStartError("no mosquitto binary found on PATH or in /usr/sbin")
+        config = self.write_config()
+        self._process = subprocess.Popen(
+            [self.binary, "-c", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                err = (
+                    self._process.stderr.read().decode(errors="replace")
+                    if self._process.stderr
+                    else ""
+                )
+                self._process = None
+                raise BrokerStartError(
+                    f"mosquitto exited during startup on port {self.port}: {err.strip()}"
+                )
+            if port_open(self.host, self.port):
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise BrokerStartError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop mosquitto cleanly (SIGTERM, so it saves its persistence file)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        if process.stderr:
+            process.stderr.close()
+
+    def kill(self) -> None:
+        """Stop mosquitto abruptly (SIGKILL): nothing is saved."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait()
+        if process.stderr:
+            process.stderr.close()
+
+    def __enter__(self) -> MosquittoProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,48 @@
+"""Broker URLs: ``mqtt://HOST:PORT`` and ``mqtts://HOST:PORT`` (TLS)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
+
+from shared.errors import InvalidBrokerUrl
+
+__all__ = ["DEFAULT_BROKER", "BrokerUrl"]
+
+_DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUrl:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "mqtts"
+
+    @classmethod
+    def parse(cls, text: str) -> BrokerUrl:
+        try:
+            parts = urlsplit(text)
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidBrokerUrl(f"invalid broker URL {text!r}: {exc}") from exc
+        if parts.scheme not in _DEFAULT_PORTS:
+            raise InvalidBrokerUrl(
+                f"invalid broker URL {text!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT"
+            )
+        if not parts.hostname:
+            raise InvalidBrokerUrl(f"invalid broker URL {text!r}: no host")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise InvalidBrokerUrl(f"invalid broker URL {text!r}: unexpected path or query")
+        return cls(parts.scheme, parts.hostname, port or _DEFAULT_PORTS[parts.scheme])
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+DEFAULT_BROKER: Final = BrokerUrl("mqtt", "127.0.0.1", 1883)

@@ -1,0 +1,53 @@
+"""The exceptions of the wire contract.
+
+EdgeplaneError
+├── InvalidId          an environment id that is not topic-safe
+├── InvalidTopic       a topic outside the tree, or with a bad id in it
+├── DecodeError        a payload that is not a valid message (``reason`` says why)
+├── InvalidBrokerUrl   a ``--broker`` value that is not mqtt:// or mqtts://
+└── SettingsError      a bad flag, environment variable or config-file value
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DecodeError",
+    "EdgeplaneError",
+    "InvalidBrokerUrl",
+    "InvalidId",
+    "InvalidTopic",
+    "SettingsError",
+]
+
+
+class EdgeplaneError(Exception):
+    """Base class of every error edgeplane raises on purpose."""
+
+
+class InvalidId(EdgeplaneError, ValueError):
+    """An environment id that does not match the contract's pattern."""
+
+
+class InvalidTopic(EdgeplaneError, ValueError):
+    """A topic that is not part of the edgeplane tree under the given root."""
+
+
+class DecodeError(EdgeplaneError, ValueError):
+    """A payload that could not be decoded into a valid message.
+
+    ``reason`` is a short, stable slug (``too-large``, ``not-json``, ``schema``,
+    ``env-mismatch``, ``bad-topic``) suitable for counting; the message says more.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class InvalidBrokerUrl(EdgeplaneError, ValueError):
+    """A broker URL that is not ``mqtt://HOST:PORT`` or ``mqtts://HOST:PORT``."""
+
+
+class SettingsError(EdgeplaneError, ValueError):
+    """A setting with a bad value; the message names the setting and its source."""

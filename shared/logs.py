@@ -1,0 +1,85 @@
+"""Logging setup: configure once at the entry point, then ``structlog.get_logger()``.
+
+Readable console output at a terminal, one JSON object per line otherwise (or when asked
+with ``--log-format json``). A redaction processor replaces every registered secret value
+with ``***`` before anything is rendered.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+__all__ = ["LogFormat", "Redactor", "configure_logging", "redactor"]
+
+LogFormat = Literal["auto", "console", "json"]
+
+
+class Redactor:
+    """A structlog processor that masks known secret values anywhere in an event."""
+
+    MASK = "***"
+
+    def __init__(self) -> None:
+        self._secrets: set[str] = set()
+
+    def add(self, values: Iterable[str]) -> None:
+        self._secrets.update(v for v in values if len(v) >= 3)
+
+    def clear(self) -> None:
+        self._secrets.clear()
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if not self._secrets:
+            return event
+        for key, value in event.items():
+            event[key] = self._mask(value)
+        return event
+
+    def _mask(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, self.MASK)
+            return value
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._mask(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self._mask(v) for k, v in value.items()}
+        return value
+
+
+redactor = Redactor()
+
+
+def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
+    """Configure structlog (and stdlib logging underneath) for the whole process."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redactor,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Libraries that log through the standard library (paho, aiomqtt) go to stderr too,
+    # at warning level so that their per-packet chatter stays out.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")

@@ -1,0 +1,178 @@
+"""Layered settings: command-line flag > ``EDGEPLANE_*`` environment variable > TOML file >
+default. A bad value raises :class:`SettingsError` with one line naming the setting and
+where the value came from, which the command-line entry points turn into exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.broker_url import BrokerUrl
+from shared.errors import EdgeplaneError, SettingsError
+from shared.ids import validate_env_id
+from shared.topics import TopicRoot
+
+__all__ = [
+    "ENV_PREFIX",
+    "Setting",
+    "add_flags",
+    "broker_url",
+    "choice",
+    "env_id",
+    "path",
+    "positive_float",
+    "positive_int",
+    "resolve",
+    "text",
+    "topic_root",
+]
+
+ENV_PREFIX = "EDGEPLANE_"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting. ``convert`` takes a string (flag, environment) or a TOML value and
+    returns the typed value, raising ``ValueError`` with a short explanation."""
+
+    name: str  # snake_case: flag --kebab-case, variable EDGEPLANE_UPPER_CASE, TOML key as is
+    convert: Callable[[Any], Any]
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def add_flags(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -> None:
+    """Add one flag per setting; flags default to None so that "not given" is visible."""
+    for setting in settings:
+        default = "" if setting.default is None else f" (default: {setting.default})"
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            metavar=setting.name.split("_")[-1].upper(),
+            help=f"{setting.help}{default}; env {setting.env_var}",
+        )
+
+
+def resolve(
+    settings: Sequence[Setting],
+    flags: argparse.Namespace | Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> dict[str, Any]:
+    """Resolve every setting from its highest-priority source and convert it."""
+    environ = os.environ if environ is None else environ
+    given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
+    file_values = _read_toml(Path(config_file)) if config_file else {}
+    known = {s.name for s in settings} | {s.name.replace("_", "-") for s in settings}
+    for key in file_values:
+        if key not in known:
+            raise SettingsError(f"{config_file}: unknown setting {key!r}")
+    resolved: dict[str, Any] = {}
+    for setting in settings:
+        value, source = _pick(setting, given, environ, file_values, config_file)
+        if source is None:
+            resolved[setting.name] = setting.default
+            continue
+        try:
+            resolved[setting.name] = setting.convert(value)
+        except (ValueError, TypeError, EdgeplaneError) as exc:
+            raise SettingsError(f"{source}: {exc}") from exc
+    return resolved
+
+
+def _pick(
+    setting: Setting,
+    given: Mapping[str, Any],
+    environ: Mapping[str, str],
+    file_values: Mapping[str, Any],
+    config_file: str | Path | None,
+) -> tuple[Any, str | None]:
+    if given.get(setting.name) is not None:
+        return given[setting.name], setting.flag
+    if setting.env_var in environ:
+        return environ[setting.env_var], setting.env_var
+    for key in (setting.name, setting.name.replace("_", "-")):
+        if key in file_values:
+            return file_values[key], f"{config_file}: {key}"
+    return None, None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise SettingsError(f"--config: no such file {str(path)!r}") from exc
+    except OSError as exc:
+        raise SettingsError(f"--config: cannot read {str(path)!r}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"--config: {path} is not valid TOML: {exc}") from exc
+
+
+# --- converters ---------------------------------------------------------------------------
+def positive_float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a positive number, got {value!r}") from None
+    if not number > 0 or number != number or number == float("inf"):
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a positive whole number, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"expected a positive whole number, got {value!r}")
+    return number
+
+
+def text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def path(value: Any) -> Path:
+    return Path(text(value)).expanduser()
+
+
+def env_id(value: Any) -> str:
+    return validate_env_id(text(value))
+
+
+def broker_url(value: Any) -> BrokerUrl:
+    return BrokerUrl.parse(text(value))
+
+
+def topic_root(value: Any) -> TopicRoot:
+    return TopicRoot(text(value))
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return str(value)
+
+    return convert

@@ -1,0 +1,124 @@
+"""The topic tree: builders that only make valid topics, and a parser that rejects the rest.
+
+Every topic lives under a root (default ``edgeplane/v1``)::
+
+    R/env/{env}/status     retained heartbeat / will of an agent
+    R/env/{env}/events     events from an agent
+    R/env/{env}/cmd        commands to an agent
+    R/controller/status    the controller's birth and will
+    R/view/{env}           the controller's judged status of an environment
+    R/alerts/{env}         alerts raised and cleared
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Final
+
+from shared.errors import InvalidTopic
+from shared.ids import is_env_id, validate_env_id
+
+__all__ = ["DEFAULT_ROOT", "ParsedTopic", "TopicKind", "TopicRoot"]
+
+DEFAULT_ROOT: Final = "edgeplane/v1"
+
+
+class TopicKind(enum.Enum):
+    STATUS = "status"
+    EVENTS = "events"
+    CMD = "cmd"
+    CONTROLLER_STATUS = "controller-status"
+    VIEW = "view"
+    ALERTS = "alerts"
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedTopic:
+    kind: TopicKind
+    env: str | None  # None only for the controller's status
+
+
+_ENV_SUFFIXES: Final = {
+    "status": TopicKind.STATUS,
+    "events": TopicKind.EVENTS,
+    "cmd": TopicKind.CMD,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TopicRoot:
+    """A validated topic root, and the builders and parser of the tree below it."""
+
+    value: str = DEFAULT_ROOT
+
+    def __post_init__(self) -> None:
+        levels = self.value.split("/")
+        if not self.value or any(not level for level in levels):
+            raise InvalidTopic(f"invalid topic root {self.value!r}: empty level")
+        if any(ch in self.value for ch in "+#\x00") or self.value.startswith("$"):
+            raise InvalidTopic(
+                f"invalid topic root {self.value!r}: no wildcards, NUL or leading '$'"
+            )
+
+    def __str__(self) -> str:
+        return self.value
+
+    # builders -------------------------------------------------------------------------
+    def status(self, env: str) -> str:
+        return f"{self.value}/env/{validate_env_id(env)}/status"
+
+    def events(self, env: str) -> str:
+        return f"{self.value}/env/{validate_env_id(env)}/events"
+
+    def cmd(self, env: str) -> str:
+        return f"{self.value}/env/{validate_env_id(env)}/cmd"
+
+    def controller_status(self) -> str:
+        return f"{self.value}/controller/status"
+
+    def view(self, env: str) -> str:
+        return f"{self.value}/view/{validate_env_id(env)}"
+
+    def alerts(self, env: str) -> str:
+        return f"{self.value}/alerts/{validate_env_id(env)}"
+
+    # subscription filters ---------------------------------------------------------------
+    def all_status(self) -> str:
+        return f"{self.value}/env/+/status"
+
+    def all_events(self) -> str:
+        return f"{self.value}/env/+/events"
+
+    def all_views(self) -> str:
+        return f"{self.value}/view/+"
+
+    def all_alerts(self) -> str:
+        return f"{self.value}/alerts/+"
+
+    def everything(self) -> str:
+        return f"{self.value}/#"
+
+    # parser -----------------------------------------------------------------------------
+    def parse(self, topic: str) -> ParsedTopic:
+        """Tell what ``topic`` is, or raise :class:`InvalidTopic`."""
+        prefix = self.value + "/"
+        if not topic.startswith(prefix):
+            raise InvalidTopic(f"topic {topic!r} is not under root {self.value!r}")
+        levels = topic[len(prefix) :].split("/")
+        match levels:
+            case ["env", env, suffix] if suffix in _ENV_SUFFIXES:
+                return ParsedTopic(_ENV_SUFFIXES[suffix], _checked(env, topic))
+            case ["controller", "status"]:
+                return ParsedTopic(TopicKind.CONTROLLER_STATUS, None)
+            case ["view", env]:
+                return ParsedTopic(TopicKind.VIEW, _checked(env, topic))
+            case ["alerts", env]:
+                return ParsedTopic(TopicKind.ALERTS, _checked(env, topic))
+        raise InvalidTopic(f"topic {topic!r} is not part of the edgeplane tree")
+
+
+def _checked(env: str, topic: str) -> str:
+    if not is_env_id(env):
+        raise InvalidTopic(f"topic {topic!r} has an invalid environment id {env!r}")
+    return env

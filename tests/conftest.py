@@ -1,0 +1,62 @@
+"""Session-wide fixtures: a real mosquitto on a free loopback port, a topic root per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Generator, Iterator
+from pathlib import Path
+
+import pytest
+
+from controller.brokerproc import MosquittoProcess
+from shared.topics import TopicRoot
+from tests.support.procs import Proc
+
+REPO = Path(__file__).resolve().parent.parent
+TEST_BROKER_CONFIG = REPO / "mosquitto" / "test.conf"
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProcess]:
+    """The session's shared broker. Tests that restart or kill a broker use
+    ``private_broker`` instead."""
+    process = MosquittoProcess(TEST_BROKER_CONFIG, tmp_path_factory.mktemp("mosquitto"))
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    process = MosquittoProcess(TEST_BROKER_CONFIG, tmp_path / "mosquitto")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def root() -> TopicRoot:
+    """A topic root of this test's own, so tests never see each other's retained state."""
+    return TopicRoot(f"test/{uuid.uuid4().hex[:10]}/edgeplane/v1")
+
+
+@pytest.fixture
+async def procs(request: pytest.FixtureRequest) -> AsyncIterator[list[Proc]]:
+    """Processes a test starts; killed at the end, and their output printed on failure."""
+    started: list[Proc] = []
+    yield started
+    for proc in started:
+        await proc.close()
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for proc in started:
+            print(f"\n===== output of {' '.join(proc.argv[2:])} =====\n{proc.output()[-6000:]}")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
