@@ -1,0 +1,64 @@
+"""``edgeplane``: the controller daemon and the operator commands.
+
+Each subcommand lives in its own module ``controller/cmd_*.py`` with ``add_parser(subparsers)``,
+which registers its flags and sets ``handler`` to a function ``(args) -> int``. Command
+modules keep their heavy imports inside the handler, so ``edgeplane status`` does not pay
+for the daemon's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol
+
+from shared import __version__
+from shared.errors import EdgeplaneError, SettingsError
+
+__all__ = ["main"]
+
+# subcommand name -> module; a module may register nested subcommands itself.
+COMMANDS: dict[str, str] = {
+    "up": "controller.cmd_up",
+    "controller": "controller.cmd_controller",
+    "status": "controller.cmd_status",
+    "watch": "controller.cmd_watch",
+}
+
+
+class CommandModule(Protocol):
+    def add_parser(
+        self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
+    ) -> None: ...
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeplane",
+        description="Control plane for fleets of edge runtime targets, over MQTT.",
+    )
+    parser.add_argument("--version", action="version", version=f"edgeplane {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMANDS.values():
+        module: CommandModule = importlib.import_module(module_name)  # type: ignore[assignment]
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except EdgeplaneError as exc:
+        print(f"edgeplane: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, SettingsError) else 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
