@@ -13,6 +13,7 @@ help:
 	@echo "make bench      the benchmarks under bench/ (prints numbers and ratios)"
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/system-deps venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
@@ -22,10 +23,7 @@ install: $(STAMP)
 
 # Tests need a mosquitto binary; install Debian's package when it is missing.
 mosquitto:
-	@command -v mosquitto >/dev/null || test -x /usr/sbin/mosquitto || { \
-	  echo "installing mosquitto from Debian packages"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; }
+	@scripts/system-deps mosquitto
 
 run: $(STAMP)
 	$(BIN)/edgeplane up
