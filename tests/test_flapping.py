@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ def test_edges_that_pile_up_without_expire_stay_bounded_and_alternating() -> Non
             got += [edge] if edge else []
     got += detector.expire(math.inf)
     assert got[0].state == "raised"
-    assert all(a.state != b.state for a, b in zip(got, got[1:], strict=False))
+    assert all(a.state != b.state for a, b in itertools.pairwise(got))
     assert got[-1].state == "cleared"
 
 
