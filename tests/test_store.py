@@ -1,0 +1,125 @@
+"""The controller's database: batched writes, restore after restart, schema versions."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from controller.alerts import AlertEdge
+from controller.errors import StoreError
+from controller.presence import EnvRecord, Judgement, Transition
+from controller.store import SCHEMA_VERSION, open_store
+
+
+def record(env: str, status: str = "online", seq: int = 0, **fields: object) -> EnvRecord:
+    base = EnvRecord(env, status, since=100.0, reason="heartbeat", last_seen=100.0 + seq,  # type: ignore[arg-type]
+                     bdseq=1, seq=seq, boot="b", interval=10.0)  # fmt: skip
+    for name, value in fields.items():
+        setattr(base, name, value)
+    return base
+
+
+def heartbeat(env: str, seq: int) -> Judgement:
+    return Judgement(records=[record(env, seq=seq)])
+
+
+async def test_everything_submitted_is_committed_and_rows_coalesce(tmp_path: Path) -> None:
+    db = tmp_path / "state" / "controller.db"
+    async with open_store(db) as store:
+        numbers = [await store.submit(heartbeat(f"env-{n % 10}", n)) for n in range(500)]
+        await store.wait_committed(numbers[-1])
+        assert store.committed >= 500
+        # many judgements, few transactions: the writer takes what is queued at once
+        assert store.batches < 500
+        envs = await store.envs()
+    assert [r.env for r in envs] == [f"env-{n}" for n in range(10)]
+    assert envs[3].seq == 493  # the last state of each environment wins
+    assert envs[3].last_seen == 593.0
+
+
+async def test_closing_commits_what_is_still_queued(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    transition = Transition("a", "online", "offline", "shutdown", 5.0, False)
+    async with open_store(db) as store:
+        for n in range(100):
+            await store.submit(heartbeat("a", n))
+        await store.submit(Judgement(records=[record("a", "offline")], transitions=[transition]))
+    async with open_store(db) as store:
+        assert await store.transitions() == [transition]
+        envs = await store.envs()
+    assert [(r.env, r.status) for r in envs] == [("a", "offline")]
+
+
+async def test_restart_restores_records_transitions_and_alerts(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    went = Transition("a", "online", "offline", "heartbeat-timeout", 50.0)
+    came = Transition("a", "offline", "online", "heartbeat", 60.0, during_downtime=True)
+    first = Transition("b", "unknown", "online", "heartbeat", 70.0)
+    edge = AlertEdge("a", "flapping", "raised", 60.0, "6 transitions in 600 s")
+    async with open_store(db) as store:
+        await store.submit(
+            Judgement(
+                records=[record("a", flapping=True, conflict=True), record("b")],
+                transitions=[went, came, first],
+                alerts=[edge],
+            )
+        )
+    async with open_store(db) as store:
+        records, recent = await store.load(transitions_since=55.0)
+        assert await store.alerts("a") == [edge]
+        assert await store.transitions("a") == [went, came]
+    assert records == [record("a", flapping=True, conflict=True), record("b")]
+    assert recent == {"a": [60.0]}  # only online/offline changes, inside the window
+
+
+async def test_a_full_queue_makes_submit_wait(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "c.db", queue_size=2) as store:
+        submits = [asyncio.create_task(store.submit(heartbeat("a", n))) for n in range(20)]
+        numbers = await asyncio.gather(*submits)
+        await store.flush()
+    assert sorted(numbers) == list(range(1, 21))
+
+
+async def test_new_database_gets_the_current_schema_in_wal_mode(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    async with open_store(db):
+        pass
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"envs", "transitions", "alerts", "transitions_by_time"} <= indexes
+
+
+async def test_an_older_schema_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    async with open_store(db) as store:
+        await store.submit(heartbeat("kept", 1))
+    with sqlite3.connect(db) as conn:  # back to version 1
+        conn.execute("DROP INDEX transitions_by_time")
+        conn.execute("DROP INDEX alerts_by_env")
+        conn.execute("PRAGMA user_version = 1")
+    async with open_store(db) as store:
+        assert [r.env for r in await store.envs()] == ["kept"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this controller"):
+        async with open_store(db):
+            pass
+
+
+async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    db.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match=r"c\.db"):
+        async with open_store(db):
+            pass
