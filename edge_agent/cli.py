@@ -1,0 +1,122 @@
+"""``edge-agent``: the runtime agent (``run``) and the fleet simulator (``simulate``).
+
+Exit status: 0 after a clean stop, 2 for a bad flag, setting or config file (one line on
+stderr naming it), 1 for any other refusal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn, Protocol
+
+from edge_agent import config
+from edge_agent.errors import SimulatorMissing, StateDirError
+from shared import __version__
+from shared.errors import EdgeplaneError, SettingsError
+
+__all__ = ["main"]
+
+PROG = "edge-agent"
+SIMULATOR_MODULE = "edge_agent.simulate"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``edge-agent: ...``) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: {message} (see {self.prog} --help)\n")
+
+
+class SimulatorModule(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _load_simulator() -> SimulatorModule:
+    try:
+        module: SimulatorModule = importlib.import_module(SIMULATOR_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != SIMULATOR_MODULE:
+            raise
+        raise SimulatorMissing(
+            "the fleet simulator (edge_agent/simulate.py) is not part of this installation"
+        ) from exc
+    return module
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the simulator's flags are loaded only when ``command`` is ``simulate``,
+    so that ``edge-agent run`` never imports it."""
+    parser = _Parser(prog=PROG, description="The edgeplane agent of one runtime target.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="run the agent: announce presence over MQTT and answer commands",
+        description="Run the agent. Every flag can also come from an EDGEPLANE_* "
+        "environment variable or the --config file (flag > environment > file > default).",
+    )
+    config.add_arguments(run)
+    run.set_defaults(handler=_run)
+    simulate = commands.add_parser(
+        "simulate", help="run many simulated agents from one process (benchmarks)"
+    )
+    simulate.set_defaults(handler=_simulate)
+    if command == "simulate":
+        _load_simulator().add_arguments(simulate)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = config.load_config(args)
+    # Imported here: `edge-agent --help` and `simulate` do not pay for paho and psutil.
+    import structlog
+
+    from edge_agent.agent import Agent
+    from edge_agent.state import BdseqStore
+    from edge_agent.waker import Waker, stop_signals
+    from shared.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    structlog.contextvars.bind_contextvars(env=settings.env_id)
+    try:
+        store = BdseqStore(settings.state_dir)
+    except StateDirError as exc:
+        raise SettingsError(f"--state-dir: {exc}") from exc
+    waker = Waker()
+    try:
+        agent = Agent(settings, store=store, waker=waker)
+        with waker.on_signals(), stop_signals(agent.request_stop):
+            return agent.run()
+    finally:
+        waker.close()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    return _load_simulator().run(args)
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser(_command_of(argv))
+        args = parser.parse_args(argv)
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except EdgeplaneError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, SettingsError) else 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""Pure pieces of the edge agent, without a broker: the bdseq file, heartbeat building,
+command handling and settings resolution."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_agent.commands import CommandHandler, RateLimit
+from edge_agent.config import AgentConfig, load_config
+from edge_agent.errors import StateDirError
+from edge_agent.heartbeat import HeartbeatBuilder, message_expiry
+from edge_agent.metrics import HostMetrics, Sample
+from edge_agent.state import BdseqStore, default_state_dir
+from shared import __version__
+from shared.broker_url import BrokerUrl
+from shared.clock import ManualClock
+from shared.codec import STATUS, encode
+from shared.errors import SettingsError
+from shared.messages import CommandRejected, OfflineStatus, OnlineStatus, Pong
+from shared.topics import TopicRoot
+
+# --- the bdseq file --------------------------------------------------------------------------
+
+
+def test_bdseq_starts_at_one_and_is_new_for_every_take(tmp_path: Path) -> None:
+    store = BdseqStore(tmp_path / "state")
+    assert store.last == 0
+    assert [store.take(), store.take(), store.take()] == [1, 2, 3]
+
+
+def test_bdseq_survives_a_restart(tmp_path: Path) -> None:
+    BdseqStore(tmp_path).take()
+    BdseqStore(tmp_path).take()
+    again = BdseqStore(tmp_path)
+    assert again.last == 2
+    assert again.take() == 3
+    assert (tmp_path / "bdseq").read_text() == "3\n"
+    assert not list(tmp_path.glob(".bdseq.tmp")), "the temporary file is renamed away"
+
+
+def test_state_dir_is_created_private(tmp_path: Path) -> None:
+    store = BdseqStore(tmp_path / "a" / "b")
+    store.take()
+    assert (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "a" / "b" / "bdseq").stat().st_mode & 0o077 == 0
+
+
+def test_unusable_state_dir_is_refused_by_name(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateDirError, match="cannot be created") as info:
+        BdseqStore(blocker / "state")
+    assert str(blocker / "state") in str(info.value)
+
+
+def test_corrupt_bdseq_file_is_refused_with_a_remedy(tmp_path: Path) -> None:
+    (tmp_path / "bdseq").write_text("garbage\n")
+    with pytest.raises(StateDirError, match=r"corrupt.*remove it"):
+        BdseqStore(tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_state_dir_is_refused(tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(StateDirError, match="not writable"):
+            BdseqStore(tmp_path)
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_default_state_dir_follows_xdg() -> None:
+    assert default_state_dir("dev-a", {"XDG_STATE_HOME": "/x"}) == Path("/x/edgeplane-agent/dev-a")
+    assert default_state_dir("dev-a", {}).parts[-4:] == (
+        ".local",
+        "state",
+        "edgeplane-agent",
+        "dev-a",
+    )
+
+
+# --- heartbeat building ----------------------------------------------------------------------
+
+
+def _builder(clock: ManualClock, interval: float = 10.0) -> HeartbeatBuilder:
+    return HeartbeatBuilder(
+        "prod-berlin-vision",
+        interval,
+        clock,
+        lambda: Sample(cpu=12.3, mem=45.6, disk=78.9),
+        boot="a1b2c3d4",
+    )
+
+
+def test_online_carries_every_field_and_seq_restarts_with_each_bdseq() -> None:
+    clock = ManualClock()
+    builder = _builder(clock)
+    builder.new_connection(7)
+    first = builder.online()
+    clock.advance(10)
+    second = builder.online()
+    assert first == OnlineStatus(
+        env="prod-berlin-vision",
+        bdseq=7,
+        seq=0,
+        interval=10.0,
+        boot="a1b2c3d4",
+        cpu=12.3,
+        mem=45.6,
+        disk=78.9,
+        ver=__version__,
+        up=0,
+    )
+    assert (second.seq, second.up) == (1, 10)
+    builder.new_connection(8)
+    assert (builder.online().seq, builder.online().seq) == (0, 1)
+    assert builder.will() == OfflineStatus(
+        env="prod-berlin-vision", bdseq=8, reason="connection-lost"
+    )
+    assert builder.offline("shutdown").reason == "shutdown"
+
+
+def test_typical_online_payload_fits_160_bytes_and_decodes() -> None:
+    clock = ManualClock()
+    builder = _builder(clock)
+    builder.boot = "a1b2c3"
+    builder.new_connection(345)
+    for _ in range(8_640):  # a day connected at a 10 s interval
+        builder.online()
+    clock.advance(86_400)
+    payload = encode(builder.online())
+    assert len(payload) <= 160, payload
+    decoded = STATUS.decode(payload)
+    assert isinstance(decoded, OnlineStatus)
+    assert (decoded.seq, decoded.interval, decoded.up) == (8_640, 10.0, 86_400)
+
+
+def test_boot_id_differs_between_processes() -> None:
+    clock = ManualClock()
+    boots = {
+        HeartbeatBuilder("e", 1.0, clock, lambda: Sample(None, None, None)).boot for _ in range(20)
+    }
+    assert len(boots) == 20
+    assert all(len(boot) == 6 for boot in boots)
+
+
+def test_message_expiry_is_about_three_intervals() -> None:
+    assert message_expiry(10.0) == 30
+    assert message_expiry(0.5) == 2
+    assert message_expiry(0.1) == 1
+    assert message_expiry(3.3) == 10
+
+
+def test_host_metrics_are_percentages_with_one_decimal() -> None:
+    sample = HostMetrics().sample()
+    for value in (sample.cpu, sample.mem, sample.disk):
+        assert value is not None
+        assert 0.0 <= value <= 100.0
+        assert round(value, 1) == value
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def test_ping_is_answered_with_pong_and_events_are_numbered() -> None:
+    handler = CommandHandler("dev-a", ManualClock())
+    assert handler.handle(b'{"type":"ping","id":"c1"}') == Pong(env="dev-a", seq=1, cmd="c1")
+    assert handler.handle(b'{"type":"ping","id":"c2"}') == Pong(env="dev-a", seq=2, cmd="c2")
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "cmd"),
+    [
+        (b"garbage", "not-json", ""),
+        (b"", "empty", ""),
+        (b"[1,2]", "schema", ""),
+        (b'{"type":"ping"}', "schema", ""),
+        (b'{"type":"reboot","id":"r1"}', "unknown-command", "r1"),
+        (b'{"type":"ping","id":"' + b"x" * 70_000 + b'"}', "too-large", ""),
+        (b"\xff\xfe\x00", "not-json", ""),
+    ],
+)
+def test_bad_commands_are_rejected_naming_the_reason(payload: bytes, reason: str, cmd: str) -> None:
+    handler = CommandHandler("dev-a", ManualClock())
+    event = handler.handle(payload)
+    assert isinstance(event, CommandRejected)
+    assert event.reason.startswith(reason + ":")
+    assert event.cmd == cmd
+    assert len(event.reason) <= 256
+    assert handler.rejected[reason] == 1
+
+
+def test_a_flood_of_garbage_is_answered_at_a_bounded_rate_and_counted() -> None:
+    clock = ManualClock()
+    handler = CommandHandler("dev-a", clock, answer_limit=RateLimit(clock, rate=5, burst=10))
+    answers = [handler.handle(b"garbage") for _ in range(100)]
+    assert sum(a is not None for a in answers) == 10
+    assert handler.rejected["not-json"] == 100
+    assert handler.unanswered == 90
+    clock.advance(1.0)
+    assert sum(handler.handle(b"garbage") is not None for _ in range(100)) == 5
+    assert handler.handle(b'{"type":"ping","id":"p"}') is not None, "pings are never throttled"
+
+
+# --- settings ----------------------------------------------------------------------------------
+
+
+def test_settings_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(
+        'env_id = "from-file"\nheartbeat_interval = 3\nkeepalive = 40\ntopic-root = "file/root"\n'
+    )
+    environ = {"EDGEPLANE_HEARTBEAT_INTERVAL": "2", "EDGEPLANE_KEEPALIVE": "50"}
+    config = load_config({"config": str(config_file), "heartbeat_interval": "1.5"}, environ=environ)
+    assert config.heartbeat_interval == 1.5  # flag
+    assert config.keepalive == 50  # environment
+    assert config.env_id == "from-file"  # file
+    assert config.topic_root == TopicRoot("file/root")  # file, kebab-case key
+    assert config.broker == BrokerUrl("mqtt", "127.0.0.1", 1883)  # default
+    assert config.state_dir == default_state_dir("from-file", environ)
+
+
+def test_config_file_may_come_from_the_environment(tmp_path: Path) -> None:
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text('env_id = "dev-x"\nstate_dir = "/tmp/x"\n')
+    config = load_config({}, environ={"EDGEPLANE_CONFIG": str(config_file)})
+    assert config == AgentConfig(env_id="dev-x", state_dir=Path("/tmp/x"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "message"),
+    [
+        ({}, {}, "--env-id: required"),
+        ({"env_id": "Bad_Id"}, {}, "--env-id: invalid environment id 'Bad_Id'"),
+        (
+            {"env_id": "e", "heartbeat_interval": "abc"},
+            {},
+            "--heartbeat-interval: expected a positive number, got 'abc'",
+        ),
+        (
+            {"env_id": "e"},
+            {"EDGEPLANE_HEARTBEAT_INTERVAL": "-1"},
+            "EDGEPLANE_HEARTBEAT_INTERVAL: expected a positive number, got '-1'",
+        ),
+        (
+            {"env_id": "e", "heartbeat_interval": "1e6"},
+            {},
+            "--heartbeat-interval: expected at most",
+        ),
+        ({"env_id": "e", "broker": "http://x"}, {}, "--broker: invalid broker URL"),
+        ({"env_id": "e", "keepalive": "70000"}, {}, "--keepalive: expected at most 65535"),
+        ({"env_id": "e", "log_format": "xml"}, {}, "--log-format: expected one of"),
+        ({"env_id": "e", "config": "/nonexistent.toml"}, {}, "--config: no such file"),
+    ],
+)
+def test_bad_settings_name_the_setting_and_its_source(
+    flags: dict[str, str], environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError) as info:
+        load_config(flags, environ=environ)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_config_file_values_name_the_file_and_key(tmp_path: Path) -> None:
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text('env_id = "e"\nheartbeat_interval = "soon"\n')
+    with pytest.raises(SettingsError, match=r"agent.toml: heartbeat_interval: expected a positive"):
+        load_config({"config": str(config_file)}, environ={})
+    config_file.write_text('env_id = "e"\nnot_a_setting = 1\n')
+    with pytest.raises(SettingsError, match="unknown setting 'not_a_setting'"):
+        load_config({"config": str(config_file)}, environ={})
+    config_file.write_text("env_id = \n")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_config({"config": str(config_file)}, environ={})
