@@ -1,0 +1,511 @@
+"""docs/asyncapi.yaml (and the examples of docs/protocol.md) checked against the code.
+
+The document must parse as AsyncAPI 3, name every topic the code builds, carry payload
+schemas that are exactly what msgspec makes of the Structs in shared/messages.py, and hold
+only examples that the project's own decoders accept. A new topic builder, a new Struct or a
+changed field without the matching change to the document fails here.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import re
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+import pytest
+import yaml
+
+from shared import codec, messages
+from shared.broker_url import DEFAULT_BROKER
+from shared.errors import DecodeError
+from shared.ids import ENV_ID_PATTERN, is_env_id
+from shared.topics import DEFAULT_ROOT, TopicKind, TopicRoot
+
+DOCS: Final = Path(__file__).resolve().parent.parent / "docs"
+ASYNCAPI: Final = DOCS / "asyncapi.yaml"
+PROTOCOL: Final = DOCS / "protocol.md"
+
+SAMPLE_ENV: Final = "prod-hamburg-vision"
+ROOTS: Final = (TopicRoot(), TopicRoot("site-7/edgeplane/v1"))
+
+# The contract's table: every topic is QoS 1; these are retained.
+RETAINED: Final = {
+    TopicKind.STATUS: True,
+    TopicKind.EVENTS: False,
+    TopicKind.CMD: False,
+    TopicKind.CONTROLLER_STATUS: True,
+    TopicKind.VIEW: True,
+    TopicKind.ALERTS: False,
+}
+
+# The decoder a reader of each topic uses.
+CODECS: Final[dict[TopicKind, codec.MessageCodec[Any]]] = {
+    TopicKind.STATUS: codec.STATUS,
+    TopicKind.EVENTS: codec.EVENT,
+    TopicKind.CMD: codec.COMMAND,
+    TopicKind.CONTROLLER_STATUS: codec.CONTROLLER_STATUS,
+    TopicKind.VIEW: codec.VIEW,
+    TopicKind.ALERTS: codec.ALERT,
+}
+
+# Fields of the AsyncAPI MQTT bindings, version 0.2.0 (asyncapi/bindings, mqtt/README.md).
+MQTT_BINDING_FIELDS: Final = {
+    "server": {
+        "clientId",
+        "cleanSession",
+        "lastWill",
+        "keepAlive",
+        "sessionExpiryInterval",
+        "maximumPacketSize",
+        "bindingVersion",
+    },
+    "channel": set(),
+    "operation": {"qos", "retain", "messageExpiryInterval", "bindingVersion"},
+    "message": {
+        "payloadFormatIndicator",
+        "correlationData",
+        "contentType",
+        "responseTopic",
+        "bindingVersion",
+    },
+}
+LAST_WILL_FIELDS: Final = {"topic", "qos", "message", "retain"}
+
+# Fixed fields of AsyncAPI 3.0.0 objects this document uses (extensions `x-*` aside).
+TOP_LEVEL_FIELDS: Final = {
+    "asyncapi",
+    "id",
+    "info",
+    "servers",
+    "defaultContentType",
+    "channels",
+    "operations",
+    "components",
+}
+OPERATION_FIELDS: Final = {
+    "action",
+    "channel",
+    "title",
+    "summary",
+    "description",
+    "security",
+    "tags",
+    "externalDocs",
+    "bindings",
+    "traits",
+    "messages",
+    "reply",
+}
+CHANNEL_FIELDS: Final = {
+    "address",
+    "messages",
+    "title",
+    "summary",
+    "description",
+    "servers",
+    "parameters",
+    "tags",
+    "externalDocs",
+    "bindings",
+}
+PARAMETER_FIELDS: Final = {"enum", "default", "description", "examples", "location"}
+
+PLACEHOLDER: Final = re.compile(r"\{([^{}]+)\}")
+
+
+# --- helpers --------------------------------------------------------------------------------
+@functools.cache
+def load_document() -> dict[str, Any]:
+    loaded = yaml.safe_load(ASYNCAPI.read_text(encoding="utf-8"))
+    assert isinstance(loaded, dict), f"{ASYNCAPI} is not a YAML mapping"
+    return loaded
+
+
+@pytest.fixture
+def doc() -> dict[str, Any]:
+    return load_document()
+
+
+def resolve(document: dict[str, Any], node: Any) -> Any:
+    """Follow local ``$ref`` pointers until a node that is not a reference."""
+    seen: set[str] = set()
+    while isinstance(node, dict) and "$ref" in node:
+        ref = node["$ref"]
+        assert isinstance(ref, str), f"$ref must be a string, got {ref!r}"
+        assert ref.startswith("#/"), f"only local references are used, got {ref!r}"
+        assert ref not in seen, f"reference cycle through {ref!r}"
+        seen.add(ref)
+        node = document
+        for part in ref[2:].split("/"):
+            key = part.replace("~1", "/").replace("~0", "~")
+            assert isinstance(node, dict), f"{ref!r} does not resolve"
+            assert key in node, f"{ref!r} does not resolve: no {key!r}"
+            node = node[key]
+    return node
+
+
+def address_of(document: dict[str, Any], channel: str, root: TopicRoot) -> str:
+    """The channel's address with ``{root}`` and ``{env}`` substituted."""
+    address = document["channels"][channel]["address"]
+    assert isinstance(address, str)
+    values = {"root": root.value, "env": SAMPLE_ENV}
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], address)
+
+
+def kind_of(document: dict[str, Any], channel: str) -> TopicKind:
+    return TopicRoot().parse(address_of(document, channel, TopicRoot())).kind
+
+
+def topic_builders() -> dict[str, str]:
+    """Every public topic builder of TopicRoot and the topic it makes for SAMPLE_ENV.
+
+    Public methods that take only environment ids are called; those whose result has a
+    wildcard are subscription filters, the rest are builders.
+    """
+    root = TopicRoot()
+    built: dict[str, str] = {}
+    for name, function in inspect.getmembers(TopicRoot, inspect.isfunction):
+        if name.startswith("_") or name == "parse":
+            continue
+        arity = len(inspect.signature(function).parameters) - 1
+        topic = function(root, *[SAMPLE_ENV] * arity)
+        assert isinstance(topic, str), f"TopicRoot.{name} returned {topic!r}"
+        if "+" not in topic and "#" not in topic:
+            built[name] = topic
+    return built
+
+
+def subscription_filters() -> dict[str, str]:
+    root = TopicRoot()
+    filters: dict[str, str] = {}
+    for name, function in inspect.getmembers(TopicRoot, inspect.isfunction):
+        if name.startswith("_") or name == "parse":
+            continue
+        if len(inspect.signature(function).parameters) == 1:
+            topic = function(root)
+            if "+" in topic or "#" in topic:
+                filters[name] = topic
+    return filters
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT topic-filter matching, for the filters above."""
+    wanted, levels = topic_filter.split("/"), topic.split("/")
+    for index, level in enumerate(wanted):
+        if level == "#":
+            return True
+        if index >= len(levels) or level not in ("+", levels[index]):
+            return False
+    return len(wanted) == len(levels)
+
+
+def wire_structs() -> dict[str, type[msgspec.Struct]]:
+    """Every Struct that shared.messages exports, by class name (aliases folded)."""
+    found: dict[str, type[msgspec.Struct]] = {}
+    for name in messages.__all__:
+        value = getattr(messages, name)
+        if inspect.isclass(value) and issubclass(value, msgspec.Struct):
+            found[value.__name__] = value
+    return found
+
+
+def normalized(document: dict[str, Any], node: Any) -> Any:
+    """A schema with references inlined, prose dropped and enums in a stable order."""
+    node = resolve(document, node)
+    if isinstance(node, list):
+        return [normalized(document, item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    result: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in ("title", "description", "examples") or key.startswith("x-"):
+            continue
+        if key in ("enum", "required"):
+            result[key] = sorted(value, key=repr)
+        elif key == "default":
+            result[key] = value
+        else:
+            result[key] = normalized(document, value)
+    return result
+
+
+def generated_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:
+    """What msgspec makes of a Struct, as a standalone schema."""
+    schema = msgspec.json.schema(struct)
+    definitions = schema.get("$defs", {})
+    return {"$defs": definitions, "root": schema}
+
+
+def all_messages(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    components = document["components"]["messages"]
+    return {name: resolve(document, message) for name, message in components.items()}
+
+
+MESSAGE_NAMES: Final = sorted(load_document()["components"]["messages"])
+CHANNEL_NAMES: Final = sorted(load_document()["channels"])
+
+
+# --- the document ---------------------------------------------------------------------------
+def test_document_is_asyncapi_3(doc: dict[str, Any]) -> None:
+    assert str(doc["asyncapi"]).startswith("3."), f"asyncapi: {doc['asyncapi']!r}"
+    unknown = {key for key in doc if not key.startswith("x-")} - TOP_LEVEL_FIELDS
+    assert not unknown, f"not AsyncAPI 3 top-level fields: {sorted(unknown)}"
+    assert doc["info"]["title"]
+    assert doc["info"]["version"]
+    assert doc["defaultContentType"] == "application/json"
+
+
+def test_servers_are_mqtt_5_with_the_default_broker(doc: dict[str, Any]) -> None:
+    servers = doc["servers"]
+    protocols = {server["protocol"] for server in servers.values()}
+    assert protocols == {"mqtt", "secure-mqtt"}, "one plain and one TLS server"
+    for name, server in servers.items():
+        assert server["protocolVersion"] == "5", f"server {name} is not MQTT 5"
+    plain = next(server for server in servers.values() if server["protocol"] == "mqtt")
+    assert plain["host"] == f"{DEFAULT_BROKER.host}:{DEFAULT_BROKER.port}"
+
+
+def test_agent_will_is_the_contract_will(doc: dict[str, Any]) -> None:
+    for name, server in doc["servers"].items():
+        binding = server["bindings"]["mqtt"]
+        assert binding["clientId"] == "{env}", f"server {name}: client id = environment id"
+        will = binding["lastWill"]
+        assert set(will) == LAST_WILL_FIELDS
+        assert (will["qos"], will["retain"]) == (1, True), f"server {name}: will QoS/retain"
+        topic = will["topic"].replace("{env}", SAMPLE_ENV)
+        parsed = TopicRoot().parse(topic)
+        assert (parsed.kind, parsed.env) == (TopicKind.STATUS, SAMPLE_ENV)
+        payload = will["message"].replace("{env}", SAMPLE_ENV).encode()
+        message = codec.STATUS.decode(payload)
+        assert isinstance(message, messages.OfflineStatus)
+        assert message.reason == "connection-lost"
+        codec.check_env(message.env, SAMPLE_ENV)
+
+
+def test_controller_will_is_an_offline_controller_status(doc: dict[str, Any]) -> None:
+    for name, server in doc["servers"].items():
+        connection = server["x-controller-connection"]
+        will = connection["lastWill"]
+        assert set(will) == LAST_WILL_FIELDS
+        assert (will["qos"], will["retain"]) == (1, True), f"server {name}: will QoS/retain"
+        assert TopicRoot().parse(will["topic"]).kind is TopicKind.CONTROLLER_STATUS
+        status = codec.CONTROLLER_STATUS.decode(will["message"].encode())
+        assert status.status == "offline"
+
+
+def test_bindings_use_only_mqtt_binding_fields(doc: dict[str, Any]) -> None:
+    sections = {
+        "server": list(doc["servers"].values()),
+        "channel": list(doc["channels"].values()),
+        "operation": list(doc["operations"].values()),
+        "message": list(all_messages(doc).values()),
+    }
+    for kind, objects in sections.items():
+        for obj in objects:
+            for protocol, binding in obj.get("bindings", {}).items():
+                assert protocol == "mqtt", f"{kind} binding for {protocol!r}"
+                unknown = set(binding) - MQTT_BINDING_FIELDS[kind]
+                assert not unknown, f"not MQTT {kind} binding fields: {sorted(unknown)}"
+                assert binding.get("bindingVersion", "0.2.0") == "0.2.0"
+
+
+def test_parameters_describe_root_and_env(doc: dict[str, Any]) -> None:
+    parameters = doc["components"]["parameters"]
+    for name, parameter in parameters.items():
+        unknown = {key for key in parameter if not key.startswith("x-")} - PARAMETER_FIELDS
+        assert not unknown, f"parameter {name}: not AsyncAPI 3 fields {sorted(unknown)}"
+    root = parameters["root"]
+    assert root["default"] == DEFAULT_ROOT
+    for example in root["examples"]:
+        TopicRoot(example)
+    env = parameters["env"]
+    assert env["x-pattern"] == ENV_ID_PATTERN.pattern
+    assert ENV_ID_PATTERN.pattern in env["description"]
+    assert all(is_env_id(example) for example in env["examples"])
+
+
+# --- channels against the topic tree --------------------------------------------------------
+@pytest.mark.parametrize("root", ROOTS, ids=str)
+@pytest.mark.parametrize("channel", CHANNEL_NAMES)
+def test_channel_address_is_a_topic_of_the_tree(
+    doc: dict[str, Any], channel: str, root: TopicRoot
+) -> None:
+    spec = doc["channels"][channel]
+    unknown = set(spec) - CHANNEL_FIELDS
+    assert not unknown, f"channel {channel}: not AsyncAPI 3 fields {sorted(unknown)}"
+    placeholders = set(PLACEHOLDER.findall(spec["address"]))
+    assert placeholders == set(spec.get("parameters", {})), (
+        f"channel {channel}: parameters must be exactly the address placeholders"
+    )
+    assert spec["address"].startswith("{root}/")
+    parsed = root.parse(address_of(doc, channel, root))
+    assert parsed.env == (SAMPLE_ENV if "env" in placeholders else None)
+
+
+def test_every_topic_builder_has_a_channel(doc: dict[str, Any]) -> None:
+    builders = topic_builders()
+    assert {"status", "events", "cmd", "controller_status", "view", "alerts"} <= set(builders)
+    addresses = {address_of(doc, channel, TopicRoot()) for channel in doc["channels"]}
+    missing = {name: topic for name, topic in builders.items() if topic not in addresses}
+    assert not missing, f"topics the code builds with no channel in {ASYNCAPI.name}: {missing}"
+
+
+def test_every_topic_kind_has_exactly_one_channel(doc: dict[str, Any]) -> None:
+    kinds = [kind_of(doc, channel) for channel in doc["channels"]]
+    assert sorted(kinds, key=str) == sorted(TopicKind, key=str)
+
+
+def test_every_subscription_filter_matches_a_channel(doc: dict[str, Any]) -> None:
+    filters = subscription_filters()
+    assert filters, "TopicRoot has subscription filters"
+    addresses = [address_of(doc, channel, TopicRoot()) for channel in doc["channels"]]
+    for name, topic_filter in filters.items():
+        assert any(topic_matches(topic_filter, address) for address in addresses), (
+            f"TopicRoot.{name}() = {topic_filter!r} matches no channel"
+        )
+
+
+# --- operations -----------------------------------------------------------------------------
+def test_operations_reference_existing_channels_and_messages(doc: dict[str, Any]) -> None:
+    for name, operation in doc["operations"].items():
+        unknown = set(operation) - OPERATION_FIELDS
+        assert not unknown, f"operation {name}: not AsyncAPI 3 fields {sorted(unknown)}"
+        assert operation["action"] in ("send", "receive"), f"operation {name}"
+        channel_ref = operation["channel"]["$ref"]
+        assert channel_ref.startswith("#/channels/"), f"operation {name}: {channel_ref}"
+        channel_name = channel_ref.removeprefix("#/channels/")
+        assert channel_name in doc["channels"], f"operation {name}: no channel {channel_ref}"
+        assert operation["messages"], f"operation {name} names no message"
+        for message in operation["messages"]:
+            ref = message["$ref"]
+            # AsyncAPI 3: an operation's messages are a subset of its channel's messages.
+            assert ref.startswith(f"{channel_ref}/messages/"), f"operation {name}: {ref}"
+            resolved = resolve(doc, message)
+            assert resolved["payload"], f"operation {name}: {ref} has no payload"
+        roles = {tag["name"] for tag in operation["tags"]}
+        assert roles <= {"agent", "controller", "dashboard"}, f"operation {name}: {roles}"
+
+
+def test_every_channel_has_a_sender_and_a_receiver(doc: dict[str, Any]) -> None:
+    actions: dict[str, set[str]] = {channel: set() for channel in doc["channels"]}
+    for operation in doc["operations"].values():
+        actions[operation["channel"]["$ref"].removeprefix("#/channels/")].add(operation["action"])
+    lonely = {channel: sorted(seen) for channel, seen in actions.items() if len(seen) < 2}
+    assert not lonely, f"channels without both a send and a receive operation: {lonely}"
+
+
+def test_every_channel_message_is_used_by_an_operation(doc: dict[str, Any]) -> None:
+    used = {
+        message["$ref"]
+        for operation in doc["operations"].values()
+        for message in operation["messages"]
+    }
+    for channel, spec in doc["channels"].items():
+        for message in spec["messages"]:
+            ref = f"#/channels/{channel}/messages/{message}"
+            assert ref in used, f"{ref} is neither sent nor received by any operation"
+
+
+def test_sends_keep_the_contract_qos_and_retain(doc: dict[str, Any]) -> None:
+    for name, operation in doc["operations"].items():
+        binding = operation["bindings"]["mqtt"]
+        assert binding["qos"] == 1, f"operation {name}: every topic is QoS 1"
+        if operation["action"] != "send":
+            continue
+        kind = kind_of(doc, operation["channel"]["$ref"].removeprefix("#/channels/"))
+        assert binding["retain"] is RETAINED[kind], f"operation {name}: retain on {kind}"
+
+
+def test_heartbeats_expire_after_about_three_intervals(doc: dict[str, Any]) -> None:
+    online_sends = [
+        operation
+        for operation in doc["operations"].values()
+        if operation["action"] == "send"
+        and any(m["$ref"].endswith("/messages/online") for m in operation["messages"])
+    ]
+    assert len(online_sends) == 1
+    expiry = online_sends[0]["bindings"]["mqtt"]["messageExpiryInterval"]
+    assert expiry["type"] == "integer"
+    assert "3" in expiry["description"]
+    assert "interval" in expiry["description"]
+
+
+# --- messages against the Structs -----------------------------------------------------------
+def test_every_wire_struct_has_a_message(doc: dict[str, Any]) -> None:
+    names = {message["name"] for message in all_messages(doc).values()}
+    assert set(wire_structs()) == names
+
+
+@pytest.mark.parametrize("message_name", MESSAGE_NAMES)
+def test_payload_schema_is_the_struct_schema(doc: dict[str, Any], message_name: str) -> None:
+    message = all_messages(doc)[message_name]
+    struct = wire_structs()[message["name"]]
+    payload = resolve(doc, message["payload"])
+
+    field_names = {field.encode_name for field in msgspec.structs.fields(struct)}
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    if info.tag_field is not None:
+        field_names.add(info.tag_field)
+    assert set(payload["properties"]) == field_names, f"{message_name}: fields differ"
+
+    generated = generated_schema(struct)
+    expected = normalized(generated, generated["root"])
+    actual = normalized(doc, message["payload"])
+    assert actual == expected, (
+        f"{message_name}: the schema in {ASYNCAPI.name} differs from what msgspec makes of "
+        f"shared.messages.{struct.__name__}; expected:\n{json.dumps(expected, indent=2)}"
+    )
+
+
+@pytest.mark.parametrize("channel", CHANNEL_NAMES)
+def test_channel_examples_decode_with_the_topic_codec(doc: dict[str, Any], channel: str) -> None:
+    decoder = CODECS[kind_of(doc, channel)]
+    for message_ref in doc["channels"][channel]["messages"].values():
+        message = resolve(doc, message_ref)
+        struct = wire_structs()[message["name"]]
+        assert message.get("examples"), f"{message['name']} has no example"
+        for example in message["examples"]:
+            payload = json.dumps(example["payload"]).encode()
+            decoded = decoder.decode(payload)
+            assert type(decoded) is struct, f"{example['name']} decodes as {decoded!r}"
+
+
+def test_typical_heartbeat_fits_160_bytes(doc: dict[str, Any]) -> None:
+    message = all_messages(doc)["OnlineStatus"]
+    heartbeat = next(e for e in message["examples"] if e["name"] == "heartbeat")
+    decoded = codec.STATUS.decode(json.dumps(heartbeat["payload"]).encode())
+    assert isinstance(decoded, messages.OnlineStatus)
+    assert decoded.cpu is not None
+    assert decoded.ver
+    wire = codec.encode(decoded)
+    assert len(wire) <= 160, f"{len(wire)} bytes: {wire!r}"
+
+
+# --- docs/protocol.md -----------------------------------------------------------------------
+def protocol_examples() -> list[str]:
+    text = PROTOCOL.read_text(encoding="utf-8")
+    return re.findall(r"```json\n(.*?)```", text, flags=re.DOTALL)
+
+
+def test_protocol_md_examples_are_valid_messages() -> None:
+    examples = protocol_examples()
+    assert len(examples) >= len(wire_structs()), "protocol.md shows an example of each message"
+    shown: set[str] = set()
+    for example in examples:
+        payload = example.strip().encode()
+        decoded = []
+        for decoder in CODECS.values():
+            try:
+                decoded.append(decoder.decode(payload))
+            except DecodeError:
+                continue
+        assert decoded, f"protocol.md example decodes as no message:\n{example}"
+        shown.update(type(message).__name__ for message in decoded)
+    assert shown == set(wire_structs()), (
+        f"protocol.md lacks examples of {set(wire_structs()) - shown}"
+    )
