@@ -84,6 +84,11 @@ class ControllerStatus(msgspec.Struct, frozen=True):
     boot: ShortText = ""
     ver: ShortText = ""
     since: UnixTime | None = None
+    # Counters, refreshed periodically while online and in the clean-stop message.
+    envs: Count = 0  # environments known
+    online: Count = 0  # of which judged online
+    stale: Count = 0  # stale offline messages ignored since start
+    dropped: dict[str, Count] = {}  # bad input dropped since start, by reason
 
 
 # --- R/view/{env} ---------------------------------------------------------------------------
