@@ -62,6 +62,7 @@ class IdentityTracker(Protocol):
     def expire(self, now: float) -> list[AlertEdge]: ...
     def next_deadline(self) -> float | None: ...
     def in_conflict(self, env: str) -> bool: ...
+    def restore(self, env: str, conflict: bool, at: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -148,16 +149,10 @@ class Presence:
         clock: Clock,
         flaps: FlapTracker,
         identity: IdentityTracker,
-        *,
-        conflict_hold: float = 300.0,
     ) -> None:
         self._clock = clock
         self._flaps = flaps
         self._identity = identity
-        # An identity conflict restored from the store is not re-raised; if the watch has
-        # not seen it again after this long, it is cleared (one clear per episode).
-        self._conflict_hold = conflict_hold
-        self._inherited_conflicts: dict[str, float] = {}
         self._envs: dict[str, EnvRecord] = {}
         self._deadlines = TimerHeap()
         self.stale = 0  # offline messages ignored as stale
@@ -197,7 +192,7 @@ class Presence:
             self._envs[record.env] = record
             self._flaps.restore(record.env, recent_transitions.get(record.env, ()), record.flapping)
             if record.conflict:
-                self._inherited_conflicts[record.env] = now + self._conflict_hold
+                self._identity.restore(record.env, True, now)
         self.rearm()
 
     def rearm(self) -> None:
@@ -267,7 +262,6 @@ class Presence:
             self._apply_edge(edge, judgement)
         for edge in self._identity.expire(now):
             self._apply_edge(edge, judgement)
-        self._expire_inherited_conflicts(now, judgement)
         return judgement
 
     def seconds_until_next(self) -> float | None:
@@ -277,11 +271,7 @@ class Presence:
         if deadline is not None:
             waits.append(deadline - self._clock.monotonic())
         now = self._clock.time()
-        for wall_deadline in (
-            self._flaps.next_deadline(),
-            self._identity.next_deadline(),
-            min(self._inherited_conflicts.values(), default=None),
-        ):
+        for wall_deadline in (self._flaps.next_deadline(), self._identity.next_deadline()):
             if wall_deadline is not None:
                 waits.append(wall_deadline - now)
         return max(0.0, min(waits)) if waits else None
@@ -311,12 +301,8 @@ class Presence:
 
     def _observe_boot(self, record: EnvRecord, now: float, judgement: Judgement) -> None:
         edge = self._identity.observe(record.env, record.boot, now)
-        if edge is None:
-            return
-        if edge.state == "raised" and record.env in self._inherited_conflicts:
-            del self._inherited_conflicts[record.env]
-            return  # the episode restored from the store goes on: raised already
-        self._apply_edge(edge, judgement)
+        if edge is not None:
+            self._apply_edge(edge, judgement)
 
     def _apply_edge(
         self, edge: AlertEdge, judgement: Judgement, *, publish_view: bool = True
@@ -335,16 +321,6 @@ class Presence:
             record.conflict = active
             if publish_view:
                 judgement.records.append(record.snapshot())
-
-    def _expire_inherited_conflicts(self, now: float, judgement: Judgement) -> None:
-        for env, deadline in list(self._inherited_conflicts.items()):
-            if deadline > now:
-                continue
-            del self._inherited_conflicts[env]
-            if self._identity.in_conflict(env):
-                continue
-            edge = AlertEdge(env, "identity-conflict", "cleared", now, "no conflict since restart")
-            self._apply_edge(edge, judgement)
 
 
 def _timeout(interval: float | None) -> float:

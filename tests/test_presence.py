@@ -43,19 +43,25 @@ class ScriptedIdentity:
         self.observed: list[tuple[str, str, float]] = []
         self.on_observe: list[AlertEdge | None] = []
         self.conflicts: set[str] = set()
+        self.restored: list[tuple[str, bool, float]] = []
+        self.on_expire: list[AlertEdge] = []
 
     def observe(self, env: str, boot: str, at: float) -> AlertEdge | None:
         self.observed.append((env, boot, at))
         return self.on_observe.pop(0) if self.on_observe else None
 
     def expire(self, now: float) -> list[AlertEdge]:
-        return []
+        edges, self.on_expire = self.on_expire, []
+        return edges
 
     def next_deadline(self) -> float | None:
         return None
 
     def in_conflict(self, env: str) -> bool:
         return env in self.conflicts
+
+    def restore(self, env: str, conflict: bool, at: float) -> None:
+        self.restored.append((env, conflict, at))
 
 
 @pytest.fixture
@@ -75,7 +81,7 @@ def identity() -> ScriptedIdentity:
 
 @pytest.fixture
 def core(clock: ManualClock, flaps: ScriptedFlaps, identity: ScriptedIdentity) -> Presence:
-    return Presence(clock, flaps, identity, conflict_hold=300.0)
+    return Presence(clock, flaps, identity)
 
 
 def online(env: str = "edge-1", bdseq: int = 1, seq: int = 0, interval: float = 10.0,
@@ -318,26 +324,14 @@ def test_live_heartbeat_after_restore_with_new_seq_is_no_transition(core: Presen
     assert not judgement.views
 
 
-def test_restored_conflict_is_not_raised_again(
+def test_restored_conflict_goes_back_to_the_identity_watch(
     core: Presence, clock: ManualClock, identity: ScriptedIdentity
 ) -> None:
-    core.restore([stored("a", "online", conflict=True)])
-    identity.on_observe.append(AlertEdge("a", "identity-conflict", "raised", 0.0, ""))
-    assert core.on_status(online("a", seq=4)).alerts == []
-    clock.advance(301)
-    assert core.tick().alerts == []
-
-
-def test_restored_conflict_that_stopped_is_cleared_once(core: Presence, clock: ManualClock) -> None:
-    core.restore([stored("a", "online", conflict=True)])
-    assert core.seconds_until_next() == pytest.approx(30)
-    clock.advance(299)
-    core.on_status(online("a", seq=4))
-    assert core.tick().alerts == []
-    clock.advance(2)
-    cleared = core.tick().alerts
-    assert [(a.kind, a.state) for a in cleared] == [("identity-conflict", "cleared")]
-    assert core.tick().alerts == []
+    core.restore([stored("a", "online", conflict=True), stored("b", "online")])
+    assert identity.restored == [("a", True, clock.time())]
+    cleared = AlertEdge("a", "identity-conflict", "cleared", clock.time(), "")
+    identity.on_expire.append(cleared)
+    assert core.tick().alerts == [cleared]
     record = core.get("a")
     assert record is not None
     assert not record.conflict
