@@ -15,12 +15,33 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Protocol
 
 from controller.errors import BrokerStartError
 
-__all__ = ["MosquittoProcess", "find_mosquitto", "free_port", "port_open"]
+__all__ = ["BrokerProcess", "MosquittoProcess", "find_mosquitto", "free_port", "port_open"]
 
 _SEARCH_PATH = ("/usr/sbin", "/usr/local/sbin", "/usr/bin")
+
+
+class BrokerProcess(Protocol):
+    """What ``edgeplane up`` needs of a broker it starts: mosquitto or the embedded one."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def log_path(self) -> Path: ...
+
+    def start(self, timeout: float = 10.0) -> None: ...
+
+    def stop(self, timeout: float = 10.0) -> None: ...
 
 
 def find_mosquitto() -> str | None:
@@ -55,6 +76,10 @@ class MosquittoProcess:
 
     ``start()`` and ``stop()`` may be called repeatedly: the port and the data directory
     stay the same, so a restart keeps persisted retained messages and sessions.
+
+    The MQTT listener ``listener PORT HOST`` is appended to the config, unless
+    ``append_listener`` is false: then the config declares it and ``port`` must name it.
+    ``websockets_port`` adds a second listener speaking MQTT over WebSockets on ``host``.
     """
 
     def __init__(
@@ -66,13 +91,19 @@ class MosquittoProcess:
         port: int | None = None,
         binary: str | None = None,
         extra_lines: tuple[str, ...] = (),
+        append_listener: bool = True,
+        websockets_port: int | None = None,
     ) -> None:
+        if not append_listener and port is None:
+            raise ValueError("a config that declares its own listener needs its port given")
         self.base_config = base_config
         self.data_dir = data_dir
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.binary = binary or find_mosquitto()
         self.extra_lines = extra_lines
+        self.append_listener = append_listener
+        self.websockets_port = websockets_port
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -93,10 +124,12 @@ class MosquittoProcess:
 
     def write_config(self) -> Path:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        lines = [
-            self.base_config.read_text(),
-            "# --- appended by edgeplane for this process ---",
-            f"listener {self.port} {self.host}",
+        lines = [self.base_config.read_text(), "# --- appended by edgeplane for this process ---"]
+        if self.append_listener:
+            lines.append(f"listener {self.port} {self.host}")
+        if self.websockets_port is not None:
+            lines += [f"listener {self.websockets_port} {self.host}", "protocol websockets"]
+        lines += [
             f"persistence_location {self.data_dir}/",
             f"log_dest file {self.log_path}",
             *self.extra_lines,
@@ -113,7 +146,13 @@ class MosquittoProcess:
             return
         if self.binary is None:
             raise BrokerStartError("no mosquitto binary found on PATH or in /usr/sbin")
+        for port in (self.port, self.websockets_port):
+            if port is not None and port_open(self.host, port):
+                raise BrokerStartError(
+                    f"cannot start mosquitto: {self.host}:{port} is already in use"
+                )
         config = self.write_config()
+        log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._process = subprocess.Popen(
             [self.binary, "-c", str(config)],
             stdin=subprocess.DEVNULL,
@@ -124,20 +163,29 @@ class MosquittoProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = (
-                    self._process.stderr.read().decode(errors="replace")
-                    if self._process.stderr
-                    else ""
-                )
+                err = ""
+                if self._process.stderr:
+                    err = self._process.stderr.read().decode(errors="replace")
+                    self._process.stderr.close()
                 self._process = None
+                detail = (err.strip() + "\n" + self._log_since(log_start)).strip()
                 raise BrokerStartError(
-                    f"mosquitto exited during startup on port {self.port}: {err.strip()}"
+                    f"mosquitto exited during startup on port {self.port}: {detail}"
                 )
             if port_open(self.host, self.port):
                 return
             time.sleep(0.02)
         self.stop()
         raise BrokerStartError(f"mosquitto did not listen on port {self.port} within {timeout}s")
+
+    def _log_since(self, offset: int, limit: int = 2000) -> str:
+        """What mosquitto logged since ``offset``: it logs its startup errors to the file."""
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read().decode(errors="replace")[-limit:]
+        except OSError:
+            return ""
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop mosquitto cleanly (SIGTERM, so it saves its persistence file)."""
