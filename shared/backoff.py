@@ -23,6 +23,8 @@ class Backoff:
     ) -> None:
         if not 0 < initial <= cap:
             raise ValueError("backoff needs 0 < initial <= cap")
+        if not factor >= 1:
+            raise ValueError("backoff needs factor >= 1")
         self.initial = initial
         self.cap = cap
         self.factor = factor

@@ -27,9 +27,19 @@ class BrokerUrl:
     def parse(cls, text: str) -> BrokerUrl:
         try:
             parts = urlsplit(text)
+        except ValueError as exc:
+            raise InvalidBrokerUrl(f"invalid broker URL {text!r}: {exc}") from exc
+        if "@" in parts.netloc:
+            # Said without echoing the URL: the part before '@' may be a password.
+            raise InvalidBrokerUrl(
+                "invalid broker URL: no user name or password in it, use mqtt://HOST:PORT"
+            )
+        try:
             port = parts.port
         except ValueError as exc:
             raise InvalidBrokerUrl(f"invalid broker URL {text!r}: {exc}") from exc
+        if port == 0:
+            raise InvalidBrokerUrl(f"invalid broker URL {text!r}: port 0")
         if parts.scheme not in _DEFAULT_PORTS:
             raise InvalidBrokerUrl(
                 f"invalid broker URL {text!r}: expected mqtt://HOST:PORT or mqtts://HOST:PORT"
@@ -38,7 +48,9 @@ class BrokerUrl:
             raise InvalidBrokerUrl(f"invalid broker URL {text!r}: no host")
         if parts.path not in ("", "/") or parts.query or parts.fragment:
             raise InvalidBrokerUrl(f"invalid broker URL {text!r}: unexpected path or query")
-        return cls(parts.scheme, parts.hostname, port or _DEFAULT_PORTS[parts.scheme])
+        if port is None:
+            port = _DEFAULT_PORTS[parts.scheme]
+        return cls(parts.scheme, parts.hostname, port)
 
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -26,12 +26,16 @@ class Redactor:
 
     def __init__(self) -> None:
         self._secrets: set[str] = set()
+        self._ordered: list[str] = []
 
     def add(self, values: Iterable[str]) -> None:
         self._secrets.update(v for v in values if len(v) >= 3)
+        # Longest first: a secret that contains another must not be half-masked.
+        self._ordered = sorted(self._secrets, key=len, reverse=True)
 
     def clear(self) -> None:
         self._secrets.clear()
+        self._ordered = []
 
     def __call__(
         self, logger: Any, method: str, event: MutableMapping[str, Any]
@@ -44,12 +48,14 @@ class Redactor:
 
     def _mask(self, value: Any) -> Any:
         if isinstance(value, str):
-            for secret in self._secrets:
+            for secret in self._ordered:
                 if secret in value:
                     value = value.replace(secret, self.MASK)
             return value
         if isinstance(value, (list, tuple)):
-            return type(value)(self._mask(v) for v in value)
+            # A plain list or tuple back, also for subclasses such as named tuples.
+            masked = [self._mask(v) for v in value]
+            return masked if isinstance(value, list) else tuple(masked)
         if isinstance(value, dict):
             return {k: self._mask(v) for k, v in value.items()}
         return value

@@ -136,7 +136,8 @@ def positive_float(value: Any) -> float:
 
 
 def positive_int(value: Any) -> int:
-    if isinstance(value, bool):
+    # int() would quietly turn bools into 0/1 and a TOML 2.5 into 2.
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(f"expected a positive whole number, got {value!r}")
     try:
         number = int(value)
