@@ -509,3 +509,40 @@ def test_protocol_md_examples_are_valid_messages() -> None:
     assert shown == set(wire_structs()), (
         f"protocol.md lacks examples of {set(wire_structs()) - shown}"
     )
+
+
+def protocol_topic_table() -> dict[str, list[str]]:
+    """The rows of protocol.md's topic table: topic -> the other cells."""
+    rows: dict[str, list[str]] = {}
+    for line in PROTOCOL.read_text(encoding="utf-8").splitlines():
+        match = re.match(r"\| `(R/[^`]+)` \|(.*)\|$", line)
+        if match:
+            rows[match.group(1)] = [cell.strip() for cell in match.group(2).split("|")]
+    return rows
+
+
+def test_protocol_md_topic_table_is_the_tree() -> None:
+    rows = protocol_topic_table()
+    kinds: dict[TopicKind, list[str]] = {}
+    for template, cells in rows.items():
+        topic = template.replace("R/", f"{DEFAULT_ROOT}/", 1).replace("{env}", SAMPLE_ENV)
+        kinds[TopicRoot().parse(topic).kind] = cells
+    assert set(kinds) == set(TopicKind), "protocol.md's table lists every topic once"
+    for kind, cells in kinds.items():
+        _publisher, _subscribers, retained, qos = cells[:4]
+        assert retained == ("yes" if RETAINED[kind] else "no"), f"{kind}: retained column"
+        assert qos == "1", f"{kind}: QoS column"
+
+
+def test_operations_md_topics_are_in_the_tree(doc: dict[str, Any]) -> None:
+    text = (DOCS / "operations.md").read_text(encoding="utf-8")
+    topics = re.findall(r"-t '([^']+)'", text)
+    assert topics, "operations.md shows mosquitto_sub / mosquitto_pub examples"
+    addresses = [address_of(doc, channel, TopicRoot()) for channel in doc["channels"]]
+    for topic in topics:
+        if "+" in topic or "#" in topic:
+            assert any(topic_matches(topic, address) for address in addresses), (
+                f"operations.md subscribes to {topic!r}, which matches no channel"
+            )
+        else:
+            TopicRoot().parse(topic)
