@@ -34,6 +34,7 @@ from edge_agent.session import (
     Subscribed,
 )
 from edge_agent.state import BdseqStore
+from edge_agent.takeover import TakeoverCheck
 from edge_agent.waker import Waker
 from shared.backoff import Backoff
 from shared.clock import Clock, SystemClock
@@ -104,6 +105,9 @@ class Agent:
     @property
     def boot(self) -> str:
         return self._heartbeat.boot
+
+    def _stop_was_requested(self) -> bool:
+        return self._stop_requested
 
     def request_stop(self) -> None:
         """Ask the loop to stop cleanly. Safe to call from a signal handler."""
@@ -180,7 +184,7 @@ class Agent:
         self._heartbeat.new_connection(bdseq)
         structlog.contextvars.bind_contextvars(bdseq=bdseq)
         try:
-            self._session.connect(self.status_topic, encode(self._heartbeat.will()))
+            self._session.connect((self.status_topic, encode(self._heartbeat.will())))
         except BrokerUnavailable as exc:
             self._schedule_retry(now, self._backoff.next_delay(), "unreachable", str(exc))
             return
@@ -262,21 +266,40 @@ class Agent:
             self._stopped = True
             return
         if event.taken_over:
-            self._on_taken_over(now, was_connected_for)
+            self._on_taken_over(now, was_connected_for, other_boot=None)
             return
+        if was_connected_for is not None:
+            other_boot = self._other_runtime_online()
+            if other_boot is not None:
+                self._on_taken_over(self._clock.monotonic(), was_connected_for, other_boot)
+                return
+            if self._stop_was_requested():  # a signal may have come while looking
+                self._stopped = True
+                return
         if was_connected_for is not None and was_connected_for >= STABLE_AFTER:
             self._backoff.reset()
         self._schedule_retry(now, self._backoff.next_delay(), "connection-lost", event.reason)
 
-    def _on_taken_over(self, now: float, was_connected_for: float | None) -> None:
+    def _other_runtime_online(self) -> str | None:
+        """After the broker dropped a connection: is another runtime online as this env?"""
+        check = TakeoverCheck(
+            self.config.env_id, self.config.broker, self.status_topic, self.boot, self._clock
+        )
+        return check.run(self._waker, lambda: self._stop_requested)
+
+    def _on_taken_over(
+        self, now: float, was_connected_for: float | None, other_boot: str | None
+    ) -> None:
         if was_connected_for is not None and was_connected_for >= TAKEOVER_CAP:
             self._takeover_backoff.reset()
         delay = self._takeover_backoff.next_delay()
         self.phase = Phase.IDLE
         self._retry_at = now + delay
         log.error(
-            "session taken over: another runtime is using this environment's identity",
+            f"session taken over: another runtime is using the identity of environment "
+            f"{self.config.env_id!r}; waiting before connecting again",
             env_id=self.config.env_id,
+            other_boot=other_boot,
             retry_in=round(delay, 1),
         )
 

@@ -118,12 +118,16 @@ class Session:
         return self._client.socket() is not None
 
     # actions ------------------------------------------------------------------------------
-    def connect(self, will_topic: str, will_payload: bytes) -> None:
-        """Open the connection and send CONNECT with this connection's will (retained, QoS 1).
+    def connect(self, will: tuple[str, bytes] | None = None) -> None:
+        """Open the connection and send CONNECT with this connection's will (topic, payload;
+        retained, QoS 1), if any.
 
         CONNACK arrives later, through :meth:`poll`, as :class:`Connected`."""
         self._connected = False
-        self._client.will_set(will_topic, will_payload, qos=1, retain=True)
+        if will is None:
+            self._client.will_clear()
+        else:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
         try:
             self._client.connect(
                 self.broker.host, self.broker.port, keepalive=self.keepalive, clean_start=True
