@@ -66,8 +66,11 @@ class MessageCodec(Generic[T]):
             return self._decoder.decode(payload)
         except msgspec.ValidationError as exc:
             raise DecodeError("schema", f"{self.name}: {exc}") from exc
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # msgspec lets invalid UTF-8 inside a string through as UnicodeDecodeError.
             raise DecodeError("not-json", f"{self.name}: {exc}") from exc
+        except RecursionError:
+            raise DecodeError("not-json", f"{self.name}: nested too deeply") from None
 
     @staticmethod
     def encode(message: msgspec.Struct) -> bytes:
