@@ -1,0 +1,53 @@
+"""``edgeplane controller run``: the controller daemon, in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+from controller.settings import CONTROLLER_SETTINGS, load_settings
+from shared import settings as common
+
+if TYPE_CHECKING:
+    from controller.service import PresenceService
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("controller", help="the controller daemon")
+    commands = parser.add_subparsers(dest="controller_command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="judge who is online and publish the views",
+        description="Run the controller: judge presence, publish R/view/{env} and alerts.",
+    )
+    common.add_flags(run, CONTROLLER_SETTINGS)
+    run.add_argument(
+        "--config", metavar="FILE", default=None, help="TOML file of settings; env EDGEPLANE_CONFIG"
+    )
+    run.set_defaults(handler=run_controller)
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    from controller.service import PresenceService  # the daemon's imports, only when run
+    from shared.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(_serve(PresenceService(settings)))
+    return 0
+
+
+async def _serve(service: PresenceService) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await service.run(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,381 @@
+"""The controller's presence service: the thin shell around the pure core.
+
+One connection loop (reconnecting with capped, jittered backoff) runs, per connection:
+
+``receiver``   decodes every message with the shared codecs, judges it (pure, cheap) and
+               hands the judgement to the store's bounded queue, and its views and alerts
+               to the outbox;
+``publisher``  publishes the outbox in order once the store has committed what each item
+               shows, with a bounded number of publishes in flight;
+``ticker``     asks the core for time-driven judgements (heartbeat timeouts, flap and
+               identity expiry) when the next one falls due;
+``stats``      refreshes the retained controller status with its counters.
+
+After each (re)subscription the broker delivers the retained statuses and views. Until the
+echo of our own birth message comes back (everything retained was delivered before it), the
+retained views are collected; then every view that the broker lacks or holds wrong is
+re-published, and no other: a restart produces no view messages for unchanged
+environments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator
+from typing import Final, NamedTuple
+
+import aiomqtt
+import paho.mqtt.subscribeoptions
+import structlog
+
+from controller.alerts import AlertEdge
+from controller.badinput import BadInput
+from controller.flapping import FlapDetector
+from controller.identity import IdentityWatch
+from controller.mqttclient import make_client, unique_client_id
+from controller.presence import Judgement, Presence, Transition
+from controller.settings import ControllerSettings
+from controller.store import Store, open_store
+from shared import __version__
+from shared.backoff import Backoff
+from shared.clock import Clock, SystemClock
+from shared.codec import CONTROLLER_STATUS, EVENT, STATUS, VIEW, check_env, encode
+from shared.errors import DecodeError, InvalidTopic
+from shared.messages import Alert, ControllerStatus, EnvView
+from shared.topics import TopicKind
+
+__all__ = ["PresenceService"]
+
+PUBLISH_WINDOW: Final = 100  # publishes in flight at once (bounded: no flood at startup)
+OUTBOX_SIZE: Final = 20_000
+SYNC_TIMEOUT: Final = 10.0  # give up waiting for the birth echo after this long
+TICK_CAP: Final = 0.1  # never sleep longer than this between ticks
+DRAIN_TIMEOUT: Final = 10.0
+
+log = structlog.get_logger("controller")
+
+
+class Outgoing(NamedTuple):
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+class PresenceService:
+    """``await PresenceService(settings).run(stop)`` runs until ``stop`` is set."""
+
+    def __init__(self, settings: ControllerSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self._clock = clock or SystemClock()
+        self._root = settings.topic_root
+        self.boot = uuid.uuid4().hex[:16]
+        self.started = self._clock.time()
+        self.core = Presence(
+            self._clock,
+            FlapDetector(settings.flap_window, settings.flap_high, settings.flap_low),
+            IdentityWatch(settings.identity_window, settings.identity_quiet),
+        )
+        self.bad = BadInput(self._clock)
+        self._outbox: asyncio.Queue[tuple[int, Outgoing]] = asyncio.Queue(OUTBOX_SIZE)
+        self._unsent: list[Outgoing] = []  # taken from the outbox, not yet acknowledged
+        self._window = asyncio.Semaphore(PUBLISH_WINDOW)
+        self._syncing = False
+        self._birth_echoed = False
+        self._broker_views: dict[str, EnvView | None] = {}
+        self._sent_while_syncing: set[str] = set()
+        self._store: Store | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        db = self.settings.db_path
+        async with open_store(db) as store:
+            self._store = store
+            since = self._clock.time() - self.settings.flap_window
+            records, recent = await store.load(transitions_since=since)
+            self.core.restore(records, recent)
+            log.info(
+                "controller starting",
+                db=str(db),
+                broker=str(self.settings.broker),
+                topic_root=str(self._root),
+                restored=len(records),
+                boot=self.boot,
+            )
+            await self._connection_loop(store, stop)
+        log.info("controller stopped", **self._counters())
+
+    async def _connection_loop(self, store: Store, stop: asyncio.Event) -> None:
+        backoff = Backoff(initial=0.5, cap=30.0)
+        while not stop.is_set():
+            failure: BaseException | None = None
+            try:
+                async with self._client() as client:
+                    backoff.reset()
+                    log.info("connected to the broker", broker=str(self.settings.broker))
+                    await self._session(client, store, stop)
+                    await self._say_goodbye(client, store)
+                    return
+            except* aiomqtt.MqttError as group:
+                failure = group.exceptions[0]
+            delay = backoff.next_delay()
+            log.warning(
+                "broker connection lost; retrying",
+                broker=str(self.settings.broker),
+                error=str(failure),
+                retry_in=round(delay, 2),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        await store.flush()
+
+    def _client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(
+            self._root.controller_status(),
+            encode(self._status("offline")),
+            qos=1,
+            retain=True,
+        )
+        client = make_client(
+            self.settings.broker, unique_client_id("edgeplane-controller"), will=will
+        )
+        client.pending_calls_threshold = PUBLISH_WINDOW + 50
+        return client
+
+    async def _session(self, client: aiomqtt.Client, store: Store, stop: asyncio.Event) -> None:
+        await self._subscribe(client)
+        self.core.rearm()  # silence while we could not listen proves nothing
+        async with asyncio.TaskGroup() as tasks:
+            workers = [
+                tasks.create_task(self._receive(client, store), name="receiver"),
+                tasks.create_task(self._tick(store), name="ticker"),
+                tasks.create_task(self._refresh_status(client), name="stats"),
+                tasks.create_task(self._sync_deadline(), name="sync-deadline"),
+            ]
+            publisher = tasks.create_task(self._publish(client, store), name="publisher")
+            await stop.wait()
+            for worker in workers:
+                worker.cancel()
+            await asyncio.wait(workers)
+            await store.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox.join(), DRAIN_TIMEOUT)
+            publisher.cancel()
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        root = self._root
+        self._syncing = True
+        self._birth_echoed = False
+        self._broker_views.clear()
+        self._sent_while_syncing.clear()
+        no_local = paho.mqtt.subscribeoptions.SubscribeOptions(qos=1, noLocal=True)
+        await client.subscribe(root.all_status(), qos=1)
+        await client.subscribe(root.all_events(), qos=1)
+        await client.subscribe(root.all_views(), options=no_local)
+        await client.subscribe(root.controller_status(), qos=1)
+        # The echo of this birth marks the end of the retained messages (see _on_birth).
+        await client.publish(
+            root.controller_status(), encode(self._status("online")), qos=1, retain=True
+        )
+
+    async def _say_goodbye(self, client: aiomqtt.Client, store: Store) -> None:
+        """Clean stop: the retained controller status says offline, with the last counts."""
+        await store.flush()
+        await client.publish(
+            self._root.controller_status(), encode(self._status("offline")), qos=1, retain=True
+        )
+
+    # --- receiving ----------------------------------------------------------------------
+    async def _receive(self, client: aiomqtt.Client, store: Store) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            judgement = self._judge(message.topic.value, payload, message.retain)
+            if judgement:
+                number = await store.submit(judgement)
+                await self._queue_outgoing(number, judgement)
+                self._log_judgement(judgement)
+            if self._syncing and self._birth_echoed:
+                await self._finish_sync()
+
+    def _judge(self, topic: str, payload: bytes, retained: bool) -> Judgement | None:
+        """Decode and judge one message; None when it changes nothing. Never raises."""
+        try:
+            parsed = self._root.parse(topic)
+            limit = self.settings.max_payload
+            if parsed.kind is TopicKind.STATUS:
+                status = STATUS.decode(payload, limit=limit)
+                check_env(status.env, parsed.env or "")
+                judgement = self.core.on_status(status, retained=retained)
+                if judgement.stale:
+                    log.info("stale offline ignored", env=status.env, bdseq=status.bdseq)
+                return judgement
+            if parsed.kind is TopicKind.EVENTS:
+                event = EVENT.decode(payload, limit=limit)
+                check_env(event.env, parsed.env or "")
+                return None  # events are for later issues; a valid one is simply not ours
+            if parsed.kind is TopicKind.VIEW:
+                self._note_broker_view(parsed.env or "", payload)
+                return None
+            if parsed.kind is TopicKind.CONTROLLER_STATUS:
+                self._note_controller_status(payload)
+        except InvalidTopic as exc:
+            self._drop("bad-topic", topic, str(exc))
+        except DecodeError as exc:
+            self._drop(exc.reason, topic, exc.detail)
+        return None
+
+    def _drop(self, reason: str, topic: str, detail: str) -> None:
+        decision = self.bad.drop(reason)
+        if decision.log:
+            log.warning(
+                "bad input dropped",
+                reason=reason,
+                topic=topic[:200],
+                detail=detail[:300],
+                suppressed_before=decision.suppressed,
+            )
+
+    def _log_judgement(self, judgement: Judgement) -> None:
+        for transition in judgement.transitions:
+            _log_transition(transition)
+        for edge in judgement.alerts:
+            log.warning("alert", env=edge.env, kind=edge.kind, state=edge.state, detail=edge.detail)
+
+    # --- the end of the retained messages -----------------------------------------------
+    def _note_broker_view(self, env: str, payload: bytes) -> None:
+        if not self._syncing:
+            return
+        try:
+            self._broker_views[env] = VIEW.decode(payload) if payload else None
+        except DecodeError:
+            self._broker_views[env] = None  # garbage in a view: ours will replace it
+
+    def _note_controller_status(self, payload: bytes) -> None:
+        if not self._syncing or not payload:
+            return  # the retained status of an earlier controller, cleared or not
+        status = CONTROLLER_STATUS.decode(payload, limit=self.settings.max_payload)
+        if status.boot == self.boot and status.status == "online":
+            self._birth_echoed = True
+
+    async def _sync_deadline(self) -> None:
+        await asyncio.sleep(SYNC_TIMEOUT)
+        if self._syncing:
+            log.warning("no echo of the birth message; re-publishing views anyway")
+            await self._finish_sync()
+
+    async def _finish_sync(self) -> None:
+        """Re-publish every view the broker lacks or holds wrong (it may have lost them)."""
+        if not self._syncing:
+            return
+        self._syncing = False
+        republished = 0
+        for record in list(self.core.records()):
+            view = record.view()
+            if record.env in self._sent_while_syncing:
+                continue
+            if self._broker_views.get(record.env) != view:
+                await self._outbox.put((0, self._view_message(view)))
+                republished += 1
+        self._broker_views.clear()
+        self._sent_while_syncing.clear()
+        log.info("retained state synchronised", envs=len(self.core), republished=republished)
+
+    # --- publishing ---------------------------------------------------------------------
+    async def _queue_outgoing(self, number: int, judgement: Judgement) -> None:
+        for view in judgement.views:
+            if self._syncing:
+                self._sent_while_syncing.add(view.env)  # the broker will have this one
+            await self._outbox.put((number, self._view_message(view)))
+        for edge in judgement.alerts:
+            await self._outbox.put((number, self._alert_message(edge)))
+
+    async def _publish(self, client: aiomqtt.Client, store: Store) -> None:
+        async with asyncio.TaskGroup() as in_flight:
+            for item in self._take_unsent():
+                await self._window.acquire()
+                in_flight.create_task(self._publish_one(client, item, queued=False))
+            while True:
+                number, item = await self._outbox.get()
+                try:
+                    await store.wait_committed(number)
+                    await self._window.acquire()
+                except asyncio.CancelledError:
+                    self._unsent.append(item)
+                    self._outbox.task_done()
+                    raise
+                in_flight.create_task(self._publish_one(client, item, queued=True))
+
+    async def _publish_one(self, client: aiomqtt.Client, item: Outgoing, *, queued: bool) -> None:
+        try:
+            await client.publish(item.topic, item.payload, qos=1, retain=item.retain)
+        except (aiomqtt.MqttError, asyncio.CancelledError):
+            self._unsent.append(item)
+            raise
+        finally:
+            self._window.release()
+            if queued:
+                self._outbox.task_done()
+
+    def _take_unsent(self) -> Iterator[Outgoing]:
+        unsent, self._unsent = self._unsent, []
+        return iter(unsent)
+
+    def _view_message(self, view: EnvView) -> Outgoing:
+        return Outgoing(self._root.view(view.env), encode(view), True)
+
+    def _alert_message(self, edge: AlertEdge) -> Outgoing:
+        alert = Alert(
+            kind=edge.kind, state=edge.state, env=edge.env, ts=edge.at, detail=edge.detail[:256]
+        )
+        return Outgoing(self._root.alerts(edge.env), encode(alert), False)
+
+    # --- time ---------------------------------------------------------------------------
+    async def _tick(self, store: Store) -> None:
+        while True:
+            wait = self.core.seconds_until_next()
+            await asyncio.sleep(TICK_CAP if wait is None else min(wait, TICK_CAP))
+            judgement = self.core.tick()
+            if judgement:
+                number = await store.submit(judgement)
+                await self._queue_outgoing(number, judgement)
+                self._log_judgement(judgement)
+
+    async def _refresh_status(self, client: aiomqtt.Client) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval)
+            await client.publish(
+                self._root.controller_status(), encode(self._status("online")), qos=1, retain=True
+            )
+            log.info("controller stats", **self._counters())
+
+    def _status(self, state: str) -> ControllerStatus:
+        return ControllerStatus(
+            status="online" if state == "online" else "offline",
+            boot=self.boot,
+            ver=__version__,
+            since=self.started,
+            envs=len(self.core),
+            online=self.core.online_count(),
+            stale=self.core.stale,
+            dropped=self.bad.counts,
+        )
+
+    def _counters(self) -> dict[str, object]:
+        return {
+            "envs": len(self.core),
+            "online": self.core.online_count(),
+            "stale": self.core.stale,
+            "dropped": self.bad.counts,
+        }
+
+
+def _log_transition(transition: Transition) -> None:
+    log.info(
+        "transition",
+        env=transition.env,
+        from_status=transition.from_status,
+        to_status=transition.to_status,
+        reason=transition.reason,
+        during_downtime=transition.during_downtime,
+    )

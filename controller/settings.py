@@ -1,0 +1,106 @@
+"""The settings of ``edgeplane controller run``: flag > ``EDGEPLANE_*`` > TOML file > default.
+
+A bad value raises :class:`shared.errors.SettingsError` with one line naming the setting,
+which the command line turns into exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from shared import settings as common
+from shared.broker_url import DEFAULT_BROKER, BrokerUrl
+from shared.codec import DEFAULT_MAX_PAYLOAD
+from shared.errors import SettingsError
+from shared.logs import LogFormat
+from shared.topics import TopicRoot
+
+__all__ = ["CONTROLLER_SETTINGS", "ControllerSettings", "default_db_path", "load_settings"]
+
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+DEFAULT_TOPIC_ROOT: Final = TopicRoot()
+
+
+def default_db_path() -> Path:
+    """``$XDG_STATE_HOME/edgeplane/controller.db`` (``~/.local/state`` without it)."""
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "edgeplane" / "controller.db"
+
+
+def whole_number(value: Any) -> int:
+    """A whole number >= 0 (``--flap-low 0`` is a valid choice)."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a whole number >= 0, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return number
+
+
+def payload_limit(value: Any) -> int:
+    number = common.positive_int(value)
+    if number > 256 * 1024 * 1024:
+        raise ValueError(f"expected at most 268435456 bytes (the MQTT limit), got {value!r}")
+    return number
+
+
+Setting = common.Setting
+CONTROLLER_SETTINGS: Final = (
+    Setting("broker", common.broker_url, DEFAULT_BROKER, "broker URL, mqtt://HOST:PORT"),
+    Setting("db", common.path, None, "SQLite database file (default: $XDG_STATE_HOME/edgeplane)"),
+    Setting("topic_root", common.topic_root, DEFAULT_TOPIC_ROOT, "topic root"),
+    Setting("flap_window", common.positive_float, 600.0, "flapping window, seconds"),
+    Setting("flap_high", common.positive_int, 6, "transitions in the window that raise flapping"),
+    Setting("flap_low", whole_number, 2, "transitions in the window that clear flapping"),
+    Setting("identity_window", common.positive_float, 600.0, "identity-conflict window, s"),
+    Setting("identity_quiet", common.positive_float, 300.0, "quiet time that clears a conflict"),
+    Setting("max_payload", payload_limit, DEFAULT_MAX_PAYLOAD, "largest accepted payload, bytes"),
+    Setting("stats_interval", common.positive_float, 60.0, "seconds between status updates"),
+    Setting("log_format", common.choice("auto", "console", "json"), "auto", "log format"),
+    Setting("log_level", common.choice(*LOG_LEVELS), "info", "log level"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    broker: BrokerUrl = DEFAULT_BROKER
+    db: Path | None = None
+    topic_root: TopicRoot = DEFAULT_TOPIC_ROOT
+    flap_window: float = 600.0
+    flap_high: int = 6
+    flap_low: int = 2
+    identity_window: float = 600.0
+    identity_quiet: float = 300.0
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+    stats_interval: float = 60.0
+    log_format: LogFormat = "auto"
+    log_level: str = "info"
+
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else default_db_path()
+
+
+def load_settings(
+    flags: argparse.Namespace | Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+) -> ControllerSettings:
+    """Resolve every setting; ``flags.config`` (or ``EDGEPLANE_CONFIG``) names the TOML file."""
+    environ = os.environ if environ is None else environ
+    given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
+    config_file = given.get("config") or environ.get("EDGEPLANE_CONFIG") or None
+    values = common.resolve(CONTROLLER_SETTINGS, given, environ, config_file)
+    settings = ControllerSettings(**values)
+    if settings.flap_low >= settings.flap_high:
+        raise SettingsError(
+            f"--flap-low ({settings.flap_low}) must be below --flap-high ({settings.flap_high})"
+        )
+    return settings
