@@ -269,44 +269,59 @@ def test_servers_are_mqtt_5_with_the_default_broker(doc: dict[str, Any]) -> None
     assert plain["host"] == f"{DEFAULT_BROKER.host}:{DEFAULT_BROKER.port}"
 
 
-def test_agent_will_is_the_contract_will(doc: dict[str, Any]) -> None:
+def fill(template: str, root: TopicRoot) -> str:
+    """``{root}`` and ``{env}`` of a binding's topic or payload, substituted."""
+    return template.replace("{root}", root.value).replace("{env}", SAMPLE_ENV)
+
+
+@pytest.mark.parametrize("root", ROOTS, ids=str)
+def test_agent_will_is_the_contract_will(doc: dict[str, Any], root: TopicRoot) -> None:
     for name, server in doc["servers"].items():
-        binding = server["bindings"]["mqtt"]
+        binding = resolve(doc, server["bindings"])["mqtt"]
         assert binding["clientId"] == "{env}", f"server {name}: client id = environment id"
         will = binding["lastWill"]
         assert set(will) == LAST_WILL_FIELDS
         assert (will["qos"], will["retain"]) == (1, True), f"server {name}: will QoS/retain"
-        topic = will["topic"].replace("{env}", SAMPLE_ENV)
-        parsed = TopicRoot().parse(topic)
+        parsed = root.parse(fill(will["topic"], root))
         assert (parsed.kind, parsed.env) == (TopicKind.STATUS, SAMPLE_ENV)
-        payload = will["message"].replace("{env}", SAMPLE_ENV).encode()
+        payload = fill(will["message"], root).encode()
         message = codec.STATUS.decode(payload)
         assert isinstance(message, messages.OfflineStatus)
         assert message.reason == "connection-lost"
         codec.check_env(message.env, SAMPLE_ENV)
 
 
-def test_controller_will_is_an_offline_controller_status(doc: dict[str, Any]) -> None:
+@pytest.mark.parametrize("root", ROOTS, ids=str)
+def test_controller_will_is_an_offline_controller_status(
+    doc: dict[str, Any], root: TopicRoot
+) -> None:
     for name, server in doc["servers"].items():
-        connection = server["x-controller-connection"]
+        connection = resolve(doc, server["x-controller-connection"])
+        assert set(connection) <= MQTT_BINDING_FIELDS["server"], f"server {name}"
         will = connection["lastWill"]
         assert set(will) == LAST_WILL_FIELDS
         assert (will["qos"], will["retain"]) == (1, True), f"server {name}: will QoS/retain"
-        assert TopicRoot().parse(will["topic"]).kind is TopicKind.CONTROLLER_STATUS
+        assert root.parse(fill(will["topic"], root)).kind is TopicKind.CONTROLLER_STATUS
         status = codec.CONTROLLER_STATUS.decode(will["message"].encode())
         assert status.status == "offline"
 
 
 def test_bindings_use_only_mqtt_binding_fields(doc: dict[str, Any]) -> None:
-    sections = {
+    owners = {
         "server": list(doc["servers"].values()),
         "channel": list(doc["channels"].values()),
         "operation": list(doc["operations"].values()),
         "message": list(all_messages(doc).values()),
     }
-    for kind, objects in sections.items():
-        for obj in objects:
-            for protocol, binding in obj.get("bindings", {}).items():
+    bindings = {
+        kind: [resolve(doc, owner["bindings"]) for owner in found if "bindings" in owner]
+        for kind, found in owners.items()
+    }
+    assert bindings["server"], "the servers describe the agent's connection"
+    assert bindings["operation"], "the operations carry QoS and retain"
+    for kind, objects in bindings.items():
+        for by_protocol in objects:
+            for protocol, binding in by_protocol.items():
                 assert protocol == "mqtt", f"{kind} binding for {protocol!r}"
                 unknown = set(binding) - MQTT_BINDING_FIELDS[kind]
                 assert not unknown, f"not MQTT {kind} binding fields: {sorted(unknown)}"
