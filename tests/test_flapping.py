@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from controller.alerts import AlertEdge, DeadlineHeap
 from controller.flapping import FlapDetector
@@ -414,3 +415,64 @@ def test_deadline_heap_agrees_with_a_plain_dict(
     assert [plain[k] for k in due] == sorted(plain[k] for k in due)
     assert len(heap) == len(plain) - len(due)
     assert len(heap._heap) <= 2 * len(plain) + 64
+
+
+# --- a state machine over the whole interface ----------------------------------------------
+class FlapMachine(RuleBasedStateMachine):
+    """Any interleaving of record, expire, restore and forget keeps the promises: edges
+    alternate per environment, nothing comes early, and the state agrees with the edges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.detector = FlapDetector(window=10.0, high=3, low=1)
+        self.now = 0.0
+        self.last_state: dict[str, str] = {}  # the state the last edge (or restore) left
+
+    def take(self, edges: Sequence[AlertEdge]) -> None:
+        for edge in edges:
+            assert edge.at <= self.now
+            assert edge.state != self.last_state.get(edge.env, "cleared"), edge
+            self.last_state[edge.env] = edge.state
+
+    @rule(env=st.sampled_from(["a", "b", "c"]), gap=st.sampled_from([0.0, 1.0, 4.0, 11.0]))
+    def record(self, env: str, gap: float) -> None:
+        self.now += gap
+        edge = self.detector.record(env, self.now)
+        self.take([edge] if edge else [])
+
+    @rule(gap=st.sampled_from([0.0, 0.5, 3.0, 10.0, 100.0]))
+    def expire(self, gap: float) -> None:
+        self.now += gap
+        deadline = self.detector.next_deadline()
+        edges = self.detector.expire(self.now)
+        if deadline is None or deadline > self.now:
+            assert edges == []
+        self.take(edges)
+        after = self.detector.next_deadline()
+        assert after is None or after > self.now
+        for env, state in self.last_state.items():
+            assert self.detector.is_flapping(env) == (state == "raised")
+
+    @rule(
+        env=st.sampled_from(["a", "b", "c"]),
+        ages=st.lists(st.sampled_from([0.0, 2.0, 5.0, 9.0, 30.0]), max_size=5),
+        flapping=st.booleans(),
+    )
+    def restore(self, env: str, ages: list[float], flapping: bool) -> None:
+        self.detector.restore(env, [self.now - age for age in ages], flapping)
+        self.last_state[env] = "raised" if flapping else "cleared"
+
+    @rule(env=st.sampled_from(["a", "b", "c"]))
+    def forget(self, env: str) -> None:
+        self.detector.forget(env)
+        self.last_state.pop(env, None)
+        assert not self.detector.is_flapping(env)
+
+    @invariant()
+    def memory_is_bounded(self) -> None:
+        assert all(len(state.times) <= 3 for state in self.detector._envs.values())
+        assert len(self.detector._deadlines._heap) <= 2 * 3 + 64
+
+
+TestFlapMachine = FlapMachine.TestCase
+TestFlapMachine.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, rule
 
 from controller.alerts import AlertEdge
 from controller.identity import IdentityWatch
@@ -272,3 +273,60 @@ def test_edges_match_the_model_for_any_boot_sequence(
         got = [(e.state, e.at) for e, _ in delivered if e.env == env]
         assert got == model_edges(observations, window, quiet)
         assert [state for state, _ in got] == ["raised", "cleared"] * (len(got) // 2)
+
+
+# --- a state machine over the whole interface ----------------------------------------------
+class IdentityMachine(RuleBasedStateMachine):
+    """Any interleaving of observe, expire, restore and forget keeps the promises: edges
+    alternate per environment, nothing comes early, and the state agrees with the edges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watch = IdentityWatch(window=30.0, quiet=10.0)
+        self.now = 0.0
+        self.last_state: dict[str, str] = {}
+
+    def take(self, edges: Sequence[AlertEdge]) -> None:
+        for edge in edges:
+            assert edge.at <= self.now
+            assert edge.kind == "identity-conflict"
+            assert edge.state != self.last_state.get(edge.env, "cleared"), edge
+            self.last_state[edge.env] = edge.state
+
+    @rule(
+        env=st.sampled_from(["a", "b"]),
+        boot=st.sampled_from(["x", "y", "z"]),
+        gap=st.sampled_from([0.0, 1.0, 6.0, 31.0]),
+    )
+    def observe(self, env: str, boot: str, gap: float) -> None:
+        self.now += gap
+        edge = self.watch.observe(env, boot, self.now)
+        self.take([edge] if edge else [])
+
+    @rule(gap=st.sampled_from([0.0, 0.5, 5.0, 10.0, 100.0]))
+    def expire(self, gap: float) -> None:
+        self.now += gap
+        deadline = self.watch.next_deadline()
+        edges = self.watch.expire(self.now)
+        if deadline is None or deadline > self.now:
+            assert edges == []
+        self.take(edges)
+        after = self.watch.next_deadline()
+        assert after is None or after > self.now
+        for env, state in self.last_state.items():
+            assert self.watch.in_conflict(env) == (state == "raised")
+
+    @rule(env=st.sampled_from(["a", "b"]), conflict=st.booleans())
+    def restore(self, env: str, conflict: bool) -> None:
+        self.watch.restore(env, conflict, self.now)
+        self.last_state[env] = "raised" if conflict else "cleared"
+
+    @rule(env=st.sampled_from(["a", "b"]))
+    def forget(self, env: str) -> None:
+        self.watch.forget(env)
+        self.last_state.pop(env, None)
+        assert not self.watch.in_conflict(env)
+
+
+TestIdentityMachine = IdentityMachine.TestCase
+TestIdentityMachine.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
