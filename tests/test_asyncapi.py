@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Final
@@ -19,6 +20,7 @@ import msgspec
 import pytest
 import yaml
 
+from edge_agent.heartbeat import message_expiry
 from shared import codec, messages
 from shared.broker_url import DEFAULT_BROKER
 from shared.errors import DecodeError
@@ -160,36 +162,21 @@ def kind_of(document: dict[str, Any], channel: str) -> TopicKind:
     return TopicRoot().parse(address_of(document, channel, TopicRoot())).kind
 
 
-def topic_builders() -> dict[str, str]:
-    """Every public topic builder of TopicRoot and the topic it makes for SAMPLE_ENV.
-
-    Public methods that take only environment ids are called; those whose result has a
-    wildcard are subscription filters, the rest are builders.
-    """
+def topic_methods() -> tuple[dict[str, str], dict[str, str]]:
+    """Every public topic method of TopicRoot and what it makes for SAMPLE_ENV, split into
+    builders (a topic) and subscription filters (a wildcard in it)."""
     root = TopicRoot()
-    built: dict[str, str] = {}
-    for name, function in inspect.getmembers(TopicRoot, inspect.isfunction):
-        if name.startswith("_") or name == "parse":
-            continue
-        arity = len(inspect.signature(function).parameters) - 1
-        topic = function(root, *[SAMPLE_ENV] * arity)
-        assert isinstance(topic, str), f"TopicRoot.{name} returned {topic!r}"
-        if "+" not in topic and "#" not in topic:
-            built[name] = topic
-    return built
-
-
-def subscription_filters() -> dict[str, str]:
-    root = TopicRoot()
+    builders: dict[str, str] = {}
     filters: dict[str, str] = {}
     for name, function in inspect.getmembers(TopicRoot, inspect.isfunction):
         if name.startswith("_") or name == "parse":
             continue
-        if len(inspect.signature(function).parameters) == 1:
-            topic = function(root)
-            if "+" in topic or "#" in topic:
-                filters[name] = topic
-    return filters
+        arity = len(inspect.signature(function).parameters) - 1  # env ids only, so far
+        topic = function(root, *[SAMPLE_ENV] * arity)
+        assert isinstance(topic, str), f"TopicRoot.{name} returned {topic!r}"
+        is_filter = "+" in topic or "#" in topic
+        (filters if is_filter else builders)[name] = topic
+    return builders, filters
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:
@@ -228,6 +215,8 @@ def normalized(document: dict[str, Any], node: Any) -> Any:
             result[key] = sorted(value, key=repr)
         elif key == "default":
             result[key] = value
+        elif key == "properties":  # field names, whatever they are called
+            result[key] = {name: normalized(document, schema) for name, schema in value.items()}
         else:
             result[key] = normalized(document, value)
     return result
@@ -362,7 +351,7 @@ def test_channel_address_is_a_topic_of_the_tree(
 
 
 def test_every_topic_builder_has_a_channel(doc: dict[str, Any]) -> None:
-    builders = topic_builders()
+    builders, _ = topic_methods()
     assert {"status", "events", "cmd", "controller_status", "view", "alerts"} <= set(builders)
     addresses = {address_of(doc, channel, TopicRoot()) for channel in doc["channels"]}
     missing = {name: topic for name, topic in builders.items() if topic not in addresses}
@@ -375,7 +364,7 @@ def test_every_topic_kind_has_exactly_one_channel(doc: dict[str, Any]) -> None:
 
 
 def test_every_subscription_filter_matches_a_channel(doc: dict[str, Any]) -> None:
-    filters = subscription_filters()
+    _, filters = topic_methods()
     assert filters, "TopicRoot has subscription filters"
     addresses = [address_of(doc, channel, TopicRoot()) for channel in doc["channels"]]
     for name, topic_filter in filters.items():
@@ -445,8 +434,10 @@ def test_heartbeats_expire_after_about_three_intervals(doc: dict[str, Any]) -> N
     assert len(online_sends) == 1
     expiry = online_sends[0]["bindings"]["mqtt"]["messageExpiryInterval"]
     assert expiry["type"] == "integer"
-    assert "3" in expiry["description"]
-    assert "interval" in expiry["description"]
+    assert expiry["description"].startswith("ceil(3 \N{MULTIPLICATION SIGN} interval)")
+    # What the agent really sets, for the 10 s default interval and an odd one.
+    assert message_expiry(10.0) == 30 == expiry["examples"][0]
+    assert message_expiry(2.5) == math.ceil(3 * 2.5)
 
 
 # --- messages against the Structs -----------------------------------------------------------
@@ -524,6 +515,17 @@ def test_protocol_md_examples_are_valid_messages() -> None:
     assert shown == set(wire_structs()), (
         f"protocol.md lacks examples of {set(wire_structs()) - shown}"
     )
+
+
+def test_protocol_md_heartbeat_is_shown_as_it_travels() -> None:
+    heartbeat = next(e.strip() for e in protocol_examples() if '"status":"online","env"' in e)
+    decoded = codec.STATUS.decode(heartbeat.encode())
+    as_sent = json.loads(heartbeat)
+    assert as_sent == msgspec.to_builtins(decoded), "every field shown is a heartbeat field"
+    assert list(as_sent) == list(msgspec.to_builtins(decoded)), "in the order the agent sends"
+    stated = f"The message above is {len(heartbeat.encode())} bytes"
+    assert stated in PROTOCOL.read_text(encoding="utf-8"), f"protocol.md: {stated!r}"
+    assert len(heartbeat.encode()) <= 160
 
 
 def protocol_topic_table() -> dict[str, list[str]]:
