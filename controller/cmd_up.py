@@ -424,7 +424,7 @@ def _banner(session: Session) -> str:
         f"{session.state_dir / 'mosquitto'}",
         "embedded": "the embedded broker (iotcore/rumqttd) started by up"
         + (": no mosquitto found" if session.args.broker_kind == "auto" else "")
-        + "; it delivers at most 100 retained messages per new subscription",
+        + "; it delivers at most 100 retained messages per new QoS 1 subscription",
     }[session.plan.plan]
     pids = ", ".join(f"{c.name} pid {c.pid}" for c in session.children)
     tls = " --capath /etc/ssl/certs" if url.tls else ""
@@ -442,6 +442,15 @@ def _banner(session: Session) -> str:
         "  stop        Ctrl-C (or SIGTERM)",
     ]
     return "\n".join(lines)
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 async def _supervise(child: Child, session: Session) -> None:
@@ -462,7 +471,7 @@ async def _supervise(child: Child, session: Session) -> None:
         delay = backoff.next_delay()
         child.restarts += 1
         _say(
-            f"{child.name} (pid {child.pid}) exited unexpectedly with status {code}: "
+            f"{child.name} (pid {child.pid}) {_exit_text(code)} unexpectedly: "
             f"restarting it in {delay:.1f}s (restart #{child.restarts})"
         )
         await asyncio.sleep(delay)
@@ -503,6 +512,8 @@ async def _run_session(session: Session) -> int:
     try:
         if session.broker is not None:
             await asyncio.to_thread(session.broker.start)
+        if stop.is_set():  # Ctrl-C while the broker was starting
+            return 0
         session.children = _children(session)
         for child in session.children:
             await child.start()

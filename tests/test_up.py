@@ -198,7 +198,9 @@ async def test_up_restarts_a_child_that_dies(
     async with open_probe(first["broker"], status_topic) as probe:
         online = await probe.wait_json(status_topic, timeout=30, status="online")
         os.kill(first["agent_pid"], signal.SIGKILL)
-        await _until("restart notice", lambda: "exited unexpectedly" in proc.output(), proc)
+        await _until(
+            "restart notice", lambda: "was killed by SIGKILL unexpectedly" in proc.output(), proc
+        )
         # A new agent process: a new boot id, online again.
         await probe.wait_for(
             lambda m: (
@@ -272,3 +274,47 @@ async def test_up_after_a_killed_up_stops_what_the_killed_one_left_running(
     assert _gone(earlier["agent_pid"])
     assert _gone(earlier["controller_pid"])
     assert await second.terminate(30) == 0
+
+
+@pytest.mark.slow
+async def test_up_with_mosquitto_restarts_a_dead_broker_and_stops_on_ctrl_c(
+    tmp_path: Path, root: TopicRoot, procs: list[Proc]
+) -> None:
+    port, ws_port = free_port(), free_port()
+    proc, state_dir = await _start_up(
+        tmp_path, root, "--broker-kind", "mosquitto", "--port", str(port), "--ws-port", str(ws_port)
+    )
+    procs.append(proc)
+    first = _status(state_dir)
+    assert first["broker_kind"] == "mosquitto"
+    assert f"MQTT over WebSockets at ws://127.0.0.1:{ws_port}/" in proc.output()
+    view, status_topic = root.view(DEFAULT_ENV_ID), root.status(DEFAULT_ENV_ID)
+    async with open_probe(first["broker"], view, status_topic) as probe:
+        await probe.wait_json(view, timeout=30, status="online")
+        before = await probe.wait_json(status_topic, timeout=30, status="online")
+    os.kill(first["broker_pid"], signal.SIGKILL)
+    await _until(
+        "a restarted broker",
+        lambda: _status(state_dir)["broker_pid"] not in (None, first["broker_pid"]),
+        proc,
+    )
+    assert "the broker exited unexpectedly" in proc.output()
+    async with open_probe(first["broker"], view, status_topic) as probe:
+        # The agent reconnects by itself (a new connection: a new bdseq); the view is online.
+        await probe.wait_for(
+            lambda m: (
+                m.topic == status_topic
+                and json.loads(m.payload).get("bdseq") not in (None, before["bdseq"])
+            ),
+            timeout=30,
+            what="the agent back on the restarted broker",
+        )
+        await probe.wait_json(view, timeout=30, status="online")
+    second = _status(state_dir)
+    proc.signal(signal.SIGINT)  # what Ctrl-C sends
+    assert await proc.wait(30) == 0
+    pids = [second[k] for k in ("broker_pid", "controller_pid", "agent_pid")]
+    assert all(_gone(pid) for pid in pids)
+    assert not port_open("127.0.0.1", port)
+    assert not port_open("127.0.0.1", ws_port)
+    assert (state_dir / "mosquitto" / "mosquitto.db").exists()  # saved on the clean stop
