@@ -12,18 +12,20 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from edge_agent.state import default_state_dir
 from shared import settings as s
 from shared.broker_url import DEFAULT_BROKER, BrokerUrl
 from shared.errors import SettingsError
-from shared.logs import LogFormat
 from shared.topics import TopicRoot
 
 __all__ = ["CONFIG_ENV_VAR", "SETTINGS", "AgentConfig", "add_arguments", "load_config"]
 
 CONFIG_ENV_VAR: Final = "EDGEPLANE_CONFIG"
+# shared.logs.LogFormat, spelled out: importing shared.logs here would load structlog (and
+# its imports) before the agent knows whether it needs them.
+LogFormat = Literal["auto", "console", "json"]
 MAX_INTERVAL: Final = 86_400.0  # the wire type's limit on `interval`
 MAX_KEEPALIVE: Final = 65_535  # MQTT's limit
 
