@@ -13,6 +13,7 @@ import inspect
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +21,7 @@ import msgspec
 import pytest
 import yaml
 
+import shared
 from edge_agent.heartbeat import message_expiry
 from shared import codec, messages
 from shared.broker_url import DEFAULT_BROKER
@@ -244,7 +246,7 @@ def test_document_is_asyncapi_3(doc: dict[str, Any]) -> None:
     unknown = {key for key in doc if not key.startswith("x-")} - TOP_LEVEL_FIELDS
     assert not unknown, f"not AsyncAPI 3 top-level fields: {sorted(unknown)}"
     assert doc["info"]["title"]
-    assert doc["info"]["version"]
+    assert doc["info"]["version"] == shared.__version__, "the document describes this release"
     assert doc["defaultContentType"] == "application/json"
 
 
@@ -563,3 +565,25 @@ def test_operations_md_topics_are_in_the_tree(doc: dict[str, Any]) -> None:
             )
         else:
             TopicRoot().parse(topic)
+
+
+def test_protocol_md_decode_error_reasons_are_the_codec_reasons() -> None:
+    text = PROTOCOL.read_text(encoding="utf-8")
+    section = text[text.index("## Bad input") : text.index("## Schema evolution")]
+    documented = set(re.findall(r"^\| `([a-z-]+)` \|", section, flags=re.MULTILINE))
+
+    def reason_of(action: Callable[[], object]) -> str:
+        with pytest.raises(DecodeError) as caught:
+            action()
+        return caught.value.reason
+
+    heartbeat = b'{"status":"online","env":"a","bdseq":1,"seq":0,"interval":10,"boot":"x"}'
+    produced = {
+        reason_of(lambda: codec.STATUS.decode(b" " * (codec.DEFAULT_MAX_PAYLOAD + 1))),
+        reason_of(lambda: codec.VIEW.decode(b"")),
+        reason_of(lambda: codec.STATUS.decode(b"\xff{")),
+        reason_of(lambda: codec.STATUS.decode(heartbeat.replace(b'"seq":0', b'"seq":-1'))),
+        reason_of(lambda: codec.check_env("a", "b")),
+    }
+    assert produced == {"too-large", "empty", "not-json", "schema", "env-mismatch"}
+    assert documented == produced | {"bad-topic"}, "protocol.md's table of decode errors"
