@@ -110,9 +110,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="use this broker (mqtt://HOST:PORT or mqtts://HOST:PORT) instead of "
         "finding or starting one",
     )
-    parser.add_argument("--topic-root", default="edgeplane/v1", help="(default: edgeplane/v1)")
+    parser.add_argument(
+        "--topic-root",
+        metavar="ROOT",
+        default="edgeplane/v1",
+        help="root of every edgeplane topic (default: edgeplane/v1)",
+    )
     parser.add_argument(
         "--state-dir",
+        metavar="DIR",
         type=Path,
         help="where the controller database, the agent state and a started broker's data "
         "live (default: $XDG_STATE_HOME/edgeplane or ~/.local/state/edgeplane)",
@@ -126,12 +132,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--port",
+        metavar="PORT",
         type=_port,
         default=1883,
         help="loopback MQTT port to find or start a broker on (default: 1883)",
     )
     parser.add_argument(
         "--ws-port",
+        metavar="PORT",
         type=_port,
         default=9001,
         help="MQTT-over-WebSockets port of a started mosquitto, for browser dashboards; "
@@ -139,6 +147,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--heartbeat-interval",
+        metavar="SECONDS",
         type=_interval,
         default=10.0,
         help="seconds between the default agent's heartbeats (default: 10)",

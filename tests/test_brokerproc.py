@@ -152,17 +152,16 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroke
 
 
 _DYING_CLIENT = """
-import sys, paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-port, will_topic = int(sys.argv[1]), sys.argv[2]
-client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=sys.argv[3],
-                     protocol=mqtt.MQTTv5)
-client.will_set(will_topic, b'{"status": "offline"}', qos=1, retain=True)
-client.connect("127.0.0.1", port, keepalive=30)
-client.loop_start()
-client.publish(will_topic, b'{"status": "online"}', qos=1, retain=True).wait_for_publish(10)
-print("online", flush=True)
-sys.stdin.read()
+import asyncio, sys, aiomqtt
+port, topic = int(sys.argv[1]), sys.argv[2]
+async def main() -> None:
+    will = aiomqtt.Will(topic, b'{"status": "offline"}', qos=1, retain=True)
+    async with aiomqtt.Client("127.0.0.1", port, identifier=sys.argv[3], will=will,
+                              protocol=aiomqtt.ProtocolVersion.V5) as client:
+        await client.publish(topic, b'{"status": "online"}', qos=1, retain=True)
+        print("online", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+asyncio.run(main())
 """
 
 
