@@ -274,7 +274,7 @@ class PresenceService:
             view = record.view()
             if record.env in self._sent_while_syncing:
                 continue
-            if self._broker_views.get(record.env) != view:
+            if not _same_judgement(self._broker_views.get(record.env), view):
                 await self._outbox.put((0, self._view_message(view)))
                 republished += 1
         self._broker_views.clear()
@@ -368,6 +368,18 @@ class PresenceService:
             "stale": self.core.stale,
             "dropped": self.bad.counts,
         }
+
+
+def _same_judgement(held: EnvView | None, ours: EnvView) -> bool:
+    """Whether the broker's view says what ours says (``last_seen`` moves with every
+    heartbeat and is not re-published for that alone)."""
+    return held is not None and (
+        held.status,
+        held.since,
+        held.flapping,
+        held.reason,
+        held.interval,
+    ) == (ours.status, ours.since, ours.flapping, ours.reason, ours.interval)
 
 
 def _log_transition(transition: Transition) -> None:
