@@ -19,7 +19,14 @@ from typing import Protocol
 
 from controller.errors import BrokerStartError
 
-__all__ = ["BrokerProcess", "MosquittoProcess", "find_mosquitto", "free_port", "port_open"]
+__all__ = [
+    "BrokerProcess",
+    "MosquittoProcess",
+    "find_mosquitto",
+    "free_port",
+    "port_bindable",
+    "port_open",
+]
 
 _SEARCH_PATH = ("/usr/sbin", "/usr/local/sbin", "/usr/bin")
 
@@ -61,6 +68,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def port_bindable(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now. Unlike :func:`port_open` this also
+    sees a port held by a socket that does not listen (an outgoing connection's own port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -147,7 +166,7 @@ class MosquittoProcess:
         if self.binary is None:
             raise BrokerStartError("no mosquitto binary found on PATH or in /usr/sbin")
         for port in (self.port, self.websockets_port):
-            if port is not None and port_open(self.host, port):
+            if port is not None and not port_bindable(self.host, port):
                 raise BrokerStartError(
                     f"cannot start mosquitto: {self.host}:{port} is already in use"
                 )

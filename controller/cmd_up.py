@@ -361,13 +361,13 @@ def _plan(args: argparse.Namespace, given: str | None) -> BrokerPlan:
 
 
 def _make_broker(session: Session) -> BrokerProcess:
-    from controller.brokerproc import MosquittoProcess, port_open
+    from controller.brokerproc import MosquittoProcess, port_bindable
     from controller.embedded import EmbeddedBroker
 
     args = session.args
     if session.plan.plan == "mosquitto":
         ws_port: int | None = args.ws_port or None
-        if ws_port is not None and port_open(LOCAL_HOST, ws_port):
+        if ws_port is not None and not port_bindable(LOCAL_HOST, ws_port):
             _say(f"port {ws_port} is in use: no WebSockets listener (choose one with --ws-port)")
             ws_port = None
         if ws_port is not None:
@@ -380,7 +380,7 @@ def _make_broker(session: Session) -> BrokerProcess:
             websockets_port=ws_port,
         )
     v311_port: int | None = args.port + 1 if args.port < 65535 else None
-    if v311_port is not None and port_open(LOCAL_HOST, v311_port):
+    if v311_port is not None and not port_bindable(LOCAL_HOST, v311_port):
         v311_port = None
     if v311_port is not None:
         session.extras.append(f"MQTT 3.1.1 for older tools at mqtt://{LOCAL_HOST}:{v311_port}")

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from controller.brokerproc import free_port, port_open
+from controller.brokerproc import free_port, port_bindable, port_open
 from controller.errors import BrokerStartError
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "EmbeddedBroker", "embedded_available", "render_config", "serve"]
@@ -165,7 +165,7 @@ class EmbeddedBroker:
                 "the embedded broker needs the iotcore package: pip install iotcore"
             )
         for port in self._ports():
-            if port_open(self.host, port):
+            if not port_bindable(self.host, port):
                 raise BrokerStartError(
                     f"cannot start the embedded broker: {self.host}:{port} is already in use"
                 )
@@ -255,4 +255,8 @@ def serve(config_path: str) -> None:
     ).start()
     from iotcore.iotcore import IotCoreBroker
 
-    IotCoreBroker(config_path=config_path).run_forever()
+    try:
+        IotCoreBroker(config_path=config_path).run_forever()
+    except OSError as exc:  # a port taken between the parent's check and our bind
+        print(f"embedded broker: {exc}", file=sys.stderr, flush=True)
+        os._exit(1)  # not sys.exit: the parent-watch thread is blocked reading stdin
