@@ -44,7 +44,9 @@ from shared.messages import OfflineStatus
 
 __all__ = ["Agent", "Phase"]
 
-CONNACK_TIMEOUT: Final = 10.0  # seconds from CONNECT to CONNACK before giving up on it
+HANDSHAKE_TIMEOUT: Final = 10.0  # seconds for CONNACK, and then for the SUBACK of `cmd`
+REASSERT_GAP: Final = 1.0  # at most one re-assertion of online per this many seconds
+LOG_GAP: Final = 60.0  # at most one log line a minute about garbage on the status topic
 STABLE_AFTER: Final = 10.0  # a connection that lasted this long resets the backoff
 SHUTDOWN_WAIT: Final = 5.0  # seconds a stop waits for the broker to take offline/shutdown
 TAKEOVER_CAP: Final = 600.0  # the longest wait after a takeover; also when it is forgotten
@@ -60,6 +62,9 @@ class Phase(enum.Enum):
     STOPPING = "stopping"  # offline/shutdown published, waiting for its PUBACK
 
 
+_HANDSHAKE: Final = (Phase.CONNECTING, Phase.SUBSCRIBING)
+
+
 class Agent:
     def __init__(
         self,
@@ -69,6 +74,7 @@ class Agent:
         session: Session | None = None,
         store: BdseqStore | None = None,
         waker: Waker | None = None,
+        takeover_check: TakeoverCheck | None = None,
     ) -> None:
         self.config = config
         self._clock = clock or SystemClock()
@@ -87,15 +93,20 @@ class Agent:
         takeover_cap = max(TAKEOVER_CAP, config.takeover_backoff)
         self._takeover_backoff = Backoff(initial=config.takeover_backoff, cap=takeover_cap)
         self._expiry = message_expiry(config.heartbeat_interval)
+        self._takeover_check = takeover_check or TakeoverCheck(
+            env, config.broker, self.status_topic, self.boot, self._clock
+        )
 
         self.phase = Phase.IDLE
         self._retry_at = self._clock.monotonic()
-        self._connack_deadline = math.inf
+        self._handshake_deadline = math.inf
         self._heartbeat_due = math.inf
         self._connected_at: float | None = None
         self._cmd_sub_mid: int | None = None
         self._held: list[tuple[str, bytes]] = []  # unacknowledged events to send again
         self._ever_took_bdseq = False
+        self._reasserted_at = -math.inf
+        self._status_garbage_logged_at = -math.inf
 
         self._stop_requested = False
         self._stop_deadline = math.inf
@@ -117,6 +128,14 @@ class Agent:
 
     # the loop -----------------------------------------------------------------------------
     def run(self) -> int:
+        """Run until stopped; every log line names the environment and the connection."""
+        with structlog.contextvars.bound_contextvars(env=self.config.env_id):
+            try:
+                return self._run()
+            finally:
+                structlog.contextvars.unbind_contextvars("bdseq")
+
+    def _run(self) -> int:
         log.info(
             "agent starting",
             broker=str(self.config.broker),
@@ -150,9 +169,9 @@ class Agent:
             return
         if self.phase is Phase.IDLE and now >= self._retry_at:
             self._connect(now)
-        elif self.phase is Phase.CONNECTING and now >= self._connack_deadline:
-            log.warning("no CONNACK from the broker in time, dropping the connection")
-            self._connack_deadline = math.inf
+        elif self.phase in _HANDSHAKE and now >= self._handshake_deadline:
+            log.warning("the broker did not answer in time, dropping the connection")
+            self._handshake_deadline = math.inf
             self._session.abort()
         elif self.phase is Phase.ONLINE and now >= self._heartbeat_due:
             self._publish_online(now)
@@ -163,8 +182,8 @@ class Agent:
             return self._stop_deadline
         deadlines = {
             Phase.IDLE: self._retry_at,
-            Phase.CONNECTING: self._connack_deadline,
-            Phase.SUBSCRIBING: math.inf,
+            Phase.CONNECTING: self._handshake_deadline,
+            Phase.SUBSCRIBING: self._handshake_deadline,
             Phase.ONLINE: self._heartbeat_due,
             Phase.STOPPING: self._stop_deadline,
         }
@@ -189,7 +208,7 @@ class Agent:
             self._schedule_retry(now, self._backoff.next_delay(), "unreachable", str(exc))
             return
         self.phase = Phase.CONNECTING
-        self._connack_deadline = now + CONNACK_TIMEOUT
+        self._handshake_deadline = now + HANDSHAKE_TIMEOUT
         log.debug("connecting", broker=str(self.config.broker))
 
     def _schedule_retry(self, now: float, delay: float, why: str, detail: str) -> None:
@@ -217,7 +236,7 @@ class Agent:
                 self._on_disconnected(now, event)
 
     def _on_connected(self, now: float) -> None:
-        self._connack_deadline = math.inf
+        self._handshake_deadline = now + HANDSHAKE_TIMEOUT
         self._connected_at = now
         if self._stop_requested:
             self._publish_shutdown()
@@ -235,6 +254,7 @@ class Agent:
             if refused:
                 log.error("broker refused a subscription", reasons=list(refused))
             return
+        self._handshake_deadline = math.inf
         if refused:
             log.error(
                 "broker refused the command subscription; commands will not arrive",
@@ -256,7 +276,7 @@ class Agent:
         was_connected_for = None if self._connected_at is None else now - self._connected_at
         self._connected_at = None
         self._heartbeat_due = math.inf
-        self._connack_deadline = math.inf
+        self._handshake_deadline = math.inf
         self._held.extend(
             (topic, payload)
             for topic, payload in self._session.take_unacked()
@@ -282,10 +302,7 @@ class Agent:
 
     def _other_runtime_online(self) -> str | None:
         """After the broker dropped a connection: is another runtime online as this env?"""
-        check = TakeoverCheck(
-            self.config.env_id, self.config.broker, self.status_topic, self.boot, self._clock
-        )
-        return check.run(self._waker, lambda: self._stop_requested)
+        return self._takeover_check.run(self._waker, self._stop_was_requested)
 
     def _on_taken_over(
         self, now: float, was_connected_for: float | None, other_boot: str | None
@@ -317,7 +334,9 @@ class Agent:
         try:
             status = STATUS.decode(payload)
         except DecodeError as exc:
-            log.warning("unreadable message on own status topic", reason=exc.reason)
+            if now - self._status_garbage_logged_at >= LOG_GAP:
+                self._status_garbage_logged_at = now
+                log.warning("unreadable message on own status topic", reason=exc.reason)
             return
         if not isinstance(status, OfflineStatus):
             return
@@ -327,11 +346,20 @@ class Agent:
                 their_bdseq=status.bdseq,
                 reason=status.reason,
             )
-            self._publish_online(now)
+            self._reassert_online(now)
         else:
             log.warning("status topic shows this connection offline", reason=status.reason)
 
     # publishing ---------------------------------------------------------------------------
+    def _reassert_online(self, now: float) -> None:
+        """Online at once; but if something keeps overwriting it, no faster than once a
+        second (the next heartbeat is brought forward instead)."""
+        if now - self._reasserted_at >= REASSERT_GAP:
+            self._reasserted_at = now
+            self._publish_online(now)
+        else:
+            self._heartbeat_due = min(self._heartbeat_due, self._reasserted_at + REASSERT_GAP)
+
     def _publish_online(self, now: float) -> None:
         message = self._heartbeat.online()
         self._session.publish(self.status_topic, encode(message), retain=True, expiry=self._expiry)

@@ -73,18 +73,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     settings = config.load_config(args)
-    if not settings.broker.tls:
-        _skip_tls_stack()
     # Imported here: `edge-agent --help` and `simulate` do not pay for paho and psutil.
-    import structlog
-
     from edge_agent.agent import Agent
     from edge_agent.state import BdseqStore
     from edge_agent.waker import Waker, stop_signals
     from shared.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
-    structlog.contextvars.bind_contextvars(env=settings.env_id)
     try:
         store = BdseqStore(settings.state_dir)
     except StateDirError as exc:
@@ -96,17 +91,6 @@ def _run(args: argparse.Namespace) -> int:
             return agent.run()
     finally:
         waker.close()
-
-
-def _skip_tls_stack() -> None:
-    """Keep the ssl module (and OpenSSL's libssl) out of an agent that speaks plain mqtt://.
-
-    paho, structlog's asyncio import and http.client all import ssl when it is there and
-    work without it when it is not; loaded, it is about 2 MB of the agent's ~30 MB RSS
-    budget. A None entry in sys.modules makes ``import ssl`` raise ImportError.
-    """
-    if "ssl" not in sys.modules:
-        sys.modules["ssl"] = None  # type: ignore[assignment]
 
 
 def _simulate(args: argparse.Namespace) -> int:

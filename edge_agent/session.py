@@ -182,8 +182,7 @@ class Session:
         sock = self._client.socket()
         readable: list[Any] = [wake] if wake is not None else []
         if sock is None:
-            if readable:
-                select.select(readable, [], [], timeout)
+            select.select(readable, [], [], timeout)  # with nothing to watch: a plain wait
             return self._take_events()
         pending = getattr(sock, "pending", lambda: 0)() > 0  # TLS bytes already decrypted
         if pending:
