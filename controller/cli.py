@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from shared import __version__
 from shared.errors import EdgeplaneError, SettingsError
@@ -28,6 +28,13 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (``edgeplane: ...``) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"edgeplane: {message} (see {self.prog} --help)\n")
+
+
 class CommandModule(Protocol):
     def add_parser(
         self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
@@ -35,12 +42,14 @@ class CommandModule(Protocol):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgeplane",
         description="Control plane for fleets of edge runtime targets, over MQTT.",
     )
     parser.add_argument("--version", action="version", version=f"edgeplane {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     for module_name in COMMANDS.values():
         module: CommandModule = importlib.import_module(module_name)  # type: ignore[assignment]
         module.add_parser(subparsers)
