@@ -51,7 +51,8 @@ SETTINGS: Final = (
         "state_dir",
         s.path,
         None,
-        "directory for the agent's state (default: ~/.local/state/edgeplane-agent/ENV)",
+        "directory for the agent's state (default: edgeplane-agent/ENV under "
+        "$XDG_STATE_HOME or ~/.local/state)",
     ),
     s.Setting("heartbeat_interval", _interval, 10.0, "seconds between heartbeats"),
     s.Setting("topic_root", s.topic_root, TopicRoot(), "root of the topic tree"),
