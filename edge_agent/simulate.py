@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
+import itertools
 import random
 import resource
 import secrets
@@ -44,6 +46,7 @@ import structlog
 
 from edge_agent.heartbeat import message_expiry
 from edge_agent.wire import (
+    ConnectionClosed,
     KeepaliveScheduler,
     Message,
     MqttClient,
@@ -95,6 +98,7 @@ class FleetStats:
     failures: int = 0  # connection attempts that failed, and connections lost
     heartbeats: int = 0  # online messages acknowledged (the first of each connection too)
     events: int = 0  # pong / rejected events acknowledged
+    refused: int = 0  # heartbeats the broker refused, or that found the in-flight window full
     last_error: str = ""
 
 
@@ -125,7 +129,7 @@ class SimulatedAgent:
 
     __slots__ = (
         "_backoff",
-        "_beat_now",
+        "_beat_token",
         "_client",
         "_cmd_topic",
         "_events_topic",
@@ -160,7 +164,7 @@ class SimulatedAgent:
         self._wake: asyncio.Future[None] | None = None
         self._stop_mode: StopMode | None = None
         self._backoff: Backoff | None = None
-        self._beat_now = False
+        self._beat_token = 0  # beats scheduled under an older token are stale
         self._settled = False
 
     # control ------------------------------------------------------------------------------
@@ -187,8 +191,8 @@ class SimulatedAgent:
         """Resume heartbeats, the first one at once (like a process that was stopped)."""
         if self.frozen:
             self.frozen = False
-            self._beat_now = True
-            self._wake_up()
+            if self.online:
+                self._schedule_beats(first_in=0.0)
 
     def stopping(self) -> bool:
         """A stop or kill was asked for: the agent will not (re)connect."""
@@ -203,8 +207,9 @@ class SimulatedAgent:
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
-    async def _pause(self, delay: float, closed: asyncio.Future[Any] | None = None) -> None:
-        """Sleep ``delay`` seconds, less if woken (stop, thaw) or the connection closes."""
+    async def _pause(self, delay: float | None, closed: asyncio.Future[Any] | None = None) -> None:
+        """Sleep ``delay`` seconds (None: forever), less if woken by a stop or the
+        connection closes."""
         wake = self._wake = asyncio.get_running_loop().create_future()
         try:
             await asyncio.wait(
@@ -265,7 +270,9 @@ class SimulatedAgent:
                 self.seq = 0
                 await self._publish_online(client)
                 self._announced()
-                await self._heartbeats(client)
+                self._schedule_beats(first_in=fleet.rng.uniform(0, fleet.interval))
+                while not self.stopping() and not client.closed.done():
+                    await self._pause(None, client.closed)
             if self._stop_mode == "shutdown":
                 await self._goodbye(client)
                 return None
@@ -288,24 +295,25 @@ class SimulatedAgent:
             self._backoff.reset()
         self._fleet._settle(self)
 
-    async def _heartbeats(self, client: MqttClient) -> None:
-        """Publish online every interval, from a random phase, until closed or stopped."""
-        loop = asyncio.get_running_loop()
-        interval = self._fleet.interval
-        next_at = loop.time() + self._fleet.rng.uniform(0, interval)
-        while not self.stopping() and not client.closed.done():
-            now = loop.time()
-            if now < next_at and not self._beat_now:
-                await self._pause(next_at - now, client.closed)
-                continue
-            # Keep the beat on its grid unless thawed or so late that the grid is lost.
-            lost_grid = self._beat_now or now > next_at + interval
-            next_at = now + interval if lost_grid else next_at + interval
-            self._beat_now = False
-            if not self.frozen:
-                await self._publish_online(client)
+    # heartbeats ---------------------------------------------------------------------------
+    def _schedule_beats(self, first_in: float) -> None:
+        """Start a new series of heartbeats (replacing any older one) in ``first_in`` s."""
+        self._beat_token += 1
+        self._fleet._schedule_beat(self, first_in, self._beat_token)
 
-    async def _publish_online(self, client: MqttClient) -> None:
+    def _beat(self, due: float, now: float, token: int) -> float | None:
+        """Called by the fleet's heartbeat schedule: publish (unless frozen) and return
+        when the next heartbeat is due, or None when this series is over."""
+        client = self._client
+        if token != self._beat_token or client is None or client.is_closed or self.stopping():
+            return None
+        if not self.frozen:
+            self._send_heartbeat(client)
+        interval = self._fleet.interval
+        # Keep the beat on its grid unless it is so late that the grid is lost.
+        return due + interval if now < due + interval else now + interval
+
+    def _online_status(self) -> OnlineStatus:
         fleet = self._fleet
         rng = fleet.rng
         status = OnlineStatus(
@@ -320,17 +328,32 @@ class SimulatedAgent:
             ver=__version__,
             up=int(time.monotonic() - fleet.created),
         )
-        seq, self.seq = self.seq, self.seq + 1
+        self.seq += 1
         if fleet.on_heartbeat is not None:
-            fleet.on_heartbeat(self.env, seq, time.monotonic())
-        await client.publish(
-            self._status_topic,
-            encode(status),
-            qos=1,
-            retain=True,
-            properties=fleet.online_properties,
-        )
-        fleet.stats.heartbeats += 1
+            fleet.on_heartbeat(self.env, status.seq, time.monotonic())
+        return status
+
+    async def _publish_online(self, client: MqttClient) -> None:
+        """The first online message of a connection, acknowledged before we go on."""
+        payload = encode(self._online_status())
+        properties = self._fleet.online_properties
+        await client.publish(self._status_topic, payload, qos=1, retain=True, properties=properties)
+        self._fleet.stats.heartbeats += 1
+
+    def _send_heartbeat(self, client: MqttClient) -> None:
+        payload = encode(self._online_status())
+        fleet = self._fleet
+        try:
+            client.publish_nowait(
+                self._status_topic,
+                payload,
+                qos=1,
+                retain=True,
+                properties=fleet.online_properties,
+                on_done=fleet._heartbeat_done,
+            )
+        except WireError as exc:
+            fleet._heartbeat_done(exc)
 
     async def _goodbye(self, client: MqttClient) -> None:
         """The contract's clean stop: offline/shutdown acknowledged, then DISCONNECT."""
@@ -392,6 +415,7 @@ class Fleet:
         *,
         on_heartbeat: HeartbeatHook | None = None,
         keepalive: int = 30,
+        beat_tick: float = 0.02,
         ssl_context: ssl.SSLContext | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -408,6 +432,9 @@ class Fleet:
         self.rng = rng or random.Random()
         self.pacer = ConnectPacer(connect_rate)
         self.pinger = KeepaliveScheduler()
+        self.beat_tick = beat_tick
+        self._beats: list[tuple[float, int, SimulatedAgent, int]] = []
+        self._beat_order = itertools.count()
         self.stats = FleetStats()
         self.online = 0
         """How many agents are connected and announced right now."""
@@ -431,6 +458,7 @@ class Fleet:
         await self._tasks.__aenter__()
         self._helpers = [
             self._tasks.create_task(self.pinger.run(), name="sim-keepalive"),
+            self._tasks.create_task(self._run_beats(), name="sim-heartbeats"),
             self._tasks.create_task(self._report(), name="sim-report"),
         ]
         return self
@@ -466,6 +494,33 @@ class Fleet:
             await asyncio.wait(running)
 
     # internals, called by the agents ------------------------------------------------------
+    def _schedule_beat(self, agent: SimulatedAgent, delay: float, token: int) -> None:
+        due = asyncio.get_running_loop().time() + delay
+        heapq.heappush(self._beats, (due, next(self._beat_order), agent, token))
+
+    async def _run_beats(self) -> None:
+        """Every heartbeat of the fleet from one timer: each tick publishes those due.
+
+        One timer instead of one per agent keeps the per-heartbeat cost low, and the
+        heartbeats of one tick reach the broker together, so it wakes up less often."""
+        loop = asyncio.get_running_loop()
+        beats = self._beats
+        while True:
+            await asyncio.sleep(self.beat_tick)
+            now = loop.time()
+            while beats and beats[0][0] <= now:
+                due, order, agent, token = heapq.heappop(beats)
+                next_due = agent._beat(due, now, token)
+                if next_due is not None:
+                    heapq.heappush(beats, (next_due, order, agent, token))
+
+    def _heartbeat_done(self, error: WireError | None) -> None:
+        if error is None:
+            self.stats.heartbeats += 1
+        elif not isinstance(error, ConnectionClosed):  # a lost connection is reported once
+            self.stats.refused += 1
+            self.stats.last_error = str(error)
+
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         if self._tasks is not None:
             self._tasks.create_task(work, name=name)
@@ -492,9 +547,9 @@ class Fleet:
         reported = 0
         while True:
             await asyncio.sleep(REPORT_EVERY)
-            failures = self.stats.failures - reported
+            failures = self.stats.failures + self.stats.refused - reported
             if failures:
-                reported = self.stats.failures
+                reported = self.stats.failures + self.stats.refused
                 log.warning(
                     "connections failing",
                     failures=failures,

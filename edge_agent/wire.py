@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import heapq
 import itertools
 import ssl
@@ -378,6 +379,11 @@ def encode_properties(properties: Properties | None) -> bytes:
     """The property length followed by the properties, in identifier order."""
     if properties is None or properties is _NO_PROPERTIES:
         return b"\x00"
+    return _encode_properties(properties)
+
+
+@functools.lru_cache(maxsize=256)  # the same few properties go out with every heartbeat
+def _encode_properties(properties: Properties) -> bytes:
     body = bytearray()
     for identifier, (name, kind) in _PROPERTY_SPECS.items():
         value = getattr(properties, name)
@@ -788,6 +794,74 @@ class MqttClient(asyncio.Protocol):
                 f"{_describe(ack.reason_code, ack.properties)}",
                 ack.reason_code,
             )
+
+    def publish_nowait(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        properties: Properties | None = None,
+        on_done: Callable[[WireError | None], None] | None = None,
+    ) -> None:
+        """Publish without waiting, for callers that cannot (timers, callbacks).
+
+        At QoS 1 the in-flight window still holds: when it is full this raises
+        :class:`WireError` instead of waiting. ``on_done`` is called with None when the
+        PUBACK arrives, or with the error (a refusal, or the connection closing).
+        """
+        self._check_open()
+        if qos == 0:
+            packet = encode_publish(topic, payload, retain=retain, properties=properties)
+            self._send(self._checked_size(packet))
+            if on_done is not None:
+                on_done(None)
+            return
+        if self._inflight >= self._window:
+            raise WireError(
+                f"{self.client_id}: {self._inflight} publishes await their PUBACK already "
+                f"(the in-flight window); not publishing to {topic!r}"
+            )
+        packet_id = self._new_packet_id()
+        packet = encode_publish(
+            topic, payload, qos=1, retain=retain, packet_id=packet_id, properties=properties
+        )
+        self._send(self._checked_size(packet))
+        answer: asyncio.Future[PubAck | SubAck] = self._loop.create_future()
+        self._pending[packet_id] = answer
+        self._inflight += 1
+        answer.add_done_callback(lambda done: self._acknowledged(packet_id, topic, done, on_done))
+
+    def _acknowledged(
+        self,
+        packet_id: int,
+        topic: str,
+        answer: asyncio.Future[PubAck | SubAck],
+        on_done: Callable[[WireError | None], None] | None,
+    ) -> None:
+        self._pending.pop(packet_id, None)
+        self._give_slot()
+        result = self._ack_error(topic, answer)
+        if on_done is not None:
+            on_done(result)
+
+    def _ack_error(self, topic: str, answer: asyncio.Future[PubAck | SubAck]) -> WireError | None:
+        if answer.cancelled():
+            return ConnectionClosed(f"{self.client_id}: publish to {topic!r} abandoned")
+        error = answer.exception()
+        if error is not None:
+            return error if isinstance(error, WireError) else WireError(str(error))
+        ack = answer.result()
+        if not isinstance(ack, PubAck):
+            return self._wrong_answer(ack, "PUBLISH")
+        if ack.reason_code < 0x80:
+            return None
+        return WireError(
+            f"{self.client_id}: publish to {topic!r} refused: "
+            f"{_describe(ack.reason_code, ack.properties)}",
+            ack.reason_code,
+        )
 
     async def disconnect(self, reason_code: int = 0, grace: float = 5.0) -> None:
         """Send DISCONNECT (reason 0: the broker discards the will) and close; wait up to

@@ -504,3 +504,37 @@ async def test_a_clean_disconnect_sends_no_will(broker: MosquittoProcess, root: 
         await probe.publish(marker, b"after")
         await probe.wait_for(lambda m: m.topic == marker, what="the marker")
         assert probe.on(status) == []
+
+
+async def test_publish_nowait_reports_its_puback_and_refuses_a_full_window() -> None:
+    acked = asyncio.Event()
+
+    async def ack_on_request(peer: Peer) -> None:
+        await peer.next_packet()
+        await peer.send(connack(properties=Properties(receive_maximum=1)))
+        _, body = await peer.next_packet()
+        await acked.wait()
+        await peer.send(encode_puback(int.from_bytes(body[3:5], "big"), 0x10))
+        await peer.next_packet(timeout=10)
+
+    async with scripted_broker(ack_on_request) as url:
+        client = await connect(url, client_id="c1")
+        outcomes: list[WireError | None] = []
+        done = asyncio.Event()
+
+        def on_done(error: WireError | None) -> None:
+            outcomes.append(error)
+            done.set()
+
+        client.publish_nowait("t", b"1", qos=1, on_done=on_done)
+        with pytest.raises(WireError, match="in-flight window"):
+            client.publish_nowait("t", b"2", qos=1)
+        acked.set()
+        await asyncio.wait_for(done.wait(), 5)
+        assert outcomes == [None]  # 0x10 "no matching subscribers" is a success
+        done.clear()
+        client.publish_nowait("t", b"3", qos=1, on_done=on_done)  # the slot is free again
+        client.abort()
+        await asyncio.wait_for(done.wait(), 5)
+        assert len(outcomes) == 2
+        assert isinstance(outcomes[1], ConnectionClosed)
