@@ -187,8 +187,10 @@ class Agent:
             Phase.ONLINE: self._heartbeat_due,
             Phase.STOPPING: self._stop_deadline,
         }
-        # paho sends its keepalive pings from the loop: come round often enough for them.
-        return min(deadlines[self.phase], now + self.config.keepalive / 2)
+        # paho sends its keepalive pings from the loop, once a keepalive has passed without
+        # traffic: come round often enough that the ping is late by a quarter at most (the
+        # broker gives up at one and a half).
+        return min(deadlines[self.phase], now + self.config.keepalive / 4)
 
     # connecting ---------------------------------------------------------------------------
     def _connect(self, now: float) -> None:

@@ -315,3 +315,24 @@ async def test_garbage_and_oversized_commands_are_rejected_and_the_agent_carries
         await wait_online(probe, root.status(env), after=probe.mark())
     assert agent.process.returncode is None
     assert "command rejected" in agent.output()
+
+
+@pytest.mark.slow
+async def test_keepalive_holds_a_connection_between_sparse_heartbeats(
+    broker: MosquittoProcess, root: TopicRoot, procs: list[Proc], tmp_path: Path
+) -> None:
+    env = "dev-lab-keepalive"
+    topic = root.status(env)
+    async with open_probe(broker.url, topic, root.events(env)) as probe:
+        agent = await start_agent(
+            procs, tmp_path, broker.url, root, env, "--heartbeat-interval", "60", "--keepalive", "1"
+        )
+        online = await wait_online(probe, topic)
+        # mosquitto drops a client silent for 1.5 keepalives (checked every few seconds):
+        # no will may come while the agent idles between heartbeats.
+        with pytest.raises(AssertionError, match="timed out"):
+            await probe.wait_json(topic, status="offline", timeout=9)
+        await probe.publish(root.cmd(env), b'{"type":"ping","id":"awake"}')
+        await probe.wait_json(root.events(env), type="pong", cmd="awake")
+    assert agent.output().count('"event": "connected"') == 1
+    assert online["seq"] == 0
