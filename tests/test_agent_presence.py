@@ -336,3 +336,26 @@ async def test_keepalive_holds_a_connection_between_sparse_heartbeats(
         await probe.wait_json(root.events(env), type="pong", cmd="awake")
     assert agent.output().count('"event": "connected"') == 1
     assert online["seq"] == 0
+
+
+@pytest.mark.slow
+async def test_a_frozen_agents_retained_online_expires_for_late_subscribers(
+    broker: MosquittoProcess, root: TopicRoot, procs: list[Proc], tmp_path: Path
+) -> None:
+    env = "dev-lab-expiry"
+    topic = root.status(env)
+    async with open_probe(broker.url, topic) as probe:
+        agent = await start_agent(procs, tmp_path, broker.url, root, env)
+        await wait_online(probe, topic, seq=1)
+    agent.freeze()  # its connection stays open: no will, just silence
+    async with asyncio.timeout(15):
+        while True:  # a late subscriber, again and again, until nothing is retained
+            async with open_probe(broker.url, topic) as late:
+                try:
+                    await late.wait_for(lambda m: m.topic == topic, timeout=0.5)
+                except AssertionError:
+                    break
+    agent.thaw()
+    async with open_probe(broker.url, topic) as probe:
+        back = await wait_online(probe, topic)
+    assert back["seq"] > 1, "thawed, the same connection carries on"
