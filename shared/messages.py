@@ -34,7 +34,8 @@ __all__ = [
 ENV_ID_REGEX: Final = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 
 EnvId = Annotated[str, msgspec.Meta(pattern=ENV_ID_REGEX)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
+# Counters stop at 2**53 - 1: exact in JavaScript dashboards, and fits SQLite INTEGER.
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**53 - 1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 UnixTime = Annotated[float, msgspec.Meta(ge=0)]
