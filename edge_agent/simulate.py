@@ -401,7 +401,18 @@ class Fleet:
 
     Environment ids are ``{prefix}-{i:05d}`` for ``i`` in ``range(count)``; ``bdseq`` starts
     at the current unix time (so it differs across runs) and grows by one per connection;
-    all agents share one boot id per fleet.
+    all agents share one boot id per fleet (``fleet.boot``).
+
+    Parameters: ``broker`` and ``root`` (default ``edgeplane/v1``) say where; ``count``
+    agents heartbeat every ``interval`` seconds (their online messages expire after about
+    three intervals) and connect at most ``connect_rate`` a second, fleet-wide, at start
+    and on every reconnect. ``on_heartbeat(env, seq, t)`` is called for every heartbeat
+    just before it is written, ``t`` from ``time.monotonic()``. ``keepalive`` is the MQTT
+    keepalive; ``beat_tick`` the granularity of the fleet's one heartbeat timer.
+
+    For benchmarks: ``agents`` (a list of :class:`SimulatedAgent`, in id order),
+    ``online`` (how many are connected and announced now), ``stats`` (:class:`FleetStats`),
+    :meth:`start`, :meth:`stop`.
     """
 
     def __init__(
