@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from typing import Final, NamedTuple
 
 import aiomqtt
-import paho.mqtt.subscribeoptions
 import structlog
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from controller.alerts import AlertEdge
 from controller.badinput import BadInput
@@ -50,7 +50,8 @@ __all__ = ["PresenceService"]
 
 PUBLISH_WINDOW: Final = 100  # publishes in flight at once (bounded: no flood at startup)
 OUTBOX_SIZE: Final = 20_000
-SYNC_TIMEOUT: Final = 10.0  # give up waiting for the birth echo after this long
+SYNC_TIMEOUT: Final = 30.0  # give up waiting for the birth echo after this long
+SUBSCRIBE_TIMEOUT: Final = 60.0  # a broker busy sending a fleet's retained state is slow
 TICK_CAP: Final = 0.1  # never sleep longer than this between ticks
 DRAIN_TIMEOUT: Final = 10.0
 
@@ -144,39 +145,53 @@ class PresenceService:
         return client
 
     async def _session(self, client: aiomqtt.Client, store: Store, stop: asyncio.Event) -> None:
-        await self._subscribe(client)
         self.core.rearm()  # silence while we could not listen proves nothing
+        self._start_sync()
         async with asyncio.TaskGroup() as tasks:
+            # The receiver runs before we subscribe: the retained flood is judged as it
+            # arrives instead of piling up behind the SUBACK.
             workers = [
                 tasks.create_task(self._receive(client, store), name="receiver"),
+                tasks.create_task(self._subscribe(client), name="subscriber"),
                 tasks.create_task(self._tick(store), name="ticker"),
                 tasks.create_task(self._refresh_status(client), name="stats"),
                 tasks.create_task(self._sync_deadline(), name="sync-deadline"),
             ]
             publisher = tasks.create_task(self._publish(client, store), name="publisher")
             await stop.wait()
-            for worker in workers:
-                worker.cancel()
-            await asyncio.wait(workers)
+            await _cancel_and_wait(workers)
             await store.flush()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox.join(), DRAIN_TIMEOUT)
-            publisher.cancel()
+            await _cancel_and_wait([publisher])
 
-    async def _subscribe(self, client: aiomqtt.Client) -> None:
-        root = self._root
+    def _start_sync(self) -> None:
         self._syncing = True
         self._birth_echoed = False
         self._broker_views.clear()
         self._sent_while_syncing.clear()
-        no_local = paho.mqtt.subscribeoptions.SubscribeOptions(qos=1, noLocal=True)
-        await client.subscribe(root.all_status(), qos=1)
-        await client.subscribe(root.all_events(), qos=1)
-        await client.subscribe(root.all_views(), options=no_local)
-        await client.subscribe(root.controller_status(), qos=1)
-        # The echo of this birth marks the end of the retained messages (see _on_birth).
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        root = self._root
+        qos1 = SubscribeOptions(qos=1)
+        # Views only serve the comparison after (re)subscribing: QoS 0 spares the broker's
+        # in-flight window and a PUBACK each; not our own (no local).
+        views = SubscribeOptions(qos=0, noLocal=True)
+        filters = [
+            (root.all_status(), qos1),
+            (root.all_events(), qos1),
+            (root.all_views(), views),
+            (root.controller_status(), qos1),
+        ]
+        await client.subscribe(filters, timeout=SUBSCRIBE_TIMEOUT)
+        # The echo of this birth marks the end of the retained messages: the broker sent
+        # them all on subscription, before it forwards anything published after.
         await client.publish(
-            root.controller_status(), encode(self._status("online")), qos=1, retain=True
+            root.controller_status(),
+            encode(self._status("online")),
+            qos=1,
+            retain=True,
+            timeout=SUBSCRIBE_TIMEOUT,
         )
 
     async def _say_goodbye(self, client: aiomqtt.Client, store: Store) -> None:
@@ -368,6 +383,16 @@ class PresenceService:
             "stale": self.core.stale,
             "dropped": self.bad.counts,
         }
+
+
+async def _cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel until done: on Python 3.11 a cancellation that races a completing
+    ``asyncio.wait_for`` (inside aiomqtt's publish) can be swallowed."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
 
 
 def _same_judgement(held: EnvView | None, ours: EnvView) -> bool:

@@ -3,9 +3,11 @@
 Writes never happen on the receive path. The service hands each :class:`Judgement` to
 :meth:`Store.submit`, which puts it on a bounded queue and returns its sequence number; one
 writer task takes everything queued at once, coalesces the environment rows (the last state
-of each wins), writes the batch in one transaction and commits. :meth:`Store.wait_committed`
-lets the publisher hold back a view or an alert until what it shows is on disk, so a crash
-never loses a transition that was already published.
+of each wins), writes the batch in one transaction and commits. Plain heartbeats (only
+``last_seen`` and ``seq`` change) wait up to ``linger`` seconds for company, so a busy fleet
+costs a few commits a second; anything that will be published is committed at once.
+:meth:`Store.wait_committed` lets the publisher hold back a view or an alert until what it
+shows is on disk, so a crash never loses a transition that was already published.
 
 The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` takes a database
 from any older version to the current one, and a newer one is refused.
@@ -94,9 +96,13 @@ _CLOSE: Final = object()  # the writer's stop signal, queued after everything el
 class Store:
     """Use through :func:`open_store`, which runs the writer task."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path, queue_size: int) -> None:
+    def __init__(
+        self, db: aiosqlite.Connection, path: Path, queue_size: int, linger: float
+    ) -> None:
         self._db = db
         self.path = path
+        self._linger = linger
+        self._urgent = asyncio.Event()  # something queued waits to be published
         self._queue: asyncio.Queue[Judgement | object] = asyncio.Queue(maxsize=queue_size)
         self._submitted = 0
         self._committed = 0
@@ -108,6 +114,8 @@ class Store:
         """Queue a judgement's writes (waits while the queue is full); returns its number."""
         await self._queue.put(judgement)
         self._submitted += 1
+        if judgement.views or judgement.alerts or judgement.transitions:
+            self._urgent.set()
         return self._submitted
 
     @property
@@ -123,12 +131,19 @@ class Store:
 
     async def flush(self) -> None:
         """Wait until everything submitted so far is committed."""
+        self._urgent.set()
         await self.wait_committed(self._submitted)
 
     async def _write_loop(self) -> None:
         closing = False
         while not closing:
             batch = [await self._queue.get()]
+            if not self._urgent.is_set():
+                # Only heartbeats so far (last_seen, seq): let a batch gather; anything
+                # that will be published ends the wait at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), self._linger)
+            self._urgent.clear()
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             judgements = [item for item in batch if isinstance(item, Judgement)]
@@ -211,7 +226,9 @@ class Store:
 
 
 @contextlib.asynccontextmanager
-async def open_store(path: Path, *, queue_size: int = 10_000) -> AsyncIterator[Store]:
+async def open_store(
+    path: Path, *, queue_size: int = 10_000, linger: float = 0.25
+) -> AsyncIterator[Store]:
     """Open (creating or migrating) the database and run its writer until the block ends;
     on the way out everything submitted is committed before the database is closed."""
     try:
@@ -221,7 +238,7 @@ async def open_store(path: Path, *, queue_size: int = 10_000) -> AsyncIterator[S
         raise StoreError(f"cannot open the database {path}: {exc}") from exc
     try:
         await _prepare(db, path)
-        store = Store(db, path, queue_size)
+        store = Store(db, path, queue_size, linger)
         async with asyncio.TaskGroup() as tasks:
             writer = tasks.create_task(store._write_loop(), name="store-writer")
             try:
@@ -229,6 +246,7 @@ async def open_store(path: Path, *, queue_size: int = 10_000) -> AsyncIterator[S
             finally:
                 if not writer.done():
                     await store._queue.put(_CLOSE)
+                    store._urgent.set()
                     # Let the writer drain even when the block ends with an error.
                     await asyncio.wait([writer])
     finally:
