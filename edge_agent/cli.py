@@ -26,8 +26,11 @@ SIMULATOR_MODULE = "edge_agent.simulate"
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (``edge-agent: ...``) and exit status 2."""
 
+    help_hint = ""  # the --help that tells about the flags at fault
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{PROG}: {message} (see {self.prog} --help)\n")
+        hint = self.help_hint or f"{self.prog} --help"
+        self.exit(2, f"{PROG}: {message} (see {hint})\n")
 
 
 class SimulatorModule(Protocol):
@@ -52,6 +55,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the simulator's flags are loaded only when ``command`` is ``simulate``,
     so that ``edge-agent run`` never imports it."""
     parser = _Parser(prog=PROG, description="The edgeplane agent of one runtime target.")
+    if command in ("run", "simulate"):
+        # Unknown flags after a command are reported by this parser, not the command's.
+        parser.help_hint = f"{PROG} {command} --help"
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     run = commands.add_parser(
