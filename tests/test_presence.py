@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import pytest
 
 from controller.alerts import AlertEdge
+from controller.flapping import FlapDetector
+from controller.identity import IdentityWatch
 from controller.presence import EnvRecord, Judgement, Presence, Transition
 from controller.timers import TimerHeap
 from shared.clock import ManualClock
@@ -359,3 +361,36 @@ def test_timer_heap_skips_stale_entries_and_stays_small() -> None:
     assert heap.pop_due(9994.0) == []
     assert "env-9" in heap
     assert heap.deadline("env-9") == 9999.0
+
+
+def test_restart_with_the_real_detectors_raises_nothing_again_and_clears_once() -> None:
+    clock = ManualClock()
+    before = Presence(clock, FlapDetector(window=100, high=4, low=1), IdentityWatch())
+    edges: list[AlertEdge] = []
+    times: list[float] = []
+    edges += before.on_status(online(bdseq=0)).alerts
+    for bdseq in range(3):  # 6 transitions: flapping
+        clock.advance(1)
+        went = before.on_status(offline(bdseq=bdseq))
+        clock.advance(1)
+        came = before.on_status(online(bdseq=bdseq + 1))
+        edges += went.alerts + came.alerts
+        times += [t.at for t in went.transitions + came.transitions]
+    assert [(e.kind, e.state) for e in edges] == [("flapping", "raised")]
+    stored = [r.snapshot() for r in before.records()]
+
+    clock.advance(5)  # the controller restarts with fresh detectors
+    after = Presence(clock, FlapDetector(window=100, high=4, low=1), IdentityWatch())
+    after.restore(stored, {"edge-1": times})
+    again = after.on_status(online(bdseq=3, seq=0), retained=True)
+    assert (again.transitions, again.alerts, again.views) == ([], [], [])
+    record = after.get("edge-1")
+    assert record is not None
+    assert record.flapping
+
+    clock.advance(100)
+    cleared = after.tick()
+    assert [(e.kind, e.state) for e in cleared.alerts] == [("flapping", "cleared")]
+    assert [v.flapping for v in cleared.views] == [False]
+    clock.advance(1000)
+    assert after.tick().alerts == []

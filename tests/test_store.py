@@ -123,3 +123,17 @@ async def test_a_file_that_is_not_a_database_is_a_store_error(tmp_path: Path) ->
     with pytest.raises(StoreError, match=r"c\.db"):
         async with open_store(db):
             pass
+
+
+async def test_heartbeats_gather_but_a_transition_is_committed_at_once(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "c.db", linger=30.0) as store:
+        await store.submit(heartbeat("a", 1))
+        await store.submit(heartbeat("a", 2))
+        for _ in range(20):  # let the writer take them and start waiting
+            await asyncio.sleep(0)
+        assert store.committed == 0  # plain heartbeats wait for company
+        went = Transition("a", "online", "offline", "shutdown", 5.0)
+        number = await store.submit(Judgement(records=[record("a", "offline")], transitions=[went]))
+        await asyncio.wait_for(store.wait_committed(number), 5.0)
+        assert store.batches == 1
+        assert await store.transitions("a") == [went]
