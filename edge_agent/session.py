@@ -179,6 +179,8 @@ class Session:
     def poll(self, timeout: float, wake: socket.socket | None = None) -> list[SessionEvent]:
         """Wait up to ``timeout`` seconds for network traffic (or a wake-up), handle it, and
         return what happened."""
+        if self._events:
+            timeout = 0.0  # e.g. a disconnect that paho noticed while we were publishing
         sock = self._client.socket()
         readable: list[Any] = [wake] if wake is not None else []
         if sock is None:
