@@ -190,7 +190,9 @@ class Presence:
         for stored in records:
             record = stored.snapshot()
             self._envs[record.env] = record
-            self._flaps.restore(record.env, recent_transitions.get(record.env, ()), record.flapping)
+            recent = recent_transitions.get(record.env, ())
+            if recent or record.flapping:  # a steady environment has nothing to restore
+                self._flaps.restore(record.env, recent, record.flapping)
             if record.conflict:
                 self._identity.restore(record.env, True, now)
         self.rearm()

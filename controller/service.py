@@ -83,7 +83,7 @@ class PresenceService:
         self._unsent: list[Outgoing] = []  # taken from the outbox, not yet acknowledged
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
         self._syncing = False
-        self._birth_echoed = False
+        self._echo = asyncio.Event()  # our birth came back: what was retained is all here
         self._broker_views: dict[str, EnvView | None] = {}
         self._sent_while_syncing: set[str] = set()
         self._store: Store | None = None
@@ -167,27 +167,36 @@ class PresenceService:
 
     def _start_sync(self) -> None:
         self._syncing = True
-        self._birth_echoed = False
+        self._echo.clear()
         self._broker_views.clear()
         self._sent_while_syncing.clear()
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
+        """Subscribe in two rounds, each ended by the echo of a birth message (the broker
+        sends a subscription's retained messages before anything published after it): the
+        statuses first, then the views, so the two retained floods never pile up at once."""
         root = self._root
         qos1 = SubscribeOptions(qos=1)
-        # Views only serve the comparison after (re)subscribing: QoS 0 spares the broker's
-        # in-flight window and a PUBACK each; not our own (no local).
-        views = SubscribeOptions(qos=0, noLocal=True)
-        filters = [
+        statuses = [
             (root.all_status(), qos1),
             (root.all_events(), qos1),
-            (root.all_views(), views),
             (root.controller_status(), qos1),
         ]
-        await client.subscribe(filters, timeout=SUBSCRIBE_TIMEOUT)
-        # The echo of this birth marks the end of the retained messages: the broker sent
-        # them all on subscription, before it forwards anything published after.
+        await client.subscribe(statuses, timeout=SUBSCRIBE_TIMEOUT)
+        await self._publish_birth(client)
+        await self._echo.wait()
+        self._echo.clear()
+        # Views only serve the comparison: QoS 0 spares the broker's in-flight window and
+        # a PUBACK each; no local: not the ones we publish ourselves.
+        views = SubscribeOptions(qos=0, noLocal=True)
+        await client.subscribe(root.all_views(), options=views, timeout=SUBSCRIBE_TIMEOUT)
+        await self._publish_birth(client)
+        await self._echo.wait()
+        await self._finish_sync()
+
+    async def _publish_birth(self, client: aiomqtt.Client) -> None:
         await client.publish(
-            root.controller_status(),
+            self._root.controller_status(),
             encode(self._status("online")),
             qos=1,
             retain=True,
@@ -210,8 +219,6 @@ class PresenceService:
                 number = await store.submit(judgement)
                 await self._queue_outgoing(number, judgement)
                 self._log_judgement(judgement)
-            if self._syncing and self._birth_echoed:
-                await self._finish_sync()
 
     def _judge(self, topic: str, payload: bytes, retained: bool) -> Judgement | None:
         """Decode and judge one message; None when it changes nothing. Never raises."""
@@ -271,7 +278,7 @@ class PresenceService:
             return  # the retained status of an earlier controller, cleared or not
         status = CONTROLLER_STATUS.decode(payload, limit=self.settings.max_payload)
         if status.boot == self.boot and status.status == "online":
-            self._birth_echoed = True
+            self._echo.set()
 
     async def _sync_deadline(self) -> None:
         await asyncio.sleep(SYNC_TIMEOUT)
