@@ -230,7 +230,7 @@ class PresenceService:
                 check_env(status.env, parsed.env or "")
                 judgement = self.core.on_status(status, retained=retained)
                 if judgement.stale:
-                    log.info("stale offline ignored", env=status.env, bdseq=status.bdseq)
+                    log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
                 return judgement
             if parsed.kind is TopicKind.EVENTS:
                 event = EVENT.decode(payload, limit=limit)
@@ -266,18 +266,22 @@ class PresenceService:
 
     # --- the end of the retained messages -----------------------------------------------
     def _note_broker_view(self, env: str, payload: bytes) -> None:
-        if not self._syncing:
+        """A view the broker holds: collected while syncing. An empty one (cleared) is no
+        error; garbage is counted like any other bad input, and ours replaces it."""
+        if self._syncing:
+            self._broker_views[env] = None
+        if not payload:
             return
-        try:
-            self._broker_views[env] = VIEW.decode(payload) if payload else None
-        except DecodeError:
-            self._broker_views[env] = None  # garbage in a view: ours will replace it
+        view = VIEW.decode(payload, limit=self.settings.max_payload)
+        check_env(view.env, env)
+        if self._syncing:
+            self._broker_views[env] = view
 
     def _note_controller_status(self, payload: bytes) -> None:
-        if not self._syncing or not payload:
-            return  # the retained status of an earlier controller, cleared or not
+        if not payload:
+            return  # cleared
         status = CONTROLLER_STATUS.decode(payload, limit=self.settings.max_payload)
-        if status.boot == self.boot and status.status == "online":
+        if self._syncing and status.boot == self.boot and status.status == "online":
             self._echo.set()
 
     async def _sync_deadline(self) -> None:

@@ -213,6 +213,10 @@ async def test_garbage_on_every_topic_is_dropped_counted_and_changes_nothing(
             await probe.publish(topic, payload)
         await probe.publish(f"{root}/env/Not_An_Id/status", status_payload("edge-g"))
         await probe.publish(f"{root}/env/edge-g/events", b"{}" * 600)  # over the limit
+        await probe.publish(root.view("edge-x"), b'{"env": "edge-x", "status": 3}')
+        await probe.publish(root.view("edge-x"), b'{"env": "other", "status": "online", '
+                            b'"since": 1}')  # fmt: skip
+        await probe.publish(root.controller_status(), b"<html>")
         # still judging: a will with the current bdseq is believed
         await probe.publish(root.status("edge-g"), will_payload("edge-g"), retain=True)
         await probe.wait_json(root.view("edge-g"), status="offline", reason="connection-lost")
@@ -220,6 +224,9 @@ async def test_garbage_on_every_topic_is_dropped_counted_and_changes_nothing(
         for _, _, reason in GARBAGE:
             expected[reason] = expected.get(reason, 0) + 1
         expected["too-large"] += 1
+        expected["schema"] += 1
+        expected["env-mismatch"] += 1
+        expected["not-json"] += 1
         stats = await probe.wait_json(root.controller_status(), after=mark, dropped=expected)
         assert stats["status"] == "online"
         assert [v["status"] for v in views(probe, root, "edge-g", after=mark)] == ["offline"]
