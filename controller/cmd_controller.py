@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from controller.settings import CONTROLLER_SETTINGS, load_settings
 from shared import settings as common
+from shared.errors import EdgeplaneError
 
 if TYPE_CHECKING:
     from controller.service import PresenceService
@@ -37,8 +38,21 @@ def run_controller(args: argparse.Namespace) -> int:
     from shared.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(_serve(PresenceService(settings)))
+    try:
+        asyncio.run(_serve(PresenceService(settings)))
+    except BaseExceptionGroup as group:
+        # A failure inside the task groups (the database, say): show it as the one-line
+        # error it is, not as a group.
+        matched = group.subgroup(lambda exc: isinstance(exc, EdgeplaneError))
+        if matched is None:
+            raise
+        raise _first(matched) from group
     return 0
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    inner = group.exceptions[0]
+    return _first(inner) if isinstance(inner, BaseExceptionGroup) else inner
 
 
 async def _serve(service: PresenceService) -> None:

@@ -86,13 +86,11 @@ class PresenceService:
         self._echo = asyncio.Event()  # our birth came back: what was retained is all here
         self._broker_views: dict[str, EnvView | None] = {}
         self._sent_while_syncing: set[str] = set()
-        self._store: Store | None = None
 
     # --- lifecycle ----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         db = self.settings.db_path
         async with open_store(db) as store:
-            self._store = store
             since = self._clock.time() - self.settings.flap_window
             records, recent = await store.load(transitions_since=since)
             self.core.restore(records, recent)

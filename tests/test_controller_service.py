@@ -388,3 +388,18 @@ async def test_controller_waits_out_a_broker_restart_and_publishes_birth_again(
         await probe.wait_json(root.view("edge-r"), status="offline", reason="connection-lost")
         controller.proc.signal(signal.SIGINT)
         assert await controller.proc.wait() == 0
+
+
+@pytest.mark.slow
+async def test_a_database_that_is_not_one_is_a_one_line_error(
+    broker: MosquittoProcess, tmp_path: Path, procs: list[Proc]
+) -> None:
+    db = tmp_path / "controller.db"
+    db.write_bytes(b"certainly not SQLite " * 200)
+    args = ["controller", "run", "--broker", broker.url, "--db", str(db)]
+    proc = await start_proc("controller", args, tmp_path / "bad-db.log")
+    procs.append(proc)
+    assert await proc.wait() == 1
+    lines = proc.output().strip().splitlines()
+    assert len(lines) == 1
+    assert str(db) in lines[0]
