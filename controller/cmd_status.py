@@ -14,7 +14,7 @@ __all__ = ["VIEWER_SETTINGS", "add_parser", "add_viewer_flags"]
 VIEWER_SETTINGS = (
     Setting("broker", common.broker_url, DEFAULT_BROKER, "broker URL, mqtt://HOST:PORT"),
     Setting("topic_root", common.topic_root, common.topic_root("edgeplane/v1"), "topic root"),
-    Setting("timeout", common.positive_float, 5.0, "seconds to wait for the broker and views"),
+    Setting("timeout", common.positive_float, 15.0, "most seconds to wait for the views"),
 )
 
 

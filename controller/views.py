@@ -164,8 +164,9 @@ async def _subscribed(url: BrokerUrl, root: TopicRoot, connect_timeout: float = 
     client = make_client(url, unique_client_id("edgeplane-status"), timeout=connect_timeout)
     try:
         async with client:
-            await client.subscribe(root.all_views(), qos=1)
-            await client.subscribe(root.all_status(), qos=1)
+            # QoS 0: a reader needs no acknowledgements, and the broker then streams a
+            # fleet's retained messages without waiting on an in-flight window.
+            await client.subscribe([(root.all_views(), 0), (root.all_status(), 0)])
             yield client
     except aiomqtt.MqttError as exc:
         raise BrokerUnavailable(f"cannot reach the broker at {url}: {exc}") from exc
