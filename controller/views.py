@@ -20,7 +20,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,7 +160,9 @@ def _expiry_left(message: aiomqtt.Message) -> int | None:
 
 
 @contextlib.asynccontextmanager
-async def _subscribed(url: BrokerUrl, root: TopicRoot, connect_timeout: float = 5.0) -> Any:
+async def _subscribed(
+    url: BrokerUrl, root: TopicRoot, connect_timeout: float = 5.0
+) -> AsyncIterator[aiomqtt.Client]:
     client = make_client(url, unique_client_id("edgeplane-status"), timeout=connect_timeout)
     try:
         async with client:
