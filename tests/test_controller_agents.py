@@ -121,13 +121,6 @@ async def expect_quiet(probe: Probe, root: TopicRoot, envs: list[str], *, after:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="edge agent bug: with sys.modules['ssl'] = None, paho's socket error path raises "
-    "AttributeError ('NoneType' has no SSLWantReadError) and the agent dies on a "
-    "connection reset",
-    raises=AssertionError,
-    strict=False,
-)
 async def test_broker_restart_agents_reconnect_and_views_converge(
     private_broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:
