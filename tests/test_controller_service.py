@@ -3,6 +3,7 @@ precisely by a probe publishing status messages (stale wills, garbage, restarts)
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import signal
@@ -384,6 +385,12 @@ async def test_controller_waits_out_a_broker_restart_and_publishes_birth_again(
             root.controller_status(), after=mark, status="online", boot=controller.boot,
             timeout=40,
         )  # fmt: skip
+        await wait_for_log(controller.proc, "retained state synchronised", count=2)
+        await heartbeat(probe, root, "edge-s")
+        await probe.wait_json(root.view("edge-s"), status="online")
+        # judgement survived the reconnect: no new view of edge-r, only the retained one
+        shown = [m for m in probe.messages if m.topic == root.view("edge-r")]
+        assert [m.retain for m in shown] == [True]
         await will(probe, root, "edge-r")
         await probe.wait_json(root.view("edge-r"), status="offline", reason="connection-lost")
         controller.proc.signal(signal.SIGINT)
@@ -403,3 +410,10 @@ async def test_a_database_that_is_not_one_is_a_one_line_error(
     lines = proc.output().strip().splitlines()
     assert len(lines) == 1
     assert str(db) in lines[0]
+
+
+async def wait_for_log(proc: Proc, event: str, *, count: int = 1, timeout: float = 30) -> None:
+    """Wait until ``proc`` has logged ``event`` ``count`` times (its log is a file: poll)."""
+    async with asyncio.timeout(timeout):
+        while proc.output().count(f'"{event}"') < count:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
