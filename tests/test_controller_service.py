@@ -27,6 +27,7 @@ class Controller:
     proc: Proc
     db: Path
     boot: str
+    since: float  # when it started, by its own clock
 
 
 async def start_controller(
@@ -48,7 +49,7 @@ async def start_controller(
     birth = await probe.wait_json(
         root.controller_status(), after=after, status="online", timeout=20
     )
-    return Controller(proc, db, birth["boot"])
+    return Controller(proc, db, birth["boot"], birth["since"])
 
 
 def status_payload(env: str, *, bdseq: int = 1, seq: int = 0, interval: float = 30,
@@ -417,3 +418,21 @@ async def wait_for_log(proc: Proc, event: str, *, count: int = 1, timeout: float
     async with asyncio.timeout(timeout):
         while proc.output().count(f'"{event}"') < count:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_online_environment_without_a_retained_status_times_out_after_restart(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with watching(broker, root) as probe:
+        first = await start_controller(broker, root, tmp_path, procs, probe)
+        await heartbeat(probe, root, "vanished", interval=1)
+        await probe.wait_json(root.view("vanished"), status="online")
+        await first.proc.kill()
+        await probe.publish(root.status("vanished"), b"", retain=True)  # expired, say
+        mark = probe.mark()
+        second = await start_controller(broker, root, tmp_path, procs, probe, db=first.db)
+        view = await probe.wait_json(root.view("vanished"), after=mark, status="offline")
+        assert view["reason"] == "heartbeat-timeout"
+        assert view["since"] - second.since >= 3.0  # a fresh 3 x interval from the restart
+        assert await second.proc.terminate() == 0
