@@ -436,3 +436,18 @@ async def test_online_environment_without_a_retained_status_times_out_after_rest
         assert view["reason"] == "heartbeat-timeout"
         assert view["since"] - second.since >= 3.0  # a fresh 3 x interval from the restart
         assert await second.proc.terminate() == 0
+
+
+@pytest.mark.slow
+async def test_sigterm_while_the_broker_is_away_still_exits_cleanly(
+    private_broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with watching(private_broker, root) as probe:
+        controller = await start_controller(private_broker, root, tmp_path, procs, probe)
+        await heartbeat(probe, root, "edge-t")
+        await probe.wait_json(root.view("edge-t"), status="online")
+    private_broker.stop()
+    await wait_for_log(controller.proc, "broker connection lost; retrying")
+    assert await controller.proc.terminate() == 0
+    assert '"controller stopped"' in controller.proc.output()
+    assert stored_transitions(controller.db, "edge-t") == [("unknown", "online", "heartbeat", 0)]
