@@ -8,12 +8,13 @@ import asyncio
 from shared import settings as common
 from shared.broker_url import DEFAULT_BROKER
 from shared.settings import Setting
+from shared.topics import DEFAULT_ROOT, TopicRoot
 
 __all__ = ["VIEWER_SETTINGS", "add_parser", "add_viewer_flags"]
 
 VIEWER_SETTINGS = (
     Setting("broker", common.broker_url, DEFAULT_BROKER, "broker URL, mqtt://HOST:PORT"),
-    Setting("topic_root", common.topic_root, common.topic_root("edgeplane/v1"), "topic root"),
+    Setting("topic_root", common.topic_root, TopicRoot(DEFAULT_ROOT), "topic root"),
     Setting("timeout", common.positive_float, 15.0, "most seconds to wait for the views"),
 )
 
