@@ -53,6 +53,8 @@ OUTBOX_SIZE: Final = 20_000
 SYNC_TIMEOUT: Final = 30.0  # give up waiting for the birth echo after this long
 SUBSCRIBE_TIMEOUT: Final = 60.0  # a broker busy sending a fleet's retained state is slow
 TICK_CAP: Final = 0.1  # never sleep longer than this between ticks
+BACKLOG_LIMIT: Final = 500  # received messages not yet judged, above which ticks wait
+MAX_DEFER: Final = 5.0  # ... but never longer than this
 DRAIN_TIMEOUT: Final = 10.0
 
 log = structlog.get_logger("controller")
@@ -151,7 +153,7 @@ class PresenceService:
             workers = [
                 tasks.create_task(self._receive(client, store), name="receiver"),
                 tasks.create_task(self._subscribe(client), name="subscriber"),
-                tasks.create_task(self._tick(store), name="ticker"),
+                tasks.create_task(self._tick(client, store), name="ticker"),
                 tasks.create_task(self._refresh_status(client), name="stats"),
                 tasks.create_task(self._sync_deadline(), name="sync-deadline"),
             ]
@@ -355,10 +357,17 @@ class PresenceService:
         return Outgoing(self._root.alerts(edge.env), encode(alert), False)
 
     # --- time ---------------------------------------------------------------------------
-    async def _tick(self, store: Store) -> None:
+    async def _tick(self, client: aiomqtt.Client, store: Store) -> None:
+        loop = asyncio.get_running_loop()
+        last_tick = loop.time()
         while True:
             wait = self.core.seconds_until_next()
             await asyncio.sleep(TICK_CAP if wait is None else min(wait, TICK_CAP))
+            if len(client.messages) > BACKLOG_LIMIT and loop.time() - last_tick < MAX_DEFER:
+                # Far behind the broker (a retained flood): the heartbeats that keep
+                # environments online may be waiting in the queue. Catch up first.
+                continue
+            last_tick = loop.time()
             judgement = self.core.tick()
             if judgement:
                 number = await store.submit(judgement)
