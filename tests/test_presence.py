@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from controller.alerts import AlertEdge
 from controller.flapping import FlapDetector
@@ -394,3 +397,51 @@ def test_restart_with_the_real_detectors_raises_nothing_again_and_clears_once() 
     assert [v.flapping for v in cleared.views] == [False]
     clock.advance(1000)
     assert after.tick().alerts == []
+
+
+# --- properties over arbitrary message sequences ---------------------------------------------
+step = st.one_of(
+    st.tuples(st.just("online"), st.integers(0, 3), st.sampled_from(["a", "b"])),
+    st.tuples(st.just("offline"), st.integers(0, 3), st.sampled_from(["shutdown", "retired"])),
+    st.tuples(st.just("wait"), st.floats(0.0, 40.0), st.just("")),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(step, max_size=60), st.booleans())
+def test_any_sequence_keeps_the_judgement_consistent(
+    steps: list[tuple[str, Any, str]], retained: bool
+) -> None:
+    clock = ManualClock()
+    core = Presence(clock, FlapDetector(window=60, high=4, low=1), IdentityWatch(60, 20))
+    status = "unknown"
+    shown: tuple[str, bool] | None = None  # the last view published
+    raised: dict[str, int] = {"flapping": 0, "identity-conflict": 0}
+    seq = 0
+    for kind, value, extra in steps:
+        if kind == "online":
+            seq += 1
+            judgement = core.on_status(online(bdseq=value, seq=seq, boot=extra), retained=retained)
+        elif kind == "offline":
+            reason = cast(OfflineReason, extra)
+            judgement = core.on_status(offline(bdseq=value, reason=reason), retained=retained)
+        else:
+            clock.advance(value)
+            judgement = core.tick()
+        for transition in judgement.transitions:
+            assert transition.from_status == status != transition.to_status
+            assert transition.at == clock.time()
+            status = transition.to_status
+        for edge in judgement.alerts:  # edges alternate per kind, starting with raised
+            raised[edge.kind] += 1 if edge.state == "raised" else -1
+            assert raised[edge.kind] in (0, 1)
+        for view in judgement.views:  # a view goes out only for a change people see
+            assert (view.status, view.flapping) != shown
+            shown = (view.status, view.flapping)
+        record = core.get("edge-1")
+        if record is not None:
+            assert record.status == status
+            assert (record.status, record.flapping) == shown
+            assert (core.heartbeat_deadline("edge-1") is not None) == (status == "online")
+        if judgement.stale:
+            assert not judgement
