@@ -193,7 +193,7 @@ class Report:
         body = {
             "bench": self.name,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "command": " ".join(sys.orig_argv),
             "machine": machine(),
             "params": self.params,
             "figures": self.figures,
