@@ -58,7 +58,8 @@ async def run(args: argparse.Namespace) -> Report:
         fleet = FleetWorker(url, root, count, 10.0, work / "fleet.log")
         controller.start()
         try:
-            async with ViewObserver(url, root).running() as observer, fleet:
+            status = root.controller_status()
+            async with ViewObserver(url, root).running(status) as observer, fleet:
                 await fleet.call("start", timeout=120 + count / 100)
                 await observer.wait_until(
                     lambda: observer.online_count() >= count, 120 + count / 100, "views online"
@@ -106,6 +107,7 @@ async def _one_round(
         )
 
     right_at = await observer.wait_until(all_right, 60, "every view right after the restart")
+    births = [t for topic, payload, t in observer.extra if t > began and b'"online"' in payload]
     controller.check_alive()
     await asyncio.sleep(watch)
     after = observer.history[mark:]
@@ -114,6 +116,8 @@ async def _one_round(
     changed_msgs = [seen for seen in after if seen.env in truth]
     key = name.lower()
     report.note(f"{key}_time_to_every_view_right_s", right_at - began)
+    if births:  # exec -> birth: start-up, loading the store, connecting, subscribing
+        report.note(f"{key}_time_to_birth_s", min(births) - began)
     report.note(f"{key}_false_transitions", len(false))
     report.note(f"{key}_views_republished_for_unchanged_envs", len(unchanged))
     report.note(f"{key}_view_messages_for_changed_envs", len(changed_msgs))
