@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, Protocol
+from typing import NoReturn, Protocol, cast
 
 from shared import __version__
 from shared.errors import EdgeplaneError, SettingsError
@@ -47,11 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Control plane for fleets of edge runtime targets, over MQTT.",
     )
     parser.add_argument("--version", action="version", version=f"edgeplane {__version__}")
-    subparsers = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
-    )
+    # Subparsers are of the parser's own class (argparse's default), so they too report
+    # usage errors in one line.
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in COMMANDS.values():
-        module: CommandModule = importlib.import_module(module_name)  # type: ignore[assignment]
+        module = cast(CommandModule, importlib.import_module(module_name))
         module.add_parser(subparsers)
     return parser
 
