@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from typing import NoReturn, Protocol, cast
+from typing import Any, NoReturn, Protocol, cast
 
 from shared import __version__
 from shared.errors import EdgeplaneError, SettingsError
@@ -36,9 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 class CommandModule(Protocol):
-    def add_parser(
-        self, subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
-    ) -> None: ...
+    def add_parser(self, subparsers: argparse._SubParsersAction[Any]) -> None: ...
 
 
 def build_parser() -> argparse.ArgumentParser:
