@@ -26,7 +26,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from controller.alerts import AlertEdge, DeadlineHeap
+from controller.alerts import AlertEdge
+from controller.timers import TimerHeap
 from shared.messages import AlertState
 
 __all__ = ["FlapDetector"]
@@ -58,7 +59,7 @@ class FlapDetector:
         self.high = high
         self.low = low
         self._envs: dict[str, _Flaps] = {}
-        self._deadlines = DeadlineHeap()
+        self._deadlines = TimerHeap()
 
     # --- queries -------------------------------------------------------------------------
     def is_flapping(self, env: str) -> bool:
@@ -80,7 +81,7 @@ class FlapDetector:
         it must ask again after every ``record``, ``restore``, ``forget`` or ``expire``.
         A deadline already in the past means "call expire now".
         """
-        return self._deadlines.peek()
+        return self._deadlines.next_deadline()
 
     # --- events --------------------------------------------------------------------------
     def record(self, env: str, at: float) -> AlertEdge | None:
@@ -136,7 +137,7 @@ class FlapDetector:
     def forget(self, env: str) -> None:
         """Drop everything about ``env`` (retired or deleted); no edge is emitted."""
         self._envs.pop(env, None)
-        self._deadlines.discard(env)
+        self._deadlines.cancel(env)
 
     # --- internals -----------------------------------------------------------------------
     def _clear_time(self, state: _Flaps) -> float | None:

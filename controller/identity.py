@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from controller.alerts import AlertEdge, DeadlineHeap
+from controller.alerts import AlertEdge
+from controller.timers import TimerHeap
 from shared.messages import AlertState
 
 __all__ = ["IdentityWatch"]
@@ -68,7 +69,7 @@ class IdentityWatch:
         self.quiet = float(quiet)
         self.max_boots = max_boots
         self._envs: dict[str, _Boots] = {}
-        self._deadlines = DeadlineHeap()
+        self._deadlines = TimerHeap()
 
     # --- queries -------------------------------------------------------------------------
     def in_conflict(self, env: str) -> bool:
@@ -81,7 +82,7 @@ class IdentityWatch:
 
         Ask again after every ``observe``, ``restore``, ``forget`` or ``expire``.
         """
-        return self._deadlines.peek()
+        return self._deadlines.next_deadline()
 
     # --- events --------------------------------------------------------------------------
     def observe(self, env: str, boot: str, at: float) -> AlertEdge | None:
@@ -132,7 +133,7 @@ class IdentityWatch:
     def forget(self, env: str) -> None:
         """Drop everything about ``env`` (retired or deleted); no edge is emitted."""
         self._envs.pop(env, None)
-        self._deadlines.discard(env)
+        self._deadlines.cancel(env)
 
     # --- internals -----------------------------------------------------------------------
     def _note(self, state: _Boots, boot: str, at: float) -> str | None:

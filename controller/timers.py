@@ -1,4 +1,5 @@
-"""A timer heap for heartbeat deadlines: one deadline per key, with lazy invalidation.
+"""A timer heap: one deadline per key, with lazy invalidation (heartbeat deadlines, and
+the flap and identity detectors' clearing times).
 
 Every heartbeat moves its environment's deadline. Moving a deadline pushes a new heap entry
 and leaves the old one behind; stale entries are skipped when they reach the top, and the
@@ -33,8 +34,14 @@ class TimerHeap:
         entry = self._live.get(key)
         return None if entry is None else entry[0]
 
-    def set(self, key: str, deadline: float) -> None:
-        """Give ``key`` this deadline, replacing any earlier one."""
+    def set(self, key: str, deadline: float | None) -> None:
+        """Give ``key`` this deadline, replacing any earlier one; None cancels it."""
+        if deadline is None:
+            self.cancel(key)
+            return
+        current = self._live.get(key)
+        if current is not None and current[0] == deadline:
+            return
         token = next(self._tokens)
         self._live[key] = (deadline, token)
         heapq.heappush(self._heap, (deadline, token, key))

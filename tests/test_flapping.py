@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from controller.alerts import AlertEdge, DeadlineHeap
+from controller.alerts import AlertEdge
 from controller.flapping import FlapDetector
+from controller.timers import TimerHeap
 from shared.clock import ManualClock
 
 
@@ -379,15 +380,15 @@ def test_a_raise_happens_iff_the_count_reaches_high(gaps: list[float], high: int
 
 # --- the deadline heap both detectors use --------------------------------------------------
 def test_deadline_heap_moves_and_drops_keys() -> None:
-    heap = DeadlineHeap()
+    heap = TimerHeap()
     heap.set("a", 5.0)
     heap.set("b", 3.0)
     heap.set("a", 1.0)
     heap.set("c", 4.0)
-    heap.discard("c")
-    assert heap.peek() == 1.0
+    heap.cancel("c")
+    assert heap.next_deadline() == 1.0
     assert heap.pop_due(3.0) == ["a", "b"]
-    assert heap.peek() is None
+    assert heap.next_deadline() is None
     assert len(heap) == 0
 
 
@@ -401,7 +402,7 @@ def test_deadline_heap_moves_and_drops_keys() -> None:
 def test_deadline_heap_agrees_with_a_plain_dict(
     ops: list[tuple[str, int | None]], now: int
 ) -> None:
-    heap = DeadlineHeap()
+    heap = TimerHeap()
     plain: dict[str, float] = {}
     for key, deadline in ops:
         heap.set(key, None if deadline is None else float(deadline))
@@ -409,12 +410,12 @@ def test_deadline_heap_agrees_with_a_plain_dict(
             plain.pop(key, None)
         else:
             plain[key] = float(deadline)
-    assert heap.peek() == (min(plain.values()) if plain else None)
+    assert heap.next_deadline() == (min(plain.values()) if plain else None)
     due = heap.pop_due(float(now))
     assert sorted(due) == sorted(k for k, d in plain.items() if d <= now)
     assert [plain[k] for k in due] == sorted(plain[k] for k in due)
     assert len(heap) == len(plain) - len(due)
-    assert len(heap._heap) <= 2 * len(plain) + 64
+    assert heap.heap_size() <= 2 * len(plain) + 64
 
 
 # --- a state machine over the whole interface ----------------------------------------------
