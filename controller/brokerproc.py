@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 from controller.errors import BrokerStartError
 
 __all__ = [
     "BrokerProcess",
+    "ChildBroker",
     "MosquittoProcess",
+    "close_pipes",
     "find_mosquitto",
     "free_port",
     "port_bindable",
@@ -90,7 +91,62 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-class MosquittoProcess:
+class ChildBroker:
+    """What both broker launchers share: one child process, its pid and state, and the
+    two ways to stop it. Subclasses set ``_process`` in ``start()``."""
+
+    _process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (mosquitto saves its persistence file), SIGKILL after ``timeout``.
+        Safe to call twice."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout)
+        close_pipes(process)
+
+    def kill(self) -> None:
+        """SIGKILL: nothing is saved."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait()
+        close_pipes(process)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def close_pipes(process: subprocess.Popen[bytes]) -> None:
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
+class MosquittoProcess(ChildBroker):
     """A mosquitto child process with its own config and data directory.
 
     ``start()`` and ``stop()`` may be called repeatedly: the port and the data directory
@@ -128,14 +184,6 @@ class MosquittoProcess:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     @property
     def log_path(self) -> Path:
@@ -205,35 +253,3 @@ class MosquittoProcess:
                 return log.read().decode(errors="replace")[-limit:]
         except OSError:
             return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop mosquitto cleanly (SIGTERM, so it saves its persistence file)."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
-        if process.stderr:
-            process.stderr.close()
-
-    def kill(self) -> None:
-        """Stop mosquitto abruptly (SIGKILL): nothing is saved."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.kill()
-        process.wait()
-        if process.stderr:
-            process.stderr.close()
-
-    def __enter__(self) -> MosquittoProcess:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

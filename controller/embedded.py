@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from controller.brokerproc import free_port, port_bindable, port_open
+from controller.brokerproc import ChildBroker, close_pipes, free_port, port_bindable, port_open
 from controller.errors import BrokerStartError
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "EmbeddedBroker", "embedded_available", "render_config", "serve"]
@@ -97,7 +97,7 @@ max_segment_count = 10
     return text
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ChildBroker):
     """The rumqttd broker of ``iotcore`` in a child process, with the interface of
     :class:`controller.brokerproc.MosquittoProcess` (see ``BrokerProcess``)."""
 
@@ -124,14 +124,6 @@ class EmbeddedBroker:
     @property
     def v311_url(self) -> str | None:
         return f"mqtt://{self.host}:{self.v311_port}" if self.v311_port is not None else None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
 
     @property
     def log_path(self) -> Path:
@@ -186,7 +178,7 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             code = self._process.poll()
             if code is not None:
-                self._close(self._process)
+                close_pipes(self._process)
                 self._process = None
                 tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise BrokerStartError(
@@ -199,40 +191,6 @@ class EmbeddedBroker:
         raise BrokerStartError(
             f"the embedded broker did not listen on {self._ports()} within {timeout}s"
         )
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the broker (SIGTERM, then SIGKILL after ``timeout``). Safe to call twice."""
-        process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
-        self._close(process)
-
-    def kill(self) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.kill()
-        process.wait()
-        self._close(process)
-
-    @staticmethod
-    def _close(process: subprocess.Popen[bytes]) -> None:
-        if process.stdin is not None:
-            process.stdin.close()
-
-    def __enter__(self) -> EmbeddedBroker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _exit_with_parent(stdin: IO[bytes]) -> None:
