@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from controller.alerts import AlertEdge
+from controller.alerts import AlertEdge, earliest_due, split_held
 from controller.timers import TimerHeap
 from shared.messages import AlertState
 
@@ -158,14 +158,9 @@ class FlapDetector:
         return edges
 
     def _hand_out(self, env: str, state: _Flaps, edges: list[AlertEdge]) -> AlertEdge | None:
-        held = edges[1:]
-        # Only if expire() is never called do edges pile up here; dropping an adjacent
-        # cleared/raised pair nobody has seen keeps the order right and the memory bounded.
-        while len(held) > 2:
-            del held[-3:-1]
-        state.held = held
+        first, state.held = split_held(edges)
         self._schedule(env, state)
-        return edges[0] if edges else None
+        return first
 
     def _schedule(self, env: str, state: _Flaps) -> None:
         due: float | None = None
@@ -173,9 +168,7 @@ class FlapDetector:
             clear_at = self._clear_time(state)
             # An episode that is over already is due at once: any time in the past will do.
             due = (state.times[-1] if state.times else 0.0) if clear_at is None else clear_at
-        if state.held:
-            due = state.held[0].at if due is None else min(due, state.held[0].at)
-        self._deadlines.set(env, due)
+        self._deadlines.set(env, earliest_due(due, state.held))
 
     def _edge(self, env: str, state: AlertState, at: float) -> AlertEdge:
         if state == "raised":

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from controller.alerts import AlertEdge
+from controller.alerts import AlertEdge, earliest_due, split_held
 from controller.timers import TimerHeap
 from shared.messages import AlertState
 
@@ -171,20 +171,13 @@ class IdentityWatch:
         return edges
 
     def _hand_out(self, env: str, state: _Boots, edges: list[AlertEdge]) -> AlertEdge | None:
-        held = edges[1:]
-        # Only if expire() is never called do edges pile up here; dropping an adjacent
-        # cleared/raised pair nobody has seen keeps the order right and the memory bounded.
-        while len(held) > 2:
-            del held[-3:-1]
-        state.held = held
+        first, state.held = split_held(edges)
         self._schedule(env, state)
-        return edges[0] if edges else None
+        return first
 
     def _schedule(self, env: str, state: _Boots) -> None:
         due = state.current_since + self.quiet if state.conflict else None
-        if state.held:
-            due = state.held[0].at if due is None else min(due, state.held[0].at)
-        self._deadlines.set(env, due)
+        self._deadlines.set(env, earliest_due(due, state.held))
 
     @staticmethod
     def _edge(env: str, state: AlertState, at: float, detail: str) -> AlertEdge:
