@@ -25,6 +25,11 @@ COMMANDS: dict[str, str] = {
     "controller": "controller.cmd_controller",
     "status": "controller.cmd_status",
     "watch": "controller.cmd_watch",
+    "env": "controller.cmd_env",
+    "deploy": "controller.cmd_deploy",
+    "deployments": "controller.cmd_deployments",
+    "events": "controller.cmd_events",
+    "demo": "controller.cmd_demo",
 }
 
 

@@ -33,6 +33,11 @@ class Redactor:
         # Longest first: a secret that contains another must not be half-masked.
         self._ordered = sorted(self._secrets, key=len, reverse=True)
 
+    def mask(self, text: str) -> str:
+        """``text`` with every registered secret value replaced by ``***``."""
+        masked: str = self._mask(text)
+        return masked
+
     def clear(self) -> None:
         self._secrets.clear()
         self._ordered = []

@@ -13,21 +13,43 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
+from shared.workflow import Workflow
+
 __all__ = [
+    "Accepted",
+    "Ack",
     "AgentStatus",
     "Alert",
     "AlertKind",
     "AlertState",
+    "Check",
+    "CheckKind",
     "Command",
     "CommandRejected",
     "ControllerStatus",
+    "Deploy",
     "EnvView",
     "Event",
+    "Expired",
+    "Failed",
     "OfflineReason",
     "OfflineStatus",
     "OnlineStatus",
     "Ping",
+    "Platform",
     "Pong",
+    "Preflight",
+    "Restart",
+    "Retire",
+    "RolledBack",
+    "Running",
+    "ServiceRestarted",
+    "Started",
+    "StepFinished",
+    "StepStarted",
+    "Stopped",
+    "Succeeded",
+    "Update",
     "ViewStatus",
 ]
 
@@ -41,11 +63,26 @@ Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 UnixTime = Annotated[float, msgspec.Meta(ge=0)]
 ShortText = Annotated[str, msgspec.Meta(max_length=256)]
 CommandId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+DeploymentId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+OutputTail = Annotated[str, msgspec.Meta(max_length=4096)]
+
+CheckKind = Literal["model", "datasource", "bucket", "secret", "endpoint"]
 
 OfflineReason = Literal["connection-lost", "shutdown", "retired"]
 ViewStatus = Literal["online", "offline", "unknown", "retired"]
 AlertState = Literal["raised", "cleared"]
 AlertKind = Literal["flapping", "identity-conflict"]
+
+
+class Platform(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Facts about a runtime target that decide what can run there."""
+
+    os: ShortText = ""  # platform.system().lower(): linux, darwin, windows
+    arch: ShortText = ""  # platform.machine(): x86_64, aarch64, ...
+    py: ShortText = ""  # Python version of the agent, e.g. 3.11.7
+    agent: ShortText = ""  # agent version
+    gpu: bool = False  # a GPU is visible (an NVIDIA device node or nvidia-smi)
 
 
 # --- R/env/{env}/status -------------------------------------------------------------------
@@ -64,6 +101,10 @@ class OnlineStatus(
     disk: Percent | None = None
     ver: ShortText = ""  # agent version
     up: Count = 0  # agent process uptime, whole seconds
+    # Sent in the first online message of a connection and whenever they change, absent
+    # from plain heartbeats (None: "unchanged since you last heard").
+    models: dict[Name, list[ShortText]] | None = None  # model name -> versions held
+    platform: Platform | None = None
 
 
 class OfflineStatus(msgspec.Struct, frozen=True, tag="offline", tag_field="status"):
@@ -108,6 +149,9 @@ class EnvView(msgspec.Struct, frozen=True):
     reason: ShortText = ""
     last_seen: UnixTime | None = None
     interval: Seconds | None = None
+    # False for an agent that connects as an environment with no record: it is shown as
+    # "unregistered" and never receives commands.
+    registered: bool = True
 
 
 # --- R/alerts/{env} -------------------------------------------------------------------------
@@ -122,29 +166,202 @@ class Alert(msgspec.Struct, frozen=True):
 
 
 # --- R/env/{env}/cmd ------------------------------------------------------------------------
-class Ping(msgspec.Struct, frozen=True, tag="ping", tag_field="type"):
-    """Ask an agent to answer with a ``pong`` event: a liveness probe of the command path."""
+class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
+    """Every command carries an ``id`` (a command delivered twice runs once) and may carry
+    ``expires`` (unix seconds): a command that arrives or would start after it is dropped
+    and reported with an ``expired`` event. The controller also sets the MQTT 5 message
+    expiry, so the broker drops it too."""
 
     id: CommandId
+    expires: UnixTime | None = None
 
 
-Command = Ping
+class Ping(_Command, frozen=True, kw_only=True, tag="ping"):
+    """Ask an agent to answer with a ``pong`` event: a liveness probe of the command path."""
+
+
+class Deploy(_Command, frozen=True, kw_only=True, tag="deploy"):
+    """Run ``workflow`` as deployment ``dep``: preflight, then (unless ``dry_run``) its
+    steps. A dry run reports the preflight and runs nothing."""
+
+    dep: DeploymentId
+    workflow: Workflow
+    dry_run: bool = False
+
+
+class Update(_Command, frozen=True, kw_only=True, tag="update"):
+    """Settings the agent applies at once and keeps across its restarts. ``config`` keys:
+    ``heartbeat_interval``, ``log_level``, ``endpoints.NAME`` (an empty value removes it).
+    ``labels`` are the record's labels, for the agent's information."""
+
+    interval: Seconds | None = None
+    config: dict[ShortText, ShortText] = {}
+    labels: dict[ShortText, ShortText] = {}
+
+
+class Restart(_Command, frozen=True, kw_only=True, tag="restart"):
+    """Restart the running workflows, or only the one named ``workflow``."""
+
+    workflow: ShortText = ""
+
+
+class Retire(_Command, frozen=True, kw_only=True, tag="retire"):
+    """Stop every workflow, publish offline/retired, clear the retained status, wipe the
+    credentials and exit; the agent refuses to start again for this environment."""
+
+
+Command = Ping | Deploy | Update | Restart | Retire
 
 
 # --- R/env/{env}/events ---------------------------------------------------------------------
-class Pong(msgspec.Struct, frozen=True, tag="pong", tag_field="type"):
-    env: EnvId
-    seq: Count  # the agent's event sequence, for de-duplication
-    cmd: CommandId  # the id of the ping being answered
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
+    """Common to every event.
 
-
-class CommandRejected(msgspec.Struct, frozen=True, tag="rejected", tag_field="type"):
-    """A command the agent could not accept (bad payload, unknown type)."""
+    ``seq`` numbers the events of one stream ``src`` (the agent's outbox, which keeps it
+    across restarts; ``controller`` for events the controller itself records): the
+    controller stores each (env, src, seq) once. ``ts`` is the sender's clock, for people
+    only. ``cmd`` and ``dep`` name the command and the deployment an event belongs to.
+    """
 
     env: EnvId
     seq: Count
-    reason: ShortText
+    src: ShortText = ""
+    ts: UnixTime | None = None
     cmd: ShortText = ""
+    dep: ShortText = ""
 
 
-Event = Pong | CommandRejected
+class Pong(_Event, frozen=True, kw_only=True, tag="pong"):
+    """The answer to a ``ping``."""
+
+
+class CommandRejected(_Event, frozen=True, kw_only=True, tag="rejected"):
+    """A command the agent did not run: a bad payload, an unknown type, a failed
+    preflight (for a deployment), an unknown workflow to restart, a retired agent."""
+
+    reason: ShortText
+
+
+class Accepted(_Event, frozen=True, kw_only=True, tag="accepted"):
+    """A deployment command was taken; preflight follows."""
+
+    workflow: ShortText
+    version: ShortText
+    dry_run: bool = False
+
+
+class Check(msgspec.Struct, frozen=True, kw_only=True):
+    """One preflight check, as judged on the target."""
+
+    kind: CheckKind
+    name: ShortText
+    ok: bool
+    detail: ShortText = ""
+    ms: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # how long the check took
+
+
+class Preflight(_Event, frozen=True, kw_only=True, tag="preflight"):
+    """Every check of a workflow's ``requires``, all reported even when one fails."""
+
+    ok: bool
+    checks: list[Check] = []
+    dry_run: bool = False
+
+
+class Started(_Event, frozen=True, kw_only=True, tag="started"):
+    """Preflight passed: the steps start now."""
+
+    workflow: ShortText
+    version: ShortText
+
+
+class StepStarted(_Event, frozen=True, kw_only=True, tag="step-started"):
+    step: ShortText
+    index: Count
+
+
+class StepFinished(_Event, frozen=True, kw_only=True, tag="step-finished"):
+    """``exit_code`` None: the step could not be started or was killed by a signal;
+    ``timed_out``: killed (the whole process group) after its timeout. The tails are the
+    last lines of its output, with secret values masked."""
+
+    step: ShortText
+    index: Count
+    exit_code: int | None
+    duration: Annotated[float, msgspec.Meta(ge=0)]
+    ok: bool
+    timed_out: bool = False
+    stdout: OutputTail = ""
+    stderr: OutputTail = ""
+
+
+class Succeeded(_Event, frozen=True, kw_only=True, tag="succeeded"):
+    """Every step of a job exited 0."""
+
+    duration: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+class Running(_Event, frozen=True, kw_only=True, tag="running"):
+    """A service's last step is up (it survived its start-up grace period)."""
+
+
+class Failed(_Event, frozen=True, kw_only=True, tag="failed"):
+    reason: ShortText
+    step: ShortText = ""
+
+
+class RolledBack(_Event, frozen=True, kw_only=True, tag="rolled-back"):
+    """The new version failed to start; the version that ran before is running again."""
+
+    restored: ShortText  # the deployment id restored
+    version: ShortText = ""
+    reason: ShortText = ""
+
+
+class ServiceRestarted(_Event, frozen=True, kw_only=True, tag="service-restarted"):
+    """A service's process exited and was started again after ``delay`` seconds."""
+
+    step: ShortText
+    restarts: Count
+    exit_code: int | None = None
+    delay: Annotated[float, msgspec.Meta(ge=0)] = 0.0
+
+
+class Stopped(_Event, frozen=True, kw_only=True, tag="stopped"):
+    """A running workflow was stopped: replaced by a new deployment, restarted, retired."""
+
+    reason: ShortText
+
+
+class Expired(_Event, frozen=True, kw_only=True, tag="expired"):
+    """A command dropped unrun because its time was up (on the agent), or a queued
+    deployment whose environment did not come online within its TTL (the controller)."""
+
+    reason: ShortText = ""
+
+
+class Ack(_Event, frozen=True, kw_only=True, tag="ack"):
+    """The outcome of an ``update``, ``restart`` or ``retire`` command."""
+
+    op: Literal["update", "restart", "retire"]
+    ok: bool
+    detail: ShortText = ""
+
+
+Event = (
+    Pong
+    | CommandRejected
+    | Accepted
+    | Preflight
+    | Started
+    | StepStarted
+    | StepFinished
+    | Succeeded
+    | Running
+    | Failed
+    | RolledBack
+    | ServiceRestarted
+    | Stopped
+    | Expired
+    | Ack
+)

@@ -8,6 +8,8 @@ Every topic lives under a root (default ``edgeplane/v1``)::
     R/controller/status    the controller's birth and will
     R/view/{env}           the controller's judged status of an environment
     R/alerts/{env}         alerts raised and cleared
+    R/controller/req       operator requests to the controller (MQTT 5 request/response)
+    R/controller/reply/{client}   the controller's replies, on the requester's topic
 """
 
 from __future__ import annotations
@@ -31,12 +33,15 @@ class TopicKind(enum.Enum):
     CONTROLLER_STATUS = "controller-status"
     VIEW = "view"
     ALERTS = "alerts"
+    REQUEST = "request"
+    REPLY = "reply"
 
 
 @dataclass(frozen=True, slots=True)
 class ParsedTopic:
     kind: TopicKind
-    env: str | None  # None only for the controller's status
+    env: str | None  # None for the controller's own topics
+    client: str | None = None  # the requester of a reply topic
 
 
 _ENV_SUFFIXES: Final = {
@@ -83,6 +88,15 @@ class TopicRoot:
     def alerts(self, env: str) -> str:
         return f"{self.value}/alerts/{validate_env_id(env)}"
 
+    def requests(self) -> str:
+        return f"{self.value}/controller/req"
+
+    def reply(self, client: str) -> str:
+        """The response topic of one requester; ``client`` follows the env id pattern."""
+        if not is_env_id(client):
+            raise InvalidTopic(f"invalid reply client {client!r}: use an env-id-like name")
+        return f"{self.value}/controller/reply/{client}"
+
     # subscription filters ---------------------------------------------------------------
     def all_status(self) -> str:
         return f"{self.value}/env/+/status"
@@ -111,6 +125,10 @@ class TopicRoot:
                 return ParsedTopic(_ENV_SUFFIXES[suffix], _checked(env, topic))
             case ["controller", "status"]:
                 return ParsedTopic(TopicKind.CONTROLLER_STATUS, None)
+            case ["controller", "req"]:
+                return ParsedTopic(TopicKind.REQUEST, None)
+            case ["controller", "reply", client] if is_env_id(client):
+                return ParsedTopic(TopicKind.REPLY, None, client)
             case ["view", env]:
                 return ParsedTopic(TopicKind.VIEW, _checked(env, topic))
             case ["alerts", env]:

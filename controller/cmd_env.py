@@ -1,0 +1,16 @@
+"""``edgeplane env``: placeholder until the command lands (issue 3, in progress)."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("env", help="manage environment records (in progress)")
+    parser.set_defaults(handler=_not_yet)
+
+
+def _not_yet(args: argparse.Namespace) -> int:
+    raise SystemExit("edgeplane env: not built yet")

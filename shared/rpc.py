@@ -1,0 +1,263 @@
+"""Operator requests to the controller, and its replies: MQTT 5 request/response.
+
+An operator command publishes one :data:`Request` (tagged by ``op``) to
+``R/controller/req`` with QoS 1, a *response topic* ``R/controller/reply/{client}`` it has
+subscribed to first, random *correlation data*, and a message expiry of a few seconds (a
+request nobody took in time must not run later). The controller answers each request with
+one :class:`Reply` on that response topic, echoing the correlation data. No answer within
+the timeout means no controller: the command says so in one line and exits non-zero.
+
+``Reply.result`` is raw JSON whose type depends on the request (see each request's doc);
+:data:`RESULT_TYPES` maps each request type to it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from shared.messages import (
+    Count,
+    EnvId,
+    Event,
+    Platform,
+    Seconds,
+    ShortText,
+    UnixTime,
+    ViewStatus,
+)
+from shared.workflow import Workflow
+
+__all__ = [
+    "REQUEST_EXPIRY",
+    "RESULT_TYPES",
+    "TERMINAL_STATES",
+    "DeployRequest",
+    "DeploymentInfo",
+    "DeploymentList",
+    "DeploymentShow",
+    "DeploymentState",
+    "EnvCreate",
+    "EnvInfo",
+    "EnvList",
+    "EnvRestart",
+    "EnvRetire",
+    "EnvShow",
+    "EnvUpdate",
+    "ErrorCode",
+    "EventList",
+    "LoggedEvent",
+    "Reply",
+    "Request",
+]
+
+REQUEST_EXPIRY: Final = 10  # seconds: the MQTT 5 message expiry of a request
+
+Label = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._/-]+$")]
+LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
+Limit = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
+Ttl = Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400)]
+ProjectName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")]
+
+DeploymentState = Literal[
+    "queued",  # waiting for the environment to come online (--when-online)
+    "sent",  # published to the agent, not yet accepted
+    "accepted",  # the agent took it; preflight runs
+    "running",  # steps running (a job), or a service up
+    "succeeded",  # a job's steps all exited 0
+    "failed",  # a step failed, or a service could not start
+    "rejected",  # refused by the agent (failed preflight, bad command)
+    "rolled-back",  # the new version failed; the earlier one runs again
+    "expired",  # the TTL passed before it could be sent or started
+    "stopped",  # replaced, restarted or retired while running
+    "checked",  # a dry run whose preflight report is in
+]
+TERMINAL_STATES: Final = frozenset(
+    {"succeeded", "failed", "rejected", "rolled-back", "expired", "stopped", "checked"}
+)
+
+ErrorCode = Literal[
+    "invalid",  # the request itself is wrong (its message says which field)
+    "not-found",  # no such environment / deployment
+    "exists",  # an environment with that id exists already
+    "retired",  # the environment is retired
+    "offline",  # the environment is offline or was never seen
+    "flapping",  # the environment is flapping
+    "missing-model",  # a required model is not in the last reported inventory
+    "unavailable",  # the controller cannot do it now (shutting down, database error)
+]
+
+
+# --- requests ------------------------------------------------------------------------------
+class _Request(msgspec.Struct, frozen=True, kw_only=True, tag_field="op"):
+    pass
+
+
+class EnvCreate(_Request, frozen=True, kw_only=True, tag="env-create"):
+    """Result: :class:`EnvInfo`. Without ``id`` the record is ``{stage}-{location}-{purpose}``.
+    Creating the first environment of a project also creates ``{project}-cloud``."""
+
+    id: ShortText = ""
+    stage: Literal["dev", "staging", "prod"]
+    location: ShortText
+    purpose: ShortText
+    project: ProjectName = "default"
+    labels: dict[Label, LabelValue] = {}
+
+
+class EnvList(_Request, frozen=True, kw_only=True, tag="env-list"):
+    """Result: ``list[EnvInfo]``, by id."""
+
+    project: ShortText = ""
+    include_retired: bool = False
+
+
+class EnvShow(_Request, frozen=True, kw_only=True, tag="env-show"):
+    """Result: :class:`EnvInfo`."""
+
+    id: ShortText
+
+
+class EnvUpdate(_Request, frozen=True, kw_only=True, tag="env-update"):
+    """Result: :class:`EnvInfo`. Labels change on the record; ``interval`` and ``config``
+    go to the agent in an ``update`` command (acknowledged by an ``ack`` event)."""
+
+    id: ShortText
+    labels: dict[Label, LabelValue] = {}
+    remove_labels: list[Label] = []
+    interval: Seconds | None = None
+    config: dict[ShortText, ShortText] = {}
+
+
+class EnvRestart(_Request, frozen=True, kw_only=True, tag="env-restart"):
+    """Result: ``{"cmd": command id}``; the agent answers with an ``ack`` event."""
+
+    id: ShortText
+    workflow: ShortText = ""
+
+
+class EnvRetire(_Request, frozen=True, kw_only=True, tag="env-retire"):
+    """Result: :class:`EnvInfo` (retired). The agent, now or when it next connects, gets a
+    ``retire`` command."""
+
+    id: ShortText
+
+
+class DeployRequest(_Request, frozen=True, kw_only=True, tag="deploy"):
+    """Result: :class:`DeploymentInfo` (``sent`` or ``queued``). Refusals come back as a
+    failed :class:`Reply` with a code and a sentence naming the cause."""
+
+    env: ShortText
+    workflow: Workflow
+    when_online: bool = False
+    ttl: Ttl = 3600.0  # how long a --when-online deployment may wait
+    dry_run: bool = False
+
+
+class DeploymentList(_Request, frozen=True, kw_only=True, tag="deployment-list"):
+    """Result: ``list[DeploymentInfo]``, newest first."""
+
+    env: ShortText = ""
+    limit: Limit = 50
+
+
+class DeploymentShow(_Request, frozen=True, kw_only=True, tag="deployment-show"):
+    """Result: :class:`DeploymentInfo` with its events."""
+
+    id: ShortText
+
+
+class EventList(_Request, frozen=True, kw_only=True, tag="event-list"):
+    """Result: ``list[LoggedEvent]`` from the operations log, oldest first, with
+    ``LoggedEvent.id`` greater than ``after`` (to page, or to resume a follow)."""
+
+    env: ShortText = ""
+    dep: ShortText = ""
+    after: Count = 0
+    limit: Limit = 200
+
+
+Request = (
+    EnvCreate
+    | EnvList
+    | EnvShow
+    | EnvUpdate
+    | EnvRestart
+    | EnvRetire
+    | DeployRequest
+    | DeploymentList
+    | DeploymentShow
+    | EventList
+)
+
+
+# --- results -------------------------------------------------------------------------------
+class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """An environment record and what the controller knows of its runtime."""
+
+    id: EnvId
+    project: ShortText
+    stage: ShortText
+    location: ShortText
+    purpose: ShortText
+    labels: dict[str, str] = {}
+    created: UnixTime
+    retired: UnixTime | None = None
+    status: ViewStatus = "unknown"
+    since: UnixTime | None = None
+    last_seen: UnixTime | None = None
+    interval: Seconds | None = None
+    flapping: bool = False
+    models: dict[str, list[str]] = {}
+    platform: Platform | None = None
+    running: list[ShortText] = []  # deployments running there (ids)
+
+
+class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One entry of the operations log: an event as stored, once, with the controller's
+    receipt time ``at`` and a log-wide increasing ``id``."""
+
+    id: Count
+    at: UnixTime
+    event: Event
+
+
+class DeploymentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    id: ShortText
+    env: EnvId
+    workflow: ShortText
+    version: ShortText
+    kind: ShortText = "job"
+    state: DeploymentState
+    reason: ShortText = ""  # why it failed, was rejected, expired ...
+    created: UnixTime
+    updated: UnixTime
+    expires: UnixTime | None = None  # a queued deployment's deadline
+    dry_run: bool = False
+    cmd: ShortText = ""  # the id of the deploy command
+    events: list[LoggedEvent] = []  # filled by deployment-show only
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The answer to one request. ``ok`` false: ``code`` and ``error`` (one sentence for
+    people) say why, and ``result`` may hold details."""
+
+    ok: bool
+    code: ShortText = ""
+    error: Annotated[str, msgspec.Meta(max_length=2048)] = ""
+    result: msgspec.Raw = msgspec.Raw(b"null")
+
+
+RESULT_TYPES: Final[dict[type[Any], Any]] = {
+    EnvCreate: EnvInfo,
+    EnvList: list[EnvInfo],
+    EnvShow: EnvInfo,
+    EnvUpdate: EnvInfo,
+    EnvRestart: dict[str, str],
+    EnvRetire: EnvInfo,
+    DeployRequest: DeploymentInfo,
+    DeploymentList: list[DeploymentInfo],
+    DeploymentShow: DeploymentInfo,
+    EventList: list[LoggedEvent],
+}
