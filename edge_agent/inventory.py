@@ -1,0 +1,60 @@
+"""The models this agent holds: directories ``DIR/{name}/{version}/`` in ``--models-dir``.
+
+:func:`scan_models` lists them afresh on every call (a directory listing is cheap, and the
+agent reports its inventory only when it changes). Files and hidden entries (``.name``) are
+ignored at both levels, so a half-copied ``.tmp`` directory or a README is no model.
+
+Errors: a models directory that is missing, not a directory or cannot be listed raises
+:class:`~edge_agent.errors.ModelsDirError` naming it; the caller logs it and reports an
+empty inventory. A single model's directory that cannot be listed is skipped with a
+warning, so one bad entry does not hide every other model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+from packaging.version import InvalidVersion, Version
+
+from edge_agent.errors import ModelsDirError
+
+__all__ = ["scan_models", "version_key"]
+
+log = structlog.get_logger(__name__)
+
+
+def scan_models(models_dir: Path | None) -> dict[str, list[str]]:
+    """Model name -> versions held, names sorted, versions in PEP 440 order (versions that
+    are not PEP 440 come after, in string order). No models dir configured: ``{}``."""
+    if models_dir is None:
+        return {}
+    models: dict[str, list[str]] = {}
+    for name in _subdirectories(models_dir, strict=True):
+        models[name] = sorted(_subdirectories(models_dir / name, strict=False), key=version_key)
+    return models
+
+
+def version_key(version: str) -> tuple[int, Version | str]:
+    """Sort key: PEP 440 versions in their order, then anything else by its text."""
+    try:
+        return (0, Version(version))
+    except InvalidVersion:
+        return (1, version)
+
+
+def _subdirectories(directory: Path, *, strict: bool) -> list[str]:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(
+                entry.name
+                for entry in entries
+                if not entry.name.startswith(".") and entry.is_dir(follow_symlinks=True)
+            )
+    except OSError as exc:
+        problem = f"models directory {str(directory)!r} cannot be listed: {exc.strerror}"
+        if strict:
+            raise ModelsDirError(problem) from exc
+        log.warning("model skipped", reason=problem)
+        return []
