@@ -117,7 +117,7 @@ def test_secret_values_are_masked_here_and_in_logs(tmp_path: Path) -> None:
 
 def test_a_secret_not_held_is_named(tmp_path: Path) -> None:
     secrets = load_secrets(secrets_file(tmp_path, "A=alpha-1\n"))
-    with pytest.raises(SecretsFileError, match="secrets not in .*: B, C"):
+    with pytest.raises(SecretsFileError, match=r"secrets not in .*: B, C"):
         secrets.env_for(["A", "C", "B"])
 
 
