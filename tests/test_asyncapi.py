@@ -1,9 +1,10 @@
 """docs/asyncapi.yaml (and the examples of docs/protocol.md) checked against the code.
 
 The document must parse as AsyncAPI 3, name every topic the code builds, carry payload
-schemas that are exactly what msgspec makes of the Structs in shared/messages.py, and hold
-only examples that the project's own decoders accept. A new topic builder, a new Struct or a
-changed field without the matching change to the document fails here.
+schemas that are exactly what msgspec makes of the Structs in shared/messages.py,
+shared/rpc.py and shared/workflow.py, and hold only examples that the project's own decoders
+accept. A new topic builder, a new Struct or a changed field without the matching change to
+the document fails here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import inspect
 import json
 import math
 import re
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
@@ -23,7 +25,7 @@ import yaml
 
 import shared
 from edge_agent.heartbeat import message_expiry
-from shared import codec, messages
+from shared import codec, messages, rpc, workflow
 from shared.broker_url import DEFAULT_BROKER
 from shared.errors import DecodeError
 from shared.ids import ENV_ID_PATTERN, is_env_id
@@ -34,6 +36,8 @@ ASYNCAPI: Final = DOCS / "asyncapi.yaml"
 PROTOCOL: Final = DOCS / "protocol.md"
 
 SAMPLE_ENV: Final = "prod-hamburg-vision"
+SAMPLE_CLIENT: Final = "op-5e0c1a9b"
+SAMPLES: Final = {"env": SAMPLE_ENV, "client": SAMPLE_CLIENT}
 ROOTS: Final = (TopicRoot(), TopicRoot("site-7/edgeplane/v1"))
 
 # The contract's table: every topic is QoS 1; these are retained.
@@ -44,6 +48,8 @@ RETAINED: Final = {
     TopicKind.CONTROLLER_STATUS: True,
     TopicKind.VIEW: True,
     TopicKind.ALERTS: False,
+    TopicKind.REQUEST: False,
+    TopicKind.REPLY: False,
 }
 
 # The decoder a reader of each topic uses.
@@ -54,7 +60,22 @@ CODECS: Final[dict[TopicKind, codec.MessageCodec[Any]]] = {
     TopicKind.CONTROLLER_STATUS: codec.CONTROLLER_STATUS,
     TopicKind.VIEW: codec.VIEW,
     TopicKind.ALERTS: codec.ALERT,
+    TopicKind.REQUEST: codec.REQUEST,
+    TopicKind.REPLY: codec.REPLY,
 }
+
+# The messages each topic carries: the members of its union, or its one Struct.
+TOPIC_MESSAGES: Final[dict[TopicKind, Any]] = {
+    TopicKind.STATUS: messages.AgentStatus,
+    TopicKind.EVENTS: messages.Event,
+    TopicKind.CMD: messages.Command,
+    TopicKind.CONTROLLER_STATUS: messages.ControllerStatus,
+    TopicKind.VIEW: messages.EnvView,
+    TopicKind.ALERTS: messages.Alert,
+    TopicKind.REQUEST: rpc.Request,
+    TopicKind.REPLY: rpc.Reply,
+}
+WIRE_MODULES: Final = (messages, rpc, workflow)
 
 # Fields of the AsyncAPI MQTT bindings, version 0.2.0 (asyncapi/bindings, mqtt/README.md).
 MQTT_BINDING_FIELDS: Final = {
@@ -153,10 +174,10 @@ def resolve(document: dict[str, Any], node: Any) -> Any:
 
 
 def address_of(document: dict[str, Any], channel: str, root: TopicRoot) -> str:
-    """The channel's address with ``{root}`` and ``{env}`` substituted."""
+    """The channel's address with ``{root}``, ``{env}`` and ``{client}`` substituted."""
     address = document["channels"][channel]["address"]
     assert isinstance(address, str)
-    values = {"root": root.value, "env": SAMPLE_ENV}
+    values = {"root": root.value, **SAMPLES}
     return PLACEHOLDER.sub(lambda match: values[match.group(1)], address)
 
 
@@ -165,16 +186,17 @@ def kind_of(document: dict[str, Any], channel: str) -> TopicKind:
 
 
 def topic_methods() -> tuple[dict[str, str], dict[str, str]]:
-    """Every public topic method of TopicRoot and what it makes for SAMPLE_ENV, split into
-    builders (a topic) and subscription filters (a wildcard in it)."""
+    """Every public topic method of TopicRoot and what it makes for the SAMPLES (by the
+    name of each parameter), split into builders (a topic) and subscription filters (a
+    wildcard in it)."""
     root = TopicRoot()
     builders: dict[str, str] = {}
     filters: dict[str, str] = {}
     for name, function in inspect.getmembers(TopicRoot, inspect.isfunction):
         if name.startswith("_") or name == "parse":
             continue
-        arity = len(inspect.signature(function).parameters) - 1  # env ids only, so far
-        topic = function(root, *[SAMPLE_ENV] * arity)
+        parameters = list(inspect.signature(function).parameters)[1:]
+        topic = function(root, *[SAMPLES[name] for name in parameters])
         assert isinstance(topic, str), f"TopicRoot.{name} returned {topic!r}"
         is_filter = "+" in topic or "#" in topic
         (filters if is_filter else builders)[name] = topic
@@ -192,14 +214,31 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(wanted) == len(levels)
 
 
-def wire_structs() -> dict[str, type[msgspec.Struct]]:
-    """Every Struct that shared.messages exports, by class name (aliases folded)."""
+def exported_structs() -> dict[str, type[msgspec.Struct]]:
+    """Every Struct that the wire modules export, by class name (aliases folded)."""
     found: dict[str, type[msgspec.Struct]] = {}
-    for name in messages.__all__:
-        value = getattr(messages, name)
-        if inspect.isclass(value) and issubclass(value, msgspec.Struct):
-            found[value.__name__] = value
+    for module in WIRE_MODULES:
+        for name in module.__all__:
+            value = getattr(module, name)
+            if inspect.isclass(value) and issubclass(value, msgspec.Struct):
+                found[value.__name__] = value
     return found
+
+
+def wire_structs() -> dict[str, type[msgspec.Struct]]:
+    """The Structs that travel as a whole message on some topic, by class name."""
+    found: dict[str, type[msgspec.Struct]] = {}
+    for carried in TOPIC_MESSAGES.values():
+        for struct in typing.get_args(carried) or (carried,):
+            found[struct.__name__] = struct
+    return found
+
+
+def part_structs() -> dict[str, type[msgspec.Struct]]:
+    """The exported Structs that travel only inside messages (a workflow, a preflight
+    check, a reply's result ...)."""
+    wire = wire_structs()
+    return {name: struct for name, struct in exported_structs().items() if name not in wire}
 
 
 def normalized(document: dict[str, Any], node: Any) -> Any:
@@ -219,14 +258,42 @@ def normalized(document: dict[str, Any], node: Any) -> Any:
             result[key] = value
         elif key == "properties":  # field names, whatever they are called
             result[key] = {name: normalized(document, schema) for name, schema in value.items()}
+        elif key == "discriminator":  # mapping values are references: compare their targets
+            mapping = {tag: ref.rsplit("/", 1)[-1] for tag, ref in value["mapping"].items()}
+            result[key] = {**value, "mapping": mapping}
         else:
             result[key] = normalized(document, value)
     return result
 
 
+def schema_ready(struct: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """``struct`` itself, or for a Struct with a ``msgspec.Raw`` field (which msgspec cannot
+    put into a schema) a copy whose Raw fields are any JSON value with the decoded default."""
+    fields = msgspec.structs.fields(struct)
+    if not any(field.type is msgspec.Raw for field in fields):
+        return struct
+    info = msgspec.inspect.type_info(struct)
+    assert isinstance(info, msgspec.inspect.StructType)
+    copied: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for field in fields:
+        assert field.name == field.encode_name, "renamed fields are not handled here"
+        kind: Any = Any if field.type is msgspec.Raw else field.type
+        if isinstance(field.default, msgspec.Raw):
+            copied.append((field.name, kind, msgspec.json.decode(field.default)))
+        elif field.default_factory is not msgspec.NODEFAULT:
+            copied.append((field.name, kind, msgspec.field(default_factory=field.default_factory)))
+        elif field.default is not msgspec.NODEFAULT:
+            copied.append((field.name, kind, field.default))
+        else:
+            copied.append((field.name, kind))
+    return msgspec.defstruct(
+        struct.__name__, copied, kw_only=True, tag_field=info.tag_field, tag=info.tag
+    )
+
+
 def generated_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:
     """What msgspec makes of a Struct, as a standalone schema."""
-    schema = msgspec.json.schema(struct)
+    schema = msgspec.json.schema(schema_ready(struct))
     definitions = schema.get("$defs", {})
     return {"$defs": definitions, "root": schema}
 
@@ -393,7 +460,7 @@ def test_operations_reference_existing_channels_and_messages(doc: dict[str, Any]
             resolved = resolve(doc, message)
             assert resolved["payload"], f"operation {name}: {ref} has no payload"
         roles = {tag["name"] for tag in operation["tags"]}
-        assert roles <= {"agent", "controller", "dashboard"}, f"operation {name}: {roles}"
+        assert roles <= {"agent", "controller", "dashboard", "operator"}, f"{name}: {roles}"
 
 
 def test_every_channel_has_a_sender_and_a_receiver(doc: dict[str, Any]) -> None:
@@ -446,6 +513,54 @@ def test_heartbeats_expire_after_about_three_intervals(doc: dict[str, Any]) -> N
 def test_every_wire_struct_has_a_message(doc: dict[str, Any]) -> None:
     names = {message["name"] for message in all_messages(doc).values()}
     assert set(wire_structs()) == names
+
+
+@pytest.mark.parametrize("channel", CHANNEL_NAMES)
+def test_channel_messages_are_what_its_topic_carries(doc: dict[str, Any], channel: str) -> None:
+    carried = TOPIC_MESSAGES[kind_of(doc, channel)]
+    expected = {struct.__name__ for struct in typing.get_args(carried) or (carried,)}
+    names = {resolve(doc, ref)["name"] for ref in doc["channels"][channel]["messages"].values()}
+    assert names == expected, f"channel {channel}: messages differ from the topic's decoder"
+
+
+def test_every_part_struct_has_its_schema(doc: dict[str, Any]) -> None:
+    parts = part_structs()
+    assert {"Workflow", "Platform", "Check", "EnvInfo", "DeploymentInfo"} <= set(parts)
+    schemas = doc["components"]["schemas"]
+    for name, struct in parts.items():
+        assert name in schemas, f"no schema {name} in {ASYNCAPI.name}"
+        generated = generated_schema(struct)
+        expected = normalized(generated, generated["root"])
+        actual = normalized(doc, schemas[name])
+        assert actual == expected, (
+            f"schema {name} in {ASYNCAPI.name} differs from what msgspec makes of it; "
+            f"expected:\n{json.dumps(expected, indent=2)}"
+        )
+
+
+def test_requests_are_mqtt_5_request_response(doc: dict[str, Any]) -> None:
+    requests = [
+        resolve(doc, ref) for ref in doc["channels"]["controllerRequests"]["messages"].values()
+    ]
+    for message in requests:
+        binding = resolve(doc, message["bindings"])["mqtt"]
+        assert {"responseTopic", "correlationData"} <= set(binding), message["name"]
+        for example in binding["responseTopic"]["examples"]:
+            parsed = TopicRoot().parse(example)
+            assert parsed.kind is TopicKind.REPLY, example
+            assert is_env_id(parsed.client or ""), example
+    reply = all_messages(doc)["Reply"]
+    assert "correlationData" in resolve(doc, reply["bindings"])["mqtt"]
+    sends = [
+        operation
+        for operation in doc["operations"].values()
+        if operation["action"] == "send"
+        and operation["channel"]["$ref"] == "#/channels/controllerRequests"
+    ]
+    assert len(sends) == 1
+    expiry = sends[0]["bindings"]["mqtt"]["messageExpiryInterval"]
+    assert expiry["examples"] == [rpc.REQUEST_EXPIRY], "the request expiry the code sets"
+    assert sends[0]["reply"]["channel"]["$ref"] == "#/channels/controllerReplies"
 
 
 @pytest.mark.parametrize("message_name", MESSAGE_NAMES)
@@ -544,7 +659,8 @@ def test_protocol_md_topic_table_is_the_tree() -> None:
     rows = protocol_topic_table()
     kinds: dict[TopicKind, list[str]] = {}
     for template, cells in rows.items():
-        topic = template.replace("R/", f"{DEFAULT_ROOT}/", 1).replace("{env}", SAMPLE_ENV)
+        topic = template.replace("R/", f"{DEFAULT_ROOT}/", 1)
+        topic = PLACEHOLDER.sub(lambda match: SAMPLES[match.group(1)], topic)
         kinds[TopicRoot().parse(topic).kind] = cells
     assert set(kinds) == set(TopicKind), "protocol.md's table lists every topic once"
     for kind, cells in kinds.items():
