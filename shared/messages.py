@@ -131,6 +131,7 @@ class ControllerStatus(msgspec.Struct, frozen=True):
     online: Count = 0  # of which judged online
     stale: Count = 0  # stale offline messages ignored since start
     dropped: dict[str, Count] = {}  # bad input dropped since start, by reason
+    duplicates: Count = 0  # events received again (stored once) since start
 
 
 # --- R/view/{env} ---------------------------------------------------------------------------

@@ -212,6 +212,9 @@ class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     models: dict[str, list[str]] = {}
     platform: Platform | None = None
     running: list[ShortText] = []  # deployments running there (ids)
+    # False for an agent that connects as an environment with no record (then project,
+    # stage, location and purpose are empty): it never receives commands.
+    registered: bool = True
 
 
 class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
