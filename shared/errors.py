@@ -5,7 +5,8 @@ EdgeplaneError
 ├── InvalidTopic       a topic outside the tree, or with a bad id in it
 ├── DecodeError        a payload that is not a valid message (``reason`` says why)
 ├── InvalidBrokerUrl   a ``--broker`` value that is not mqtt:// or mqtts://
-└── SettingsError      a bad flag, environment variable or config-file value
+├── SettingsError      a bad flag, environment variable or config-file value
+└── WorkflowFileError  a workflow file that cannot be read or is not a valid workflow
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ __all__ = [
     "InvalidId",
     "InvalidTopic",
     "SettingsError",
+    "WorkflowFileError",
 ]
 
 
@@ -51,3 +53,18 @@ class InvalidBrokerUrl(EdgeplaneError, ValueError):
 
 class SettingsError(EdgeplaneError, ValueError):
     """A setting with a bad value; the message names the setting and its source."""
+
+
+class WorkflowFileError(EdgeplaneError, ValueError):
+    """A workflow file that cannot be used: missing, unreadable, not YAML or JSON, or not a
+    valid workflow. The message names the file, the field path (``where``, empty for the
+    file as a whole) and what was expected::
+
+        flow.yaml: steps[1].timeout: expected a number, got "soon"
+    """
+
+    def __init__(self, file: str, problem: str, where: str = "") -> None:
+        super().__init__(f"{file}: {where}: {problem}" if where else f"{file}: {problem}")
+        self.file = file
+        self.where = where
+        self.problem = problem
