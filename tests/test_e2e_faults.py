@@ -1,0 +1,232 @@
+"""Faults end to end: duplicate and expired commands, a broker restart and an agent kill -9
+in the middle of a running job, a controller kill -9 mid-deployment. Nothing is lost,
+nothing is doubled, and every deployment reaches an end state.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.brokerproc import MosquittoProcess
+from shared.codec import encode
+from shared.messages import Deploy, Ping
+from shared.topics import TopicRoot
+from shared.workflow import Step, Workflow
+from tests.support.procs import Proc
+from tests.support.system import END_STATES, System, open_system, wait_for_file
+
+PY = sys.executable
+
+APPEND = """\
+import pathlib, sys
+with pathlib.Path(sys.argv[1]).open("a") as out:
+    out.write("run\\n")
+"""
+
+# Waits for a gate file the test creates (not a sleep: the test decides when it ends).
+# Orphaned when its agent is killed, it gives up, so nothing outlives the test.
+WAIT_FOR_GATE = """\
+import os, pathlib, sys, time
+gate, out = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+pathlib.Path(f"{out}.started").write_text("")
+parent, deadline = os.getppid(), time.monotonic() + 60
+while not gate.exists():
+    if os.getppid() != parent or time.monotonic() > deadline:
+        sys.exit(5)
+    time.sleep(0.05)
+out.write_text("done")
+"""
+
+
+async def ping(system: System, env: str, cmd_id: str) -> None:
+    """A round trip through the agent's command path: every command published before
+    this one has been taken when its pong is in."""
+    await system.probe.publish(system.root.cmd(env), encode(Ping(id=cmd_id)))
+    await system.wait_event(env, "pong", cmd=cmd_id)
+
+
+def append_workflow(system: System, counter: Path) -> Workflow:
+    script = system.script("append", APPEND)
+    return Workflow(
+        name="append",
+        version="1",
+        steps=[Step(name="append", run=[PY, str(script), str(counter)], timeout=30)],
+    )
+
+
+# 6. duplicate and expired commands ------------------------------------------------------
+@pytest.mark.slow
+async def test_a_deploy_command_delivered_twice_runs_once(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    counter = tmp_path / "runs.txt"
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-dup")
+        command = Deploy(id="cmd-dup-1", dep="dep-dup-1", workflow=append_workflow(system, counter))
+        await system.probe.publish(root.cmd("edge-dup"), encode(command))
+        await system.probe.publish(root.cmd("edge-dup"), encode(command))
+        await system.wait_event("edge-dup", "succeeded", dep="dep-dup-1")
+        await ping(system, "edge-dup", "ping-after-dup")
+        types = Counter(e["type"] for e in system.events("edge-dup", dep="dep-dup-1"))
+        assert (types["accepted"], types["started"], types["succeeded"]) == (1, 1, 1)
+        assert counter.read_text() == "run\n"
+
+
+@pytest.mark.slow
+async def test_a_command_past_its_expiry_is_reported_and_not_run(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    counter = tmp_path / "runs.txt"
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-late")
+        command = Deploy(
+            id="cmd-old",
+            dep="dep-old",
+            expires=time.time() - 60,
+            workflow=append_workflow(system, counter),
+        )
+        await system.probe.publish(root.cmd("edge-late"), encode(command))
+        await system.wait_event("edge-late", "expired", cmd="cmd-old")
+        await ping(system, "edge-late", "ping-after-expired")
+        types = [e["type"] for e in system.events("edge-late") if e["cmd"] == "cmd-old"]
+        assert types == ["expired"]
+        assert not counter.exists()
+
+
+# 8. nothing lost, nothing doubled -------------------------------------------------------
+def long_job(system: System, out: Path, gates: list[str]) -> Path:
+    """A job: one quick step, then one step per gate that waits for ``out/gate``, then a
+    last quick step."""
+    append = system.script("append", APPEND)
+    wait = system.script("wait_for_gate", WAIT_FOR_GATE)
+    steps: list[dict[str, Any]] = [
+        {"name": "prepare", "run": [PY, str(append), str(out / "prepare")], "timeout": 30}
+    ]
+    for gate in gates:
+        run = [PY, str(wait), str(out / gate), str(out / f"step-{gate}")]
+        steps.append({"name": f"wait-{gate}", "run": run, "timeout": 90})
+    steps += [{"name": "finish", "run": [PY, str(append), str(out / "finish")], "timeout": 30}]
+    return system.workflow("long-job", {"name": "long-job", "version": "1.0.0", "steps": steps})
+
+
+def assert_each_event_once(logged: list[dict[str, Any]], published: list[dict[str, Any]]) -> None:
+    """The operations log holds every event the agent published, each once, with no gap
+    in any stream's sequence."""
+    by_src: defaultdict[str, list[int]] = defaultdict(list)
+    for event in logged:
+        by_src[event["src"]].append(event["seq"])
+    for src, seqs in by_src.items():
+        assert len(seqs) == len(set(seqs)), f"a seq of {src} logged twice: {sorted(seqs)}"
+        assert sorted(seqs) == list(range(min(seqs), max(seqs) + 1)), f"gap in {src}: {seqs}"
+    stored = {(e["src"], e["seq"]): e for e in logged}
+    for event in published:
+        key = (event["src"], event["seq"])
+        assert key in stored, f"published but not in the operations log: {event}"
+        assert stored[key]["type"] == event["type"]
+
+
+def assert_phases_once(events: list[dict[str, Any]]) -> None:
+    """Per deployment: one accepted, one preflight, one started, each step started and
+    finished at most once, one end."""
+    phases = Counter((e["type"], e.get("index")) for e in events)
+    doubled = {phase: n for phase, n in phases.items() if n > 1}
+    assert doubled == {}, f"events doubled: {doubled}"
+    ends = [e["type"] for e in events if e["type"] in {"succeeded", "failed", "stopped"}]
+    assert len(ends) == 1, f"not exactly one end: {ends}"
+
+
+@pytest.mark.slow
+async def test_broker_restart_and_agent_kill_mid_job_lose_and_double_nothing(
+    private_broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    out = tmp_path / "job"
+    out.mkdir()
+    async with open_system(private_broker, root, tmp_path, procs) as system:
+        agent = await system.online("edge-long")
+        workflow = long_job(system, out, ["a", "b"])
+        deployed = await system.deploy(workflow, "edge-long")
+        assert deployed.code == 0, str(deployed)
+        dep = (await system.latest_deployment("edge-long"))["id"]
+        await wait_for_file(out / "step-a.started")
+
+        # the broker goes away; meanwhile the job moves on: its events wait in the outbox
+        await system.stop_broker()
+        (out / "a").touch()
+        await wait_for_file(out / "step-b.started")
+        await system.start_broker()
+        await system.probe.wait_json(root.view("edge-long"), status="online", timeout=30)
+
+        # and the agent dies hard while step b runs
+        await agent.proc.kill()
+        await system.start_agent("edge-long")
+        (out / "b").touch()
+
+        end = await system.wait_deployment(dep, END_STATES, timeout=60)
+        assert end["state"] in {"succeeded", "failed"}, end
+        if end["state"] == "failed":
+            assert end["reason"], "a failed deployment says why (interrupted)"
+        logged = await system.logged_events("edge-long")
+        assert_each_event_once(logged, system.events("edge-long"))
+        mine = [e for e in logged if e["dep"] == dep]
+        assert_phases_once(mine)
+        before_the_kill = [(e["type"], e.get("index")) for e in mine[:7]]
+        assert before_the_kill == [
+            ("accepted", None),
+            ("preflight", None),
+            ("started", None),
+            ("step-started", 0),
+            ("step-finished", 0),
+            ("step-started", 1),
+            ("step-finished", 1),
+        ]
+        assert (out / "step-a").read_text() == "done"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("finish_while_down", [False, True], ids=["after-restart", "while-down"])
+async def test_controller_kill_mid_deployment_still_follows_it_to_the_end(
+    broker: MosquittoProcess,
+    root: TopicRoot,
+    tmp_path: Path,
+    procs: list[Proc],
+    finish_while_down: bool,
+) -> None:
+    out = tmp_path / "job"
+    out.mkdir()
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-ctl")
+        deployed = await system.deploy(long_job(system, out, ["a"]), "edge-ctl")
+        assert deployed.code == 0, str(deployed)
+        dep = (await system.latest_deployment("edge-ctl"))["id"]
+        await wait_for_file(out / "step-a.started")
+
+        assert system.controller is not None
+        await system.controller.kill()
+        if finish_while_down:
+            (out / "a").touch()
+            await system.wait_event("edge-ctl", "succeeded", dep=dep)
+        await system.start_controller()
+        (out / "a").touch()
+
+        end = await system.wait_deployment(dep, END_STATES, timeout=40)
+        assert end["state"] == "succeeded", end
+        logged = await system.logged_events("edge-ctl")
+        assert_each_event_once(logged, system.events("edge-ctl"))
+        assert [(e["type"], e.get("index")) for e in logged if e["dep"] == dep] == [
+            ("accepted", None),
+            ("preflight", None),
+            ("started", None),
+            ("step-started", 0),
+            ("step-finished", 0),
+            ("step-started", 1),
+            ("step-finished", 1),
+            ("step-started", 2),
+            ("step-finished", 2),
+            ("succeeded", None),
+        ]
