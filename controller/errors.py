@@ -4,18 +4,21 @@ ControllerError
 ├── BrokerStartError     a broker could not be started or found
 ├── BrokerUnavailable    the MQTT connection failed or was lost
 ├── StoreError           the SQLite database could not be opened or written
-└── NoControllerAnswer   an operator command got no answer in time
+├── NoControllerAnswer   an operator command got no answer in time
+└── RequestRefused       an operator request the controller refuses (``code`` says why)
 """
 
 from __future__ import annotations
 
 from shared.errors import EdgeplaneError
+from shared.rpc import ErrorCode
 
 __all__ = [
     "BrokerStartError",
     "BrokerUnavailable",
     "ControllerError",
     "NoControllerAnswer",
+    "RequestRefused",
     "StoreError",
 ]
 
@@ -38,3 +41,13 @@ class StoreError(ControllerError):
 
 class NoControllerAnswer(ControllerError):
     """An operator command got no answer from a controller within its timeout."""
+
+
+class RequestRefused(ControllerError):
+    """A request refused with a code from :data:`shared.rpc.ErrorCode` and one sentence
+    for people; the request handler turns it into a failed reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message

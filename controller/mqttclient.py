@@ -10,6 +10,8 @@ import ssl
 import uuid
 
 import aiomqtt
+import paho.mqtt.client
+import paho.mqtt.properties
 
 from shared.broker_url import BrokerUrl
 
@@ -27,8 +29,12 @@ def make_client(
     will: aiomqtt.Will | None = None,
     keepalive: int = 30,
     timeout: float = 10.0,
+    clean_start: bool | None = None,
+    properties: paho.mqtt.properties.Properties | None = None,
 ) -> aiomqtt.Client:
-    """A client for ``url`` (TLS with the system's trust store for ``mqtts://``)."""
+    """A client for ``url`` (TLS with the system's trust store for ``mqtts://``).
+    ``clean_start=False`` with a CONNECT ``SessionExpiryInterval`` keeps a persistent
+    session (the controller's event connection)."""
     return aiomqtt.Client(
         url.host,
         url.port,
@@ -38,6 +44,10 @@ def make_client(
         keepalive=keepalive,
         timeout=timeout,
         tls_context=ssl.create_default_context() if url.tls else None,
+        clean_start=(
+            paho.mqtt.client.MQTT_CLEAN_START_FIRST_ONLY if clean_start is None else clean_start
+        ),
+        properties=properties,
         # No TCP_NODELAY: it cut view latency (~40 ms of Nagle + delayed ACK) but cost
         # about 20 % of ingest throughput (every PUBACK its own segment), and the lag goal
         # is met without it (docs/performance.md).

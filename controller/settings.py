@@ -64,6 +64,7 @@ CONTROLLER_SETTINGS: Final = (
     Setting("identity_quiet", common.positive_float, 300.0, "quiet time that clears a conflict"),
     Setting("max_payload", payload_limit, DEFAULT_MAX_PAYLOAD, "largest accepted payload, bytes"),
     Setting("stats_interval", common.positive_float, 60.0, "seconds between status updates"),
+    Setting("command_ttl", common.positive_float, 300.0, "seconds a command may wait for an agent"),
     Setting("log_format", common.choice("auto", "console", "json"), "auto", "log format"),
     Setting("log_level", common.choice(*LOG_LEVELS), "info", "log level"),
 )
@@ -81,6 +82,7 @@ class ControllerSettings:
     identity_quiet: float = 300.0
     max_payload: int = DEFAULT_MAX_PAYLOAD
     stats_interval: float = 60.0
+    command_ttl: float = 300.0
     log_format: LogFormat = "auto"
     log_level: str = "info"
 

@@ -9,6 +9,12 @@ costs a few commits a second; anything that will be published is committed at on
 :meth:`Store.wait_committed` lets the publisher hold back a view or an alert until what it
 shows is on disk, so a crash never loses a transition that was already published.
 
+Everything else (environment records, inventories, deployments, operations-log events)
+goes through the same queue as :class:`Writes`: events are inserted in batches with
+``INSERT OR IGNORE`` on their unique (env, src, seq), so an event delivered twice is stored
+once. Reads for operator requests go straight to the connection (they are off the receive
+path).
+
 The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` takes a database
 from any older version to the current one, and a newer one is refused.
 """
@@ -18,17 +24,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import aiosqlite
+import msgspec
 
 from controller.alerts import AlertEdge
+from controller.deployments import Deployment
 from controller.errors import StoreError
 from controller.presence import EnvRecord, Judgement, Transition
+from controller.registry import Environment
+from shared.messages import Event, Platform
+from shared.rpc import LoggedEvent
+from shared.workflow import Workflow
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "open_store"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "Inventory",
+    "LogEntry",
+    "Store",
+    "Writes",
+    "open_store",
+]
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # version 1: environments, every transition, every alert edge
@@ -70,6 +91,57 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX transitions_by_time ON transitions (at);
     CREATE INDEX alerts_by_env ON alerts (env, at);
     """,
+    # version 3: environment records, agent inventories, deployments, the operations log
+    """
+    CREATE TABLE records (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        location TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created REAL NOT NULL,
+        retired REAL
+    );
+    CREATE TABLE inventory (
+        env TEXT PRIMARY KEY,
+        models TEXT NOT NULL DEFAULT '{}',
+        platform TEXT,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        env TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        version TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        expires REAL,
+        dry_run INTEGER NOT NULL DEFAULT 0,
+        when_online INTEGER NOT NULL DEFAULT 0,
+        cmd TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX deployments_by_env ON deployments (env, created);
+    CREATE INDEX deployments_by_state ON deployments (state);
+    CREATE TABLE oplog (
+        id INTEGER PRIMARY KEY,
+        env TEXT NOT NULL,
+        src TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        dep TEXT NOT NULL DEFAULT '',
+        at REAL NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (env, src, seq)
+    );
+    CREATE INDEX oplog_by_env ON oplog (env, id);
+    CREATE INDEX oplog_by_dep ON oplog (dep, id);
+    CREATE INDEX oplog_by_src ON oplog (src, seq);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
@@ -89,6 +161,73 @@ _INSERT_TRANSITION: Final = """
     VALUES (?, ?, ?, ?, ?, ?)
 """
 _INSERT_ALERT: Final = "INSERT INTO alerts (env, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
+_UPSERT_RECORD: Final = """
+    INSERT OR REPLACE INTO records (id, project, stage, location, purpose, labels, created, retired)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_UPSERT_INVENTORY: Final = (
+    "INSERT OR REPLACE INTO inventory (env, models, platform, updated) VALUES (?, ?, ?, ?)"
+)
+_DEPLOYMENT_COLUMNS: Final = (
+    "id, env, workflow, version, kind, spec, state, reason, created, updated, expires,"
+    " dry_run, when_online, cmd"
+)
+_UPSERT_DEPLOYMENT: Final = f"""
+    INSERT OR REPLACE INTO deployments ({_DEPLOYMENT_COLUMNS})
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_INSERT_EVENT: Final = """
+    INSERT OR IGNORE INTO oplog (env, src, seq, type, dep, at, body) VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+DEDUPE_WINDOW: Final = 4096  # per event stream, the sequence numbers restored at start
+
+_json: Final = msgspec.json.Encoder()
+_models_decoder: Final = msgspec.json.Decoder(dict[str, list[str]])
+_labels_decoder: Final = msgspec.json.Decoder(dict[str, str])
+_platform_decoder: Final = msgspec.json.Decoder(Platform)
+_workflow_decoder: Final = msgspec.json.Decoder(Workflow)
+_event_decoder: Final = msgspec.json.Decoder(Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """What an agent last reported holding: model name -> versions, and its platform."""
+
+    env: str
+    models: Mapping[str, Sequence[str]]
+    platform: Platform | None
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """An event for the operations log, with the controller's receipt time."""
+
+    event: Event
+    at: float
+
+
+@dataclass(slots=True)
+class Writes:
+    """Rows other than presence: each list is written in one batch; ``urgent`` ends the
+    writer's wait for company (something waits for the commit: a reply, a command)."""
+
+    records: list[Environment] = field(default_factory=list)
+    inventory: list[Inventory] = field(default_factory=list)
+    deployments: list[Deployment] = field(default_factory=list)
+    events: list[LogEntry] = field(default_factory=list)
+    urgent: bool = False
+
+    def extend(self, other: Writes) -> None:
+        self.records.extend(other.records)
+        self.inventory.extend(other.inventory)
+        self.deployments.extend(other.deployments)
+        self.events.extend(other.events)
+        self.urgent = self.urgent or other.urgent
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.inventory or self.deployments or self.events)
+
 
 _CLOSE: Final = object()  # the writer's stop signal, queued after everything else
 
@@ -103,18 +242,19 @@ class Store:
         self.path = path
         self._linger = linger
         self._urgent = asyncio.Event()  # something queued waits to be published
-        self._queue: asyncio.Queue[Judgement | object] = asyncio.Queue(maxsize=queue_size)
+        self._queue: asyncio.Queue[Judgement | Writes | object] = asyncio.Queue(maxsize=queue_size)
         self._submitted = 0
         self._committed = 0
         self._progress = asyncio.Condition()
         self.batches = 0  # committed write transactions, for stats and tests
 
     # --- writing ------------------------------------------------------------------------
-    async def submit(self, judgement: Judgement) -> int:
-        """Queue a judgement's writes (waits while the queue is full); returns its number."""
-        await self._queue.put(judgement)
+    async def submit(self, item: Judgement | Writes) -> int:
+        """Queue a judgement's (or other) writes (waits while the queue is full); returns
+        its number."""
+        await self._queue.put(item)
         self._submitted += 1
-        if judgement.views or judgement.alerts or judgement.transitions:
+        if _is_urgent(item):
             self._urgent.set()
         return self._submitted
 
@@ -146,23 +286,27 @@ class Store:
             self._urgent.clear()
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            judgements = [item for item in batch if isinstance(item, Judgement)]
-            closing = len(judgements) != len(batch)
-            if judgements:
-                await self._write(judgements)
+            items = [item for item in batch if isinstance(item, Judgement | Writes)]
+            closing = len(items) != len(batch)
+            if items:
+                await self._write(items)
             async with self._progress:
-                self._committed += len(judgements)
+                self._committed += len(items)
                 self._progress.notify_all()
 
-    async def _write(self, judgements: Sequence[Judgement]) -> None:
+    async def _write(self, items: Sequence[Judgement | Writes]) -> None:
         rows: dict[str, tuple[Any, ...]] = {}
         transitions: list[tuple[Any, ...]] = []
         alerts: list[tuple[Any, ...]] = []
-        for judgement in judgements:
-            for record in judgement.records:
+        other = Writes()
+        for item in items:
+            if isinstance(item, Writes):
+                other.extend(item)
+                continue
+            for record in item.records:
                 rows[record.env] = _env_row(record)
-            transitions.extend(_transition_row(t) for t in judgement.transitions)
-            alerts.extend(_alert_row(a) for a in judgement.alerts)
+            transitions.extend(_transition_row(t) for t in item.transitions)
+            alerts.extend(_alert_row(a) for a in item.alerts)
         try:
             if rows:
                 await self._db.executemany(_UPSERT_ENV, rows.values())
@@ -170,10 +314,26 @@ class Store:
                 await self._db.executemany(_INSERT_TRANSITION, transitions)
             if alerts:
                 await self._db.executemany(_INSERT_ALERT, alerts)
+            if other:
+                await self._write_other(other)
             await self._db.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write to the database {self.path}: {exc}") from exc
         self.batches += 1
+
+    async def _write_other(self, writes: Writes) -> None:
+        # The last version of each row in the batch wins; events keep their order.
+        records = {r.id: _record_row(r) for r in writes.records}
+        inventory = {i.env: _inventory_row(i) for i in writes.inventory}
+        deployments = {d.id: _deployment_row(d) for d in writes.deployments}
+        if records:
+            await self._db.executemany(_UPSERT_RECORD, records.values())
+        if inventory:
+            await self._db.executemany(_UPSERT_INVENTORY, inventory.values())
+        if deployments:
+            await self._db.executemany(_UPSERT_DEPLOYMENT, deployments.values())
+        if writes.events:
+            await self._db.executemany(_INSERT_EVENT, map(_event_row, writes.events))
 
     # --- reading ------------------------------------------------------------------------
     async def load(
@@ -212,6 +372,82 @@ class Store:
         """Stored alert edges, oldest first (all, or one environment's)."""
         rows = await self._rows("SELECT env, kind, state, at, detail FROM alerts", env)
         return [AlertEdge(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def records(self) -> list[Environment]:
+        rows = await self._query(
+            "SELECT id, project, stage, location, purpose, labels, created, retired"
+            " FROM records ORDER BY id"
+        )
+        return [_environment(row) for row in rows]
+
+    async def inventories(self) -> list[Inventory]:
+        rows = await self._query("SELECT env, models, platform, updated FROM inventory")
+        return [_inventory(row) for row in rows]
+
+    async def active_deployments(self) -> list[Deployment]:
+        """Deployments not yet at an end (queued or in flight), oldest first."""
+        rows = await self._query(
+            f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE state IN"
+            " ('queued', 'sent', 'accepted', 'running') ORDER BY created, id"
+        )
+        return [_deployment(row) for row in rows]
+
+    async def deployments(self, env: str = "", limit: int = 50) -> list[Deployment]:
+        """Deployments, newest first (all, or one environment's)."""
+        where, args = (" WHERE env = ?", [env]) if env else ("", [])
+        rows = await self._query(
+            f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments{where}"
+            " ORDER BY created DESC, id DESC LIMIT ?",
+            (*args, limit),
+        )
+        return [_deployment(row) for row in rows]
+
+    async def deployment(self, dep: str) -> Deployment | None:
+        rows = await self._query(
+            f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?", (dep,)
+        )
+        return _deployment(rows[0]) if rows else None
+
+    async def events(
+        self, *, env: str = "", dep: str = "", after: int = 0, limit: int = 200
+    ) -> list[LoggedEvent]:
+        """Operations-log entries with ``id > after``, oldest first."""
+        conditions: list[str] = ["id > ?"]
+        args: list[int | str] = [after]
+        for column, value in (("env", env), ("dep", dep)):
+            if value:
+                conditions.append(f"{column} = ?")
+                args.append(value)
+        rows = await self._query(
+            f"SELECT id, at, body FROM oplog WHERE {' AND '.join(conditions)} ORDER BY id LIMIT ?",
+            (*args, limit),
+        )
+        return [
+            LoggedEvent(id=row[0], at=row[1], event=_decode(_event_decoder, row[2], "event"))
+            for row in rows
+        ]
+
+    async def recent_sequences(self) -> list[tuple[str, str, int]]:
+        """(env, src, seq) of the last :data:`DEDUPE_WINDOW` events of every stream."""
+        return [
+            (row[0], row[1], row[2])
+            for row in await self._query(
+                "SELECT env, src, seq FROM oplog AS o WHERE seq > (SELECT MAX(seq) FROM oplog"
+                " WHERE env = o.env AND src = o.src) - ?",
+                (DEDUPE_WINDOW,),
+            )
+        ]
+
+    async def last_seq(self, src: str) -> int:
+        """The highest sequence number stored for the event stream ``src`` (0: none)."""
+        rows = await self._query("SELECT MAX(seq) FROM oplog WHERE src = ?", (src,))
+        return int(rows[0][0] or 0) if rows else 0
+
+    async def _query(self, query: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            return list(await self._db.execute_fetchall(query, tuple(args)))
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read the database {self.path}: {exc}") from exc
 
     async def _rows(self, query: str, env: str | None = None) -> list[sqlite3.Row]:
         try:
@@ -313,3 +549,86 @@ def _transition_row(transition: Transition) -> tuple[Any, ...]:
 
 def _alert_row(edge: AlertEdge) -> tuple[Any, ...]:
     return (edge.env, edge.kind, edge.state, edge.at, edge.detail)
+
+
+def _is_urgent(item: Judgement | Writes) -> bool:
+    if isinstance(item, Writes):
+        return item.urgent
+    return bool(item.views or item.alerts or item.transitions)
+
+
+def _record_row(record: Environment) -> tuple[Any, ...]:
+    labels = _json.encode(dict(record.labels)).decode()
+    return (
+        record.id,
+        record.project,
+        record.stage,
+        record.location,
+        record.purpose,
+        labels,
+        record.created,
+        record.retired,
+    )
+
+
+def _environment(row: Sequence[Any]) -> Environment:
+    env, project, stage, location, purpose, labels, created, retired = row
+    return Environment(
+        env, project, stage, location, purpose, _decode(_labels_decoder, labels, "labels"),
+        created, retired,
+    )  # fmt: skip
+
+
+def _inventory_row(inventory: Inventory) -> tuple[Any, ...]:
+    models = _json.encode({name: list(v) for name, v in inventory.models.items()}).decode()
+    platform = None if inventory.platform is None else _json.encode(inventory.platform).decode()
+    return (inventory.env, models, platform, inventory.updated)
+
+
+def _inventory(row: Sequence[Any]) -> Inventory:
+    env, models, platform, updated = row
+    return Inventory(
+        env,
+        _decode(_models_decoder, models, "models"),
+        None if platform is None else _decode(_platform_decoder, platform, "platform"),
+        updated,
+    )
+
+
+def _deployment_row(d: Deployment) -> tuple[Any, ...]:
+    spec = _json.encode(d.workflow).decode()
+    return (
+        d.id, d.env, d.workflow.name, d.workflow.version, d.workflow.kind, spec, d.state,
+        d.reason, d.created, d.updated, d.expires, int(d.dry_run), int(d.when_online), d.cmd,
+    )  # fmt: skip
+
+
+def _deployment(row: Sequence[Any]) -> Deployment:
+    dep, env, _, _, _, spec, state, reason, created, updated, expires, dry, online, cmd = row
+    return Deployment(
+        id=dep,
+        env=env,
+        workflow=_decode(_workflow_decoder, spec, "workflow"),
+        state=state,
+        created=created,
+        updated=updated,
+        cmd=cmd,
+        reason=reason,
+        expires=expires,
+        dry_run=bool(dry),
+        when_online=bool(online),
+    )
+
+
+def _event_row(entry: LogEntry) -> tuple[Any, ...]:
+    event = entry.event
+    body = _json.encode(event).decode()
+    kind = type(event).__struct_config__.tag
+    return (event.env, event.src, event.seq, str(kind), event.dep, entry.at, body)
+
+
+def _decode(decoder: msgspec.json.Decoder[Any], text: str | bytes, what: str) -> Any:
+    try:
+        return decoder.decode(text)
+    except msgspec.MsgspecError as exc:
+        raise StoreError(f"a stored {what} cannot be read: {exc}") from exc
