@@ -124,9 +124,10 @@ class Registry:
 
     def retire(self, env: str, now: float) -> Environment:
         """Mark ``env`` retired (retiring twice is refused: it is done already)."""
-        record = self.require(env)
-        if record.retired is not None:
+        record = self._records.get(env)
+        if record is not None and record.retired is not None:
             raise RequestRefused("retired", f"environment {env!r} is retired already")
+        record = self.require(env)
         return self._add(dataclasses.replace(record, retired=now))
 
     def require(self, env: str) -> Environment:

@@ -1,0 +1,184 @@
+"""Deployments: the state machine driven by agents' events, and the book's queue and
+deadlines on a manual clock (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.deployments import SENT_GRACE, Deployment, DeploymentBook, next_state
+from shared.clock import ManualClock
+from shared.messages import (
+    Accepted,
+    Ack,
+    Check,
+    CommandRejected,
+    Event,
+    Expired,
+    Failed,
+    Preflight,
+    RolledBack,
+    Running,
+    Started,
+    StepFinished,
+    StepStarted,
+    Stopped,
+    Succeeded,
+)
+from shared.rpc import TERMINAL_STATES
+from shared.workflow import Step, Workflow
+
+FLOW = Workflow(name="inspect", version="1.0", steps=[Step(name="s", run=["true"])])
+
+
+def deployment(state: Any = "sent", **fields: Any) -> Deployment:
+    base: dict[str, Any] = {
+        "id": "d-1", "env": "edge-a", "workflow": FLOW, "state": state, "created": 10.0,
+        "updated": 10.0, "cmd": "c-1",
+    }  # fmt: skip
+    return Deployment(**{**base, **fields})
+
+
+def ev(kind: type[Event], seq: int = 1, **fields: Any) -> Event:
+    return kind(env="edge-a", seq=seq, src="agent", dep="d-1", **fields)
+
+
+def run_through(events: list[Event], start: Deployment | None = None) -> list[str]:
+    current = start or deployment()
+    states: list[str] = [current.state]
+    for event in events:
+        target = next_state(current, event)
+        if target is not None:
+            current = current.moved(target[0], target[1], 0.0)
+            states.append(current.state)
+    return states
+
+
+def test_a_job_goes_from_sent_to_succeeded() -> None:
+    events = [
+        ev(Accepted, workflow="inspect", version="1.0"),
+        ev(Preflight, ok=True),
+        ev(Started, workflow="inspect", version="1.0"),
+        ev(StepStarted, step="s", index=0),
+        ev(StepFinished, step="s", index=0, exit_code=0, duration=0.1, ok=True),
+        ev(Succeeded),
+    ]
+    assert run_through(events) == ["sent", "accepted", "running", "succeeded"]
+
+
+def test_duplicates_and_late_events_never_take_a_deployment_back() -> None:
+    accepted = ev(Accepted, workflow="inspect", version="1.0")
+    started = ev(Started, workflow="inspect", version="1.0")
+    events = [accepted, started, accepted, started, ev(Succeeded), accepted, ev(Failed, reason="x")]
+    assert run_through(events) == ["sent", "accepted", "running", "succeeded"]
+
+
+@pytest.mark.parametrize("final", sorted(TERMINAL_STATES))
+def test_a_terminal_state_is_final(final: Any) -> None:
+    events = [ev(Accepted, workflow="i", version="1"), ev(Running), ev(Succeeded)]
+    assert run_through(events, deployment(final)) == [final]
+
+
+def test_a_failed_preflight_rejects_with_the_failed_checks_named() -> None:
+    checks = [
+        Check(kind="model", name="detector", ok=True),
+        Check(kind="secret", name="CAMERA_TOKEN", ok=False, detail="not in the secrets file"),
+    ]
+    current = deployment("accepted")
+    target = next_state(current, ev(Preflight, ok=False, checks=checks))
+    assert target == ("rejected", "preflight failed: secret CAMERA_TOKEN: not in the secrets file")
+    # the agent's rejected event that follows changes nothing more
+    rejected = current.moved(*target, 1.0)
+    assert next_state(rejected, ev(CommandRejected, reason="preflight failed")) is None
+
+
+def test_a_dry_run_ends_checked_with_its_preflight_report() -> None:
+    dry = deployment("accepted", dry_run=True)
+    passed = next_state(dry, ev(Preflight, ok=True, dry_run=True))
+    assert passed == ("checked", "preflight passed")
+    bad = [Check(kind="bucket", name="results", ok=False, detail="not writable")]
+    failed = next_state(dry, ev(Preflight, ok=False, checks=bad, dry_run=True))
+    assert failed == ("checked", "preflight failed: bucket results: not writable")
+
+
+@pytest.mark.parametrize(
+    ("event", "state", "reason"),
+    [
+        (ev(Failed, reason="exit code 3", step="inspect"), "failed", "step inspect: exit code 3"),
+        (ev(RolledBack, restored="d-0", reason="did not start"), "rolled-back",
+         "restored deployment d-0; did not start"),
+        (ev(CommandRejected, reason="bad command"), "rejected", "bad command"),
+        (ev(Stopped, reason="replaced by d-2"), "stopped", "replaced by d-2"),
+        (ev(Expired, reason="arrived after its expiry"), "expired", "arrived after its expiry"),
+        (ev(Running), "running", ""),
+    ],
+)  # fmt: skip
+def test_each_outcome_and_its_reason(event: Event, state: str, reason: str) -> None:
+    assert next_state(deployment("accepted"), event) == (state, reason)
+
+
+def test_events_that_are_no_deployments_change_nothing() -> None:
+    assert next_state(deployment(), ev(Ack, op="restart", ok=True)) is None
+
+
+def test_the_book_follows_events_by_deployment_or_command_and_forgets_the_finished() -> None:
+    clock = ManualClock()
+    book = DeploymentBook(clock, [deployment()])
+    clock.advance(5)
+    moved = book.on_event(ev(Accepted, workflow="inspect", version="1.0"))
+    assert moved is not None
+    assert (moved.state, moved.updated) == ("accepted", clock.time())
+    by_cmd = Expired(env="edge-a", seq=2, src="agent", cmd="c-1", reason="too late")
+    finished = book.on_event(by_cmd)
+    assert finished is not None
+    assert finished.state == "expired"
+    assert book.get("d-1") is None
+    assert book.on_event(ev(Running, seq=3)) is None
+
+
+def test_an_event_from_another_environment_does_not_move_it() -> None:
+    book = DeploymentBook(ManualClock(), [deployment()])
+    other = Accepted(env="edge-b", seq=1, src="agent", dep="d-1", workflow="i", version="1")
+    assert book.on_event(other) is None
+    assert book.get("d-1") == deployment()
+
+
+def test_queued_deployments_go_oldest_first_and_expire_at_their_ttl() -> None:
+    clock = ManualClock(start=1000.0)
+    young = deployment("queued", id="d-young", created=20.0, cmd="", expires=1100.0)
+    old = deployment("queued", id="d-old", created=10.0, cmd="", expires=1050.0)
+    elsewhere = deployment("queued", id="d-b", env="edge-b", cmd="", expires=2000.0)
+    book = DeploymentBook(clock, [young, old, elsewhere])
+    assert [d.id for d in book.queued_for("edge-a")] == ["d-old", "d-young"]
+    assert book.next_deadline() == 1050.0
+    clock.advance(49)
+    assert book.expire_due() == []
+    clock.advance(1)
+    expired = book.expire_due()
+    assert [(d.id, d.state) for d in expired] == [("d-old", "expired")]
+    assert "did not come online" in expired[0].reason
+    sent = book.mark_sent("d-young", "c-9", expires=1300.0)
+    assert (sent.state, sent.cmd) == ("sent", "c-9")
+    assert book.next_deadline() == 1300.0 + SENT_GRACE  # the command's expiry, then grace
+    clock.advance(1300.0 + SENT_GRACE - clock.time())
+    late = book.expire_due()
+    assert [(d.id, d.state) for d in late] == [("d-young", "expired")]
+    assert "did not take the command" in late[0].reason
+    assert [d.id for d in book] == ["d-b"]
+
+
+def test_an_accepted_deployment_has_no_deadline() -> None:
+    clock = ManualClock(start=1000.0)
+    book = DeploymentBook(clock, [deployment(expires=1010.0)])
+    book.on_event(ev(Accepted, workflow="i", version="1"))
+    clock.advance(10_000)
+    assert book.expire_due() == []
+    assert book.next_deadline() is None
+
+
+def test_retiring_stops_the_queued_ones() -> None:
+    book = DeploymentBook(ManualClock(), [deployment("queued", cmd="", expires=5e9)])
+    stopped = book.stop_queued("edge-a", "environment edge-a retired")
+    assert [(d.state, d.reason) for d in stopped] == [("stopped", "environment edge-a retired")]
+    assert len(book) == 0

@@ -1,0 +1,127 @@
+"""Schema version 3: environment records, inventories, deployments and the operations log;
+the migration from version 2, and the in-memory dedupe of event streams."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from controller.deployments import Deployment
+from controller.oplog import WINDOW, SeenEvents
+from controller.registry import Environment
+from controller.store import MIGRATIONS, Inventory, LogEntry, Writes, open_store
+from shared.messages import Accepted, Event, Platform, Succeeded
+from shared.workflow import Step, Workflow
+
+FLOW = Workflow(name="inspect", version="1.0", steps=[Step(name="s", run=["true"])])
+
+
+def make_v2(db: Path) -> None:
+    with sqlite3.connect(db) as conn:
+        for script in MIGRATIONS[:2]:
+            conn.executescript(script)
+        conn.execute(
+            "INSERT INTO envs (env, status, since, reason, last_seen, bdseq, seq, boot,"
+            " interval) VALUES ('old-env', 'online', 5.0, 'heartbeat', 6.0, 1, 2, 'b', 10.0)"
+        )
+        conn.execute(
+            "INSERT INTO transitions (env, from_status, to_status, reason, at)"
+            " VALUES ('old-env', 'unknown', 'online', 'heartbeat', 5.0)"
+        )
+        conn.execute("PRAGMA user_version = 2")
+
+
+async def test_a_version_2_database_is_migrated_keeping_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    make_v2(db)
+    async with open_store(db) as store:
+        assert [(r.env, r.status, r.seq) for r in await store.envs()] == [("old-env", "online", 2)]
+        assert len(await store.transitions("old-env")) == 1
+        assert await store.records() == []
+        assert await store.events() == []
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert {"records", "inventory", "deployments", "oplog"} <= tables
+
+
+def deployment(dep: str, state: str = "sent", created: float = 10.0) -> Deployment:
+    return Deployment(
+        id=dep, env="edge-a", workflow=FLOW, state=state, created=created,  # type: ignore[arg-type]
+        updated=created, cmd=f"c-{dep}", expires=99.0, dry_run=True, when_online=True,
+    )  # fmt: skip
+
+
+def accepted(seq: int, src: str = "s1", dep: str = "d-1") -> Event:
+    return Accepted(env="edge-a", seq=seq, src=src, dep=dep, workflow="inspect", version="1")
+
+
+async def test_rows_written_through_the_queue_are_read_back(tmp_path: Path) -> None:
+    db = tmp_path / "c.db"
+    record = Environment("edge-a", "acme", "prod", "plant", "vision", {"line": "4"}, 1.0)
+    platform = Platform(os="linux", arch="x86_64", gpu=True)
+    async with open_store(db) as store:
+        writes = Writes(
+            records=[record],
+            inventory=[Inventory("edge-a", {"detector": ["2.1"]}, platform, 3.0)],
+            deployments=[deployment("d-1"), deployment("d-2", "succeeded", 11.0)],
+            urgent=True,
+        )
+        await store.wait_committed(await store.submit(writes))
+    async with open_store(db) as store:
+        assert await store.records() == [record]
+        inventories = await store.inventories()
+        assert [(i.env, dict(i.models), i.platform) for i in inventories] == [
+            ("edge-a", {"detector": ["2.1"]}, platform)
+        ]
+        assert await store.active_deployments() == [deployment("d-1")]
+        assert [d.id for d in await store.deployments("edge-a")] == ["d-2", "d-1"]  # newest first
+        assert await store.deployment("d-2") == deployment("d-2", "succeeded", 11.0)
+        assert await store.deployment("nope") is None
+
+
+async def test_an_event_received_twice_is_stored_once(tmp_path: Path) -> None:
+    async with open_store(tmp_path / "c.db") as store:
+        first = Writes(events=[LogEntry(accepted(1), 1.0), LogEntry(accepted(2), 2.0)])
+        again = Writes(events=[LogEntry(accepted(2), 3.0), LogEntry(accepted(1, src="s2"), 4.0)])
+        await store.submit(first)
+        await store.submit(again)
+        await store.flush()
+        logged = await store.events()
+        assert [(e.event.src, e.event.seq, e.at) for e in logged] == [
+            ("s1", 1, 1.0), ("s1", 2, 2.0), ("s2", 1, 4.0),
+        ]  # fmt: skip
+        assert [e.id for e in logged] == sorted(e.id for e in logged)
+        assert [e.event.seq for e in await store.events(after=logged[0].id, limit=1)] == [2]
+        assert await store.events(env="edge-b") == []
+        assert len(await store.events(dep="d-1")) == 3
+
+
+async def test_restart_state_for_the_dedupe_and_the_controllers_own_stream(
+    tmp_path: Path,
+) -> None:
+    async with open_store(tmp_path / "c.db") as store:
+        entries = [LogEntry(accepted(seq), 1.0) for seq in range(1, WINDOW + 11)]
+        own = Succeeded(env="edge-a", seq=7, src="controller")
+        await store.submit(Writes(events=[*entries, LogEntry(own, 2.0)]))
+        await store.flush()
+        recent = await store.recent_sequences()
+        assert await store.last_seq("controller") == 7
+        assert await store.last_seq("nobody") == 0
+    # only the last WINDOW of each stream is needed to judge a re-sent backlog
+    assert sorted(seq for _, src, seq in recent if src == "s1") == list(range(11, WINDOW + 11))
+    seen = SeenEvents(recent)
+    assert not seen.first_time("edge-a", "s1", WINDOW + 10)
+    assert not seen.first_time("edge-a", "s1", 3)  # long stored
+    assert seen.first_time("edge-a", "s1", WINDOW + 11)
+    assert seen.duplicates == 2
+
+
+def test_seen_events_takes_gaps_filled_late_but_each_once() -> None:
+    seen = SeenEvents()
+    assert [seen.first_time("e", "s", n) for n in (1, 2, 4, 3, 4, 2)] == [
+        True, True, True, True, False, False,
+    ]  # fmt: skip
+    assert seen.first_time("e", "other", 1)
+    assert seen.first_time("f", "s", 1)
+    assert seen.duplicates == 2
