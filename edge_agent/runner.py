@@ -49,6 +49,7 @@ __all__ = [
     "StepResult",
     "env_name",
     "group_alive",
+    "group_members",
     "kill_group",
     "step_env",
     "tail",
@@ -276,7 +277,7 @@ def group_alive(pgid: int) -> bool:
         except PermissionError:
             return True
         return True
-    return bool(_live_members(pgid))
+    return bool(group_members(pgid))
 
 
 def kill_group(pgid: int, grace: float = KILL_GRACE) -> None:
@@ -297,7 +298,8 @@ def kill_group(pgid: int, grace: float = KILL_GRACE) -> None:
         sig = signal.SIGKILL
 
 
-def _live_members(pgid: int) -> list[int]:
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of group ``pgid``, from ``/proc`` (Linux)."""
     members = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():

@@ -1,0 +1,68 @@
+"""Building blocks for tests of the agent's executor: workflows of real Python steps, and
+executors on a temporary state directory that are closed at the end of the test."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+from edge_agent.executor import Executor
+from shared.backoff import Backoff
+from shared.messages import Deploy
+from shared.workflow import Requires, Step, Workflow, WorkflowKind
+from tests.support.sink import MemorySink
+
+__all__ = ["Executors", "deploy", "py", "workflow"]
+
+
+def py(name: str, code: str, *, timeout: float = 60.0, env: dict[str, str] | None = None) -> Step:
+    """A step that runs ``code`` with this interpreter."""
+    argv = [sys.executable, "-c", textwrap.dedent(code)]
+    return Step(name=name, run=argv, timeout=timeout, env=env or {})
+
+
+def workflow(
+    *steps: Step,
+    name: str = "inspect",
+    version: str = "1.0",
+    kind: WorkflowKind = "job",
+    requires: Requires | None = None,
+) -> Workflow:
+    return Workflow(
+        name=name, version=version, steps=list(steps), kind=kind, requires=requires or Requires()
+    )
+
+
+def deploy(wf: Workflow, dep: str | None = None, **fields: Any) -> Deploy:
+    dep = dep or f"d-{uuid.uuid4().hex[:8]}"
+    return Deploy(id=f"c-{dep}", dep=dep, workflow=wf, **fields)
+
+
+class Executors:
+    """Makes started executors sharing one state dir and sink; closes them all at the end."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.state_dir = tmp_path / "state"
+        self.sink = MemorySink()
+        self.made: list[Executor] = []
+
+    def __call__(self, **overrides: Any) -> Executor:
+        settings: dict[str, Any] = {
+            "state_dir": self.state_dir,
+            "models_dir": None,
+            "secrets": None,
+            "endpoints": {},
+            "sink": self.sink,
+            "check_timeout": 1.0,
+            "service_grace": 0.5,
+            "kill_grace": 0.5,
+            "backoff": lambda: Backoff(initial=0.05, cap=0.2),
+        }
+        settings.update(overrides)
+        executor = Executor(self.sink.env, **settings)
+        executor.start()
+        self.made.append(executor)
+        return executor
