@@ -8,21 +8,46 @@ Heartbeats follow every interval. A lost connection is retried forever with capp
 jittered backoff; a session taken over by another runtime with the same identity gets a
 long backoff instead. A stop publishes offline/shutdown, waits for its PUBACK, and sends a
 normal DISCONNECT (so no will).
+
+Events come from the outbox (:mod:`edge_agent.outbox`), which every event reaches first
+(commands answered here, and the executor's thread). After each online publish the
+backlog goes out in ``seq`` order, new events as they come, at most :data:`EVENT_WINDOW`
+awaiting PUBACK at once; a PUBACK deletes its event from the outbox. A lost connection
+forgets what was in flight: the next connection sends it again (the controller stores each
+event once).
+
+An ``update`` is applied at once (a new interval goes out in an online message right
+away) and kept in the state directory. A ``retire`` stops the workflows, waits until the
+broker has its ``ack`` event, publishes offline/retired and then an empty retained status
+(both acknowledged), disconnects normally, wipes the secrets file and the state (leaving a
+``retired`` marker) and ends the run, each wait bounded by :data:`RETIRE_WAIT` in all.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from typing import Final
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Final, Protocol
 
 import structlog
 
-from edge_agent.commands import CommandHandler
-from edge_agent.config import AgentConfig
-from edge_agent.errors import BrokerUnavailable, StateDirError
-from edge_agent.heartbeat import HeartbeatBuilder, message_expiry
+from edge_agent.commands import CommandHandler, Execution, UpdateOutcome
+from edge_agent.config import (
+    AgentConfig,
+    UpdateRefused,
+    plan_update,
+    with_overrides,
+)
+from edge_agent.errors import AgentError, BrokerUnavailable, ModelsDirError, StateDirError
+from edge_agent.events import EventSink
+from edge_agent.heartbeat import HeartbeatBuilder, Inventory, message_expiry
+from edge_agent.inventory import scan_models
 from edge_agent.metrics import HostMetrics
+from edge_agent.outbox import Outbox, outbox_files
+from edge_agent.platform_facts import platform_facts
 from edge_agent.session import (
     Connected,
     ConnectRefused,
@@ -33,16 +58,17 @@ from edge_agent.session import (
     SessionEvent,
     Subscribed,
 )
-from edge_agent.state import BdseqStore
+from edge_agent.state import BdseqStore, OverridesStore, retire_state_dir
 from edge_agent.takeover import TakeoverCheck
 from edge_agent.waker import Waker
 from shared.backoff import Backoff
 from shared.clock import Clock, SystemClock
 from shared.codec import STATUS, encode
 from shared.errors import DecodeError
-from shared.messages import OfflineStatus
+from shared.logs import set_level
+from shared.messages import Ack, OfflineStatus, Retire, Update
 
-__all__ = ["Agent", "Phase"]
+__all__ = ["EVENT_WINDOW", "RETIRE_WAIT", "Agent", "AgentExecutor", "ExecutorFactory", "Phase"]
 
 HANDSHAKE_TIMEOUT: Final = 10.0  # seconds for CONNACK, and then for the SUBACK of `cmd`
 REASSERT_GAP: Final = 1.0  # at most one re-assertion of online per this many seconds
@@ -50,6 +76,10 @@ LOG_GAP: Final = 60.0  # at most one log line a minute about garbage on the stat
 STABLE_AFTER: Final = 10.0  # a connection that lasted this long resets the backoff
 SHUTDOWN_WAIT: Final = 5.0  # seconds a stop waits for the broker to take offline/shutdown
 TAKEOVER_CAP: Final = 600.0  # the longest wait after a takeover; also when it is forgotten
+EVENT_WINDOW: Final = 100  # events published and awaiting their PUBACK at most
+STOP_WORKFLOWS_WAIT: Final = 10.0  # seconds a retirement gives the workflows to stop
+RETIRE_WAIT: Final = 30.0  # seconds a whole retirement may take
+MODELS_LOG_GAP: Final = 600.0  # seconds between two log lines about an unusable models dir
 
 log = structlog.get_logger("edge_agent")
 
@@ -65,6 +95,45 @@ class Phase(enum.Enum):
 _HANDSHAKE: Final = (Phase.CONNECTING, Phase.SUBSCRIBING)
 
 
+class AgentExecutor(Execution, Protocol):
+    """What the agent needs of :class:`edge_agent.executor.Executor`."""
+
+    def start(self) -> None: ...
+
+    def running(self) -> list[str]: ...
+
+    def stop_all(self, reason: str, timeout: float = ..., *, resume: bool = ...) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Wipeable(Protocol):
+    def wipe(self) -> None: ...
+
+
+# Builds the executor once the outbox exists: (event sink, endpoints in force). The agent
+# changes the endpoints mapping in place when an update changes them.
+ExecutorFactory = Callable[[EventSink, Mapping[str, str]], AgentExecutor]
+
+
+class RetireStep(enum.Enum):
+    STOPPING = "stopping"  # the workflows are being stopped (on another thread)
+    ACKING = "acking"  # the retire ack is in the outbox, waiting for its PUBACK
+    OFFLINE = "offline"  # offline/retired published, waiting for its PUBACK
+    CLEARING = "clearing"  # the empty retained status published, waiting for its PUBACK
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class Retirement:
+    cmd: str
+    deadline: float
+    step: RetireStep = RetireStep.STOPPING
+    workflows_stopped: bool = False  # set by the stopping thread
+    ack_seq: int = 0
+    mid: int | None = None  # of the publish the current step waits for
+
+
 class Agent:
     def __init__(
         self,
@@ -75,9 +144,16 @@ class Agent:
         store: BdseqStore | None = None,
         waker: Waker | None = None,
         takeover_check: TakeoverCheck | None = None,
+        outbox: Outbox | None = None,
+        overrides: OverridesStore | None = None,
+        executor: ExecutorFactory | None = None,
+        secrets: Wipeable | None = None,
     ) -> None:
-        self.config = config
+        self._local_config = config  # flags, environment, file: what the overrides go over
         self._clock = clock or SystemClock()
+        self._overrides_store = overrides or OverridesStore(config.state_dir)
+        self._overrides = self._overrides_store.load()
+        config = self.config = with_overrides(config, self._overrides)
         self._store = store or BdseqStore(config.state_dir)
         self._session = session or Session(config.env_id, config.broker, config.keepalive)
         self._waker = waker
@@ -85,10 +161,31 @@ class Agent:
         self.status_topic = root.status(env)
         self.cmd_topic = root.cmd(env)
         self.events_topic = root.events(env)
-        self._heartbeat = HeartbeatBuilder(
-            env, config.heartbeat_interval, self._clock, HostMetrics().sample
+        self._outbox = (
+            Outbox(config.state_dir, env, clock=self._clock) if outbox is None else outbox
         )
-        self._commands = CommandHandler(env, self._clock)
+        self._outbox.on_emit = self._wake
+        self._endpoints = dict(config.endpoints)
+        self._executor = None if executor is None else executor(self._outbox, self._endpoints)
+        self._secrets = secrets
+        self._models_logged_at = -math.inf
+        self._heartbeat = HeartbeatBuilder(
+            env,
+            config.heartbeat_interval,
+            self._clock,
+            HostMetrics().sample,
+            inventory=None if config.models_dir is None else self._scan_models,
+            platform=platform_facts(),
+        )
+        self._commands = CommandHandler(
+            env,
+            self._clock,
+            self._outbox,
+            commands=self._outbox,
+            executor=self._executor,
+            on_update=self._apply_update,
+            on_retire=self._begin_retirement,
+        )
         self._backoff = Backoff(initial=0.5, cap=30.0)
         takeover_cap = max(TAKEOVER_CAP, config.takeover_backoff)
         self._takeover_backoff = Backoff(initial=config.takeover_backoff, cap=takeover_cap)
@@ -103,7 +200,9 @@ class Agent:
         self._heartbeat_due = math.inf
         self._connected_at: float | None = None
         self._cmd_sub_mid: int | None = None
-        self._held: list[tuple[str, bytes]] = []  # unacknowledged events to send again
+        self._in_flight: dict[int, int] = {}  # mid -> seq of events awaiting their PUBACK
+        self._sent_up_to = 0  # the highest seq published on this connection
+        self._retirement: Retirement | None = None
         self._ever_took_bdseq = False
         self._reasserted_at = -math.inf
         self._status_garbage_logged_at = -math.inf
@@ -120,9 +219,18 @@ class Agent:
     def _stop_was_requested(self) -> bool:
         return self._stop_requested
 
+    @property
+    def retired(self) -> bool:
+        return self._retirement is not None and self._retirement.step is RetireStep.DONE
+
     def request_stop(self) -> None:
         """Ask the loop to stop cleanly. Safe to call from a signal handler."""
+        if self._retirement is not None:
+            return  # a retirement ends the run anyway, within RETIRE_WAIT
         self._stop_requested = True
+        self._wake()
+
+    def _wake(self) -> None:
         if self._waker is not None:
             self._waker.wake()
 
@@ -143,9 +251,26 @@ class Agent:
             interval=self.config.heartbeat_interval,
             boot=self.boot,
         )
+        if self._executor is not None:
+            self._executor.start()
+        try:
+            self._loop()
+        finally:
+            self._disconnect_cleanly()
+            if self._executor is not None:
+                self._executor.close()
+            self._outbox.close()
+        if self._retirement is not None:
+            self._wipe()
+            return 0
+        log.info("agent stopped", events_pending=len(self._outbox))
+        return 0
+
+    def _loop(self) -> None:
         wake = self._waker.reader if self._waker is not None else None
         while True:
             self._step()
+            self._send_events()
             if self._stopped:
                 break
             timeout = max(0.0, self._next_wakeup() - self._clock.monotonic())
@@ -154,12 +279,13 @@ class Agent:
                 self._waker.drain()
             for event in events:
                 self._handle(event)
-        self._disconnect_cleanly()
-        log.info("agent stopped")
-        return 0
 
     def _step(self) -> None:
         now = self._clock.monotonic()
+        if self._retirement is not None:
+            self._advance_retirement(now, self._retirement)
+            if self._stopped:
+                return
         if self._stop_requested and self._stop_deadline == math.inf:
             self._begin_stop(now)
         if self._stop_requested:
@@ -180,6 +306,7 @@ class Agent:
         now = self._clock.monotonic()
         if self._stop_requested:
             return self._stop_deadline
+        retire_deadline = math.inf if self._retirement is None else self._retirement.deadline
         deadlines = {
             Phase.IDLE: self._retry_at,
             Phase.CONNECTING: self._handshake_deadline,
@@ -190,7 +317,7 @@ class Agent:
         # paho sends its keepalive pings from the loop, once a keepalive has passed without
         # traffic: come round often enough that the ping is late by a quarter at most (the
         # broker gives up at one and a half).
-        return min(deadlines[self.phase], now + self.config.keepalive / 4)
+        return min(deadlines[self.phase], now + self.config.keepalive / 4, retire_deadline)
 
     # connecting ---------------------------------------------------------------------------
     def _connect(self, now: float) -> None:
@@ -229,9 +356,7 @@ class Agent:
             case Subscribed(mid=mid, refused=refused):
                 self._on_subscribed(now, mid, refused)
             case Published(mid=mid):
-                if mid == self._shutdown_mid:
-                    log.info("offline/shutdown acknowledged")
-                    self._stopped = True
+                self._on_published(mid)
             case MessageIn(topic=topic, payload=payload):
                 self._on_message(now, topic, payload)
             case Disconnected():
@@ -263,27 +388,33 @@ class Agent:
                 topic=self.cmd_topic,
                 reasons=list(refused),
             )
+        retirement = self._retirement
+        if retirement is not None and retirement.step in (RetireStep.OFFLINE, RetireStep.CLEARING):
+            self._publish_retired(retirement)  # the connection was lost half-way: again
+            return
         self.phase = Phase.ONLINE
         self._publish_online(now)
-        log.info("online", interval=self.config.heartbeat_interval)
+        log.info(
+            "online", interval=self.config.heartbeat_interval, events_pending=len(self._outbox)
+        )
         try:
             self._session.subscribe(self.status_topic, no_local=True)
         except BrokerUnavailable as exc:
             log.warning("subscribe failed", detail=str(exc))
-        held, self._held = self._held, []
-        for topic, payload in held:
-            self._session.publish(topic, payload)
+        self._sent_up_to = 0  # the backlog, from the oldest event not acknowledged
 
     def _on_disconnected(self, now: float, event: Disconnected) -> None:
         was_connected_for = None if self._connected_at is None else now - self._connected_at
         self._connected_at = None
         self._heartbeat_due = math.inf
         self._handshake_deadline = math.inf
-        self._held.extend(
-            (topic, payload)
-            for topic, payload in self._session.take_unacked()
-            if topic != self.status_topic
-        )
+        # The outbox sends unacknowledged events again after the next online; paho must
+        # not (it would, before the subscription and the online message).
+        self._session.take_unacked()
+        self._in_flight.clear()
+        if self._retirement is not None:
+            self._schedule_retry(now, self._backoff.next_delay(), "connection-lost", event.reason)
+            return
         if self._stop_requested:
             self._stopped = True
             return
@@ -324,9 +455,10 @@ class Agent:
 
     def _on_message(self, now: float, topic: str, payload: bytes) -> None:
         if topic == self.cmd_topic:
-            answer = self._commands.handle(payload)
-            if answer is not None and self._session.connected:
-                self._session.publish(self.events_topic, encode(answer))
+            try:
+                self._commands.handle(payload)
+            except AgentError as exc:
+                log.error("command not handled", error=str(exc))
         elif topic == self.status_topic:
             self._on_own_status(now, payload)
 
@@ -352,6 +484,144 @@ class Agent:
         else:
             log.warning("status topic shows this connection offline", reason=status.reason)
 
+    # events -------------------------------------------------------------------------------
+    def _send_events(self) -> None:
+        """Publish outbox events not yet sent on this connection, oldest first."""
+        if self.phase is not Phase.ONLINE or not self._session.connected:
+            return
+        while len(self._in_flight) < EVENT_WINDOW and self._outbox.last_seq > self._sent_up_to:
+            newest = self._outbox.last_seq
+            batch = self._outbox.pending(self._sent_up_to, EVENT_WINDOW - len(self._in_flight))
+            if not batch:
+                self._sent_up_to = newest
+                return
+            for seq, payload in batch:
+                self._in_flight[self._session.publish(self.events_topic, payload)] = seq
+                self._sent_up_to = seq
+
+    def _on_published(self, mid: int) -> None:
+        if mid == self._shutdown_mid:
+            log.info("offline/shutdown acknowledged")
+            self._stopped = True
+            return
+        seq = self._in_flight.pop(mid, None)
+        if seq is not None:
+            self._outbox.acked(seq)
+        retirement = self._retirement
+        if retirement is not None and (seq == retirement.ack_seq or mid == retirement.mid):
+            self._advance_retirement(self._clock.monotonic(), retirement, acknowledged=True)
+
+    # update -------------------------------------------------------------------------------
+    def _apply_update(self, command: Update) -> UpdateOutcome:
+        try:
+            overrides = plan_update(
+                self._overrides,
+                interval=command.interval,
+                config=command.config,
+                labels=command.labels,
+            )
+            self._overrides_store.save(overrides)
+        except (UpdateRefused, StateDirError) as exc:
+            log.warning("update refused", cmd=command.id, reason=str(exc))
+            return False, str(exc)
+        self._overrides = overrides
+        self._apply(with_overrides(self._local_config, overrides))
+        changed = [key for key in ("interval", "labels") if getattr(command, key)]
+        changed += sorted(command.config)
+        log.info("update applied", cmd=command.id, changed=changed)
+        return True, "applied: " + (", ".join(changed) or "nothing to change")
+
+    def _apply(self, config: AgentConfig) -> None:
+        old, self.config = self.config, config
+        if config.log_level != old.log_level:
+            set_level(config.log_level)
+        for name in set(self._endpoints) - set(config.endpoints):
+            del self._endpoints[name]
+        self._endpoints.update(config.endpoints)  # in place: the executor reads this mapping
+        if config.heartbeat_interval != old.heartbeat_interval:
+            self._heartbeat.interval = config.heartbeat_interval
+            self._expiry = message_expiry(config.heartbeat_interval)
+            if self.phase is Phase.ONLINE:
+                self._publish_online(self._clock.monotonic())  # the new interval, now
+
+    def _scan_models(self) -> Inventory:
+        try:
+            return scan_models(self.config.models_dir)
+        except ModelsDirError as exc:
+            now = self._clock.monotonic()
+            if now - self._models_logged_at >= MODELS_LOG_GAP:
+                self._models_logged_at = now
+                log.warning("no model inventory", reason=str(exc))
+            return {}
+
+    # retirement ---------------------------------------------------------------------------
+    def _begin_retirement(self, command: Retire) -> None:
+        now = self._clock.monotonic()
+        retirement = self._retirement = Retirement(cmd=command.id, deadline=now + RETIRE_WAIT)
+        log.warning("retiring: stopping workflows", cmd=command.id)
+        executor = self._executor
+        if executor is None:
+            retirement.workflows_stopped = True
+            return
+
+        def stop_workflows() -> None:
+            try:
+                executor.stop_all("retired", STOP_WORKFLOWS_WAIT, resume=False)
+            except AgentError as exc:
+                log.error("retiring: workflows not stopped cleanly", error=str(exc))
+            finally:
+                retirement.workflows_stopped = True
+                self._wake()
+
+        threading.Thread(target=stop_workflows, name="retire-stop", daemon=True).start()
+
+    def _advance_retirement(
+        self, now: float, retirement: Retirement, *, acknowledged: bool = False
+    ) -> None:
+        if now >= retirement.deadline and retirement.step is not RetireStep.DONE:
+            log.warning(
+                "retiring: the broker did not acknowledge everything in time; retiring anyway",
+                step=retirement.step.value,
+            )
+            self._finish_retirement(retirement)
+            return
+        match retirement.step:
+            case RetireStep.STOPPING if retirement.workflows_stopped:
+                ack = self._outbox.emit(Ack, cmd=retirement.cmd, op="retire", ok=True)
+                retirement.ack_seq = ack.seq
+                retirement.step = RetireStep.ACKING
+            case RetireStep.ACKING if acknowledged and self.phase is Phase.ONLINE:
+                self._publish_retired(retirement)
+            case RetireStep.OFFLINE if acknowledged:
+                retirement.step = RetireStep.CLEARING
+                retirement.mid = self._session.publish(self.status_topic, b"", retain=True)
+            case RetireStep.CLEARING if acknowledged:
+                log.info("retiring: retained status cleared")
+                self._finish_retirement(retirement)
+
+    def _publish_retired(self, retirement: Retirement) -> None:
+        self.phase = Phase.STOPPING  # no more heartbeats
+        retirement.step = RetireStep.OFFLINE
+        payload = encode(self._heartbeat.offline("retired"))
+        retirement.mid = self._session.publish(self.status_topic, payload, retain=True)
+
+    def _finish_retirement(self, retirement: Retirement) -> None:
+        retirement.step = RetireStep.DONE
+        self._stopped = True
+
+    def _wipe(self) -> None:
+        """After the DISCONNECT: the credentials and the state go; the marker stays."""
+        if self._secrets is not None:
+            try:
+                self._secrets.wipe()
+            except AgentError as exc:
+                log.error("retiring: the secrets file could not be wiped", error=str(exc))
+        state_dir = self.config.state_dir
+        marker = retire_state_dir(
+            state_dir, self.config.env_id, outbox_files(state_dir), self._clock.time()
+        )
+        log.warning("retired: this state directory will not run again", marker=str(marker))
+
     # publishing ---------------------------------------------------------------------------
     def _reassert_online(self, now: float) -> None:
         """Online at once; but if something keeps overwriting it, no faster than once a
@@ -370,13 +640,26 @@ class Agent:
 
     # stopping -----------------------------------------------------------------------------
     def _begin_stop(self, now: float) -> None:
-        self._stop_deadline = now + SHUTDOWN_WAIT
         log.info("stopping", phase=self.phase.value)
+        self._stop_workflows()
+        now = self._clock.monotonic()
+        self._stop_deadline = now + SHUTDOWN_WAIT
         if self.phase in (Phase.SUBSCRIBING, Phase.ONLINE):
             self._publish_shutdown()
         elif self.phase is Phase.IDLE:
             self._stopped = True
         # CONNECTING: offline/shutdown goes out once the CONNACK arrives.
+
+    def _stop_workflows(self) -> None:
+        """Stop the services (they start again with the agent) and the job running, and
+        send the ``stopped`` events before offline/shutdown if the connection allows."""
+        if self._executor is None or not self._executor.running():
+            return
+        try:
+            self._executor.stop_all("agent stopping", STOP_WORKFLOWS_WAIT)
+        except AgentError as exc:
+            log.error("workflows not stopped cleanly", error=str(exc))
+        self._send_events()
 
     def _publish_shutdown(self) -> None:
         self.phase = Phase.STOPPING

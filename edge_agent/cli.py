@@ -1,7 +1,8 @@
 """``edge-agent``: the runtime agent (``run``) and the fleet simulator (``simulate``).
 
-Exit status: 0 after a clean stop, 2 for a bad flag, setting or config file (one line on
-stderr naming it), 1 for any other refusal.
+Exit status: 0 after a clean stop (or a retirement), 2 for a bad flag, setting, config file,
+secrets file or state directory (one line on stderr naming it), 1 for any other refusal,
+such as a state directory whose environment was retired.
 """
 
 from __future__ import annotations
@@ -9,18 +10,24 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
-from typing import NoReturn, Protocol
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from edge_agent import config
-from edge_agent.errors import SimulatorMissing, StateDirError
+from edge_agent.errors import OutboxError, SimulatorMissing, StateDirError
 from shared import __version__
 from shared.errors import EdgeplaneError, SettingsError
 
 __all__ = ["main"]
 
+if TYPE_CHECKING:
+    from edge_agent.agent import AgentExecutor, ExecutorFactory
+    from edge_agent.events import EventSink
+    from edge_agent.secrets import Secrets
+
 PROG = "edge-agent"
 SIMULATOR_MODULE = "edge_agent.simulate"
+EXECUTOR_MODULE = "edge_agent.executor"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,22 +88,64 @@ def _run(args: argparse.Namespace) -> int:
     settings = config.load_config(args)
     # Imported here: `edge-agent --help` and `simulate` do not pay for paho and psutil.
     from edge_agent.agent import Agent
-    from edge_agent.state import BdseqStore
+    from edge_agent.outbox import Outbox
+    from edge_agent.secrets import load_secrets
+    from edge_agent.state import BdseqStore, OverridesStore, check_not_retired
     from edge_agent.waker import Waker, stop_signals
     from shared.logs import configure_logging
 
-    configure_logging(settings.log_format, settings.log_level)
+    check_not_retired(settings.state_dir)
+    # Loading registers every value with the log redactor: before the first log line.
+    secrets = None if settings.secrets_file is None else load_secrets(settings.secrets_file)
+    configure_logging(settings.log_format, settings.log_level, cache=False)
     try:
         store = BdseqStore(settings.state_dir)
-    except StateDirError as exc:
+        outbox = Outbox(settings.state_dir, settings.env_id)
+        overrides = OverridesStore(settings.state_dir)
+        overrides.load()
+    except (StateDirError, OutboxError) as exc:
         raise SettingsError(f"--state-dir: {exc}") from exc
     waker = Waker()
     try:
-        agent = Agent(settings, store=store, waker=waker)
+        agent = Agent(
+            settings,
+            store=store,
+            waker=waker,
+            outbox=outbox,
+            overrides=overrides,
+            executor=_executor_factory(settings, secrets),
+            secrets=secrets,
+        )
         with waker.on_signals(), stop_signals(agent.request_stop):
             return agent.run()
     finally:
         waker.close()
+
+
+def _executor_factory(
+    settings: config.AgentConfig, secrets: Secrets | None
+) -> ExecutorFactory | None:
+    """How the agent builds its executor, or None when this installation has none (the
+    agent then answers deployments with a refusal saying so)."""
+    try:
+        module = importlib.import_module(EXECUTOR_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != EXECUTOR_MODULE:
+            raise
+        return None
+
+    def build(sink: EventSink, endpoints: Mapping[str, str]) -> AgentExecutor:
+        executor: AgentExecutor = module.Executor(
+            settings.env_id,
+            state_dir=settings.state_dir,
+            models_dir=settings.models_dir,
+            secrets=secrets,
+            endpoints=endpoints,
+            sink=sink,
+        )
+        return executor
+
+    return build
 
 
 def _simulate(args: argparse.Namespace) -> int:

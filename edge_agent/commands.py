@@ -1,32 +1,103 @@
-"""Handling what arrives on ``R/env/{env}/cmd``: every payload gets an answer or a count.
+"""The command path: what arrives on ``R/env/{env}/cmd``, from bytes to action.
 
-A valid ``ping`` is answered with a ``pong`` event. Anything else (not JSON, a wrong
-schema, an unknown command type, an oversized payload) is answered with a ``rejected``
-event naming the reason, counted per reason, and logged at most once per reason a minute.
-A flood of garbage cannot turn into a flood of events: rejections are answered at a
-bounded rate, and those left unanswered are counted and reported in the next log line.
+decode -> dedupe -> expiry -> dispatch, without MQTT: the agent (and the fleet simulator)
+hand :meth:`CommandHandler.handle` a payload, and every outcome is an event emitted to the
+injected :class:`~edge_agent.events.EventSink` (the outbox, so answers are durable too):
+
+- not a valid command (not JSON, a wrong schema, an unknown type, oversized): a
+  ``rejected`` event naming the reason, counted per reason and logged at most once per
+  reason a minute. A flood of garbage cannot become a flood of events: rejections are
+  answered at a bounded rate, and those left unanswered are counted and logged;
+- a command id taken before (a QoS 1 redelivery, a resend after a restart): nothing;
+- past its ``expires`` on arrival: an ``expired`` event, and it does not run;
+- ``ping``: a ``pong``; ``deploy``: handed to the executor, which reports every phase;
+  ``update``: applied by the agent's callback and acknowledged (``ack``, op ``update``);
+  ``restart``: handed to the executor, which acknowledges it; ``retire``: handed to the
+  agent's retirement, after which every other command is rejected.
+
+A command is remembered before it runs: one that the agent dies in the middle of taking
+is not taken again (the controller sees no answer rather than a second run).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any, Final
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 import msgspec
 import structlog
 
+from edge_agent.errors import AgentError
+from edge_agent.events import EventSink
 from shared.clock import Clock
 from shared.codec import COMMAND, DEFAULT_MAX_PAYLOAD
 from shared.errors import DecodeError
-from shared.messages import CommandRejected, Event, Ping, Pong
+from shared.messages import (
+    Ack,
+    Command,
+    CommandRejected,
+    Deploy,
+    Event,
+    Expired,
+    Ping,
+    Pong,
+    Restart,
+    Retire,
+    Update,
+)
 
-__all__ = ["KNOWN_COMMANDS", "CommandHandler", "RateLimit"]
+__all__ = [
+    "KNOWN_COMMANDS",
+    "CommandHandler",
+    "CommandLog",
+    "Execution",
+    "MemoryCommandLog",
+    "RateLimit",
+    "UpdateOutcome",
+]
 
-KNOWN_COMMANDS: Final = frozenset({"ping"})
+KNOWN_COMMANDS: Final = frozenset({"ping", "deploy", "update", "restart", "retire"})
 LOG_EVERY: Final = 60.0  # seconds between two log lines about one rejection reason
 _SHORT_TEXT: Final = 256
 
 log = structlog.get_logger("edge_agent.commands")
+
+UpdateOutcome = tuple[bool, str]  # (ok, detail) of an applied or refused update
+
+
+class CommandLog(Protocol):
+    """The ids of the commands already taken (:class:`~edge_agent.outbox.Outbox` keeps
+    them on disk)."""
+
+    def seen(self, cmd_id: str) -> bool: ...
+
+    def remember(self, cmd_id: str) -> None: ...
+
+
+class Execution(Protocol):
+    """The part of :class:`edge_agent.executor.Executor` the command path drives."""
+
+    def submit(self, command: Deploy) -> None: ...
+
+    def restart(self, workflow: str = "", cmd_id: str = "") -> None: ...
+
+
+class MemoryCommandLog:
+    """A :class:`CommandLog` in memory, the newest ``keep`` ids (for simulated agents)."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.keep = keep
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def seen(self, cmd_id: str) -> bool:
+        return cmd_id in self._ids
+
+    def remember(self, cmd_id: str) -> None:
+        self._ids[cmd_id] = None
+        self._ids.move_to_end(cmd_id)
+        while len(self._ids) > self.keep:
+            self._ids.popitem(last=False)
 
 
 class _Envelope(msgspec.Struct):
@@ -60,49 +131,137 @@ class RateLimit:
 
 
 class CommandHandler:
-    """Turns a command payload into the event that answers it (or None when throttled)."""
+    """Takes command payloads; answers through ``sink``; returns the events it emitted.
+
+    ``executor`` runs deployments and restarts (None: this agent cannot run workflows, and
+    says so). ``on_update`` applies an update and says how it went; ``on_retire`` starts
+    the retirement (None: retiring is refused).
+    """
 
     def __init__(
         self,
         env: str,
         clock: Clock,
+        sink: EventSink,
         *,
+        commands: CommandLog | None = None,
+        executor: Execution | None = None,
+        on_update: Callable[[Update], UpdateOutcome] | None = None,
+        on_retire: Callable[[Retire], None] | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         answer_limit: RateLimit | None = None,
     ) -> None:
         self.env = env
         self.max_payload = max_payload
+        self.executor = executor
         self.rejected: Counter[str] = Counter()  # reason -> payloads rejected
         self.unanswered = 0  # rejections not answered because of the rate limit
+        self.duplicates = 0  # commands dropped because their id was taken before
+        self.retiring = False
         self._clock = clock
+        self._sink = sink
+        self._commands = MemoryCommandLog() if commands is None else commands
+        self._on_update = on_update
+        self._on_retire = on_retire
         self._answer_limit = answer_limit or RateLimit(clock)
-        self._event_seq = 0
         self._logged_at: dict[str, float] = {}
         self._since_log: Counter[str] = Counter()
 
-    def handle(self, payload: bytes) -> Event | None:
+    def handle(self, payload: bytes) -> list[Event]:
         try:
             command = COMMAND.decode(payload, limit=self.max_payload)
         except DecodeError as exc:
             return self._reject(payload, *self._explain(payload, exc))
-        return self._answer(command)
+        if self._commands.seen(command.id):
+            self.duplicates += 1
+            log.info("duplicate command ignored", cmd=command.id, type=_type_of(command))
+            return []
+        self._commands.remember(command.id)
+        late = self._lateness(command)
+        if late is not None:
+            return [self._expired(command, late)]
+        return self._dispatch(command)
 
-    def _answer(self, command: Ping) -> Event:
-        return Pong(env=self.env, seq=self._next_seq(), cmd=command.id)
+    # the commands ----------------------------------------------------------------------------
+    def _dispatch(self, command: Command) -> list[Event]:
+        if self.retiring:
+            return [self._refuse(command, "retired: this agent is retiring")]
+        log.info("command", cmd=command.id, type=_type_of(command))
+        match command:
+            case Ping():
+                return [self._sink.emit(Pong, cmd=command.id)]
+            case Deploy():
+                return self._deploy(command)
+            case Update():
+                return [self._update(command)]
+            case Restart():
+                return self._restart(command)
+            case Retire():
+                return self._retire(command)
 
-    def _reject(self, payload: bytes, reason: str, detail: str) -> Event | None:
+    def _deploy(self, command: Deploy) -> list[Event]:
+        if self.executor is None:
+            return [self._refuse(command, "this agent cannot run workflows")]
+        try:
+            self.executor.submit(command)
+        except AgentError as exc:
+            return [self._refuse(command, f"not accepted: {exc}")]
+        return []  # the executor reports every phase
+
+    def _update(self, command: Update) -> Event:
+        if self._on_update is None:
+            ok, detail = False, "this agent takes no updates"
+        else:
+            ok, detail = self._on_update(command)
+        return self._sink.emit(Ack, cmd=command.id, op="update", ok=ok, detail=_short(detail))
+
+    def _restart(self, command: Restart) -> list[Event]:
+        if self.executor is None:
+            detail = "this agent runs no workflows"
+            return [self._sink.emit(Ack, cmd=command.id, op="restart", ok=False, detail=detail)]
+        try:
+            self.executor.restart(workflow=command.workflow, cmd_id=command.id)
+        except AgentError as exc:
+            detail = _short(f"not restarted: {exc}")
+            return [self._sink.emit(Ack, cmd=command.id, op="restart", ok=False, detail=detail)]
+        return []  # the executor acknowledges it
+
+    def _retire(self, command: Retire) -> list[Event]:
+        if self._on_retire is None:
+            detail = "this agent cannot retire"
+            return [self._sink.emit(Ack, cmd=command.id, op="retire", ok=False, detail=detail)]
+        self.retiring = True
+        self._on_retire(command)
+        return []  # the retirement acknowledges it once the workflows are stopped
+
+    def _refuse(self, command: Command, reason: str) -> Event:
+        dep = command.dep if isinstance(command, Deploy) else ""
+        return self._sink.emit(CommandRejected, cmd=command.id, dep=dep, reason=_short(reason))
+
+    # expiry ----------------------------------------------------------------------------------
+    def _lateness(self, command: Command) -> float | None:
+        """Seconds past the command's ``expires``, or None when it is in time."""
+        if command.expires is None:
+            return None
+        late = self._clock.time() - command.expires
+        return late if late > 0 else None
+
+    def _expired(self, command: Command, late: float) -> Event:
+        dep = command.dep if isinstance(command, Deploy) else ""
+        reason = f"arrived {late:.1f} s after it expired"
+        log.warning("expired command dropped", cmd=command.id, type=_type_of(command), late=late)
+        return self._sink.emit(Expired, cmd=command.id, dep=dep, reason=reason)
+
+    # garbage ---------------------------------------------------------------------------------
+    def _reject(self, payload: bytes, reason: str, detail: str) -> list[Event]:
         self.rejected[reason] += 1
         self._since_log[reason] += 1
         self._log_rejection(reason, detail, len(payload))
         if not self._answer_limit.allow():
             self.unanswered += 1
-            return None
-        return CommandRejected(
-            env=self.env,
-            seq=self._next_seq(),
-            reason=_short(f"{reason}: {detail}"),
-            cmd=_short(_command_id(payload, self.max_payload)),
-        )
+            return []
+        cmd = _short(_command_id(payload, self.max_payload))
+        return [self._sink.emit(CommandRejected, reason=_short(f"{reason}: {detail}"), cmd=cmd)]
 
     def _explain(self, payload: bytes, exc: DecodeError) -> tuple[str, str]:
         if exc.reason == "schema":
@@ -128,9 +287,9 @@ class CommandHandler:
         )
         self._since_log[reason] = 0
 
-    def _next_seq(self) -> int:
-        self._event_seq += 1
-        return self._event_seq
+
+def _type_of(command: Command) -> str:
+    return str(type(command).__struct_config__.tag)
 
 
 def _peek(payload: bytes, limit: int) -> _Envelope | None:

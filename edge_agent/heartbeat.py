@@ -1,4 +1,10 @@
-"""Building the agent's status messages: pure, over an injected clock and metrics source."""
+"""Building the agent's status messages: pure, over an injected clock, metrics source and
+inventory source.
+
+The first online message of each connection carries the model inventory (``models``) and
+the platform facts (``platform``); later heartbeats carry ``models`` only when the
+inventory changed since it was last sent, and never ``platform``: plain heartbeats stay
+small. The inventory is looked at once per heartbeat (a directory listing)."""
 
 from __future__ import annotations
 
@@ -10,9 +16,11 @@ from typing import Final
 from edge_agent.metrics import Sample
 from shared import __version__
 from shared.clock import Clock
-from shared.messages import OfflineReason, OfflineStatus, OnlineStatus
+from shared.messages import OfflineReason, OfflineStatus, OnlineStatus, Platform
 
-__all__ = ["EXPIRY_FACTOR", "HeartbeatBuilder", "message_expiry", "new_boot_id"]
+__all__ = ["EXPIRY_FACTOR", "HeartbeatBuilder", "Inventory", "message_expiry", "new_boot_id"]
+
+Inventory = dict[str, list[str]]  # model name -> versions held
 
 # A retained online message outlives its sender by at most this many intervals, so a dead
 # agent whose will was lost does not stay online forever for late subscribers.
@@ -36,7 +44,8 @@ class HeartbeatBuilder:
     """Online and offline messages of one agent process.
 
     ``seq`` counts the online messages of one connection: :meth:`new_connection` starts it
-    again with that connection's ``bdseq``.
+    again with that connection's ``bdseq``. ``inventory`` (None: no models directory)
+    and ``platform`` are sent as the module docstring says.
     """
 
     def __init__(
@@ -46,16 +55,30 @@ class HeartbeatBuilder:
         clock: Clock,
         metrics: Callable[[], Sample],
         boot: str | None = None,
+        *,
+        inventory: Callable[[], Inventory] | None = None,
+        platform: Platform | None = None,
     ) -> None:
         self.env = env
-        # A whole number of seconds goes out as "10", not "10.0": every byte counts.
-        self.interval: float = int(interval) if float(interval).is_integer() else interval
+        self.interval = interval
         self.boot = boot or new_boot_id()
         self._clock = clock
         self._metrics = metrics
+        self._inventory = inventory
+        self._platform = platform
+        self._sent_inventory: Inventory | None = None  # as last sent on this connection
         self._started = clock.monotonic()
         self._bdseq = 0
         self._seq = 0
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @interval.setter
+    def interval(self, seconds: float) -> None:
+        # A whole number of seconds goes out as "10", not "10.0": every byte counts.
+        self._interval: float = int(seconds) if float(seconds).is_integer() else seconds
 
     @property
     def bdseq(self) -> int:
@@ -64,9 +87,12 @@ class HeartbeatBuilder:
     def new_connection(self, bdseq: int) -> None:
         self._bdseq = bdseq
         self._seq = 0
+        self._sent_inventory = None
 
     def online(self) -> OnlineStatus:
         sample = self._metrics()
+        first = self._seq == 0
+        models = self._changed_inventory()
         message = OnlineStatus(
             env=self.env,
             bdseq=self._bdseq,
@@ -78,9 +104,21 @@ class HeartbeatBuilder:
             disk=sample.disk,
             ver=__version__,
             up=int(self._clock.monotonic() - self._started),
+            models=models,
+            platform=self._platform if first else None,
         )
         self._seq += 1
         return message
+
+    def _changed_inventory(self) -> Inventory | None:
+        """The inventory if it is not what this connection last sent, else None."""
+        if self._inventory is None:
+            return None
+        current = self._inventory()
+        if current == self._sent_inventory:
+            return None
+        self._sent_inventory = current
+        return current
 
     def offline(self, reason: OfflineReason) -> OfflineStatus:
         return OfflineStatus(env=self.env, bdseq=self._bdseq, reason=reason)

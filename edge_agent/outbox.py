@@ -75,10 +75,12 @@ class Outbox:
         clock: Clock | None = None,
         on_emit: Callable[[], None] | None = None,
         cap: int = DEFAULT_CAP,
+        seen_keep: int = SEEN_KEEP,
     ) -> None:
         self.path = state_dir / OUTBOX_FILE
         self.env = env
         self.cap = cap
+        self.seen_keep = seen_keep
         self.on_emit = on_emit
         self._clock = clock or SystemClock()
         self._lock = threading.Lock()
@@ -241,7 +243,7 @@ class Outbox:
         self._db.execute("DELETE FROM seen WHERE at < ?", (cutoff,))
         self._db.execute(
             "DELETE FROM seen WHERE cmd NOT IN (SELECT cmd FROM seen ORDER BY at DESC LIMIT ?)",
-            (SEEN_KEEP,),
+            (self.seen_keep,),
         )
 
     # closing -------------------------------------------------------------------------------

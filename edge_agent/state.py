@@ -1,29 +1,42 @@
-"""The agent's state directory and the ``bdseq`` kept in it.
+"""The agent's state directory: the ``bdseq``, the controller's overrides, the retired
+marker (the event outbox lives there too: :mod:`edge_agent.outbox`).
 
 ``bdseq`` numbers connections: a new one is taken for every connection attempt and put in
 that connection's will and online messages, so a reader can tell a stale will from the
 current one. It must never repeat, across reconnects or restarts, so every take is written
 to disk (temporary file, fsync, rename, fsync of the directory) before it is used.
+
+``overrides.json`` keeps the settings an ``update`` command changed, so they survive
+restarts. ``retired`` marks a state directory whose environment was retired: the agent
+refuses to run with it, and everything else in the directory has been wiped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import time
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from edge_agent.errors import StateDirError
+from edge_agent.config import Overrides, default_state_dir
+from edge_agent.errors import EnvironmentRetired, StateDirError
 
-__all__ = ["BDSEQ_FILE", "BdseqStore", "default_state_dir"]
+__all__ = [
+    "BDSEQ_FILE",
+    "OVERRIDES_FILE",
+    "RETIRED_FILE",
+    "BdseqStore",
+    "OverridesStore",
+    "check_not_retired",
+    "default_state_dir",
+    "retire_state_dir",
+]
 
 BDSEQ_FILE: Final = "bdseq"
-
-
-def default_state_dir(env_id: str, environ: dict[str, str] | None = None) -> Path:
-    """``$XDG_STATE_HOME/edgeplane-agent/{env}``, or ``~/.local/state/edgeplane-agent/{env}``."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "edgeplane-agent" / env_id
+OVERRIDES_FILE: Final = "overrides.json"
+RETIRED_FILE: Final = "retired"
 
 
 class BdseqStore:
@@ -75,18 +88,110 @@ class BdseqStore:
         return int(value)
 
     def _write(self, value: int) -> None:
-        tmp = self.path.with_name(f".{BDSEQ_FILE}.tmp")
+        write_atomically(self.path, f"{value}\n".encode("ascii"))
+
+
+class OverridesStore:
+    """The controller's changes to the settings, in ``{state_dir}/overrides.json``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / OVERRIDES_FILE
+
+    def load(self) -> Overrides:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, f"{value}\n".encode("ascii"))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            _fsync_dir(self.state_dir)
-        except OSError as exc:
-            raise StateDirError(f"cannot write {str(self.path)!r}: {exc.strerror}") from exc
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return Overrides()
+        except (OSError, ValueError) as exc:
+            raise StateDirError(
+                f"cannot read {str(self.path)!r}: {exc}; remove it to drop the settings the "
+                "controller changed"
+            ) from exc
+        try:
+            return _overrides_from(data)
+        except (TypeError, ValueError) as exc:
+            raise StateDirError(
+                f"{str(self.path)!r} is corrupt ({exc}); remove it to drop the settings the "
+                "controller changed"
+            ) from exc
+
+    def save(self, overrides: Overrides) -> None:
+        data = {
+            "heartbeat_interval": overrides.heartbeat_interval,
+            "log_level": overrides.log_level,
+            "endpoints": dict(overrides.endpoints),
+            "labels": dict(overrides.labels),
+        }
+        write_atomically(self.path, json.dumps(data, indent=1).encode("utf-8") + b"\n")
+
+
+def _overrides_from(data: Any) -> Overrides:
+    if not isinstance(data, dict):
+        raise TypeError("expected a JSON object")
+    interval = data.get("heartbeat_interval")
+    level = data.get("log_level")
+    if interval is not None and (not isinstance(interval, int | float) or interval <= 0):
+        raise ValueError(f"heartbeat_interval: {interval!r}")
+    if level is not None and not isinstance(level, str):
+        raise ValueError(f"log_level: {level!r}")
+    return Overrides(
+        heartbeat_interval=None if interval is None else float(interval),
+        log_level=level,
+        endpoints=_text_map(data.get("endpoints", {}), "endpoints"),
+        labels=_text_map(data.get("labels", {}), "labels"),
+    )
+
+
+def _text_map(value: Any, what: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"{what}: expected an object of strings")
+    return dict(value)
+
+
+# --- retirement ------------------------------------------------------------------------------
+def check_not_retired(state_dir: Path) -> None:
+    """Raise :class:`EnvironmentRetired` if ``state_dir`` belongs to a retired environment."""
+    marker = state_dir / RETIRED_FILE
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except (OSError, ValueError):
+        data = {}
+    env = data.get("env", "?") if isinstance(data, dict) else "?"
+    when = data.get("retired_at", "an unknown date") if isinstance(data, dict) else "?"
+    raise EnvironmentRetired(
+        f"environment {env} was retired on {when}; remove {marker} to reuse this state dir"
+    )
+
+
+def retire_state_dir(state_dir: Path, env: str, files: list[Path], now: float) -> Path:
+    """Write the retired marker, then delete ``files`` (bdseq, overrides, outbox...)."""
+    marker = state_dir / RETIRED_FILE
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+    data = {"env": env, "retired_at": stamp, "ts": now}
+    write_atomically(marker, json.dumps(data).encode("utf-8") + b"\n")
+    for path in [state_dir / BDSEQ_FILE, state_dir / OVERRIDES_FILE, *files]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    _fsync_dir(state_dir)
+    return marker
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``: a reader (or a crash) sees the old or the new file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise StateDirError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
 
 
 def _fsync_dir(directory: Path) -> None:

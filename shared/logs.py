@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import structlog
 
-__all__ = ["LogFormat", "Redactor", "configure_logging", "redactor"]
+__all__ = ["LogFormat", "Redactor", "configure_logging", "redactor", "set_level"]
 
 LogFormat = Literal["auto", "console", "json"]
 
@@ -69,15 +69,17 @@ class Redactor:
 redactor = Redactor()
 
 
-def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
-    """Configure structlog (and stdlib logging underneath) for the whole process."""
+def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, cache: bool = True) -> None:
+    """Configure structlog (and stdlib logging underneath) for the whole process.
+
+    ``cache=False`` lets :func:`set_level` change the level later (the edge agent, whose
+    level the controller may change), at the cost of a logger lookup per log call."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -87,10 +89,20 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
             redactor,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        wrapper_class=_filtering(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     # Libraries that log through the standard library (paho, aiomqtt) go to stderr too,
     # at warning level so that their per-packet chatter stays out.
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")
+
+
+def set_level(level: str) -> None:
+    """Log from ``level`` up from now on (loggers configured with ``cache=False``)."""
+    structlog.configure(wrapper_class=_filtering(level))
+
+
+def _filtering(level: str) -> Any:
+    numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    return structlog.make_filtering_bound_logger(numeric_level)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ __all__ = [
     "path",
     "positive_float",
     "positive_int",
+    "read_table",
     "resolve",
     "text",
     "topic_root",
@@ -73,12 +74,17 @@ def resolve(
     flags: argparse.Namespace | Mapping[str, Any],
     environ: Mapping[str, str] | None = None,
     config_file: str | Path | None = None,
+    tables: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Resolve every setting from its highest-priority source and convert it."""
+    """Resolve every setting from its highest-priority source and convert it.
+
+    ``tables`` are keys of the TOML file that the caller reads itself (with
+    :func:`read_table`), such as the agent's ``[endpoints]``."""
     environ = os.environ if environ is None else environ
     given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
     file_values = _read_toml(Path(config_file)) if config_file else {}
     known = {s.name for s in settings} | {s.name.replace("_", "-") for s in settings}
+    known |= set(tables)
     for key in file_values:
         if key not in known:
             raise SettingsError(f"{config_file}: unknown setting {key!r}")
@@ -93,6 +99,17 @@ def resolve(
         except (ValueError, TypeError, EdgeplaneError) as exc:
             raise SettingsError(f"{source}: {exc}") from exc
     return resolved
+
+
+def read_table(config_file: str | Path | None, name: str) -> dict[str, Any]:
+    """The TOML table ``name`` of the config file (empty when there is no file or no such
+    table); a value under ``name`` that is not a table raises :class:`SettingsError`."""
+    if not config_file:
+        return {}
+    table = _read_toml(Path(config_file)).get(name, {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"{config_file}: {name}: expected a table ([{name}]), got {table!r}")
+    return table
 
 
 def _pick(

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from structlog.testing import capture_logs
@@ -104,7 +105,7 @@ class ScriptedBroker(Session):
         mid = self._next_mid()
         detail = {
             "topic": topic,
-            "payload": json.loads(payload),
+            "payload": json.loads(payload) if payload else None,
             "retain": retain,
             "expiry": expiry,
         }
@@ -288,7 +289,8 @@ def test_commands_are_answered_on_the_events_topic(tmp_path: Path) -> None:
     broker.at(3, agent.request_stop)
     agent.run()
     events = [p for _, p in broker.published(ROOT.events(ENV))]
-    assert events[0] == {"type": "pong", "env": ENV, "seq": 1, "cmd": "p1"}
+    src = events[0]["src"]
+    assert events[0] == {"type": "pong", "env": ENV, "seq": 1, "src": src, "ts": ANY, "cmd": "p1"}
     assert events[1]["type"] == "rejected"
     assert events[1]["seq"] == 2
     assert events[1]["reason"].startswith("not-json:")

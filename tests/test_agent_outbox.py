@@ -13,12 +13,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from edge_agent.errors import EventInvalid, OutboxError
-from edge_agent.outbox import SEEN_KEEP, SEEN_TTL, Outbox
+from edge_agent.outbox import SEEN_TTL, Outbox
+from edge_agent.session import MessageIn
 from shared.clock import ManualClock
 from shared.codec import EVENT
 from shared.messages import Ack, CommandRejected, Pong
+from tests.test_agent_loop import CMD, ROOT, STATUS, make_agent
+from tests.test_agent_loop import ENV as LOOP_ENV
 
 ENV = "dev-lab-outbox"
+EVENTS = ROOT.events(LOOP_ENV)
 
 
 def test_events_are_numbered_stored_and_pending_in_order_until_acknowledged(
@@ -125,18 +129,18 @@ def test_commands_are_remembered_across_a_reopen(tmp_path: Path) -> None:
 
 def test_remembered_commands_are_bounded_by_count_and_age(tmp_path: Path) -> None:
     clock = ManualClock()
-    outbox = Outbox(tmp_path, ENV, clock=clock)
+    outbox = Outbox(tmp_path, ENV, clock=clock, seen_keep=150)
     outbox.remember("old")
     clock.advance(SEEN_TTL + 1)
-    for i in range(SEEN_KEEP + 100):
+    for i in range(300):
         outbox.remember(f"c{i}")
         clock.advance(0.001)
     assert not outbox.seen("old"), "older than the TTL"
-    assert not outbox.seen("c0"), "beyond the newest SEEN_KEEP"
-    assert outbox.seen(f"c{SEEN_KEEP + 99}")
+    assert not outbox.seen("c0"), "beyond the newest 150"
+    assert outbox.seen("c299")
     with sqlite3.connect(tmp_path / "outbox.db") as db:
         (count,) = db.execute("SELECT count(*) FROM seen").fetchone()
-    assert count <= SEEN_KEEP + 100
+    assert count < 300, "pruned every 100 commands"
 
 
 def test_the_outbox_files_are_private(tmp_path: Path) -> None:
@@ -145,3 +149,48 @@ def test_the_outbox_files_are_private(tmp_path: Path) -> None:
     files = [p for p in tmp_path.iterdir() if p.name.startswith("outbox.db")]
     assert {p.name for p in files} >= {"outbox.db", "outbox.db-wal"}
     assert all(os.stat(p).st_mode & 0o077 == 0 for p in files)
+
+
+# --- the agent's loop publishing from the outbox (scripted broker, manual clock) --------------
+
+
+def test_backlog_goes_out_after_online_in_order_and_again_after_a_lost_connection(
+    tmp_path: Path,
+) -> None:
+    before = Outbox(tmp_path, LOOP_ENV)
+    for i in range(3):
+        before.emit(Pong, cmd=f"before-{i}")
+    before.close()
+    agent, broker, _ = make_agent(tmp_path)
+    broker.answer_publish = False  # no PUBACKs on the first connection
+    broker.at(5, broker.drop)
+    broker.at(5, lambda: setattr(broker, "answer_publish", True))
+    broker.at(20, agent.request_stop)
+    assert agent.run() == 0
+
+    published = [
+        (d["topic"], (d["payload"] or {}).get("status") or d["payload"]["cmd"])
+        for _, a, d in broker.record
+        if a == "publish"
+    ]
+    events = [(EVENTS, f"before-{i}") for i in range(3)]
+    first_online = published.index((STATUS, "online"))
+    assert published[first_online + 1 : first_online + 4] == events, "after online, in order"
+    second_online = published.index((STATUS, "online"), first_online + 4)
+    assert published[second_online + 1 : second_online + 4] == events, "again: not acknowledged"
+    assert published.count(events[0]) == 2, "acknowledged the second time: not sent a third"
+    assert Outbox(tmp_path, LOOP_ENV).pending() == [], "acknowledged events are forgotten"
+
+
+def test_events_emitted_while_offline_wait_for_the_next_connection(tmp_path: Path) -> None:
+    agent, broker, _ = make_agent(tmp_path)
+    broker.refuse_connect = True
+    ping = b'{"type":"ping","id":"p1"}'
+    broker.at(3, lambda: broker.pending.append(MessageIn(CMD, ping, False)))
+    broker.at(4, lambda: setattr(broker, "refuse_connect", False))
+    broker.at(40, agent.request_stop)
+    agent.run()
+    pongs = [t for t, p in broker.published(EVENTS) if p["type"] == "pong"]
+    onlines = [t for t, p in broker.published() if p["status"] == "online"]
+    assert len(pongs) == 1
+    assert pongs[0] >= onlines[0], "not before the online message"

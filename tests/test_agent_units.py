@@ -1,5 +1,5 @@
 """Pure pieces of the edge agent, without a broker: the bdseq file, heartbeat building,
-command handling and settings resolution."""
+settings resolution (the command path: tests/test_agent_command_path.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.commands import CommandHandler, RateLimit
 from edge_agent.config import AgentConfig, load_config
 from edge_agent.errors import StateDirError
 from edge_agent.heartbeat import HeartbeatBuilder, message_expiry
@@ -19,7 +18,7 @@ from shared.broker_url import BrokerUrl
 from shared.clock import ManualClock
 from shared.codec import STATUS, encode
 from shared.errors import SettingsError
-from shared.messages import CommandRejected, OfflineStatus, OnlineStatus, Pong
+from shared.messages import OfflineStatus, OnlineStatus
 from shared.topics import TopicRoot
 
 # --- the bdseq file --------------------------------------------------------------------------
@@ -160,49 +159,6 @@ def test_host_metrics_are_percentages_with_one_decimal() -> None:
         assert value is not None
         assert 0.0 <= value <= 100.0
         assert round(value, 1) == value
-
-
-# --- commands ----------------------------------------------------------------------------------
-
-
-def test_ping_is_answered_with_pong_and_events_are_numbered() -> None:
-    handler = CommandHandler("dev-a", ManualClock())
-    assert handler.handle(b'{"type":"ping","id":"c1"}') == Pong(env="dev-a", seq=1, cmd="c1")
-    assert handler.handle(b'{"type":"ping","id":"c2"}') == Pong(env="dev-a", seq=2, cmd="c2")
-
-
-@pytest.mark.parametrize(
-    ("payload", "reason", "cmd"),
-    [
-        (b"garbage", "not-json", ""),
-        (b"", "empty", ""),
-        (b"[1,2]", "schema", ""),
-        (b'{"type":"ping"}', "schema", ""),
-        (b'{"type":"reboot","id":"r1"}', "unknown-command", "r1"),
-        (b'{"type":"ping","id":"' + b"x" * 70_000 + b'"}', "too-large", ""),
-        (b"\xff\xfe\x00", "not-json", ""),
-    ],
-)
-def test_bad_commands_are_rejected_naming_the_reason(payload: bytes, reason: str, cmd: str) -> None:
-    handler = CommandHandler("dev-a", ManualClock())
-    event = handler.handle(payload)
-    assert isinstance(event, CommandRejected)
-    assert event.reason.startswith(reason + ":")
-    assert event.cmd == cmd
-    assert len(event.reason) <= 256
-    assert handler.rejected[reason] == 1
-
-
-def test_a_flood_of_garbage_is_answered_at_a_bounded_rate_and_counted() -> None:
-    clock = ManualClock()
-    handler = CommandHandler("dev-a", clock, answer_limit=RateLimit(clock, rate=5, burst=10))
-    answers = [handler.handle(b"garbage") for _ in range(100)]
-    assert sum(a is not None for a in answers) == 10
-    assert handler.rejected["not-json"] == 100
-    assert handler.unanswered == 90
-    clock.advance(1.0)
-    assert sum(handler.handle(b"garbage") is not None for _ in range(100)) == 5
-    assert handler.handle(b'{"type":"ping","id":"p"}') is not None, "pings are never throttled"
 
 
 # --- settings ----------------------------------------------------------------------------------

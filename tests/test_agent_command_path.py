@@ -1,0 +1,214 @@
+"""The command path without MQTT: decode -> dedupe -> expiry -> dispatch, every answer an
+event in a real outbox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edge_agent.commands import CommandHandler, MemoryCommandLog, RateLimit
+from edge_agent.errors import ExecutionError
+from edge_agent.outbox import Outbox
+from shared.clock import ManualClock
+from shared.codec import EVENT, encode
+from shared.messages import (
+    Ack,
+    CommandRejected,
+    Deploy,
+    Event,
+    Expired,
+    Pong,
+    Retire,
+    Update,
+)
+from shared.workflow import Step, Workflow
+
+ENV = "dev-a"
+WORKFLOW = Workflow(name="wf", version="1", steps=[Step(name="s", run=["true"])])
+
+
+class RecordingExecutor:
+    """Stands in for the executor: records what the command path handed it."""
+
+    def __init__(self, refuse: str = "") -> None:
+        self.submitted: list[Deploy] = []
+        self.restarts: list[tuple[str, str]] = []
+        self.refuse = refuse
+
+    def submit(self, command: Deploy) -> None:
+        if self.refuse:
+            raise ExecutionError(self.refuse)
+        self.submitted.append(command)
+
+    def restart(self, workflow: str = "", cmd_id: str = "") -> None:
+        self.restarts.append((workflow, cmd_id))
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def outbox(tmp_path: Path, clock: ManualClock) -> Outbox:
+    return Outbox(tmp_path, ENV, clock=clock)
+
+
+def handler_for(outbox: Outbox, clock: ManualClock, **kwargs: object) -> CommandHandler:
+    return CommandHandler(ENV, clock, outbox, commands=outbox, **kwargs)  # type: ignore[arg-type]
+
+
+def sent(outbox: Outbox) -> list[Event]:
+    return [EVENT.decode(payload) for _, payload in outbox.pending()]
+
+
+def command(kind: str, cmd_id: str, **fields: object) -> bytes:
+    return json.dumps({"type": kind, "id": cmd_id, **fields}).encode()
+
+
+def test_ping_is_answered_with_a_pong_in_the_outbox(outbox: Outbox, clock: ManualClock) -> None:
+    handler = handler_for(outbox, clock)
+    (pong,) = handler.handle(command("ping", "c1"))
+    assert isinstance(pong, Pong)
+    assert (pong.env, pong.seq, pong.cmd, pong.src) == (ENV, 1, "c1", outbox.src)
+    assert sent(outbox) == [pong]
+
+
+def test_a_command_delivered_twice_runs_once_even_after_a_restart(
+    tmp_path: Path, outbox: Outbox, clock: ManualClock
+) -> None:
+    executor = RecordingExecutor()
+    deploy = encode(Deploy(id="d1", dep="dep-1", workflow=WORKFLOW))
+    handler = handler_for(outbox, clock, executor=executor)
+    assert handler.handle(deploy) == []
+    assert handler.handle(deploy) == []
+    outbox.close()
+    restarted = Outbox(tmp_path, ENV, clock=clock)
+    assert handler_for(restarted, clock, executor=executor).handle(deploy) == []
+    assert [c.dep for c in executor.submitted] == ["dep-1"]
+    assert handler.duplicates == 1
+
+
+def test_an_expired_command_is_reported_and_not_run(outbox: Outbox, clock: ManualClock) -> None:
+    executor = RecordingExecutor()
+    handler = handler_for(outbox, clock, executor=executor)
+    expires = clock.time() - 42.0
+    deploy = Deploy(id="d1", dep="dep-1", workflow=WORKFLOW, expires=expires)
+    (event,) = handler.handle(encode(deploy))
+    assert isinstance(event, Expired)
+    assert (event.cmd, event.dep) == ("d1", "dep-1")
+    assert event.reason == "arrived 42.0 s after it expired"
+    assert executor.submitted == []
+    (pong,) = handler.handle(command("ping", "p1", expires=clock.time() + 5))
+    assert isinstance(pong, Pong), "in time: answered"
+
+
+def test_deploy_goes_to_the_executor_and_a_refusal_is_reported(
+    outbox: Outbox, clock: ManualClock
+) -> None:
+    busy = RecordingExecutor(refuse="the executor is closed")
+    handler = handler_for(outbox, clock, executor=busy)
+    (event,) = handler.handle(encode(Deploy(id="d1", dep="dep-1", workflow=WORKFLOW)))
+    assert isinstance(event, CommandRejected)
+    assert event.dep == "dep-1"
+    assert "the executor is closed" in event.reason
+
+    (event,) = handler_for(outbox, clock).handle(
+        encode(Deploy(id="d2", dep="dep-2", workflow=WORKFLOW))
+    )
+    assert isinstance(event, CommandRejected)
+    assert event.reason == "this agent cannot run workflows"
+
+
+def test_update_is_acknowledged_with_the_callbacks_verdict(
+    outbox: Outbox, clock: ManualClock
+) -> None:
+    updates: list[Update] = []
+
+    def on_update(update: Update) -> tuple[bool, str]:
+        updates.append(update)
+        return (update.interval is not None, "applied: interval")
+
+    handler = handler_for(outbox, clock, on_update=on_update)
+    (ack,) = handler.handle(command("update", "u1", interval=5))
+    assert isinstance(ack, Ack)
+    assert (ack.op, ack.ok, ack.cmd, ack.detail) == ("update", True, "u1", "applied: interval")
+    (ack,) = handler.handle(command("update", "u2", config={"x": "1"}))
+    assert isinstance(ack, Ack)
+    assert not ack.ok
+    assert [u.id for u in updates] == ["u1", "u2"]
+
+
+def test_restart_goes_to_the_executor_or_is_refused_without_one(
+    outbox: Outbox, clock: ManualClock
+) -> None:
+    executor = RecordingExecutor()
+    assert (
+        handler_for(outbox, clock, executor=executor).handle(
+            command("restart", "r1", workflow="wf")
+        )
+        == []
+    )
+    assert executor.restarts == [("wf", "r1")]
+    (ack,) = handler_for(outbox, clock).handle(command("restart", "r2"))
+    assert isinstance(ack, Ack)
+    assert (ack.op, ack.ok) == ("restart", False)
+
+
+def test_after_retire_every_command_is_rejected(outbox: Outbox, clock: ManualClock) -> None:
+    retired: list[Retire] = []
+    handler = handler_for(outbox, clock, on_retire=retired.append)
+    assert handler.handle(command("retire", "bye")) == []
+    assert [r.id for r in retired] == ["bye"]
+    (event,) = handler.handle(command("ping", "p1"))
+    assert isinstance(event, CommandRejected)
+    assert event.reason.startswith("retired")
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "cmd"),
+    [
+        (b"garbage", "not-json", ""),
+        (b"", "empty", ""),
+        (b"[1,2]", "schema", ""),
+        (b'{"type":"ping"}', "schema", ""),
+        (b'{"type":"reboot","id":"r1"}', "unknown-command", "r1"),
+        (b'{"type":"deploy","id":"d1","dep":"x"}', "schema", "d1"),
+        (b'{"type":"ping","id":"' + b"x" * 70_000 + b'"}', "too-large", ""),
+        (b"\xff\xfe\x00", "not-json", ""),
+    ],
+)
+def test_bad_commands_are_rejected_naming_the_reason(
+    outbox: Outbox, clock: ManualClock, payload: bytes, reason: str, cmd: str
+) -> None:
+    handler = handler_for(outbox, clock)
+    (event,) = handler.handle(payload)
+    assert isinstance(event, CommandRejected)
+    assert event.reason.startswith(reason + ":")
+    assert event.cmd == cmd
+    assert len(event.reason) <= 256
+    assert handler.rejected[reason] == 1
+    assert sent(outbox) == [event], "rejections are durable events too"
+
+
+def test_a_flood_of_garbage_is_answered_at_a_bounded_rate_and_counted(
+    outbox: Outbox, clock: ManualClock
+) -> None:
+    handler = handler_for(outbox, clock, answer_limit=RateLimit(clock, rate=5, burst=10))
+    answers = [handler.handle(b"garbage") for _ in range(100)]
+    assert sum(len(a) for a in answers) == 10
+    assert handler.rejected["not-json"] == 100
+    assert handler.unanswered == 90
+    clock.advance(1.0)
+    assert sum(len(handler.handle(b"garbage")) for _ in range(100)) == 5
+    assert handler.handle(command("ping", "p")) != [], "pings are never throttled"
+    assert len(outbox) == 16
+
+
+def test_the_memory_command_log_keeps_the_newest_ids() -> None:
+    memory = MemoryCommandLog(keep=2)
+    for cmd_id in ("a", "b", "c"):
+        memory.remember(cmd_id)
+    assert [memory.seen(c) for c in ("a", "b", "c")] == [False, True, True]
