@@ -80,6 +80,9 @@ EVENT_WINDOW: Final = 100  # events published and awaiting their PUBACK at most
 STOP_WORKFLOWS_WAIT: Final = 10.0  # seconds a retirement gives the workflows to stop
 RETIRE_WAIT: Final = 30.0  # seconds a whole retirement may take
 MODELS_LOG_GAP: Final = 600.0  # seconds between two log lines about an unusable models dir
+# What the executor keeps in the state directory: wiped with the rest on retirement (step
+# output files may hold what a step printed).
+EXECUTOR_STATE: Final = ("executor.json", "deployments")
 
 log = structlog.get_logger("edge_agent")
 
@@ -617,9 +620,8 @@ class Agent:
             except AgentError as exc:
                 log.error("retiring: the secrets file could not be wiped", error=str(exc))
         state_dir = self.config.state_dir
-        marker = retire_state_dir(
-            state_dir, self.config.env_id, outbox_files(state_dir), self._clock.time()
-        )
+        wiped = [*outbox_files(state_dir), *(state_dir / name for name in EXECUTOR_STATE)]
+        marker = retire_state_dir(state_dir, self.config.env_id, wiped, self._clock.time())
         log.warning("retired: this state directory will not run again", marker=str(marker))
 
     # publishing ---------------------------------------------------------------------------

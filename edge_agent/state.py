@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -165,15 +166,19 @@ def check_not_retired(state_dir: Path) -> None:
     )
 
 
-def retire_state_dir(state_dir: Path, env: str, files: list[Path], now: float) -> Path:
-    """Write the retired marker, then delete ``files`` (bdseq, overrides, outbox...)."""
+def retire_state_dir(state_dir: Path, env: str, paths: list[Path], now: float) -> Path:
+    """Write the retired marker, then delete the bdseq, the overrides and ``paths`` (files
+    or directories: the outbox, the executor's record and working directories)."""
     marker = state_dir / RETIRED_FILE
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
     data = {"env": env, "retired_at": stamp, "ts": now}
     write_atomically(marker, json.dumps(data).encode("utf-8") + b"\n")
-    for path in [state_dir / BDSEQ_FILE, state_dir / OVERRIDES_FILE, *files]:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    for path in [state_dir / BDSEQ_FILE, state_dir / OVERRIDES_FILE, *paths]:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
     _fsync_dir(state_dir)
     return marker
 

@@ -16,7 +16,8 @@ from structlog.testing import capture_logs
 
 from edge_agent.agent import Agent
 from edge_agent.config import AgentConfig
-from edge_agent.errors import BrokerUnavailable
+from edge_agent.errors import BrokerUnavailable, EnvironmentRetired
+from edge_agent.secrets import load_secrets
 from edge_agent.session import (
     Connected,
     Disconnected,
@@ -26,7 +27,7 @@ from edge_agent.session import (
     SessionEvent,
     Subscribed,
 )
-from edge_agent.state import BdseqStore
+from edge_agent.state import BdseqStore, check_not_retired
 from edge_agent.takeover import TakeoverCheck
 from edge_agent.waker import Waker
 from shared.broker_url import BrokerUrl
@@ -37,6 +38,7 @@ ENV = "dev-lab-loop"
 ROOT = TopicRoot("loop/v1")
 STATUS = ROOT.status(ENV)
 CMD = ROOT.cmd(ENV)
+EVENTS = ROOT.events(ENV)
 
 
 class ScriptedBroker(Session):
@@ -294,3 +296,75 @@ def test_commands_are_answered_on_the_events_topic(tmp_path: Path) -> None:
     assert events[1]["type"] == "rejected"
     assert events[1]["seq"] == 2
     assert events[1]["reason"].startswith("not-json:")
+
+
+def deliver(broker: ScriptedBroker, payload: dict[str, Any]) -> Callable[[], None]:
+    return lambda: broker.pending.append(MessageIn(CMD, json.dumps(payload).encode(), False))
+
+
+def test_an_update_is_acknowledged_and_its_interval_goes_out_at_once_and_stays(
+    tmp_path: Path,
+) -> None:
+    agent, broker, _ = make_agent(tmp_path)
+    broker.at(3, deliver(broker, {"type": "update", "id": "u1", "interval": 4}))
+    broker.at(4, deliver(broker, {"type": "update", "id": "u2", "config": {"colour": "red"}}))
+    broker.at(12, agent.request_stop)
+    agent.run()
+    onlines = [(t, p["interval"]) for t, p in broker.published() if p["status"] == "online"]
+    assert onlines == [(0, 10), (3, 4), (7, 4), (11, 4)]
+    expiries = [d["expiry"] for _, a, d in broker.record if a == "publish" and d["retain"]]
+    assert expiries[:2] == [30, 12], "the message expiry follows the interval"
+    acks = [p for _, p in broker.published(EVENTS) if p["type"] == "ack"]
+    assert [(a["cmd"], a["op"], a["ok"]) for a in acks] == [
+        ("u1", "update", True),
+        ("u2", "update", False),
+    ]
+    assert "colour" in acks[1]["detail"]
+
+    again, broker, _ = make_agent(tmp_path)
+    broker.at(1, again.request_stop)
+    again.run()
+    assert broker.published()[0][1]["interval"] == 4, "kept across a restart"
+
+
+def test_retire_acks_then_offline_retired_then_clears_the_status_and_wipes(
+    tmp_path: Path,
+) -> None:
+    secrets_file = tmp_path / "secrets.env"
+    secrets_file.write_text("TOKEN=s3cr3t-value\n")
+    secrets_file.chmod(0o600)
+    state = tmp_path / "state"
+    clock = ManualClock()
+    broker = ScriptedBroker(clock)
+    config = AgentConfig(env_id=ENV, state_dir=state, topic_root=ROOT, heartbeat_interval=10.0)
+    agent = Agent(
+        config,
+        clock=clock,
+        session=broker,
+        store=BdseqStore(state),
+        takeover_check=NoOtherRuntime(clock),
+        secrets=load_secrets(secrets_file),
+    )
+    broker.at(2, deliver(broker, {"type": "retire", "id": "bye"}))
+    assert agent.run() == 0
+    assert agent.retired
+    tail = [
+        (a, d["topic"], d["payload"] and (d["payload"].get("type") or d["payload"]["status"]))
+        if a == "publish"
+        else (a, None, None)
+        for t, a, d in broker.record
+        if t >= 2
+    ]
+    assert tail == [
+        ("publish", EVENTS, "ack"),
+        ("publish", STATUS, "offline"),
+        ("publish", STATUS, None),
+        ("disconnect", None, None),
+    ]
+    offline = broker.published()[-2][1]
+    assert offline == {"status": "offline", "env": ENV, "bdseq": 1, "reason": "retired"}
+    assert all(d["retain"] for _, a, d in broker.record if a == "publish" and d["topic"] == STATUS)
+    assert not secrets_file.exists()
+    assert sorted(p.name for p in state.iterdir()) == ["retired"]
+    with pytest.raises(EnvironmentRetired, match=f"environment {ENV} was retired on"):
+        check_not_retired(state)

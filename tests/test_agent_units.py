@@ -8,17 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import AgentConfig, load_config
-from edge_agent.errors import StateDirError
+from edge_agent.config import (
+    AgentConfig,
+    Overrides,
+    UpdateRefused,
+    load_config,
+    plan_update,
+    with_overrides,
+)
+from edge_agent.errors import EnvironmentRetired, StateDirError
 from edge_agent.heartbeat import HeartbeatBuilder, message_expiry
 from edge_agent.metrics import HostMetrics, Sample
-from edge_agent.state import BdseqStore, default_state_dir
+from edge_agent.state import (
+    BdseqStore,
+    OverridesStore,
+    check_not_retired,
+    default_state_dir,
+    retire_state_dir,
+)
 from shared import __version__
 from shared.broker_url import BrokerUrl
 from shared.clock import ManualClock
 from shared.codec import STATUS, encode
 from shared.errors import SettingsError
-from shared.messages import OfflineStatus, OnlineStatus
+from shared.messages import OfflineStatus, OnlineStatus, Platform
 from shared.topics import TopicRoot
 
 # --- the bdseq file --------------------------------------------------------------------------
@@ -137,6 +150,45 @@ def test_typical_online_payload_fits_160_bytes_and_decodes() -> None:
     assert (decoded.seq, decoded.interval, decoded.up) == (8_640, 10.0, 86_400)
 
 
+def test_inventory_and_platform_go_in_the_first_online_of_each_connection_only() -> None:
+    clock = ManualClock()
+    models = {"detector": ["2.1.0"]}
+    scans: list[int] = []
+
+    def inventory() -> dict[str, list[str]]:
+        scans.append(1)
+        return {name: list(versions) for name, versions in models.items()}
+
+    facts = Platform(os="linux", arch="x86_64", py="3.11.9", agent="0.1.0")
+    builder = HeartbeatBuilder(
+        "dev-a", 10, clock, lambda: Sample(None, None, None), inventory=inventory, platform=facts
+    )
+    builder.new_connection(1)
+    first, plain = builder.online(), builder.online()
+    assert (first.models, first.platform) == ({"detector": ["2.1.0"]}, facts)
+    assert (plain.models, plain.platform) == (None, None)
+    assert b"models" not in encode(plain)
+    models["segmenter"] = ["1.0"]
+    changed, after = builder.online(), builder.online()
+    assert changed.models == {"detector": ["2.1.0"], "segmenter": ["1.0"]}
+    assert changed.platform is None
+    assert after.models is None
+    assert len(scans) == 4, "one look at the models per heartbeat"
+    builder.new_connection(2)
+    again = builder.online()
+    assert again.models is not None, "a new connection: everything again"
+    assert again.platform == facts
+
+
+def test_an_empty_models_dir_is_reported_as_no_models() -> None:
+    builder = HeartbeatBuilder(
+        "dev-a", 10, ManualClock(), lambda: Sample(None, None, None), inventory=dict
+    )
+    builder.new_connection(1)
+    assert b'"models":{}' in encode(builder.online())
+    assert b"models" not in encode(builder.online())
+
+
 def test_boot_id_differs_between_processes() -> None:
     clock = ManualClock()
     boots = {
@@ -232,3 +284,115 @@ def test_bad_config_file_values_name_the_file_and_key(tmp_path: Path) -> None:
     config_file.write_text("env_id = \n")
     with pytest.raises(SettingsError, match="not valid TOML"):
         load_config({"config": str(config_file)}, environ={})
+
+
+def test_endpoints_come_from_the_config_files_table(tmp_path: Path) -> None:
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text(
+        'env_id = "dev-x"\n[endpoints]\ninference-api = "http://10.0.0.7:8080"\n'
+        '"results.db" = "postgres://db/results"\n'
+    )
+    config = load_config({"config": str(config_file)}, environ={})
+    assert config.endpoints == {
+        "inference-api": "http://10.0.0.7:8080",
+        "results.db": "postgres://db/results",
+    }
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[endpoints]\napi = ""\n', "endpoints.api: expected a non-empty URL string"),
+        ("[endpoints]\napi = 5\n", "endpoints.api: expected a non-empty URL string, got 5"),
+        ('[endpoints]\n"bad name" = "http://x"\n', "endpoints.bad name: expected a name"),
+        ('endpoints = "http://x"\n', "endpoints: expected a table"),
+    ],
+)
+def test_bad_endpoints_name_the_file_and_the_endpoint(
+    tmp_path: Path, table: str, message: str
+) -> None:
+    config_file = tmp_path / "agent.toml"
+    config_file.write_text('env_id = "dev-x"\n' + table)
+    with pytest.raises(SettingsError) as info:
+        load_config({"config": str(config_file)}, environ={})
+    assert str(info.value).startswith(f"{config_file}: {message}"), str(info.value)
+
+
+# --- updates from the controller ---------------------------------------------------------------
+
+
+def test_an_update_changes_interval_level_and_endpoints_and_keeps_the_rest() -> None:
+    current = Overrides(endpoints={"old": "http://old"})
+    new = plan_update(
+        current,
+        interval=5,
+        config={"log_level": "debug", "endpoints.api": "http://api", "endpoints.old": ""},
+        labels={"site": "berlin"},
+    )
+    assert new == Overrides(
+        heartbeat_interval=5,
+        log_level="debug",
+        endpoints={"old": "", "api": "http://api"},
+        labels={"site": "berlin"},
+    )
+    local = AgentConfig(
+        env_id="dev-x",
+        state_dir=Path("/s"),
+        heartbeat_interval=10,
+        endpoints={"old": "http://old", "file": "http://file"},
+    )
+    in_force = with_overrides(local, new)
+    assert in_force.heartbeat_interval == 5
+    assert in_force.log_level == "debug"
+    assert in_force.endpoints == {"file": "http://file", "api": "http://api"}, "'' removes"
+    assert with_overrides(local, Overrides()) == local
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"colour": "blue", "heartbeat_interval": "5"}, "unknown config keys: colour (known: "),
+        ({"heartbeat_interval": "soon"}, "heartbeat_interval: expected a positive number"),
+        ({"heartbeat_interval": "100000"}, "heartbeat_interval: expected at most 86400"),
+        ({"log_level": "loud"}, "log_level: expected one of debug, info, warning, error"),
+        ({"endpoints.bad name": "http://x"}, "endpoints.bad name: expected a name"),
+    ],
+)
+def test_a_bad_update_is_refused_whole_naming_the_keys(
+    config: dict[str, str], message: str
+) -> None:
+    with pytest.raises(UpdateRefused) as info:
+        plan_update(Overrides(), interval=3, config=config)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_overrides_survive_in_the_state_dir_and_a_corrupt_file_is_named(tmp_path: Path) -> None:
+    store = OverridesStore(tmp_path)
+    assert store.load() == Overrides()
+    overrides = Overrides(heartbeat_interval=2.5, endpoints={"api": "http://a"})
+    store.save(overrides)
+    assert OverridesStore(tmp_path).load() == overrides
+    (tmp_path / "overrides.json").write_text('{"heartbeat_interval": "x"}')
+    with pytest.raises(StateDirError, match=r"overrides\.json.*corrupt.*remove it"):
+        store.load()
+
+
+# --- retirement -------------------------------------------------------------------------------
+
+
+def test_a_retired_state_dir_keeps_only_the_marker_and_is_refused(tmp_path: Path) -> None:
+    BdseqStore(tmp_path).take()
+    OverridesStore(tmp_path).save(Overrides(log_level="debug"))
+    (tmp_path / "deployments" / "dep-1").mkdir(parents=True)
+    (tmp_path / "outbox.db").write_bytes(b"x")
+    check_not_retired(tmp_path)
+    retire_state_dir(
+        tmp_path, "dev-x", [tmp_path / "outbox.db", tmp_path / "deployments"], 1_700_000_000
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["retired"]
+    with pytest.raises(EnvironmentRetired) as info:
+        check_not_retired(tmp_path)
+    assert str(info.value) == (
+        f"environment dev-x was retired on 2023-11-14 22:13:20 UTC; remove "
+        f"{tmp_path / 'retired'} to reuse this state dir"
+    )
