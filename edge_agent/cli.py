@@ -97,14 +97,15 @@ def _run(args: argparse.Namespace) -> int:
     check_not_retired(settings.state_dir)
     # Loading registers every value with the log redactor: before the first log line.
     secrets = None if settings.secrets_file is None else load_secrets(settings.secrets_file)
-    configure_logging(settings.log_format, settings.log_level, cache=False)
     try:
         store = BdseqStore(settings.state_dir)
-        outbox = Outbox(settings.state_dir, settings.env_id)
         overrides = OverridesStore(settings.state_dir)
-        overrides.load()
+        in_force = config.with_overrides(settings, overrides.load())
+        outbox = Outbox(settings.state_dir, settings.env_id)
     except (StateDirError, OutboxError) as exc:
         raise SettingsError(f"--state-dir: {exc}") from exc
+    # The level the controller set last, if it did, beats the local one.
+    configure_logging(settings.log_format, in_force.log_level, cache=False)
     waker = Waker()
     try:
         agent = Agent(
