@@ -3,23 +3,32 @@ survive a broker outage and a ``kill -9`` of the agent, delivered once each."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
+from controller.brokerproc import MosquittoProcess
 from edge_agent.errors import EventInvalid, OutboxError
 from edge_agent.outbox import SEEN_TTL, Outbox
 from edge_agent.session import MessageIn
 from shared.clock import ManualClock
-from shared.codec import EVENT
-from shared.messages import Ack, CommandRejected, Pong
+from shared.codec import EVENT, encode
+from shared.messages import Ack, CommandRejected, Deploy, Pong
+from shared.topics import TopicRoot
+from tests.support.execution import py, workflow
+from tests.support.probe import open_probe
+from tests.support.procs import Proc
 from tests.test_agent_loop import CMD, ROOT, STATUS, make_agent
 from tests.test_agent_loop import ENV as LOOP_ENV
+from tests.test_agent_presence import start_agent, wait_online
 
 ENV = "dev-lab-outbox"
 EVENTS = ROOT.events(LOOP_ENV)
@@ -194,3 +203,67 @@ def test_events_emitted_while_offline_wait_for_the_next_connection(tmp_path: Pat
     onlines = [t for t, p in broker.published() if p["status"] == "online"]
     assert len(pongs) == 1
     assert pongs[0] >= onlines[0], "not before the online message"
+
+
+# --- end to end: a real agent, a broker that goes away, a kill -9 ----------------------------
+
+
+async def outbox_rows(state: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(f"file:{state / 'outbox.db'}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT payload FROM events ORDER BY seq").fetchall()
+    return [json.loads(payload) for (payload,) in rows]
+
+
+async def wait_outbox(state: Path, done: Callable[[list[dict[str, Any]]], bool]) -> None:
+    """Poll the agent's outbox (read-only) until ``done`` says it holds what we wait for."""
+    async with asyncio.timeout(20):
+        while not done(await outbox_rows(state)):  # noqa: ASYNC110 - a file has no event
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+async def test_events_of_a_broker_outage_survive_kill_9_and_arrive_once_in_order(
+    private_broker: MosquittoProcess, root: TopicRoot, procs: list[Proc], tmp_path: Path
+) -> None:
+    env = "dev-lab-outbox-e2e"
+    status, events = root.status(env), root.events(env)
+    state, gate = tmp_path / "state", tmp_path / "gate"
+    steps = [
+        py("wait", f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)")
+    ]
+    steps += [py(f"step-{i}", "print('done')") for i in range(3)]
+    command = encode(Deploy(id="c-1", dep="d-1", workflow=workflow(*steps)))
+    async with open_probe(private_broker.url, status, events) as probe:
+        agent = await start_agent(procs, tmp_path, private_broker.url, root, env, state_dir=state)
+        await wait_online(probe, status)
+        await probe.publish(root.cmd(env), command)
+        await probe.wait_json(events, type="step-started", index=0)
+        await wait_outbox(state, lambda rows: rows == [])  # every PUBACK is in
+        before = [json.loads(m.payload) for m in probe.on(events)]
+    private_broker.stop()
+    gate.touch()  # the steps go on while the broker is away
+    await wait_outbox(state, lambda rows: any(r["type"] == "succeeded" for r in rows))
+    await agent.kill()
+    private_broker.start()
+    async with open_probe(private_broker.url, events) as probe:
+        await start_agent(
+            procs, tmp_path, private_broker.url, root, env, state_dir=state, name="again"
+        )
+        await probe.wait_json(events, type="succeeded", cmd="c-1", timeout=30)
+        after = [json.loads(m.payload) for m in probe.on(events)]
+    await wait_outbox(state, lambda rows: rows == [])
+
+    delivered = before + after
+    seqs = [event["seq"] for event in delivered]
+    assert seqs == list(range(1, len(seqs) + 1)), "in order, none lost, none twice"
+    assert [event["type"] for event in delivered] == [
+        "accepted",
+        "preflight",
+        "started",
+        "step-started",
+        *["step-finished", "step-started"] * 3,
+        "step-finished",
+        "succeeded",
+    ]
+    assert len({event["src"] for event in delivered}) == 1, "one stream, across the restart"
+    assert len(after) >= 7, "the outage's events came after the restart"
