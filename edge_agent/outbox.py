@@ -194,11 +194,6 @@ class Outbox:
                 raise self._error("cannot delete an acknowledged event", exc) from exc
             self._count -= deleted
 
-    def is_acked(self, seq: int) -> bool:
-        with self._lock:
-            row = self._db.execute("SELECT 1 FROM events WHERE seq = ?", (seq,)).fetchone()
-        return row is None
-
     def _timestamp(self) -> float:
         return round(self._clock.time(), 3)
 

@@ -198,6 +198,7 @@ async def test_retire_stops_workflows_clears_the_status_wipes_secrets_and_refuse
         await ping_broker(late)
         assert late.on(status) == [], "nothing retained: cleared, and no will followed"
     assert not secrets.exists(), "the secrets file is wiped"
+    assert "tok-1234567" not in agent.output()
     assert sorted(p.name for p in state.iterdir()) == ["retired"]
 
     result = run_agent(env, broker.url, root, state)
@@ -207,6 +208,34 @@ async def test_retire_stops_workflows_clears_the_status_wipes_secrets_and_refuse
         f"{json.loads((state / 'retired').read_text())['retired_at']}; "
         f"remove {state / 'retired'} to reuse this state dir"
     ]
+
+
+@pytest.mark.slow
+async def test_restart_restarts_the_named_service_and_is_acknowledged(
+    broker: MosquittoProcess, root: TopicRoot, procs: list[Proc], tmp_path: Path
+) -> None:
+    env = "dev-lab-restart-cmd"
+    events = root.events(env)
+    starts = tmp_path / "starts.txt"
+    serve = py("serve", f"open({str(starts)!r}, 'a').write('up\\n')\nimport time; time.sleep(120)")
+    service = workflow(serve, name="svc", kind="service")
+    async with open_probe(broker.url, root.status(env), events) as probe:
+        await start_agent(procs, tmp_path, broker.url, root, env)
+        await wait_online(probe, root.status(env))
+        await probe.publish(
+            root.cmd(env), encode(Deploy(id="c-svc", dep="d-svc", workflow=service))
+        )
+        await probe.wait_json(events, type="running", cmd="c-svc", timeout=20)
+        for cmd_id, name in (("r-other", "other"), ("r-svc", "svc")):
+            await probe.publish(
+                root.cmd(env), json.dumps({"type": "restart", "id": cmd_id, "workflow": name})
+            )
+        other = await probe.wait_json(events, type="ack", cmd="r-other")
+        restarted = await probe.wait_json(events, type="ack", cmd="r-svc", timeout=20)
+    assert (other["op"], other["ok"]) == ("restart", False)
+    assert "other" in other["detail"]
+    assert (restarted["op"], restarted["ok"]) == ("restart", True)
+    assert starts.read_text() == "up\nup\n", "the service process was started again"
 
 
 async def ping_broker(probe: Probe) -> None:
