@@ -1,16 +1,149 @@
-"""``edgeplane events``: placeholder until the command lands (issue 3, in progress)."""
+"""``edgeplane events [--env ID] [--dep ID] [--follow]``: the controller's operations log,
+oldest first, one readable line per event; with ``--follow``, then every new event as it
+arrives, until Ctrl-C or SIGTERM (exit 0).
+
+With ``--follow`` the events topic is subscribed before the log is read, so nothing falls
+between the two; an event both logged and received live is printed once (by env, src, seq).
+``--json`` prints the log as one JSON array, or with ``--follow`` one JSON object per line
+(``id`` and ``at`` are null for events received live).
+
+Exit status: 0; 1 no answer or the connection was lost; 2 usage errors.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Final
 
-__all__ = ["add_parser"]
+from controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
+from shared import settings as common
+
+if TYPE_CHECKING:
+    from controller.rpc import ControllerClient, EventFeed
+    from shared.messages import Event
+    from shared.rpc import LoggedEvent
+
+__all__ = ["add_parser", "event_line"]
+
+PAGE: Final = 200
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser("events", help="show the operations log (in progress)")
-    parser.set_defaults(handler=_not_yet)
+    parser = subparsers.add_parser(
+        "events",
+        help="print the operations log (and follow it)",
+        description="Print the controller's operations log, oldest first; with --follow, "
+        "then new events as they arrive, until Ctrl-C.",
+    )
+    parser.add_argument("--env", type=env_id_arg, help="only this environment's events")
+    parser.add_argument("--dep", default="", metavar="ID", help="only this deployment's events")
+    parser.add_argument("--follow", "-f", action="store_true", help="then print new events")
+    add_operator_flags(parser)
+    parser.set_defaults(handler=events)
 
 
-def _not_yet(args: argparse.Namespace) -> int:
-    raise SystemExit("edgeplane events: not built yet")
+def events(args: argparse.Namespace) -> int:
+    from controller.rpc import ControllerClient
+
+    values = common.resolve(OPERATOR_SETTINGS, args)
+
+    async def session() -> int:
+        async with ControllerClient(
+            values["broker"], values["topic_root"], connect_timeout=values["timeout"]
+        ) as controller:
+            feed = await controller.follow_events(args.env) if args.follow else None
+            logged = await _read_log(controller, args, values["timeout"])
+            if feed is None:
+                _print_log(logged, args.json)
+                return 0
+            for entry in logged:
+                _print_entry(entry.id, entry.at, entry.event, args.json)
+            seen = {(e.event.env, e.event.src, e.event.seq) for e in logged}
+            await _follow(feed, seen, args)
+            return 0
+
+    return asyncio.run(session())
+
+
+async def _read_log(
+    controller: ControllerClient, args: argparse.Namespace, within: float
+) -> list[LoggedEvent]:
+    from shared.rpc import EventList
+
+    logged: list[LoggedEvent] = []
+    after = 0
+    while True:
+        request = EventList(env=args.env or "", dep=args.dep, after=after, limit=PAGE)
+        page: list[LoggedEvent] = await controller.call(request, within=within)
+        logged += page
+        if len(page) < PAGE:
+            return logged
+        after = page[-1].id
+
+
+async def _follow(
+    feed: EventFeed, seen: set[tuple[str, str, int]], args: argparse.Namespace
+) -> None:
+    """Print new events until SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        while True:
+            arrived = asyncio.create_task(feed.next())
+            await asyncio.wait({arrived, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if stopped.done():
+                arrived.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await arrived
+                return
+            event = arrived.result()
+            key = (event.env, event.src, event.seq)
+            if key in seen or (args.dep and event.dep != args.dep):
+                continue
+            seen.add(key)
+            _print_entry(None, time.time(), event, args.json)
+    finally:
+        stopped.cancel()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def _print_log(logged: list[LoggedEvent], as_json: bool) -> None:
+    from controller.operator import print_json
+
+    if as_json:
+        print_json(logged)
+    elif not logged:
+        print("no events")
+    else:
+        for entry in logged:
+            print(event_line(entry.at, entry.event))
+
+
+def _print_entry(entry_id: int | None, at: float, event: Event, as_json: bool) -> None:
+    if as_json:
+        import msgspec
+
+        line = {"id": entry_id, "at": at, "event": msgspec.to_builtins(event)}
+        print(json.dumps(line, separators=(",", ":")))
+    else:
+        print(event_line(at, event))
+    sys.stdout.flush()
+
+
+def event_line(at: float, event: Event) -> str:
+    """``2026-11-27 08:01:02  edge-a  d-1f2e  step 1 inspect finished: exit 0 after 0.3 s``"""
+    from controller.eventtext import describe
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    about = event.dep or event.cmd or "-"
+    return f"{stamp}  {event.env}  {about}  {describe(event)}"

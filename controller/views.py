@@ -45,6 +45,13 @@ class Row:
     flapping: bool
     reason: str
     heartbeat_age: float | None  # seconds, None when never heard
+    registered: bool = True  # False: an agent connected as an environment with no record
+
+    @property
+    def shown_status(self) -> str:
+        """The status as the table shows it: ``online (unregistered)`` for an agent that
+        has no environment record (it never receives commands)."""
+        return self.status if self.registered else f"{self.status} (unregistered)"
 
 
 class Board:
@@ -99,7 +106,17 @@ class Board:
             view = self._views[env]
             heard = self._heard.get(env, view.last_seen)
             age = None if heard is None else max(0.0, now - heard)
-            rows.append(Row(env, view.status, view.since, view.flapping, view.reason, age))
+            rows.append(
+                Row(
+                    env,
+                    view.status,
+                    view.since,
+                    view.flapping,
+                    view.reason,
+                    age,
+                    registered=view.registered,
+                )
+            )
         return rows
 
 
@@ -113,6 +130,7 @@ def render_json(rows: list[Row]) -> str:
                 "flapping": row.flapping,
                 "reason": row.reason,
                 "heartbeat_age": None if row.heartbeat_age is None else round(row.heartbeat_age, 1),
+                "registered": row.registered,
             }
             for row in rows
         ],
@@ -128,7 +146,7 @@ def render_table(rows: list[Row], now: float | None = None) -> str:
     lines = [
         (
             row.env,
-            row.status,
+            row.shown_status,
             f"{_ago(now - row.since)} ago",
             "yes" if row.flapping else "no",
             "never" if row.heartbeat_age is None else f"{_ago(row.heartbeat_age)} ago",
