@@ -253,8 +253,13 @@ class Agent:
             state_dir=str(self.config.state_dir),
             interval=self.config.heartbeat_interval,
             boot=self.boot,
+            models_dir=None if self.config.models_dir is None else str(self.config.models_dir),
+            endpoints=sorted(self.config.endpoints),
+            events_pending=len(self._outbox),
         )
-        if self._executor is not None:
+        if self._executor is None:
+            log.warning("this installation cannot run workflows: deployments will be refused")
+        else:
             self._executor.start()
         try:
             self._loop()
