@@ -438,6 +438,8 @@ class ViewObserver:
                 if not payload:
                     continue
                 view = _VIEW.decode(payload)
+                if view.status == "unknown":
+                    continue  # a record whose agent never connected (default-cloud)
                 seen = Seen(view.env, view.status, view.reason, t, message.retain)
                 self.latest[view.env] = seen
                 self.history.append(seen)

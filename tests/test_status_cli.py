@@ -52,7 +52,9 @@ async def test_status_json_lists_every_environment_with_its_heartbeat_age(
     code, output = await run_cli(tmp_path, procs, "status", "--json", *flags)
     assert code == 0, output
     rows = {row["env"]: row for row in json.loads(output)}
-    assert sorted(rows) == ["edge-a", "edge-b"]
+    # beside the agents, the default cloud environment every controller makes sure of
+    assert sorted(rows) == ["default-cloud", "edge-a", "edge-b"]
+    assert rows["default-cloud"]["status"] == "unknown"
     assert rows["edge-a"]["status"] == "online"
     assert rows["edge-a"]["flapping"] is False
     assert 0 <= rows["edge-a"]["heartbeat_age"] < 5
@@ -64,7 +66,9 @@ async def test_status_json_lists_every_environment_with_its_heartbeat_age(
     assert code == 0, table
     lines = table.strip().splitlines()
     assert lines[0].split()[:4] == ["ENV", "STATUS", "SINCE", "FLAPPING"]
-    assert [line.split()[:2] for line in lines[1:]] == [["edge-a", "online"], ["edge-b", "offline"]]
+    assert [line.split()[:2] for line in lines[1:]] == [
+        ["default-cloud", "unknown"], ["edge-a", "online"], ["edge-b", "offline"],
+    ]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -99,11 +103,11 @@ async def test_watch_redraws_as_views_change_and_stops_on_ctrl_c(
         args = ["watch", "--broker", broker.url, "--topic-root", str(root)]
         watcher = await start_proc("controller", args, tmp_path / "watch.log")
         procs.append(watcher)
-        await wait_for_output(watcher, "no environments")
+        await wait_for_output(watcher, "default-cloud  unknown")  # made sure of at start
         await probe.publish(root.status("edge-w"), status_payload("edge-w"), retain=True)
-        await wait_for_output(watcher, "edge-w  online")
+        await wait_for_output(watcher, "edge-w         online")
         await probe.publish(root.status("edge-w"), will_payload("edge-w"), retain=True)
-        await wait_for_output(watcher, "edge-w  offline")
+        await wait_for_output(watcher, "edge-w         offline")
         watcher.signal(signal.SIGINT)
         assert await watcher.wait() == 0
 
