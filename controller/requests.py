@@ -70,6 +70,9 @@ class RequestHandler:
         except StoreError as exc:
             log.error("request failed", op=_op(request), error=str(exc))
             return failed("unavailable", f"the controller cannot do it now: {exc}"), Effects()
+        except Exception as exc:  # a bug must cost one request, not the controller
+            log.exception("request crashed", op=_op(request))
+            return failed("unavailable", f"the controller failed on this request: {exc}"), Effects()
         log.info("request done", op=_op(request))
         return Reply(ok=True, result=msgspec.Raw(_encoder.encode(result))), effects
 

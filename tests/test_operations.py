@@ -1,0 +1,159 @@
+"""What the controller does about statuses, events, requests and time, as effects (pure:
+a manual clock, the real presence core, no broker, no database)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.errors import RequestRefused
+from controller.flapping import FlapDetector
+from controller.identity import IdentityWatch
+from controller.operations import Effects, Operations
+from controller.presence import Presence
+from shared.clock import ManualClock
+from shared.codec import COMMAND, EVENT
+from shared.messages import (
+    Accepted,
+    Command,
+    Deploy,
+    EnvView,
+    OfflineStatus,
+    OnlineStatus,
+    Retire,
+    Update,
+)
+from shared.rpc import DeployRequest, EnvCreate, EnvRetire, EnvUpdate
+from shared.topics import TopicRoot
+from shared.workflow import Step, Workflow
+
+ROOT = TopicRoot("t/edgeplane/v1")
+FLOW = Workflow(name="inspect", version="1.0", steps=[Step(name="s", run=["true"])])
+
+
+class World:
+    def __init__(self) -> None:
+        self.clock = ManualClock()
+        self.presence = Presence(self.clock, FlapDetector(600, 6, 2), IdentityWatch(600, 300))
+        self.ops = Operations(ROOT, self.clock, self.presence, command_ttl=120)
+
+    def create(self, env: str) -> None:
+        self.ops.create(EnvCreate(id=env, stage="dev", location="lab", purpose="test"))
+
+    def online(self, env: str, bdseq: int = 1, **fields: Any) -> Effects:
+        status = OnlineStatus(env=env, bdseq=bdseq, seq=0, interval=10, boot="b", **fields)
+        judgement = self.presence.on_status(status)
+        came = any(t.to_status == "online" for t in judgement.transitions)
+        return self.ops.after_status(status, came)
+
+    def offline(self, env: str, bdseq: int = 1) -> None:
+        self.presence.on_status(OfflineStatus(env=env, bdseq=bdseq, reason="connection-lost"))
+
+
+def commands(effects: Effects, env: str) -> list[Command]:
+    return [COMMAND.decode(o.payload) for o in effects.outgoing if o.topic == ROOT.cmd(env)]
+
+
+def test_an_unregistered_agents_events_are_logged_but_change_nothing() -> None:
+    world = World()
+    world.online("stray")
+    event = Accepted(env="stray", seq=1, src="s", dep="d-x", workflow="w", version="1")
+    effects = world.ops.on_event(event)
+    assert effects is not None
+    assert [entry.event for entry in effects.writes.events] == [event]
+    assert effects.writes.deployments == []
+    assert world.ops.on_event(event) is None  # the second time: a duplicate
+    assert world.ops.seen.duplicates == 1
+
+
+def test_views_say_registered_and_a_retired_environment_has_none() -> None:
+    world = World()
+    world.create("edge-a")
+    view = EnvView(env="edge-a", status="online", since=1.0)
+    assert world.ops.public_view(view) == view
+    stray = world.ops.public_view(EnvView(env="stray", status="online", since=1.0))
+    assert stray is not None
+    assert stray.registered is False
+    world.ops.retire(EnvRetire(id="edge-a"))
+    assert world.ops.public_view(view) is None
+    expected = world.ops.expected_views()
+    assert expected["edge-a"] is None
+    # created with the default project's first record, never seen
+    since = world.clock.time()
+    assert expected["default-cloud"] == EnvView(env="default-cloud", status="unknown", since=since)
+
+
+def test_inventory_is_kept_until_the_agent_reports_a_new_one() -> None:
+    world = World()
+    world.create("edge-a")
+    first = world.online("edge-a", models={"m": ["1.0"]})
+    assert [dict(i.models) for i in first.writes.inventory] == [{"m": ["1.0"]}]
+    plain = world.online("edge-a")  # a heartbeat without inventory: nothing to write
+    assert plain.writes.inventory == []
+    assert world.ops.env_info("edge-a").models == {"m": ["1.0"]}
+
+
+def test_a_queued_deployment_goes_out_on_the_next_online_transition_only() -> None:
+    world = World()
+    world.create("edge-a")
+    info, effects = world.ops.deploy(DeployRequest(env="edge-a", workflow=FLOW, when_online=True))
+    assert info.state == "queued"
+    assert effects.outgoing == []
+    went = world.online("edge-a")
+    [command] = commands(went, "edge-a")
+    assert isinstance(command, Deploy)
+    assert command.dep == info.id
+    assert command.expires == world.clock.time() + 120
+    assert [d.state for d in went.writes.deployments] == ["sent"]
+    assert went.writes.urgent
+    assert commands(world.online("edge-a"), "edge-a") == []  # already sent
+
+
+def test_the_ttl_expires_a_queued_deployment_with_an_event_of_the_controllers_own() -> None:
+    world = World()
+    world.create("edge-a")
+    info, _ = world.ops.deploy(DeployRequest(env="edge-a", workflow=FLOW, when_online=True, ttl=60))
+    world.clock.advance(59)
+    assert world.ops.tick().outgoing == []
+    world.clock.advance(1)
+    effects = world.ops.tick()
+    assert [d.state for d in effects.writes.deployments] == ["expired"]
+    [out] = effects.outgoing
+    event = EVENT.decode(out.payload)
+    assert (out.topic, event.src, event.seq, event.dep) == (
+        ROOT.events("edge-a"), "controller", 1, info.id,
+    )  # fmt: skip
+    assert [entry.event for entry in effects.writes.events] == [event]
+
+
+def test_a_retired_environment_coming_online_is_told_to_retire() -> None:
+    world = World()
+    world.create("edge-a")
+    _, effects = world.ops.retire(EnvRetire(id="edge-a"))
+    assert [o.payload for o in effects.outgoing if o.topic == ROOT.view("edge-a")] == [b""]
+    assert commands(effects, "edge-a") == []  # offline: nobody to tell now
+    [command] = commands(world.online("edge-a"), "edge-a")
+    assert isinstance(command, Retire)
+
+
+def test_update_sends_settings_only_to_an_online_agent() -> None:
+    world = World()
+    world.create("edge-a")
+    with pytest.raises(RequestRefused) as caught:
+        world.ops.update(EnvUpdate(id="edge-a", interval=5))
+    assert caught.value.code == "offline"
+    _, labels_only = world.ops.update(EnvUpdate(id="edge-a", labels={"a": "b"}))
+    assert labels_only.outgoing == []
+    world.online("edge-a")
+    request = EnvUpdate(id="edge-a", interval=5, config={"log_level": "debug"})
+    info, effects = world.ops.update(request)
+    [command] = commands(effects, "edge-a")
+    assert isinstance(command, Update)
+    assert (command.interval, command.config, command.labels) == (
+        5, {"log_level": "debug"}, {"a": "b"},
+    )  # fmt: skip
+    assert info.labels == {"a": "b"}
+    world.offline("edge-a")
+    with pytest.raises(RequestRefused, match="offline since"):
+        world.ops.update(request)
