@@ -41,6 +41,8 @@ __all__ = ["RequestHandler", "failed"]
 ERROR_LIMIT: Final = 2048
 SHOW_EVENTS: Final = 1000  # events in a deployment-show
 
+_READS: Final = (EnvList, EnvShow, DeploymentList, DeploymentShow, EventList)
+
 log = structlog.get_logger("controller.requests")
 _encoder: Final = msgspec.json.Encoder()
 
@@ -73,7 +75,10 @@ class RequestHandler:
         except Exception as exc:  # a bug must cost one request, not the controller
             log.exception("request crashed", op=_op(request))
             return failed("unavailable", f"the controller failed on this request: {exc}"), Effects()
-        log.info("request done", op=_op(request))
+        if isinstance(request, _READS):
+            log.debug("request done", op=_op(request))
+        else:
+            log.info("request done", op=_op(request))
         return Reply(ok=True, result=msgspec.Raw(_encoder.encode(result))), effects
 
     async def _dispatch(self, request: Request) -> tuple[Any, Effects]:

@@ -57,7 +57,7 @@ from shared.backoff import Backoff
 from shared.clock import Clock, SystemClock
 from shared.codec import CONTROLLER_STATUS, EVENT, STATUS, VIEW, check_env, encode
 from shared.errors import DecodeError, InvalidTopic
-from shared.messages import Alert, ControllerStatus, EnvView, OnlineStatus
+from shared.messages import AgentStatus, Alert, ControllerStatus, EnvView, OnlineStatus
 from shared.rpc import REQUEST_EXPIRY, Reply
 from shared.topics import TopicKind
 
@@ -309,9 +309,9 @@ class PresenceService:
                 if judgement.stale:
                     log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
                 came_online = any(t.to_status == "online" for t in judgement.transitions)
-                if isinstance(status, OnlineStatus) or came_online:
+                if came_online or _reports_inventory(status):
                     return Taken(judgement, self.ops.after_status(status, came_online))
-                return Taken(judgement, None)
+                return Taken(judgement, None)  # a plain heartbeat: the hot path
             if parsed.kind is TopicKind.EVENTS:
                 return self._take_event(parsed.env or "", payload)
             if parsed.kind is TopicKind.VIEW:
@@ -612,6 +612,12 @@ def _same_judgement(held: EnvView | None, ours: EnvView) -> bool:
         held.interval,
         held.registered,
     ) == (ours.status, ours.since, ours.flapping, ours.reason, ours.interval, ours.registered)
+
+
+def _reports_inventory(status: AgentStatus) -> bool:
+    return isinstance(status, OnlineStatus) and (
+        status.models is not None or status.platform is not None
+    )
 
 
 def _properties(item: Outgoing) -> Properties | None:
