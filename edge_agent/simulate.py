@@ -21,6 +21,15 @@ For benchmarks::
 ``record(env, seq, t)`` is called for every heartbeat just before it is written, with
 ``t = time.monotonic()`` (a system-wide clock on Linux, comparable across processes).
 
+With ``execution=Execution(state_root)`` the agents run deployments through the real
+agent's command path instead of only answering pings: each gets, in
+``state_root/{env}/``, the agent's :class:`~edge_agent.outbox.Outbox` (its event sink and
+memory of command ids), a real :class:`~edge_agent.executor.Executor` (preflight, steps as
+subprocesses) and the :class:`~edge_agent.commands.CommandHandler` that feeds them, and
+publishes the outbox's events in ``seq`` order as the agent does, deleting each on its
+PUBACK and sending the rest again after a reconnect. Only the MQTT connection is the
+simulator's own.
+
 From the command line: ``edge-agent simulate --count N`` (or ``python -m edge_agent.simulate``).
 """
 
@@ -28,6 +37,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import functools
 import heapq
 import itertools
 import random
@@ -39,7 +50,8 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import msgspec
 import structlog
@@ -65,9 +77,15 @@ from shared.ids import validate_env_id
 from shared.messages import CommandRejected, OfflineStatus, OnlineStatus, Pong
 from shared.topics import TopicRoot
 
+if TYPE_CHECKING:
+    from edge_agent.commands import CommandHandler
+    from edge_agent.executor import Executor
+    from edge_agent.outbox import Outbox
+
 __all__ = [
     "SETTINGS",
     "ConnectPacer",
+    "Execution",
     "Fleet",
     "FleetStats",
     "HeartbeatHook",
@@ -86,6 +104,9 @@ GOODBYE_TIMEOUT: Final = 5.0  # how long a clean stop waits for the PUBACK of it
 TAKEOVER_PAUSE: Final = 60.0  # after "session taken over": another runtime holds our identity
 REPORT_EVERY: Final = 5.0  # seconds between progress / failure summaries in the log
 SPARE_FILES: Final = 64  # open files the process needs besides one socket per agent
+DISK_THREADS: Final = 16  # threads deleting acknowledged events from the agents' outboxes
+EVENT_WINDOW: Final = 4  # outbox events awaiting PUBACK at once, per agent (heartbeats too)
+WINDOW_RETRY: Final = 0.05  # seconds before trying again when the in-flight window is full
 
 StopMode = Literal["shutdown", "kill"]
 
@@ -100,6 +121,55 @@ class FleetStats:
     events: int = 0  # pong / rejected events acknowledged
     refused: int = 0  # heartbeats the broker refused, or that found the in-flight window full
     last_error: str = ""
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Run deployments with the real agent's command path; each agent's state (outbox,
+    executor record, deployment working directories) in ``state_root/{env}/``."""
+
+    state_root: Path
+
+
+class _CommandPath:
+    """One simulated agent's real command path: outbox, executor and command handler, and
+    which outbox events are on their way on the current connection."""
+
+    def __init__(self, env: str, state_dir: Path, wake: Callable[[], None]) -> None:
+        from edge_agent.commands import CommandHandler
+        from edge_agent.executor import Executor
+        from edge_agent.outbox import Outbox
+        from shared.clock import SystemClock
+
+        state_dir.mkdir(parents=True, exist_ok=True)
+        clock = SystemClock()
+        self.outbox: Outbox = Outbox(state_dir, env, clock=clock, on_emit=wake)
+        self.executor: Executor = Executor(
+            env,
+            state_dir=state_dir,
+            models_dir=None,
+            secrets=None,
+            endpoints={},
+            sink=self.outbox,
+            clock=clock,
+        )
+        self.handler: CommandHandler = CommandHandler(
+            env, clock, self.outbox, commands=self.outbox, executor=self.executor
+        )
+        self.executor.start()
+        self.sent_up_to = 0  # the newest seq published on this connection
+        self.in_flight = 0
+        self.connection = 0  # events acknowledged on an older connection count for nothing
+
+    def new_connection(self) -> None:
+        """Everything unacknowledged goes out again, oldest first."""
+        self.connection += 1
+        self.sent_up_to = 0
+        self.in_flight = 0
+
+    def close(self) -> None:
+        self.executor.close()
+        self.outbox.close()
 
 
 class ConnectPacer:
@@ -132,8 +202,10 @@ class SimulatedAgent:
         "_beat_token",
         "_client",
         "_cmd_topic",
+        "_commands",
         "_events_topic",
         "_fleet",
+        "_flush_due",
         "_settled",
         "_status_topic",
         "_stop_mode",
@@ -166,6 +238,20 @@ class SimulatedAgent:
         self._backoff: Backoff | None = None
         self._beat_token = 0  # beats scheduled under an older token are stale
         self._settled = False
+        self._flush_due = False
+        self._commands: _CommandPath | None = None
+
+    def _attach_commands(self, execution: Execution, loop: asyncio.AbstractEventLoop) -> None:
+        """Give this agent the real command path (in the fleet's loop)."""
+        if self._commands is None:
+            self._commands = _CommandPath(
+                self.env, execution.state_root / self.env, lambda: self._wake_flush(loop)
+            )
+
+    def _detach_commands(self) -> None:
+        path, self._commands = self._commands, None
+        if path is not None:
+            path.close()
 
     # control ------------------------------------------------------------------------------
     async def kill(self) -> None:
@@ -270,6 +356,9 @@ class SimulatedAgent:
                 self.seq = 0
                 await self._publish_online(client)
                 self._announced()
+                if self._commands is not None:
+                    self._commands.new_connection()
+                    self._send_events()
                 self._schedule_beats(first_in=fleet.rng.uniform(0, fleet.interval))
                 while not self.stopping() and not client.closed.done():
                     await self._pause(None, client.closed)
@@ -371,6 +460,9 @@ class SimulatedAgent:
     def _on_message(self, message: Message) -> None:
         if message.topic != self._cmd_topic:
             return
+        if self._commands is not None:
+            self._commands.handler.handle(message.payload)  # its events reach the outbox
+            return
         self.event_seq += 1
         event: Pong | CommandRejected
         try:
@@ -382,6 +474,44 @@ class SimulatedAgent:
         client = self._client
         if client is not None:
             self._fleet._spawn(self._send_event(client, event), f"sim-event {self.env}")
+
+    def _wake_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The outbox has a new event (emitted on any thread): publish it from the loop."""
+        if not self._flush_due:
+            self._flush_due = True
+            loop.call_soon_threadsafe(self._send_events)
+
+    def _send_events(self) -> None:
+        """Publish outbox events not yet sent on this connection, oldest first, at most
+        :data:`EVENT_WINDOW` awaiting their PUBACK (as the agent does)."""
+        self._flush_due = False
+        path, client = self._commands, self._client
+        if path is None or client is None or client.is_closed or not self.online:
+            return  # sent after the next online
+        while path.in_flight < EVENT_WINDOW and path.outbox.last_seq > path.sent_up_to:
+            batch = path.outbox.pending(path.sent_up_to, EVENT_WINDOW - path.in_flight)
+            if not batch:
+                path.sent_up_to = path.outbox.last_seq
+                return
+            for seq, payload in batch:
+                done = functools.partial(self._event_done, path.connection, seq)
+                try:
+                    client.publish_nowait(self._events_topic, payload, qos=1, on_done=done)
+                except WireError:  # the in-flight window is full (heartbeats): soon again
+                    asyncio.get_running_loop().call_later(WINDOW_RETRY, self._send_events)
+                    return
+                path.sent_up_to = seq
+                path.in_flight += 1
+
+    def _event_done(self, connection: int, seq: int, error: WireError | None) -> None:
+        path = self._commands
+        if path is None or connection != path.connection:
+            return
+        path.in_flight -= 1
+        if error is None:
+            self._fleet._forget_event(path, seq)
+            self._fleet.stats.events += 1
+        self._send_events()
 
     async def _send_event(self, client: MqttClient, event: msgspec.Struct) -> None:
         try:
@@ -409,6 +539,8 @@ class Fleet:
     and on every reconnect. ``on_heartbeat(env, seq, t)`` is called for every heartbeat
     just before it is written, ``t`` from ``time.monotonic()``. ``keepalive`` is the MQTT
     keepalive; ``beat_tick`` the granularity of the fleet's one heartbeat timer.
+    ``execution`` gives every agent the real command path (see the module docstring); its
+    executors' threads and outboxes are closed when the fleet is left.
 
     For benchmarks: ``agents`` (a list of :class:`SimulatedAgent`, in id order),
     ``online`` (how many are connected and announced now), ``stats`` (:class:`FleetStats`),
@@ -429,6 +561,7 @@ class Fleet:
         beat_tick: float = 0.02,
         ssl_context: ssl.SSLContext | None = None,
         rng: random.Random | None = None,
+        execution: Execution | None = None,
     ) -> None:
         if count < 0:
             raise ValueError(f"count must not be negative, not {count}")
@@ -441,6 +574,10 @@ class Fleet:
         self.on_heartbeat = on_heartbeat
         self.ssl_context = ssl_context
         self.rng = rng or random.Random()
+        self.execution = execution
+        # Deleting an acknowledged event is a synchronous SQLite commit (an fsync): a real
+        # agent waits for its own disk, so the fleet's loop must not wait for all of them.
+        self._disk: concurrent.futures.ThreadPoolExecutor | None = None
         self.pacer = ConnectPacer(connect_rate)
         self.pinger = KeepaliveScheduler()
         self.beat_tick = beat_tick
@@ -462,6 +599,11 @@ class Fleet:
 
     async def __aenter__(self) -> Fleet:
         raise_open_files_limit()
+        if self.execution is not None:
+            loop = asyncio.get_running_loop()
+            self._disk = concurrent.futures.ThreadPoolExecutor(DISK_THREADS, "sim-outbox")
+            for agent in self.agents:
+                agent._attach_commands(self.execution, loop)
         self._all_settled = asyncio.get_running_loop().create_future()
         if self._unsettled == 0:
             self._all_settled.set_result(None)
@@ -479,6 +621,11 @@ class Fleet:
         try:
             await self.stop()
         finally:
+            if self._disk is not None:
+                self._disk.shutdown(wait=True)
+                self._disk = None
+            for agent in self.agents:
+                agent._detach_commands()
             for helper in self._helpers:
                 helper.cancel()
             await self._tasks.__aexit__(*exc_info)
@@ -524,6 +671,11 @@ class Fleet:
                 next_due = agent._beat(due, now, token)
                 if next_due is not None:
                     heapq.heappush(beats, (next_due, order, agent, token))
+
+    def _forget_event(self, path: _CommandPath, seq: int) -> None:
+        """Delete an acknowledged event from its agent's outbox, off the loop."""
+        if self._disk is not None:
+            self._disk.submit(_forget, path, seq)
 
     def _heartbeat_done(self, error: WireError | None) -> None:
         if error is None:
@@ -571,6 +723,15 @@ class Fleet:
                 )
             elif self._unsettled:
                 log.info("connecting", online=self.online, count=len(self.agents))
+
+
+def _forget(path: _CommandPath, seq: int) -> None:
+    from edge_agent.errors import OutboxError
+
+    try:
+        path.outbox.acked(seq)
+    except OutboxError as exc:  # it stays in the outbox and goes out again: no loss
+        log.warning("acknowledged event not deleted", env=path.outbox.env, error=str(exc))
 
 
 def raise_open_files_limit() -> int:

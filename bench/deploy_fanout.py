@@ -1,0 +1,457 @@
+"""Deploy fan-out: one workflow deployed to ``--count`` agents at once, end to end.
+
+A private mosquitto, the controller (its own process) and ``--count`` simulated agents (one
+process, :mod:`bench._exec_fleet`) that take commands through the real agent's command path:
+each agent's :class:`~edge_agent.commands.CommandHandler`, SQLite
+:class:`~edge_agent.outbox.Outbox` (events committed before they are published, deleted on
+PUBACK) and :class:`~edge_agent.executor.Executor` (preflight, the step as a subprocess in a
+process group of its own). Only the MQTT connection is the simulator's.
+
+Every environment is registered (``env-create``) and online before the clock starts. Then
+one ``deploy`` request per environment goes to the controller over MQTT 5 request/response
+(``--concurrency`` in flight at once), all for the same workflow: one step running
+``true``. Measured from just before the first request:
+
+- requests answered: every ``deploy`` request had its reply (the gate passed, the command
+  was published);
+- succeeded (events): an observer subscribed to ``R/env/+/events`` has seen a
+  ``succeeded`` for every deployment;
+- succeeded (controller): the controller has stored a ``succeeded`` of every deployment in
+  its operations log (and moved the deployment's state with it): the latest receipt time
+  ``at`` (controller clock) of those events. The log is read with ``event-list`` from a
+  cursor until it is complete; reading it does not delay the figure. This is the figure
+  held against the goal: 500 agents in < 10 s. The newest deployments' states are checked
+  with ``deployment-list`` afterwards;
+- operations-log ingest: the events of these deployments that the controller stored,
+  divided by the span of their receipt times; and how long after the last event reached
+  the observer the controller had stored it (``log lag``).
+
+Online before the clock starts is judged from the controller's retained views (``env-list``
+of hundreds of environments does not fit in one reply).
+
+    python -m bench.deploy_fanout --count 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Final
+
+import aiomqtt
+
+from bench._common import (
+    BenchUnavailable,
+    Controller,
+    Report,
+    add_common_arguments,
+    bench_broker,
+    percentiles,
+    run_main,
+    scratch_dir,
+)
+from controller.errors import ControllerError
+from controller.rpc import ControllerClient
+from shared.broker_url import BrokerUrl
+from shared.codec import EVENT, VIEW
+from shared.errors import DecodeError, InvalidTopic
+from shared.messages import EnvView, Event, Succeeded
+from shared.rpc import (
+    DeploymentInfo,
+    DeploymentList,
+    DeployRequest,
+    EnvCreate,
+    EnvList,
+    EventList,
+    LoggedEvent,
+)
+from shared.topics import TopicKind, TopicRoot
+from shared.workflow import Step, Workflow
+
+__all__ = ["add_arguments", "main", "run"]
+
+GOAL_SECONDS: Final = 10.0  # the issue's goal, for 500 agents on this machine
+GOAL_COUNT: Final = 500
+LOG_LAG_GOAL: Final = 1.0  # seconds: the operations log keeps up with the fleet
+PREFIX: Final = "fan"
+POLL: Final = 0.1  # seconds between two reads of the operations log
+LOG_PAGE: Final = 150  # log entries per event-list reply (a reply must stay under 64 KiB)
+STATE_SAMPLE: Final = 200  # newest deployments whose state is checked at the end
+WORKFLOW: Final = Workflow(
+    name="fanout",
+    version="1.0.0",
+    steps=[Step(name="run", run=["true"], timeout=60)],
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="deploy requests in flight at once"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="most seconds to wait for all to succeed"
+    )
+    parser.add_argument(
+        "--agents-dir",
+        type=Path,
+        default=None,
+        help="where the simulated agents keep their state (outboxes, executor records, "
+        "working directories); default: the scratch directory. All agents share this one "
+        "disk, where a real fleet has one each",
+    )
+
+
+async def run(args: argparse.Namespace) -> Report:
+    count = args.count
+    # aiomqtt warns whenever more than 10 publishes await their PUBACK: here that is the
+    # point (--concurrency requests in flight), not a problem.
+    logging.getLogger("mqtt").setLevel(logging.ERROR)
+    report = Report(
+        "deploy_fanout",
+        {
+            "count": count,
+            "concurrency": args.concurrency,
+            "workflow": "one step: true",
+            "agents_dir": str(args.agents_dir or "the scratch directory"),
+        },
+    )
+    root = TopicRoot(f"bench/{uuid.uuid4().hex[:8]}/edgeplane/v1")
+    with scratch_dir("deploy-fanout") as work, bench_broker(work) as broker:
+        controller = Controller(broker.url, root, work / "controller.db", work / "controller.log")
+        controller.start()
+        try:
+            url = BrokerUrl.parse(broker.url)
+            async with ControllerClient(url, root, connect_timeout=10) as client:
+                await _until_controller_answers(client, controller)
+                ids = [f"{PREFIX}-{i:05d}" for i in range(count)]
+                await _register(client, ids, args.concurrency)
+                async with (
+                    _observer(url, root) as observer,
+                    _fleet(broker.url, root, count, _agents_dir(args, work)) as online_seconds,
+                ):
+                    report.note("fleet online (s)", online_seconds)
+                    await _until_all_online(observer, ids, controller)
+                    await _measure(client, controller, observer, ids, args, report)
+        finally:
+            controller.stop()
+    return report
+
+
+# --- setting up -------------------------------------------------------------------------------
+async def _until_controller_answers(client: ControllerClient, controller: Controller) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        controller.check_alive()
+        try:
+            await client.call(EnvList(), within=1.0)
+            return
+        except ControllerError:
+            if time.monotonic() > deadline:
+                raise BenchUnavailable("the controller did not answer within 30 s") from None
+
+
+async def _register(client: ControllerClient, ids: list[str], concurrency: int) -> None:
+    limit = asyncio.Semaphore(concurrency)
+
+    async def create(env: str) -> None:
+        async with limit:
+            request = EnvCreate(id=env, stage="dev", location="bench", purpose="fanout")
+            await client.call(request, within=30)
+
+    await asyncio.gather(*(create(env) for env in ids))
+
+
+def _agents_dir(args: argparse.Namespace, work: Path) -> Path:
+    """A fresh directory for the agents' state (removed with the fleet)."""
+    parent = work if args.agents_dir is None else args.agents_dir
+    return Path(tempfile.mkdtemp(prefix="agents-", dir=parent))
+
+
+@contextlib.asynccontextmanager
+async def _fleet(broker: str, root: TopicRoot, count: int, agents: Path) -> AsyncIterator[float]:
+    """The simulated agents in their own process; yields how long they took to connect."""
+    log = agents / "fleet.log"
+    with log.open("ab") as err:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench._exec_fleet",
+            "--broker",
+            broker,
+            "--topic-root",
+            str(root),
+            "--count",
+            str(count),
+            "--prefix",
+            PREFIX,
+            "--state-root",
+            str(agents),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    assert process.stdin is not None
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), 60 + count / 50)
+        if not line:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise BenchUnavailable(f"the fleet exited while connecting; its log ends:\n{tail}")
+        yield float(json.loads(line)["seconds"])
+    finally:
+        process.stdin.close()
+        try:
+            await asyncio.wait_for(process.wait(), 60)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        shutil.rmtree(agents, ignore_errors=True)
+
+
+async def _until_all_online(observer: Observer, ids: list[str], controller: Controller) -> None:
+    """The controller judges every environment online and registered (the gate would
+    refuse the deployment otherwise)."""
+    wanted = set(ids)
+    deadline = time.monotonic() + 60
+    while not wanted <= observer.ready:
+        controller.check_alive()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            missing = len(wanted - observer.ready)
+            raise BenchUnavailable(f"{missing} environments never came online")
+        observer.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(observer.changed.wait(), min(left, 1.0))
+
+
+# --- measuring --------------------------------------------------------------------------------
+class Observer:
+    """The controller's views (which environments are online and registered) and every
+    event on ``R/env/+/events``, with its arrival time."""
+
+    def __init__(self, root: TopicRoot) -> None:
+        self.root = root
+        self.ready: set[str] = set()
+        self.events = 0
+        self.succeeded: dict[str, float] = {}  # deployment id -> first succeeded arrival
+        self.last_wall = 0.0
+        self.changed = asyncio.Event()
+
+    async def pump(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            with contextlib.suppress(DecodeError, InvalidTopic):
+                if self.root.parse(message.topic.value).kind is TopicKind.VIEW:
+                    self._take_view(VIEW.decode(payload))
+                else:
+                    self._take_event(EVENT.decode(payload))
+            self.changed.set()
+
+    def _take_view(self, view: EnvView) -> None:
+        if view.status == "online" and view.registered:
+            self.ready.add(view.env)
+        else:
+            self.ready.discard(view.env)
+
+    def _take_event(self, event: Event) -> None:
+        self.events += 1
+        self.last_wall = time.time()
+        if isinstance(event, Succeeded):
+            self.succeeded.setdefault(event.dep, time.monotonic())
+
+
+@contextlib.asynccontextmanager
+async def _observer(url: BrokerUrl, root: TopicRoot) -> AsyncIterator[Observer]:
+    observer = Observer(root)
+    async with aiomqtt.Client(
+        url.host,
+        url.port,
+        identifier=f"bench-observer-{uuid.uuid4().hex[:8]}",
+        protocol=aiomqtt.ProtocolVersion.V5,
+        max_queued_incoming_messages=0,
+    ) as client:
+        await client.subscribe(root.all_views(), qos=1)
+        await client.subscribe(root.all_events(), qos=1)
+        pump = asyncio.create_task(observer.pump(client), name="bench-observer")
+        try:
+            yield observer
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await pump
+
+
+async def _measure(
+    client: ControllerClient,
+    controller: Controller,
+    observer: Observer,
+    ids: list[str],
+    args: argparse.Namespace,
+    report: Report,
+) -> None:
+    log = OperationsLog(client)
+    await log.read_new()  # start the cursor after everything logged so far
+    log.entries.clear()
+    _, cpu_before = controller.sample()
+    began, began_wall = time.monotonic(), time.time()
+    deps, answered_at = await _deploy_all(client, ids, args.concurrency)
+    requests_done = answered_at - began
+    events_done = await _until_events(observer, deps, args.timeout) - began
+    controller_done = await log.until_succeeded(deps, args.timeout) - began_wall
+    rss, cpu_after = controller.sample()
+    await _check_states(client, deps)
+    _report(
+        report,
+        count=len(ids),
+        requests_done=requests_done,
+        events_done=events_done,
+        controller_done=controller_done,
+        logged=[entry for entry in log.entries if entry.event.dep in deps],
+        observer=observer,
+        controller_cpu=cpu_after - cpu_before,
+        controller_rss=rss,
+        latencies=[observer.succeeded[dep] - began for dep in deps],
+    )
+
+
+async def _deploy_all(
+    client: ControllerClient, ids: list[str], concurrency: int
+) -> tuple[set[str], float]:
+    """One deploy request per environment; the deployment ids and when the last reply came."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def deploy(env: str) -> DeploymentInfo:
+        async with limit:
+            info: DeploymentInfo = await client.call(
+                DeployRequest(env=env, workflow=WORKFLOW), within=60
+            )
+            return info
+
+    infos = await asyncio.gather(*(deploy(env) for env in ids))
+    return {info.id for info in infos}, time.monotonic()
+
+
+async def _until_events(observer: Observer, deps: set[str], timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while not deps <= observer.succeeded.keys():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            missing = len(deps - observer.succeeded.keys())
+            raise BenchUnavailable(f"{missing} deployments sent no succeeded within {timeout:g} s")
+        observer.changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(observer.changed.wait(), min(left, 1.0))
+    return max(observer.succeeded[dep] for dep in deps)
+
+
+class OperationsLog:
+    """The controller's operations log, read page by page from a cursor."""
+
+    def __init__(self, client: ControllerClient) -> None:
+        self.client = client
+        self.after = 0
+        self.entries: list[LoggedEvent] = []
+        self.succeeded: set[str] = set()
+
+    async def read_new(self) -> None:
+        while True:
+            page: list[LoggedEvent] = await self.client.call(
+                EventList(after=self.after, limit=LOG_PAGE), within=30
+            )
+            if not page:
+                return
+            self.after = page[-1].id
+            self.entries += page
+            self.succeeded.update(e.event.dep for e in page if isinstance(e.event, Succeeded))
+
+    async def until_succeeded(self, deps: set[str], timeout: float) -> float:
+        """When (controller clock, unix seconds) the log held a ``succeeded`` of every
+        deployment in ``deps``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.read_new()
+            if deps <= self.succeeded:
+                return max(
+                    e.at
+                    for e in self.entries
+                    if isinstance(e.event, Succeeded) and e.event.dep in deps
+                )
+            if time.monotonic() > deadline:
+                missing = len(deps - self.succeeded)
+                raise BenchUnavailable(f"{missing} deployments not succeeded in the log")
+            await asyncio.sleep(POLL)
+
+
+async def _check_states(client: ControllerClient, deps: set[str]) -> None:
+    """The newest deployments' records say ``succeeded`` too (one reply holds ~200)."""
+    infos: list[DeploymentInfo] = await client.call(DeploymentList(limit=STATE_SAMPLE), within=30)
+    wrong = [f"{i.id}: {i.state}" for i in infos if i.id in deps and i.state != "succeeded"]
+    if wrong:
+        raise BenchUnavailable(f"deployments not succeeded at the controller: {wrong[:5]}")
+
+
+def _report(
+    report: Report,
+    *,
+    count: int,
+    requests_done: float,
+    events_done: float,
+    controller_done: float,
+    logged: list[LoggedEvent],
+    observer: Observer,
+    controller_cpu: float,
+    controller_rss: int,
+    latencies: list[float],
+) -> None:
+    times = [logged.at for logged in logged]
+    span = max(times) - min(times) if len(times) > 1 else 0.0
+    keys = {(e.event.env, e.event.src, e.event.seq) for e in logged}
+    report.note("deploy requests answered (s)", requests_done)
+    report.note("all succeeded, events seen (s)", events_done)
+    report.note("all succeeded, controller (s)", controller_done)
+    report.note("succeeded after first request (s)", percentiles(latencies))
+    report.note("events seen on the broker", observer.events)
+    report.note("events in the operations log", len(logged))
+    report.note("events logged twice", len(logged) - len(keys))
+    report.note("operations-log ingest (events/s)", len(logged) / span if span else None)
+    report.note("controller CPU during the fan-out (s)", controller_cpu)
+    report.note("controller RSS (MB)", controller_rss / 2**20)
+    report.goal(
+        f"{count} agents: all deployments succeeded at the controller",
+        controller_done,
+        GOAL_SECONDS,
+        "s",
+        higher_is_better=False,
+    )
+    report.goal(
+        "operations log behind the last event",
+        max(0.0, max(times) - observer.last_wall) if times else None,
+        LOG_LAG_GOAL,
+        "s",
+        higher_is_better=False,
+    )
+    if count != GOAL_COUNT:
+        print(f"  (the goal is for {GOAL_COUNT} agents; this run had {count})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.deploy_fanout", description=__doc__)
+    add_common_arguments(parser, default_count=GOAL_COUNT)
+    add_arguments(parser)
+    return run_main("deploy_fanout", run, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
