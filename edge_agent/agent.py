@@ -205,6 +205,7 @@ class Agent:
         self._cmd_sub_mid: int | None = None
         self._in_flight: dict[int, int] = {}  # mid -> seq of events awaiting their PUBACK
         self._sent_up_to = 0  # the highest seq published on this connection
+        self._acknowledged: list[int] = []  # seqs PUBACKed, to delete after this poll
         self._retirement: Retirement | None = None
         self._ever_took_bdseq = False
         self._reasserted_at = -math.inf
@@ -264,6 +265,7 @@ class Agent:
         try:
             self._loop()
         finally:
+            self._forget_acknowledged()
             self._disconnect_cleanly()
             if self._executor is not None:
                 self._executor.close()
@@ -287,6 +289,7 @@ class Agent:
                 self._waker.drain()
             for event in events:
                 self._handle(event)
+            self._forget_acknowledged()
 
     def _step(self) -> None:
         now = self._clock.monotonic()
@@ -507,6 +510,13 @@ class Agent:
                 self._in_flight[self._session.publish(self.events_topic, payload)] = seq
                 self._sent_up_to = seq
 
+    def _forget_acknowledged(self) -> None:
+        """Delete the events the broker acknowledged since the last poll: one transaction
+        (a crash before it only means sending them again)."""
+        if self._acknowledged:
+            self._outbox.acked(*self._acknowledged)
+            self._acknowledged.clear()
+
     def _on_published(self, mid: int) -> None:
         if mid == self._shutdown_mid:
             log.info("offline/shutdown acknowledged")
@@ -514,7 +524,7 @@ class Agent:
             return
         seq = self._in_flight.pop(mid, None)
         if seq is not None:
-            self._outbox.acked(seq)
+            self._acknowledged.append(seq)
         retirement = self._retirement
         if retirement is not None and (seq == retirement.ack_seq or mid == retirement.mid):
             self._advance_retirement(self._clock.monotonic(), retirement, acknowledged=True)

@@ -185,13 +185,18 @@ class Outbox:
                 raise self._error("cannot be read", exc) from exc
         return [(int(seq), bytes(payload)) for seq, payload in rows]
 
-    def acked(self, seq: int) -> None:
-        """The broker has event ``seq``: forget it."""
+    def acked(self, *seqs: int) -> None:
+        """The broker has these events: forget them (in one transaction)."""
+        if not seqs:
+            return
         with self._lock:
             try:
-                deleted = self._db.execute("DELETE FROM events WHERE seq = ?", (seq,)).rowcount
+                with self._transaction():
+                    deleted = self._db.executemany(
+                        "DELETE FROM events WHERE seq = ?", [(seq,) for seq in seqs]
+                    ).rowcount
             except sqlite3.Error as exc:
-                raise self._error("cannot delete an acknowledged event", exc) from exc
+                raise self._error("cannot delete acknowledged events", exc) from exc
             self._count -= deleted
 
     def _timestamp(self) -> float:
