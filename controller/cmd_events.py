@@ -19,6 +19,7 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Final
 
 from controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
@@ -57,18 +58,33 @@ def events(args: argparse.Namespace) -> int:
         async with ControllerClient(
             values["broker"], values["topic_root"], connect_timeout=values["timeout"]
         ) as controller:
-            feed = await controller.follow_events(args.env) if args.follow else None
-            logged = await _read_log(controller, args, values["timeout"])
-            if feed is None:
-                _print_log(logged, args.json)
+            if not args.follow:
+                _print_log(await _read_log(controller, args, values["timeout"]), args.json)
                 return 0
-            for entry in logged:
-                _print_entry(entry.id, entry.at, entry.event, args.json)
-            seen = {(e.event.env, e.event.src, e.event.seq) for e in logged}
-            await _follow(feed, seen, args)
+            with _stop_on_signals() as stop:
+                feed = await controller.follow_events(args.env)
+                logged = await _read_log(controller, args, values["timeout"])
+                for entry in logged:
+                    _print_entry(entry.id, entry.at, entry.event, args.json)
+                seen = {(e.event.env, e.event.src, e.event.seq) for e in logged}
+                await _follow(feed, seen, args, stop)
             return 0
 
     return asyncio.run(session())
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM (from the start, so no Ctrl-C is a traceback)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield stop
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
 
 
 async def _read_log(
@@ -88,13 +104,9 @@ async def _read_log(
 
 
 async def _follow(
-    feed: EventFeed, seen: set[tuple[str, str, int]], args: argparse.Namespace
+    feed: EventFeed, seen: set[tuple[str, str, int]], args: argparse.Namespace, stop: asyncio.Event
 ) -> None:
-    """Print new events until SIGINT or SIGTERM."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    """Print new events until ``stop`` is set."""
     stopped = asyncio.create_task(stop.wait())
     try:
         while True:
@@ -113,8 +125,6 @@ async def _follow(
             _print_entry(None, time.time(), event, args.json)
     finally:
         stopped.cancel()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
 
 
 def _print_log(logged: list[LoggedEvent], as_json: bool) -> None:
