@@ -142,7 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         metavar="FILE",
         default=None,
-        help=f"TOML file with any of the settings below (keys as in snake_case); "
+        help=f"TOML file with any of the settings below (keys as in snake_case) and an "
+        f"[endpoints] table of NAME = URL (named URLs workflows may require); "
         f"env {CONFIG_ENV_VAR}",
     )
     s.add_flags(parser, SETTINGS)
