@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
+from collections import OrderedDict
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
@@ -73,6 +74,7 @@ MAX_DEFER: Final = 5.0  # ... but never longer than this
 DRAIN_TIMEOUT: Final = 10.0
 REQUEST_WORKERS: Final = 4
 REQUEST_QUEUE: Final = 1000
+RECENT_REQUESTS: Final = 4096  # correlation data remembered to run a re-delivery once
 EVENT_SESSION_EXPIRY: Final = 7 * 86_400  # seconds the broker keeps events for us
 MAX_TOPIC_BYTES: Final = 65_535
 
@@ -119,6 +121,7 @@ class PresenceService:
         self._requests: asyncio.Queue[PendingRequest] = asyncio.Queue(REQUEST_QUEUE)
         self.ops = Operations(self._root, self._clock, self.core, command_ttl=settings.command_ttl)
         self._handler: RequestHandler | None = None
+        self._recent_requests: OrderedDict[tuple[str, bytes], None] = OrderedDict()
 
     # --- lifecycle ----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -384,12 +387,25 @@ class PresenceService:
         if retained:  # a stale request left on the broker must not run at every start
             self._drop("retained-request", topic, "a retained request")
             return
+        if correlation and self._seen_before((response_topic, bytes(correlation))):
+            # QoS 1 may deliver a request twice: the first is answered, a deploy runs once
+            log.debug("duplicate request ignored", response_topic=response_topic[:200])
+            return
         pending = PendingRequest(payload, response_topic, correlation)
         try:
             self._requests.put_nowait(pending)
         except asyncio.QueueFull:
             busy = failed("unavailable", "the controller is too busy; try again in a moment")
             await self._outbox.put((0, self._reply_message(pending, busy)))
+
+    def _seen_before(self, key: tuple[str, bytes]) -> bool:
+        """Whether this (response topic, correlation data) came lately; remembers it."""
+        if key in self._recent_requests:
+            return True
+        self._recent_requests[key] = None
+        if len(self._recent_requests) > RECENT_REQUESTS:
+            self._recent_requests.popitem(last=False)
+        return False
 
     async def _serve_requests(self, store: Store) -> None:
         assert self._handler is not None

@@ -135,3 +135,22 @@ async def test_bad_requests_get_an_invalid_reply_naming_the_problem_or_are_count
         assert stats["status"] == "online"
         assert not [m for m in probe.messages[mark:] if m.topic == reply_topic(root)]
         assert json.loads(probe.on(root.controller_status())[-1].payload)["duplicates"] == 0
+
+
+@pytest.mark.slow
+async def test_a_request_delivered_twice_runs_and_is_answered_once(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with everything(broker, root) as probe:
+        await start_controller(broker, root, tmp_path, procs, probe)
+        request = EnvCreate(id="edge-twice", stage="dev", location="lab", purpose="test")
+        first = await ask(probe, root, request, correlation=b"same-correlation")
+        assert first.ok
+        mark = probe.mark()
+        with pytest.raises(AssertionError, match="timed out"):  # QoS 1 re-delivery, say
+            await ask(probe, root, request, correlation=b"same-correlation", timeout=2.0)
+        # the same request under new correlation data is a new request: refused, it exists
+        again = await ask(probe, root, request)
+        assert (again.ok, again.code) == (False, "exists")
+        replies = [m for m in probe.messages[mark:] if m.topic == reply_topic(root)]
+        assert len(replies) == 1
