@@ -1,11 +1,14 @@
 """Which events the operations log has already taken (pure): the dedupe by (env, src, seq).
 
 Agents keep every event in an outbox until the broker acknowledges it, and send the backlog
-again after a reconnect, so the controller sees some events twice. Per event stream
-(``env``, ``src``) it keeps the highest ``seq`` seen and the numbers of the last
-:data:`WINDOW` events: a number above the highest is new, one inside the window is new
-unless seen, one below it is long stored (the database's unique index has the last word
-anyway: an event is stored once, whatever this says).
+again after a reconnect, so the controller sees some events twice. An agent's stream comes
+in order (one publisher, one topic, QoS 1), re-sent events included, so per stream
+(``env``, ``src``) it is enough to keep the highest ``seq`` seen and the numbers of the
+last :data:`WINDOW` events (for a gap filled late): a number above the highest is new, one
+inside the window is new unless seen, one below it is long stored. After a restart only
+each stream's highest stored ``seq`` is known, and everything up to it counts as seen.
+The database's unique index has the last word anyway: an event is stored once, whatever
+this says.
 """
 
 from __future__ import annotations
@@ -22,22 +25,24 @@ WINDOW: Final = 4096
 @dataclass(slots=True)
 class _Stream:
     high: int = -1
+    floor: int = -1  # everything up to here is stored (restored at start)
     recent: set[int] = field(default_factory=set)
 
 
 class SeenEvents:
-    def __init__(self, seen: Iterable[tuple[str, str, int]] = ()) -> None:
-        self._streams: dict[tuple[str, str], _Stream] = {}
+    def __init__(self, heads: Iterable[tuple[str, str, int]] = ()) -> None:
+        """``heads``: (env, src, highest stored seq) of each stream, from the database."""
+        self._streams: dict[tuple[str, str], _Stream] = {
+            (env, src): _Stream(high=seq, floor=seq) for env, src, seq in heads
+        }
         self.duplicates = 0  # events seen again since start
-        for env, src, seq in seen:
-            self.first_time(env, src, seq)
 
     def first_time(self, env: str, src: str, seq: int) -> bool:
         """Whether (env, src, seq) is new; counts it as seen either way."""
         stream = self._streams.setdefault((env, src), _Stream())
         if seq > stream.high:
             stream.high = seq
-        elif seq in stream.recent or seq <= stream.high - WINDOW:
+        elif seq <= stream.floor or seq in stream.recent or seq <= stream.high - WINDOW:
             self.duplicates += 1
             return False
         stream.recent.add(seq)

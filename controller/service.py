@@ -158,7 +158,7 @@ class PresenceService:
             records=await store.records(),
             inventories=await store.inventories(),
             deployments=await store.active_deployments(),
-            seen=await store.recent_sequences(),
+            seen=await store.stream_heads(),
             controller_seq=await store.last_seq(CONTROLLER_SRC),
         )
         self._handler = RequestHandler(self.ops, store, max_payload=self.settings.max_payload)

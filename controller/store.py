@@ -179,7 +179,6 @@ _UPSERT_DEPLOYMENT: Final = f"""
 _INSERT_EVENT: Final = """
     INSERT OR IGNORE INTO oplog (env, src, seq, type, dep, at, body) VALUES (?, ?, ?, ?, ?, ?, ?)
 """
-DEDUPE_WINDOW: Final = 4096  # per event stream, the sequence numbers restored at start
 
 _json: Final = msgspec.json.Encoder()
 _models_decoder: Final = msgspec.json.Decoder(dict[str, list[str]])
@@ -427,16 +426,10 @@ class Store:
             for row in rows
         ]
 
-    async def recent_sequences(self) -> list[tuple[str, str, int]]:
-        """(env, src, seq) of the last :data:`DEDUPE_WINDOW` events of every stream."""
-        return [
-            (row[0], row[1], row[2])
-            for row in await self._query(
-                "SELECT env, src, seq FROM oplog AS o WHERE seq > (SELECT MAX(seq) FROM oplog"
-                " WHERE env = o.env AND src = o.src) - ?",
-                (DEDUPE_WINDOW,),
-            )
-        ]
+    async def stream_heads(self) -> list[tuple[str, str, int]]:
+        """(env, src, highest seq) of every event stream in the log."""
+        rows = await self._query("SELECT env, src, MAX(seq) FROM oplog GROUP BY env, src")
+        return [(row[0], row[1], row[2]) for row in rows]
 
     async def last_seq(self, src: str) -> int:
         """The highest sequence number stored for the event stream ``src`` (0: none)."""
