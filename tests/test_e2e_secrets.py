@@ -53,8 +53,15 @@ def leaky_workflow(system: System, name: str, bucket: Path, exit_code: int) -> P
 
 def leaked(system: System, procs: list[Proc], values: tuple[str, ...]) -> list[str]:
     """Where any of ``values`` shows: MQTT payloads, process logs, CLI output, the agent's
-    state dir (its outbox) and the controller's database."""
-    stored = [p for p in system.agent_files("edge-secret").state_dir.rglob("*") if p.is_file()]
+    state dir (its outbox, its records) and the controller's database. Not the steps' own
+    output files (kept whole, in the owner-only working directory of each deployment): what
+    a step writes is its business, like what it writes into a bucket."""
+    state_dir = system.agent_files("edge-secret").state_dir
+    stored = [
+        path
+        for path in state_dir.rglob("*")
+        if path.is_file() and path.suffix not in {".stdout", ".stderr"}
+    ]
     stored += list(system.base.glob("controller.db*"))
     found = []
     for value in values:
