@@ -25,7 +25,6 @@ from controller.brokerproc import MosquittoProcess, free_port
 from shared.topics import TopicRoot
 from tests.support.procs import Proc
 from tests.support.system import (
-    Agent,
     System,
     open_system,
     retained_now,
