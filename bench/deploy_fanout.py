@@ -103,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--timeout", type=float, default=120.0, help="most seconds to wait for all to succeed"
     )
     parser.add_argument(
+        "--fleet-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes the simulated agents are spread over (default: one per CPU): "
+        "hundreds of executor threads in one process starve its event loop",
+    )
+    parser.add_argument(
         "--agents-dir",
         type=Path,
         default=None,
@@ -124,6 +131,7 @@ async def run(args: argparse.Namespace) -> Report:
             "concurrency": args.concurrency,
             "workflow": "one step: true",
             "agents_dir": str(args.agents_dir or "the scratch directory"),
+            "fleet_processes": args.fleet_processes,
         },
     )
     root = TopicRoot(f"bench/{uuid.uuid4().hex[:8]}/edgeplane/v1")
@@ -134,11 +142,12 @@ async def run(args: argparse.Namespace) -> Report:
             url = BrokerUrl.parse(broker.url)
             async with ControllerClient(url, root, connect_timeout=10) as client:
                 await _until_controller_answers(client, controller)
-                ids = [f"{PREFIX}-{i:05d}" for i in range(count)]
+                shares = _shares(count, args.fleet_processes)
+                ids = [f"{prefix}-{i:05d}" for prefix, size in shares for i in range(size)]
                 await _register(client, ids, args.concurrency)
                 async with (
                     _observer(url, root) as observer,
-                    _fleet(broker.url, root, count, _agents_dir(args, work)) as online_seconds,
+                    _fleet(broker.url, root, shares, _agents_dir(args, work)) as online_seconds,
                 ):
                     report.note("fleet online (s)", online_seconds)
                     await _until_all_online(observer, ids, controller)
@@ -178,11 +187,35 @@ def _agents_dir(args: argparse.Namespace, work: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="agents-", dir=parent))
 
 
+def _shares(count: int, processes: int) -> list[tuple[str, int]]:
+    """How the agents are split between the fleet processes: (id prefix, how many)."""
+    processes = max(1, min(processes, count))
+    return [
+        (f"{PREFIX}{k}", count // processes + (k < count % processes)) for k in range(processes)
+    ]
+
+
 @contextlib.asynccontextmanager
-async def _fleet(broker: str, root: TopicRoot, count: int, agents: Path) -> AsyncIterator[float]:
-    """The simulated agents in their own process; yields how long they took to connect."""
-    log = agents / "fleet.log"
-    with log.open("ab") as err:
+async def _fleet(
+    broker: str, root: TopicRoot, shares: list[tuple[str, int]], agents: Path
+) -> AsyncIterator[float]:
+    """The simulated agents, in processes of their own (one per share); yields how long
+    they took to connect."""
+    async with contextlib.AsyncExitStack() as stack:
+        workers = [
+            await stack.enter_async_context(_fleet_process(broker, root, prefix, size, agents))
+            for prefix, size in shares
+        ]
+        seconds = await asyncio.gather(*(_until_online(worker, agents) for worker in workers))
+        yield max(seconds)
+    shutil.rmtree(agents, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def _fleet_process(
+    broker: str, root: TopicRoot, prefix: str, size: int, agents: Path
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    with (agents / f"{prefix}.log").open("ab") as err:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -192,9 +225,9 @@ async def _fleet(broker: str, root: TopicRoot, count: int, agents: Path) -> Asyn
             "--topic-root",
             str(root),
             "--count",
-            str(count),
+            str(size),
             "--prefix",
-            PREFIX,
+            prefix,
             "--state-root",
             str(agents),
             stdin=asyncio.subprocess.PIPE,
@@ -202,22 +235,32 @@ async def _fleet(broker: str, root: TopicRoot, count: int, agents: Path) -> Asyn
             stderr=err,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    assert process.stdin is not None
-    assert process.stdout is not None
     try:
-        line = await asyncio.wait_for(process.stdout.readline(), 60 + count / 50)
-        if not line:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise BenchUnavailable(f"the fleet exited while connecting; its log ends:\n{tail}")
-        yield float(json.loads(line)["seconds"])
+        yield process
     finally:
-        process.stdin.close()
+        if process.stdin is not None:
+            process.stdin.close()
         try:
             await asyncio.wait_for(process.wait(), 60)
         except TimeoutError:
             process.kill()
             await process.wait()
-        shutil.rmtree(agents, ignore_errors=True)
+
+
+def _read_logs(agents: Path) -> str:
+    return "".join(log.read_text(errors="replace") for log in sorted(agents.glob("*.log")))
+
+
+async def _until_online(process: asyncio.subprocess.Process, agents: Path) -> float:
+    """The fleet process's report that all its agents are online: how long that took."""
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), 120)
+    if not line:
+        logs = _read_logs(agents)
+        raise BenchUnavailable(
+            f"a fleet process exited while connecting; logs end:\n{logs[-2000:]}"
+        )
+    return float(json.loads(line)["seconds"])
 
 
 async def _until_all_online(observer: Observer, ids: list[str], controller: Controller) -> None:
