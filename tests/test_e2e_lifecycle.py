@@ -29,6 +29,7 @@ from tests.support.system import (
     open_system,
     retained_now,
     wait_for_file,
+    wait_for_output,
     write_script,
 )
 
@@ -131,6 +132,75 @@ steps:
         # the agent published the same events, each once
         published = system.events("dev-lab-vision", dep=dep)
         assert [(e["type"], e["seq"]) for e in published] == [(e["type"], e["seq"]) for e in logged]
+
+
+HOLD = """\
+import os, pathlib, sys, time
+gate = pathlib.Path(sys.argv[1])
+parent, deadline = os.getppid(), time.monotonic() + 60
+while not gate.exists() and os.getppid() == parent and time.monotonic() < deadline:
+    time.sleep(0.05)
+sys.exit(0 if gate.exists() else 5)
+"""
+
+
+@pytest.mark.slow
+async def test_deploy_wait_and_events_follow_show_progress_as_it_happens(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    gate = tmp_path / "gate"
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-live")
+        follow = await system.start_cli("events", "--follow", "--env", "edge-live")
+        hold = system.script("hold", HOLD)
+        steps = [
+            {"name": "hold", "run": [PY, str(hold), str(gate)], "timeout": 60},
+            {"name": "after", "run": [PY, "-c", "print('after')"], "timeout": 30},
+        ]
+        workflow = system.workflow("live", {"name": "live", "version": "1", "steps": steps})
+        deploy = await system.start_cli("deploy", str(workflow), "--env", "edge-live", "--wait")
+        # the first step waits for the gate: both commands show it started, and wait on
+        await wait_for_output(deploy, "hold")
+        await wait_for_output(follow, "hold")
+        assert deploy.process.returncode is None
+        assert "succeeded" not in deploy.output()
+        gate.touch()
+        assert await deploy.wait(30) == 0
+        assert "succeeded" in deploy.output()
+        await wait_for_output(follow, "succeeded")
+        assert follow.process.returncode is None, "--follow keeps following"
+
+
+@pytest.mark.slow
+async def test_a_model_installed_while_running_is_reported_and_opens_the_gate(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        agent = await system.online("edge-inv", models={"detector": ["1.0.0"]})
+        marker = tmp_path / "ran"
+        needs = {"models": [{"name": "detector", "version": ">=2"}]}
+        workflow = touch_workflow(system, "needs-v2", marker, requires=needs)
+        refused = await system.deploy(workflow, "edge-inv", "--wait")
+        assert refused.code != 0, str(refused)
+
+        mark = system.probe.mark()
+        (agent.files.models_dir / "detector" / "2.2.0").mkdir()
+        status_topic = root.status("edge-inv")
+        await system.probe.wait_for(
+            lambda m: m.topic == status_topic and b"2.2.0" in m.payload,
+            after=mark,
+            what="the new inventory in a heartbeat",
+        )
+        shown = await system.cli_json("env", "show", "edge-inv")
+        assert sorted(shown["models"]["detector"]) == ["1.0.0", "2.2.0"]
+        result = await system.deploy(workflow, "edge-inv", "--wait")
+        assert result.code == 0, str(result)
+        assert marker.exists()
+        # heartbeats stay small: the inventory went out in the first online and on change
+        with_models = [
+            m for m in system.probe.messages if m.topic == status_topic and b'"models"' in m.payload
+        ]
+        assert len(with_models) == 2
 
 
 # 2. every gate --------------------------------------------------------------------------------

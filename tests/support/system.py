@@ -39,6 +39,7 @@ __all__ = [
     "open_system",
     "retained_now",
     "wait_for_file",
+    "wait_for_output",
     "write_script",
     "write_workflow",
 ]
@@ -274,6 +275,15 @@ class System:
             await asyncio.sleep(0.3)  # polling a query: the controller has no push for it
         raise AssertionError(f"deployment {dep} not in {sorted(wanted)} within {timeout}s: {shown}")
 
+    async def start_cli(self, *args: str) -> Proc:
+        """An operator command that runs on (``deploy --wait``, ``events --follow``), its
+        stdout and stderr into one log; a test watches it with :func:`wait_for_output`."""
+        args = (*args, "--broker", self.broker.url, "--topic-root", str(self.root))
+        log = self.base / f"cli-{args[0]}-{len(self.procs)}.log"
+        proc = await start_proc("controller", list(args), log)
+        self.procs.append(proc)
+        return proc
+
     # what went over MQTT -----------------------------------------------------------------
     @property
     def messages(self) -> list[Received]:
@@ -377,6 +387,15 @@ async def wait_for_file(
             return
         await asyncio.sleep(0.05)  # a file has no notification a test can await portably
     raise AssertionError(f"{path} did not appear (or hold) within {timeout}s")
+
+
+async def wait_for_output(proc: Proc, text: str, timeout: float = 20) -> None:
+    """Until ``text`` shows in what ``proc`` printed (a long-running command's progress)."""
+    deadline = time.monotonic() + timeout
+    while text not in proc.output():  # a log file has no event to await
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not printed within {timeout}s:\n{proc.output()}")
+        await asyncio.sleep(0.05)
 
 
 async def retained_now(broker: MosquittoProcess, *topics: str) -> dict[str, bytes]:
