@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from controller.brokerproc import MosquittoProcess
@@ -75,6 +76,27 @@ async def test_a_deploy_command_delivered_twice_runs_once(
         await ping(system, "edge-dup", "ping-after-dup")
         types = Counter(e["type"] for e in system.events("edge-dup", dep="dep-dup-1"))
         assert (types["accepted"], types["started"], types["succeeded"]) == (1, 1, 1)
+        assert counter.read_text() == "run\n"
+
+
+@pytest.mark.slow
+async def test_a_deploy_command_delivered_again_after_an_agent_kill_does_not_run_again(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    counter = tmp_path / "runs.txt"
+    async with open_system(broker, root, tmp_path, procs) as system:
+        agent = await system.online("edge-redo")
+        command = Deploy(
+            id="cmd-redo-1", dep="dep-redo-1", workflow=append_workflow(system, counter)
+        )
+        await system.probe.publish(root.cmd("edge-redo"), encode(command))
+        await system.wait_event("edge-redo", "succeeded", dep="dep-redo-1")
+        await agent.proc.kill()
+        await system.start_agent("edge-redo")  # same state dir: it remembers the command
+        await system.probe.publish(root.cmd("edge-redo"), encode(command))
+        await ping(system, "edge-redo", "ping-after-redo")
+        types = Counter(e["type"] for e in system.events("edge-redo", dep="dep-redo-1"))
+        assert (types["accepted"], types["succeeded"]) == (1, 1)
         assert counter.read_text() == "run\n"
 
 
@@ -195,6 +217,28 @@ async def test_broker_restart_and_agent_kill_mid_job_lose_and_double_nothing(
             ("step-started", 2),
         ]
         assert (out / "step-a").read_text() == "done"
+
+
+@pytest.mark.slow
+async def test_a_queued_deployment_survives_a_controller_kill(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    counter = tmp_path / "runs.txt"
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.create_env("edge-queue")
+        workflow = system.workflow("append", msgspec.to_builtins(append_workflow(system, counter)))
+        queued = await system.deploy(workflow, "edge-queue", "--when-online")
+        assert queued.code == 0, str(queued)
+        dep = (await system.latest_deployment("edge-queue"))["id"]
+        assert system.controller is not None
+        await system.controller.kill()
+        await system.start_controller()
+        assert (await system.show_deployment(dep))["state"] == "queued"
+        await system.start_agent("edge-queue")
+        end = await system.wait_deployment(dep, END_STATES)
+        assert end["state"] == "succeeded", end
+        assert counter.read_text() == "run\n"
 
 
 @pytest.mark.slow
