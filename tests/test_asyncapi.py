@@ -36,7 +36,7 @@ ASYNCAPI: Final = DOCS / "asyncapi.yaml"
 PROTOCOL: Final = DOCS / "protocol.md"
 
 SAMPLE_ENV: Final = "prod-hamburg-vision"
-SAMPLE_CLIENT: Final = "op-5e0c1a9b"
+SAMPLE_CLIENT: Final = "edgeplane-cli-5e0c1a9b3f21"
 SAMPLES: Final = {"env": SAMPLE_ENV, "client": SAMPLE_CLIENT}
 ROOTS: Final = (TopicRoot(), TopicRoot("site-7/edgeplane/v1"))
 
