@@ -24,7 +24,7 @@ from shared.errors import EdgeplaneError
 from shared.topics import DEFAULT_ROOT, TopicRoot
 
 if TYPE_CHECKING:
-    from controller.demo_fleet import DemoFleet
+    from controller.demo_fleet import BrokerKind, DemoFleet
     from controller.demo_story import DemoOutcome
 
 __all__ = ["add_parser", "run"]
@@ -38,6 +38,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "directory, deploy a sample workflow, kill an agent until it flaps, print a summary, "
         "and stop everything.",
     )
+    parser.add_argument(
+        "--broker-kind",
+        choices=["auto", "mosquitto", "embedded"],
+        default="auto",
+        help="the private broker: mosquitto if installed, else the embedded one (auto); or "
+        "insist on one (default: auto)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -49,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     fleet = DemoFleet(TopicRoot(DEFAULT_ROOT))
     _say(started, f"working in {fleet.workdir}")
     try:
-        outcome = asyncio.run(_story(fleet, started))
+        outcome = asyncio.run(_story(fleet, args.broker_kind, started))
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("edgeplane demo: interrupted; stopping everything", file=sys.stderr)
         return 130
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     return 1 if unexpected else 0
 
 
-async def _story(fleet: DemoFleet, started: float) -> DemoOutcome:
+async def _story(fleet: DemoFleet, broker_kind: BrokerKind, started: float) -> DemoOutcome:
     from controller.demo_fleet import FlapSettings
     from controller.demo_story import FleetWatch, tell
     from controller.mqttclient import make_client, unique_client_id
@@ -79,7 +86,7 @@ async def _story(fleet: DemoFleet, started: float) -> DemoOutcome:
     assert main is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
 
-    fleet.start_broker()
+    fleet.start_broker(broker_kind)
     _say(started, f"broker: private {fleet.broker_kind} on {fleet.broker_url}")
     fleet.start_controller(FlapSettings())
     url = BrokerUrl.parse(fleet.broker_url)

@@ -20,14 +20,16 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from controller.brokerproc import BrokerProcess, MosquittoProcess, close_pipes, find_mosquitto
 from controller.cmd_up import packaged_mosquitto_config
 from controller.embedded import EmbeddedBroker
 from shared.topics import TopicRoot
 
-__all__ = ["AgentPlan", "Child", "DemoFleet", "FlapSettings"]
+__all__ = ["AgentPlan", "BrokerKind", "Child", "DemoFleet", "FlapSettings"]
+
+BrokerKind = Literal["auto", "mosquitto", "embedded"]
 
 STOP_GRACE: Final = 5.0  # seconds a child gets to stop cleanly before SIGKILL
 HEARTBEAT_INTERVAL: Final = 1.0  # short, so presence changes show within seconds
@@ -125,10 +127,11 @@ class DemoFleet:
         assert self.broker is not None, "start_broker() first"
         return self.broker.url
 
-    def start_broker(self) -> None:
-        """A private mosquitto if one is installed, else the embedded broker."""
+    def start_broker(self, kind: BrokerKind = "auto") -> None:
+        """A private broker on a free port: mosquitto if one is installed (``auto``), else
+        the embedded broker; or the one ``kind`` names."""
         data_dir = self.workdir / "broker"
-        if find_mosquitto() is not None:
+        if kind == "mosquitto" or (kind == "auto" and find_mosquitto() is not None):
             self.broker = MosquittoProcess(packaged_mosquitto_config(), data_dir)
             self.broker_kind = "mosquitto"
         else:

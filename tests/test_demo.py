@@ -48,13 +48,18 @@ def assert_nothing_left(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-async def test_demo_tells_its_story_and_leaves_nothing_running(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker_kind", ["mosquitto", "embedded"])
+async def test_demo_tells_its_story_and_leaves_nothing_running(
+    tmp_path: Path, broker_kind: str
+) -> None:
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "controller",
         "demo",
+        "--broker-kind",
+        broker_kind,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=demo_environment(tmp_path),
@@ -65,6 +70,7 @@ async def test_demo_tells_its_story_and_leaves_nothing_running(tmp_path: Path) -
     assert process.returncode == 0, f"demo failed:\n{output}\n{stderr.decode()}"
     assert elapsed < DEMO_LIMIT, f"the demo took {elapsed:.1f} s"
 
+    assert f"private {broker_kind}" in output, "a broker of its own, never a shared one"
     assert re.search(r"^  default-cloud +online$", output, re.MULTILINE)
     assert re.search(r"^  dev-lab-vision +online$", output, re.MULTILINE)
     assert re.search(r"^  dev-line-vision +offline \(connection-lost\)  FLAPPING$", output, re.M)
