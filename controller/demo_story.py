@@ -26,7 +26,7 @@ import msgspec
 from controller.demo_fleet import AgentPlan, DemoFleet
 from controller.errors import ControllerError, RequestRefused
 from shared.codec import ALERT, CONTROLLER_STATUS, VIEW
-from shared.errors import DecodeError
+from shared.errors import DecodeError, InvalidTopic
 from shared.messages import Alert, EnvView, Preflight
 from shared.rpc import (
     TERMINAL_STATES,
@@ -76,7 +76,7 @@ class DemoFailed(ControllerError):
 
 @dataclass(frozen=True)
 class Refusal:
-    """A deployment the controller or the agent refused, with the reason."""
+    """A deployment the controller's gate refused, with its reason."""
 
     env: str
     reason: str
@@ -87,6 +87,7 @@ class DemoOutcome:
     """What the demo saw, for the summary."""
 
     broker: str = ""
+    edge_envs: list[str] = field(default_factory=list)  # the one that passes, the one refused
     environments: list[EnvInfo] = field(default_factory=list)
     deployments: list[DeploymentInfo] = field(default_factory=list)
     failed_checks: dict[str, list[str]] = field(default_factory=dict)  # dep id -> details
@@ -134,8 +135,8 @@ class FleetWatch:
                 self.alerts.append(ALERT.decode(payload))
             elif kind is TopicKind.CONTROLLER_STATUS:
                 self.controller_online = CONTROLLER_STATUS.decode(payload).status == "online"
-        except (DecodeError, ValueError):
-            pass  # a cleared view or a message of another kind: nothing the story needs
+        except (DecodeError, InvalidTopic):
+            pass  # a cleared view (empty payload): nothing the story needs
 
     async def wait_for(self, check: Callable[[], T | None], what: str) -> T:
         """The first non-None ``check()``, re-checked on every message."""
@@ -191,7 +192,7 @@ async def tell(
     await watch.wait_for(lambda: True if watch.controller_online else None, "the controller")
     say("controller online")
 
-    edge_ids = await _register(ask, say)
+    edge_ids = outcome.edge_envs = await _register(ask, say)
     token = secrets.token_hex(16)  # a value that must never show up anywhere
     await _start_agents(fleet, watch, edge_ids, token, say)
     await _deploy(fleet, ask, edge_ids, outcome, say)
@@ -384,7 +385,7 @@ def surprises(outcome: DemoOutcome) -> list[str]:
     """How the run differed from the story it tells (empty: it went as told)."""
     found: list[str] = []
     states = {d.env: d for d in outcome.deployments}
-    passing, refused = (f"dev-{location}-{purpose}" for location, purpose in EDGE_ENVS)
+    passing, refused = outcome.edge_envs
     if passing not in states or states[passing].state != "succeeded":
         found.append(f"the deployment to {passing} did not succeed")
     elif f"{passing}.txt" not in outcome.reports:

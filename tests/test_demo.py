@@ -138,6 +138,7 @@ def told_story() -> DemoOutcome:
 
     return DemoOutcome(
         broker="mosquitto on mqtt://127.0.0.1:1",
+        edge_envs=["dev-lab-vision", "dev-line-vision"],
         environments=[
             env("default-cloud", "online"),
             env("dev-lab-vision", "online"),
