@@ -5,6 +5,10 @@ nothing is doubled, and every deployment reaches an end state.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
 import sys
 import time
 from collections import Counter, defaultdict
@@ -20,7 +24,14 @@ from shared.messages import Deploy, Ping
 from shared.topics import TopicRoot
 from shared.workflow import Step, Workflow
 from tests.support.procs import Proc
-from tests.support.system import END_STATES, System, open_system, wait_for_file
+from tests.support.system import (
+    END_STATES,
+    System,
+    alive,
+    open_system,
+    wait_for_file,
+    wait_until,
+)
 
 PY = sys.executable
 
@@ -119,6 +130,42 @@ async def test_a_command_past_its_expiry_is_reported_and_not_run(
         types = [e["type"] for e in system.events("edge-late") if e["cmd"] == "cmd-old"]
         assert types == ["expired"]
         assert not counter.exists()
+
+
+# A step that starts a child of its own, then both wait far longer than the step's timeout.
+SPAWNER = """\
+import os, pathlib, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(90)"])
+pathlib.Path(sys.argv[1]).write_text(f"{os.getpid()} {child.pid}")
+time.sleep(90)
+"""
+
+
+@pytest.mark.slow
+async def test_a_step_over_its_timeout_is_killed_with_its_children_and_fails(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    pids_file = tmp_path / "pids"
+    try:
+        async with open_system(broker, root, tmp_path, procs) as system:
+            await system.online("edge-slow")
+            spawner = system.script("spawner", SPAWNER)
+            steps = [{"name": "hang", "run": [PY, str(spawner), str(pids_file)], "timeout": 1.5}]
+            workflow = system.workflow("hang", {"name": "hang", "version": "1", "steps": steps})
+            result = await system.deploy(workflow, "edge-slow", "--wait")
+            assert result.code != 0, str(result)
+            assert "hang" in result.stderr, str(result)
+            assert re.search(r"timed out|timeout", result.output), str(result)
+            [finished] = [e for e in system.events("edge-slow") if e["type"] == "step-finished"]
+            assert (finished["timed_out"], finished["ok"]) == (True, False)
+            dep = await system.latest_deployment("edge-slow")
+            assert dep["state"] == "failed"
+            pids = [int(pid) for pid in pids_file.read_text().split()]
+            await wait_until(lambda: not any(map(alive, pids)), "the step and its child killed")
+    finally:
+        for pid in [int(p) for p in pids_file.read_text().split()] if pids_file.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # 8. nothing lost, nothing doubled -------------------------------------------------------

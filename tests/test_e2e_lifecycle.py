@@ -26,10 +26,12 @@ from shared.topics import TopicRoot
 from tests.support.procs import Proc
 from tests.support.system import (
     System,
+    alive,
     open_system,
     retained_now,
     wait_for_file,
     wait_for_output,
+    wait_until,
     write_script,
 )
 
@@ -692,14 +694,6 @@ def service_workflow(system: System, version: str, run: list[str]) -> Path:
     return system.workflow(f"service-{version}", data)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.mark.slow
 async def test_a_new_version_that_dies_at_once_is_rolled_back_to_the_running_one(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
@@ -739,6 +733,63 @@ async def test_a_new_version_that_dies_at_once_is_rolled_back_to_the_running_one
         for pid_file in out.glob("*.pid"):  # the services this test's workflows started
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+CRASHABLE_SERVICE = """\
+import os, pathlib, sys, time
+out = pathlib.Path(sys.argv[1])
+with (out / "pids").open("a") as pids:
+    pids.write(f"{os.getpid()}\\n")
+parent = os.getppid()
+while os.getppid() == parent:  # orphaned (the agent killed): stop, leave nothing behind
+    if (out / "crash").exists():
+        (out / "crash").unlink()
+        sys.exit(7)
+    time.sleep(0.05)
+"""
+
+
+def pids(out: Path) -> list[int]:
+    return [int(line) for line in (out / "pids").read_text().split()]
+
+
+@pytest.mark.slow
+async def test_a_service_is_restarted_when_it_exits_stopped_with_the_agent_and_resumed(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    out = tmp_path / "service-out"
+    out.mkdir()
+    script = write_script(tmp_path / "crashable.py", CRASHABLE_SERVICE)
+    try:
+        async with open_system(broker, root, tmp_path, procs) as system:
+            agent = await system.online("edge-daemon")
+            workflow = service_workflow(system, "1.0.0", [PY, str(script), str(out)])
+            deployed = await system.deploy(workflow, "edge-daemon", "--wait")
+            assert deployed.code == 0, str(deployed)
+            dep = (await system.latest_deployment("edge-daemon"))["id"]
+            assert (await system.show_deployment(dep))["state"] == "running"
+
+            # it exits on its own: started again, and the restart reported
+            (out / "crash").touch()
+            restarted = await system.wait_event("edge-daemon", "service-restarted", dep=dep)
+            assert (restarted["exit_code"], restarted["restarts"]) == (7, 1)
+            await wait_until(lambda: len(pids(out)) == 2, "the service started again")
+            assert alive(pids(out)[1])
+
+            # the agent stops cleanly: its service with it; started again: the service too
+            assert await agent.proc.terminate() == 0
+            await wait_until(lambda: not alive(pids(out)[1]), "the service stopped")
+            mark = system.probe.mark()
+            await system.start_agent("edge-daemon")
+            await system.wait_event("edge-daemon", "running", dep=dep, after=mark)
+            await wait_until(lambda: len(pids(out)) == 3, "the service resumed")
+            assert alive(pids(out)[2])
+            logged = {e["type"] for e in await system.logged_events("edge-daemon")}
+            assert {"service-restarted", "stopped", "running"} <= logged
+    finally:
+        for pid in pids(out) if (out / "pids").exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 # 10. retire ------------------------------------------------------------------------------

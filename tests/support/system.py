@@ -36,10 +36,12 @@ __all__ = [
     "AgentFiles",
     "CliResult",
     "System",
+    "alive",
     "open_system",
     "retained_now",
     "wait_for_file",
     "wait_for_output",
+    "wait_until",
     "write_script",
     "write_workflow",
 ]
@@ -377,16 +379,34 @@ def write_script(path: Path, code: str) -> Path:
     return path
 
 
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    """Until ``predicate()`` holds: for what has no message to await (a file a step wrote,
+    a process gone)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        await asyncio.sleep(0.05)
+
+
 async def wait_for_file(
     path: Path, timeout: float = 20, check: Callable[[Path], bool] | None = None
 ) -> None:
     """Until ``path`` exists (and ``check`` holds): what a step or service wrote."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and (check is None or check(path)):  # noqa: ASYNC240 - tiny, local
-            return
-        await asyncio.sleep(0.05)  # a file has no notification a test can await portably
-    raise AssertionError(f"{path} did not appear (or hold) within {timeout}s")
+    await wait_until(
+        lambda: path.exists() and (check is None or check(path)),
+        f"{path} to appear" + (" and hold" if check else ""),
+        timeout,
+    )
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 async def wait_for_output(proc: Proc, text: str, timeout: float = 20) -> None:
