@@ -152,6 +152,8 @@ async def run(args: argparse.Namespace) -> Report:
                     report.note("fleet online (s)", online_seconds)
                     await _until_all_online(observer, ids, controller)
                     await _measure(client, controller, observer, ids, args, report)
+        except ControllerError as exc:  # a refusal, no answer, a lost broker: say which
+            raise BenchUnavailable(f"{exc}") from exc
         finally:
             controller.stop()
     return report
