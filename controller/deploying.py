@@ -1,14 +1,22 @@
 """Sending one deployment and following it to its end: the shell of ``edgeplane deploy``
-(the judgement of events is :mod:`controller.deploywatch`)."""
+(the judgement of events is :mod:`controller.deploywatch`).
+
+Following survives a lost connection: the command connects again (for up to
+:data:`RECONNECT_FOR` seconds), subscribes again, then asks the controller for the
+deployment's record and prints the events it missed meanwhile (each event is printed once,
+by its stream and sequence). When the wait runs out, the controller's record decides too.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 import time
-from typing import Any
+from typing import Any, Final
 
 from controller.deploywatch import DeploymentWatch, Outcome
-from controller.errors import BrokerUnavailable, ControllerError
+from controller.errors import BrokerUnavailable, NoControllerAnswer
 from controller.eventtext import check_line, describe, output_tail
 from controller.operator import print_json, when
 from controller.rpc import ControllerClient, EventFeed
@@ -17,7 +25,10 @@ from shared.messages import Event, Preflight, StepFinished
 from shared.rpc import DeploymentInfo, DeploymentShow, DeployRequest
 from shared.topics import TopicRoot
 
-__all__ = ["Session"]
+__all__ = ["RECONNECT_FOR", "Session"]
+
+RECONNECT_FOR: Final = 30.0  # seconds to keep trying after the connection was lost
+RECONNECT_PAUSE: Final = 0.5  # seconds between attempts
 
 
 class Session:
@@ -29,9 +40,12 @@ class Session:
         self.timeout = timeout
         self.as_json = as_json
         self.seen: list[Event] = []
+        self._seen_keys: set[tuple[str, int]] = set()
+        self._connections = contextlib.AsyncExitStack()
 
     async def run(self, request: DeployRequest, *, follow: bool, wait_for: float) -> int:
-        async with ControllerClient(self.url, self.root, connect_timeout=self.timeout) as ctl:
+        async with self._connections:
+            ctl = await self._connect()
             feed = await ctl.follow_events(request.env) if follow else None
             info: DeploymentInfo = await ctl.call(request, within=self.timeout)
             if feed is None:
@@ -41,6 +55,10 @@ class Session:
             watch = DeploymentWatch(info, service=request.workflow.kind == "service")
             outcome = await self._follow(ctl, feed, watch, wait_for)
         return self._report(info, outcome)
+
+    async def _connect(self) -> ControllerClient:
+        client = ControllerClient(self.url, self.root, connect_timeout=self.timeout)
+        return await self._connections.enter_async_context(client)
 
     def _announce(self, info: DeploymentInfo, *, final: bool) -> None:
         if self.as_json:
@@ -54,39 +72,95 @@ class Session:
         else:
             print(f"{what} {info.id} sent to {info.env}", flush=True)
 
+    # following ---------------------------------------------------------------------------
     async def _follow(
         self, ctl: ControllerClient, feed: EventFeed, watch: DeploymentWatch, wait_for: float
     ) -> Outcome | str:
         """The outcome from the events, else from the controller's record; a string says
         why neither could tell."""
         give_up = time.monotonic() + wait_for
-        try:
-            while (left := give_up - time.monotonic()) > 0:
+        while True:
+            try:
+                outcome = await self._from_feed(feed, watch, give_up)
+                if outcome is not None:
+                    return outcome
+                return await self._ask(ctl, watch, f"still in progress after {wait_for:g} s")
+            except BrokerUnavailable as lost:
+                self._note(f"{lost}; connecting again")
+                connected = await self._reconnect(watch.env, give_up)
+                if isinstance(connected, str):
+                    return connected
+                ctl, feed = connected
+                outcome = await self._catch_up(ctl, watch)
+                if outcome is not None:
+                    return outcome
+
+    async def _from_feed(
+        self, feed: EventFeed, watch: DeploymentWatch, give_up: float
+    ) -> Outcome | None:
+        """The outcome once an event ends it; None when the time is up."""
+        while (left := give_up - time.monotonic()) > 0:
+            try:
                 event = await feed.next(within=left)
-                if not watch.belongs(event):
-                    continue
+            except TimeoutError:
+                return None
+            if watch.belongs(event) and self._first_time(event):
                 self._progress(event)
                 outcome = watch.take(event)
                 if outcome is not None:
                     return outcome
-        except TimeoutError:
-            pass
-        except BrokerUnavailable:
-            return await self._ask_again(watch)
-        return await self._ask(ctl, watch, f"still in progress after {wait_for:g} s")
+        return None
 
-    async def _ask_again(self, watch: DeploymentWatch) -> Outcome | str:
-        """The connection broke while following: a new one, to ask the controller."""
+    async def _reconnect(
+        self, env: str, give_up: float
+    ) -> tuple[ControllerClient, EventFeed] | str:
+        until = min(give_up, time.monotonic() + RECONNECT_FOR)
+        while True:
+            try:
+                ctl = await self._connect()
+                feed = await ctl.follow_events(env)
+            except BrokerUnavailable as exc:
+                if time.monotonic() + RECONNECT_PAUSE >= until:
+                    return f"lost the connection to the broker while following it: {exc}"
+                await asyncio.sleep(RECONNECT_PAUSE)
+                continue
+            self._note("connected again")
+            return ctl, feed
+
+    async def _catch_up(self, ctl: ControllerClient, watch: DeploymentWatch) -> Outcome | None:
+        """Print what was missed while disconnected (from the controller's record); the
+        outcome if it already ended. A controller not back yet is no reason to stop: the
+        events still come, and the record is asked again at the end of the wait."""
         try:
-            async with ControllerClient(self.url, self.root, connect_timeout=self.timeout) as ctl:
-                return await self._ask(ctl, watch, "still in progress when the connection broke")
-        except ControllerError as exc:
-            return f"lost the connection while following it, and then: {exc}"
+            record: DeploymentInfo = await ctl.call(
+                DeploymentShow(id=watch.dep), within=self.timeout
+            )
+        except NoControllerAnswer:
+            return None
+        for logged in record.events:
+            if watch.belongs(logged.event) and self._first_time(logged.event):
+                self._progress(logged.event)
+                outcome = watch.take(logged.event)
+                if outcome is not None:
+                    return outcome
+        return watch.from_info(record)
 
     async def _ask(self, ctl: ControllerClient, watch: DeploymentWatch, why: str) -> Outcome | str:
-        info: DeploymentInfo = await ctl.call(DeploymentShow(id=watch.dep), within=self.timeout)
-        outcome = watch.from_info(info)
-        return outcome if outcome is not None else f"{why} ({info.state})"
+        record: DeploymentInfo = await ctl.call(DeploymentShow(id=watch.dep), within=self.timeout)
+        outcome = watch.from_info(record)
+        return outcome if outcome is not None else f"{why} ({record.state})"
+
+    def _first_time(self, event: Event) -> bool:
+        key = (event.src, event.seq)
+        if key in self._seen_keys:
+            return False
+        self._seen_keys.add(key)
+        return True
+
+    # output ------------------------------------------------------------------------------
+    def _note(self, text: str) -> None:
+        if not self.as_json:
+            print(f"({text})", flush=True)
 
     def _progress(self, event: Event) -> None:
         self.seen.append(event)

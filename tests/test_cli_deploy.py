@@ -3,6 +3,7 @@ pure judgement of when a followed deployment is over and why."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Sequence
@@ -141,6 +142,11 @@ print("disk full", file=sys.stderr)
 sys.exit(4)
 """
 SLOW = "import time\ntime.sleep(4)\n"
+WAIT_FOR_FILE = """\
+import pathlib, sys, time
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.05)
+"""
 
 
 def job(system: System, name: str, *steps: tuple[str, str, list[str]], **extra: Any) -> Path:
@@ -293,6 +299,27 @@ async def test_when_the_wait_runs_out_the_controller_is_asked_for_the_state(
         line = one_error_line(result)
         assert "still in progress after 1.5 s (running)" in line, line
         assert "edgeplane deployments show d-" in line
+
+
+@pytest.mark.slow
+async def test_wait_follows_a_deployment_across_a_broker_restart(
+    private_broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(private_broker, root, tmp_path, procs) as system:
+        await system.online("edge-a")
+        gate = tmp_path / "go"
+        workflow = job(system, "gated", ("wait", WAIT_FOR_FILE, [str(gate)]), ("then", "", []))
+        deploying = asyncio.create_task(system.deploy(workflow, "edge-a", "--wait", timeout=90))
+        await system.wait_event("edge-a", "step-started", step="wait")
+        await system.stop_broker()
+        gate.write_text("go")  # the rest runs while the broker is away
+        await system.start_broker()
+        result = await deploying
+        assert result.code == 0, str(result)
+        assert "(connected again)" in result.stdout, str(result)
+        for line in ("step 1 wait finished", "step 2 then started", "succeeded in "):
+            assert result.stdout.count(line) == 1, str(result)
+        assert result.stdout.splitlines()[-1].endswith("to edge-a succeeded")
 
 
 BAD_FILES = [
