@@ -6,6 +6,7 @@ nothing is doubled, and every deployment reaches an end state.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -28,6 +29,7 @@ from tests.support.system import (
     END_STATES,
     System,
     alive,
+    open_link_proxy,
     open_system,
     wait_for_file,
     wait_until,
@@ -264,6 +266,61 @@ async def test_broker_restart_and_agent_kill_mid_job_lose_and_double_nothing(
             ("step-started", 2),
         ]
         assert (out / "step-a").read_text() == "done"
+
+
+@pytest.mark.slow
+async def test_events_whose_acks_are_lost_are_sent_again_and_stored_once(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    out = tmp_path / "job"
+    out.mkdir()
+    events_topic = root.events("edge-link")
+    async with (
+        open_system(broker, root, tmp_path, procs) as system,
+        open_link_proxy(broker) as link,
+    ):
+        await system.start_controller()
+        await system.create_env("edge-link")
+        await system.start_agent("edge-link", broker_url=link.url, extra=["--keepalive", "2"])
+        deployed = await system.deploy(long_job(system, out, ["a"]), "edge-link")
+        assert deployed.code == 0, str(deployed)
+        dep = (await system.latest_deployment("edge-link"))["id"]
+        await wait_for_file(out / "step-a.started")
+
+        # the link turns one-way: the agent's events reach the broker, its acks never come
+        link.blackhole()
+        (out / "a").touch()
+        await system.wait_event("edge-link", "succeeded", dep=dep)
+        mark = system.probe.mark()
+        # the agent gives the link up, connects again, and sends what was never acked
+        await system.probe.wait_for(
+            lambda m: m.topic == events_topic and b'"succeeded"' in m.payload,
+            after=mark,
+            timeout=30,
+            what="the succeeded event sent again",
+        )
+        end = await system.wait_deployment(dep, END_STATES)
+        assert end["state"] == "succeeded", end
+
+        sent = Counter(
+            (data["src"], data["seq"])
+            for data in (json.loads(m.payload) for m in system.messages if m.topic == events_topic)
+        )
+        assert max(sent.values()) > 1, "the duplicates really went over the wire"
+        logged = await system.logged_events("edge-link")
+        assert_each_event_once(logged, system.events("edge-link"))
+        assert [(e["type"], e.get("index")) for e in logged if e["dep"] == dep] == [
+            ("accepted", None),
+            ("preflight", None),
+            ("started", None),
+            ("step-started", 0),
+            ("step-finished", 0),
+            ("step-started", 1),
+            ("step-finished", 1),
+            ("step-started", 2),
+            ("step-finished", 2),
+            ("succeeded", None),
+        ]
 
 
 @pytest.mark.slow

@@ -35,8 +35,10 @@ __all__ = [
     "Agent",
     "AgentFiles",
     "CliResult",
+    "LinkProxy",
     "System",
     "alive",
+    "open_link_proxy",
     "open_system",
     "retained_now",
     "wait_for_file",
@@ -146,13 +148,15 @@ class System:
         interval: float = 0.5,
         extra: Iterable[str] = (),
         wait: str | None = "view",
+        broker_url: str | None = None,
     ) -> Agent:
         """``edge-agent run`` for ``env``; its models dir, secrets file and ``[endpoints]``
         config are written first when given. ``wait``: ``"view"`` until the controller judges
-        it online, ``"status"`` until the agent's own online message, None not at all."""
+        it online, ``"status"`` until the agent's own online message, None not at all.
+        ``broker_url``: connect elsewhere (through a :class:`LinkProxy`)."""
         files = self.agent_files(env, state)
         files.state_dir.parent.mkdir(parents=True, exist_ok=True)
-        args = ["run", "--env-id", env, "--broker", self.broker.url]
+        args = ["run", "--env-id", env, "--broker", broker_url or self.broker.url]
         args += ["--topic-root", str(self.root), "--state-dir", str(files.state_dir)]
         args += ["--heartbeat-interval", str(interval)]
         args += ["--log-format", "json", "--log-level", "debug"]
@@ -342,6 +346,97 @@ async def open_system(
         yield system
     finally:
         await system._stack.aclose()
+
+
+class LinkProxy:
+    """A TCP relay between agents and the broker that a test breaks on purpose.
+
+    :meth:`blackhole` makes the links open now drop everything the broker sends (its
+    PUBACKs, its PINGRESPs) while still passing on what the agent sends: the agent's
+    events reach the broker, the agent never hears so, times out and sends them again on a
+    new link. New links relay normally.
+    """
+
+    def __init__(self, broker: MosquittoProcess) -> None:
+        self.broker = broker
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._blackholed: set[asyncio.StreamWriter] = set()  # agent-side writers
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def blackhole(self) -> None:
+        self._blackholed |= self._writers
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for writer in self._writers:
+            writer.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._writers:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                await writer.wait_closed()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _accept(
+        self, agent_in: asyncio.StreamReader, agent_out: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(agent_out)
+        try:
+            broker_in, broker_out = await asyncio.open_connection(
+                self.broker.host, self.broker.port
+            )
+        except OSError:
+            agent_out.close()
+            return
+        self._writers.add(broker_out)
+        await asyncio.gather(
+            self._pipe(agent_in, broker_out, None),
+            self._pipe(broker_in, agent_out, agent_out),
+            return_exceptions=True,
+        )
+
+    async def _pipe(
+        self,
+        source: asyncio.StreamReader,
+        sink: asyncio.StreamWriter,
+        agent_side: asyncio.StreamWriter | None,
+    ) -> None:
+        try:
+            while data := await source.read(65_536):
+                if agent_side is not None and agent_side in self._blackholed:
+                    continue
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+
+@contextlib.asynccontextmanager
+async def open_link_proxy(broker: MosquittoProcess) -> AsyncIterator[LinkProxy]:
+    proxy = LinkProxy(broker)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
 
 
 # files ------------------------------------------------------------------------------------
