@@ -26,6 +26,13 @@ one ``deploy`` request per environment goes to the controller over MQTT 5 reques
   divided by the span of their receipt times; and how long after the last event reached
   the observer the controller had stored it (``log lag``).
 
+Then the operations log's capacity, apart from how fast agents produce events: a burst of
+``--burst`` events (``pong``, each a new ``(env, src, seq)`` of the registered environments)
+from one raw publisher (:mod:`edge_agent.wire`), then one last marker event. The ingest
+capacity is the burst over the time from its first publish to the controller's receipt
+(``at``) of the marker, once the marker can be read from the log; every event of the burst
+is then counted in the log, once.
+
 Online before the clock starts is judged from the controller's retained views (``env-list``
 of hundreds of environments does not fit in one reply).
 
@@ -37,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -63,10 +71,11 @@ from bench._common import (
 )
 from controller.errors import ControllerError
 from controller.rpc import ControllerClient
+from edge_agent.wire import WireError, connect
 from shared.broker_url import BrokerUrl
-from shared.codec import EVENT, VIEW
+from shared.codec import EVENT, VIEW, encode
 from shared.errors import DecodeError, InvalidTopic
-from shared.messages import EnvView, Event, Succeeded
+from shared.messages import EnvView, Event, Pong, Succeeded
 from shared.rpc import (
     DeploymentInfo,
     DeploymentList,
@@ -88,6 +97,7 @@ PREFIX: Final = "fan"
 POLL: Final = 0.1  # seconds between two reads of the operations log
 LOG_PAGE: Final = 150  # log entries per event-list reply (a reply must stay under 64 KiB)
 STATE_SAMPLE: Final = 200  # newest deployments whose state is checked at the end
+BURST: Final = 10_000  # events in the ingest-capacity burst
 WORKFLOW: Final = Workflow(
     name="fanout",
     version="1.0.0",
@@ -101,6 +111,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--timeout", type=float, default=120.0, help="most seconds to wait for all to succeed"
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=BURST,
+        help=f"events in the ingest-capacity burst (default {BURST}; 0: skip it)",
     )
     parser.add_argument(
         "--fleet-processes",
@@ -152,6 +168,8 @@ async def run(args: argparse.Namespace) -> Report:
                     report.note("fleet online (s)", online_seconds)
                     await _until_all_online(observer, ids, controller)
                     await _measure(client, controller, observer, ids, args, report)
+                if args.burst > 0:
+                    await _burst(client, url, root, ids, args.burst, report)
         except ControllerError as exc:  # a refusal, no answer, a lost broker: say which
             raise BenchUnavailable(f"{exc}") from exc
         finally:
@@ -445,6 +463,82 @@ async def _check_states(client: ControllerClient, deps: set[str]) -> None:
     wrong = [f"{i.id}: {i.state}" for i in infos if i.id in deps and i.state != "succeeded"]
     if wrong:
         raise BenchUnavailable(f"deployments not succeeded at the controller: {wrong[:5]}")
+
+
+async def _burst(
+    client: ControllerClient,
+    url: BrokerUrl,
+    root: TopicRoot,
+    ids: list[str],
+    size: int,
+    report: Report,
+) -> None:
+    """The operations log's ingest capacity: ``size`` events as fast as one publisher can
+    send them, then a marker; see the module docstring."""
+    log = OperationsLog(client)
+    await log.read_new()  # the cursor after everything logged so far
+    src = f"burst-{uuid.uuid4().hex[:6]}"
+    *events, marker = _burst_events(ids, src, size + 1)
+    try:
+        publisher = await connect(url, client_id=f"bench-burst-{uuid.uuid4().hex[:8]}")
+    except WireError as exc:
+        raise BenchUnavailable(f"the burst publisher could not connect: {exc}") from exc
+    try:
+        began = time.time()
+        for start in range(0, len(events), 1000):
+            await asyncio.gather(
+                *(
+                    publisher.publish(root.events(e.env), encode(e), qos=1)
+                    for e in events[start : start + 1000]
+                )
+            )
+        published = time.time()
+        await publisher.publish(root.events(marker.env), encode(marker), qos=1)
+    except WireError as exc:
+        raise BenchUnavailable(f"the burst publisher failed: {exc}") from exc
+    finally:
+        await publisher.disconnect()
+    logged_marker = await _logged_marker(client, marker, log.after)
+    logged = await _count_logged(log, src)
+    report.note("burst: events", size)
+    report.note("burst: publisher (events/s)", size / (published - began))
+    report.note("burst: events in the log (once each)", logged)
+    report.note(
+        "operations-log ingest capacity (events/s)", (size + 1) / (logged_marker.at - began)
+    )
+    if logged != size + 1:
+        raise BenchUnavailable(f"the log holds {logged} of the {size + 1} burst events")
+
+
+def _burst_events(ids: list[str], src: str, size: int) -> list[Pong]:
+    """``size`` pong events round-robin over the environments, each stream's ``seq`` from 1."""
+    seqs = dict.fromkeys(ids, 0)
+    events: list[Pong] = []
+    for env in itertools.islice(itertools.cycle(ids), size):
+        seqs[env] += 1
+        events.append(Pong(env=env, seq=seqs[env], src=src))
+    return events
+
+
+async def _logged_marker(client: ControllerClient, marker: Pong, after: int) -> LoggedEvent:
+    """The marker event once the controller has logged it."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        page: list[LoggedEvent] = await client.call(
+            EventList(env=marker.env, after=after, limit=LOG_PAGE), within=30
+        )
+        for logged in page:
+            if (logged.event.src, logged.event.seq) == (marker.src, marker.seq):
+                return logged
+        after = page[-1].id if page else after
+        if not page:
+            await asyncio.sleep(POLL)
+    raise BenchUnavailable("the burst's marker event never reached the operations log")
+
+
+async def _count_logged(log: OperationsLog, src: str) -> int:
+    await log.read_new()
+    return len({(e.event.env, e.event.seq) for e in log.entries if e.event.src == src})
 
 
 def _report(

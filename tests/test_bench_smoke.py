@@ -19,7 +19,7 @@ BENCHES = {
     "detection": ["--count", "20", "--quick", "--kills", "3", "--real", "1", "--frozen", "2"],
     "agent_footprint": ["--quick", "--seconds", "2"],
     "restart": ["--count", "20", "--quick", "--change", "2", "--watch", "1"],
-    "deploy_fanout": ["--count", "5"],
+    "deploy_fanout": ["--count", "5", "--burst", "500"],
 }
 
 
