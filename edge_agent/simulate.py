@@ -160,6 +160,7 @@ class _CommandPath:
         self.sent_up_to = 0  # the newest seq published on this connection
         self.in_flight = 0
         self.connection = 0  # events acknowledged on an older connection count for nothing
+        self.acknowledged: list[int] = []  # PUBACKed, to delete in one transaction
 
     def new_connection(self) -> None:
         """Everything unacknowledged goes out again, oldest first."""
@@ -673,9 +674,16 @@ class Fleet:
                     heapq.heappush(beats, (next_due, order, agent, token))
 
     def _forget_event(self, path: _CommandPath, seq: int) -> None:
-        """Delete an acknowledged event from its agent's outbox, off the loop."""
-        if self._disk is not None:
-            self._disk.submit(_forget, path, seq)
+        """Delete an acknowledged event from its agent's outbox, off the loop; the events
+        acknowledged within one turn of the loop in one transaction, as the agent does."""
+        if not path.acknowledged:
+            asyncio.get_running_loop().call_soon(self._forget_acknowledged, path)
+        path.acknowledged.append(seq)
+
+    def _forget_acknowledged(self, path: _CommandPath) -> None:
+        seqs, path.acknowledged = path.acknowledged, []
+        if self._disk is not None and seqs:
+            self._disk.submit(_forget, path, seqs)
 
     def _heartbeat_done(self, error: WireError | None) -> None:
         if error is None:
@@ -725,11 +733,11 @@ class Fleet:
                 log.info("connecting", online=self.online, count=len(self.agents))
 
 
-def _forget(path: _CommandPath, seq: int) -> None:
+def _forget(path: _CommandPath, seqs: list[int]) -> None:
     from edge_agent.errors import OutboxError
 
     try:
-        path.outbox.acked(seq)
+        path.outbox.acked(*seqs)
     except OutboxError as exc:  # it stays in the outbox and goes out again: no loss
         log.warning("acknowledged event not deleted", env=path.outbox.env, error=str(exc))
 
