@@ -9,7 +9,10 @@ The end, as the command reports it:
 - a dry run: ``checked``, ok when every preflight check passed.
 
 A failed preflight ends a real deployment at once (the agent runs nothing after it), with
-the failed checks named.
+the failed checks named. A deployment that replaced a running one (the agent says so by
+stopping the old one "replaced by" the new id) is not over when it fails: the agent then
+restores the old one, and the end is ``rolled-back`` (or ``failed`` when the old one could
+not be restored either).
 """
 
 from __future__ import annotations
@@ -48,12 +51,21 @@ class DeploymentWatch:
         self.dry_run = info.dry_run
         self.service = service
         self._stderr = ""  # the last stderr line of the last failed step
+        self._replaced = ""  # the deployment this one stopped, restored if this one fails
+        self._failed = ""  # why this one failed, while a rollback is awaited
 
     def belongs(self, event: Event) -> bool:
-        return event.env == self.env and event.dep == self.dep
+        """This deployment's events, and those of the one it replaced."""
+        if event.env != self.env:
+            return False
+        if isinstance(event, Stopped) and event.dep != self.dep:
+            return self.dep in event.reason  # "replaced by d-..."
+        return event.dep in (self.dep, self._replaced or self.dep)
 
     def take(self, event: Event) -> Outcome | None:
         """The outcome if ``event`` (one of this deployment's) ends it, else None."""
+        if event.dep != self.dep:
+            return self._take_replaced(event)
         match event:
             case Preflight() if self.dry_run or not event.ok:
                 failed = "" if event.ok else f"preflight failed: {failed_checks(event)}"
@@ -64,10 +76,13 @@ class DeploymentWatch:
                 return Outcome("succeeded", True)
             case Running():
                 return Outcome("running", self.service, "" if self.service else "a job ran on")
+            case Failed() if self._replaced:
+                self._failed = self._failure(event)  # the old one is restored next
             case Failed():
                 return Outcome("failed", False, self._failure(event))
             case RolledBack():
-                why = f"{event.reason}; " if event.reason else ""
+                failure = self._failed or event.reason
+                why = f"{failure}; " if failure else ""
                 version = f" ({event.version})" if event.version else ""
                 return Outcome("rolled-back", False, f"{why}restored {event.restored}{version}")
             case CommandRejected():
@@ -76,6 +91,14 @@ class DeploymentWatch:
                 return Outcome("expired", False, event.reason or "its time ran out")
             case Stopped():
                 return Outcome("stopped", False, event.reason)
+        return None
+
+    def _take_replaced(self, event: Event) -> Outcome | None:
+        if isinstance(event, Stopped):
+            self._replaced = event.dep
+        elif isinstance(event, Failed) and self._failed:
+            not_restored = f"{self._failed}; {event.dep} not restored either: {event.reason}"
+            return Outcome("failed", False, not_restored)
         return None
 
     def _failure(self, event: Failed) -> str:

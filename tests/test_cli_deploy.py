@@ -25,6 +25,7 @@ from shared.messages import (
     RolledBack,
     Running,
     StepFinished,
+    Stopped,
     Succeeded,
 )
 from shared.rpc import DeploymentInfo, LoggedEvent
@@ -115,6 +116,26 @@ def test_a_failed_step_is_named_with_the_last_line_of_its_stderr() -> None:
 )  # fmt: skip
 def test_every_other_end_is_a_failure_with_its_cause(event: Event, expected: Outcome) -> None:
     assert ending([event]) == expected
+
+
+def test_a_failed_replacement_ends_when_the_old_deployment_is_restored_or_not() -> None:
+    replaced = Stopped(seq=3, env="edge-a", dep="d-0", reason="replaced by d-1")
+    failed = Failed(seq=4, reason="failed to start: step 'serve' exited 3", step="serve", **mine)
+    rolled = RolledBack(seq=5, restored="d-0", version="1.3", reason="failed to start", **mine)
+    watch = DeploymentWatch(info(), service=True)
+    assert [watch.belongs(replaced), watch.take(replaced)] == [True, None]
+    assert watch.take(failed) is None  # not over: the agent restores d-0 next
+    assert watch.take(rolled) == Outcome(
+        "rolled-back", False, "failed to start: step 'serve' exited 3; restored d-0 (1.3)"
+    )
+    gone = Failed(seq=6, env="edge-a", dep="d-0", reason="not restored: gone")
+    assert ending([replaced, failed, gone], service=True) == Outcome(
+        "failed", False, "failed to start: step 'serve' exited 3; d-0 not restored either: "
+        "not restored: gone",
+    )  # fmt: skip
+    other = Stopped(seq=3, env="edge-a", dep="d-7", reason="replaced by d-9")
+    assert not DeploymentWatch(info(), service=True).belongs(other)
+    assert ending([failed], service=True) == Outcome("failed", False, failed.reason)
 
 
 def test_the_controllers_record_decides_when_the_stream_ended_early() -> None:
@@ -320,6 +341,31 @@ async def test_wait_follows_a_deployment_across_a_broker_restart(
         for line in ("step 1 wait finished", "step 2 then started", "succeeded in "):
             assert result.stdout.count(line) == 1, str(result)
         assert result.stdout.splitlines()[-1].endswith("to edge-a succeeded")
+
+
+@pytest.mark.slow
+async def test_a_service_that_fails_to_replace_a_running_one_reports_the_rollback(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-svc")
+        serve = {"name": "serve", "run": [PY, "-c", "import time; time.sleep(600)"]}
+        v1 = system.workflow("v1", {"name": "svc", "version": "1.0.0", "kind": "service",
+                                    "steps": [serve]})  # fmt: skip
+        first = await system.deploy(v1, "edge-svc", "--wait")
+        assert first.code == 0, str(first)
+        assert first.stdout.splitlines()[-1].endswith("to edge-svc running"), str(first)
+        dep1 = first.stdout.split()[1]
+
+        dies = {"name": "serve", "run": [PY, "-c", "import sys; sys.exit(3)"]}
+        v2 = system.workflow("v2", {"name": "svc", "version": "2.0.0", "kind": "service",
+                                    "steps": [dies]})  # fmt: skip
+        second = await system.deploy(v2, "edge-svc", "--wait")
+        assert second.code == 1, str(second)
+        assert f"edge-svc: stopped: replaced by {second.stdout.split()[1]}" in second.stdout
+        line = one_error_line(second)
+        assert " to edge-svc rolled-back: " in line, line
+        assert line.endswith(f"restored {dep1} (1.0.0)"), line
 
 
 BAD_FILES = [
