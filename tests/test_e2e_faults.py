@@ -171,6 +171,21 @@ async def test_a_step_over_its_timeout_is_killed_with_its_children_and_fails(
 
 
 # 8. nothing lost, nothing doubled -------------------------------------------------------
+# The events of a whole run of long_job(gates=["a"]), in order.
+FULL_RUN = [
+    ("accepted", None),
+    ("preflight", None),
+    ("started", None),
+    ("step-started", 0),
+    ("step-finished", 0),
+    ("step-started", 1),
+    ("step-finished", 1),
+    ("step-started", 2),
+    ("step-finished", 2),
+    ("succeeded", None),
+]
+
+
 def long_job(system: System, out: Path, gates: list[str]) -> Path:
     """A job: one quick step, then one step per gate that waits for ``out/gate``, then a
     last quick step."""
@@ -269,6 +284,39 @@ async def test_broker_restart_and_agent_kill_mid_job_lose_and_double_nothing(
 
 
 @pytest.mark.slow
+async def test_a_cut_link_mid_job_loses_and_doubles_nothing(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    out = tmp_path / "job"
+    out.mkdir()
+    async with (
+        open_system(broker, root, tmp_path, procs) as system,
+        open_link_proxy(broker) as link,
+    ):
+        await system.start_controller()
+        await system.create_env("edge-cut")
+        await system.start_agent("edge-cut", broker_url=link.url)
+        deployed = await system.deploy(long_job(system, out, ["a"]), "edge-cut")
+        assert deployed.code == 0, str(deployed)
+        dep = (await system.latest_deployment("edge-cut"))["id"]
+        await wait_for_file(out / "step-a.started")
+
+        # the link breaks; the job finishes meanwhile, its events kept in the outbox
+        mark = system.probe.mark()
+        await link.cut()
+        await system.probe.wait_json(root.view("edge-cut"), after=mark, status="offline")
+        (out / "a").touch()
+        await wait_for_file(out / "finish")
+        await link.restore()
+
+        end = await system.wait_deployment(dep, END_STATES)
+        assert end["state"] == "succeeded", end
+        logged = await system.logged_events("edge-cut")
+        assert_each_event_once(logged, system.events("edge-cut"))
+        assert [(e["type"], e.get("index")) for e in logged if e["dep"] == dep] == FULL_RUN
+
+
+@pytest.mark.slow
 async def test_events_whose_acks_are_lost_are_sent_again_and_stored_once(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:
@@ -309,18 +357,7 @@ async def test_events_whose_acks_are_lost_are_sent_again_and_stored_once(
         assert max(sent.values()) > 1, "the duplicates really went over the wire"
         logged = await system.logged_events("edge-link")
         assert_each_event_once(logged, system.events("edge-link"))
-        assert [(e["type"], e.get("index")) for e in logged if e["dep"] == dep] == [
-            ("accepted", None),
-            ("preflight", None),
-            ("started", None),
-            ("step-started", 0),
-            ("step-finished", 0),
-            ("step-started", 1),
-            ("step-finished", 1),
-            ("step-started", 2),
-            ("step-finished", 2),
-            ("succeeded", None),
-        ]
+        assert [(e["type"], e.get("index")) for e in logged if e["dep"] == dep] == FULL_RUN
 
 
 @pytest.mark.slow
@@ -375,15 +412,4 @@ async def test_controller_kill_mid_deployment_still_follows_it_to_the_end(
         assert end["state"] == "succeeded", end
         logged = await system.logged_events("edge-ctl")
         assert_each_event_once(logged, system.events("edge-ctl"))
-        assert [(e["type"], e.get("index")) for e in logged if e["dep"] == dep] == [
-            ("accepted", None),
-            ("preflight", None),
-            ("started", None),
-            ("step-started", 0),
-            ("step-finished", 0),
-            ("step-started", 1),
-            ("step-finished", 1),
-            ("step-started", 2),
-            ("step-finished", 2),
-            ("succeeded", None),
-        ]
+        assert [(e["type"], e.get("index")) for e in logged if e["dep"] == dep] == FULL_RUN

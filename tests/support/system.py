@@ -351,6 +351,7 @@ async def open_system(
 class LinkProxy:
     """A TCP relay between agents and the broker that a test breaks on purpose.
 
+    :meth:`cut` breaks every link and refuses new ones until :meth:`restore`.
     :meth:`blackhole` makes the links open now drop everything the broker sends (its
     PUBACKs, its PINGRESPs) while still passing on what the agent sends: the agent's
     events reach the broker, the agent never hears so, times out and sends them again on a
@@ -376,6 +377,15 @@ class LinkProxy:
     def blackhole(self) -> None:
         self._blackholed |= self._writers
 
+    async def cut(self) -> None:
+        """Break every link and refuse new ones, until :meth:`restore`."""
+        await self.close()
+        self._server = None
+
+    async def restore(self) -> None:
+        """Relay again, on the same port."""
+        await self.start()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
@@ -389,6 +399,9 @@ class LinkProxy:
                 await writer.wait_closed()
         if self._server is not None:
             await self._server.wait_closed()
+        self._writers.clear()
+        self._blackholed.clear()
+        self._tasks.clear()
 
     async def _accept(
         self, agent_in: asyncio.StreamReader, agent_out: asyncio.StreamWriter
