@@ -74,7 +74,7 @@ def append_workflow(system: System, counter: Path) -> Workflow:
     )
 
 
-# 6. duplicate and expired commands ------------------------------------------------------
+# duplicate and expired commands ------------------------------------------------------
 @pytest.mark.slow
 async def test_a_deploy_command_delivered_twice_runs_once(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
@@ -170,7 +170,7 @@ async def test_a_step_over_its_timeout_is_killed_with_its_children_and_fails(
                 os.kill(pid, signal.SIGKILL)
 
 
-# 8. nothing lost, nothing doubled -------------------------------------------------------
+# nothing lost, nothing doubled -------------------------------------------------------
 # The events of a whole run of long_job(gates=["a"]), in order.
 FULL_RUN = [
     ("accepted", None),

@@ -61,7 +61,7 @@ def touch_workflow(system: System, name: str, marker: Path, **extra: Any) -> Pat
     return system.workflow(name, data)
 
 
-# 1. the lifecycle ---------------------------------------------------------------------------
+# the lifecycle ---------------------------------------------------------------------------
 @pytest.mark.slow
 async def test_create_run_online_deploy_into_a_bucket_and_see_every_event_once(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
@@ -205,7 +205,7 @@ async def test_a_model_installed_while_running_is_reported_and_opens_the_gate(
         assert len(with_models) == 2
 
 
-# 2. every gate --------------------------------------------------------------------------------
+# every gate --------------------------------------------------------------------------------
 @pytest.mark.slow
 async def test_deploy_to_an_unknown_environment_is_refused(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
@@ -348,7 +348,7 @@ async def test_an_agent_without_a_record_is_unregistered_and_never_commanded(
         assert not (tmp_path / "ran").exists()
 
 
-# 3. every preflight check failing alone ----------------------------------------------------
+# every preflight check failing alone ----------------------------------------------------
 @contextlib.asynccontextmanager
 async def http_ok_server() -> AsyncIterator[int]:
     """A tiny HTTP server answering 200 to anything: a datasource that is up."""
@@ -565,7 +565,7 @@ async def test_dry_run_with_a_failing_check_reports_it_and_exits_non_zero(
         assert not (tmp_path / "ran").exists()
 
 
-# 4. --when-online -------------------------------------------------------------------------
+# --when-online -------------------------------------------------------------------------
 @pytest.mark.slow
 async def test_when_online_queues_until_the_agent_comes_and_then_runs(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
@@ -610,7 +610,7 @@ async def test_when_online_with_a_short_ttl_and_no_agent_expires(
         assert system.commands("edge-never") == []
 
 
-# 5. bad workflow files -------------------------------------------------------------------
+# bad workflow files -------------------------------------------------------------------
 BAD_WORKFLOWS: list[tuple[str, str, list[str]]] = [
     # (file name, content, what stderr must name besides the file)
     ("not-yaml.yaml", "name: [unclosed\nsteps: {\n", []),
@@ -670,7 +670,7 @@ async def test_bad_workflow_files_are_refused_with_file_and_path_and_nothing_is_
         assert sent == []
 
 
-# 9. rollback ----------------------------------------------------------------------------------
+# services: rollback, restarts, resume ----------------------------------------------------
 SERVICE = """\
 import os, pathlib, sys, time
 out, tag = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -792,7 +792,7 @@ async def test_a_service_is_restarted_when_it_exits_stopped_with_the_agent_and_r
                 os.kill(pid, signal.SIGKILL)
 
 
-# 10. retire ------------------------------------------------------------------------------
+# retire ------------------------------------------------------------------------------
 @pytest.mark.slow
 async def test_retire_stops_the_agent_clears_its_topics_and_keeps_the_history(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
