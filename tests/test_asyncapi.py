@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 import shared
+from controller.settings import CONTROLLER_SETTINGS
 from edge_agent.heartbeat import message_expiry
 from shared import codec, messages, rpc, workflow
 from shared.broker_url import DEFAULT_BROKER
@@ -561,6 +562,19 @@ def test_requests_are_mqtt_5_request_response(doc: dict[str, Any]) -> None:
     expiry = sends[0]["bindings"]["mqtt"]["messageExpiryInterval"]
     assert expiry["examples"] == [rpc.REQUEST_EXPIRY], "the request expiry the code sets"
     assert sends[0]["reply"]["channel"]["$ref"] == "#/channels/controllerReplies"
+
+
+def test_commands_expire_after_the_controllers_command_ttl(doc: dict[str, Any]) -> None:
+    sends = [
+        operation
+        for operation in doc["operations"].values()
+        if operation["action"] == "send"
+        and operation["channel"]["$ref"] == "#/channels/agentCommands"
+    ]
+    assert len(sends) == 1
+    expiry = sends[0]["bindings"]["mqtt"]["messageExpiryInterval"]
+    (ttl,) = (s.default for s in CONTROLLER_SETTINGS if s.name == "command_ttl")
+    assert expiry["examples"] == [round(ttl)], "the controller's default --command-ttl"
 
 
 @pytest.mark.parametrize("message_name", MESSAGE_NAMES)
