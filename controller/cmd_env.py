@@ -22,6 +22,10 @@ from controller.operator import (
     add_operator_flags,
     env_id_arg,
     key_value_arg,
+    label_arg,
+    label_key_arg,
+    project_arg,
+    short_text_arg,
 )
 from shared import settings as common
 
@@ -107,12 +111,16 @@ def _add_create(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "id", nargs="?", type=env_id_arg, help="the id (default: STAGE-LOCATION-PURPOSE)"
     )
     parser.add_argument("--stage", required=True, choices=["dev", "staging", "prod"])
-    parser.add_argument("--location", required=True, help="where it runs, e.g. berlin")
-    parser.add_argument("--purpose", required=True, help="what it is for, e.g. vision")
-    parser.add_argument("--project", default="default", help="the project (default: default)")
     parser.add_argument(
-        "--label", action="append", type=key_value_arg, default=[], metavar="KEY=VALUE"
+        "--location", required=True, type=short_text_arg, help="where it runs, e.g. berlin"
     )
+    parser.add_argument(
+        "--purpose", required=True, type=short_text_arg, help="what it is for, e.g. vision"
+    )
+    parser.add_argument(
+        "--project", default="default", type=project_arg, help="the project (default: default)"
+    )
+    parser.add_argument("--label", action="append", type=label_arg, default=[], metavar="KEY=VALUE")
 
 
 async def _create(controller: ControllerClient, args: argparse.Namespace) -> int:
@@ -138,7 +146,7 @@ async def _create(controller: ControllerClient, args: argparse.Namespace) -> int
 # --- list ---------------------------------------------------------------------------------
 def _add_list(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = _leaf(actions, "list", "list environments", _list)
-    parser.add_argument("--project", default="", help="only this project's environments")
+    parser.add_argument("--project", type=project_arg, help="only this project's environments")
     parser.add_argument("--all", action="store_true", help="retired environments too")
 
 
@@ -146,7 +154,7 @@ async def _list(controller: ControllerClient, args: argparse.Namespace) -> int:
     from controller.operator import ago, print_json, render_table
     from shared.rpc import EnvList
 
-    request = EnvList(project=args.project, include_retired=args.all)
+    request = EnvList(project=args.project or "", include_retired=args.all)
     infos: list[EnvInfo] = await controller.call(request, within=args.timeout)
     if args.json:
         print_json(infos)
@@ -255,10 +263,10 @@ def _platform(info: EnvInfo) -> str:
 def _add_update(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = _leaf(actions, "update", "change labels, or settings the agent applies", _update)
     parser.add_argument("id", type=env_id_arg)
+    parser.add_argument("--label", action="append", type=label_arg, default=[], metavar="KEY=VALUE")
     parser.add_argument(
-        "--label", action="append", type=key_value_arg, default=[], metavar="KEY=VALUE"
+        "--remove-label", action="append", type=label_key_arg, default=[], metavar="KEY"
     )
-    parser.add_argument("--remove-label", action="append", default=[], metavar="KEY")
     parser.add_argument(
         "--heartbeat-interval", type=_seconds_arg, metavar="SECONDS", help="sent to the agent"
     )

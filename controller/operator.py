@@ -9,6 +9,7 @@ controller, a refusal, a failed deployment), with one line on stderr; 2 for usag
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
@@ -27,11 +28,18 @@ __all__ = [
     "ago",
     "env_id_arg",
     "key_value_arg",
+    "label_arg",
+    "label_key_arg",
     "print_json",
+    "project_arg",
     "render_table",
+    "short_text_arg",
     "to_json",
     "when",
 ]
+
+_LABEL_KEY: Final = re.compile(r"[A-Za-z0-9._/-]{1,63}")  # as shared.rpc.Label
+_PROJECT: Final = re.compile(r"[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?")  # as shared.rpc.ProjectName
 
 ANSWER_TIMEOUT: Final = 5.0  # as controller.rpc.DEFAULT_TIMEOUT (not imported: aiomqtt)
 
@@ -60,6 +68,37 @@ def key_value_arg(value: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
     return key, rest
+
+
+def label_key_arg(value: str) -> str:
+    if not _LABEL_KEY.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid label name {value!r}: 1-63 letters, digits, '.', '_', '/' or '-'"
+        )
+    return value
+
+
+def label_arg(value: str) -> tuple[str, str]:
+    """``KEY=VALUE`` with a label name as the controller accepts it."""
+    key, text = key_value_arg(value)
+    label_key_arg(key)
+    if len(text) > 256:
+        raise argparse.ArgumentTypeError(f"label {key!r}: at most 256 characters")
+    return key, text
+
+
+def project_arg(value: str) -> str:
+    if not _PROJECT.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid project {value!r}: 1-42 lowercase letters, digits and inner hyphens"
+        )
+    return value
+
+
+def short_text_arg(value: str) -> str:
+    if not value.strip() or len(value) > 256:
+        raise argparse.ArgumentTypeError(f"expected 1-256 characters, got {len(value)}")
+    return value
 
 
 # --- output -------------------------------------------------------------------------------
