@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
+from controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg, seconds_arg
 from shared import settings as common
 from shared.errors import SettingsError
 
@@ -52,29 +52,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="queue it until the environment comes online (else an offline one refuses)",
     )
     parser.add_argument(
-        "--ttl", type=_ttl, metavar="SECONDS", help="how long it may stay queued (default 3600)"
+        "--ttl",
+        type=seconds_arg(MAX_TTL),
+        metavar="SECONDS",
+        help="how long it may stay queued (default 3600)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="run only the preflight checks and print them"
     )
     parser.add_argument(
         "--wait-timeout",
-        type=_ttl,
+        type=seconds_arg(MAX_TTL),
         metavar="SECONDS",
         help="most seconds to follow it (default: the steps' timeouts + 60, + the TTL)",
     )
     add_operator_flags(parser)
     parser.set_defaults(handler=deploy)
-
-
-def _ttl(value: str) -> float:
-    try:
-        seconds = common.positive_float(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if seconds > MAX_TTL:
-        raise argparse.ArgumentTypeError(f"at most {MAX_TTL} seconds (30 days), got {value}")
-    return seconds
 
 
 def deploy(args: argparse.Namespace) -> int:

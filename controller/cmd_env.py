@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -25,6 +26,7 @@ from controller.operator import (
     label_arg,
     label_key_arg,
     project_arg,
+    seconds_arg,
     short_text_arg,
 )
 from shared import settings as common
@@ -75,18 +77,11 @@ def _add_ack_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--wait-timeout",
-        type=_seconds_arg,
+        type=seconds_arg(3600),
         default=ACK_WAIT,
         metavar="SECONDS",
         help=f"most seconds to wait for the agent's ack (default {ACK_WAIT:g})",
     )
-
-
-def _seconds_arg(value: str) -> float:
-    try:
-        return float(common.positive_float(value))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _run(handler: Handler, args: argparse.Namespace) -> int:
@@ -163,7 +158,7 @@ async def _list(controller: ControllerClient, args: argparse.Namespace) -> int:
         print("no environments" + (f" in project {args.project}" if args.project else ""))
         return 0
     header = ("ID", "PROJECT", "STAGE", "LOCATION", "PURPOSE", "STATUS", "LAST SEEN", "LABELS")
-    now = _now()
+    now = time.time()
     rows = [
         (
             info.id,
@@ -192,12 +187,6 @@ def _status(info: EnvInfo) -> str:
 
 def _labels(labels: dict[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
-
-
-def _now() -> float:
-    import time
-
-    return time.time()
 
 
 # --- show ---------------------------------------------------------------------------------
@@ -233,7 +222,7 @@ def _details(info: EnvInfo) -> str:
     if info.retired is not None:
         fields.append(("retired", when(info.retired)))
     fields.append(("status", f"{_status(info)} since {when(info.since)}"))
-    heard = "never" if info.last_seen is None else ago(_now() - info.last_seen)
+    heard = "never" if info.last_seen is None else ago(time.time() - info.last_seen)
     every = f", every {info.interval:g} s" if info.interval else ""
     fields.append(("heartbeat", f"{heard}{every}"))
     models = "; ".join(
@@ -268,7 +257,10 @@ def _add_update(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--remove-label", action="append", type=label_key_arg, default=[], metavar="KEY"
     )
     parser.add_argument(
-        "--heartbeat-interval", type=_seconds_arg, metavar="SECONDS", help="sent to the agent"
+        "--heartbeat-interval",
+        type=seconds_arg(86_400),
+        metavar="SECONDS",
+        help="sent to the agent",
     )
     parser.add_argument(
         "--set",

@@ -33,6 +33,7 @@ __all__ = [
     "print_json",
     "project_arg",
     "render_table",
+    "seconds_arg",
     "short_text_arg",
     "to_json",
     "when",
@@ -93,6 +94,21 @@ def project_arg(value: str) -> str:
             f"invalid project {value!r}: 1-42 lowercase letters, digits and inner hyphens"
         )
     return value
+
+
+def seconds_arg(limit: float) -> Callable[[str], float]:
+    """A positive number of seconds, at most ``limit``."""
+
+    def convert(value: str) -> float:
+        try:
+            seconds = float(common.positive_float(value))
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if seconds > limit:
+            raise argparse.ArgumentTypeError(f"at most {limit:g} seconds, got {value}")
+        return seconds
+
+    return convert
 
 
 def short_text_arg(value: str) -> str:
