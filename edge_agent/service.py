@@ -64,8 +64,8 @@ class ServiceSupervisor:
 
     @property
     def pgid(self) -> int | None:
-        with self._lock:
-            return self._process.pgid if self._process is not None else None
+        process = self._process  # one read: no lock, so hooks may ask from any thread
+        return process.pgid if process is not None else None
 
     def start(self) -> StepResult | None:
         """Start the service and wait out its grace. None: it is up, and kept running from
@@ -74,6 +74,7 @@ class ServiceSupervisor:
             if self._stopping.is_set():
                 return None
             process = self._spawn()
+        self._launched(process)
         result = process.wait(self._grace)
         if result is not None:
             return result
@@ -99,12 +100,16 @@ class ServiceSupervisor:
         process = self._launch()
         process.start()
         self._process = process
-        if self._on_launch is not None:
-            try:
-                self._on_launch(process)
-            except Exception:
-                log.exception("service launch hook failed", service=self.name)
         return process
+
+    def _launched(self, process: StepProcess) -> None:
+        """Tell the hook, outside the lock (the hook may take locks of its own)."""
+        if self._on_launch is None:
+            return
+        try:
+            self._on_launch(process)
+        except Exception:
+            log.exception("service launch hook failed", service=self.name)
 
     def _supervise(self, process: StepProcess) -> None:
         started = self._clock.monotonic()
@@ -125,6 +130,7 @@ class ServiceSupervisor:
                     return
                 process = self._spawn()
                 self.restarts += 1
+            self._launched(process)
             started = self._clock.monotonic()
             try:
                 self._on_restart(self.restarts, result.exit_code, delay)

@@ -3,8 +3,10 @@ executors on a temporary state directory that are closed at the end of the test.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,16 @@ from shared.messages import Deploy
 from shared.workflow import Requires, Step, Workflow, WorkflowKind
 from tests.support.sink import MemorySink
 
-__all__ = ["Executors", "deploy", "py", "workflow"]
+__all__ = [
+    "SERVICE",
+    "Executors",
+    "alive",
+    "deploy",
+    "py",
+    "service_step",
+    "wait_for_file",
+    "workflow",
+]
 
 
 def py(name: str, code: str, *, timeout: float = 60.0, env: dict[str, str] | None = None) -> Step:
@@ -66,3 +77,41 @@ class Executors:
         executor.start()
         self.made.append(executor)
         return executor
+
+
+def wait_for_file(path: Path, timeout: float = 20.0) -> str:
+    """The content of ``path`` once a step has written it (polled: no event says so)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(FileNotFoundError):
+            text = path.read_text()
+            if text.endswith("\n"):
+                return text
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} was not written within {timeout} s")
+        time.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    """The process runs (is not gone, nor a zombie waiting to be reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+
+# A service step: appends its pid to ``starts`` in its working directory, then runs until
+# stopped; ``{fail}`` is Python run after that (e.g. exit early on some starts).
+SERVICE = """
+import os, sys, time
+with open("starts", "a") as f:
+    f.write(f"{{os.getpid()}}\\n")
+starts = len(open("starts").read().split())
+{fail}
+time.sleep(600)
+"""
+
+
+def service_step(name: str = "serve", fail: str = "") -> Step:
+    return py(name, SERVICE.format(fail=fail))
