@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import re
 import sys
 from asyncio.subprocess import PIPE
@@ -294,3 +296,29 @@ async def test_an_agent_without_a_record_is_shown_unregistered(
         assert "online, unregistered since" in shown.stdout, str(shown)
         info = json.loads((await system.cli("env", "show", "stray-gw", "--json")).stdout)
         assert info["registered"] is False
+
+
+@pytest.mark.slow
+async def test_retire_at_a_terminal_asks_first_and_no_keeps_the_environment(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.create_env("edge-keep")
+        leader, follower = pty.openpty()  # stdin a terminal, as for a person
+        argv = [sys.executable, "-m", "controller", "env", "retire", "edge-keep"]
+        argv += ["--broker", broker.url, "--topic-root", str(root)]
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=follower, stdout=PIPE, stderr=PIPE
+        )
+        os.close(follower)
+        try:
+            os.write(leader, b"n\n")
+            out, err = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            os.close(leader)
+        assert process.returncode == 1
+        assert "retire edge-keep? " in out.decode()
+        assert err.decode() == "edgeplane: not retired\n"
+        shown = await system.cli_json("env", "show", "edge-keep")
+        assert shown["retired"] is None
