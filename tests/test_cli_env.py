@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from controller.brokerproc import MosquittoProcess, free_port
+from controller.views import Board, render_json, render_table
 from shared.topics import TopicRoot
 from tests.support.procs import Proc
 from tests.support.system import CliResult, open_system
@@ -322,3 +323,22 @@ async def test_retire_at_a_terminal_asks_first_and_no_keeps_the_environment(
         assert err.decode() == "edgeplane: not retired\n"
         shown = await system.cli_json("env", "show", "edge-keep")
         assert shown["retired"] is None
+
+
+def test_the_status_board_marks_unregistered_agents_in_table_and_json() -> None:
+    board_root = TopicRoot("edgeplane/v1")
+    board = Board(board_root, clock=lambda: 100.0)
+    stray = b'{"env":"stray","status":"online","since":90.0,"registered":false}'
+    known = b'{"env":"known","status":"offline","since":80.0}'
+    assert board.take(board_root.view("stray"), stray, True, None)
+    assert board.take(board_root.view("known"), known, True, None)
+    rows = board.rows()
+    lines = render_table(rows, now=100.0).splitlines()
+    assert [re.split(r"\s{2,}", line)[:2] for line in lines[1:]] == [
+        ["known", "offline"],
+        ["stray", "online (unregistered)"],
+    ]
+    assert [(row["env"], row["registered"]) for row in json.loads(render_json(rows))] == [
+        ("known", True),
+        ("stray", False),
+    ]
