@@ -27,7 +27,8 @@ executor (after an agent restart or crash) carries on:
 
 - the agent stopping (:meth:`stop_all` with ``resume=True``, the default) stops every
   service and reports ``stopped``, but keeps them in the record: the next start of the
-  agent starts them again (``running``). Retirement passes ``resume=False``;
+  agent starts them again (their last step, in their working directory: ``running``).
+  Retirement passes ``resume=False``;
 - a job whose step was running when the agent died is reported ``failed`` ("interrupted:
   the agent stopped during step 'x'"), and what is left of its process group is killed;
 - a service process left over from a crashed agent is killed before it is started again.

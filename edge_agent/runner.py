@@ -69,6 +69,7 @@ class StepResult:
     exit_code: int | None
     duration: float
     timed_out: bool = False
+    timeout: float | None = None  # the timeout it ran over, when ``timed_out``
     stopped: bool = False
     problem: str = ""
     stdout: str = ""
@@ -81,7 +82,7 @@ class StepResult:
     def describe(self) -> str:
         """What happened, for a ``failed`` event: ``exited with code 3``, ``timed out``."""
         if self.timed_out:
-            return f"timed out after {self.duration:.3g} s"
+            return f"ran over its {self.timeout:g} s timeout and was killed"
         if self.stopped:
             return "stopped"
         if self.problem:
@@ -152,6 +153,7 @@ class StepProcess:
         self._started_at = 0.0
         self._stopped = threading.Event()
         self._timed_out = False
+        self._timeout: float | None = None
         self._result: StepResult | None = None
 
     @property
@@ -198,11 +200,12 @@ class StepProcess:
 
     def finish(self, timeout: float | None) -> StepResult:
         """Wait for the step to end; past ``timeout`` seconds, time it out."""
-        return self.wait(timeout) or self.time_out()
+        return self.wait(timeout) or self.time_out(timeout)
 
-    def time_out(self) -> StepResult:
-        """End a step that ran over its timeout: kill its whole group."""
+    def time_out(self, timeout: float | None = None) -> StepResult:
+        """End a step that ran over its ``timeout``: kill its whole group."""
         self._timed_out = True
+        self._timeout = timeout
         self._terminate()
         result = self.wait()
         assert result is not None
@@ -244,6 +247,7 @@ class StepProcess:
             exit_code=code if code >= 0 else None,
             duration=duration,
             timed_out=self._timed_out,
+            timeout=self._timeout if self._timed_out else None,
             stopped=stopped and not self._timed_out,
             problem=problem,
             stdout=tail(self.stdout_path, self._mask),

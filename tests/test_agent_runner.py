@@ -104,7 +104,7 @@ def test_a_step_over_its_timeout_is_killed_with_its_whole_group(
     result = proc.finish(0.2)
     assert result.timed_out
     assert not result.ok
-    assert result.describe().startswith("timed out after")
+    assert result.describe() == "ran over its 0.2 s timeout and was killed"
     wait_until(lambda: not alive(grandchild), timeout=5, what="the grandchild to be gone")
 
 
