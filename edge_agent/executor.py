@@ -213,6 +213,7 @@ class Executor:
         self._resume: dict[str, _ServiceRecord] = {}  # stopped with the agent, to restart
         self._job: _Job | None = None
         self._closing = ""  # why new deployments are refused (set by stop_all)
+        self._closed = False  # the worker is told to end: nothing queued would run
         self._thread: threading.Thread | None = None
 
     # --- the agent loop's side --------------------------------------------------------------
@@ -232,6 +233,10 @@ class Executor:
 
     def submit(self, cmd: Deploy) -> None:
         """Queue a deployment; everything about it is reported through the sink."""
+        if self._closed:
+            reason = clip(f"not run: {self._closing or 'the executor is closed'}")
+            self._emit(CommandRejected, cmd=cmd.id, dep=cmd.dep, reason=reason)
+            return
         self._queue.put(cmd)
 
     def running(self) -> list[str]:
@@ -265,7 +270,10 @@ class Executor:
             self._emit(Ack, cmd=cmd_id, op="restart", ok=True, detail="nothing is running")
             return
         threading.Thread(
-            target=self._restart, args=(services, job, cmd_id), name="executor-restart", daemon=True
+            target=self._restart_guarded,
+            args=(services, job, cmd_id),
+            name="executor-restart",
+            daemon=True,
         ).start()
 
     def stop_all(self, reason: str, timeout: float = 10.0, *, resume: bool = True) -> None:
@@ -309,6 +317,7 @@ class Executor:
         worker thread."""
         if not self._closing:
             self.stop_all("agent stopping", timeout)
+        self._closed = True
         self._queue.put(_CLOSE)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -328,8 +337,9 @@ class Executor:
             task()
         except Exception as exc:
             log.exception("deployment failed unexpectedly", cmd=cmd, dep=dep)
+            reason = str(exc) if isinstance(exc, AgentError) else f"internal error: {exc!r}"
             with contextlib.suppress(Exception):
-                self._emit(Failed, cmd=cmd, dep=dep, reason=clip(f"internal error: {exc!r}"))
+                self._emit(Failed, cmd=cmd, dep=dep, reason=clip(reason))
         finally:
             with self._lock:
                 job, self._job = self._job, None
@@ -581,6 +591,15 @@ class Executor:
         )
 
     # --- restart ----------------------------------------------------------------------------
+    def _restart_guarded(self, services: list[_Service], job: _Job | None, cmd_id: str) -> None:
+        try:
+            self._restart(services, job, cmd_id)
+        except Exception as exc:
+            log.exception("restart failed unexpectedly", cmd=cmd_id)
+            with contextlib.suppress(Exception):
+                detail = clip(f"restart failed: {exc}")
+                self._emit(Ack, cmd=cmd_id, op="restart", ok=False, detail=detail)
+
     def _restart(self, services: list[_Service], job: _Job | None, cmd_id: str) -> None:
         done, failed = [], []
         if job is not None:

@@ -232,3 +232,20 @@ def test_only_the_newest_working_directories_are_kept(executors: Executors) -> N
     executors.sink.wait_for(Succeeded, dep="d-other")
     kept = sorted(path.name for path in (executors.state_dir / "deployments").iterdir())
     assert kept == ["d-keep-2", "d-keep-3", "d-other"]
+
+
+def test_a_deployment_after_close_is_refused(executors: Executors) -> None:
+    executor = executors()
+    executor.close()
+    executor.submit(deploy(workflow(py("ok", "pass")), "d-closed"))
+    rejected = executors.sink.wait_for(CommandRejected, dep="d-closed")
+    assert rejected.reason == "not run: agent stopping"
+
+
+def test_a_working_directory_that_cannot_be_made_fails_by_name(executors: Executors) -> None:
+    executors.state_dir.mkdir(parents=True)
+    (executors.state_dir / "deployments").write_text("in the way")
+    executors().submit(deploy(workflow(py("ok", "pass")), "d-nodir"))
+    failed = executors.sink.wait_for(Failed, dep="d-nodir")
+    assert failed.reason.startswith("cannot create ")
+    assert "deployments/d-nodir" in failed.reason
