@@ -152,6 +152,7 @@ class StepProcess:
         self._problem = ""
         self._started_at = 0.0
         self._stopped = threading.Event()
+        self._lock = threading.Lock()
         self._timed_out = False
         self._timeout: float | None = None
         self._result: StepResult | None = None
@@ -164,23 +165,27 @@ class StepProcess:
     def start(self) -> bool:
         """Start the step; False when it could not be started (``wait`` says why)."""
         self._started_at = self._clock.monotonic()
-        try:
-            with (
-                open(self.stdout_path, "ab") as stdout,
-                open(self.stderr_path, "ab") as stderr,
-            ):
-                self._process = subprocess.Popen(
-                    self.argv,
-                    cwd=self.cwd,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=stdout,
-                    stderr=stderr,
-                    start_new_session=True,
-                )
-        except OSError as exc:
-            self._problem = _start_problem(exc, self.argv[0])
-            return False
+        with self._lock:  # a stop() from another thread sees the process, or no start
+            if self._stopped.is_set():
+                self._problem = "stopped before it started"
+                return False
+            try:
+                with (
+                    open(self.stdout_path, "ab") as stdout,
+                    open(self.stderr_path, "ab") as stderr,
+                ):
+                    self._process = subprocess.Popen(
+                        self.argv,
+                        cwd=self.cwd,
+                        env=self.env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=stdout,
+                        stderr=stderr,
+                        start_new_session=True,
+                    )
+            except OSError as exc:
+                self._problem = f"could not start: {_start_problem(exc, self.argv[0])}"
+                return False
         return True
 
     def wait(self, timeout: float | None = None) -> StepResult | None:
@@ -214,7 +219,8 @@ class StepProcess:
     def stop(self) -> None:
         """Kill the step's whole group (SIGTERM, a grace, SIGKILL). Safe from any thread;
         the thread in ``wait`` then gets a result with ``stopped`` set."""
-        self._stopped.set()
+        with self._lock:
+            self._stopped.set()
         self._terminate()
 
     def _terminate(self) -> None:
@@ -237,7 +243,7 @@ class StepProcess:
         stopped = self._stopped.is_set()
         if self._process is None:
             return StepResult(
-                exit_code=None, duration=duration, problem=f"could not start: {self._problem}"
+                exit_code=None, duration=duration, stopped=stopped, problem=self._problem
             )
         code = self._process.returncode
         problem = ""

@@ -183,3 +183,13 @@ def test_a_step_without_path_gets_the_default(tmp_path: Path) -> None:
     env = step_env({}, agent_env={}, env_id="e", dep="d", workdir=tmp_path)
     assert env["PATH"] == os.defpath
     assert "EDGEPLANE_MODELS_DIR" not in env
+
+
+def test_a_step_stopped_before_it_starts_never_runs(tmp_path: Path) -> None:
+    proc = step(tmp_path, python("open('ran', 'w').close()"))
+    proc.stop()
+    assert not proc.start()
+    result = proc.finish(30)
+    assert result.stopped
+    assert result.exit_code is None
+    assert not (tmp_path / "ran").exists()
