@@ -103,7 +103,11 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
 def _add_create(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = _leaf(actions, "create", "create an environment record and print its id", _create)
     parser.add_argument(
-        "id", nargs="?", type=env_id_arg, help="the id (default: STAGE-LOCATION-PURPOSE)"
+        "id",
+        nargs="?",
+        metavar="ID",
+        type=env_id_arg,
+        help="the environment id (default: STAGE-LOCATION-PURPOSE)",
     )
     parser.add_argument("--stage", required=True, choices=["dev", "staging", "prod"])
     parser.add_argument(
@@ -115,7 +119,14 @@ def _add_create(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--project", default="default", type=project_arg, help="the project (default: default)"
     )
-    parser.add_argument("--label", action="append", type=label_arg, default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--label",
+        action="append",
+        type=label_arg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a label (repeatable)",
+    )
 
 
 async def _create(controller: ControllerClient, args: argparse.Namespace) -> int:
@@ -192,7 +203,7 @@ def _labels(labels: dict[str, str]) -> str:
 # --- show ---------------------------------------------------------------------------------
 def _add_show(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = _leaf(actions, "show", "show one environment: record, status, inventory", _show)
-    parser.add_argument("id", type=env_id_arg)
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
 
 
 async def _show(controller: ControllerClient, args: argparse.Namespace) -> int:
@@ -251,10 +262,22 @@ def _platform(info: EnvInfo) -> str:
 # --- update -------------------------------------------------------------------------------
 def _add_update(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = _leaf(actions, "update", "change labels, or settings the agent applies", _update)
-    parser.add_argument("id", type=env_id_arg)
-    parser.add_argument("--label", action="append", type=label_arg, default=[], metavar="KEY=VALUE")
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
     parser.add_argument(
-        "--remove-label", action="append", type=label_key_arg, default=[], metavar="KEY"
+        "--label",
+        action="append",
+        type=label_arg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a label (repeatable)",
+    )
+    parser.add_argument(
+        "--remove-label",
+        action="append",
+        type=label_key_arg,
+        default=[],
+        metavar="KEY",
+        help="remove a label (repeatable)",
     )
     parser.add_argument(
         "--heartbeat-interval",
@@ -306,7 +329,7 @@ async def _update(controller: ControllerClient, args: argparse.Namespace) -> int
 # --- restart ------------------------------------------------------------------------------
 def _add_restart(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = _leaf(actions, "restart", "restart the running workflows (or one)", _restart)
-    parser.add_argument("id", type=env_id_arg)
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
     parser.add_argument("--workflow", default="", metavar="NAME", help="only this workflow")
     _add_ack_flags(parser)
 
@@ -333,7 +356,7 @@ async def _restart(controller: ControllerClient, args: argparse.Namespace) -> in
 # --- retire -------------------------------------------------------------------------------
 def _add_retire(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = _leaf(actions, "retire", "retire an environment: its agent stops for good", _retire)
-    parser.add_argument("id", type=env_id_arg)
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
     parser.add_argument("--yes", action="store_true", help="do not ask (stdin a terminal)")
     _add_ack_flags(parser)
 
