@@ -208,6 +208,8 @@ def probe_datasource(url: str, timeout: float = DEFAULT_CHECK_TIMEOUT) -> Verdic
     scheme = parts.scheme.lower()
     shown = _without_credentials(parts)
     if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            return False, f"{shown}: a file:// URL names no host (file:///absolute/path)"
         return _probe_file(parts.path)
     if scheme not in SCHEMES:
         return False, f"unsupported scheme {scheme!r} in {shown} (use {', '.join(SCHEMES)})"

@@ -16,6 +16,9 @@ from typing import IO
 
 import pytest
 
+from edge_agent.runner import StepProcess
+from edge_agent.service import ServiceSupervisor
+from shared.backoff import Backoff
 from shared.codec import encode
 from shared.messages import (
     Ack,
@@ -347,3 +350,29 @@ def test_a_crashed_agent_leaves_nothing_behind(executors: Executors, tmp_path: P
     assert not alive(service_pid), "the old service process is killed before the new start"
     assert alive(starts(executors, "d-svc", 2)[1])
     assert not executors.sink.of(StepStarted, "d-job")
+
+
+# --- the supervisor on its own -------------------------------------------------------------
+def test_a_run_that_lasted_resets_the_backoff(tmp_path: Path) -> None:
+    """With ``healthy_after`` 0 every run counts as healthy: each delay starts afresh."""
+    code = "if starts == 1: time.sleep(0.4)\nif starts <= 4: sys.exit(3)"
+    step = service_step(fail=code)
+    restarts: queue.Queue[tuple[int, int | None, float]] = queue.Queue()
+    supervisor = ServiceSupervisor(
+        lambda: StepProcess(step.run, cwd=tmp_path, env={}, log_name="svc", kill_grace=0.5),
+        name="svc",
+        on_restart=lambda count, code, delay: restarts.put((count, code, delay)),
+        grace=0.2,
+        backoff=Backoff(initial=0.1, cap=10.0),
+        healthy_after=0.0,
+    )
+    try:
+        assert supervisor.start() is None
+        seen = [restarts.get(timeout=20) for _ in range(4)]
+        last = supervisor.pgid
+    finally:
+        supervisor.stop()
+    assert [(count, code) for count, code, _ in seen] == [(1, 3), (2, 3), (3, 3), (4, 3)]
+    assert all(0.05 <= delay <= 0.1 for _, _, delay in seen), seen
+    assert last is not None
+    assert not alive(last), "stop() ends the process that runs"

@@ -5,6 +5,7 @@ phase is reported as an event the controller can read."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from shared.messages import (
     StepFinished,
     Succeeded,
 )
-from shared.workflow import BucketNeed, ModelNeed, Requires, Step
+from shared.workflow import BucketNeed, DatasourceNeed, ModelNeed, Requires, Step
 from tests.support.execution import Executors, deploy, py, workflow
 
 
@@ -249,3 +250,53 @@ def test_a_working_directory_that_cannot_be_made_fails_by_name(executors: Execut
     failed = executors.sink.wait_for(Failed, dep="d-nodir")
     assert failed.reason.startswith("cannot create ")
     assert "deployments/d-nodir" in failed.reason
+
+
+def closed_port() -> int:
+    sock = socket.create_server(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("model", "model ocr (ocr: not in the models dir)"),
+        ("datasource", "datasource camera (tcp://127.0.0.1:{port}: connection refused)"),
+        ("bucket", "bucket results ({tmp}/absent: does not exist)"),
+        ("secret", "secret TOKEN (not in the agent's secrets file)"),
+        ("endpoint", "endpoint api (not configured on the agent ([endpoints] in its config file))"),
+    ],
+)
+def test_each_check_failing_alone_refuses_the_deployment_by_name(
+    executors: Executors, tmp_path: Path, kind: str, reason: str
+) -> None:
+    port = closed_port()
+    secrets_path = tmp_path / "secrets.env"
+    secrets_path.write_text("OTHER=other-value\n")
+    secrets_path.chmod(0o600)
+    (tmp_path / "models" / "defect").mkdir(parents=True)
+    needs = {
+        "model": Requires(models=[ModelNeed(name="ocr")]),
+        "datasource": Requires(
+            datasources=[DatasourceNeed(name="camera", url=f"tcp://127.0.0.1:{port}")]
+        ),
+        "bucket": Requires(
+            buckets=[BucketNeed(name="results", path=str(tmp_path / "absent"), access="read")]
+        ),
+        "secret": Requires(secrets=["TOKEN"]),
+        "endpoint": Requires(endpoints=["api"]),
+    }[kind]
+    executor = executors(
+        models_dir=tmp_path / "models",
+        secrets=load_secrets(secrets_path),
+        endpoints={"other": "http://10.0.0.1"},
+    )
+    executor.submit(deploy(workflow(py("ok", "pass"), requires=needs), "d-check"))
+    rejected = executors.sink.wait_for(CommandRejected, dep="d-check")
+    expected = reason.format(port=port, tmp=tmp_path)
+    assert rejected.reason == f"preflight failed: {expected}"
+    [check] = executors.sink.of(Preflight, "d-check")[0].checks
+    assert (check.kind, check.ok) == (kind, False)
+    assert "started" not in executors.sink.types("d-check")

@@ -240,6 +240,7 @@ def test_file_source(tmp_path: Path) -> None:
         ("tcp://10.0.0.5", "no port in tcp://10.0.0.5"),
         ("tcp://:554", "no host in tcp://:554"),
         ("tcp://cam:rtsp", "bad URL: Port could not be cast to integer value as 'rtsp'"),
+        ("file://data/feed.csv", "file://data/feed.csv: a file:// URL names no host"),
     ],
 )
 def test_unusable_source_urls_are_named(url: str, detail: str) -> None:
