@@ -103,8 +103,13 @@ def test_a_service_that_exits_is_restarted_with_backoff(executors: Executors) ->
     assert len(executors.sink.of(Running, "d-crashy")) == 1
 
 
+# Tests where a service must die within its grace give it a long one: a loaded machine may
+# take a while to start Python, and a process that exits returns at once anyway.
+LONG_GRACE = 3.0
+
+
 def test_a_service_that_dies_in_its_first_grace_failed_to_start(executors: Executors) -> None:
-    executors().submit(
+    executors(service_grace=LONG_GRACE).submit(
         deploy(service(fail="print('port 8080 in use', file=sys.stderr); sys.exit(2)"), "d-dead")
     )
     failed = executors.sink.wait_for(Failed, dep="d-dead")
@@ -128,6 +133,7 @@ def test_a_new_version_replaces_the_running_one(executors: Executors) -> None:
     assert executor.running() == ["d-v2"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("broken", "reason"),
     [
@@ -145,7 +151,7 @@ def test_a_new_version_replaces_the_running_one(executors: Executors) -> None:
 def test_a_new_version_that_fails_to_start_is_rolled_back(
     executors: Executors, broken: dict[str, str], reason: str
 ) -> None:
-    executor = executors()
+    executor = executors(service_grace=LONG_GRACE)
     executor.submit(deploy(service(version="1.0"), "d-good"))
     executors.sink.wait_for(Running, dep="d-good")
     first = starts(executors, "d-good")[0]
