@@ -39,9 +39,16 @@ PY = sys.executable
 # --- the judgement (pure) -------------------------------------------------------------------
 def info(*, dry_run: bool = False, state: str = "sent", reason: str = "") -> DeploymentInfo:
     return DeploymentInfo(
-        id="d-1", env="edge-a", workflow="w", version="1", state=state,  # type: ignore[arg-type]
-        reason=reason, created=1.0, updated=1.0, dry_run=dry_run,
-    )  # fmt: skip
+        id="d-1",
+        env="edge-a",
+        workflow="w",
+        version="1",
+        state=state,  # type: ignore[arg-type]
+        reason=reason,
+        created=1.0,
+        updated=1.0,
+        dry_run=dry_run,
+    )
 
 
 def ending(
@@ -93,9 +100,15 @@ def test_a_failed_preflight_names_every_failed_check() -> None:
 
 def test_a_failed_step_is_named_with_the_last_line_of_its_stderr() -> None:
     finished = StepFinished(
-        seq=3, step="upload", index=1, exit_code=3, duration=0.2, ok=False,
-        stderr="trying\nconnection refused\n", **mine,
-    )  # fmt: skip
+        seq=3,
+        step="upload",
+        index=1,
+        exit_code=3,
+        duration=0.2,
+        ok=False,
+        stderr="trying\nconnection refused\n",
+        **mine,
+    )
     failed = Failed(seq=4, reason="exited with code 3", step="upload", **mine)
     assert ending([finished, failed]) == Outcome(
         "failed", False, "step upload: exited with code 3; stderr: connection refused"
@@ -105,15 +118,21 @@ def test_a_failed_step_is_named_with_the_last_line_of_its_stderr() -> None:
 @pytest.mark.parametrize(
     ("event", "expected"),
     [
-        (CommandRejected(seq=1, reason="bad workflow", **mine),
-         Outcome("rejected", False, "bad workflow")),
-        (Expired(seq=1, src="controller", reason="not online within 2 s", **mine),
-         Outcome("expired", False, "not online within 2 s")),
-        (RolledBack(seq=1, restored="d-0", version="1.3", reason="did not start", **mine),
-         Outcome("rolled-back", False, "did not start; restored d-0 (1.3)")),
+        (
+            CommandRejected(seq=1, reason="bad workflow", **mine),
+            Outcome("rejected", False, "bad workflow"),
+        ),
+        (
+            Expired(seq=1, src="controller", reason="not online within 2 s", **mine),
+            Outcome("expired", False, "not online within 2 s"),
+        ),
+        (
+            RolledBack(seq=1, restored="d-0", version="1.3", reason="did not start", **mine),
+            Outcome("rolled-back", False, "did not start; restored d-0 (1.3)"),
+        ),
         (Running(seq=1, **mine), Outcome("running", False, "a job ran on")),
     ],
-)  # fmt: skip
+)
 def test_every_other_end_is_a_failure_with_its_cause(event: Event, expected: Outcome) -> None:
     assert ending([event]) == expected
 
@@ -130,9 +149,10 @@ def test_a_failed_replacement_ends_when_the_old_deployment_is_restored_or_not() 
     )
     gone = Failed(seq=6, env="edge-a", dep="d-0", reason="not restored: gone")
     assert ending([replaced, failed, gone], service=True) == Outcome(
-        "failed", False, "failed to start: step 'serve' exited 3; d-0 not restored either: "
-        "not restored: gone",
-    )  # fmt: skip
+        "failed",
+        False,
+        "failed to start: step 'serve' exited 3; d-0 not restored either: not restored: gone",
+    )
     other = Stopped(seq=3, env="edge-a", dep="d-7", reason="replaced by d-9")
     assert not DeploymentWatch(info(), service=True).belongs(other)
     assert ending([failed], service=True) == Outcome("failed", False, failed.reason)
@@ -176,12 +196,15 @@ def job(system: System, name: str, *steps: tuple[str, str, list[str]], **extra: 
         "name": name,
         "version": "1.0.0",
         "steps": [
-            {"name": step, "run": [PY, str(system.script(f"{name}-{step}", code)), *args],
-             "timeout": 30}
+            {
+                "name": step,
+                "run": [PY, str(system.script(f"{name}-{step}", code)), *args],
+                "timeout": 30,
+            }
             for step, code, args in steps
         ],
         **extra,
-    }  # fmt: skip
+    }
     return system.workflow(name, data)
 
 
@@ -206,8 +229,15 @@ async def test_wait_prints_progress_as_it_happens_and_exits_0_when_it_succeeded(
         dep = lines[0].split()[1]
         assert lines[0] == f"deployment {dep} sent to edge-a"
         assert [line.split(":")[1].split()[0] for line in lines[1:-1]] == [
-            "accepted", "preflight", "started", "step", "step", "step", "step", "succeeded"
-        ]  # fmt: skip
+            "accepted",
+            "preflight",
+            "started",
+            "step",
+            "step",
+            "step",
+            "step",
+            "succeeded",
+        ]
         assert "edge-a: step 1 first finished: exit 0 after" in result.stdout
         assert lines[-1] == f"deployment {dep} to edge-a succeeded"
         assert marker.read_text() == "ran"
@@ -272,8 +302,11 @@ async def test_json_wait_prints_one_document_with_the_outcome_and_its_events(
         assert result.code == 0, str(result)
         report = result.json()
         assert (report["env"], report["workflow"], report["state"], report["ok"]) == (
-            "edge-a", "quiet", "succeeded", True,
-        )  # fmt: skip
+            "edge-a",
+            "quiet",
+            "succeeded",
+            True,
+        )
         assert [e["type"] for e in report["events"]][-1] == "succeeded"
         assert {e["dep"] for e in report["events"]} == {report["id"]}
         sent = await system.deploy(workflow, "edge-a", "--json")
@@ -350,16 +383,18 @@ async def test_a_service_that_fails_to_replace_a_running_one_reports_the_rollbac
     async with open_system(broker, root, tmp_path, procs) as system:
         await system.online("edge-svc")
         serve = {"name": "serve", "run": [PY, "-c", "import time; time.sleep(600)"]}
-        v1 = system.workflow("v1", {"name": "svc", "version": "1.0.0", "kind": "service",
-                                    "steps": [serve]})  # fmt: skip
+        v1 = system.workflow(
+            "v1", {"name": "svc", "version": "1.0.0", "kind": "service", "steps": [serve]}
+        )
         first = await system.deploy(v1, "edge-svc", "--wait")
         assert first.code == 0, str(first)
         assert first.stdout.splitlines()[-1].endswith("to edge-svc running"), str(first)
         dep1 = first.stdout.split()[1]
 
         dies = {"name": "serve", "run": [PY, "-c", "import sys; sys.exit(3)"]}
-        v2 = system.workflow("v2", {"name": "svc", "version": "2.0.0", "kind": "service",
-                                    "steps": [dies]})  # fmt: skip
+        v2 = system.workflow(
+            "v2", {"name": "svc", "version": "2.0.0", "kind": "service", "steps": [dies]}
+        )
         second = await system.deploy(v2, "edge-svc", "--wait")
         assert second.code == 1, str(second)
         assert f"edge-svc: stopped: replaced by {second.stdout.split()[1]}" in second.stdout
@@ -369,17 +404,32 @@ async def test_a_service_that_fails_to_replace_a_running_one_reports_the_rollbac
 
 
 BAD_FILES = [
-    ("typo.yaml", "name: w\nversion: '1'\nsteps:\n  - {name: a, run: [x], tiemout: 5}\n",
-     'typo.yaml: steps[0].tiemout: unknown field (did you mean "timeout"?)'),
-    ("soon.yaml", "name: w\nversion: '1'\nsteps:\n  - {name: a, run: [x]}\n"
-     "  - {name: b, run: [x], timeout: soon}\n",
-     'soon.yaml: steps[1].timeout: expected a number, got "soon"'),
-    ("spec.json", json.dumps({"name": "w", "version": "1", "steps": [{"name": "a", "run": ["x"]}],
-                              "requires": {"models": [{"name": "m", "version": "=>2"}]}}),
-     'spec.json: requires.models[0].version: "=>2" is not a PEP 440 version specifier'),
+    (
+        "typo.yaml",
+        "name: w\nversion: '1'\nsteps:\n  - {name: a, run: [x], tiemout: 5}\n",
+        'typo.yaml: steps[0].tiemout: unknown field (did you mean "timeout"?)',
+    ),
+    (
+        "soon.yaml",
+        "name: w\nversion: '1'\nsteps:\n  - {name: a, run: [x]}\n"
+        "  - {name: b, run: [x], timeout: soon}\n",
+        'soon.yaml: steps[1].timeout: expected a number, got "soon"',
+    ),
+    (
+        "spec.json",
+        json.dumps(
+            {
+                "name": "w",
+                "version": "1",
+                "steps": [{"name": "a", "run": ["x"]}],
+                "requires": {"models": [{"name": "m", "version": "=>2"}]},
+            }
+        ),
+        'spec.json: requires.models[0].version: "=>2" is not a PEP 440 version specifier',
+    ),
     ("broken.yaml", "name: [w\n", "broken.yaml: line 2, column 1: "),
     ("absent.yaml", None, "absent.yaml: no such file"),
-]  # fmt: skip
+]
 
 
 async def test_a_bad_workflow_file_is_exit_2_one_line_and_nothing_is_sent(

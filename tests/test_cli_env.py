@@ -41,9 +41,20 @@ async def test_create_list_show_update_and_retire_records(
     async with open_system(broker, root, tmp_path, procs) as system:
         await system.start_controller()
         created = await system.cli(
-            "env", "create", "edge-a", "--stage", "prod", "--location", "berlin",
-            "--purpose", "vision", "--label", "site=b1", "--label", "tier=gold",
-        )  # fmt: skip
+            "env",
+            "create",
+            "edge-a",
+            "--stage",
+            "prod",
+            "--location",
+            "berlin",
+            "--purpose",
+            "vision",
+            "--label",
+            "site=b1",
+            "--label",
+            "tier=gold",
+        )
         assert (created.code, created.stdout, created.stderr) == (0, "edge-a\n", ""), str(created)
         named = await system.cli(
             "env", "create", "--stage", "dev", "--location", "Lab 2", "--purpose", "qa"
@@ -60,14 +71,27 @@ async def test_create_list_show_update_and_retire_records(
 
         listed = table(await system.cli("env", "list"))
         assert listed[0] == [
-            "ID", "PROJECT", "STAGE", "LOCATION", "PURPOSE", "STATUS", "LAST SEEN", "LABELS"
-        ]  # fmt: skip
+            "ID",
+            "PROJECT",
+            "STAGE",
+            "LOCATION",
+            "PURPOSE",
+            "STATUS",
+            "LAST SEEN",
+            "LABELS",
+        ]
         rows = {row[0]: row for row in listed[1:]}
         assert sorted(rows) == ["default-cloud", "dev-lab-2-qa", "edge-a"]
         assert rows["edge-a"] == [
-            "edge-a", "default", "prod", "berlin", "vision", "unknown", "never",
+            "edge-a",
+            "default",
+            "prod",
+            "berlin",
+            "vision",
+            "unknown",
+            "never",
             "site=b1,tier=gold",
-        ]  # fmt: skip
+        ]
 
         shown = await system.cli_json("env", "show", "edge-a")
         assert (shown["id"], shown["stage"], shown["status"]) == ("edge-a", "prod", "unknown")
@@ -131,8 +155,10 @@ async def test_update_restart_and_retire_of_an_online_agent_print_its_ack(
         answer = restarted.json()
         assert answer["cmd"].startswith("c-")
         assert (answer["ack"]["type"], answer["ack"]["op"], answer["ack"]["ok"]) == (
-            "ack", "restart", True,
-        )  # fmt: skip
+            "ack",
+            "restart",
+            True,
+        )
         assert answer["ack"]["cmd"] == answer["cmd"]
 
         retired = await system.cli("env", "retire", "edge-b")

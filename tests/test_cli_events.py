@@ -43,25 +43,42 @@ at: dict[str, Any] = {"env": "edge-a", "seq": 1}
 @pytest.mark.parametrize(
     ("event", "line"),
     [
-        (StepFinished(step="fetch", index=0, exit_code=0, duration=1.25, ok=True, **at),
-         "step 1 fetch finished: exit 0 after 1.2 s"),
-        (StepFinished(step="fetch", index=2, exit_code=None, duration=60, ok=False,
-                      timed_out=True, **at),
-         "step 3 fetch FAILED: timed out after 60.0 s"),
+        (
+            StepFinished(step="fetch", index=0, exit_code=0, duration=1.25, ok=True, **at),
+            "step 1 fetch finished: exit 0 after 1.2 s",
+        ),
+        (
+            StepFinished(
+                step="fetch", index=2, exit_code=None, duration=60, ok=False, timed_out=True, **at
+            ),
+            "step 3 fetch FAILED: timed out after 60.0 s",
+        ),
         (Preflight(ok=True, **at), "preflight passed: nothing required"),
-        (Preflight(ok=False, checks=[Check(kind="secret", name="T", ok=False, detail="absent"),
-                                     Check(kind="model", name="m", ok=True)], **at),
-         "preflight FAILED: 1 of 2 checks: secret T: absent"),
-        (Failed(reason="step 'x' exited with code 3", step="x", **at),
-         "failed: step 'x' exited with code 3"),
+        (
+            Preflight(
+                ok=False,
+                checks=[
+                    Check(kind="secret", name="T", ok=False, detail="absent"),
+                    Check(kind="model", name="m", ok=True),
+                ],
+                **at,
+            ),
+            "preflight FAILED: 1 of 2 checks: secret T: absent",
+        ),
+        (
+            Failed(reason="step 'x' exited with code 3", step="x", **at),
+            "failed: step 'x' exited with code 3",
+        ),
         (Failed(reason="could not start", step="x", **at), "failed (step x): could not start"),
-        (ServiceRestarted(step="serve", restarts=2, exit_code=1, **at),
-         "service step serve restarted after exit 1 (restart 2)"),
+        (
+            ServiceRestarted(step="serve", restarts=2, exit_code=1, **at),
+            "service step serve restarted after exit 1 (restart 2)",
+        ),
         (Ack(op="update", ok=False, detail="bad log_level", **at), "update FAILED: bad log_level"),
         (CommandRejected(reason="unknown workflow", **at), "rejected: unknown workflow"),
         (Succeeded(duration=3.04, **at), "succeeded in 3.0 s"),
     ],
-)  # fmt: skip
+)
 def test_each_event_reads_as_one_line(event: Event, line: str) -> None:
     assert describe(event) == line
     logged = event_line(0.0, event)
@@ -189,8 +206,13 @@ async def test_follow_prints_the_log_then_new_events_once_and_stops_cleanly_on_s
         assert len(keys) == len(set(keys)), "an event printed twice"
         assert {e["event"]["dep"] for e in entries} - {""} == {dep_before, dep_after}
         assert [e["event"]["type"] for e in entries if e["event"]["dep"] == dep_after] == [
-            "accepted", "preflight", "started", "step-started", "step-finished", "succeeded",
-        ]  # fmt: skip
+            "accepted",
+            "preflight",
+            "started",
+            "step-started",
+            "step-finished",
+            "succeeded",
+        ]
 
 
 @pytest.mark.slow
