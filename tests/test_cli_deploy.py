@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
+from asyncio.subprocess import DEVNULL, PIPE
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -241,6 +243,39 @@ async def test_wait_prints_progress_as_it_happens_and_exits_0_when_it_succeeded(
         assert "edge-a: step 1 first finished: exit 0 after" in result.stdout
         assert lines[-1] == f"deployment {dep} to edge-a succeeded"
         assert marker.read_text() == "ran"
+
+
+@pytest.mark.slow
+async def test_wait_shows_each_step_while_it_runs(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-a")
+        gate = tmp_path / "go"
+        workflow = job(system, "gated", ("wait", WAIT_FOR_FILE, [str(gate)]))
+        argv = [PY, "-m", "controller", "deploy", str(workflow), "--env", "edge-a", "--wait"]
+        argv += ["--broker", broker.url, "--topic-root", str(root)]
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=DEVNULL,
+            stdout=PIPE,
+            stderr=PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            assert process.stdout is not None
+            async with asyncio.timeout(30):
+                while b"step 1 wait started" not in await process.stdout.readline():
+                    pass
+            following = process.returncode is None  # the step is still running
+            gate.write_text("go")
+            rest, _ = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        assert following
+        assert (process.returncode, b"edge-a: step 1 wait finished: exit 0" in rest) == (0, True)
 
 
 @pytest.mark.slow
