@@ -154,6 +154,7 @@ class _Job:
     process: StepProcess | None = None
     stop_reason: str = ""  # set by stop_all: report ``stopped``, not ``failed``
     restart: bool = False  # set by restart: run the steps again from the first
+    starting_service: bool = False  # its service step is in its first grace
     done: threading.Event = field(default_factory=threading.Event)
 
     def interrupted(self) -> bool:
@@ -214,6 +215,7 @@ class Executor:
         self._job: _Job | None = None
         self._closing = ""  # why new deployments are refused (set by stop_all)
         self._closed = False  # the worker is told to end: nothing queued would run
+        self._resume_on_stop = True  # what stop_all said about services it stopped
         self._thread: threading.Thread | None = None
 
     # --- the agent loop's side --------------------------------------------------------------
@@ -252,11 +254,9 @@ class Executor:
         current job of that workflow again; ``ack`` (op ``restart``) when done."""
         with self._lock:
             services = [s for name, s in self._services.items() if workflow in ("", name)]
-            job = (
-                self._job
-                if self._job is not None and workflow in ("", self._job.workflow)
-                else None
-            )
+            job = self._job
+            if job is not None and (job.starting_service or workflow not in ("", job.workflow)):
+                job = None
         if workflow and not services and job is None:
             self._emit(
                 Ack,
@@ -282,6 +282,7 @@ class Executor:
         False forgets them (retirement)."""
         with self._lock:
             self._closing = reason
+            self._resume_on_stop = resume
             services = list(self._services.values())
             self._services.clear()
             job = self._job
@@ -453,7 +454,7 @@ class Executor:
         if not service:
             self._emit(Succeeded, **ids, duration=round(self.clock.monotonic() - started, 3))
             return None
-        return self._start_service(cmd, workdir)
+        return self._start_service(cmd, job, workdir)
 
     def _run_job_step(
         self, cmd: Deploy, job: _Job, workdir: Path, step: Step, index: int
@@ -475,14 +476,23 @@ class Executor:
         self._emit(StepFinished, **ids, **_finished(step, index, result))
         return result
 
-    def _start_service(self, cmd: Deploy, workdir: Path) -> tuple[str, str] | None:
+    def _start_service(self, cmd: Deploy, job: _Job, workdir: Path) -> tuple[str, str] | None:
         workflow = cmd.workflow
         index = len(workflow.steps) - 1
         step = workflow.steps[index]
         ids = {"cmd": cmd.id, "dep": cmd.dep}
-        supervisor = self._supervisor(cmd.id, cmd.dep, workflow, workdir)
+        # Until it is up the service is part of the job: recorded with its process group
+        # (a crash now leaves no stray service) and stopped by stop_all.
+        with self._lock:
+            job.step, job.process, job.starting_service = step.name, None, True
+        supervisor = self._supervisor(cmd.id, cmd.dep, workflow, workdir, job)
         self._emit(StepStarted, **ids, step=step.name, index=index)
         result = supervisor.start()
+        with self._lock:
+            job.process, job.starting_service = None, False
+        if result is not None and result.stopped and job.stop_reason:
+            self._emit(Stopped, **ids, reason=clip(job.stop_reason))
+            return None
         if result is not None:
             self._emit(StepFinished, **ids, **_finished(step, index, result))
             return f"failed to start: step {step.name!r} {result.describe()}", step.name
@@ -531,6 +541,8 @@ class Executor:
             if not closing:
                 self._services[name] = service
                 self._resume.pop(name, None)
+            elif self._resume_on_stop:
+                self._resume[name] = _ServiceRecord(service.dep, service.cmd, service.workflow)
         if closing:
             service.supervisor.stop()
             self._emit(Stopped, cmd=service.cmd, dep=service.dep, reason=clip(closing))
@@ -538,10 +550,18 @@ class Executor:
         return not closing
 
     def _supervisor(
-        self, cmd: str, dep: str, workflow: Workflow, workdir: Path
+        self, cmd: str, dep: str, workflow: Workflow, workdir: Path, job: _Job | None = None
     ) -> ServiceSupervisor:
+        """A supervisor of ``workflow``'s service step; ``job``: the deployment starting it."""
         index = len(workflow.steps) - 1
         step = workflow.steps[index]
+
+        def on_launch(process: StepProcess) -> None:
+            if job is not None:
+                with self._lock:
+                    if job.starting_service:
+                        job.process = process
+            self._save()
 
         def on_restart(restarts: int, exit_code: int | None, delay: float) -> None:
             self._emit(
@@ -558,7 +578,7 @@ class Executor:
             lambda: self._process(workflow, dep, workdir, step, index),
             name=f"{workflow.name}/{dep}",
             on_restart=on_restart,
-            on_launch=lambda _process: self._save(),
+            on_launch=on_launch,
             grace=self.service_grace,
             backoff=self._backoff(),
             clock=self.clock,
@@ -658,6 +678,9 @@ class Executor:
                     continue
             problem = self._resume_service(service.dep, service.cmd, service.workflow)
             if problem:
+                with self._lock:
+                    self._resume.pop(name, None)
+                self._save()
                 self._emit(
                     Failed,
                     cmd=service.cmd,

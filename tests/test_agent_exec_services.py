@@ -23,6 +23,7 @@ from shared.codec import encode
 from shared.messages import (
     Ack,
     CommandRejected,
+    Deploy,
     Failed,
     RolledBack,
     Running,
@@ -291,9 +292,10 @@ class PrintSink:
         return event
 
 executor = Executor("dev-lab-exec", state_dir=Path(sys.argv[1]), models_dir=None,
-                    secrets=None, endpoints={}, sink=PrintSink(), service_grace=0.5)
+                    secrets=None, endpoints={}, sink=PrintSink(),
+                    service_grace=float(sys.argv[2]))
 executor.start()
-for payload in sys.argv[2:]:
+for payload in sys.argv[3:]:
     executor.submit(COMMAND.decode(payload.encode()))
 threading.Event().wait()
 """
@@ -302,6 +304,20 @@ threading.Event().wait()
 def pump(stream: IO[str], into: queue.Queue[str]) -> None:
     for line in stream:
         into.put(line)
+
+
+def start_agent(state_dir: Path, grace: float, *commands: Deploy) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-c", AGENT, str(state_dir), str(grace)]
+    argv += [encode(command).decode() for command in commands]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+
+
+def kill_agent(agent: subprocess.Popen[str], reader: threading.Thread) -> None:
+    agent.send_signal(signal.SIGKILL)
+    agent.wait(10)
+    reader.join(10)
+    assert agent.stdout is not None
+    agent.stdout.close()
 
 
 def read_until(lines: queue.Queue[str], type_: str, dep: str) -> None:
@@ -325,14 +341,8 @@ def test_a_crashed_agent_leaves_nothing_behind(executors: Executors, tmp_path: P
         ),
         name="long",
     )
-    commands = [encode(deploy(service(), "d-svc")), encode(deploy(job, "d-job"))]
-    agent = subprocess.Popen(
-        [sys.executable, "-c", AGENT, str(executors.state_dir), *(c.decode() for c in commands)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    agent = start_agent(executors.state_dir, 0.5, deploy(service(), "d-svc"), deploy(job, "d-job"))
     lines: queue.Queue[str] = queue.Queue()
-    assert agent.stdout is not None
     reader = threading.Thread(target=pump, args=(agent.stdout, lines))
     reader.start()
     try:
@@ -341,10 +351,7 @@ def test_a_crashed_agent_leaves_nothing_behind(executors: Executors, tmp_path: P
         job_pids = [int(pid) for pid in wait_for_file(up).split()]
         service_pid = starts(executors, "d-svc")[0]
     finally:
-        agent.send_signal(signal.SIGKILL)
-        agent.wait(10)
-        reader.join(10)
-        agent.stdout.close()
+        kill_agent(agent, reader)
     assert all(alive(pid) for pid in [*job_pids, service_pid]), "steps outlive their agent"
 
     executors()
@@ -382,3 +389,36 @@ def test_a_run_that_lasted_resets_the_backoff(tmp_path: Path) -> None:
     assert all(0.05 <= delay <= 0.1 for _, _, delay in seen), seen
     assert last is not None
     assert not alive(last), "stop() ends the process that runs"
+
+
+def test_an_agent_crash_while_a_service_starts_leaves_no_stray_service(
+    executors: Executors,
+) -> None:
+    agent = start_agent(executors.state_dir, 60.0, deploy(service(), "d-starting"))
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=pump, args=(agent.stdout, lines))
+    reader.start()
+    try:
+        read_until(lines, "step-started", "d-starting")
+        pid = starts(executors, "d-starting")[0]
+    finally:
+        kill_agent(agent, reader)
+    assert alive(pid)
+    executors()
+    failed = executors.sink.wait_for(Failed, dep="d-starting")
+    assert failed.reason == "interrupted: the agent stopped during step 'serve'"
+    assert not alive(pid)
+    assert not executors.sink.of(Running, "d-starting")
+
+
+def test_stop_all_while_a_service_starts_stops_it(executors: Executors) -> None:
+    executor = executors(service_grace=60.0)
+    executor.submit(deploy(service(), "d-early"))
+    executors.sink.wait_for(StepStarted, dep="d-early")
+    pid = starts(executors, "d-early")[0]
+    executor.stop_all("retired", timeout=10, resume=False)
+    stopped = executors.sink.wait_for(Stopped, dep="d-early")
+    assert stopped.reason == "retired"
+    assert not alive(pid)
+    assert executors.sink.types("d-early")[-1] == "stopped"
+    assert executor.running() == []
