@@ -536,13 +536,20 @@ class Executor:
         """Add a service that is up to those running; when stop_all came meanwhile, stop
         it (and keep it to resume, if stop_all said so) and say False."""
         name = service.workflow.name
+        displaced = None
         with self._lock:
             closing = self._closing
             if not closing:
+                # One service per workflow, even when a restart and a deployment cross.
+                displaced = self._services.pop(name, None)
                 self._services[name] = service
                 self._resume.pop(name, None)
             elif self._resume_on_stop:
                 self._resume[name] = _ServiceRecord(service.dep, service.cmd, service.workflow)
+        if displaced is not None:
+            displaced.supervisor.stop()
+            reason = f"replaced by {service.dep}"
+            self._emit(Stopped, cmd=displaced.cmd, dep=displaced.dep, reason=reason)
         if closing:
             service.supervisor.stop()
             self._emit(Stopped, cmd=service.cmd, dep=service.dep, reason=clip(closing))
