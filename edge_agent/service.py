@@ -72,7 +72,7 @@ class ServiceSupervisor:
         now on; a result: it ended within the grace (failed to start, or was stopped)."""
         with self._lock:
             if self._stopping.is_set():
-                return None
+                return StepResult(exit_code=None, duration=0.0, stopped=True)
             process = self._spawn()
         self._launched(process)
         result = process.wait(self._grace)
@@ -128,7 +128,11 @@ class ServiceSupervisor:
             with self._lock:
                 if self._stopping.is_set():
                     return
-                process = self._spawn()
+                try:
+                    process = self._spawn()
+                except Exception:
+                    log.exception("service cannot be started again", service=self.name)
+                    return
                 self.restarts += 1
             self._launched(process)
             started = self._clock.monotonic()
