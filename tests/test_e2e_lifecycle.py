@@ -381,13 +381,14 @@ PREFLIGHT_NAMES = {
     "line-camera",
     "weather-api",
     "calibration",
+    "telemetry",
     "results",
     "API_TOKEN",
     "inference",
 }
 
 
-def full_requires(tmp_path: Path, port: int) -> dict[str, Any]:
+def full_requires(tmp_path: Path, port: int, broker: MosquittoProcess) -> dict[str, Any]:
     """Every kind of requirement, all met by the agent :func:`preflight_system` starts."""
     calibration = tmp_path / "calibration.csv"
     calibration.write_text("a,b\n1,2\n")
@@ -399,6 +400,7 @@ def full_requires(tmp_path: Path, port: int) -> dict[str, Any]:
             {"name": "line-camera", "url": f"tcp://127.0.0.1:{port}"},
             {"name": "weather-api", "url": f"http://127.0.0.1:{port}/health"},
             {"name": "calibration", "url": calibration.as_uri()},
+            {"name": "telemetry", "url": broker.url},
         ],
         "buckets": [{"name": "results", "path": str(bucket), "access": "write"}],
         "secrets": ["API_TOKEN"],
@@ -431,6 +433,10 @@ def _break_file(r: dict[str, Any], tmp_path: Path) -> None:
     r["datasources"][2]["url"] = (tmp_path / "missing.csv").as_uri()
 
 
+def _break_mqtt(r: dict[str, Any], tmp_path: Path) -> None:
+    r["datasources"][3]["url"] = f"mqtt://127.0.0.1:{free_port()}"
+
+
 def _break_bucket_missing(r: dict[str, Any], tmp_path: Path) -> None:
     r["buckets"][0]["path"] = str(tmp_path / "no-such-bucket")
 
@@ -457,6 +463,7 @@ Breaker = Callable[[dict[str, Any], Path], None]
         (_break_tcp, "line-camera", "datasource"),
         (_break_http, "weather-api", "datasource"),
         (_break_file, "calibration", "datasource"),
+        (_break_mqtt, "telemetry", "datasource"),
         (_break_bucket_missing, "results", "bucket"),
         (_break_bucket_unwritable, "results", "bucket"),
         (_break_secret, "MISSING_TOKEN", "secret"),
@@ -466,6 +473,7 @@ Breaker = Callable[[dict[str, Any], Path], None]
         "tcp-unreachable",
         "http-down",
         "file-missing",
+        "mqtt-unreachable",
         "bucket-missing",
         "bucket-not-writable",
         "secret-missing",
@@ -483,7 +491,7 @@ async def test_each_failing_preflight_check_alone_is_named_and_nothing_runs(
 ) -> None:
     async with open_system(broker, root, tmp_path, procs) as system, http_ok_server() as port:
         await preflight_system(system, port)
-        requires = full_requires(tmp_path, port)
+        requires = full_requires(tmp_path, port, broker)
         breaker(requires, tmp_path)
         marker = tmp_path / "ran"
         workflow = touch_workflow(system, "checked", marker, requires=requires)
@@ -514,7 +522,7 @@ async def test_a_required_model_version_the_target_lacks_is_named(
     """Caught by the gate (the reported inventory) or by preflight: either way named."""
     async with open_system(broker, root, tmp_path, procs) as system, http_ok_server() as port:
         await preflight_system(system, port)
-        requires = full_requires(tmp_path, port)
+        requires = full_requires(tmp_path, port, broker)
         _break_model(requires, tmp_path)
         workflow = touch_workflow(system, "checked", tmp_path / "ran", requires=requires)
         result = await system.deploy(workflow, "edge-pre", "--wait")
@@ -530,7 +538,7 @@ async def test_dry_run_prints_the_preflight_report_and_runs_nothing(
     async with open_system(broker, root, tmp_path, procs) as system, http_ok_server() as port:
         await preflight_system(system, port)
         marker = tmp_path / "ran"
-        requires = full_requires(tmp_path, port)
+        requires = full_requires(tmp_path, port, broker)
         workflow = touch_workflow(system, "checked", marker, requires=requires)
         dry = await system.deploy(workflow, "edge-pre", "--dry-run")
         assert dry.code == 0, str(dry)
@@ -556,7 +564,7 @@ async def test_dry_run_with_a_failing_check_reports_it_and_exits_non_zero(
 ) -> None:
     async with open_system(broker, root, tmp_path, procs) as system, http_ok_server() as port:
         await preflight_system(system, port)
-        requires = full_requires(tmp_path, port)
+        requires = full_requires(tmp_path, port, broker)
         _break_secret(requires, tmp_path)
         workflow = touch_workflow(system, "checked", tmp_path / "ran", requires=requires)
         dry = await system.deploy(workflow, "edge-pre", "--dry-run")
@@ -681,6 +689,13 @@ while os.getppid() == parent:  # orphaned (the agent killed): stop, leave nothin
     beats += 1
     (out / f"{tag}.beat").write_text(f"{os.getpid()} {beats}")
     time.sleep(0.1)
+"""
+
+
+STUBBORN_SERVICE = """\
+import os, pathlib, sys, time
+(pathlib.Path(sys.argv[1]) / "svc.pid").write_text(str(os.getpid()))
+time.sleep(60)
 """
 
 
@@ -825,3 +840,35 @@ async def test_retire_stops_the_agent_clears_its_topics_and_keeps_the_history(
         acks = [e for e in await system.logged_events("edge-bye") if e["type"] == "ack"]
         assert [(a["op"], a["ok"]) for a in acks] == [("retire", True)]
         assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.slow
+async def test_retire_stops_the_running_workflows_first(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    out = tmp_path / "service-out"
+    out.mkdir()
+    # unlike SERVICE it outlives its agent (for a minute): only a real stop ends it
+    script = write_script(tmp_path / "stubborn.py", STUBBORN_SERVICE)
+    try:
+        async with open_system(broker, root, tmp_path, procs) as system:
+            agent = await system.online("edge-busy")
+            workflow = service_workflow(system, "1.0.0", [PY, str(script), str(out)])
+            deployed = await system.deploy(workflow, "edge-busy", "--wait")
+            assert deployed.code == 0, str(deployed)
+            dep = (await system.latest_deployment("edge-busy"))["id"]
+            await wait_for_file(out / "svc.pid")
+            pid = int((out / "svc.pid").read_text())
+            assert alive(pid)
+
+            retired = await system.cli("env", "retire", "edge-busy")
+            assert retired.code == 0, str(retired)
+            assert await agent.proc.wait(30) == 0
+            await wait_until(lambda: not alive(pid), "the service stopped")
+            stopped = [e for e in system.events("edge-busy", dep) if e["type"] == "stopped"]
+            assert len(stopped) == 1
+            assert (await system.show_deployment(dep))["state"] == "stopped"
+    finally:
+        for pid_file in out.glob("*.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
