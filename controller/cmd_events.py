@@ -4,6 +4,7 @@ arrives, until Ctrl-C or SIGTERM (exit 0).
 
 With ``--follow`` the events topic is subscribed before the log is read, so nothing falls
 between the two; an event both logged and received live is printed once (by env, src, seq).
+A connection lost while following is made again, and what was logged meanwhile printed.
 ``--json`` prints the log as one JSON array, or with ``--follow`` one JSON object per line
 (``id`` and ``at`` are null for events received live).
 
@@ -19,7 +20,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["add_parser", "event_line"]
 
-PAGE: Final = 200
+PAGE: Final = 200  # events per event-list request
+RETRY_PAUSE: Final = 1.0  # seconds between attempts to connect again while following
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,23 +56,54 @@ def events(args: argparse.Namespace) -> int:
 
     values = common.resolve(OPERATOR_SETTINGS, args)
 
-    async def session() -> int:
-        async with ControllerClient(
+    def connect() -> ControllerClient:
+        return ControllerClient(
             values["broker"], values["topic_root"], connect_timeout=values["timeout"]
-        ) as controller:
-            if not args.follow:
-                _print_log(await _read_log(controller, args, values["timeout"]), args.json)
-                return 0
-            with _stop_on_signals() as stop:
-                feed = await controller.follow_events(args.env)
-                logged = await _read_log(controller, args, values["timeout"])
-                for entry in logged:
-                    _print_entry(entry.id, entry.at, entry.event, args.json)
-                seen = {(e.event.env, e.event.src, e.event.seq) for e in logged}
-                await _follow(feed, seen, args, stop)
+        )
+
+    async def session() -> int:
+        if not args.follow:
+            async with connect() as controller:
+                logged = await _read_log(controller, args, values["timeout"], after=0)
+            _print_log(logged, args.json)
             return 0
+        with _stop_on_signals() as stop:
+            await _follow_log(connect, args, values["timeout"], stop)
+        return 0
 
     return asyncio.run(session())
+
+
+async def _follow_log(
+    connect: Callable[[], ControllerClient],
+    args: argparse.Namespace,
+    within: float,
+    stop: asyncio.Event,
+) -> None:
+    """The log, then live events, until ``stop``. A connection lost later is made again
+    (every :data:`RETRY_PAUSE` seconds), and the log read again from where it was, so
+    what was logged meanwhile is printed too; only a first connection that fails ends it."""
+    from controller.errors import BrokerUnavailable, NoControllerAnswer
+
+    seen: set[tuple[str, str, int]] = set()
+    after = 0
+    followed = False
+    while not stop.is_set():
+        try:
+            async with connect() as controller:
+                feed = await controller.follow_events(args.env)
+                for entry in await _read_log(controller, args, within, after=after):
+                    after = entry.id
+                    _print_new(entry.id, entry.at, entry.event, seen, args)
+                followed = True
+                await _print_live(feed, seen, args, stop)
+                return
+        except (BrokerUnavailable, NoControllerAnswer) as exc:
+            if not followed:
+                raise
+            print(f"edgeplane: {exc}; trying again", file=sys.stderr, flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RETRY_PAUSE)
 
 
 @contextlib.contextmanager
@@ -88,12 +121,12 @@ def _stop_on_signals() -> Iterator[asyncio.Event]:
 
 
 async def _read_log(
-    controller: ControllerClient, args: argparse.Namespace, within: float
+    controller: ControllerClient, args: argparse.Namespace, within: float, *, after: int
 ) -> list[LoggedEvent]:
+    """Every logged event with an id above ``after``, page by page."""
     from shared.rpc import EventList
 
     logged: list[LoggedEvent] = []
-    after = 0
     while True:
         request = EventList(env=args.env or "", dep=args.dep, after=after, limit=PAGE)
         page: list[LoggedEvent] = await controller.call(request, within=within)
@@ -103,7 +136,7 @@ async def _read_log(
         after = page[-1].id
 
 
-async def _follow(
+async def _print_live(
     feed: EventFeed, seen: set[tuple[str, str, int]], args: argparse.Namespace, stop: asyncio.Event
 ) -> None:
     """Print new events until ``stop`` is set."""
@@ -117,14 +150,25 @@ async def _follow(
                 with contextlib.suppress(asyncio.CancelledError):
                     await arrived
                 return
-            event = arrived.result()
-            key = (event.env, event.src, event.seq)
-            if key in seen or (args.dep and event.dep != args.dep):
-                continue
-            seen.add(key)
-            _print_entry(None, time.time(), event, args.json)
+            _print_new(None, time.time(), arrived.result(), seen, args)
     finally:
         stopped.cancel()
+
+
+def _print_new(
+    entry_id: int | None,
+    at: float,
+    event: Event,
+    seen: set[tuple[str, str, int]],
+    args: argparse.Namespace,
+) -> None:
+    """Print ``event`` unless it was printed before (by env, src, seq) or is another
+    deployment's."""
+    key = (event.env, event.src, event.seq)
+    if key in seen or (args.dep and event.dep != args.dep):
+        return
+    seen.add(key)
+    _print_entry(entry_id, at, event, args.json)
 
 
 def _print_log(logged: list[LoggedEvent], as_json: bool) -> None:

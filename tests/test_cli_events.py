@@ -236,3 +236,39 @@ async def test_follow_of_every_environment_stops_with_exit_0_on_ctrl_c(
             assert printed[-1].rstrip().endswith(f"  edge-x  -  update done: {marker}")
             process.send_signal(signal.SIGINT)
             assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
+async def publish_until_printed(
+    system: System, process: asyncio.subprocess.Process, event: Ack
+) -> list[str]:
+    """Publish ``event`` until the follower prints it (it may not be subscribed yet; the
+    same event again is the same (env, src, seq), printed once)."""
+    assert event.detail
+    while True:
+        await system.probe.publish(system.root.events(event.env), encode(event))
+        try:
+            return await read_until(process, event.detail, timeout=2)
+        except TimeoutError:
+            continue
+
+
+@pytest.mark.slow
+async def test_follow_connects_again_after_a_broker_restart(
+    private_broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(private_broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.create_env("edge-r")
+        before = Ack(env="edge-r", seq=1, src="probe", op="update", ok=True, detail="before")
+        after = Ack(env="edge-r", seq=2, src="probe", op="update", ok=True, detail="after")
+        async with follower(system, "--env", "edge-r", "--json") as process:
+            printed = await publish_until_printed(system, process, before)
+            await system.stop_broker()
+            await system.start_broker()
+            printed += await publish_until_printed(system, process, after)
+            process.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(process.communicate(), 15)
+        assert process.returncode == 0, err
+        details = [json.loads(line)["event"]["detail"] for line in printed]
+        assert details == ["before", "after"]  # each once, the log read again deduplicated
+        assert b"; trying again" in err
