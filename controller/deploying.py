@@ -4,7 +4,8 @@
 Following survives a lost connection: the command connects again (for up to
 :data:`RECONNECT_FOR` seconds), subscribes again, then asks the controller for the
 deployment's record and prints the events it missed meanwhile (each event is printed once,
-by its stream and sequence). When the wait runs out, the controller's record decides too.
+by its stream and sequence). The record is also read whenever no event came for
+:data:`RECHECK` seconds, and when the wait runs out.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from shared.messages import Event, Preflight, StepFinished
 from shared.rpc import DeploymentInfo, DeploymentShow, DeployRequest
 from shared.topics import TopicRoot
 
-__all__ = ["RECONNECT_FOR", "Session"]
+__all__ = ["RECHECK", "RECONNECT_FOR", "Session"]
 
 RECONNECT_FOR: Final = 30.0  # seconds to keep trying after the connection was lost
 RECONNECT_PAUSE: Final = 0.5  # seconds between attempts
+RECHECK: Final = 5.0  # quiet seconds after which the controller's record is read
 
 
 class Session:
@@ -81,7 +83,7 @@ class Session:
         give_up = time.monotonic() + wait_for
         while True:
             try:
-                outcome = await self._from_feed(feed, watch, give_up)
+                outcome = await self._from_feed(ctl, feed, watch, give_up)
                 if outcome is not None:
                     return outcome
                 return await self._ask(ctl, watch, f"still in progress after {wait_for:g} s")
@@ -96,14 +98,20 @@ class Session:
                     return outcome
 
     async def _from_feed(
-        self, feed: EventFeed, watch: DeploymentWatch, give_up: float
+        self, ctl: ControllerClient, feed: EventFeed, watch: DeploymentWatch, give_up: float
     ) -> Outcome | None:
-        """The outcome once an event ends it; None when the time is up."""
+        """The outcome once an event ends it; None when the time is up. After
+        :data:`RECHECK` quiet seconds the controller's record is read too: an event can
+        pass while connections to the broker are made again (ours, the agent's, the
+        controller's), and the record has it."""
         while (left := give_up - time.monotonic()) > 0:
             try:
-                event = await feed.next(within=left)
+                event = await feed.next(within=min(left, RECHECK))
             except TimeoutError:
-                return None
+                outcome = await self._catch_up(ctl, watch) if left > RECHECK else None
+                if outcome is not None:
+                    return outcome
+                continue
             if watch.belongs(event) and self._first_time(event):
                 self._progress(event)
                 outcome = watch.take(event)
