@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from controller import deploying
 from controller.brokerproc import MosquittoProcess
 from controller.deploywatch import DeploymentWatch, Outcome
+from shared.broker_url import BrokerUrl
 from shared.messages import (
     Accepted,
     Check,
@@ -30,10 +33,19 @@ from shared.messages import (
     Stopped,
     Succeeded,
 )
-from shared.rpc import DeploymentInfo, LoggedEvent
+from shared.rpc import (
+    DeploymentInfo,
+    DeploymentShow,
+    DeployRequest,
+    LoggedEvent,
+    Reply,
+    Request,
+)
 from shared.topics import TopicRoot
+from shared.workflow import Step, Workflow
 from tests.support.procs import Proc
 from tests.support.system import CliResult, System, open_system
+from tests.test_rpc_client import ok, responder
 
 PY = sys.executable
 
@@ -174,6 +186,46 @@ def test_the_controllers_record_decides_when_the_stream_ended_early() -> None:
 
 def _fields(record: DeploymentInfo) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__struct_fields__}
+
+
+# --- the shell against a stand-in controller --------------------------------------------------
+async def test_an_event_missed_live_is_found_in_the_controllers_record(
+    broker: MosquittoProcess,
+    root: TopicRoot,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No event ever arrives on the topic; after RECHECK quiet seconds the record says
+    how it went, and its events are printed as progress."""
+    monkeypatch.setattr(deploying, "RECHECK", 0.3)
+    sent = info()
+    done = msgspec.structs.replace(
+        sent,
+        state="succeeded",
+        events=[
+            LoggedEvent(id=1, at=1.0, event=Accepted(seq=1, workflow="w", version="1", **mine)),
+            LoggedEvent(id=2, at=2.0, event=Succeeded(seq=2, duration=0.5, **mine)),
+        ],
+    )
+    asked: list[Request] = []
+
+    def answer(request: Request) -> Reply:
+        asked.append(request)
+        return ok(sent if isinstance(request, DeployRequest) else done)
+
+    workflow = Workflow(name="w", version="1", steps=[Step(name="a", run=["x"])])
+    async with responder(broker.url, root, answer):
+        session = deploying.Session(BrokerUrl.parse(broker.url), root, 5.0, as_json=False)
+        request = DeployRequest(env="edge-a", workflow=workflow)
+        code = await session.run(request, follow=True, wait_for=60)
+    assert code == 0
+    assert [type(r) for r in asked] == [DeployRequest, DeploymentShow]
+    assert capsys.readouterr().out.splitlines() == [
+        "deployment d-1 sent to edge-a",
+        "edge-a: accepted w 1",
+        "edge-a: succeeded in 0.5 s",
+        "deployment d-1 to edge-a succeeded",
+    ]
 
 
 # --- through real processes ------------------------------------------------------------------
