@@ -133,8 +133,8 @@ def _target(deployment: Deployment, event: Event) -> tuple[DeploymentState, str]
             return "running", ""
         case Succeeded():
             return "succeeded", ""
-        case Failed(reason=reason, step=step):
-            return "failed", f"step {step}: {reason}" if step else reason
+        case Failed():
+            return "failed", _failure(event)
         case RolledBack(restored=restored, reason=reason):
             detail = f"; {reason}" if reason else ""
             return "rolled-back", f"restored deployment {restored}{detail}"
@@ -155,6 +155,8 @@ class DeploymentBook:
         self._active: dict[str, Deployment] = {}
         self._by_cmd: dict[str, str] = {}
         self._deadlines = TimerHeap()
+        # replacement id -> the deployment it stopped, while a rollback may still come
+        self._replaced: dict[str, Deployment] = {}
         for deployment in deployments:
             self.put(deployment)
 
@@ -179,16 +181,53 @@ class DeploymentBook:
         return deployment
 
     # --- what events do -----------------------------------------------------------------
-    def on_event(self, event: Event) -> Deployment | None:
-        """The deployment ``event`` moved (now stored in its new state), or None."""
+    def on_event(self, event: Event) -> list[Deployment]:
+        """The deployments ``event`` moved (each now in its new state); empty for none.
+
+        A replacement that fails is not over yet: the agent restores the deployment it
+        replaced, and then says ``rolled-back`` (the replaced one runs again) or that the
+        old one could not be restored either (the replacement ``failed``).
+        """
+        now = self._clock.time()
+        match event:
+            case Failed(dep=dep) if (new := self._restoring(dep)) is not None:
+                del self._replaced[new.id]
+                reason = f"{new.reason}; {dep} not restored either: {event.reason}"
+                return [self.put(new.moved("failed", reason, now))]
+            case Failed(dep=dep) if dep in self._replaced and dep in self._active:
+                new = self._active[dep]  # held: the rollback's outcome ends it
+                return [self.put(new.moved(new.state, _failure(event), now))]
+            case RolledBack(dep=dep, restored=restored):
+                replaced = self._replaced.pop(dep, None)
+                moved = self._move(event, now)
+                if replaced is not None and replaced.id == restored:
+                    restored_again = replaced.moved("running", f"restored after {dep} failed", now)
+                    moved.append(self.put(restored_again))
+                return moved
+            case Stopped(by=by) if by:
+                moved = self._move(event, now)
+                self._replaced.update((by, d) for d in moved if d.state == "stopped")
+                return moved
+            case Running(dep=dep) | Succeeded(dep=dep):
+                self._replaced.pop(dep, None)  # the replacement is up: no rollback to come
+        return self._move(event, now)
+
+    def _move(self, event: Event, now: float) -> list[Deployment]:
         deployment = self._owner(event)
         if deployment is None:
-            return None
+            return []
         target = next_state(deployment, event)
         if target is None:
-            return None
+            return []
         state, reason = target
-        return self.put(deployment.moved(state, reason, self._clock.time()))
+        return [self.put(deployment.moved(state, reason, now))]
+
+    def _restoring(self, dep: str) -> Deployment | None:
+        """The replacement whose rollback was to restore ``dep``, if one is waiting."""
+        for new_id, replaced in self._replaced.items():
+            if replaced.id == dep and new_id in self._active:
+                return self._active[new_id]
+        return None
 
     def _owner(self, event: Event) -> Deployment | None:
         dep = event.dep or self._by_cmd.get(event.cmd, "")
@@ -236,8 +275,13 @@ class DeploymentBook:
 
     def _forget(self, deployment: Deployment) -> None:
         self._active.pop(deployment.id, None)
+        self._replaced.pop(deployment.id, None)
         self._by_cmd.pop(deployment.cmd, None)
         self._deadlines.cancel(deployment.id)
+
+
+def _failure(event: Failed) -> str:
+    return f"step {event.step}: {event.reason}" if event.step else event.reason
 
 
 def _deadline(deployment: Deployment) -> float | None:

@@ -200,9 +200,7 @@ class Operations:
         effects = Effects()
         effects.writes.events.append(LogEntry(event, self._clock.time()))
         if event.env in self.registry:  # an unregistered agent's events change nothing
-            moved = self.book.on_event(event)
-            if moved is not None:
-                effects.writes.deployments.append(moved)
+            effects.writes.deployments.extend(self.book.on_event(event))
         return effects
 
     # --- time -----------------------------------------------------------------------------

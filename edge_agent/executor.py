@@ -382,7 +382,9 @@ class Executor:
         self._emit(Started, **ids, workflow=workflow.name, version=workflow.version)
         if old is not None:
             old.supervisor.stop()
-            self._emit(Stopped, cmd=old.cmd, dep=old.dep, reason=f"replaced by {cmd.dep}")
+            self._emit(
+                Stopped, cmd=old.cmd, dep=old.dep, reason=f"replaced by {cmd.dep}", by=cmd.dep
+            )
             self._save()
         failure = self._run_steps(cmd, job, workdir)
         if failure is None:
@@ -549,7 +551,7 @@ class Executor:
         if displaced is not None:
             displaced.supervisor.stop()
             reason = f"replaced by {service.dep}"
-            self._emit(Stopped, cmd=displaced.cmd, dep=displaced.dep, reason=reason)
+            self._emit(Stopped, cmd=displaced.cmd, dep=displaced.dep, reason=reason, by=service.dep)
         if closing:
             service.supervisor.stop()
             self._emit(Stopped, cmd=service.cmd, dep=service.dep, reason=clip(closing))

@@ -332,6 +332,7 @@ class Stopped(_Event, frozen=True, kw_only=True, tag="stopped"):
     """A running workflow was stopped: replaced by a new deployment, restarted, retired."""
 
     reason: ShortText
+    by: ShortText = ""  # the deployment that replaced it (it is restored if that one fails)
 
 
 class Expired(_Event, frozen=True, kw_only=True, tag="expired"):

@@ -126,21 +126,19 @@ def test_the_book_follows_events_by_deployment_or_command_and_forgets_the_finish
     clock = ManualClock()
     book = DeploymentBook(clock, [deployment()])
     clock.advance(5)
-    moved = book.on_event(ev(Accepted, workflow="inspect", version="1.0"))
-    assert moved is not None
+    [moved] = book.on_event(ev(Accepted, workflow="inspect", version="1.0"))
     assert (moved.state, moved.updated) == ("accepted", clock.time())
     by_cmd = Expired(env="edge-a", seq=2, src="agent", cmd="c-1", reason="too late")
-    finished = book.on_event(by_cmd)
-    assert finished is not None
+    [finished] = book.on_event(by_cmd)
     assert finished.state == "expired"
     assert book.get("d-1") is None
-    assert book.on_event(ev(Running, seq=3)) is None
+    assert book.on_event(ev(Running, seq=3)) == []
 
 
 def test_an_event_from_another_environment_does_not_move_it() -> None:
     book = DeploymentBook(ManualClock(), [deployment()])
     other = Accepted(env="edge-b", seq=1, src="agent", dep="d-1", workflow="i", version="1")
-    assert book.on_event(other) is None
+    assert book.on_event(other) == []
     assert book.get("d-1") == deployment()
 
 
@@ -182,3 +180,43 @@ def test_retiring_stops_the_queued_ones() -> None:
     stopped = book.stop_queued("edge-a", "environment edge-a retired")
     assert [(d.state, d.reason) for d in stopped] == [("stopped", "environment edge-a retired")]
     assert len(book) == 0
+
+
+def rollback_book() -> tuple[ManualClock, DeploymentBook]:
+    """``d-1`` (version 1) running as a service, ``d-2`` replacing it and running."""
+    clock = ManualClock()
+    old = deployment("running", cmd="c-1")
+    new = deployment("running", id="d-2", cmd="c-2")
+    book = DeploymentBook(clock, [old, new])
+    [stopped] = book.on_event(ev(Stopped, seq=1, reason="replaced by d-2", by="d-2"))
+    assert stopped.state == "stopped"
+    return clock, book
+
+
+def test_a_failed_replacement_waits_for_the_rollback_which_restores_the_old_one() -> None:
+    clock, book = rollback_book()
+    failed = Failed(env="edge-a", seq=2, src="agent", dep="d-2", reason="exited 3", step="serve")
+    [held] = book.on_event(failed)
+    assert (held.id, held.state, held.reason) == ("d-2", "running", "step serve: exited 3")
+    clock.advance(1)
+    rolled = RolledBack(env="edge-a", seq=3, src="agent", dep="d-2", restored="d-1", version="1")
+    moved = book.on_event(rolled)
+    assert [(d.id, d.state) for d in moved] == [("d-2", "rolled-back"), ("d-1", "running")]
+    assert "restored after d-2 failed" in moved[1].reason
+    assert [d.id for d in book.in_state("edge-a", "running")] == ["d-1"]
+
+
+def test_a_replacement_whose_rollback_fails_ends_failed_naming_both() -> None:
+    _, book = rollback_book()
+    book.on_event(Failed(env="edge-a", seq=2, src="agent", dep="d-2", reason="exited 3"))
+    not_restored = Failed(env="edge-a", seq=3, src="agent", dep="d-1", reason="not restored: gone")
+    [ended] = book.on_event(not_restored)
+    assert (ended.id, ended.state) == ("d-2", "failed")
+    assert ended.reason == "exited 3; d-1 not restored either: not restored: gone"
+    assert book.get("d-2") is None
+
+
+def test_a_failure_with_nothing_replaced_is_final_at_once() -> None:
+    book = DeploymentBook(ManualClock(), [deployment("running")])
+    [ended] = book.on_event(ev(Failed, reason="exited 1"))
+    assert ended.state == "failed"
