@@ -10,10 +10,17 @@ import pytest
 
 from controller.brokerproc import MosquittoProcess
 from shared.topics import TopicRoot
-from tests.support.procs import Proc
+from tests.support.procs import Proc, kill_strays
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_BROKER_CONFIG = REPO / "mosquitto" / "test.conf"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_steps(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the session, no workflow step of any test is left running."""
+    yield
+    kill_strays(tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +48,14 @@ def root() -> TopicRoot:
 
 
 @pytest.fixture
-async def procs(request: pytest.FixtureRequest) -> AsyncIterator[list[Proc]]:
-    """Processes a test starts; killed at the end, and their output printed on failure."""
+async def procs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[list[Proc]]:
+    """Processes a test starts; killed at the end (with the workflow steps their agents
+    left running), and their output printed on failure."""
     started: list[Proc] = []
     yield started
     for proc in started:
         await proc.close()
+    kill_strays(tmp_path)
     report = getattr(request.node, "rep_call", None)
     if report is not None and report.failed:
         for proc in started:

@@ -74,3 +74,26 @@ async def start_proc(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, env=full_env
         )
     return Proc(process, log, argv)
+
+
+def kill_strays(under: Path) -> list[int]:
+    """Kill workflow steps left behind by agents a test killed.
+
+    Steps run in process groups of their own and survive a SIGKILL of their agent on
+    purpose (the agent cleans up at its next start); a test that ends first must not leave
+    them running. They are recognised by ``EDGEPLANE_WORKDIR`` under ``under``.
+    """
+    marker = f"EDGEPLANE_WORKDIR={under}".encode()
+    killed: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if any(item.startswith(marker) for item in environ.split(b"\0")):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
