@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -261,6 +262,54 @@ def test_any_bytes_load_or_fail_with_a_workflow_file_error(
     tmp_path: Path, content: str | bytes, suffix: str
 ) -> None:
     path = write(tmp_path, f"flow{suffix}", content)
+    try:
+        outcome: Workflow | str = load_workflow(path)
+    except WorkflowFileError as exc:
+        outcome = str(exc)
+    if isinstance(outcome, str):
+        assert outcome.startswith(f"{path}: ")
+        assert "\n" not in outcome
+
+
+FIELD_NAMES = st.sampled_from(
+    [
+        "name",
+        "version",
+        "steps",
+        "kind",
+        "requires",
+        "models",
+        "secrets",
+        "buckets",
+        "run",
+        "env",
+        "timeout",
+        "path",
+        "access",
+        "A_B",
+        "not a name",
+        "",
+    ]
+)
+VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=70)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(FIELD_NAMES, inner, max_size=5)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.dictionaries(FIELD_NAMES, VALUES, max_size=6))
+def test_any_json_document_loads_or_names_what_is_wrong_in_one_line(
+    tmp_path: Path, data: dict[str, object]
+) -> None:
+    """Workflow-shaped nonsense: every wrong field is reported through the same path
+    translation, never an exception of another kind."""
+    path = write(tmp_path, "flow.json", json.dumps(data, allow_nan=True))
     try:
         outcome: Workflow | str = load_workflow(path)
     except WorkflowFileError as exc:
