@@ -384,6 +384,30 @@ async def test_a_queued_deployment_survives_a_controller_kill(
 
 
 @pytest.mark.slow
+async def test_a_queued_deployment_expires_on_time_across_a_controller_kill(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    counter = tmp_path / "runs.txt"
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.create_env("edge-ttl")
+        workflow = system.workflow("append", msgspec.to_builtins(append_workflow(system, counter)))
+        queued = await system.deploy(workflow, "edge-ttl", "--when-online", "--ttl", "3")
+        assert queued.code == 0, str(queued)
+        dep = (await system.latest_deployment("edge-ttl"))["id"]
+        assert system.controller is not None
+        await system.controller.kill()
+        await system.start_controller()
+        end = await system.wait_deployment(dep, END_STATES)
+        assert end["state"] == "expired", end
+        # the agent that comes afterwards gets nothing to run
+        await system.start_agent("edge-ttl")
+        await system.barrier()
+        assert not any(c.get("type") == "deploy" for c in system.commands("edge-ttl"))
+        assert not counter.exists()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("finish_while_down", [False, True], ids=["after-restart", "while-down"])
 async def test_controller_kill_mid_deployment_still_follows_it_to_the_end(
     broker: MosquittoProcess,

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -203,6 +204,57 @@ async def test_a_model_installed_while_running_is_reported_and_opens_the_gate(
             m for m in system.probe.messages if m.topic == status_topic and b'"models"' in m.payload
         ]
         assert len(with_models) == 2
+
+
+@pytest.mark.slow
+async def test_a_model_removed_across_an_agent_restart_closes_the_gate(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        agent = await system.online("edge-shrink", models={"detector": ["2.2.0"]})
+        marker = tmp_path / "ran"
+        needs = {"models": [{"name": "detector", "version": ">=2"}]}
+        workflow = touch_workflow(system, "needs-v2", marker, requires=needs)
+        assert await agent.proc.terminate() == 0
+        shutil.rmtree(agent.files.models_dir / "detector")
+        await system.start_agent("edge-shrink", models={})
+        shown = await system.cli_json("env", "show", "edge-shrink")
+        assert shown["models"] == {}, "the inventory is the last one reported, not a merge"
+        refused = await system.deploy(workflow, "edge-shrink", "--wait")
+        assert refused.code != 0, str(refused)
+        assert "detector" in refused.stderr, str(refused)
+        assert not marker.exists()
+
+
+@pytest.mark.slow
+async def test_two_jobs_deployed_at_once_run_one_after_the_other(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    gate = tmp_path / "gate"
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-two")
+        hold = system.script("hold", HOLD)
+        first_steps = [{"name": "hold", "run": [PY, str(hold), str(gate)], "timeout": 60}]
+        first = system.workflow("first", {"name": "first", "version": "1", "steps": first_steps})
+        second = touch_workflow(system, "second", tmp_path / "second-ran")
+        assert (await system.deploy(first, "edge-two")).code == 0
+        dep1 = (await system.latest_deployment("edge-two"))["id"]
+        await system.wait_event("edge-two", "step-started", dep=dep1)
+        assert (await system.deploy(second, "edge-two")).code == 0
+        dep2 = (await system.latest_deployment("edge-two"))["id"]
+        gate.touch()
+        await system.wait_event("edge-two", "succeeded", dep=dep2)
+        order = [
+            (e["dep"], e["type"])
+            for e in system.events("edge-two")
+            if e["type"] in {"started", "succeeded"}
+        ]
+        assert order == [
+            (dep1, "started"),
+            (dep1, "succeeded"),
+            (dep2, "started"),
+            (dep2, "succeeded"),
+        ]
 
 
 # every gate --------------------------------------------------------------------------------
@@ -746,6 +798,38 @@ async def test_a_new_version_that_dies_at_once_is_rolled_back_to_the_running_one
             assert "rolled back" in second.output, str(second)
     finally:
         for pid_file in out.glob("*.pid"):  # the services this test's workflows started
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+@pytest.mark.slow
+async def test_a_new_healthy_version_replaces_the_running_service(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    out = tmp_path / "service-out"
+    out.mkdir()
+    script = write_script(tmp_path / "service.py", SERVICE)
+    try:
+        async with open_system(broker, root, tmp_path, procs) as system:
+            await system.online("edge-upgrade")
+            v1 = service_workflow(system, "1.0.0", [PY, str(script), str(out), "v1"])
+            assert (await system.deploy(v1, "edge-upgrade", "--wait")).code == 0
+            dep1 = (await system.latest_deployment("edge-upgrade"))["id"]
+            await wait_for_file(out / "v1.pid")
+            v2 = service_workflow(system, "2.0.0", [PY, str(script), str(out), "v2"])
+            upgraded = await system.deploy(v2, "edge-upgrade", "--wait")
+            assert upgraded.code == 0, str(upgraded)
+            dep2 = (await system.latest_deployment("edge-upgrade"))["id"]
+            await wait_for_file(out / "v2.pid")
+            assert alive(int((out / "v2.pid").read_text()))
+            v1_pid = int((out / "v1.pid").read_text())
+            await wait_until(lambda: not alive(v1_pid), "version 1 stopped")
+            assert (await system.show_deployment(dep1))["state"] == "stopped"
+            assert (await system.show_deployment(dep2))["state"] == "running"
+            shown = await system.cli_json("env", "show", "edge-upgrade")
+            assert shown["running"] == [dep2]
+    finally:
+        for pid_file in out.glob("*.pid"):
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
