@@ -170,6 +170,51 @@ async def test_a_step_over_its_timeout_is_killed_with_its_children_and_fails(
                 os.kill(pid, signal.SIGKILL)
 
 
+# Megabytes of output on both streams, some of it not UTF-8, then a last line.
+FLOOD = """\
+import sys
+for stream in (sys.stdout.buffer, sys.stderr.buffer):
+    for _ in range(20_000):
+        stream.write(b"noise \\xff\\xfe " + b"x" * 100 + b"\\n")
+    stream.write(b"the end\\n")
+    stream.flush()
+"""
+
+
+@pytest.mark.slow
+async def test_a_flood_of_output_leaves_a_short_readable_tail(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-loud")
+        flood = system.script("flood", FLOOD)
+        steps = [{"name": "flood", "run": [PY, str(flood)], "timeout": 60}]
+        workflow = system.workflow("loud", {"name": "loud", "version": "1", "steps": steps})
+        result = await system.deploy(workflow, "edge-loud", "--wait")
+        assert result.code == 0, str(result)
+        [finished] = [e for e in system.events("edge-loud") if e["type"] == "step-finished"]
+        for stream in ("stdout", "stderr"):
+            assert finished[stream].rstrip().endswith("the end"), finished[stream][-200:]
+            assert len(finished[stream]) <= 4096
+
+
+@pytest.mark.slow
+async def test_a_step_that_cannot_start_fails_naming_the_program(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-typo")
+        steps = [{"name": "typo", "run": ["no-such-program-7f3a", "--once"], "timeout": 30}]
+        workflow = system.workflow("typo", {"name": "typo", "version": "1", "steps": steps})
+        result = await system.deploy(workflow, "edge-typo", "--wait")
+        assert result.code != 0, str(result)
+        assert "no-such-program-7f3a" in result.output, str(result)
+        dep = await system.latest_deployment("edge-typo")
+        assert dep["state"] == "failed"
+        [finished] = [e for e in system.events("edge-typo") if e["type"] == "step-finished"]
+        assert (finished["exit_code"], finished["ok"]) == (None, False)
+
+
 # nothing lost, nothing doubled -------------------------------------------------------
 # The events of a whole run of long_job(gates=["a"]), in order.
 FULL_RUN = [

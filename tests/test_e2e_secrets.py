@@ -6,6 +6,7 @@ shows up nowhere, yet the step saw it. And a secrets file others can read stops 
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -146,3 +147,23 @@ async def test_a_private_secrets_file_lets_the_agent_start(
         agent = await system.start_agent("edge-tight", secrets={"API_TOKEN": SECRET}, wait="status")
         assert await agent.proc.terminate() == 0
         assert SECRET not in agent.proc.output()
+
+
+@pytest.mark.slow
+async def test_a_secret_value_with_spaces_equals_signs_and_quotes_arrives_exactly(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    value = 'p@ss=w0rd "quoted" and spaces'
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-odd", secrets={"API_TOKEN": value})
+        result = await system.deploy(leaky_workflow(system, "odd", bucket, 0), "edge-odd", "--wait")
+        assert result.code == 0, str(result)
+        assert (bucket / "odd.sha256").read_text() == hashlib.sha256(value.encode()).hexdigest()
+        [finished] = [e for e in system.events("edge-odd") if e["type"] == "step-finished"]
+        assert finished["stdout"].strip() == "token is ***"
+    escaped = json.dumps(value)[1:-1]  # as it would look inside a JSON payload
+    for text in (value, escaped):
+        assert not any(text.encode() in m.payload for m in system.messages)
+        assert not any(text in p.output() for p in procs)
