@@ -32,6 +32,11 @@ def derive_env_id(stage: str, location: str, purpose: str) -> str:
     if stage not in STAGES:
         raise InvalidId(f"invalid stage {stage!r}: expected one of {', '.join(STAGES)}")
     parts = [_slug(part) for part in (stage, location, purpose)]
+    for name, given in (("location", location), ("purpose", purpose)):
+        if not _slug(given):
+            raise InvalidId(
+                f"invalid {name} {given!r}: it needs a letter or digit to name the environment"
+            )
     return validate_env_id("-".join(parts))
 
 

@@ -420,3 +420,10 @@ def test_redactor_ignores_very_short_values_and_can_be_cleared() -> None:
     assert redact(redactor, {"event": "ab secret"})["event"] == "ab ***"
     redactor.clear()
     assert redact(redactor, {"event": "ab secret"})["event"] == "ab secret"
+
+
+def test_derive_env_id_refuses_a_part_with_nothing_to_name_it_by() -> None:
+    with pytest.raises(InvalidId, match="invalid location '%%%'"):
+        derive_env_id("dev", "%%%", "vision")
+    with pytest.raises(InvalidId, match="invalid purpose '--'"):
+        derive_env_id("dev", "lab", "--")
