@@ -160,8 +160,14 @@ async def _list(controller: ControllerClient, args: argparse.Namespace) -> int:
     from controller.operator import ago, print_json, render_table
     from shared.rpc import EnvList
 
-    request = EnvList(project=args.project or "", include_retired=args.all)
-    infos: list[EnvInfo] = await controller.call(request, within=args.timeout)
+    infos: list[EnvInfo] = []
+    while True:  # page by id: a large fleet does not fit in one reply
+        after = infos[-1].id if infos else ""
+        request = EnvList(project=args.project or "", include_retired=args.all, after=after)
+        page: list[EnvInfo] = await controller.call(request, within=args.timeout)
+        infos.extend(page)
+        if len(page) < request.limit:
+            break
     if args.json:
         print_json(infos)
         return 0

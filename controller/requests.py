@@ -21,6 +21,7 @@ from controller.store import Store
 from shared.codec import REQUEST
 from shared.errors import DecodeError
 from shared.rpc import (
+    MAX_REPLY,
     DeploymentList,
     DeploymentShow,
     DeployRequest,
@@ -79,7 +80,11 @@ class RequestHandler:
             log.debug("request done", op=_op(request))
         else:
             log.info("request done", op=_op(request))
-        return Reply(ok=True, result=msgspec.Raw(_encoder.encode(result))), effects
+        encoded = _encoder.encode(result)
+        if len(encoded) > MAX_REPLY:
+            why = f"the answer ({len(encoded)} bytes) is over the {MAX_REPLY}-byte reply limit"
+            return failed("too-large", f"{why}; ask for fewer (limit)"), effects
+        return Reply(ok=True, result=msgspec.Raw(encoded)), effects
 
     async def _dispatch(self, request: Request) -> tuple[Any, Effects]:
         ops = self._ops
@@ -87,7 +92,9 @@ class RequestHandler:
             case EnvCreate():
                 return ops.create(request)
             case EnvList(project=project, include_retired=include_retired):
-                return ops.env_list(project, include_retired), Effects()
+                infos = ops.env_list(project, include_retired)
+                page = [info for info in infos if info.id > request.after][: request.limit]
+                return page, Effects()
             case EnvShow(id=env):
                 return ops.env_info(env), Effects()
             case EnvUpdate():

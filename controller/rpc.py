@@ -42,7 +42,7 @@ from shared.broker_url import BrokerUrl
 from shared.codec import EVENT, REPLY, check_env, encode
 from shared.errors import DecodeError, InvalidTopic
 from shared.messages import Event
-from shared.rpc import REQUEST_EXPIRY, RESULT_TYPES, ErrorCode, Reply, Request
+from shared.rpc import MAX_REPLY, REQUEST_EXPIRY, RESULT_TYPES, ErrorCode, Reply, Request
 from shared.topics import TopicKind, TopicRoot
 
 __all__ = ["DEFAULT_TIMEOUT", "ControllerClient", "EventFeed", "ask", "seconds"]
@@ -211,7 +211,7 @@ class ControllerClient:
         if answered is None or answered.done():
             return  # the answer to a call that already gave up, or not ours
         try:
-            answered.set_result(REPLY.decode(payload))
+            answered.set_result(REPLY.decode(payload, limit=MAX_REPLY))
         except DecodeError as exc:
             answered.set_exception(
                 ControllerError(f"the controller's answer could not be read: {exc}")

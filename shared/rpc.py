@@ -30,6 +30,7 @@ from shared.messages import (
 from shared.workflow import Workflow
 
 __all__ = [
+    "MAX_REPLY",
     "REQUEST_EXPIRY",
     "RESULT_TYPES",
     "TERMINAL_STATES",
@@ -53,6 +54,9 @@ __all__ = [
 ]
 
 REQUEST_EXPIRY: Final = 10  # seconds: the MQTT 5 message expiry of a request
+# The largest reply: within the 1 MiB packets the shipped broker configs allow. A result
+# that would be larger is refused with code "too-large" (ask for fewer with `limit`).
+MAX_REPLY: Final = 1_000_000
 
 Label = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9._/-]+$")]
 LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
@@ -86,6 +90,7 @@ ErrorCode = Literal[
     "flapping",  # the environment is flapping
     "missing-model",  # a required model is not in the last reported inventory
     "unavailable",  # the controller cannot do it now (shutting down, database error)
+    "too-large",  # the result would not fit in one reply: ask for fewer (limit)
 ]
 
 
@@ -107,10 +112,13 @@ class EnvCreate(_Request, frozen=True, kw_only=True, tag="env-create"):
 
 
 class EnvList(_Request, frozen=True, kw_only=True, tag="env-list"):
-    """Result: ``list[EnvInfo]``, by id."""
+    """Result: ``list[EnvInfo]``, by id: at most ``limit`` of them, with ids after
+    ``after`` (to page through a large fleet)."""
 
     project: ShortText = ""
     include_retired: bool = False
+    after: ShortText = ""
+    limit: Limit = 500
 
 
 class EnvShow(_Request, frozen=True, kw_only=True, tag="env-show"):

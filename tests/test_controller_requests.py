@@ -64,6 +64,11 @@ async def test_env_create_list_show_update_and_the_unknown_view(
         assert [e["id"] for e in listed] == ["acme-cloud", "prod-plant-4-vision"]
         everyone = await ask_ok(probe, root, EnvList())
         assert {"default-cloud", "acme-cloud", "prod-plant-4-vision"} <= {e["id"] for e in everyone}
+        # a page at a time, by id
+        first = await ask_ok(probe, root, EnvList(limit=2))
+        rest = await ask_ok(probe, root, EnvList(limit=2, after=first[-1]["id"]))
+        assert [e["id"] for e in first + rest] == sorted(e["id"] for e in everyone)
+        assert len(first) == 2
 
         updated = await ask_ok(
             probe, root,
