@@ -131,7 +131,7 @@ async def _read_log(
         request = EventList(env=args.env or "", dep=args.dep, after=after, limit=PAGE)
         page: list[LoggedEvent] = await controller.call(request, within=within)
         logged += page
-        if len(page) < PAGE:
+        if not page:  # a short page may only mean large events: the end is an empty one
             return logged
         after = page[-1].id
 

@@ -33,6 +33,7 @@ from shared.rpc import (
     EnvUpdate,
     ErrorCode,
     EventList,
+    LoggedEvent,
     Reply,
     Request,
 )
@@ -112,7 +113,7 @@ class RequestHandler:
             case EventList(env=env, dep=dep, after=after, limit=limit):
                 await self._store.flush()  # what was received so far is in the log
                 events = await self._store.events(env=env, dep=dep, after=after, limit=limit)
-                return events, Effects()
+                return _fitting(events), Effects()
         raise RequestRefused("invalid", f"unknown request {_op(request)!r}")
 
     async def _deployments(self, env: str, limit: int) -> list[Any]:
@@ -125,7 +126,18 @@ class RequestHandler:
         if deployment is None:
             raise RequestRefused("not-found", f"no deployment {dep!r}")
         events = await self._store.events(dep=dep, limit=SHOW_EVENTS)
-        return deployment.info(events)
+        return deployment.info(_fitting(events))
+
+
+def _fitting(events: list[LoggedEvent]) -> list[LoggedEvent]:
+    """The first events whose reply fits in :data:`MAX_REPLY` (each event is at most the
+    largest payload, so a page always holds at least one); the rest come on the next ask."""
+    budget = MAX_REPLY - 64 * 1024
+    for count, entry in enumerate(events):
+        budget -= len(_encoder.encode(entry))
+        if budget < 0:
+            return events[: max(count, 1)]
+    return events
 
 
 def _op(request: Request) -> str:

@@ -178,7 +178,9 @@ class DeploymentShow(_Request, frozen=True, kw_only=True, tag="deployment-show")
 
 class EventList(_Request, frozen=True, kw_only=True, tag="event-list"):
     """Result: ``list[LoggedEvent]`` from the operations log, oldest first, with
-    ``LoggedEvent.id`` greater than ``after`` (to page, or to resume a follow)."""
+    ``LoggedEvent.id`` greater than ``after`` (to page, or to resume a follow). A page
+    holds fewer than ``limit`` when the events are large (the reply size limit): ask
+    again from the last id until a page comes back empty."""
 
     env: ShortText = ""
     dep: ShortText = ""

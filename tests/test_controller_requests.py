@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from controller.brokerproc import MosquittoProcess
+from shared.codec import encode
 from shared.rpc import EnvCreate, EnvList, EnvShow, EnvUpdate
 from shared.topics import TopicRoot
 from tests.support.asking import ask, ask_ok, reply_topic
@@ -159,3 +160,23 @@ async def test_a_request_delivered_twice_runs_and_is_answered_once(
         assert (again.ok, again.code) == (False, "exists")
         replies = [m for m in probe.messages[mark:] if m.topic == reply_topic(root)]
         assert len(replies) == 1
+
+
+def test_an_event_page_is_cut_to_fit_one_reply_but_never_empty() -> None:
+    from controller.requests import _fitting
+    from shared.messages import StepFinished
+    from shared.rpc import MAX_REPLY, LoggedEvent
+
+    def entry(number: int) -> LoggedEvent:
+        tail = "x" * 4096
+        event = StepFinished(env="edge-a", seq=number, step="s", index=0, exit_code=1,
+                             duration=1.0, ok=False, stdout=tail, stderr=tail)  # fmt: skip
+        return LoggedEvent(id=number, at=1.0, event=event)
+
+    many = [entry(n) for n in range(1, 201)]  # ~1.6 MB together
+    page = _fitting(many)
+    assert 100 < len(page) < 200
+    assert page == many[: len(page)]
+    assert sum(len(encode(e)) for e in page) < MAX_REPLY
+    assert _fitting(many[:3]) == many[:3]
+    assert _fitting([]) == []
