@@ -24,7 +24,7 @@ import pytest
 
 from controller.brokerproc import MosquittoProcess, free_port
 from shared.topics import TopicRoot
-from tests.support.procs import Proc
+from tests.support.procs import Proc, start_proc
 from tests.support.system import (
     System,
     alive,
@@ -255,6 +255,28 @@ async def test_two_jobs_deployed_at_once_run_one_after_the_other(
             (dep2, "started"),
             (dep2, "succeeded"),
         ]
+
+
+@pytest.mark.slow
+async def test_up_runs_the_default_cloud_environment_and_it_takes_a_deployment(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        args = ["up", "--broker", broker.url, "--topic-root", str(root)]
+        args += ["--state-dir", str(tmp_path / "up"), "--heartbeat-interval", "1"]
+        up = await start_proc("controller", [*args, "--log-format", "json"], tmp_path / "up.log")
+        procs.append(up)
+        await system.probe.wait_json(root.view("default-cloud"), status="online", timeout=30)
+        listed = await system.cli_json("env", "list")
+        assert [env["id"] for env in listed] == ["default-cloud"]
+
+        marker = tmp_path / "ran"
+        result = await system.deploy(
+            touch_workflow(system, "central", marker), "default-cloud", "--wait"
+        )
+        assert result.code == 0, str(result)
+        assert marker.read_text() == "ran\n"
+        assert await up.terminate(30) == 0
 
 
 # every gate --------------------------------------------------------------------------------
