@@ -395,6 +395,8 @@ def _children(session: Session) -> list[Child]:
     if args.log_format != "auto":
         env["EDGEPLANE_LOG_FORMAT"] = args.log_format
     agent_state = session.state_dir / "agents" / DEFAULT_ENV_ID
+    models = session.state_dir / "models"  # DIR/{name}/{version}/ for the cloud agent
+    models.mkdir(parents=True, exist_ok=True)
     agent_state.mkdir(parents=True, exist_ok=True)
     python = sys.executable
     controller = Child(
@@ -414,6 +416,7 @@ def _children(session: Session) -> list[Child]:
             *("--env-id", DEFAULT_ENV_ID),
             *("--broker", session.plan.url),
             *("--state-dir", str(agent_state)),
+            *("--models-dir", str(models)),
             *("--heartbeat-interval", f"{args.heartbeat_interval:g}"),
             *("--topic-root", session.topic_root),
         ],
@@ -444,6 +447,7 @@ def _banner(session: Session) -> str:
         f"  topic root  {session.topic_root}",
         f"  state dir   {session.state_dir}",
         f"  running     {pids}; agent {DEFAULT_ENV_ID!r}",
+        f"  models      {session.state_dir / 'models'}/NAME/VERSION/ (the cloud agent's)",
         "  watch it    mosquitto_sub -V mqttv5 "
         f"-h {url.host} -p {url.port}{tls} -t '{session.topic_root}/view/#' -v",
         "              edgeplane status --broker "
