@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.brokerproc import MosquittoProcess
+from shared.rpc import TERMINAL_STATES
 from shared.topics import TopicRoot
 from tests.support.probe import Probe, Received, open_probe
 from tests.support.procs import Proc, start_proc
@@ -48,10 +49,7 @@ __all__ = [
     "write_workflow",
 ]
 
-# A deployment's end states (shared.rpc.TERMINAL_STATES, spelled out: what the CLI shows).
-END_STATES = frozenset(
-    {"succeeded", "failed", "rejected", "rolled-back", "expired", "stopped", "checked"}
-)
+END_STATES: frozenset[str] = TERMINAL_STATES  # a deployment's end states
 
 
 @dataclass(frozen=True)
@@ -97,6 +95,9 @@ class Agent:
 
 @dataclass
 class System:
+    """One test's edgeplane: its processes, its probe on everything under ``root``, and
+    every operator command it ran (``cli_log``)."""
+
     broker: MosquittoProcess
     root: TopicRoot
     base: Path
