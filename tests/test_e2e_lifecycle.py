@@ -422,6 +422,24 @@ async def test_an_agent_without_a_record_is_unregistered_and_never_commanded(
         assert not (tmp_path / "ran").exists()
 
 
+@pytest.mark.slow
+async def test_an_unregistered_agent_gets_commands_once_its_record_is_created(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.start_agent("late-record", wait="status")
+        await system.probe.wait_json(root.view("late-record"), registered=False, timeout=20)
+        mark = system.probe.mark()
+        await system.create_env("late-record")
+        view = await system.probe.wait_json(root.view("late-record"), after=mark, registered=True)
+        assert view["status"] == "online"
+        marker = tmp_path / "ran"
+        result = await system.deploy(touch_workflow(system, "now", marker), "late-record", "--wait")
+        assert result.code == 0, str(result)
+        assert marker.exists()
+
+
 # every preflight check failing alone ----------------------------------------------------
 @contextlib.asynccontextmanager
 async def http_ok_server() -> AsyncIterator[int]:
