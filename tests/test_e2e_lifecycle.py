@@ -608,6 +608,31 @@ async def test_each_failing_preflight_check_alone_is_named_and_nothing_runs(
 
 
 @pytest.mark.slow
+async def test_an_endpoint_set_by_env_update_satisfies_preflight_across_agent_restarts(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system, http_ok_server() as port:
+        agent = await system.online("edge-conf")
+        marker = tmp_path / "ran"
+        needs = {"endpoints": ["inference"]}
+        workflow = touch_workflow(system, "needs-endpoint", marker, requires=needs)
+        refused = await system.deploy(workflow, "edge-conf", "--wait")
+        assert refused.code != 0, str(refused)
+        assert "inference" in refused.output, str(refused)
+
+        url = f"http://127.0.0.1:{port}/v1"
+        updated = await system.cli(
+            "env", "update", "edge-conf", "--set", f"endpoints.inference={url}"
+        )
+        assert updated.code == 0, str(updated)
+        assert await agent.proc.terminate() == 0
+        await system.start_agent("edge-conf")  # the update is kept across its restart
+        result = await system.deploy(workflow, "edge-conf", "--wait")
+        assert result.code == 0, str(result)
+        assert marker.exists()
+
+
+@pytest.mark.slow
 async def test_a_required_model_version_the_target_lacks_is_named(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:
