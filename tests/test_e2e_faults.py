@@ -31,6 +31,7 @@ from tests.support.system import (
     alive,
     open_link_proxy,
     open_system,
+    retained_now,
     wait_for_file,
     wait_until,
 )
@@ -450,6 +451,30 @@ async def test_a_queued_deployment_expires_on_time_across_a_controller_kill(
         await system.barrier()
         assert not any(c.get("type") == "deploy" for c in system.commands("edge-ttl"))
         assert not counter.exists()
+
+
+@pytest.mark.slow
+async def test_a_retired_environment_stays_retired_across_a_controller_restart(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        agent = await system.online("edge-gone")
+        retired = await system.cli("env", "retire", "edge-gone")
+        assert retired.code == 0, str(retired)
+        assert await agent.proc.wait(30) == 0
+        assert system.controller is not None
+        await system.controller.kill()
+        await system.start_controller()
+        status = await system.cli("status")
+        assert status.code == 0, str(status)
+        assert "edge-gone" not in status.stdout, str(status)
+        assert await retained_now(broker, root.view("edge-gone"), root.status("edge-gone")) == {}
+        workflow = system.workflow(
+            "append", msgspec.to_builtins(append_workflow(system, tmp_path / "n"))
+        )
+        refused = await system.deploy(workflow, "edge-gone", "--when-online")
+        assert refused.code != 0, str(refused)
+        assert "retired" in refused.stderr, str(refused)
 
 
 @pytest.mark.slow
