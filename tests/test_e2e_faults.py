@@ -135,6 +135,32 @@ async def test_a_command_past_its_expiry_is_reported_and_not_run(
         assert not counter.exists()
 
 
+@pytest.mark.slow
+async def test_a_deploy_the_agent_takes_only_after_its_expiry_is_expired_and_not_run(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    counter = tmp_path / "runs.txt"
+    async with open_system(broker, root, tmp_path, procs) as system:
+        # heartbeats every 5 s: a frozen agent stays judged online for 15 s
+        agent = await system.online("edge-frozen", "--command-ttl", "2", interval=5)
+        workflow = system.workflow("append", msgspec.to_builtins(append_workflow(system, counter)))
+        agent.proc.freeze()
+        deployed = await system.deploy(workflow, "edge-frozen")
+        assert deployed.code == 0, str(deployed)
+        dep = (await system.latest_deployment("edge-frozen"))["id"]
+        [command] = [c for c in system.commands("edge-frozen") if c.get("dep") == dep]
+        # what the test waits for is a moment: the command's expiry (one clock, one machine)
+        await wait_until(lambda: time.time() > command["expires"] + 0.5, "the command expired")
+
+        agent.proc.thaw()
+        await system.wait_event("edge-frozen", "expired", cmd=command["id"])
+        end = await system.wait_deployment(dep, END_STATES)
+        assert end["state"] == "expired", end
+        await ping(system, "edge-frozen", "ping-after-thaw")
+        assert not counter.exists()
+        assert [e["type"] for e in system.events("edge-frozen", dep)] == ["expired"]
+
+
 # A step that starts a child of its own, then both wait far longer than the step's timeout.
 SPAWNER = """\
 import os, pathlib, subprocess, sys, time
