@@ -279,15 +279,15 @@ def tail(path: Path, mask: Callable[[str], str] = str) -> str:
 
 def group_alive(pgid: int) -> bool:
     """Whether a live (not zombie) process is left in process group ``pgid``."""
-    if not os.path.isdir("/proc/self"):
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+    try:
+        os.killpg(pgid, 0)  # the common case, an empty group, answered without /proc
+    except ProcessLookupError:
+        return False
+    except PermissionError:
         return True
-    return bool(group_members(pgid))
+    if not os.path.isdir("/proc/self"):
+        return True
+    return bool(group_members(pgid))  # zombies count for killpg; not for us
 
 
 def kill_group(pgid: int, grace: float = KILL_GRACE) -> None:
