@@ -18,10 +18,10 @@ import structlog
 from controller.errors import RequestRefused, StoreError
 from controller.operations import Effects, Operations
 from controller.store import Store
-from shared.codec import REQUEST
 from shared.errors import DecodeError
 from shared.rpc import (
     MAX_REPLY,
+    REQUEST,
     DeploymentList,
     DeploymentShow,
     DeployRequest,

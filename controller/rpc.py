@@ -39,10 +39,10 @@ from paho.mqtt.properties import Properties
 from controller.errors import BrokerUnavailable, ControllerError, NoControllerAnswer, RequestRefused
 from controller.mqttclient import make_client, unique_client_id
 from shared.broker_url import BrokerUrl
-from shared.codec import EVENT, REPLY, check_env, encode
+from shared.codec import EVENT, check_env, encode
 from shared.errors import DecodeError, InvalidTopic
 from shared.messages import Event
-from shared.rpc import MAX_REPLY, REQUEST_EXPIRY, RESULT_TYPES, ErrorCode, Reply, Request
+from shared.rpc import MAX_REPLY, REPLY, REQUEST_EXPIRY, RESULT_TYPES, ErrorCode, Reply, Request
 from shared.topics import TopicKind, TopicRoot
 
 __all__ = ["DEFAULT_TIMEOUT", "ControllerClient", "EventFeed", "ask", "seconds"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn, Protocol
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 PROG = "edge-agent"
 SIMULATOR_MODULE = "edge_agent.simulate"
 EXECUTOR_MODULE = "edge_agent.executor"
+EXECUTOR_RECORD = "executor.json"  # what the executor keeps in the state dir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,23 +130,25 @@ def _executor_factory(
 ) -> ExecutorFactory | None:
     """How the agent builds its executor, or None when this installation has none (the
     agent then answers deployments with a refusal saying so)."""
-    try:
-        module = importlib.import_module(EXECUTOR_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != EXECUTOR_MODULE:
-            raise
+    if importlib.util.find_spec(EXECUTOR_MODULE) is None:
         return None
+    from edge_agent.ondemand import OnDemandExecutor
 
     def build(sink: EventSink, endpoints: Mapping[str, str]) -> AgentExecutor:
-        executor: AgentExecutor = module.Executor(
-            settings.env_id,
-            state_dir=settings.state_dir,
-            models_dir=settings.models_dir,
-            secrets=secrets,
-            endpoints=endpoints,
-            sink=sink,
-        )
-        return executor
+        def create() -> AgentExecutor:
+            module = importlib.import_module(EXECUTOR_MODULE)
+            executor: AgentExecutor = module.Executor(
+                settings.env_id,
+                state_dir=settings.state_dir,
+                models_dir=settings.models_dir,
+                secrets=secrets,
+                endpoints=endpoints,
+                sink=sink,
+            )
+            return executor
+
+        record = settings.state_dir / EXECUTOR_RECORD
+        return OnDemandExecutor(create, needed_now=record.exists())
 
     return build
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
-from packaging.version import InvalidVersion, Version
+
+if TYPE_CHECKING:
+    from packaging.version import Version
 
 from edge_agent.errors import ModelsDirError
 
@@ -38,6 +41,8 @@ def scan_models(models_dir: Path | None) -> dict[str, list[str]]:
 
 def version_key(version: str) -> tuple[int, Version | str]:
     """Sort key: PEP 440 versions in their order, then anything else by its text."""
+    from packaging.version import InvalidVersion, Version  # only an agent with models pays
+
     try:
         return (0, Version(version))
     except InvalidVersion:

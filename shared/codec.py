@@ -24,7 +24,6 @@ from shared.messages import (
     EnvView,
     Event,
 )
-from shared.rpc import Reply, Request
 
 __all__ = [
     "ALERT",
@@ -32,8 +31,6 @@ __all__ = [
     "CONTROLLER_STATUS",
     "DEFAULT_MAX_PAYLOAD",
     "EVENT",
-    "REPLY",
-    "REQUEST",
     "STATUS",
     "VIEW",
     "MessageCodec",
@@ -96,5 +93,3 @@ CONTROLLER_STATUS: Final[MessageCodec[ControllerStatus]] = MessageCodec(
 )
 COMMAND: Final[MessageCodec[Command]] = MessageCodec(Command, "command")
 EVENT: Final[MessageCodec[Event]] = MessageCodec(Event, "event")
-REQUEST: Final[MessageCodec[Request]] = MessageCodec(Request, "request")
-REPLY: Final[MessageCodec[Reply]] = MessageCodec(Reply, "reply")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from shared.codec import MessageCodec
 from shared.messages import (
     Count,
     EnvId,
@@ -31,6 +32,8 @@ from shared.workflow import Workflow
 
 __all__ = [
     "MAX_REPLY",
+    "REPLY",
+    "REQUEST",
     "REQUEST_EXPIRY",
     "RESULT_TYPES",
     "TERMINAL_STATES",
@@ -274,3 +277,7 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     DeploymentShow: DeploymentInfo,
     EventList: list[LoggedEvent],
 }
+
+# Codecs of the two rpc topics (here, not in shared.codec: the agent never needs them).
+REQUEST: Final[MessageCodec[Request]] = MessageCodec(Request, "request")
+REPLY: Final[MessageCodec[Reply]] = MessageCodec(Reply, "reply")

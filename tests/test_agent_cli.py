@@ -158,6 +158,9 @@ from edge_agent.cli import main
 code = main(sys.argv[1:])
 bad = sorted(m for m in sys.modules if m.split(".")[0] in {"aiomqtt", "aiosqlite", "controller"})
 print("exit", code, "imported", ",".join(bad) or "-")
+# an agent that ran nothing has not loaded the execution code (memory: see ondemand.py)
+loaded = [m for m in ("edge_agent.executor", "packaging") if m in sys.modules]
+print("execution", ",".join(loaded) or "-")
 """
     args = ["run", "--env-id", "dev-lab-imports", "--broker", broker.url]
     args += ["--state-dir", str(tmp_path), "--topic-root", root.value, "--log-format", "json"]
@@ -165,7 +168,7 @@ print("exit", code, "imported", ",".join(bad) or "-")
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=False
     )
     assert '"event": "online"' in result.stderr, result.stderr
-    assert result.stdout.split() == ["exit", "0", "imported", "-"], result.stdout
+    assert result.stdout.split() == ["exit", "0", "imported", "-", "execution", "-"], result.stdout
 
 
 def test_simulate_is_wired_lazily() -> None:

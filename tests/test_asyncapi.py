@@ -61,8 +61,8 @@ CODECS: Final[dict[TopicKind, codec.MessageCodec[Any]]] = {
     TopicKind.CONTROLLER_STATUS: codec.CONTROLLER_STATUS,
     TopicKind.VIEW: codec.VIEW,
     TopicKind.ALERTS: codec.ALERT,
-    TopicKind.REQUEST: codec.REQUEST,
-    TopicKind.REPLY: codec.REPLY,
+    TopicKind.REQUEST: rpc.REQUEST,
+    TopicKind.REPLY: rpc.REPLY,
 }
 
 # The messages each topic carries: the members of its union, or its one Struct.

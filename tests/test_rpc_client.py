@@ -19,9 +19,9 @@ from controller.brokerproc import MosquittoProcess, free_port
 from controller.errors import BrokerUnavailable, ControllerError, NoControllerAnswer, RequestRefused
 from controller.rpc import ControllerClient
 from shared.broker_url import BrokerUrl
-from shared.codec import REQUEST, encode
+from shared.codec import encode
 from shared.messages import Accepted, Pong
-from shared.rpc import REQUEST_EXPIRY, EnvInfo, EnvShow, Reply, Request
+from shared.rpc import REQUEST, REQUEST_EXPIRY, EnvInfo, EnvShow, Reply, Request
 from shared.topics import TopicRoot
 from tests.support.probe import open_probe
 

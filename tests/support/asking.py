@@ -11,8 +11,8 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.codec import REPLY, encode
-from shared.rpc import REQUEST_EXPIRY, Reply, Request
+from shared.codec import encode
+from shared.rpc import REPLY, REQUEST_EXPIRY, Reply, Request
 from shared.topics import TopicRoot
 from tests.support.probe import Probe
 
