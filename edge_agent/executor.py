@@ -53,7 +53,7 @@ from typing import Any, Final, Self
 import msgspec
 import structlog
 
-from edge_agent.errors import AgentError, ExecutionError, ModelsDirError
+from edge_agent.errors import AgentError, ExecutionError, ModelsDirError, StateDirError
 from edge_agent.events import EventSink
 from edge_agent.inventory import scan_models
 from edge_agent.preflight import (
@@ -74,6 +74,7 @@ from edge_agent.runner import (
 )
 from edge_agent.secrets import Secrets
 from edge_agent.service import DEFAULT_GRACE, ServiceSupervisor
+from edge_agent.state import write_atomically
 from shared.backoff import Backoff
 from shared.clock import Clock, SystemClock
 from shared.messages import (
@@ -804,15 +805,10 @@ def _group_is_deployment(pgid: int, dep: str) -> bool:
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_atomically(path, data)
     except OSError as exc:
         raise ExecutionError(f"cannot write {str(path)!r}: {exc.strerror}") from exc
+    except StateDirError as exc:
+        raise ExecutionError(str(exc)) from exc
