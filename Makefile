@@ -42,7 +42,13 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# mypy maps module names to folders; ours install under another name (edgeplane.*), so it
+# checks them through links named as installed.
+TYPECHECK_TREE := build/typecheck/edgeplane
+
 typecheck: $(STAMP)
+	@mkdir -p $(TYPECHECK_TREE)
+	@for pkg in controller edge_agent shared; do ln -sfn ../../../$$pkg $(TYPECHECK_TREE)/$$pkg; done
 	$(BIN)/mypy
 
 check: lint typecheck

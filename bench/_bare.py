@@ -17,11 +17,11 @@ import time
 import aiomqtt
 
 from bench._flood import MARKER
-from shared.broker_url import BrokerUrl
-from shared.codec import STATUS
-from shared.errors import DecodeError
-from shared.messages import OnlineStatus
-from shared.topics import TopicRoot
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.codec import STATUS
+from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.messages import OnlineStatus
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["main"]
 

@@ -31,10 +31,10 @@ import aiomqtt
 import msgspec
 import psutil
 
-from controller.brokerproc import MosquittoProcess
-from shared.broker_url import BrokerUrl
-from shared.messages import EnvView
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.messages import EnvView
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = [
     "BENCH_DIR",
@@ -229,7 +229,7 @@ class Controller:
         argv = [
             sys.executable,
             "-m",
-            "controller",
+            "edgeplane.controller",
             "controller",
             "run",
             "--broker",
@@ -526,7 +526,7 @@ class RealAgent:
         self.argv = [
             sys.executable,
             "-m",
-            "edge_agent",
+            "edgeplane.edge_agent",
             "run",
             "--env-id",
             env,

@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-from edge_agent.simulate import Execution, Fleet
-from shared.broker_url import BrokerUrl
-from shared.logs import configure_logging
-from shared.topics import TopicRoot
+from edgeplane.edge_agent.simulate import Execution, Fleet
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.logs import configure_logging
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["main"]
 

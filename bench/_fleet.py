@@ -24,10 +24,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from edge_agent.simulate import Fleet, SimulatedAgent
-from shared.broker_url import BrokerUrl
-from shared.logs import configure_logging
-from shared.topics import TopicRoot
+from edgeplane.edge_agent.simulate import Fleet, SimulatedAgent
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.logs import configure_logging
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["main"]
 

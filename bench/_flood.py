@@ -19,10 +19,10 @@ import threading
 import time
 from typing import Final
 
-from shared.broker_url import BrokerUrl
-from shared.codec import encode
-from shared.messages import OfflineStatus, OnlineStatus
-from shared.topics import TopicRoot
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import OfflineStatus, OnlineStatus
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["MARKER", "main"]
 

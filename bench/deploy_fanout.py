@@ -69,14 +69,14 @@ from bench._common import (
     run_main,
     scratch_dir,
 )
-from controller.errors import ControllerError
-from controller.rpc import ControllerClient
-from edge_agent.wire import WireError, connect
-from shared.broker_url import BrokerUrl
-from shared.codec import EVENT, VIEW, encode
-from shared.errors import DecodeError, InvalidTopic
-from shared.messages import EnvView, Event, Pong, Succeeded
-from shared.rpc import (
+from edgeplane.controller.errors import ControllerError
+from edgeplane.controller.rpc import ControllerClient
+from edgeplane.edge_agent.wire import WireError, connect
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.codec import EVENT, VIEW, encode
+from edgeplane.shared.errors import DecodeError, InvalidTopic
+from edgeplane.shared.messages import EnvView, Event, Pong, Succeeded
+from edgeplane.shared.rpc import (
     DeploymentInfo,
     DeploymentList,
     DeployRequest,
@@ -85,8 +85,8 @@ from shared.rpc import (
     EventList,
     LoggedEvent,
 )
-from shared.topics import TopicKind, TopicRoot
-from shared.workflow import Step, Workflow
+from edgeplane.shared.topics import TopicKind, TopicRoot
+from edgeplane.shared.workflow import Step, Workflow
 
 __all__ = ["add_arguments", "main", "run"]
 

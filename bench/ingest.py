@@ -48,8 +48,8 @@ from bench._common import (
     scratch_dir,
 )
 from bench._flood import MARKER
-from controller.brokerproc import MosquittoProcess
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["add_arguments", "main", "run"]
 

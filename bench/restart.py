@@ -32,7 +32,7 @@ from bench._common import (
     run_main,
     scratch_dir,
 )
-from shared.topics import TopicRoot
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["add_arguments", "main", "run"]
 

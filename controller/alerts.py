@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.messages import AlertKind, AlertState
+from edgeplane.shared.messages import AlertKind, AlertState
 
 __all__ = ["AlertEdge", "earliest_due", "split_held"]
 

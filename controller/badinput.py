@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.clock import Clock
+from edgeplane.shared.clock import Clock
 
 __all__ = ["BadInput", "LogDecision"]
 

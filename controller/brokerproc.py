@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Protocol, Self
 
-from controller.errors import BrokerStartError
+from edgeplane.controller.errors import BrokerStartError
 
 __all__ = [
     "BrokerProcess",

@@ -14,22 +14,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn, Protocol, cast
 
-from shared import __version__
-from shared.errors import EdgeplaneError, SettingsError
+from edgeplane.shared import __version__
+from edgeplane.shared.errors import EdgeplaneError, SettingsError
 
 __all__ = ["main"]
 
 # subcommand name -> module; a module may register nested subcommands itself.
 COMMANDS: dict[str, str] = {
-    "up": "controller.cmd_up",
-    "controller": "controller.cmd_controller",
-    "status": "controller.cmd_status",
-    "watch": "controller.cmd_watch",
-    "env": "controller.cmd_env",
-    "deploy": "controller.cmd_deploy",
-    "deployments": "controller.cmd_deployments",
-    "events": "controller.cmd_events",
-    "demo": "controller.cmd_demo",
+    "up": "edgeplane.controller.cmd_up",
+    "controller": "edgeplane.controller.cmd_controller",
+    "status": "edgeplane.controller.cmd_status",
+    "watch": "edgeplane.controller.cmd_watch",
+    "env": "edgeplane.controller.cmd_env",
+    "deploy": "edgeplane.controller.cmd_deploy",
+    "deployments": "edgeplane.controller.cmd_deployments",
+    "events": "edgeplane.controller.cmd_events",
+    "demo": "edgeplane.controller.cmd_demo",
 }
 
 

@@ -7,12 +7,12 @@ import asyncio
 import signal
 from typing import TYPE_CHECKING
 
-from controller.settings import CONTROLLER_SETTINGS, load_settings
-from shared import settings as common
-from shared.errors import EdgeplaneError
+from edgeplane.controller.settings import CONTROLLER_SETTINGS, load_settings
+from edgeplane.shared import settings as common
+from edgeplane.shared.errors import EdgeplaneError
 
 if TYPE_CHECKING:
-    from controller.service import PresenceService
+    from edgeplane.controller.service import PresenceService
 
 __all__ = ["add_parser"]
 
@@ -34,8 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def run_controller(args: argparse.Namespace) -> int:
     settings = load_settings(args)
-    from controller.service import PresenceService  # the daemon's imports, only when run
-    from shared.logs import configure_logging
+    from edgeplane.controller.service import PresenceService  # the daemon's imports, only when run
+    from edgeplane.shared.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
     try:

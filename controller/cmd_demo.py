@@ -20,12 +20,12 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from shared.errors import EdgeplaneError
-from shared.topics import DEFAULT_ROOT, TopicRoot
+from edgeplane.shared.errors import EdgeplaneError
+from edgeplane.shared.topics import DEFAULT_ROOT, TopicRoot
 
 if TYPE_CHECKING:
-    from controller.demo_fleet import BrokerKind, DemoFleet
-    from controller.demo_story import DemoOutcome
+    from edgeplane.controller.demo_fleet import BrokerKind, DemoFleet
+    from edgeplane.controller.demo_story import DemoOutcome
 
 __all__ = ["add_parser", "run"]
 
@@ -49,8 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.demo_fleet import DemoFleet
-    from controller.demo_story import summary, surprises
+    from edgeplane.controller.demo_fleet import DemoFleet
+    from edgeplane.controller.demo_story import summary, surprises
 
     started = time.monotonic()
     fleet = DemoFleet(TopicRoot(DEFAULT_ROOT))
@@ -75,11 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _story(fleet: DemoFleet, broker_kind: BrokerKind, started: float) -> DemoOutcome:
-    from controller.demo_fleet import FlapSettings
-    from controller.demo_story import FleetWatch, tell
-    from controller.mqttclient import make_client, unique_client_id
-    from controller.rpc import ControllerClient
-    from shared.broker_url import BrokerUrl
+    from edgeplane.controller.demo_fleet import FlapSettings
+    from edgeplane.controller.demo_story import FleetWatch, tell
+    from edgeplane.controller.mqttclient import make_client, unique_client_id
+    from edgeplane.controller.rpc import ControllerClient
+    from edgeplane.shared.broker_url import BrokerUrl
 
     # SIGTERM stops the story like Ctrl-C does; the caller then stops the fleet.
     main = asyncio.current_task()

@@ -19,13 +19,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg, seconds_arg
-from shared import settings as common
-from shared.errors import SettingsError
+from edgeplane.controller.operator import (
+    OPERATOR_SETTINGS,
+    add_operator_flags,
+    env_id_arg,
+    seconds_arg,
+)
+from edgeplane.shared import settings as common
+from edgeplane.shared.errors import SettingsError
 
 if TYPE_CHECKING:
-    from shared.rpc import DeployRequest
-    from shared.workflow import Workflow
+    from edgeplane.shared.rpc import DeployRequest
+    from edgeplane.shared.workflow import Workflow
 
 __all__ = ["add_parser"]
 
@@ -71,10 +76,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def deploy(args: argparse.Namespace) -> int:
-    from controller.deploying import Session
-    from shared.errors import WorkflowFileError
-    from shared.rpc import DeployRequest
-    from shared.workflow_file import read_workflow_file
+    from edgeplane.controller.deploying import Session
+    from edgeplane.shared.errors import WorkflowFileError
+    from edgeplane.shared.rpc import DeployRequest
+    from edgeplane.shared.workflow_file import read_workflow_file
 
     if args.ttl is not None and not args.when_online:
         raise SettingsError("--ttl: only with --when-online (how long it may stay queued)")

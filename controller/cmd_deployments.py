@@ -11,11 +11,11 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
-from shared import settings as common
+from edgeplane.controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
+from edgeplane.shared import settings as common
 
 if TYPE_CHECKING:
-    from shared.rpc import DeploymentInfo
+    from edgeplane.shared.rpc import DeploymentInfo
 
 __all__ = ["add_parser"]
 
@@ -46,8 +46,8 @@ def _limit(value: str) -> int:
 
 
 def deployments(args: argparse.Namespace) -> int:
-    from controller.rpc import ask
-    from shared.rpc import DeploymentList, DeploymentShow
+    from edgeplane.controller.rpc import ask
+    from edgeplane.shared.rpc import DeploymentList, DeploymentShow
 
     match args.words:
         case [] | ["list"]:
@@ -61,7 +61,7 @@ def deployments(args: argparse.Namespace) -> int:
     values = common.resolve(OPERATOR_SETTINGS, args)
     result = asyncio.run(ask(values["broker"], values["topic_root"], request, values["timeout"]))
     if args.json:
-        from controller.operator import print_json
+        from edgeplane.controller.operator import print_json
 
         print_json(result)
     elif isinstance(request, DeploymentShow):
@@ -72,7 +72,7 @@ def deployments(args: argparse.Namespace) -> int:
 
 
 def table(infos: list[DeploymentInfo]) -> str:
-    from controller.operator import ago, render_table
+    from edgeplane.controller.operator import ago, render_table
 
     if not infos:
         return "no deployments"
@@ -95,9 +95,9 @@ def table(infos: list[DeploymentInfo]) -> str:
 
 
 def details(info: DeploymentInfo) -> str:
-    from controller.eventtext import check_line, describe
-    from controller.operator import when
-    from shared.messages import Preflight
+    from edgeplane.controller.eventtext import check_line, describe
+    from edgeplane.controller.operator import when
+    from edgeplane.shared.messages import Preflight
 
     fields = [
         ("id", info.id),

@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from controller.operator import (
+from edgeplane.controller.operator import (
     OPERATOR_SETTINGS,
     add_operator_flags,
     env_id_arg,
@@ -29,12 +29,12 @@ from controller.operator import (
     seconds_arg,
     short_text_arg,
 )
-from shared import settings as common
+from edgeplane.shared import settings as common
 
 if TYPE_CHECKING:
-    from controller.rpc import ControllerClient, EventFeed
-    from shared.messages import Event
-    from shared.rpc import EnvInfo
+    from edgeplane.controller.rpc import ControllerClient, EventFeed
+    from edgeplane.shared.messages import Event
+    from edgeplane.shared.rpc import EnvInfo
 
 __all__ = ["add_parser"]
 
@@ -85,7 +85,7 @@ def _add_ack_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(handler: Handler, args: argparse.Namespace) -> int:
-    from controller.rpc import ControllerClient
+    from edgeplane.controller.rpc import ControllerClient
 
     values = common.resolve(OPERATOR_SETTINGS, args)
     args.timeout = values["timeout"]
@@ -130,8 +130,8 @@ def _add_create(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def _create(controller: ControllerClient, args: argparse.Namespace) -> int:
-    from controller.operator import print_json
-    from shared.rpc import EnvCreate
+    from edgeplane.controller.operator import print_json
+    from edgeplane.shared.rpc import EnvCreate
 
     request = EnvCreate(
         id=args.id or "",
@@ -157,8 +157,8 @@ def _add_list(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 async def _list(controller: ControllerClient, args: argparse.Namespace) -> int:
-    from controller.operator import ago, print_json, render_table
-    from shared.rpc import EnvList
+    from edgeplane.controller.operator import ago, print_json, render_table
+    from edgeplane.shared.rpc import EnvList
 
     infos: list[EnvInfo] = []
     while True:  # page by id: a large fleet does not fit in one reply
@@ -213,8 +213,8 @@ def _add_show(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 async def _show(controller: ControllerClient, args: argparse.Namespace) -> int:
-    from controller.operator import print_json
-    from shared.rpc import EnvShow
+    from edgeplane.controller.operator import print_json
+    from edgeplane.shared.rpc import EnvShow
 
     info: EnvInfo = await controller.call(EnvShow(id=args.id), within=args.timeout)
     if args.json:
@@ -225,7 +225,7 @@ async def _show(controller: ControllerClient, args: argparse.Namespace) -> int:
 
 
 def _details(info: EnvInfo) -> str:
-    from controller.operator import ago, when
+    from edgeplane.controller.operator import ago, when
 
     fields: list[tuple[str, str]] = [
         ("id", info.id),
@@ -303,9 +303,9 @@ def _add_update(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def _update(controller: ControllerClient, args: argparse.Namespace) -> int:
-    from controller.operator import print_json
-    from shared.errors import SettingsError
-    from shared.rpc import EnvUpdate
+    from edgeplane.controller.operator import print_json
+    from edgeplane.shared.errors import SettingsError
+    from edgeplane.shared.rpc import EnvUpdate
 
     if not (args.label or args.remove_label or args.set or args.heartbeat_interval):
         flags = "--label, --remove-label, --heartbeat-interval or --set"
@@ -341,8 +341,8 @@ def _add_restart(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 async def _restart(controller: ControllerClient, args: argparse.Namespace) -> int:
-    from controller.operator import print_json
-    from shared.rpc import EnvRestart
+    from edgeplane.controller.operator import print_json
+    from edgeplane.shared.rpc import EnvRestart
 
     feed = None if args.no_wait else await controller.follow_events(args.id)
     request = EnvRestart(id=args.id, workflow=args.workflow)
@@ -368,8 +368,8 @@ def _add_retire(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def _retire(controller: ControllerClient, args: argparse.Namespace) -> int:
-    from controller.operator import print_json
-    from shared.rpc import EnvRetire, EnvShow
+    from edgeplane.controller.operator import print_json
+    from edgeplane.shared.rpc import EnvRetire, EnvShow
 
     before: EnvInfo = await controller.call(EnvShow(id=args.id), within=args.timeout)
     if not args.yes and sys.stdin.isatty() and not _confirm(args.id):
@@ -404,8 +404,8 @@ async def _await_ack(
     """Print the agent's answer to the command: ``ack`` (ok or not), ``rejected`` or
     ``expired``. ``cmd`` empty: the first answer to an ``op`` command after sending. With
     ``--json``: ``result`` and ``"ack"``, the answer (null when none came)."""
-    from controller.eventtext import describe
-    from controller.operator import print_json
+    from edgeplane.controller.eventtext import describe
+    from edgeplane.controller.operator import print_json
 
     try:
         event = await _answer(feed, op, cmd, args.wait_timeout)
@@ -428,7 +428,7 @@ async def _await_ack(
 
 
 async def _answer(feed: EventFeed, op: str, cmd: str, within: float) -> Event:
-    from shared.messages import Ack, CommandRejected, Expired
+    from edgeplane.shared.messages import Ack, CommandRejected, Expired
 
     loop = asyncio.get_running_loop()
     give_up = loop.time() + within

@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
-from shared import settings as common
+from edgeplane.controller.operator import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
+from edgeplane.shared import settings as common
 
 if TYPE_CHECKING:
-    from controller.rpc import ControllerClient, EventFeed
-    from shared.messages import Event
-    from shared.rpc import LoggedEvent
+    from edgeplane.controller.rpc import ControllerClient, EventFeed
+    from edgeplane.shared.messages import Event
+    from edgeplane.shared.rpc import LoggedEvent
 
 __all__ = ["add_parser", "event_line"]
 
@@ -52,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def events(args: argparse.Namespace) -> int:
-    from controller.rpc import ControllerClient
+    from edgeplane.controller.rpc import ControllerClient
 
     values = common.resolve(OPERATOR_SETTINGS, args)
 
@@ -83,7 +83,7 @@ async def _follow_log(
     """The log, then live events, until ``stop``. A connection lost later is made again
     (every :data:`RETRY_PAUSE` seconds), and the log read again from where it was, so
     what was logged meanwhile is printed too; only a first connection that fails ends it."""
-    from controller.errors import BrokerUnavailable, NoControllerAnswer
+    from edgeplane.controller.errors import BrokerUnavailable, NoControllerAnswer
 
     seen: set[tuple[str, str, int]] = set()
     after = 0
@@ -124,7 +124,7 @@ async def _read_log(
     controller: ControllerClient, args: argparse.Namespace, within: float, *, after: int
 ) -> list[LoggedEvent]:
     """Every logged event with an id above ``after``, page by page."""
-    from shared.rpc import EventList
+    from edgeplane.shared.rpc import EventList
 
     logged: list[LoggedEvent] = []
     while True:
@@ -172,7 +172,7 @@ def _print_new(
 
 
 def _print_log(logged: list[LoggedEvent], as_json: bool) -> None:
-    from controller.operator import print_json
+    from edgeplane.controller.operator import print_json
 
     if as_json:
         print_json(logged)
@@ -196,7 +196,7 @@ def _print_entry(entry_id: int | None, at: float, event: Event, as_json: bool) -
 
 def event_line(at: float, event: Event) -> str:
     """``2026-11-27 08:01:02  edge-a  d-1f2e  step 1 inspect finished: exit 0 after 0.3 s``"""
-    from controller.eventtext import describe
+    from edgeplane.controller.eventtext import describe
 
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
     about = event.dep or event.cmd or "-"

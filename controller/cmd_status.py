@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from shared import settings as common
-from shared.broker_url import DEFAULT_BROKER
-from shared.settings import Setting
-from shared.topics import DEFAULT_ROOT, TopicRoot
+from edgeplane.shared import settings as common
+from edgeplane.shared.broker_url import DEFAULT_BROKER
+from edgeplane.shared.settings import Setting
+from edgeplane.shared.topics import DEFAULT_ROOT, TopicRoot
 
 __all__ = ["VIEWER_SETTINGS", "add_parser", "add_viewer_flags"]
 
@@ -35,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def show_status(args: argparse.Namespace) -> int:
-    from controller.views import collect_board, render_json, render_table
+    from edgeplane.controller.views import collect_board, render_json, render_table
 
     values = common.resolve(VIEWER_SETTINGS, args)
     board = asyncio.run(

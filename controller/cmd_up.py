@@ -42,11 +42,11 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from controller.errors import BrokerStartError, ControllerError
-from shared.errors import SettingsError
+from edgeplane.controller.errors import BrokerStartError, ControllerError
+from edgeplane.shared.errors import SettingsError
 
 if TYPE_CHECKING:
-    from controller.brokerproc import BrokerProcess
+    from edgeplane.controller.brokerproc import BrokerProcess
 
 __all__ = [
     "DEFAULT_ENV_ID",
@@ -73,7 +73,7 @@ def default_state_dir(environ: dict[str, str] | None = None) -> Path:
 
 def packaged_mosquitto_config() -> Path:
     """The development mosquitto config shipped in the wheel (controller/data/)."""
-    resource = resources.files("controller").joinpath("data/edgeplane.conf")
+    resource = resources.files("edgeplane.controller").joinpath("data/edgeplane.conf")
     return Path(str(resource))
 
 
@@ -297,8 +297,8 @@ def _state_lock(state_dir: Path) -> Iterator[None]:
 
 def _given_broker(args: argparse.Namespace) -> str | None:
     """The ``--broker`` URL, normalised, or None; a bad one is a :class:`SettingsError`."""
-    from shared.broker_url import BrokerUrl
-    from shared.errors import InvalidBrokerUrl
+    from edgeplane.shared.broker_url import BrokerUrl
+    from edgeplane.shared.errors import InvalidBrokerUrl
 
     if args.broker is None:
         if args.port == 0:
@@ -347,8 +347,8 @@ def _stop_leftovers(state_dir: Path) -> None:
 
 
 def _plan(args: argparse.Namespace, given: str | None) -> BrokerPlan:
-    from controller.brokerproc import find_mosquitto, port_open
-    from controller.embedded import embedded_available
+    from edgeplane.controller.brokerproc import find_mosquitto, port_open
+    from edgeplane.controller.embedded import embedded_available
 
     return choose_broker(
         given=given,
@@ -361,8 +361,8 @@ def _plan(args: argparse.Namespace, given: str | None) -> BrokerPlan:
 
 
 def _make_broker(session: Session) -> BrokerProcess:
-    from controller.brokerproc import MosquittoProcess, port_bindable
-    from controller.embedded import EmbeddedBroker
+    from edgeplane.controller.brokerproc import MosquittoProcess, port_bindable
+    from edgeplane.controller.embedded import EmbeddedBroker
 
     args = session.args
     if session.plan.plan == "mosquitto":
@@ -402,7 +402,7 @@ def _children(session: Session) -> list[Child]:
     controller = Child(
         "controller",
         [
-            *(python, "-m", "controller", "controller", "run"),
+            *(python, "-m", "edgeplane.controller", "controller", "run"),
             *("--broker", session.plan.url),
             *("--db", str(session.state_dir / "controller.db")),
             *("--topic-root", session.topic_root),
@@ -412,7 +412,7 @@ def _children(session: Session) -> list[Child]:
     agent = Child(
         "agent",
         [
-            *(python, "-m", "edge_agent", "run"),
+            *(python, "-m", "edgeplane.edge_agent", "run"),
             *("--env-id", DEFAULT_ENV_ID),
             *("--broker", session.plan.url),
             *("--state-dir", str(agent_state)),
@@ -426,7 +426,7 @@ def _children(session: Session) -> list[Child]:
 
 
 def _banner(session: Session) -> str:
-    from shared.broker_url import BrokerUrl
+    from edgeplane.shared.broker_url import BrokerUrl
 
     url = BrokerUrl.parse(session.plan.url)
     how = {
@@ -468,7 +468,7 @@ def _exit_text(code: int) -> str:
 
 async def _supervise(child: Child, session: Session) -> None:
     """Restart ``child`` with backoff whenever it exits on its own (it is already started)."""
-    from shared.backoff import Backoff
+    from edgeplane.shared.backoff import Backoff
 
     backoff = Backoff(initial=1.0, cap=30.0)
     while True:
@@ -494,7 +494,7 @@ async def _supervise(child: Child, session: Session) -> None:
 
 async def _supervise_broker(session: Session) -> None:
     """Restart a broker ``up`` started if it dies (mosquitto keeps its persisted state)."""
-    from shared.backoff import Backoff
+    from edgeplane.shared.backoff import Backoff
 
     broker = session.broker
     assert broker is not None
@@ -567,8 +567,8 @@ async def _stop_all(session: Session) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shared.logs import configure_logging
-    from shared.topics import TopicRoot
+    from edgeplane.shared.logs import configure_logging
+    from edgeplane.shared.topics import TopicRoot
 
     configure_logging(args.log_format)
     try:

@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import sys
 
-from controller.cmd_status import VIEWER_SETTINGS, add_viewer_flags
-from shared import settings as common
+from edgeplane.controller.cmd_status import VIEWER_SETTINGS, add_viewer_flags
+from edgeplane.shared import settings as common
 
 __all__ = ["add_parser"]
 
@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def watch(args: argparse.Namespace) -> int:
-    from controller.views import Board, follow_board, render_json, render_table
+    from edgeplane.controller.views import Board, follow_board, render_json, render_table
 
     values = common.resolve(VIEWER_SETTINGS, args)
     live = sys.stdout.isatty()

@@ -22,10 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal
 
-from controller.brokerproc import BrokerProcess, MosquittoProcess, close_pipes, find_mosquitto
-from controller.cmd_up import packaged_mosquitto_config
-from controller.embedded import EmbeddedBroker
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import (
+    BrokerProcess,
+    MosquittoProcess,
+    close_pipes,
+    find_mosquitto,
+)
+from edgeplane.controller.cmd_up import packaged_mosquitto_config
+from edgeplane.controller.embedded import EmbeddedBroker
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["AgentPlan", "BrokerKind", "Child", "DemoFleet", "FlapSettings"]
 
@@ -143,7 +148,7 @@ class DemoFleet:
         self.controller = Child(
             "controller",
             [
-                *_module("controller"),
+                *_module("edgeplane.controller"),
                 "controller",
                 "run",
                 "--broker",
@@ -179,7 +184,7 @@ class DemoFleet:
         child = Child(
             plan.env_id,
             [
-                *_module("edge_agent"),
+                *_module("edgeplane.edge_agent"),
                 "run",
                 "--env-id",
                 plan.env_id,

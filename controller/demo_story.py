@@ -23,12 +23,12 @@ from typing import Any, Final, TypeVar
 import aiomqtt
 import msgspec
 
-from controller.demo_fleet import AgentPlan, DemoFleet
-from controller.errors import ControllerError, RequestRefused
-from shared.codec import ALERT, CONTROLLER_STATUS, VIEW
-from shared.errors import DecodeError, InvalidTopic
-from shared.messages import Alert, EnvView, Preflight
-from shared.rpc import (
+from edgeplane.controller.demo_fleet import AgentPlan, DemoFleet
+from edgeplane.controller.errors import ControllerError, RequestRefused
+from edgeplane.shared.codec import ALERT, CONTROLLER_STATUS, VIEW
+from edgeplane.shared.errors import DecodeError, InvalidTopic
+from edgeplane.shared.messages import Alert, EnvView, Preflight
+from edgeplane.shared.rpc import (
     TERMINAL_STATES,
     DeploymentInfo,
     DeploymentList,
@@ -39,9 +39,9 @@ from shared.rpc import (
     EnvList,
     Request,
 )
-from shared.topics import TopicKind, TopicRoot
-from shared.workflow import Workflow
-from shared.workflow_file import load_workflow
+from edgeplane.shared.topics import TopicKind, TopicRoot
+from edgeplane.shared.workflow import Workflow
+from edgeplane.shared.workflow_file import load_workflow
 
 __all__ = [
     "CLOUD_ENV",
@@ -176,7 +176,7 @@ def _payload(payload: Any) -> bytes:
 def demo_workflow(bucket: Path) -> Workflow:
     """The sample workflow shipped with the package, its bucket pointed at ``bucket`` and
     its step run by this interpreter. Loaded like any workflow file (``edgeplane deploy``)."""
-    template = resources.files("controller").joinpath(WORKFLOW_RESOURCE).read_text()
+    template = resources.files("edgeplane.controller").joinpath(WORKFLOW_RESOURCE).read_text()
     text = template.replace("@BUCKET@", str(bucket)).replace("@PYTHON@", sys.executable)
     rendered = bucket.parent / "demo-workflow.yaml"
     rendered.write_text(text)

@@ -16,15 +16,15 @@ import sys
 import time
 from typing import Any, Final
 
-from controller.deploywatch import DeploymentWatch, Outcome
-from controller.errors import BrokerUnavailable, NoControllerAnswer
-from controller.eventtext import check_line, describe, output_tail
-from controller.operator import print_json, when
-from controller.rpc import ControllerClient, EventFeed
-from shared.broker_url import BrokerUrl
-from shared.messages import Event, Preflight, StepFinished
-from shared.rpc import DeploymentInfo, DeploymentShow, DeployRequest
-from shared.topics import TopicRoot
+from edgeplane.controller.deploywatch import DeploymentWatch, Outcome
+from edgeplane.controller.errors import BrokerUnavailable, NoControllerAnswer
+from edgeplane.controller.eventtext import check_line, describe, output_tail
+from edgeplane.controller.operator import print_json, when
+from edgeplane.controller.rpc import ControllerClient, EventFeed
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.messages import Event, Preflight, StepFinished
+from edgeplane.shared.rpc import DeploymentInfo, DeploymentShow, DeployRequest
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["RECHECK", "RECONNECT_FOR", "Session"]
 

@@ -23,9 +23,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from controller.timers import TimerHeap
-from shared.clock import Clock
-from shared.messages import (
+from edgeplane.controller.timers import TimerHeap
+from edgeplane.shared.clock import Clock
+from edgeplane.shared.messages import (
     Accepted,
     CommandRejected,
     Event,
@@ -41,8 +41,8 @@ from shared.messages import (
     Stopped,
     Succeeded,
 )
-from shared.rpc import TERMINAL_STATES, DeploymentInfo, DeploymentState, LoggedEvent
-from shared.workflow import Workflow
+from edgeplane.shared.rpc import TERMINAL_STATES, DeploymentInfo, DeploymentState, LoggedEvent
+from edgeplane.shared.workflow import Workflow
 
 __all__ = [
     "SENT_GRACE",

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from controller.eventtext import failed_checks, output_tail
-from shared.messages import (
+from edgeplane.controller.eventtext import failed_checks, output_tail
+from edgeplane.shared.messages import (
     CommandRejected,
     Event,
     Expired,
@@ -32,7 +32,7 @@ from shared.messages import (
     Stopped,
     Succeeded,
 )
-from shared.rpc import TERMINAL_STATES, DeploymentInfo
+from edgeplane.shared.rpc import TERMINAL_STATES, DeploymentInfo
 
 __all__ = ["DeploymentWatch", "Outcome"]
 

@@ -25,8 +25,14 @@ import time
 from pathlib import Path
 from typing import IO
 
-from controller.brokerproc import ChildBroker, close_pipes, free_port, port_bindable, port_open
-from controller.errors import BrokerStartError
+from edgeplane.controller.brokerproc import (
+    ChildBroker,
+    close_pipes,
+    free_port,
+    port_bindable,
+    port_open,
+)
+from edgeplane.controller.errors import BrokerStartError
 
 __all__ = ["DEFAULT_MAX_PAYLOAD", "EmbeddedBroker", "embedded_available", "render_config", "serve"]
 
@@ -36,7 +42,7 @@ DEFAULT_MAX_PAYLOAD = 1024 * 1024
 # like one of our packages in the user's working directory cannot shadow the installed one.
 _CHILD_BOOTSTRAP = (
     "import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
-    "from controller.embedded import serve; serve(sys.argv[1])"
+    "from edgeplane.controller.embedded import serve; serve(sys.argv[1])"
 )
 
 

@@ -10,8 +10,8 @@ ControllerError
 
 from __future__ import annotations
 
-from shared.errors import EdgeplaneError
-from shared.rpc import ErrorCode
+from edgeplane.shared.errors import EdgeplaneError
+from edgeplane.shared.rpc import ErrorCode
 
 __all__ = [
     "BrokerStartError",

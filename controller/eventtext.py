@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from shared.messages import (
+from edgeplane.shared.messages import (
     Accepted,
     Ack,
     Check,

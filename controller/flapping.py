@@ -26,9 +26,9 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from controller.alerts import AlertEdge, earliest_due, split_held
-from controller.timers import TimerHeap
-from shared.messages import AlertState
+from edgeplane.controller.alerts import AlertEdge, earliest_due, split_held
+from edgeplane.controller.timers import TimerHeap
+from edgeplane.shared.messages import AlertState
 
 __all__ = ["FlapDetector"]
 

@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from controller.presence import EnvRecord
-from controller.registry import Environment, no_such_environment
-from shared.rpc import ErrorCode
-from shared.workflow import ModelNeed, Workflow
+from edgeplane.controller.presence import EnvRecord
+from edgeplane.controller.registry import Environment, no_such_environment
+from edgeplane.shared.rpc import ErrorCode
+from edgeplane.shared.workflow import ModelNeed, Workflow
 
 __all__ = [
     "Decision",

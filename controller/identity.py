@@ -25,9 +25,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from controller.alerts import AlertEdge, earliest_due, split_held
-from controller.timers import TimerHeap
-from shared.messages import AlertState
+from edgeplane.controller.alerts import AlertEdge, earliest_due, split_held
+from edgeplane.controller.timers import TimerHeap
+from edgeplane.shared.messages import AlertState
 
 __all__ = ["IdentityWatch"]
 

@@ -13,7 +13,7 @@ import aiomqtt
 import paho.mqtt.client
 import paho.mqtt.properties
 
-from shared.broker_url import BrokerUrl
+from edgeplane.shared.broker_url import BrokerUrl
 
 __all__ = ["make_client", "unique_client_id"]
 

@@ -20,16 +20,16 @@ from typing import Any, Final
 
 import msgspec
 
-from controller.deployments import Deployment, DeploymentBook
-from controller.errors import RequestRefused
-from controller.gate import Queue, Refuse, judge_deploy, offline_sentence
-from controller.oplog import SeenEvents
-from controller.presence import EnvRecord, Presence
-from controller.registry import Environment, Registry
-from controller.store import Inventory, LogEntry, Writes
-from shared.clock import Clock
-from shared.codec import encode
-from shared.messages import (
+from edgeplane.controller.deployments import Deployment, DeploymentBook
+from edgeplane.controller.errors import RequestRefused
+from edgeplane.controller.gate import Queue, Refuse, judge_deploy, offline_sentence
+from edgeplane.controller.oplog import SeenEvents
+from edgeplane.controller.presence import EnvRecord, Presence
+from edgeplane.controller.registry import Environment, Registry
+from edgeplane.controller.store import Inventory, LogEntry, Writes
+from edgeplane.shared.clock import Clock
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import (
     Command,
     Deploy,
     EnvView,
@@ -42,7 +42,7 @@ from shared.messages import (
     Stopped,
     Update,
 )
-from shared.rpc import (
+from edgeplane.shared.rpc import (
     DeploymentInfo,
     DeployRequest,
     EnvCreate,
@@ -51,7 +51,7 @@ from shared.rpc import (
     EnvRetire,
     EnvUpdate,
 )
-from shared.topics import TopicRoot
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["CONTROLLER_SRC", "Effects", "Operations", "Outgoing", "new_id"]
 

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
-from shared import settings as common
-from shared.broker_url import DEFAULT_BROKER
-from shared.errors import InvalidId
-from shared.ids import validate_env_id
-from shared.settings import Setting
-from shared.topics import DEFAULT_ROOT, TopicRoot
+from edgeplane.shared import settings as common
+from edgeplane.shared.broker_url import DEFAULT_BROKER
+from edgeplane.shared.errors import InvalidId
+from edgeplane.shared.ids import validate_env_id
+from edgeplane.shared.settings import Setting
+from edgeplane.shared.topics import DEFAULT_ROOT, TopicRoot
 
 __all__ = [
     "ANSWER_TIMEOUT",

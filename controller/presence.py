@@ -25,10 +25,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
-from controller.alerts import AlertEdge
-from controller.timers import TimerHeap
-from shared.clock import Clock
-from shared.messages import EnvView, OfflineStatus, OnlineStatus, ViewStatus
+from edgeplane.controller.alerts import AlertEdge
+from edgeplane.controller.timers import TimerHeap
+from edgeplane.shared.clock import Clock
+from edgeplane.shared.messages import EnvView, OfflineStatus, OnlineStatus, ViewStatus
 
 __all__ = [
     "TIMEOUT_FACTOR",

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from controller.errors import RequestRefused
-from shared.errors import InvalidId
-from shared.ids import STAGES, derive_env_id, validate_env_id
-from shared.rpc import EnvCreate
+from edgeplane.controller.errors import RequestRefused
+from edgeplane.shared.errors import InvalidId
+from edgeplane.shared.ids import STAGES, derive_env_id, validate_env_id
+from edgeplane.shared.rpc import EnvCreate
 
 __all__ = [
     "DEFAULT_PROJECT",

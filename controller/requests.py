@@ -15,11 +15,11 @@ from typing import Any, Final
 import msgspec
 import structlog
 
-from controller.errors import RequestRefused, StoreError
-from controller.operations import Effects, Operations
-from controller.store import Store
-from shared.errors import DecodeError
-from shared.rpc import (
+from edgeplane.controller.errors import RequestRefused, StoreError
+from edgeplane.controller.operations import Effects, Operations
+from edgeplane.controller.store import Store
+from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.rpc import (
     MAX_REPLY,
     REQUEST,
     DeploymentList,
@@ -45,7 +45,7 @@ SHOW_EVENTS: Final = 1000  # events in a deployment-show
 
 _READS: Final = (EnvList, EnvShow, DeploymentList, DeploymentShow, EventList)
 
-log = structlog.get_logger("controller.requests")
+log = structlog.get_logger("edgeplane.controller.requests")
 _encoder: Final = msgspec.json.Encoder()
 
 

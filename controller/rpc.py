@@ -36,14 +36,27 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.errors import BrokerUnavailable, ControllerError, NoControllerAnswer, RequestRefused
-from controller.mqttclient import make_client, unique_client_id
-from shared.broker_url import BrokerUrl
-from shared.codec import EVENT, check_env, encode
-from shared.errors import DecodeError, InvalidTopic
-from shared.messages import Event
-from shared.rpc import MAX_REPLY, REPLY, REQUEST_EXPIRY, RESULT_TYPES, ErrorCode, Reply, Request
-from shared.topics import TopicKind, TopicRoot
+from edgeplane.controller.errors import (
+    BrokerUnavailable,
+    ControllerError,
+    NoControllerAnswer,
+    RequestRefused,
+)
+from edgeplane.controller.mqttclient import make_client, unique_client_id
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.codec import EVENT, check_env, encode
+from edgeplane.shared.errors import DecodeError, InvalidTopic
+from edgeplane.shared.messages import Event
+from edgeplane.shared.rpc import (
+    MAX_REPLY,
+    REPLY,
+    REQUEST_EXPIRY,
+    RESULT_TYPES,
+    ErrorCode,
+    Reply,
+    Request,
+)
+from edgeplane.shared.topics import TopicKind, TopicRoot
 
 __all__ = ["DEFAULT_TIMEOUT", "ControllerClient", "EventFeed", "ask", "seconds"]
 

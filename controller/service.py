@@ -43,24 +43,24 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from controller.alerts import AlertEdge
-from controller.badinput import BadInput
-from controller.flapping import FlapDetector
-from controller.identity import IdentityWatch
-from controller.mqttclient import make_client, unique_client_id
-from controller.operations import CONTROLLER_SRC, Effects, Operations, Outgoing
-from controller.presence import Judgement, Presence, Transition
-from controller.requests import RequestHandler, failed
-from controller.settings import ControllerSettings
-from controller.store import Store, open_store
-from shared import __version__
-from shared.backoff import Backoff
-from shared.clock import Clock, SystemClock
-from shared.codec import CONTROLLER_STATUS, EVENT, STATUS, VIEW, check_env, encode
-from shared.errors import DecodeError, InvalidTopic
-from shared.messages import AgentStatus, Alert, ControllerStatus, EnvView, OnlineStatus
-from shared.rpc import REQUEST_EXPIRY, Reply
-from shared.topics import TopicKind
+from edgeplane.controller.alerts import AlertEdge
+from edgeplane.controller.badinput import BadInput
+from edgeplane.controller.flapping import FlapDetector
+from edgeplane.controller.identity import IdentityWatch
+from edgeplane.controller.mqttclient import make_client, unique_client_id
+from edgeplane.controller.operations import CONTROLLER_SRC, Effects, Operations, Outgoing
+from edgeplane.controller.presence import Judgement, Presence, Transition
+from edgeplane.controller.requests import RequestHandler, failed
+from edgeplane.controller.settings import ControllerSettings
+from edgeplane.controller.store import Store, open_store
+from edgeplane.shared import __version__
+from edgeplane.shared.backoff import Backoff
+from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.codec import CONTROLLER_STATUS, EVENT, STATUS, VIEW, check_env, encode
+from edgeplane.shared.errors import DecodeError, InvalidTopic
+from edgeplane.shared.messages import AgentStatus, Alert, ControllerStatus, EnvView, OnlineStatus
+from edgeplane.shared.rpc import REQUEST_EXPIRY, Reply
+from edgeplane.shared.topics import TopicKind
 
 __all__ = ["PresenceService"]
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from shared import settings as common
-from shared.broker_url import DEFAULT_BROKER, BrokerUrl
-from shared.codec import DEFAULT_MAX_PAYLOAD
-from shared.errors import SettingsError
-from shared.logs import LogFormat
-from shared.topics import TopicRoot
+from edgeplane.shared import settings as common
+from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
+from edgeplane.shared.codec import DEFAULT_MAX_PAYLOAD
+from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.logs import LogFormat
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["CONTROLLER_SETTINGS", "ControllerSettings", "default_db_path", "load_settings"]
 

@@ -32,14 +32,14 @@ from typing import Any, Final
 import aiosqlite
 import msgspec
 
-from controller.alerts import AlertEdge
-from controller.deployments import Deployment
-from controller.errors import StoreError
-from controller.presence import EnvRecord, Judgement, Transition
-from controller.registry import Environment
-from shared.messages import Event, Platform
-from shared.rpc import LoggedEvent
-from shared.workflow import Workflow
+from edgeplane.controller.alerts import AlertEdge
+from edgeplane.controller.deployments import Deployment
+from edgeplane.controller.errors import StoreError
+from edgeplane.controller.presence import EnvRecord, Judgement, Transition
+from edgeplane.controller.registry import Environment
+from edgeplane.shared.messages import Event, Platform
+from edgeplane.shared.rpc import LoggedEvent
+from edgeplane.shared.workflow import Workflow
 
 __all__ = [
     "MIGRATIONS",
@@ -273,6 +273,15 @@ class Store:
         self._urgent.set()
         await self.wait_committed(self._submitted)
 
+    async def finish_writing(self) -> None:
+        """Ask the writer to commit everything queued so far and then stop."""
+        await self._queue.put(_CLOSE)
+        self._urgent.set()
+
+    async def write_until_finished(self) -> None:
+        """The writer: commits what is submitted, in batches, until :meth:`finish_writing`."""
+        await self._write_loop()
+
     async def _write_loop(self) -> None:
         closing = False
         while not closing:
@@ -469,13 +478,12 @@ async def open_store(
         await _prepare(db, path)
         store = Store(db, path, queue_size, linger)
         async with asyncio.TaskGroup() as tasks:
-            writer = tasks.create_task(store._write_loop(), name="store-writer")
+            writer = tasks.create_task(store.write_until_finished(), name="store-writer")
             try:
                 yield store
             finally:
                 if not writer.done():
-                    await store._queue.put(_CLOSE)
-                    store._urgent.set()
+                    await store.finish_writing()
                     # Let the writer drain even when the block ends with an error.
                     await asyncio.wait([writer])
     finally:

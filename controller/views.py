@@ -26,13 +26,13 @@ from typing import Any
 
 import aiomqtt
 
-from controller.errors import BrokerUnavailable
-from controller.mqttclient import make_client, unique_client_id
-from shared.broker_url import BrokerUrl
-from shared.codec import STATUS, VIEW, check_env
-from shared.errors import DecodeError, InvalidTopic
-from shared.messages import EnvView, OnlineStatus
-from shared.topics import TopicKind, TopicRoot
+from edgeplane.controller.errors import BrokerUnavailable
+from edgeplane.controller.mqttclient import make_client, unique_client_id
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.codec import STATUS, VIEW, check_env
+from edgeplane.shared.errors import DecodeError, InvalidTopic
+from edgeplane.shared.messages import EnvView, OnlineStatus
+from edgeplane.shared.topics import TopicKind, TopicRoot
 
 __all__ = ["Board", "Row", "collect_board", "follow_board", "render_json", "render_table"]
 

@@ -1,5 +1,5 @@
 import sys
 
-from edge_agent.cli import main
+from edgeplane.edge_agent.cli import main
 
 sys.exit(main())

@@ -34,21 +34,21 @@ from typing import Final, Protocol
 
 import structlog
 
-from edge_agent.commands import CommandHandler, Execution, UpdateOutcome
-from edge_agent.config import (
+from edgeplane.edge_agent.commands import CommandHandler, Execution, UpdateOutcome
+from edgeplane.edge_agent.config import (
     AgentConfig,
     UpdateRefused,
     plan_update,
     with_overrides,
 )
-from edge_agent.errors import AgentError, BrokerUnavailable, ModelsDirError, StateDirError
-from edge_agent.events import EventSink
-from edge_agent.heartbeat import HeartbeatBuilder, Inventory, message_expiry
-from edge_agent.inventory import scan_models
-from edge_agent.metrics import HostMetrics
-from edge_agent.outbox import Outbox, outbox_files
-from edge_agent.platform_facts import platform_facts
-from edge_agent.session import (
+from edgeplane.edge_agent.errors import AgentError, BrokerUnavailable, ModelsDirError, StateDirError
+from edgeplane.edge_agent.events import EventSink
+from edgeplane.edge_agent.heartbeat import HeartbeatBuilder, Inventory, message_expiry
+from edgeplane.edge_agent.inventory import scan_models
+from edgeplane.edge_agent.metrics import HostMetrics
+from edgeplane.edge_agent.outbox import Outbox, outbox_files
+from edgeplane.edge_agent.platform_facts import platform_facts
+from edgeplane.edge_agent.session import (
     Connected,
     ConnectRefused,
     Disconnected,
@@ -58,15 +58,15 @@ from edge_agent.session import (
     SessionEvent,
     Subscribed,
 )
-from edge_agent.state import BdseqStore, OverridesStore, retire_state_dir
-from edge_agent.takeover import TakeoverCheck
-from edge_agent.waker import Waker
-from shared.backoff import Backoff
-from shared.clock import Clock, SystemClock
-from shared.codec import STATUS, encode
-from shared.errors import DecodeError
-from shared.logs import set_level
-from shared.messages import Ack, OfflineStatus, Retire, Update
+from edgeplane.edge_agent.state import BdseqStore, OverridesStore, retire_state_dir
+from edgeplane.edge_agent.takeover import TakeoverCheck
+from edgeplane.edge_agent.waker import Waker
+from edgeplane.shared.backoff import Backoff
+from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.codec import STATUS, encode
+from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.logs import set_level
+from edgeplane.shared.messages import Ack, OfflineStatus, Retire, Update
 
 __all__ = ["EVENT_WINDOW", "RETIRE_WAIT", "Agent", "AgentExecutor", "ExecutorFactory", "Phase"]
 

@@ -14,21 +14,21 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn, Protocol
 
-from edge_agent import config
-from edge_agent.errors import OutboxError, SimulatorMissing, StateDirError
-from shared import __version__
-from shared.errors import EdgeplaneError, SettingsError
+from edgeplane.edge_agent import config
+from edgeplane.edge_agent.errors import OutboxError, SimulatorMissing, StateDirError
+from edgeplane.shared import __version__
+from edgeplane.shared.errors import EdgeplaneError, SettingsError
 
 __all__ = ["main"]
 
 if TYPE_CHECKING:
-    from edge_agent.agent import AgentExecutor, ExecutorFactory
-    from edge_agent.events import EventSink
-    from edge_agent.secrets import Secrets
+    from edgeplane.edge_agent.agent import AgentExecutor, ExecutorFactory
+    from edgeplane.edge_agent.events import EventSink
+    from edgeplane.edge_agent.secrets import Secrets
 
 PROG = "edge-agent"
-SIMULATOR_MODULE = "edge_agent.simulate"
-EXECUTOR_MODULE = "edge_agent.executor"
+SIMULATOR_MODULE = "edgeplane.edge_agent.simulate"
+EXECUTOR_MODULE = "edgeplane.edge_agent.executor"
 EXECUTOR_RECORD = "executor.json"  # what the executor keeps in the state dir
 
 
@@ -89,12 +89,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     settings = config.load_config(args)
     # Imported here: `edge-agent --help` and `simulate` do not pay for paho and psutil.
-    from edge_agent.agent import Agent
-    from edge_agent.outbox import Outbox
-    from edge_agent.secrets import load_secrets
-    from edge_agent.state import BdseqStore, OverridesStore, check_not_retired
-    from edge_agent.waker import Waker, stop_signals
-    from shared.logs import configure_logging
+    from edgeplane.edge_agent.agent import Agent
+    from edgeplane.edge_agent.outbox import Outbox
+    from edgeplane.edge_agent.secrets import load_secrets
+    from edgeplane.edge_agent.state import BdseqStore, OverridesStore, check_not_retired
+    from edgeplane.edge_agent.waker import Waker, stop_signals
+    from edgeplane.shared.logs import configure_logging
 
     check_not_retired(settings.state_dir)
     # Loading registers every value with the log redactor: before the first log line.
@@ -132,7 +132,7 @@ def _executor_factory(
     agent then answers deployments with a refusal saying so)."""
     if importlib.util.find_spec(EXECUTOR_MODULE) is None:
         return None
-    from edge_agent.ondemand import OnDemandExecutor
+    from edgeplane.edge_agent.ondemand import OnDemandExecutor
 
     def build(sink: EventSink, endpoints: Mapping[str, str]) -> AgentExecutor:
         def create() -> AgentExecutor:

@@ -28,12 +28,12 @@ from typing import Any, Final, Protocol
 import msgspec
 import structlog
 
-from edge_agent.errors import AgentError
-from edge_agent.events import EventSink
-from shared.clock import Clock
-from shared.codec import COMMAND, DEFAULT_MAX_PAYLOAD
-from shared.errors import DecodeError
-from shared.messages import (
+from edgeplane.edge_agent.errors import AgentError
+from edgeplane.edge_agent.events import EventSink
+from edgeplane.shared.clock import Clock
+from edgeplane.shared.codec import COMMAND, DEFAULT_MAX_PAYLOAD
+from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.messages import (
     Ack,
     Command,
     CommandRejected,
@@ -61,7 +61,7 @@ KNOWN_COMMANDS: Final = frozenset({"ping", "deploy", "update", "restart", "retir
 LOG_EVERY: Final = 60.0  # seconds between two log lines about one rejection reason
 _SHORT_TEXT: Final = 256
 
-log = structlog.get_logger("edge_agent.commands")
+log = structlog.get_logger("edgeplane.edge_agent.commands")
 
 UpdateOutcome = tuple[bool, str]  # (ok, detail) of an applied or refused update
 

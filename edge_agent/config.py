@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from shared import settings as s
-from shared.broker_url import DEFAULT_BROKER, BrokerUrl
-from shared.errors import SettingsError
-from shared.topics import TopicRoot
+from edgeplane.shared import settings as s
+from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
+from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = [
     "CONFIG_ENV_VAR",

@@ -14,7 +14,7 @@ AgentError
 
 from __future__ import annotations
 
-from shared.errors import EdgeplaneError, SettingsError
+from edgeplane.shared.errors import EdgeplaneError, SettingsError
 
 __all__ = [
     "AgentError",

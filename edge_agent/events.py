@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol, TypeVar
 
-from shared.messages import Event
+from edgeplane.shared.messages import Event
 
 __all__ = ["EventSink"]
 

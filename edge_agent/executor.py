@@ -53,17 +53,17 @@ from typing import Any, Final, Self
 import msgspec
 import structlog
 
-from edge_agent.errors import AgentError, ExecutionError, ModelsDirError, StateDirError
-from edge_agent.events import EventSink
-from edge_agent.inventory import scan_models
-from edge_agent.preflight import (
+from edgeplane.edge_agent.errors import AgentError, ExecutionError, ModelsDirError, StateDirError
+from edgeplane.edge_agent.events import EventSink
+from edgeplane.edge_agent.inventory import scan_models
+from edgeplane.edge_agent.preflight import (
     DEFAULT_CHECK_TIMEOUT,
     PreflightContext,
     clip,
     run_preflight,
     summarize_failures,
 )
-from edge_agent.runner import (
+from edgeplane.edge_agent.runner import (
     KILL_GRACE,
     StepProcess,
     StepResult,
@@ -72,12 +72,12 @@ from edge_agent.runner import (
     kill_group,
     step_env,
 )
-from edge_agent.secrets import Secrets
-from edge_agent.service import DEFAULT_GRACE, ServiceSupervisor
-from edge_agent.state import write_atomically
-from shared.backoff import Backoff
-from shared.clock import Clock, SystemClock
-from shared.messages import (
+from edgeplane.edge_agent.secrets import Secrets
+from edgeplane.edge_agent.service import DEFAULT_GRACE, ServiceSupervisor
+from edgeplane.edge_agent.state import write_atomically
+from edgeplane.shared.backoff import Backoff
+from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.messages import (
     Accepted,
     Ack,
     CommandRejected,
@@ -94,7 +94,7 @@ from shared.messages import (
     Stopped,
     Succeeded,
 )
-from shared.workflow import Step, Workflow
+from edgeplane.shared.workflow import Step, Workflow
 
 __all__ = ["KEEP_PER_WORKFLOW", "STATE_FILE", "Executor"]
 

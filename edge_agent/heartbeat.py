@@ -13,10 +13,10 @@ import secrets
 from collections.abc import Callable
 from typing import Final
 
-from edge_agent.metrics import Sample
-from shared import __version__
-from shared.clock import Clock
-from shared.messages import OfflineReason, OfflineStatus, OnlineStatus, Platform
+from edgeplane.edge_agent.metrics import Sample
+from edgeplane.shared import __version__
+from edgeplane.shared.clock import Clock
+from edgeplane.shared.messages import OfflineReason, OfflineStatus, OnlineStatus, Platform
 
 __all__ = ["EXPIRY_FACTOR", "HeartbeatBuilder", "Inventory", "message_expiry", "new_boot_id"]
 

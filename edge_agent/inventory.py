@@ -21,7 +21,7 @@ import structlog
 if TYPE_CHECKING:
     from packaging.version import Version
 
-from edge_agent.errors import ModelsDirError
+from edgeplane.edge_agent.errors import ModelsDirError
 
 __all__ = ["scan_models", "version_key"]
 

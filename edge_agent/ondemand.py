@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edge_agent.agent import AgentExecutor
-    from shared.messages import Deploy
+    from edgeplane.edge_agent.agent import AgentExecutor
+    from edgeplane.shared.messages import Deploy
 
 __all__ = ["OnDemandExecutor"]
 

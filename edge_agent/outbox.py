@@ -28,10 +28,10 @@ from typing import Any, Final, TypeVar
 import msgspec
 import structlog
 
-from edge_agent.errors import EventInvalid, OutboxError
-from shared.clock import Clock, SystemClock
-from shared.codec import encode
-from shared.messages import Event
+from edgeplane.edge_agent.errors import EventInvalid, OutboxError
+from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import Event
 
 __all__ = ["DEFAULT_CAP", "OUTBOX_FILE", "SEEN_KEEP", "SEEN_TTL", "Outbox", "outbox_files"]
 
@@ -51,7 +51,7 @@ CREATE INDEX IF NOT EXISTS seen_by_age ON seen (at);
 
 E = TypeVar("E", bound=Event)
 
-log = structlog.get_logger("edge_agent.outbox")
+log = structlog.get_logger("edgeplane.edge_agent.outbox")
 
 
 def outbox_files(state_dir: Path) -> list[Path]:

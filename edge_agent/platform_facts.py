@@ -13,8 +13,8 @@ import os
 import platform
 import shutil
 
-from shared import __version__
-from shared.messages import Platform
+from edgeplane.shared import __version__
+from edgeplane.shared.messages import Platform
 
 __all__ = ["gpu_visible", "platform_facts"]
 

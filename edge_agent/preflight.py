@@ -34,10 +34,10 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from edge_agent.inventory import version_key
-from shared.clock import Clock, SystemClock
-from shared.messages import Check, CheckKind
-from shared.workflow import BucketAccess, BucketNeed, DatasourceNeed, ModelNeed, Workflow
+from edgeplane.edge_agent.inventory import version_key
+from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.messages import Check, CheckKind
+from edgeplane.shared.workflow import BucketAccess, BucketNeed, DatasourceNeed, ModelNeed, Workflow
 
 __all__ = [
     "DEFAULT_CHECK_TIMEOUT",

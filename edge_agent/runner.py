@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from shared.clock import Clock, SystemClock
-from shared.workflow import BucketNeed
+from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.workflow import BucketNeed
 
 __all__ = [
     "KILL_GRACE",

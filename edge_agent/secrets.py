@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
 
-from edge_agent.errors import SecretsFileError
-from shared.logs import Redactor, redactor
+from edgeplane.edge_agent.errors import SecretsFileError
+from edgeplane.shared.logs import Redactor, redactor
 
 __all__ = ["NAME_PATTERN", "Secrets", "load_secrets"]
 

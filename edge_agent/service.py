@@ -17,9 +17,9 @@ from typing import Final
 
 import structlog
 
-from edge_agent.runner import StepProcess, StepResult
-from shared.backoff import Backoff
-from shared.clock import Clock, SystemClock
+from edgeplane.edge_agent.runner import StepProcess, StepResult
+from edgeplane.shared.backoff import Backoff
+from edgeplane.shared.clock import Clock, SystemClock
 
 __all__ = ["DEFAULT_GRACE", "ServiceSupervisor"]
 

@@ -22,8 +22,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.errors import BrokerUnavailable
-from shared.broker_url import BrokerUrl
+from edgeplane.edge_agent.errors import BrokerUnavailable
+from edgeplane.shared.broker_url import BrokerUrl
 
 __all__ = [
     "SESSION_TAKEN_OVER",

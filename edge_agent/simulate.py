@@ -56,8 +56,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import msgspec
 import structlog
 
-from edge_agent.heartbeat import message_expiry
-from edge_agent.wire import (
+from edgeplane.edge_agent.heartbeat import message_expiry
+from edgeplane.edge_agent.wire import (
     ConnectionClosed,
     KeepaliveScheduler,
     Message,
@@ -67,20 +67,20 @@ from edge_agent.wire import (
     WireError,
     connect,
 )
-from shared import __version__
-from shared import settings as s
-from shared.backoff import Backoff
-from shared.broker_url import DEFAULT_BROKER, BrokerUrl
-from shared.codec import COMMAND, encode
-from shared.errors import DecodeError, SettingsError
-from shared.ids import validate_env_id
-from shared.messages import CommandRejected, OfflineStatus, OnlineStatus, Pong
-from shared.topics import TopicRoot
+from edgeplane.shared import __version__
+from edgeplane.shared import settings as s
+from edgeplane.shared.backoff import Backoff
+from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
+from edgeplane.shared.codec import COMMAND, encode
+from edgeplane.shared.errors import DecodeError, SettingsError
+from edgeplane.shared.ids import validate_env_id
+from edgeplane.shared.messages import CommandRejected, OfflineStatus, OnlineStatus, Pong
+from edgeplane.shared.topics import TopicRoot
 
 if TYPE_CHECKING:
-    from edge_agent.commands import CommandHandler
-    from edge_agent.executor import Executor
-    from edge_agent.outbox import Outbox
+    from edgeplane.edge_agent.commands import CommandHandler
+    from edgeplane.edge_agent.executor import Executor
+    from edgeplane.edge_agent.outbox import Outbox
 
 __all__ = [
     "SETTINGS",
@@ -95,7 +95,7 @@ __all__ = [
     "run",
 ]
 
-log = structlog.get_logger("edge_agent.simulate")
+log = structlog.get_logger("edgeplane.edge_agent.simulate")
 
 HeartbeatHook = Callable[[str, int, float], None]
 """Called as ``hook(env, seq, monotonic_publish_time)`` for every heartbeat published."""
@@ -136,10 +136,10 @@ class _CommandPath:
     which outbox events are on their way on the current connection."""
 
     def __init__(self, env: str, state_dir: Path, wake: Callable[[], None]) -> None:
-        from edge_agent.commands import CommandHandler
-        from edge_agent.executor import Executor
-        from edge_agent.outbox import Outbox
-        from shared.clock import SystemClock
+        from edgeplane.edge_agent.commands import CommandHandler
+        from edgeplane.edge_agent.executor import Executor
+        from edgeplane.edge_agent.outbox import Outbox
+        from edgeplane.shared.clock import SystemClock
 
         state_dir.mkdir(parents=True, exist_ok=True)
         clock = SystemClock()
@@ -734,7 +734,7 @@ class Fleet:
 
 
 def _forget(path: _CommandPath, seqs: list[int]) -> None:
-    from edge_agent.errors import OutboxError
+    from edgeplane.edge_agent.errors import OutboxError
 
     try:
         path.outbox.acked(*seqs)
@@ -802,7 +802,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"edge-agent simulate: {exc}", file=sys.stderr)
         return 2
     if not structlog.is_configured():
-        from shared.logs import configure_logging
+        from edgeplane.shared.logs import configure_logging
 
         configure_logging()
     return asyncio.run(_simulate(settings))

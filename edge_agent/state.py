@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from edge_agent.config import Overrides, default_state_dir
-from edge_agent.errors import EnvironmentRetired, StateDirError
+from edgeplane.edge_agent.config import Overrides, default_state_dir
+from edgeplane.edge_agent.errors import EnvironmentRetired, StateDirError
 
 __all__ = [
     "BDSEQ_FILE",

@@ -16,14 +16,14 @@ import math
 from collections.abc import Callable
 from typing import Final
 
-from edge_agent.errors import BrokerUnavailable
-from edge_agent.session import Connected, ConnectRefused, Disconnected, MessageIn, Session
-from edge_agent.waker import Waker
-from shared.broker_url import BrokerUrl
-from shared.clock import Clock
-from shared.codec import STATUS
-from shared.errors import DecodeError
-from shared.messages import OnlineStatus
+from edgeplane.edge_agent.errors import BrokerUnavailable
+from edgeplane.edge_agent.session import Connected, ConnectRefused, Disconnected, MessageIn, Session
+from edgeplane.edge_agent.waker import Waker
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.clock import Clock
+from edgeplane.shared.codec import STATUS
+from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.messages import OnlineStatus
 
 __all__ = ["CONNECT_TIMEOUT", "WATCH_WINDOW", "TakeoverCheck", "foreign_boot"]
 

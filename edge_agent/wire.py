@@ -37,8 +37,8 @@ from typing import Any, Final, cast
 
 import structlog
 
-from edge_agent.errors import AgentError
-from shared.broker_url import BrokerUrl
+from edgeplane.edge_agent.errors import AgentError
+from edgeplane.shared.broker_url import BrokerUrl
 
 __all__ = [
     "ConnAck",
@@ -70,7 +70,7 @@ __all__ = [
     "reason_name",
 ]
 
-log = structlog.get_logger("edge_agent.wire")
+log = structlog.get_logger("edgeplane.edge_agent.wire")
 
 MAX_VARINT: Final = 268_435_455  # the largest remaining length MQTT can express
 DEFAULT_MAX_INCOMING: Final = 1024 * 1024  # we tell the broker not to send larger packets

@@ -1,7 +1,7 @@
 """The wire contract shared by the controller and the edge agent."""
 
-from shared.broker_url import DEFAULT_BROKER, BrokerUrl
-from shared.errors import (
+from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
+from edgeplane.shared.errors import (
     DecodeError,
     EdgeplaneError,
     InvalidBrokerUrl,
@@ -9,8 +9,8 @@ from shared.errors import (
     InvalidTopic,
     SettingsError,
 )
-from shared.ids import derive_env_id, is_env_id, validate_env_id
-from shared.topics import DEFAULT_ROOT, ParsedTopic, TopicKind, TopicRoot
+from edgeplane.shared.ids import derive_env_id, is_env_id, validate_env_id
+from edgeplane.shared.topics import DEFAULT_ROOT, ParsedTopic, TopicKind, TopicRoot
 
 __version__ = "0.1.0"
 

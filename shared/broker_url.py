@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from shared.errors import InvalidBrokerUrl
+from edgeplane.shared.errors import InvalidBrokerUrl
 
 __all__ = ["DEFAULT_BROKER", "BrokerUrl"]
 

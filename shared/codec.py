@@ -15,8 +15,8 @@ from typing import Any, Final, Generic, TypeVar
 
 import msgspec
 
-from shared.errors import DecodeError
-from shared.messages import (
+from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.messages import (
     AgentStatus,
     Alert,
     Command,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from shared.errors import InvalidId
+from edgeplane.shared.errors import InvalidId
 
 __all__ = ["ENV_ID_PATTERN", "STAGES", "derive_env_id", "is_env_id", "validate_env_id"]
 

@@ -13,7 +13,7 @@ from typing import Annotated, Final, Literal
 
 import msgspec
 
-from shared.workflow import Workflow
+from edgeplane.shared.workflow import Workflow
 
 __all__ = [
     "Accepted",

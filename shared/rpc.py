@@ -17,8 +17,8 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
-from shared.codec import MessageCodec
-from shared.messages import (
+from edgeplane.shared.codec import MessageCodec
+from edgeplane.shared.messages import (
     Count,
     EnvId,
     Event,
@@ -28,7 +28,7 @@ from shared.messages import (
     UnixTime,
     ViewStatus,
 )
-from shared.workflow import Workflow
+from edgeplane.shared.workflow import Workflow
 
 __all__ = [
     "MAX_REPLY",

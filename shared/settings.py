@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.broker_url import BrokerUrl
-from shared.errors import EdgeplaneError, SettingsError
-from shared.ids import validate_env_id
-from shared.topics import TopicRoot
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.errors import EdgeplaneError, SettingsError
+from edgeplane.shared.ids import validate_env_id
+from edgeplane.shared.topics import TopicRoot
 
 __all__ = [
     "ENV_PREFIX",

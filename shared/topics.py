@@ -18,8 +18,8 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from shared.errors import InvalidTopic
-from shared.ids import is_env_id, validate_env_id
+from edgeplane.shared.errors import InvalidTopic
+from edgeplane.shared.ids import is_env_id, validate_env_id
 
 __all__ = ["DEFAULT_ROOT", "ParsedTopic", "TopicKind", "TopicRoot"]
 

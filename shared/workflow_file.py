@@ -34,8 +34,8 @@ import yaml
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from shared.errors import WorkflowFileError
-from shared.workflow import Workflow
+from edgeplane.shared.errors import WorkflowFileError
+from edgeplane.shared.workflow import Workflow
 
 __all__ = ["MAX_FILE_SIZE", "WorkflowFile", "load_workflow", "read_workflow_file"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc, kill_strays
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 from tests.support.procs import Proc, start_proc
 
 
 def edge_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "edge_agent", *args],
+        [sys.executable, "-m", "edgeplane.edge_agent", *args],
         capture_output=True,
         text=True,
         timeout=30,
@@ -129,7 +129,7 @@ async def test_settings_reach_the_running_agent_flag_over_env_over_file(
     topic = root.status(env_id)
     async with open_probe(broker.url, topic) as probe:
         agent = await start_proc(
-            "edge_agent",
+            "edgeplane.edge_agent",
             ["run", "--log-level", "info"],
             tmp_path / "agent.log",
             env={"EDGEPLANE_CONFIG": str(config), "EDGEPLANE_HEARTBEAT_INTERVAL": "0.7"},
@@ -154,12 +154,15 @@ def test_the_agent_never_imports_the_controllers_dependencies(
 import os, signal, sys
 signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
 signal.setitimer(signal.ITIMER_REAL, 3.0)
-from edge_agent.cli import main
+from edgeplane.edge_agent.cli import main
 code = main(sys.argv[1:])
-bad = sorted(m for m in sys.modules if m.split(".")[0] in {"aiomqtt", "aiosqlite", "controller"})
+def controller_side(name):
+    top = name.split(".")[0]
+    return top in {"aiomqtt", "aiosqlite", "yaml"} or name.startswith("edgeplane.controller")
+bad = sorted(m for m in sys.modules if controller_side(m))
 print("exit", code, "imported", ",".join(bad) or "-")
 # an agent that ran nothing has not loaded the execution code (memory: see ondemand.py)
-loaded = [m for m in ("edge_agent.executor", "packaging") if m in sys.modules]
+loaded = [m for m in ("edgeplane.edge_agent.executor", "packaging") if m in sys.modules]
 print("execution", ",".join(loaded) or "-")
 """
     args = ["run", "--env-id", "dev-lab-imports", "--broker", broker.url]
@@ -173,7 +176,7 @@ print("execution", ",".join(loaded) or "-")
 
 def test_simulate_is_wired_lazily() -> None:
     result = edge_agent("simulate", "--help")
-    if importlib.util.find_spec("edge_agent.simulate") is None:
+    if importlib.util.find_spec("edgeplane.edge_agent.simulate") is None:
         assert result.returncode == 1
         assert "simulator" in result.stderr
         assert "not part of this installation" in result.stderr

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.commands import CommandHandler, MemoryCommandLog, RateLimit
-from edge_agent.errors import ExecutionError
-from edge_agent.outbox import Outbox
-from shared.clock import ManualClock
-from shared.codec import EVENT, encode
-from shared.messages import (
+from edgeplane.edge_agent.commands import CommandHandler, MemoryCommandLog, RateLimit
+from edgeplane.edge_agent.errors import ExecutionError
+from edgeplane.edge_agent.outbox import Outbox
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.codec import EVENT, encode
+from edgeplane.shared.messages import (
     Ack,
     CommandRejected,
     Deploy,
@@ -23,7 +23,7 @@ from shared.messages import (
     Retire,
     Update,
 )
-from shared.workflow import Step, Workflow
+from edgeplane.shared.workflow import Step, Workflow
 
 ENV = "dev-a"
 WORKFLOW = Workflow(name="wf", version="1", steps=[Step(name="s", run=["true"])])

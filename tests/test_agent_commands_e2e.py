@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from shared.codec import encode
-from shared.messages import Deploy
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import Deploy
+from edgeplane.shared.topics import TopicRoot
 from tests.support.execution import py, workflow
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc
@@ -252,7 +252,16 @@ def run_agent(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            *(sys.executable, "-m", "edge_agent", "run", "--env-id", env, "--broker", broker),
+            *(
+                sys.executable,
+                "-m",
+                "edgeplane.edge_agent",
+                "run",
+                "--env-id",
+                env,
+                "--broker",
+                broker,
+            ),
             *("--state-dir", str(state), "--topic-root", root.value, *extra),
         ],
         capture_output=True,

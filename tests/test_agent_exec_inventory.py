@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.errors import ModelsDirError, SecretsFileError
-from edge_agent.inventory import scan_models
-from edge_agent.platform_facts import gpu_visible, platform_facts
-from edge_agent.secrets import load_secrets
-from shared import __version__
-from shared.errors import SettingsError
-from shared.logs import redactor
+from edgeplane.edge_agent.errors import ModelsDirError, SecretsFileError
+from edgeplane.edge_agent.inventory import scan_models
+from edgeplane.edge_agent.platform_facts import gpu_visible, platform_facts
+from edgeplane.edge_agent.secrets import load_secrets
+from edgeplane.shared import __version__
+from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.logs import redactor
 
 # --- models inventory ------------------------------------------------------------------------
 

@@ -16,11 +16,11 @@ from typing import IO
 
 import pytest
 
-from edge_agent.runner import StepProcess
-from edge_agent.service import ServiceSupervisor
-from shared.backoff import Backoff
-from shared.codec import encode
-from shared.messages import (
+from edgeplane.edge_agent.runner import StepProcess
+from edgeplane.edge_agent.service import ServiceSupervisor
+from edgeplane.shared.backoff import Backoff
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import (
     Ack,
     CommandRejected,
     Deploy,
@@ -33,7 +33,7 @@ from shared.messages import (
     Stopped,
     Succeeded,
 )
-from shared.workflow import Workflow
+from edgeplane.shared.workflow import Workflow
 from tests.support.execution import (
     Executors,
     alive,
@@ -281,8 +281,8 @@ def test_services_stopped_with_the_agent_start_again_with_the_next(
 AGENT = """
 import sys, threading
 from pathlib import Path
-from edge_agent.executor import Executor
-from shared.codec import COMMAND, encode
+from edgeplane.edge_agent.executor import Executor
+from edgeplane.shared.codec import COMMAND, encode
 
 class PrintSink:
     def emit(self, kind, /, **fields):

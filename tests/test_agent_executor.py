@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.secrets import load_secrets
-from shared.codec import encode
-from shared.messages import (
+from edgeplane.edge_agent.secrets import load_secrets
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import (
     Accepted,
     CommandRejected,
     Expired,
@@ -23,7 +23,7 @@ from shared.messages import (
     StepFinished,
     Succeeded,
 )
-from shared.workflow import BucketNeed, DatasourceNeed, ModelNeed, Requires, Step
+from edgeplane.shared.workflow import BucketNeed, DatasourceNeed, ModelNeed, Requires, Step
 from tests.support.execution import Executors, deploy, py, workflow
 
 

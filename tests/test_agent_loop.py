@@ -14,11 +14,11 @@ from unittest.mock import ANY
 import pytest
 from structlog.testing import capture_logs
 
-from edge_agent.agent import Agent
-from edge_agent.config import AgentConfig
-from edge_agent.errors import BrokerUnavailable, EnvironmentRetired
-from edge_agent.secrets import load_secrets
-from edge_agent.session import (
+from edgeplane.edge_agent.agent import Agent
+from edgeplane.edge_agent.config import AgentConfig
+from edgeplane.edge_agent.errors import BrokerUnavailable, EnvironmentRetired
+from edgeplane.edge_agent.secrets import load_secrets
+from edgeplane.edge_agent.session import (
     Connected,
     Disconnected,
     MessageIn,
@@ -27,12 +27,12 @@ from edge_agent.session import (
     SessionEvent,
     Subscribed,
 )
-from edge_agent.state import BdseqStore, check_not_retired
-from edge_agent.takeover import TakeoverCheck
-from edge_agent.waker import Waker
-from shared.broker_url import BrokerUrl
-from shared.clock import Clock, ManualClock
-from shared.topics import TopicRoot
+from edgeplane.edge_agent.state import BdseqStore, check_not_retired
+from edgeplane.edge_agent.takeover import TakeoverCheck
+from edgeplane.edge_agent.waker import Waker
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.clock import Clock, ManualClock
+from edgeplane.shared.topics import TopicRoot
 
 ENV = "dev-lab-loop"
 ROOT = TopicRoot("loop/v1")

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from controller.brokerproc import MosquittoProcess
-from edge_agent.errors import EventInvalid, OutboxError
-from edge_agent.outbox import SEEN_TTL, Outbox
-from edge_agent.session import MessageIn
-from shared.clock import ManualClock
-from shared.codec import EVENT, encode
-from shared.messages import Ack, CommandRejected, Deploy, Pong
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.edge_agent.errors import EventInvalid, OutboxError
+from edgeplane.edge_agent.outbox import SEEN_TTL, Outbox
+from edgeplane.edge_agent.session import MessageIn
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.codec import EVENT, encode
+from edgeplane.shared.messages import Ack, CommandRejected, Deploy, Pong
+from edgeplane.shared.topics import TopicRoot
 from tests.support.execution import py, workflow
 from tests.support.probe import open_probe
 from tests.support.procs import Proc

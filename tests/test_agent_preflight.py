@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from edge_agent.preflight import (
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.edge_agent.preflight import (
     PreflightContext,
     check_endpoint,
     check_model,
@@ -26,9 +26,9 @@ from edge_agent.preflight import (
     run_preflight,
     summarize_failures,
 )
-from shared.clock import ManualClock
-from shared.messages import Check
-from shared.workflow import (
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.messages import Check
+from edgeplane.shared.workflow import (
     BucketNeed,
     DatasourceNeed,
     ModelNeed,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from shared.codec import STATUS
-from shared.messages import OnlineStatus
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.codec import STATUS
+from edgeplane.shared.messages import OnlineStatus
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Probe, Received, open_probe
 from tests.support.procs import Proc, start_proc
 
@@ -47,7 +47,7 @@ async def start_agent(
         "json",
         *extra,
     ]
-    proc = await start_proc("edge_agent", args, tmp_path / f"{name}.log")
+    proc = await start_proc("edgeplane.edge_agent", args, tmp_path / f"{name}.log")
     procs.append(proc)
     return proc
 

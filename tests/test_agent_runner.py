@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.runner import TAIL_CHARS, TAIL_LINES, StepProcess, step_env
-from shared.workflow import BucketNeed
+from edgeplane.edge_agent.runner import TAIL_CHARS, TAIL_LINES, StepProcess, step_env
+from edgeplane.shared.workflow import BucketNeed
 
 PY = sys.executable
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-from controller.brokerproc import MosquittoProcess, free_port
-from edge_agent.takeover import TakeoverCheck, foreign_boot
-from shared.broker_url import BrokerUrl
-from shared.clock import SystemClock
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess, free_port
+from edgeplane.edge_agent.takeover import TakeoverCheck, foreign_boot
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.clock import SystemClock
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 
 ENV = "dev-lab-observer"

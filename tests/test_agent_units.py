@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import (
+from edgeplane.edge_agent.config import (
     AgentConfig,
     Overrides,
     UpdateRefused,
@@ -16,23 +16,23 @@ from edge_agent.config import (
     plan_update,
     with_overrides,
 )
-from edge_agent.errors import EnvironmentRetired, StateDirError
-from edge_agent.heartbeat import HeartbeatBuilder, message_expiry
-from edge_agent.metrics import HostMetrics, Sample
-from edge_agent.state import (
+from edgeplane.edge_agent.errors import EnvironmentRetired, StateDirError
+from edgeplane.edge_agent.heartbeat import HeartbeatBuilder, message_expiry
+from edgeplane.edge_agent.metrics import HostMetrics, Sample
+from edgeplane.edge_agent.state import (
     BdseqStore,
     OverridesStore,
     check_not_retired,
     default_state_dir,
     retire_state_dir,
 )
-from shared import __version__
-from shared.broker_url import BrokerUrl
-from shared.clock import ManualClock
-from shared.codec import STATUS, encode
-from shared.errors import SettingsError
-from shared.messages import OfflineStatus, OnlineStatus, Platform
-from shared.topics import TopicRoot
+from edgeplane.shared import __version__
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.codec import STATUS, encode
+from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.messages import OfflineStatus, OnlineStatus, Platform
+from edgeplane.shared.topics import TopicRoot
 
 # --- the bdseq file --------------------------------------------------------------------------
 

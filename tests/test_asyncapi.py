@@ -23,14 +23,14 @@ import msgspec
 import pytest
 import yaml
 
-import shared
-from controller.settings import CONTROLLER_SETTINGS
-from edge_agent.heartbeat import message_expiry
-from shared import codec, messages, rpc, workflow
-from shared.broker_url import DEFAULT_BROKER
-from shared.errors import DecodeError
-from shared.ids import ENV_ID_PATTERN, is_env_id
-from shared.topics import DEFAULT_ROOT, TopicKind, TopicRoot
+from edgeplane import shared
+from edgeplane.controller.settings import CONTROLLER_SETTINGS
+from edgeplane.edge_agent.heartbeat import message_expiry
+from edgeplane.shared import codec, messages, rpc, workflow
+from edgeplane.shared.broker_url import DEFAULT_BROKER
+from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.ids import ENV_ID_PATTERN, is_env_id
+from edgeplane.shared.topics import DEFAULT_ROOT, TopicKind, TopicRoot
 
 DOCS: Final = Path(__file__).resolve().parent.parent / "docs"
 ASYNCAPI: Final = DOCS / "asyncapi.yaml"
@@ -595,7 +595,7 @@ def test_payload_schema_is_the_struct_schema(doc: dict[str, Any], message_name: 
     actual = normalized(doc, message["payload"])
     assert actual == expected, (
         f"{message_name}: the schema in {ASYNCAPI.name} differs from what msgspec makes of "
-        f"shared.messages.{struct.__name__}; expected:\n{json.dumps(expected, indent=2)}"
+        f"edgeplane.shared.messages.{struct.__name__}; expected:\n{json.dumps(expected, indent=2)}"
     )
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from controller.brokerproc import MosquittoProcess
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from controller.brokerproc import MosquittoProcess, free_port, port_open
-from controller.cmd_up import packaged_mosquitto_config
-from controller.embedded import EmbeddedBroker, render_config
-from controller.errors import BrokerStartError
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess, free_port, port_open
+from edgeplane.controller.cmd_up import packaged_mosquitto_config
+from edgeplane.controller.embedded import EmbeddedBroker, render_config
+from edgeplane.controller.errors import BrokerStartError
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 
 REPO = Path(__file__).resolve().parent.parent
@@ -253,7 +253,8 @@ def test_embedded_broker_stops_and_frees_its_port(tmp_path: Path) -> None:
 @pytest.mark.embedded
 def test_embedded_broker_exits_when_its_parent_dies(tmp_path: Path) -> None:
     script = (
-        "import sys; from pathlib import Path; from controller.embedded import EmbeddedBroker; "
+        "import sys; from pathlib import Path; "
+        "from edgeplane.controller.embedded import EmbeddedBroker; "
         "b = EmbeddedBroker(Path(sys.argv[1])); b.start(); print(b.pid, b.port, flush=True); "
         "import os; os._exit(0)"
     )

@@ -15,11 +15,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from controller import deploying
-from controller.brokerproc import MosquittoProcess
-from controller.deploywatch import DeploymentWatch, Outcome
-from shared.broker_url import BrokerUrl
-from shared.messages import (
+from edgeplane.controller import deploying
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.deploywatch import DeploymentWatch, Outcome
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.messages import (
     Accepted,
     Check,
     CommandRejected,
@@ -33,7 +33,7 @@ from shared.messages import (
     Stopped,
     Succeeded,
 )
-from shared.rpc import (
+from edgeplane.shared.rpc import (
     DeploymentInfo,
     DeploymentShow,
     DeployRequest,
@@ -41,8 +41,8 @@ from shared.rpc import (
     Reply,
     Request,
 )
-from shared.topics import TopicRoot
-from shared.workflow import Step, Workflow
+from edgeplane.shared.topics import TopicRoot
+from edgeplane.shared.workflow import Step, Workflow
 from tests.support.procs import Proc
 from tests.support.system import CliResult, System, open_system
 from tests.test_rpc_client import ok, responder
@@ -305,7 +305,16 @@ async def test_wait_shows_each_step_while_it_runs(
         await system.online("edge-a")
         gate = tmp_path / "go"
         workflow = job(system, "gated", ("wait", WAIT_FOR_FILE, [str(gate)]))
-        argv = [PY, "-m", "controller", "deploy", str(workflow), "--env", "edge-a", "--wait"]
+        argv = [
+            PY,
+            "-m",
+            "edgeplane.controller",
+            "deploy",
+            str(workflow),
+            "--env",
+            "edge-a",
+            "--wait",
+        ]
         argv += ["--broker", broker.url, "--topic-root", str(root)]
         process = await asyncio.create_subprocess_exec(
             *argv,

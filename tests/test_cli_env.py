@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess, free_port
-from controller.views import Board, render_json, render_table
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess, free_port
+from edgeplane.controller.views import Board, render_json, render_table
+from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc
 from tests.support.system import CliResult, open_system
 
@@ -210,7 +210,17 @@ async def test_no_controller_is_one_line_and_exit_1(
 
 async def test_an_unreachable_broker_is_one_line_and_exit_1() -> None:
     url = f"mqtt://127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "controller", "env", "list", "--broker", url, "--timeout", "2"]
+    argv = [
+        sys.executable,
+        "-m",
+        "edgeplane.controller",
+        "env",
+        "list",
+        "--broker",
+        url,
+        "--timeout",
+        "2",
+    ]
     process = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=PIPE, stderr=PIPE
     )
@@ -333,7 +343,7 @@ async def test_retire_at_a_terminal_asks_first_and_no_keeps_the_environment(
         await system.start_controller()
         await system.create_env("edge-keep")
         leader, follower = pty.openpty()  # stdin a terminal, as for a person
-        argv = [sys.executable, "-m", "controller", "env", "retire", "edge-keep"]
+        argv = [sys.executable, "-m", "edgeplane.controller", "env", "retire", "edge-keep"]
         argv += ["--broker", broker.url, "--topic-root", str(root)]
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=follower, stdout=PIPE, stderr=PIPE

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from controller.cmd_events import event_line
-from controller.eventtext import check_line, describe
-from shared.codec import encode
-from shared.messages import (
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.cmd_events import event_line
+from edgeplane.controller.eventtext import check_line, describe
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import (
     Ack,
     Check,
     CommandRejected,
@@ -32,7 +32,7 @@ from shared.messages import (
     StepFinished,
     Succeeded,
 )
-from shared.topics import TopicRoot
+from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc
 from tests.support.system import System, open_system
 
@@ -154,7 +154,7 @@ async def test_events_pages_through_a_long_log(
 
 @asynccontextmanager
 async def follower(system: System, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
-    argv = [PY, "-m", "controller", "events", "--follow", *args]
+    argv = [PY, "-m", "edgeplane.controller", "events", "--follow", *args]
     argv += ["--broker", system.broker.url, "--topic-root", str(system.root)]
     process = await asyncio.create_subprocess_exec(
         *argv,

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import codec
-from shared.codec import DEFAULT_MAX_PAYLOAD, MessageCodec, check_env, encode
-from shared.errors import DecodeError
-from shared.ids import ENV_ID_PATTERN
-from shared.messages import (
+from edgeplane.shared import codec
+from edgeplane.shared.codec import DEFAULT_MAX_PAYLOAD, MessageCodec, check_env, encode
+from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.ids import ENV_ID_PATTERN
+from edgeplane.shared.messages import (
     Alert,
     CommandRejected,
     ControllerStatus,

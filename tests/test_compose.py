@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from controller.brokerproc import find_mosquitto, free_port, port_open
+from edgeplane.controller.brokerproc import find_mosquitto, free_port, port_open
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "tests" / "data" / "compose-spec.json"

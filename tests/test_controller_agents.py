@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc, start_proc
 from tests.test_controller_service import alerts, start_controller, stored_transitions, views
@@ -28,7 +28,9 @@ async def start_agent(
     args = ["run", "--env-id", env, "--broker", broker.url, "--topic-root", str(root)]
     args += ["--state-dir", str(tmp_path / (state or f"state-{env}"))]
     args += ["--heartbeat-interval", str(interval), "--log-format", "json", *extra]
-    proc = await start_proc("edge_agent", args, tmp_path / f"agent-{env}-{len(procs)}.log")
+    proc = await start_proc(
+        "edgeplane.edge_agent", args, tmp_path / f"agent-{env}-{len(procs)}.log"
+    )
     procs.append(proc)
     return proc
 
@@ -140,7 +142,7 @@ async def test_broker_restart_agents_reconnect_and_views_converge(
         for env in envs:
             await probe.wait_json(root.view(env), status="online", timeout=40)
     code_proc = await start_proc(
-        "controller",
+        "edgeplane.controller",
         ["status", "--json", "--broker", private_broker.url, "--topic-root", str(root)],
         tmp_path / "status.log",
     )

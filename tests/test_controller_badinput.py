@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from controller.badinput import BadInput, LogDecision
-from shared.clock import ManualClock
+from edgeplane.controller.badinput import BadInput, LogDecision
+from edgeplane.shared.clock import ManualClock
 
 
 def test_first_drop_of_each_reason_is_logged() -> None:

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from shared.codec import COMMAND, encode
-from shared.messages import Accepted, Deploy, Event, Retire, Started, Succeeded
-from shared.rpc import (
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.codec import COMMAND, encode
+from edgeplane.shared.messages import Accepted, Deploy, Event, Retire, Started, Succeeded
+from edgeplane.shared.rpc import (
     DeploymentList,
     DeploymentShow,
     DeployRequest,
@@ -27,8 +27,8 @@ from shared.rpc import (
     EnvShow,
     EventList,
 )
-from shared.topics import TopicRoot
-from shared.workflow import ModelNeed, Requires, Step, Workflow
+from edgeplane.shared.topics import TopicRoot
+from edgeplane.shared.workflow import ModelNeed, Requires, Step, Workflow
 from tests.support.asking import ask, ask_ok, reply_topic
 from tests.support.probe import Probe, Received, open_probe
 from tests.support.procs import Proc

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from shared.codec import encode
-from shared.rpc import EnvCreate, EnvList, EnvShow, EnvUpdate
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.codec import encode
+from edgeplane.shared.rpc import EnvCreate, EnvList, EnvShow, EnvUpdate
+from edgeplane.shared.topics import TopicRoot
 from tests.support.asking import ask, ask_ok, reply_topic
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc
@@ -163,9 +163,9 @@ async def test_a_request_delivered_twice_runs_and_is_answered_once(
 
 
 def test_an_event_page_is_cut_to_fit_one_reply_but_never_empty() -> None:
-    from controller.requests import _fitting
-    from shared.messages import StepFinished
-    from shared.rpc import MAX_REPLY, LoggedEvent
+    from edgeplane.controller.requests import _fitting
+    from edgeplane.shared.messages import StepFinished
+    from edgeplane.shared.rpc import MAX_REPLY, LoggedEvent
 
     def entry(number: int) -> LoggedEvent:
         tail = "x" * 4096

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc, start_proc
 
@@ -44,7 +44,7 @@ async def start_controller(
     after = probe.mark()
     args = ["controller", "run", "--broker", broker.url, "--db", str(db)]
     args += ["--topic-root", str(root), "--log-format", "json", "--log-level", "debug", *extra]
-    proc = await start_proc("controller", args, tmp_path / f"controller-{len(procs)}.log")
+    proc = await start_proc("edgeplane.controller", args, tmp_path / f"controller-{len(procs)}.log")
     procs.append(proc)
     birth = await probe.wait_json(
         root.controller_status(), after=after, status="online", timeout=20
@@ -354,7 +354,7 @@ async def test_bad_settings_exit_2_with_one_line_naming_the_setting(
     ]
     for number, (flags, name) in enumerate(cases):
         args = ["controller", "run", "--db", str(tmp_path / "c.db"), *flags]
-        proc = await start_proc("controller", args, tmp_path / f"bad-{number}.log")
+        proc = await start_proc("edgeplane.controller", args, tmp_path / f"bad-{number}.log")
         procs.append(proc)
         assert await proc.wait() == 2
         lines = proc.output().strip().splitlines()
@@ -363,7 +363,7 @@ async def test_bad_settings_exit_2_with_one_line_naming_the_setting(
     config = tmp_path / "c.toml"
     config.write_text('flap_window = "soon"\n')
     proc = await start_proc(
-        "controller", ["controller", "run", "--config", str(config)], tmp_path / "cfg.log"
+        "edgeplane.controller", ["controller", "run", "--config", str(config)], tmp_path / "cfg.log"
     )
     procs.append(proc)
     assert await proc.wait() == 2
@@ -405,7 +405,7 @@ async def test_a_database_that_is_not_one_is_a_one_line_error(
     db = tmp_path / "controller.db"
     db.write_bytes(b"certainly not SQLite " * 200)
     args = ["controller", "run", "--broker", broker.url, "--db", str(db)]
-    proc = await start_proc("controller", args, tmp_path / "bad-db.log")
+    proc = await start_proc("edgeplane.controller", args, tmp_path / "bad-db.log")
     procs.append(proc)
     assert await proc.wait() == 1
     lines = proc.output().strip().splitlines()

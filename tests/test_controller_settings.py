@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from controller.settings import ControllerSettings, default_db_path, load_settings
-from shared.broker_url import BrokerUrl
-from shared.errors import SettingsError
-from shared.topics import TopicRoot
+from edgeplane.controller.settings import ControllerSettings, default_db_path, load_settings
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.topics import TopicRoot
 
 
 def test_defaults_suit_a_real_fleet(monkeypatch: pytest.MonkeyPatch) -> None:

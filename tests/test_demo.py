@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from controller.demo_story import DemoOutcome, Refusal, summary, surprises
-from shared.messages import Alert, EnvView
-from shared.rpc import DeploymentInfo, EnvInfo
+from edgeplane.controller.demo_story import DemoOutcome, Refusal, summary, surprises
+from edgeplane.shared.messages import Alert, EnvView
+from edgeplane.shared.rpc import DeploymentInfo, EnvInfo
 
 DEMO_LIMIT = 60.0  # seconds: the promise
 
@@ -56,7 +56,7 @@ async def test_demo_tells_its_story_and_leaves_nothing_running(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "controller",
+        "edgeplane.controller",
         "demo",
         "--broker-kind",
         broker_kind,
@@ -91,7 +91,7 @@ async def test_interrupted_demo_stops_everything(tmp_path: Path, signum: int) ->
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "controller",
+        "edgeplane.controller",
         "demo",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

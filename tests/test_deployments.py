@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from controller.deployments import SENT_GRACE, Deployment, DeploymentBook, next_state
-from shared.clock import ManualClock
-from shared.messages import (
+from edgeplane.controller.deployments import SENT_GRACE, Deployment, DeploymentBook, next_state
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.messages import (
     Accepted,
     Ack,
     Check,
@@ -26,8 +26,8 @@ from shared.messages import (
     Stopped,
     Succeeded,
 )
-from shared.rpc import TERMINAL_STATES
-from shared.workflow import Step, Workflow
+from edgeplane.shared.rpc import TERMINAL_STATES
+from edgeplane.shared.workflow import Step, Workflow
 
 FLOW = Workflow(name="inspect", version="1.0", steps=[Step(name="s", run=["true"])])
 

@@ -19,11 +19,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from controller.brokerproc import MosquittoProcess
-from shared.codec import encode
-from shared.messages import Deploy, Ping
-from shared.topics import TopicRoot
-from shared.workflow import Step, Workflow
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import Deploy, Ping
+from edgeplane.shared.topics import TopicRoot
+from edgeplane.shared.workflow import Step, Workflow
 from tests.support.procs import Proc
 from tests.support.system import (
     END_STATES,

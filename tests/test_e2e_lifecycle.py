@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess, free_port
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess, free_port
+from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc, start_proc
 from tests.support.system import (
     System,
@@ -264,7 +264,9 @@ async def test_up_runs_the_default_cloud_environment_and_it_takes_a_deployment(
     async with open_system(broker, root, tmp_path, procs) as system:
         args = ["up", "--broker", broker.url, "--topic-root", str(root)]
         args += ["--state-dir", str(tmp_path / "up"), "--heartbeat-interval", "1"]
-        up = await start_proc("controller", [*args, "--log-format", "json"], tmp_path / "up.log")
+        up = await start_proc(
+            "edgeplane.controller", [*args, "--log-format", "json"], tmp_path / "up.log"
+        )
         procs.append(up)
         await system.probe.wait_json(root.view("default-cloud"), status="online", timeout=30)
         listed = await system.cli_json("env", "list")

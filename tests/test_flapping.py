@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from controller.alerts import AlertEdge
-from controller.flapping import FlapDetector
-from controller.timers import TimerHeap
-from shared.clock import ManualClock
+from edgeplane.controller.alerts import AlertEdge
+from edgeplane.controller.flapping import FlapDetector
+from edgeplane.controller.timers import TimerHeap
+from edgeplane.shared.clock import ManualClock
 
 
 def states(edges: Sequence[AlertEdge]) -> list[tuple[str, float]]:

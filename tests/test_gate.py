@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from controller.gate import Queue, Refuse, Send, judge_deploy, missing_models
-from controller.presence import EnvRecord
-from controller.registry import Environment
-from shared.workflow import ModelNeed, Requires, Step, Workflow
+from edgeplane.controller.gate import Queue, Refuse, Send, judge_deploy, missing_models
+from edgeplane.controller.presence import EnvRecord
+from edgeplane.controller.registry import Environment
+from edgeplane.shared.workflow import ModelNeed, Requires, Step, Workflow
 
 NOW = 1_764_230_400.0  # 2025-11-27T08:00:00Z
 RECORD = Environment("edge-a", "default", "prod", "plant", "vision", created=NOW - 3600)

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from controller.alerts import AlertEdge
-from controller.identity import IdentityWatch
-from shared.clock import ManualClock
+from edgeplane.controller.alerts import AlertEdge
+from edgeplane.controller.identity import IdentityWatch
+from edgeplane.shared.clock import ManualClock
 
 
 def observe_all(

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from controller.errors import RequestRefused
-from controller.flapping import FlapDetector
-from controller.identity import IdentityWatch
-from controller.operations import Effects, Operations
-from controller.presence import Presence
-from shared.clock import ManualClock
-from shared.codec import COMMAND, EVENT
-from shared.messages import (
+from edgeplane.controller.errors import RequestRefused
+from edgeplane.controller.flapping import FlapDetector
+from edgeplane.controller.identity import IdentityWatch
+from edgeplane.controller.operations import Effects, Operations
+from edgeplane.controller.presence import Presence
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.codec import COMMAND, EVENT
+from edgeplane.shared.messages import (
     Accepted,
     Command,
     Deploy,
@@ -24,9 +24,9 @@ from shared.messages import (
     Retire,
     Update,
 )
-from shared.rpc import DeployRequest, EnvCreate, EnvRetire, EnvUpdate
-from shared.topics import TopicRoot
-from shared.workflow import Step, Workflow
+from edgeplane.shared.rpc import DeployRequest, EnvCreate, EnvRetire, EnvUpdate
+from edgeplane.shared.topics import TopicRoot
+from edgeplane.shared.workflow import Step, Workflow
 
 ROOT = TopicRoot("t/edgeplane/v1")
 FLOW = Workflow(name="inspect", version="1.0", steps=[Step(name="s", run=["true"])])

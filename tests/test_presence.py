@@ -9,13 +9,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.alerts import AlertEdge
-from controller.flapping import FlapDetector
-from controller.identity import IdentityWatch
-from controller.presence import EnvRecord, Judgement, Presence, Transition
-from controller.timers import TimerHeap
-from shared.clock import ManualClock
-from shared.messages import OfflineReason, OfflineStatus, OnlineStatus
+from edgeplane.controller.alerts import AlertEdge
+from edgeplane.controller.flapping import FlapDetector
+from edgeplane.controller.identity import IdentityWatch
+from edgeplane.controller.presence import EnvRecord, Judgement, Presence, Transition
+from edgeplane.controller.timers import TimerHeap
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.messages import OfflineReason, OfflineStatus, OnlineStatus
 
 
 class ScriptedFlaps:

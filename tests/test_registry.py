@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from controller.errors import RequestRefused
-from controller.registry import Registry
-from shared.rpc import EnvCreate
+from edgeplane.controller.errors import RequestRefused
+from edgeplane.controller.registry import Registry
+from edgeplane.shared.rpc import EnvCreate
 
 NOW = 1_700_000_000.0
 

@@ -15,14 +15,19 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.brokerproc import MosquittoProcess, free_port
-from controller.errors import BrokerUnavailable, ControllerError, NoControllerAnswer, RequestRefused
-from controller.rpc import ControllerClient
-from shared.broker_url import BrokerUrl
-from shared.codec import encode
-from shared.messages import Accepted, Pong
-from shared.rpc import REQUEST, REQUEST_EXPIRY, EnvInfo, EnvShow, Reply, Request
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess, free_port
+from edgeplane.controller.errors import (
+    BrokerUnavailable,
+    ControllerError,
+    NoControllerAnswer,
+    RequestRefused,
+)
+from edgeplane.controller.rpc import ControllerClient
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import Accepted, Pong
+from edgeplane.shared.rpc import REQUEST, REQUEST_EXPIRY, EnvInfo, EnvShow, Reply, Request
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 
 Answer = Callable[[Request], Reply | None]  # None: stay silent

@@ -10,12 +10,18 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from shared.backoff import Backoff
-from shared.broker_url import DEFAULT_BROKER, BrokerUrl
-from shared.errors import EdgeplaneError, InvalidBrokerUrl, InvalidId, InvalidTopic, SettingsError
-from shared.ids import derive_env_id, is_env_id, validate_env_id
-from shared.logs import Redactor
-from shared.settings import (
+from edgeplane.shared.backoff import Backoff
+from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
+from edgeplane.shared.errors import (
+    EdgeplaneError,
+    InvalidBrokerUrl,
+    InvalidId,
+    InvalidTopic,
+    SettingsError,
+)
+from edgeplane.shared.ids import derive_env_id, is_env_id, validate_env_id
+from edgeplane.shared.logs import Redactor
+from edgeplane.shared.settings import (
     Setting,
     add_flags,
     broker_url,
@@ -27,7 +33,7 @@ from shared.settings import (
     text,
     topic_root,
 )
-from shared.topics import DEFAULT_ROOT, ParsedTopic, TopicKind, TopicRoot
+from edgeplane.shared.topics import DEFAULT_ROOT, ParsedTopic, TopicKind, TopicRoot
 
 ROOT = TopicRoot("edgeplane/v1")
 

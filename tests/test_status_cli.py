@@ -11,9 +11,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from controller.brokerproc import MosquittoProcess, free_port
-from controller.views import Board, render_table
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess, free_port
+from edgeplane.controller.views import Board, render_table
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc, start_proc
 from tests.test_controller_service import start_controller, status_payload, will_payload
@@ -29,7 +29,7 @@ async def publish_heartbeat(probe: Probe, root: TopicRoot, env: str, expiry: int
 
 
 async def run_cli(tmp_path: Path, procs: list[Proc], *args: str) -> tuple[int, str]:
-    proc = await start_proc("controller", list(args), tmp_path / f"cli-{len(procs)}.log")
+    proc = await start_proc("edgeplane.controller", list(args), tmp_path / f"cli-{len(procs)}.log")
     procs.append(proc)
     code = await proc.wait(timeout=30)
     return code, proc.output()
@@ -101,7 +101,7 @@ async def test_watch_redraws_as_views_change_and_stops_on_ctrl_c(
     async with open_probe(broker.url, root.all_views(), root.controller_status()) as probe:
         await start_controller(broker, root, tmp_path, procs, probe)
         args = ["watch", "--broker", broker.url, "--topic-root", str(root)]
-        watcher = await start_proc("controller", args, tmp_path / "watch.log")
+        watcher = await start_proc("edgeplane.controller", args, tmp_path / "watch.log")
         procs.append(watcher)
         await wait_for_output(watcher, "default-cloud  unknown")  # made sure of at start
         await probe.publish(root.status("edge-w"), status_payload("edge-w"), retain=True)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from controller.deployments import Deployment
-from controller.oplog import WINDOW, SeenEvents
-from controller.registry import Environment
-from controller.store import MIGRATIONS, Inventory, LogEntry, Writes, open_store
-from shared.messages import Accepted, Event, Platform, Succeeded
-from shared.workflow import Step, Workflow
+from edgeplane.controller.deployments import Deployment
+from edgeplane.controller.oplog import WINDOW, SeenEvents
+from edgeplane.controller.registry import Environment
+from edgeplane.controller.store import MIGRATIONS, Inventory, LogEntry, Writes, open_store
+from edgeplane.shared.messages import Accepted, Event, Platform, Succeeded
+from edgeplane.shared.workflow import Step, Workflow
 
 FLOW = Workflow(name="inspect", version="1.0", steps=[Step(name="s", run=["true"])])
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from controller.brokerproc import MosquittoProcess, free_port, port_open
-from controller.cmd_up import DEFAULT_ENV_ID, BrokerPlan, choose_broker, default_state_dir
-from controller.errors import BrokerStartError
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess, free_port, port_open
+from edgeplane.controller.cmd_up import DEFAULT_ENV_ID, BrokerPlan, choose_broker, default_state_dir
+from edgeplane.controller.errors import BrokerStartError
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 from tests.support.procs import Proc, start_proc
 
@@ -82,7 +82,7 @@ async def test_a_bad_flag_exits_2_naming_it(
     flags: list[str], named: str, tmp_path: Path, procs: list[Proc]
 ) -> None:
     proc = await start_proc(
-        "controller", ["up", "--state-dir", str(tmp_path), *flags], tmp_path / "up.log"
+        "edgeplane.controller", ["up", "--state-dir", str(tmp_path), *flags], tmp_path / "up.log"
     )
     procs.append(proc)
     assert await proc.wait(30) == 2
@@ -137,7 +137,7 @@ async def _start_up(
     """Start ``edgeplane up`` and wait for its banner (printed once everything runs)."""
     state_dir = tmp_path / "state"
     proc = await start_proc(
-        "controller",
+        "edgeplane.controller",
         [
             *("up", "--state-dir", str(state_dir), "--topic-root", str(root)),
             *("--heartbeat-interval", "2", "--log-format", "json", *flags),
@@ -171,7 +171,7 @@ async def test_up_on_the_embedded_broker_runs_controller_and_agent_and_stops_cle
 
         # A second `up` on the same state directory is refused, and changes nothing.
         second = await start_proc(
-            "controller", ["up", "--state-dir", str(state_dir)], tmp_path / "second.log"
+            "edgeplane.controller", ["up", "--state-dir", str(state_dir)], tmp_path / "second.log"
         )
         procs.append(second)
         assert await second.wait(30) == 1

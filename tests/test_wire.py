@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.brokerproc import MosquittoProcess
-from edge_agent.errors import AgentError
-from edge_agent.wire import (
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.edge_agent.errors import AgentError
+from edgeplane.edge_agent.wire import (
     ConnectionClosed,
     ConnectRefused,
     FrameBuffer,
@@ -41,8 +41,8 @@ from edge_agent.wire import (
     parse_packet,
     reason_name,
 )
-from shared.broker_url import BrokerUrl
-from shared.topics import TopicRoot
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 
 

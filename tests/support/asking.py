@@ -11,9 +11,9 @@ import msgspec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from shared.codec import encode
-from shared.rpc import REPLY, REQUEST_EXPIRY, Reply, Request
-from shared.topics import TopicRoot
+from edgeplane.shared.codec import encode
+from edgeplane.shared.rpc import REPLY, REQUEST_EXPIRY, Reply, Request
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Probe
 
 __all__ = ["ask", "ask_ok", "reply_topic"]

@@ -11,10 +11,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edge_agent.executor import Executor
-from shared.backoff import Backoff
-from shared.messages import Deploy
-from shared.workflow import Requires, Step, Workflow, WorkflowKind
+from edgeplane.edge_agent.executor import Executor
+from edgeplane.shared.backoff import Backoff
+from edgeplane.shared.messages import Deploy
+from edgeplane.shared.workflow import Requires, Step, Workflow, WorkflowKind
 from tests.support.sink import MemorySink
 
 __all__ = [

@@ -13,7 +13,7 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.properties
 
-from shared.broker_url import BrokerUrl
+from edgeplane.shared.broker_url import BrokerUrl
 
 __all__ = ["Probe", "Received", "open_probe"]
 

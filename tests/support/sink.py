@@ -12,8 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from shared.codec import EVENT, encode
-from shared.messages import Event
+from edgeplane.shared.codec import EVENT, encode
+from edgeplane.shared.messages import Event
 
 __all__ = ["MemorySink"]
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.brokerproc import MosquittoProcess
-from shared.rpc import TERMINAL_STATES
-from shared.topics import TopicRoot
+from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.shared.rpc import TERMINAL_STATES
+from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Probe, Received, open_probe
 from tests.support.procs import Proc, start_proc
 
@@ -120,7 +120,7 @@ class System:
         args = ["controller", "run", "--broker", self.broker.url, "--db", str(self.db)]
         args += ["--topic-root", str(self.root), "--log-format", "json", "--log-level", "debug"]
         log = self.base / f"controller-{len(self.procs)}.log"
-        proc = await start_proc("controller", [*args, *extra], log)
+        proc = await start_proc("edgeplane.controller", [*args, *extra], log)
         self.procs.append(proc)
         self.controller = proc
         await self.probe.wait_json(
@@ -172,7 +172,7 @@ class System:
             args += ["--config", str(files.config_file)]
         after = self.probe.mark()
         log = self.base / f"agent-{env}-{len(self.procs)}.log"
-        proc = await start_proc("edge_agent", [*args, *extra], log)
+        proc = await start_proc("edgeplane.edge_agent", [*args, *extra], log)
         self.procs.append(proc)
         if wait == "view":
             await self.probe.wait_json(
@@ -207,7 +207,7 @@ class System:
     # the operator CLI --------------------------------------------------------------------
     async def cli(self, *args: str, timeout: float = 60.0) -> CliResult:
         """``python -m controller ARGS --broker URL --topic-root R``, to its exit."""
-        argv = [sys.executable, "-m", "controller", *args]
+        argv = [sys.executable, "-m", "edgeplane.controller", *args]
         argv += ["--broker", self.broker.url, "--topic-root", str(self.root)]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         process = await asyncio.create_subprocess_exec(
@@ -287,7 +287,7 @@ class System:
         stdout and stderr into one log; a test watches it with :func:`wait_for_output`."""
         args = (*args, "--broker", self.broker.url, "--topic-root", str(self.root))
         log = self.base / f"cli-{args[0]}-{len(self.procs)}.log"
-        proc = await start_proc("controller", list(args), log)
+        proc = await start_proc("edgeplane.controller", list(args), log)
         self.procs.append(proc)
         return proc
 
