@@ -31,7 +31,7 @@ import aiomqtt
 import msgspec
 import psutil
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.messages import EnvView
 from edgeplane.shared.topics import TopicRoot
@@ -290,7 +290,7 @@ class Controller:
 
 # --- the fleet worker ------------------------------------------------------------------------
 class FleetWorker:
-    """``python -m bench._fleet`` (edge_agent.simulate.Fleet in its own process), driven
+    """``python -m bench._fleet`` (edge_agent.simulator.fleet.Fleet in its own process), driven
     by JSON lines on its stdin; each command's answer is one JSON line on its stdout."""
 
     def __init__(

@@ -1,4 +1,4 @@
-"""The fleet worker: edge_agent.simulate.Fleet in a process of its own, driven over stdin.
+"""The fleet worker: edge_agent.simulator.fleet.Fleet in a process of its own, driven over stdin.
 
 Each line on stdin is a JSON command, each answer one JSON line on stdout (logs go to
 stderr). Times are ``time.monotonic()`` (system-wide on Linux)::
@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from edgeplane.edge_agent.simulate import Fleet, SimulatedAgent
+from edgeplane.edge_agent.simulator.fleet import Fleet, SimulatedAgent
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.logs import configure_logging
 from edgeplane.shared.topics import TopicRoot

@@ -4,8 +4,8 @@ A private mosquitto, the controller (its own process) and ``--count`` simulated 
 process, :mod:`bench._exec_fleet`) that take commands through the real agent's command path:
 each agent's :class:`~edge_agent.commands.CommandHandler`, SQLite
 :class:`~edge_agent.outbox.Outbox` (events committed before they are published, deleted on
-PUBACK) and :class:`~edge_agent.executor.Executor` (preflight, the step as a subprocess in a
-process group of its own). Only the MQTT connection is the simulator's.
+PUBACK) and :class:`~edge_agent.execution.executor.Executor` (preflight, the step as a
+subprocess in a process group of its own). Only the MQTT connection is the simulator's.
 
 Every environment is registered (``env-create``) and online before the clock starts. Then
 one ``deploy`` request per environment goes to the controller over MQTT 5 request/response
@@ -28,7 +28,7 @@ one ``deploy`` request per environment goes to the controller over MQTT 5 reques
 
 Then the operations log's capacity, apart from how fast agents produce events: a burst of
 ``--burst`` events (``pong``, each a new ``(env, src, seq)`` of the registered environments)
-from one raw publisher (:mod:`edge_agent.wire`), then one last marker event. The ingest
+from one raw publisher (:mod:`edge_agent.simulator.wire`), then one last marker event. The ingest
 capacity is the burst over the time from its first publish to the controller's receipt
 (``at``) of the marker, once the marker can be read from the log; every event of the burst
 is then counted in the log, once.
@@ -70,8 +70,8 @@ from bench._common import (
     scratch_dir,
 )
 from edgeplane.controller.errors import ControllerError
-from edgeplane.controller.rpc import ControllerClient
-from edgeplane.edge_agent.wire import WireError, connect
+from edgeplane.controller.operator.client import ControllerClient
+from edgeplane.edge_agent.simulator.wire import WireError, connect
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.codec import EVENT, VIEW, encode
 from edgeplane.shared.errors import DecodeError, InvalidTopic

@@ -48,7 +48,7 @@ from bench._common import (
     scratch_dir,
 )
 from bench._flood import MARKER
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["add_arguments", "main", "run"]

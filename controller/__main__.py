@@ -1,5 +1,5 @@
 import sys
 
-from edgeplane.controller.cli import main
+from edgeplane.controller.cli.main import main
 
 sys.exit(main())

@@ -99,7 +99,7 @@ _HANDSHAKE: Final = (Phase.CONNECTING, Phase.SUBSCRIBING)
 
 
 class AgentExecutor(Execution, Protocol):
-    """What the agent needs of :class:`edge_agent.executor.Executor`."""
+    """What the agent needs of :class:`edge_agent.execution.executor.Executor`."""
 
     def start(self) -> None: ...
 

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from edgeplane.edge_agent.secrets import Secrets
 
 PROG = "edge-agent"
-SIMULATOR_MODULE = "edgeplane.edge_agent.simulate"
-EXECUTOR_MODULE = "edgeplane.edge_agent.executor"
+SIMULATOR_MODULE = "edgeplane.edge_agent.simulator.fleet"
+EXECUTOR_MODULE = "edgeplane.edge_agent.execution.executor"
 EXECUTOR_RECORD = "executor.json"  # what the executor keeps in the state dir
 
 
@@ -54,9 +54,7 @@ def _load_simulator() -> SimulatorModule:
     except ModuleNotFoundError as exc:
         if exc.name != SIMULATOR_MODULE:
             raise
-        raise SimulatorMissing(
-            "the fleet simulator (edge_agent/simulate.py) is not part of this installation"
-        ) from exc
+        raise SimulatorMissing("the fleet simulator is not part of this installation") from exc
     return module
 
 
@@ -132,7 +130,7 @@ def _executor_factory(
     agent then answers deployments with a refusal saying so)."""
     if importlib.util.find_spec(EXECUTOR_MODULE) is None:
         return None
-    from edgeplane.edge_agent.ondemand import OnDemandExecutor
+    from edgeplane.edge_agent.execution.ondemand import OnDemandExecutor
 
     def build(sink: EventSink, endpoints: Mapping[str, str]) -> AgentExecutor:
         def create() -> AgentExecutor:

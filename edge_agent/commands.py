@@ -76,7 +76,7 @@ class CommandLog(Protocol):
 
 
 class Execution(Protocol):
-    """The part of :class:`edge_agent.executor.Executor` the command path drives."""
+    """The part of :class:`edge_agent.execution.executor.Executor` the command path drives."""
 
     def submit(self, command: Deploy) -> None: ...
 

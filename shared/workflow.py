@@ -2,8 +2,8 @@
 
 A workflow file (YAML or JSON) and the ``workflow`` field of a ``deploy`` command both
 decode into :class:`Workflow`. On the wire unknown fields are ignored (the contract's
-promise); the file loader (:mod:`shared.workflow_file`) is stricter and names every field it
-does not know, because there an unknown field is almost always a typo.
+promise); the file loader (:mod:`controller.operator.workflow_file`) is stricter and names
+every field it does not know, because there an unknown field is almost always a typo.
 
 Every ``requires`` list may be empty or absent::
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc, kill_strays
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 from tests.support.procs import Proc, start_proc
@@ -162,7 +162,7 @@ def controller_side(name):
 bad = sorted(m for m in sys.modules if controller_side(m))
 print("exit", code, "imported", ",".join(bad) or "-")
 # an agent that ran nothing has not loaded the execution code (memory: see ondemand.py)
-loaded = [m for m in ("edgeplane.edge_agent.executor", "packaging") if m in sys.modules]
+loaded = [m for m in ("edgeplane.edge_agent.execution.executor", "packaging") if m in sys.modules]
 print("execution", ",".join(loaded) or "-")
 """
     args = ["run", "--env-id", "dev-lab-imports", "--broker", broker.url]
@@ -176,7 +176,7 @@ print("execution", ",".join(loaded) or "-")
 
 def test_simulate_is_wired_lazily() -> None:
     result = edge_agent("simulate", "--help")
-    if importlib.util.find_spec("edgeplane.edge_agent.simulate") is None:
+    if importlib.util.find_spec("edgeplane.edge_agent.simulator.fleet") is None:
         assert result.returncode == 1
         assert "simulator" in result.stderr
         assert "not part of this installation" in result.stderr

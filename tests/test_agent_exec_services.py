@@ -16,8 +16,8 @@ from typing import IO
 
 import pytest
 
-from edgeplane.edge_agent.runner import StepProcess
-from edgeplane.edge_agent.service import ServiceSupervisor
+from edgeplane.edge_agent.execution.runner import StepProcess
+from edgeplane.edge_agent.execution.services import ServiceSupervisor
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import (
@@ -281,7 +281,7 @@ def test_services_stopped_with_the_agent_start_again_with_the_next(
 AGENT = """
 import sys, threading
 from pathlib import Path
-from edgeplane.edge_agent.executor import Executor
+from edgeplane.edge_agent.execution.executor import Executor
 from edgeplane.shared.codec import COMMAND, encode
 
 class PrintSink:

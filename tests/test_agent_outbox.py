@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.edge_agent.errors import EventInvalid, OutboxError
 from edgeplane.edge_agent.outbox import SEEN_TTL, Outbox
 from edgeplane.edge_agent.session import MessageIn

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
-from edgeplane.edge_agent.preflight import (
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.edge_agent.execution.preflight import (
     PreflightContext,
     check_endpoint,
     check_model,

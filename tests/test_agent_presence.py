@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import STATUS
 from edgeplane.shared.messages import OnlineStatus
 from edgeplane.shared.topics import TopicRoot

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.edge_agent.runner import TAIL_CHARS, TAIL_LINES, StepProcess, step_env
+from edgeplane.edge_agent.execution.runner import TAIL_CHARS, TAIL_LINES, StepProcess, step_env
 from edgeplane.shared.workflow import BucketNeed
 
 PY = sys.executable

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 
-from edgeplane.controller.brokerproc import MosquittoProcess, free_port
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.controller.broker.process import free_port
 from edgeplane.edge_agent.takeover import TakeoverCheck, foreign_boot
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.clock import SystemClock

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from edgeplane import shared
-from edgeplane.controller.settings import CONTROLLER_SETTINGS
+from edgeplane.controller.daemon.settings import CONTROLLER_SETTINGS
 from edgeplane.edge_agent.heartbeat import message_expiry
 from edgeplane.shared import codec, messages, rpc, workflow
 from edgeplane.shared.broker_url import DEFAULT_BROKER

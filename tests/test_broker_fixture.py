@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess, free_port, port_open
-from edgeplane.controller.cmd_up import packaged_mosquitto_config
-from edgeplane.controller.embedded import EmbeddedBroker, render_config
+from edgeplane.controller.broker.embedded import EmbeddedBroker, render_config
+from edgeplane.controller.broker.mosquitto import MosquittoProcess, packaged_mosquitto_config
+from edgeplane.controller.broker.process import free_port, port_open
 from edgeplane.controller.errors import BrokerStartError
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
@@ -254,7 +254,7 @@ def test_embedded_broker_stops_and_frees_its_port(tmp_path: Path) -> None:
 def test_embedded_broker_exits_when_its_parent_dies(tmp_path: Path) -> None:
     script = (
         "import sys; from pathlib import Path; "
-        "from edgeplane.controller.embedded import EmbeddedBroker; "
+        "from edgeplane.controller.broker.embedded import EmbeddedBroker; "
         "b = EmbeddedBroker(Path(sys.argv[1])); b.start(); print(b.pid, b.port, flush=True); "
         "import os; os._exit(0)"
     )

@@ -15,9 +15,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from edgeplane.controller import deploying
-from edgeplane.controller.brokerproc import MosquittoProcess
-from edgeplane.controller.deploywatch import DeploymentWatch, Outcome
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.controller.operator import deploy_follow
+from edgeplane.controller.operator.deploy_watch import DeploymentWatch, Outcome
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.messages import (
     Accepted,
@@ -197,7 +197,7 @@ async def test_an_event_missed_live_is_found_in_the_controllers_record(
 ) -> None:
     """No event ever arrives on the topic; after RECHECK quiet seconds the record says
     how it went, and its events are printed as progress."""
-    monkeypatch.setattr(deploying, "RECHECK", 0.3)
+    monkeypatch.setattr(deploy_follow, "RECHECK", 0.3)
     sent = info()
     done = msgspec.structs.replace(
         sent,
@@ -215,7 +215,7 @@ async def test_an_event_missed_live_is_found_in_the_controllers_record(
 
     workflow = Workflow(name="w", version="1", steps=[Step(name="a", run=["x"])])
     async with responder(broker.url, root, answer):
-        session = deploying.Session(BrokerUrl.parse(broker.url), root, 5.0, as_json=False)
+        session = deploy_follow.Session(BrokerUrl.parse(broker.url), root, 5.0, as_json=False)
         request = DeployRequest(env="edge-a", workflow=workflow)
         code = await session.run(request, follow=True, wait_for=60)
     assert code == 0

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess, free_port
-from edgeplane.controller.views import Board, render_json, render_table
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.controller.broker.process import free_port
+from edgeplane.controller.operator.board import Board, render_json, render_table
 from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc
 from tests.support.system import CliResult, open_system

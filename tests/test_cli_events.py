@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
-from edgeplane.controller.cmd_events import event_line
-from edgeplane.controller.eventtext import check_line, describe
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.controller.cli.events import event_line
+from edgeplane.controller.operator.event_text import check_line, describe
 from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import (
     Ack,

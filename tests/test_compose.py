@@ -16,7 +16,8 @@ import jsonschema
 import pytest
 import yaml
 
-from edgeplane.controller.brokerproc import find_mosquitto, free_port, port_open
+from edgeplane.controller.broker.mosquitto import find_mosquitto
+from edgeplane.controller.broker.process import free_port, port_open
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "tests" / "data" / "compose-spec.json"

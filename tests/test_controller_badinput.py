@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgeplane.controller.badinput import BadInput, LogDecision
+from edgeplane.controller.core.badinput import BadInput, LogDecision
 from edgeplane.shared.clock import ManualClock
 
 

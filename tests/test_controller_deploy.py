@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import COMMAND, encode
 from edgeplane.shared.messages import Accepted, Deploy, Event, Retire, Started, Succeeded
 from edgeplane.shared.rpc import (

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import encode
 from edgeplane.shared.rpc import EnvCreate, EnvList, EnvShow, EnvUpdate
 from edgeplane.shared.topics import TopicRoot
@@ -163,7 +163,7 @@ async def test_a_request_delivered_twice_runs_and_is_answered_once(
 
 
 def test_an_event_page_is_cut_to_fit_one_reply_but_never_empty() -> None:
-    from edgeplane.controller.requests import _fitting
+    from edgeplane.controller.daemon.requests import _fitting
     from edgeplane.shared.messages import StepFinished
     from edgeplane.shared.rpc import MAX_REPLY, LoggedEvent
 

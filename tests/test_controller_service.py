@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc, start_proc

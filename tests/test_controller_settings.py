@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.controller.settings import ControllerSettings, default_db_path, load_settings
+from edgeplane.controller.daemon.settings import ControllerSettings, default_db_path, load_settings
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.errors import SettingsError
 from edgeplane.shared.topics import TopicRoot

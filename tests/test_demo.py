@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.controller.demo_story import DemoOutcome, Refusal, summary, surprises
+from edgeplane.controller.demo.story import DemoOutcome, Refusal, summary, surprises
 from edgeplane.shared.messages import Alert, EnvView
 from edgeplane.shared.rpc import DeploymentInfo, EnvInfo
 

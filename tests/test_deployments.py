@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from edgeplane.controller.deployments import SENT_GRACE, Deployment, DeploymentBook, next_state
+from edgeplane.controller.core.deployments import SENT_GRACE, Deployment, DeploymentBook, next_state
 from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.messages import (
     Accepted,

@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import Deploy, Ping
 from edgeplane.shared.topics import TopicRoot

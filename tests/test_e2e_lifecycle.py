@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess, free_port
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.controller.broker.process import free_port
 from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc, start_proc
 from tests.support.system import (

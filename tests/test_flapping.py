@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from edgeplane.controller.alerts import AlertEdge
-from edgeplane.controller.flapping import FlapDetector
-from edgeplane.controller.timers import TimerHeap
+from edgeplane.controller.core.alerts import AlertEdge
+from edgeplane.controller.core.flapping import FlapDetector
+from edgeplane.controller.core.timers import TimerHeap
 from edgeplane.shared.clock import ManualClock
 
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from edgeplane.controller.gate import Queue, Refuse, Send, judge_deploy, missing_models
-from edgeplane.controller.presence import EnvRecord
-from edgeplane.controller.registry import Environment
+from edgeplane.controller.core.gate import Queue, Refuse, Send, judge_deploy, missing_models
+from edgeplane.controller.core.presence import EnvRecord
+from edgeplane.controller.core.registry import Environment
 from edgeplane.shared.workflow import ModelNeed, Requires, Step, Workflow
 
 NOW = 1_764_230_400.0  # 2025-11-27T08:00:00Z

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from edgeplane.controller.alerts import AlertEdge
-from edgeplane.controller.identity import IdentityWatch
+from edgeplane.controller.core.alerts import AlertEdge
+from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.shared.clock import ManualClock
 
 

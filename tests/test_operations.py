@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
+from edgeplane.controller.core.flapping import FlapDetector
+from edgeplane.controller.core.identity import IdentityWatch
+from edgeplane.controller.core.operations import Effects, Operations
+from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.errors import RequestRefused
-from edgeplane.controller.flapping import FlapDetector
-from edgeplane.controller.identity import IdentityWatch
-from edgeplane.controller.operations import Effects, Operations
-from edgeplane.controller.presence import Presence
 from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.codec import COMMAND, EVENT
 from edgeplane.shared.messages import (

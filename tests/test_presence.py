@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgeplane.controller.alerts import AlertEdge
-from edgeplane.controller.flapping import FlapDetector
-from edgeplane.controller.identity import IdentityWatch
-from edgeplane.controller.presence import EnvRecord, Judgement, Presence, Transition
-from edgeplane.controller.timers import TimerHeap
+from edgeplane.controller.core.alerts import AlertEdge
+from edgeplane.controller.core.flapping import FlapDetector
+from edgeplane.controller.core.identity import IdentityWatch
+from edgeplane.controller.core.presence import EnvRecord, Judgement, Presence, Transition
+from edgeplane.controller.core.timers import TimerHeap
 from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.messages import OfflineReason, OfflineStatus, OnlineStatus
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from edgeplane.controller.core.registry import Registry
 from edgeplane.controller.errors import RequestRefused
-from edgeplane.controller.registry import Registry
 from edgeplane.shared.rpc import EnvCreate
 
 NOW = 1_700_000_000.0

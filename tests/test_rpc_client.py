@@ -15,14 +15,15 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeplane.controller.brokerproc import MosquittoProcess, free_port
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.controller.broker.process import free_port
 from edgeplane.controller.errors import (
     BrokerUnavailable,
     ControllerError,
     NoControllerAnswer,
     RequestRefused,
 )
-from edgeplane.controller.rpc import ControllerClient
+from edgeplane.controller.operator.client import ControllerClient
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import Accepted, Pong

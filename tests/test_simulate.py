@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess
-from edgeplane.edge_agent.simulate import ConnectPacer, Fleet
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.edge_agent.simulator.fleet import ConnectPacer, Fleet
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Received, open_probe
@@ -196,7 +196,7 @@ async def test_the_command_runs_for_its_duration_and_exits_0(
 ) -> None:
     async with open_probe(broker.url, root.all_status()) as probe:
         args = simulate_args(broker, root, "--count", "5", "--duration", "1")
-        proc = await start_proc("edgeplane.edge_agent.simulate", args, tmp_path / "sim.log")
+        proc = await start_proc("edgeplane.edge_agent.simulator", args, tmp_path / "sim.log")
         procs.append(proc)
         assert await proc.wait(30) == 0
         assert "5/5 simulated agents online (cli-00000..cli-00004)" in proc.output()
@@ -211,7 +211,7 @@ async def test_sigterm_stops_every_agent_cleanly(
 ) -> None:
     async with open_probe(broker.url, root.all_status()) as probe:
         args = simulate_args(broker, root, "--count", "3")
-        proc = await start_proc("edgeplane.edge_agent.simulate", args, tmp_path / "sim.log")
+        proc = await start_proc("edgeplane.edge_agent.simulator", args, tmp_path / "sim.log")
         procs.append(proc)
         for i in range(3):
             await probe.wait_json(root.status(f"cli-{i:05d}"), status="online", timeout=20)
@@ -235,7 +235,7 @@ async def test_sigterm_stops_every_agent_cleanly(
 async def test_a_bad_flag_is_one_clear_line_and_exit_2(
     flags: list[str], complaint: str, procs: list[Proc], tmp_path: Path
 ) -> None:
-    proc = await start_proc("edgeplane.edge_agent.simulate", flags, tmp_path / "sim.log")
+    proc = await start_proc("edgeplane.edge_agent.simulator", flags, tmp_path / "sim.log")
     procs.append(proc)
     assert await proc.wait(30) == 2
     assert complaint in proc.output()

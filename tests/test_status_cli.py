@@ -11,8 +11,9 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeplane.controller.brokerproc import MosquittoProcess, free_port
-from edgeplane.controller.views import Board, render_table
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.controller.broker.process import free_port
+from edgeplane.controller.operator.board import Board, render_table
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc, start_proc

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.controller.alerts import AlertEdge
+from edgeplane.controller.core.alerts import AlertEdge
+from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
+from edgeplane.controller.daemon.store import SCHEMA_VERSION, open_store
 from edgeplane.controller.errors import StoreError
-from edgeplane.controller.presence import EnvRecord, Judgement, Transition
-from edgeplane.controller.store import SCHEMA_VERSION, open_store
 
 
 def record(env: str, status: str = "online", seq: int = 0, **fields: object) -> EnvRecord:

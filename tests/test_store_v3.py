@@ -6,10 +6,10 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from edgeplane.controller.deployments import Deployment
-from edgeplane.controller.oplog import WINDOW, SeenEvents
-from edgeplane.controller.registry import Environment
-from edgeplane.controller.store import MIGRATIONS, Inventory, LogEntry, Writes, open_store
+from edgeplane.controller.core.deployments import Deployment
+from edgeplane.controller.core.oplog import WINDOW, SeenEvents
+from edgeplane.controller.core.registry import Environment
+from edgeplane.controller.daemon.store import MIGRATIONS, Inventory, LogEntry, Writes, open_store
 from edgeplane.shared.messages import Accepted, Event, Platform, Succeeded
 from edgeplane.shared.workflow import Step, Workflow
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from edgeplane.controller.brokerproc import MosquittoProcess, free_port, port_open
-from edgeplane.controller.cmd_up import DEFAULT_ENV_ID, BrokerPlan, choose_broker, default_state_dir
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.controller.broker.process import free_port, port_open
+from edgeplane.controller.cli.up import DEFAULT_ENV_ID, BrokerPlan, choose_broker, default_state_dir
 from edgeplane.controller.errors import BrokerStartError
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.edge_agent.errors import AgentError
-from edgeplane.edge_agent.wire import (
+from edgeplane.edge_agent.simulator.wire import (
     ConnectionClosed,
     ConnectRefused,
     FrameBuffer,

@@ -10,9 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgeplane.controller.operator.workflow_file import (
+    MAX_FILE_SIZE,
+    load_workflow,
+    read_workflow_file,
+)
 from edgeplane.shared.errors import EdgeplaneError, WorkflowFileError
 from edgeplane.shared.workflow import Workflow
-from edgeplane.shared.workflow_file import MAX_FILE_SIZE, load_workflow, read_workflow_file
 
 REPO = Path(__file__).resolve().parent.parent
 

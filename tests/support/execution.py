@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edgeplane.edge_agent.executor import Executor
+from edgeplane.edge_agent.execution.executor import Executor
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.messages import Deploy
 from edgeplane.shared.workflow import Requires, Step, Workflow, WorkflowKind

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeplane.controller.brokerproc import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.rpc import TERMINAL_STATES
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Probe, Received, open_probe

@@ -1,0 +1,69 @@
+"""``edgeplane controller run``: the controller daemon, in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from typing import TYPE_CHECKING
+
+from edgeplane.controller.daemon.settings import CONTROLLER_SETTINGS, load_settings
+from edgeplane.shared import settings as common
+from edgeplane.shared.errors import EdgeplaneError
+
+if TYPE_CHECKING:
+    from edgeplane.controller.daemon.service import PresenceService
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("controller", help="the controller daemon")
+    commands = parser.add_subparsers(dest="controller_command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "run",
+        help="judge who is online and publish the views",
+        description="Run the controller: judge presence, publish R/view/{env} and alerts.",
+    )
+    common.add_flags(run, CONTROLLER_SETTINGS)
+    run.add_argument(
+        "--config", metavar="FILE", default=None, help="TOML file of settings; env EDGEPLANE_CONFIG"
+    )
+    run.set_defaults(handler=run_controller)
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    from edgeplane.controller.daemon.service import (
+        PresenceService,  # the daemon's imports, only when run
+    )
+    from edgeplane.shared.logs import configure_logging
+
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        asyncio.run(_serve(PresenceService(settings)))
+    except BaseExceptionGroup as group:
+        # A failure inside the task groups (the database, say): show it as the one-line
+        # error it is, not as a group.
+        matched = group.subgroup(lambda exc: isinstance(exc, EdgeplaneError))
+        if matched is None:
+            raise
+        raise _first(matched) from group
+    return 0
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    inner = group.exceptions[0]
+    return _first(inner) if isinstance(inner, BaseExceptionGroup) else inner
+
+
+async def _serve(service: PresenceService) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await service.run(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

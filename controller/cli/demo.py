@@ -1,0 +1,117 @@
+"""``edgeplane demo``: a one-minute tour of edgeplane on embedded defaults.
+
+It starts a private broker on a free loopback port (mosquitto if installed, else the
+embedded broker), the controller and three agents, all real processes working in one
+temporary directory; registers two edge environments beside the cloud one; deploys a sample
+workflow that passes preflight on one and is refused on the other (a missing secret); kills
+one agent to show it going offline, then restarts and kills it until the controller raises
+the flapping alert; and prints a short summary. It exits 0 when the story went as told, 1
+with the step that failed and the logs of the processes otherwise, 130 when interrupted;
+in every case it stops everything it started and removes its temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from edgeplane.shared.errors import EdgeplaneError
+from edgeplane.shared.topics import DEFAULT_ROOT, TopicRoot
+
+if TYPE_CHECKING:
+    from edgeplane.controller.demo.fleet import BrokerKind, DemoFleet
+    from edgeplane.controller.demo.story import DemoOutcome
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="a one-minute tour: environments, a deployment, a refusal, offline, flapping",
+        description="Start a private broker, the controller and three agents in a temporary "
+        "directory, deploy a sample workflow, kill an agent until it flaps, print a summary, "
+        "and stop everything.",
+    )
+    parser.add_argument(
+        "--broker-kind",
+        choices=["auto", "mosquitto", "embedded"],
+        default="auto",
+        help="the private broker: mosquitto if installed, else the embedded one (auto); or "
+        "insist on one (default: auto)",
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from edgeplane.controller.demo.fleet import DemoFleet
+    from edgeplane.controller.demo.story import summary, surprises
+
+    started = time.monotonic()
+    fleet = DemoFleet(TopicRoot(DEFAULT_ROOT))
+    _say(started, f"working in {fleet.workdir}")
+    try:
+        outcome = asyncio.run(_story(fleet, args.broker_kind, started))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("edgeplane demo: interrupted; stopping everything", file=sys.stderr)
+        return 130
+    except EdgeplaneError as exc:
+        print(f"edgeplane demo: {exc}", file=sys.stderr)
+        _print_logs(fleet)
+        return 1
+    finally:
+        fleet.close()
+    print()
+    print(summary(outcome))
+    unexpected = surprises(outcome)
+    for surprise in unexpected:
+        print(f"edgeplane demo: unexpected: {surprise}", file=sys.stderr)
+    return 1 if unexpected else 0
+
+
+async def _story(fleet: DemoFleet, broker_kind: BrokerKind, started: float) -> DemoOutcome:
+    from edgeplane.controller.demo.fleet import FlapSettings
+    from edgeplane.controller.demo.story import FleetWatch, tell
+    from edgeplane.controller.mqtt import make_client, unique_client_id
+    from edgeplane.controller.operator.client import ControllerClient
+    from edgeplane.shared.broker_url import BrokerUrl
+
+    # SIGTERM stops the story like Ctrl-C does; the caller then stops the fleet.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+
+    fleet.start_broker(broker_kind)
+    _say(started, f"broker: private {fleet.broker_kind} on {fleet.broker_url}")
+    fleet.start_controller(FlapSettings())
+    url = BrokerUrl.parse(fleet.broker_url)
+    async with (
+        make_client(url, unique_client_id("edgeplane-demo")) as client,
+        ControllerClient(url, fleet.root) as controller,
+    ):
+        watch = FleetWatch(client, fleet.root)
+        await watch.subscribe()
+        reader = asyncio.create_task(watch.run(), name="demo-watch")
+        try:
+            return await tell(fleet, controller.call, watch, lambda text: _say(started, text))
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+
+def _say(started: float, text: str) -> None:
+    print(f"[{time.monotonic() - started:5.1f}s] {text}", flush=True)
+
+
+def _print_logs(fleet: DemoFleet) -> None:
+    """The last lines of every child's output: what went wrong is usually there."""
+    for child in fleet.children():
+        tail = child.tail()
+        if tail:
+            print(f"--- last lines of {child.name} ---\n{tail}", file=sys.stderr)

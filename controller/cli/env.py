@@ -1,0 +1,442 @@
+"""``edgeplane env create|list|show|update|restart|retire``: environment records, through
+the controller (MQTT request/response; never its database).
+
+``update`` (with a heartbeat interval or config), ``restart`` and ``retire`` of an online
+environment send the agent a command; the command then waits for the agent's ``ack`` event
+and prints it (``--no-wait``: only send). ``retire`` asks for confirmation only when stdin
+is a terminal and ``--yes`` is not given; scripts and CI are never prompted.
+
+Exit status: 0 done; 1 refused, failed, or no answer (one line on stderr); 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from edgeplane.controller.operator.output import (
+    OPERATOR_SETTINGS,
+    add_operator_flags,
+    env_id_arg,
+    key_value_arg,
+    label_arg,
+    label_key_arg,
+    project_arg,
+    seconds_arg,
+    short_text_arg,
+)
+from edgeplane.shared import settings as common
+
+if TYPE_CHECKING:
+    from edgeplane.controller.operator.client import ControllerClient, EventFeed
+    from edgeplane.shared.messages import Event
+    from edgeplane.shared.rpc import EnvInfo
+
+__all__ = ["add_parser"]
+
+ACK_WAIT: Final = 15.0  # default seconds to wait for the agent's ack
+
+Handler = Callable[["ControllerClient", argparse.Namespace], Awaitable[int]]
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "env",
+        help="manage environment records",
+        description="Create, list, show, update, restart and retire environments.",
+    )
+    actions = parser.add_subparsers(dest="env_command", metavar="ACTION", required=True)
+    _add_create(actions)
+    _add_list(actions)
+    _add_show(actions)
+    _add_update(actions)
+    _add_restart(actions)
+    _add_retire(actions)
+
+
+def _leaf(
+    actions: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    description = help_text[:1].upper() + help_text[1:] + "."
+    parser = actions.add_parser(name, help=help_text, description=description)
+    add_operator_flags(parser)
+    parser.set_defaults(handler=lambda args: _run(handler, args))
+    return parser
+
+
+def _add_ack_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-wait", action="store_true", help="send, do not wait for the agent's ack"
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=seconds_arg(3600),
+        default=ACK_WAIT,
+        metavar="SECONDS",
+        help=f"most seconds to wait for the agent's ack (default {ACK_WAIT:g})",
+    )
+
+
+def _run(handler: Handler, args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.client import ControllerClient
+
+    values = common.resolve(OPERATOR_SETTINGS, args)
+    args.timeout = values["timeout"]
+
+    async def session() -> int:
+        async with ControllerClient(
+            values["broker"], values["topic_root"], connect_timeout=values["timeout"]
+        ) as controller:
+            return await handler(controller, args)
+
+    return asyncio.run(session())
+
+
+# --- create -------------------------------------------------------------------------------
+def _add_create(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _leaf(actions, "create", "create an environment record and print its id", _create)
+    parser.add_argument(
+        "id",
+        nargs="?",
+        metavar="ID",
+        type=env_id_arg,
+        help="the environment id (default: STAGE-LOCATION-PURPOSE)",
+    )
+    parser.add_argument("--stage", required=True, choices=["dev", "staging", "prod"])
+    parser.add_argument(
+        "--location", required=True, type=short_text_arg, help="where it runs, e.g. berlin"
+    )
+    parser.add_argument(
+        "--purpose", required=True, type=short_text_arg, help="what it is for, e.g. vision"
+    )
+    parser.add_argument(
+        "--project", default="default", type=project_arg, help="the project (default: default)"
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        type=label_arg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a label (repeatable)",
+    )
+
+
+async def _create(controller: ControllerClient, args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.output import print_json
+    from edgeplane.shared.rpc import EnvCreate
+
+    request = EnvCreate(
+        id=args.id or "",
+        stage=args.stage,
+        location=args.location,
+        purpose=args.purpose,
+        project=args.project,
+        labels=dict(args.label),
+    )
+    info: EnvInfo = await controller.call(request, within=args.timeout)
+    if args.json:
+        print_json(info)
+    else:
+        print(info.id)
+    return 0
+
+
+# --- list ---------------------------------------------------------------------------------
+def _add_list(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _leaf(actions, "list", "list environments", _list)
+    parser.add_argument("--project", type=project_arg, help="only this project's environments")
+    parser.add_argument("--all", action="store_true", help="retired environments too")
+
+
+async def _list(controller: ControllerClient, args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.output import ago, print_json, render_table
+    from edgeplane.shared.rpc import EnvList
+
+    infos: list[EnvInfo] = []
+    while True:  # page by id: a large fleet does not fit in one reply
+        after = infos[-1].id if infos else ""
+        request = EnvList(project=args.project or "", include_retired=args.all, after=after)
+        page: list[EnvInfo] = await controller.call(request, within=args.timeout)
+        infos.extend(page)
+        if len(page) < request.limit:
+            break
+    if args.json:
+        print_json(infos)
+        return 0
+    if not infos:
+        print("no environments" + (f" in project {args.project}" if args.project else ""))
+        return 0
+    header = ("ID", "PROJECT", "STAGE", "LOCATION", "PURPOSE", "STATUS", "LAST SEEN", "LABELS")
+    now = time.time()
+    rows = [
+        (
+            info.id,
+            info.project or "-",
+            info.stage or "-",
+            info.location or "-",
+            info.purpose or "-",
+            _status(info),
+            "never" if info.last_seen is None else ago(now - info.last_seen),
+            _labels(info.labels) or "-",
+        )
+        for info in infos
+    ]
+    print(render_table(header, rows))
+    return 0
+
+
+def _status(info: EnvInfo) -> str:
+    marks: list[str] = [info.status]
+    if info.flapping:
+        marks.append("flapping")
+    if not info.registered:
+        marks.append("unregistered")
+    return ", ".join(marks)
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+# --- show ---------------------------------------------------------------------------------
+def _add_show(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _leaf(actions, "show", "show one environment: record, status, inventory", _show)
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
+
+
+async def _show(controller: ControllerClient, args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.output import print_json
+    from edgeplane.shared.rpc import EnvShow
+
+    info: EnvInfo = await controller.call(EnvShow(id=args.id), within=args.timeout)
+    if args.json:
+        print_json(info)
+    else:
+        print(_details(info))
+    return 0
+
+
+def _details(info: EnvInfo) -> str:
+    from edgeplane.controller.operator.output import ago, when
+
+    fields: list[tuple[str, str]] = [
+        ("id", info.id),
+        ("project", info.project or "-"),
+        ("stage", info.stage or "-"),
+        ("location", info.location or "-"),
+        ("purpose", info.purpose or "-"),
+        ("labels", _labels(info.labels) or "-"),
+        ("created", when(info.created) if info.created else "-"),
+    ]
+    if info.retired is not None:
+        fields.append(("retired", when(info.retired)))
+    fields.append(("status", f"{_status(info)} since {when(info.since)}"))
+    heard = "never" if info.last_seen is None else ago(time.time() - info.last_seen)
+    every = f", every {info.interval:g} s" if info.interval else ""
+    fields.append(("heartbeat", f"{heard}{every}"))
+    models = "; ".join(
+        f"{name} {', '.join(versions)}" for name, versions in sorted(info.models.items())
+    )
+    fields.append(("models", models or "none reported"))
+    fields.append(("platform", _platform(info)))
+    fields.append(("running", ", ".join(info.running) or "nothing"))
+    width = max(len(name) for name, _ in fields) + 1
+    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)
+
+
+def _platform(info: EnvInfo) -> str:
+    platform = info.platform
+    if platform is None:
+        return "not reported"
+    parts = [f"{platform.os} {platform.arch}".strip()]
+    if platform.py:
+        parts.append(f"Python {platform.py}")
+    if platform.agent:
+        parts.append(f"agent {platform.agent}")
+    parts.append("GPU" if platform.gpu else "no GPU")
+    return ", ".join(part for part in parts if part)
+
+
+# --- update -------------------------------------------------------------------------------
+def _add_update(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _leaf(actions, "update", "change labels, or settings the agent applies", _update)
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
+    parser.add_argument(
+        "--label",
+        action="append",
+        type=label_arg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a label (repeatable)",
+    )
+    parser.add_argument(
+        "--remove-label",
+        action="append",
+        type=label_key_arg,
+        default=[],
+        metavar="KEY",
+        help="remove a label (repeatable)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=seconds_arg(86_400),
+        metavar="SECONDS",
+        help="sent to the agent",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        type=key_value_arg,
+        default=[],
+        metavar="KEY=VALUE",
+        help="agent config: heartbeat_interval, log_level, endpoints.NAME (empty removes)",
+    )
+    _add_ack_flags(parser)
+
+
+async def _update(controller: ControllerClient, args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.output import print_json
+    from edgeplane.shared.errors import SettingsError
+    from edgeplane.shared.rpc import EnvUpdate
+
+    if not (args.label or args.remove_label or args.set or args.heartbeat_interval):
+        flags = "--label, --remove-label, --heartbeat-interval or --set"
+        raise SettingsError(f"env update: nothing to change (give {flags})")
+    request = EnvUpdate(
+        id=args.id,
+        labels=dict(args.label),
+        remove_labels=list(args.remove_label),
+        interval=args.heartbeat_interval,
+        config=dict(args.set),
+    )
+    to_agent = request.interval is not None or bool(request.config)
+    feed = await controller.follow_events(args.id) if to_agent and not args.no_wait else None
+    info: EnvInfo = await controller.call(request, within=args.timeout)
+    if args.json and feed is None:
+        print_json(info)
+        return 0
+    if not args.json:
+        print(f"updated {info.id}" + (f": labels {_labels(info.labels)}" if info.labels else ""))
+        if to_agent and feed is None:
+            print(f"{info.id}: settings sent to the agent")
+    if feed is None:
+        return 0
+    return await _await_ack(feed, args, op="update", cmd="", result={"env": info})
+
+
+# --- restart ------------------------------------------------------------------------------
+def _add_restart(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _leaf(actions, "restart", "restart the running workflows (or one)", _restart)
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
+    parser.add_argument("--workflow", default="", metavar="NAME", help="only this workflow")
+    _add_ack_flags(parser)
+
+
+async def _restart(controller: ControllerClient, args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.output import print_json
+    from edgeplane.shared.rpc import EnvRestart
+
+    feed = None if args.no_wait else await controller.follow_events(args.id)
+    request = EnvRestart(id=args.id, workflow=args.workflow)
+    result: dict[str, str] = await controller.call(request, within=args.timeout)
+    cmd = result.get("cmd", "")
+    if feed is None:
+        if args.json:
+            print_json(result)
+        else:
+            print(f"restart {cmd} sent to {args.id}")
+        return 0
+    if not args.json:
+        print(f"restart {cmd} sent to {args.id}; waiting for its ack", flush=True)
+    return await _await_ack(feed, args, op="restart", cmd=cmd, result=result)
+
+
+# --- retire -------------------------------------------------------------------------------
+def _add_retire(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _leaf(actions, "retire", "retire an environment: its agent stops for good", _retire)
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
+    parser.add_argument("--yes", action="store_true", help="do not ask (stdin a terminal)")
+    _add_ack_flags(parser)
+
+
+async def _retire(controller: ControllerClient, args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.output import print_json
+    from edgeplane.shared.rpc import EnvRetire, EnvShow
+
+    before: EnvInfo = await controller.call(EnvShow(id=args.id), within=args.timeout)
+    if not args.yes and sys.stdin.isatty() and not _confirm(args.id):
+        print("edgeplane: not retired", file=sys.stderr)
+        return 1
+    online = before.status == "online"
+    feed = await controller.follow_events(args.id) if online and not args.no_wait else None
+    info: EnvInfo = await controller.call(EnvRetire(id=args.id), within=args.timeout)
+    if args.json and feed is None:
+        print_json(info)
+        return 0
+    if not args.json:
+        print(f"retired {info.id}: deployments to it are refused from now on")
+        if online:
+            print(f"{info.id}: the agent was told to stop its workflows and exit")
+        else:
+            print(f"{info.id}: its agent is {before.status}; it is told to retire when it connects")
+    if feed is None:
+        return 0
+    return await _await_ack(feed, args, op="retire", cmd="", result={"env": info})
+
+
+def _confirm(env: str) -> bool:
+    answer = input(f"retire {env}? its agent stops its workflows and will not start again [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+# --- the agent's ack ----------------------------------------------------------------------
+async def _await_ack(
+    feed: EventFeed, args: argparse.Namespace, *, op: str, cmd: str, result: dict[str, Any]
+) -> int:
+    """Print the agent's answer to the command: ``ack`` (ok or not), ``rejected`` or
+    ``expired``. ``cmd`` empty: the first answer to an ``op`` command after sending. With
+    ``--json``: ``result`` and ``"ack"``, the answer (null when none came)."""
+    from edgeplane.controller.operator.event_text import describe
+    from edgeplane.controller.operator.output import print_json
+
+    try:
+        event = await _answer(feed, op, cmd, args.wait_timeout)
+    except TimeoutError:
+        if args.json:
+            print_json({**result, "ack": None})
+        waited = f"within {args.wait_timeout:g} s (see: edgeplane events --env {args.id})"
+        print(
+            f"edgeplane: {args.id}: no answer from the agent to the {op} {waited}", file=sys.stderr
+        )
+        return 1
+    ok = bool(getattr(event, "ok", False))
+    if args.json:
+        print_json({**result, "ack": event})
+    elif ok:
+        print(f"{event.env}: {describe(event)}")
+    if not ok:
+        print(f"edgeplane: {event.env}: {describe(event)}", file=sys.stderr)
+    return 0 if ok else 1
+
+
+async def _answer(feed: EventFeed, op: str, cmd: str, within: float) -> Event:
+    from edgeplane.shared.messages import Ack, CommandRejected, Expired
+
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + within
+    while True:
+        event = await feed.next(within=max(0.0, give_up - loop.time()))
+        if cmd and event.cmd != cmd:
+            continue
+        if isinstance(event, Ack) and event.op == op:
+            return event
+        if cmd and isinstance(event, CommandRejected | Expired):
+            return event

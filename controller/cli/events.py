@@ -1,0 +1,203 @@
+"""``edgeplane events [--env ID] [--dep ID] [--follow]``: the controller's operations log,
+oldest first, one readable line per event; with ``--follow``, then every new event as it
+arrives, until Ctrl-C or SIGTERM (exit 0).
+
+With ``--follow`` the events topic is subscribed before the log is read, so nothing falls
+between the two; an event both logged and received live is printed once (by env, src, seq).
+A connection lost while following is made again, and what was logged meanwhile printed.
+``--json`` prints the log as one JSON array, or with ``--follow`` one JSON object per line
+(``id`` and ``at`` are null for events received live).
+
+Exit status: 0; 1 no answer or the connection was lost; 2 usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Final
+
+from edgeplane.controller.operator.output import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
+from edgeplane.shared import settings as common
+
+if TYPE_CHECKING:
+    from edgeplane.controller.operator.client import ControllerClient, EventFeed
+    from edgeplane.shared.messages import Event
+    from edgeplane.shared.rpc import LoggedEvent
+
+__all__ = ["add_parser", "event_line"]
+
+PAGE: Final = 200  # events per event-list request
+RETRY_PAUSE: Final = 1.0  # seconds between attempts to connect again while following
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "events",
+        help="print the operations log (and follow it)",
+        description="Print the controller's operations log, oldest first; with --follow, "
+        "then new events as they arrive, until Ctrl-C.",
+    )
+    parser.add_argument("--env", type=env_id_arg, help="only this environment's events")
+    parser.add_argument("--dep", default="", metavar="ID", help="only this deployment's events")
+    parser.add_argument("--follow", "-f", action="store_true", help="then print new events")
+    add_operator_flags(parser)
+    parser.set_defaults(handler=events)
+
+
+def events(args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.client import ControllerClient
+
+    values = common.resolve(OPERATOR_SETTINGS, args)
+
+    def connect() -> ControllerClient:
+        return ControllerClient(
+            values["broker"], values["topic_root"], connect_timeout=values["timeout"]
+        )
+
+    async def session() -> int:
+        if not args.follow:
+            async with connect() as controller:
+                logged = await _read_log(controller, args, values["timeout"], after=0)
+            _print_log(logged, args.json)
+            return 0
+        with _stop_on_signals() as stop:
+            await _follow_log(connect, args, values["timeout"], stop)
+        return 0
+
+    return asyncio.run(session())
+
+
+async def _follow_log(
+    connect: Callable[[], ControllerClient],
+    args: argparse.Namespace,
+    within: float,
+    stop: asyncio.Event,
+) -> None:
+    """The log, then live events, until ``stop``. A connection lost later is made again
+    (every :data:`RETRY_PAUSE` seconds), and the log read again from where it was, so
+    what was logged meanwhile is printed too; only a first connection that fails ends it."""
+    from edgeplane.controller.errors import BrokerUnavailable, NoControllerAnswer
+
+    seen: set[tuple[str, str, int]] = set()
+    after = 0
+    followed = False
+    while not stop.is_set():
+        try:
+            async with connect() as controller:
+                feed = await controller.follow_events(args.env)
+                for entry in await _read_log(controller, args, within, after=after):
+                    after = entry.id
+                    _print_new(entry.id, entry.at, entry.event, seen, args)
+                followed = True
+                await _print_live(feed, seen, args, stop)
+                return
+        except (BrokerUnavailable, NoControllerAnswer) as exc:
+            if not followed:
+                raise
+            print(f"edgeplane: {exc}; trying again", file=sys.stderr, flush=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RETRY_PAUSE)
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT or SIGTERM (from the start, so no Ctrl-C is a traceback)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield stop
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _read_log(
+    controller: ControllerClient, args: argparse.Namespace, within: float, *, after: int
+) -> list[LoggedEvent]:
+    """Every logged event with an id above ``after``, page by page."""
+    from edgeplane.shared.rpc import EventList
+
+    logged: list[LoggedEvent] = []
+    while True:
+        request = EventList(env=args.env or "", dep=args.dep, after=after, limit=PAGE)
+        page: list[LoggedEvent] = await controller.call(request, within=within)
+        logged += page
+        if not page:  # a short page may only mean large events: the end is an empty one
+            return logged
+        after = page[-1].id
+
+
+async def _print_live(
+    feed: EventFeed, seen: set[tuple[str, str, int]], args: argparse.Namespace, stop: asyncio.Event
+) -> None:
+    """Print new events until ``stop`` is set."""
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        while True:
+            arrived = asyncio.create_task(feed.next())
+            await asyncio.wait({arrived, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if stopped.done():
+                arrived.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await arrived
+                return
+            _print_new(None, time.time(), arrived.result(), seen, args)
+    finally:
+        stopped.cancel()
+
+
+def _print_new(
+    entry_id: int | None,
+    at: float,
+    event: Event,
+    seen: set[tuple[str, str, int]],
+    args: argparse.Namespace,
+) -> None:
+    """Print ``event`` unless it was printed before (by env, src, seq) or is another
+    deployment's."""
+    key = (event.env, event.src, event.seq)
+    if key in seen or (args.dep and event.dep != args.dep):
+        return
+    seen.add(key)
+    _print_entry(entry_id, at, event, args.json)
+
+
+def _print_log(logged: list[LoggedEvent], as_json: bool) -> None:
+    from edgeplane.controller.operator.output import print_json
+
+    if as_json:
+        print_json(logged)
+    elif not logged:
+        print("no events")
+    else:
+        for entry in logged:
+            print(event_line(entry.at, entry.event))
+
+
+def _print_entry(entry_id: int | None, at: float, event: Event, as_json: bool) -> None:
+    if as_json:
+        import msgspec
+
+        line = {"id": entry_id, "at": at, "event": msgspec.to_builtins(event)}
+        print(json.dumps(line, separators=(",", ":")))
+    else:
+        print(event_line(at, event))
+    sys.stdout.flush()
+
+
+def event_line(at: float, event: Event) -> str:
+    """``2026-11-27 08:01:02  edge-a  d-1f2e  step 1 inspect finished: exit 0 after 0.3 s``"""
+    from edgeplane.controller.operator.event_text import describe
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    about = event.dep or event.cmd or "-"
+    return f"{stamp}  {event.env}  {about}  {describe(event)}"

@@ -1,0 +1,412 @@
+"""Environments and deployments: what the controller does about requests, statuses, events
+and time, as effects for the shell to carry out (no I/O here).
+
+Every method returns :class:`Effects`: rows to store (:class:`controller.daemon.store.Writes`) and
+messages to publish (:class:`Outgoing`). The service stores the rows first and publishes
+only once they are committed, so a command is never out before its deployment is on disk.
+
+What it keeps in memory: the environment records (:class:`Registry`), each agent's last
+reported inventory, the deployments in progress (:class:`DeploymentBook`), the event
+streams already logged (:class:`SeenEvents`) and the sequence of the controller's own
+events (``src`` ``controller``). Presence is read from the presence core.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from edgeplane.controller.core.deployments import Deployment, DeploymentBook
+from edgeplane.controller.core.gate import Queue, Refuse, judge_deploy, offline_sentence
+from edgeplane.controller.core.oplog import SeenEvents
+from edgeplane.controller.core.presence import EnvRecord, Presence
+from edgeplane.controller.core.registry import Environment, Registry
+from edgeplane.controller.daemon.store import Inventory, LogEntry, Writes
+from edgeplane.controller.errors import RequestRefused
+from edgeplane.shared.clock import Clock
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import (
+    Command,
+    Deploy,
+    EnvView,
+    Event,
+    Expired,
+    OfflineStatus,
+    OnlineStatus,
+    Restart,
+    Retire,
+    Stopped,
+    Update,
+)
+from edgeplane.shared.rpc import (
+    DeploymentInfo,
+    DeployRequest,
+    EnvCreate,
+    EnvInfo,
+    EnvRestart,
+    EnvRetire,
+    EnvUpdate,
+)
+from edgeplane.shared.topics import TopicRoot
+
+__all__ = ["CONTROLLER_SRC", "Effects", "Operations", "Outgoing", "new_id"]
+
+CONTROLLER_SRC: Final = "controller"  # the event stream of the controller's own events
+
+
+def new_id(prefix: str) -> str:
+    """A short unique id: ``d-`` + 10 hex digits for a deployment, ``c-`` for a command."""
+    return f"{prefix}-{secrets.token_hex(5)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish (QoS 1). ``expiry``: the MQTT message expiry, seconds;
+    ``correlation``: the correlation data of a reply."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    expiry: int | None = None
+    correlation: bytes | None = None
+
+
+@dataclass(slots=True)
+class Effects:
+    writes: Writes = field(default_factory=Writes)
+    outgoing: list[Outgoing] = field(default_factory=list)
+
+    def extend(self, other: Effects) -> None:
+        self.writes.extend(other.writes)
+        self.outgoing.extend(other.outgoing)
+
+
+class Operations:
+    def __init__(
+        self,
+        root: TopicRoot,
+        clock: Clock,
+        presence: Presence,
+        *,
+        command_ttl: float,
+        records: Iterable[Environment] = (),
+        inventories: Iterable[Inventory] = (),
+        deployments: Iterable[Deployment] = (),
+        seen: Iterable[tuple[str, str, int]] = (),
+        controller_seq: int = 0,
+    ) -> None:
+        self._root = root
+        self._clock = clock
+        self._presence = presence
+        self._command_ttl = command_ttl
+        self.registry = Registry(records)
+        self._inventory: dict[str, Inventory] = {i.env: i for i in inventories}
+        self.book = DeploymentBook(clock, deployments)
+        self.seen = SeenEvents(seen)
+        self._seq = controller_seq
+
+    # --- start ----------------------------------------------------------------------------
+    def ensure_default(self) -> Effects:
+        effects = Effects()
+        effects.writes.records.extend(self.registry.ensure_default(self._clock.time()))
+        return effects
+
+    def after_sync(self) -> Effects:
+        """Queued deployments of environments that are online now (they came online while
+        the controller was away) go out."""
+        effects = Effects()
+        for env in sorted({d.env for d in self.book if d.state == "queued"}):
+            presence = self._presence.get(env)
+            if presence is not None and presence.status == "online":
+                effects.extend(self._came_online(env))
+        return effects
+
+    # --- views ----------------------------------------------------------------------------
+    def public_view(self, view: EnvView) -> EnvView | None:
+        """The view to publish for a presence view: none for a retired environment (its
+        view stays cleared), ``registered`` false for one without a record."""
+        record = self.registry.get(view.env)
+        if record is not None and record.retired is not None:
+            return None
+        registered = record is not None
+        if view.registered == registered:
+            return view
+        return msgspec.structs.replace(view, registered=registered)
+
+    def expected_views(self) -> dict[str, EnvView | None]:
+        """What ``R/view/{env}`` should hold for every environment known (None: nothing,
+        a retired environment)."""
+        views: dict[str, EnvView | None] = {}
+        for presence in self._presence.records():
+            views[presence.env] = self.public_view(presence.view())
+        for record in self.registry:
+            if record.retired is not None:
+                views[record.id] = None
+            elif record.id not in views:
+                views[record.id] = _unknown_view(record)
+        return views
+
+    def _view_of(self, record: Environment) -> Outgoing:
+        presence = self._presence.get(record.id)
+        view = _unknown_view(record) if presence is None else self.public_view(presence.view())
+        payload = b"" if view is None else encode(view)
+        return Outgoing(self._root.view(record.id), payload, True)
+
+    # --- statuses -------------------------------------------------------------------------
+    def after_status(self, message: OnlineStatus | OfflineStatus, came_online: bool) -> Effects:
+        """An agent's inventory, and what its coming online sets off."""
+        effects = Effects()
+        if isinstance(message, OnlineStatus) and (
+            message.models is not None or message.platform is not None
+        ):
+            effects.writes.inventory.append(self._take_inventory(message))
+        if came_online:
+            effects.extend(self._came_online(message.env))
+        return effects
+
+    def _take_inventory(self, message: OnlineStatus) -> Inventory:
+        known = self._inventory.get(message.env)
+        models: Mapping[str, Sequence[str]] = (
+            message.models if message.models is not None else (known.models if known else {})
+        )
+        platform = message.platform if message.platform is not None else (
+            known.platform if known else None
+        )  # fmt: skip
+        inventory = Inventory(message.env, models, platform, self._clock.time())
+        self._inventory[message.env] = inventory
+        return inventory
+
+    def _came_online(self, env: str) -> Effects:
+        effects = Effects(writes=Writes(urgent=True))
+        record = self.registry.get(env)
+        if record is None:
+            return effects  # unregistered: never any command
+        if record.retired is not None:
+            effects.outgoing.append(self._command(env, Retire(id=new_id("c"))))
+            return effects
+        for deployment in self.book.queued_for(env):
+            effects.extend(self._send(deployment))
+        return effects
+
+    # --- events ---------------------------------------------------------------------------
+    def on_event(self, event: Event) -> Effects | None:
+        """Log ``event`` once and move its deployment on; None for a duplicate."""
+        if not self.seen.first_time(event.env, event.src, event.seq):
+            return None
+        effects = Effects()
+        effects.writes.events.append(LogEntry(event, self._clock.time()))
+        if event.env in self.registry:  # an unregistered agent's events change nothing
+            effects.writes.deployments.extend(self.book.on_event(event))
+        return effects
+
+    # --- time -----------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        """Wall-clock time of the next deployment deadline."""
+        return self.book.next_deadline()
+
+    def tick(self) -> Effects:
+        """Deployments whose time ran out: ``expired``, told with an ``expired`` event."""
+        effects = Effects(writes=Writes(urgent=True))
+        for deployment in self.book.expire_due():
+            effects.writes.deployments.append(deployment)
+            effects.extend(self._own_event(Expired, deployment, reason=deployment.reason))
+        return effects
+
+    # --- requests -------------------------------------------------------------------------
+    def create(self, request: EnvCreate) -> tuple[EnvInfo, Effects]:
+        created = self.registry.create(request, self._clock.time())
+        effects = Effects(writes=Writes(records=created, urgent=True))
+        effects.outgoing.extend(self._view_of(record) for record in created)
+        return self.env_info(created[-1].id), effects
+
+    def update(self, request: EnvUpdate) -> tuple[EnvInfo, Effects]:
+        record = self.registry.require(request.id)
+        effects = Effects(writes=Writes(urgent=True))
+        to_agent = request.interval is not None or bool(request.config)
+        if to_agent:
+            self._require_online(request.id, "take new settings")
+        if request.labels or request.remove_labels:
+            record = self.registry.update_labels(request.id, request.labels, request.remove_labels)
+            effects.writes.records.append(record)
+        if to_agent:
+            command = Update(
+                id=new_id("c"),
+                interval=request.interval,
+                config=dict(request.config),
+                labels=dict(record.labels),
+            )
+            effects.outgoing.append(self._command(request.id, command))
+        return self.env_info(request.id), effects
+
+    def restart(self, request: EnvRestart) -> tuple[dict[str, str], Effects]:
+        self.registry.require(request.id)
+        self._require_online(request.id, "restart")
+        command = Restart(id=new_id("c"), workflow=request.workflow)
+        return {"cmd": command.id}, Effects(outgoing=[self._command(request.id, command)])
+
+    def retire(self, request: EnvRetire) -> tuple[EnvInfo, Effects]:
+        record = self.registry.retire(request.id, self._clock.time())
+        effects = Effects(writes=Writes(records=[record], urgent=True))
+        effects.outgoing.append(Outgoing(self._root.view(record.id), b"", True))
+        presence = self._presence.get(record.id)
+        if presence is not None and presence.status == "online":
+            effects.outgoing.append(self._command(record.id, Retire(id=new_id("c"))))
+        for deployment in self.book.stop_queued(record.id, f"environment {record.id} retired"):
+            effects.writes.deployments.append(deployment)
+            effects.extend(self._own_event(Stopped, deployment, reason=deployment.reason))
+        return self.env_info(record.id), effects
+
+    def deploy(self, request: DeployRequest) -> tuple[DeploymentInfo, Effects]:
+        now = self._clock.time()
+        inventory = self._inventory.get(request.env)
+        decision = judge_deploy(
+            request.env,
+            self.registry.get(request.env),
+            self._presence.get(request.env),
+            None if inventory is None else inventory.models,
+            request.workflow,
+            when_online=request.when_online,
+            dry_run=request.dry_run,
+            ttl=request.ttl,
+            now=now,
+        )
+        if isinstance(decision, Refuse):
+            raise RequestRefused(decision.code, decision.message)
+        deployment = Deployment(
+            id=new_id("d"),
+            env=request.env,
+            workflow=request.workflow,
+            state="queued",
+            created=now,
+            updated=now,
+            cmd="",
+            expires=decision.expires if isinstance(decision, Queue) else None,
+            dry_run=request.dry_run,
+            when_online=request.when_online,
+        )
+        if isinstance(decision, Queue):
+            self.book.put(deployment)
+            effects = Effects(writes=Writes(deployments=[deployment], urgent=True))
+        else:
+            self.book.put(deployment)
+            effects = self._send(deployment)
+            deployment = effects.writes.deployments[-1]
+        return deployment.info(), effects
+
+    # --- reading --------------------------------------------------------------------------
+    def env_info(self, env: str) -> EnvInfo:
+        record = self.registry.get(env)
+        presence = self._presence.get(env)
+        if record is None and presence is None:
+            raise RequestRefused("not-found", f"no environment {env!r}")
+        inventory = self._inventory.get(env)
+        return EnvInfo(**_record_fields(env, record, presence), **_runtime_fields(
+            record, presence, inventory
+        ), running=[d.id for d in self.book.in_state(env, "running")])  # fmt: skip
+
+    def env_list(self, project: str = "", include_retired: bool = False) -> list[EnvInfo]:
+        envs = {record.id for record in self.registry}
+        if not project:
+            envs.update(p.env for p in self._presence.records())
+        infos = [self.env_info(env) for env in sorted(envs)]
+        return [
+            info
+            for info in infos
+            if (include_retired or info.retired is None)
+            and (not project or info.project == project)
+        ]
+
+    # --- helpers --------------------------------------------------------------------------
+    def _send(self, deployment: Deployment) -> Effects:
+        now = self._clock.time()
+        expires = now + self._command_ttl
+        command = Deploy(
+            id=new_id("c"),
+            expires=expires,
+            dep=deployment.id,
+            workflow=deployment.workflow,
+            dry_run=deployment.dry_run,
+        )
+        sent = self.book.mark_sent(deployment.id, command.id, expires)
+        effects = Effects(writes=Writes(deployments=[sent], urgent=True))
+        effects.outgoing.append(self._command(deployment.env, command))
+        return effects
+
+    def _command(self, env: str, command: Command) -> Outgoing:
+        ttl = self._command_ttl
+        if command.expires is None:
+            command = msgspec.structs.replace(command, expires=self._clock.time() + ttl)
+        return Outgoing(self._root.cmd(env), encode(command), False, expiry=max(1, round(ttl)))
+
+    def _require_online(self, env: str, what: str) -> None:
+        presence = self._presence.get(env)
+        if presence is None or presence.status != "online":
+            raise RequestRefused("offline", f"{offline_sentence(env, presence)}; cannot {what}")
+
+    def _own_event(
+        self, kind: type[Expired] | type[Stopped], deployment: Deployment, **fields: Any
+    ) -> Effects:
+        """An event of the controller's own stream, logged and published like an agent's."""
+        self._seq += 1
+        now = self._clock.time()
+        event = kind(
+            env=deployment.env,
+            seq=self._seq,
+            src=CONTROLLER_SRC,
+            ts=now,
+            cmd=deployment.cmd,
+            dep=deployment.id,
+            **fields,
+        )
+        effects = Effects(writes=Writes(events=[LogEntry(event, now)], urgent=True))
+        effects.outgoing.append(Outgoing(self._root.events(deployment.env), encode(event), False))
+        return effects
+
+
+def _unknown_view(record: Environment) -> EnvView:
+    return EnvView(env=record.id, status="unknown", since=record.created)
+
+
+def _record_fields(
+    env: str, record: Environment | None, presence: EnvRecord | None
+) -> dict[str, Any]:
+    if record is None:
+        created = presence.since if presence is not None else 0.0
+        return {"id": env, "project": "", "stage": "", "location": "", "purpose": "",
+                "created": created, "registered": False}  # fmt: skip
+    return {
+        "id": record.id,
+        "project": record.project,
+        "stage": record.stage,
+        "location": record.location,
+        "purpose": record.purpose,
+        "labels": dict(record.labels),
+        "created": record.created,
+        "retired": record.retired,
+    }
+
+
+def _runtime_fields(
+    record: Environment | None, presence: EnvRecord | None, inventory: Inventory | None
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if inventory is not None:
+        fields["models"] = {name: list(versions) for name, versions in inventory.models.items()}
+        fields["platform"] = inventory.platform
+    if record is not None and record.retired is not None:
+        return {**fields, "status": "retired", "since": record.retired}
+    if presence is None or presence.status == "unknown":
+        since = record.created if record is not None else None
+        return {**fields, "status": "unknown", "since": since}
+    return {
+        **fields,
+        "status": presence.status,
+        "since": presence.since,
+        "last_seen": presence.last_seen,
+        "interval": presence.interval,
+        "flapping": presence.flapping,
+    }

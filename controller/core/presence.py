@@ -1,0 +1,331 @@
+"""The judgement of who is online: a pure core over decoded status messages and a clock.
+
+Nothing here does I/O. The service feeds in every valid status message (and calls
+:meth:`Presence.tick` when :meth:`Presence.seconds_until_next` says so); each call returns a
+:class:`Judgement`: the records to store, the transitions and alert edges to record, and the
+views to publish once they are stored.
+
+The rules (the contract's, judged by the controller's own clock at receipt):
+
+- an ``online`` message: the environment is online (``reason`` ``heartbeat``);
+- an ``offline`` with the bdseq of the current online connection: offline, with the
+  payload's reason (``connection-lost``, ``shutdown``, ``retired``);
+- an ``offline`` with any other bdseq is stale: ignored and counted;
+- no heartbeat for more than 3 x the declared interval: offline (``heartbeat-timeout``).
+
+Deadlines use the monotonic clock; what is stored and shown uses wall time. A message that
+arrives as a *retained* message was published while the controller was not listening (down
+or disconnected): a transition it causes is marked ``during_downtime``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from edgeplane.controller.core.alerts import AlertEdge
+from edgeplane.controller.core.timers import TimerHeap
+from edgeplane.shared.clock import Clock
+from edgeplane.shared.messages import EnvView, OfflineStatus, OnlineStatus, ViewStatus
+
+__all__ = [
+    "TIMEOUT_FACTOR",
+    "EnvRecord",
+    "FlapTracker",
+    "IdentityTracker",
+    "Judgement",
+    "Presence",
+    "Transition",
+]
+
+TIMEOUT_FACTOR: Final = 3.0
+HEARTBEAT: Final = "heartbeat"
+HEARTBEAT_TIMEOUT: Final = "heartbeat-timeout"
+_PRESENCE: Final = ("online", "offline")
+
+
+class FlapTracker(Protocol):
+    """What the core needs of controller.core.flapping.FlapDetector (wall-clock times)."""
+
+    def record(self, env: str, at: float) -> AlertEdge | None: ...
+    def expire(self, now: float) -> list[AlertEdge]: ...
+    def next_deadline(self) -> float | None: ...
+    def restore(self, env: str, transitions: Iterable[float], flapping: bool) -> None: ...
+
+
+class IdentityTracker(Protocol):
+    """What the core needs of controller.core.identity.IdentityWatch (wall-clock times)."""
+
+    def observe(self, env: str, boot: str, at: float) -> AlertEdge | None: ...
+    def expire(self, now: float) -> list[AlertEdge]: ...
+    def next_deadline(self) -> float | None: ...
+    def in_conflict(self, env: str) -> bool: ...
+    def restore(self, env: str, conflict: bool, at: float) -> None: ...
+
+
+@dataclass(slots=True)
+class EnvRecord:
+    """Everything the controller knows about one environment; one row in the store."""
+
+    env: str
+    status: ViewStatus = "unknown"
+    since: float = 0.0  # wall time of the last transition
+    reason: str = ""
+    last_seen: float | None = None  # wall time of the last heartbeat
+    bdseq: int | None = None  # of the current (or last) connection
+    seq: int | None = None  # of the last heartbeat
+    boot: str = ""
+    interval: float | None = None
+    flapping: bool = False
+    conflict: bool = False
+
+    def view(self) -> EnvView:
+        return EnvView(
+            env=self.env,
+            status=self.status,
+            since=self.since,
+            flapping=self.flapping,
+            reason=self.reason,
+            last_seen=self.last_seen,
+            interval=self.interval,
+        )
+
+    def snapshot(self) -> EnvRecord:
+        return EnvRecord(
+            self.env,
+            self.status,
+            self.since,
+            self.reason,
+            self.last_seen,
+            self.bdseq,
+            self.seq,
+            self.boot,
+            self.interval,
+            self.flapping,
+            self.conflict,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of an environment's judged status (``unknown`` only ever as ``from``)."""
+
+    env: str
+    from_status: ViewStatus
+    to_status: ViewStatus
+    reason: str
+    at: float
+    during_downtime: bool = False
+
+
+@dataclass(slots=True)
+class Judgement:
+    """What one message or tick changed. Views and alerts go out only after the records,
+    transitions and alerts are stored."""
+
+    records: list[EnvRecord] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+    alerts: list[AlertEdge] = field(default_factory=list)
+    views: list[EnvView] = field(default_factory=list)
+    stale: bool = False
+
+    def extend(self, other: Judgement) -> None:
+        self.records.extend(other.records)
+        self.transitions.extend(other.transitions)
+        self.alerts.extend(other.alerts)
+        self.views.extend(other.views)
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.transitions or self.alerts or self.views)
+
+
+class Presence:
+    """The judged state of every environment seen, and the rules that change it."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        flaps: FlapTracker,
+        identity: IdentityTracker,
+    ) -> None:
+        self._clock = clock
+        self._flaps = flaps
+        self._identity = identity
+        self._envs: dict[str, EnvRecord] = {}
+        self._deadlines = TimerHeap()
+        self.stale = 0  # offline messages ignored as stale
+
+    # --- reading ------------------------------------------------------------------------
+    def get(self, env: str) -> EnvRecord | None:
+        return self._envs.get(env)
+
+    def records(self) -> Iterable[EnvRecord]:
+        return self._envs.values()
+
+    def __len__(self) -> int:
+        return len(self._envs)
+
+    def online_count(self) -> int:
+        return sum(1 for record in self._envs.values() if record.status == "online")
+
+    def heartbeat_deadline(self, env: str) -> float | None:
+        """The monotonic time at which ``env`` times out, if it is online."""
+        return self._deadlines.deadline(env)
+
+    # --- restoring ----------------------------------------------------------------------
+    def restore(
+        self,
+        records: Iterable[EnvRecord],
+        recent_transitions: Mapping[str, Sequence[float]] | None = None,
+    ) -> None:
+        """Take back the stored state after a restart, without any transition or alert.
+
+        Online environments get a fresh deadline of 3 x interval from now: their retained
+        status (or next heartbeat) confirms them, or they time out.
+        """
+        recent_transitions = recent_transitions or {}
+        now = self._clock.time()
+        for stored in records:
+            record = stored.snapshot()
+            self._envs[record.env] = record
+            recent = recent_transitions.get(record.env, ())
+            if recent or record.flapping:  # a steady environment has nothing to restore
+                self._flaps.restore(record.env, recent, record.flapping)
+            if record.conflict:
+                self._identity.restore(record.env, True, now)
+        self.rearm()
+
+    def rearm(self) -> None:
+        """Fresh heartbeat deadlines for every online environment (after a restart or a
+        reconnect to the broker: silence while we could not listen proves nothing)."""
+        mono = self._clock.monotonic()
+        for record in self._envs.values():
+            if record.status == "online":
+                self._deadlines.set(record.env, mono + _timeout(record.interval))
+
+    # --- judging ------------------------------------------------------------------------
+    def on_status(
+        self, message: OnlineStatus | OfflineStatus, *, retained: bool = False
+    ) -> Judgement:
+        if isinstance(message, OnlineStatus):
+            return self._on_online(message, retained)
+        return self._on_offline(message, retained)
+
+    def _on_online(self, message: OnlineStatus, retained: bool) -> Judgement:
+        judgement = Judgement()
+        now = self._clock.time()
+        record = self._envs.get(message.env)
+        if record is None:
+            record = self._envs[message.env] = EnvRecord(message.env, since=now)
+        elif retained and record.bdseq == message.bdseq and record.seq == message.seq:
+            # The very heartbeat we judged already, delivered again on (re)subscription.
+            return judgement
+        record.last_seen = now
+        record.bdseq = message.bdseq
+        record.seq = message.seq
+        record.boot = message.boot
+        record.interval = message.interval
+        self._deadlines.set(message.env, self._clock.monotonic() + _timeout(message.interval))
+        self._observe_boot(record, now, judgement)
+        if record.status != "online":
+            self._transition(record, "online", HEARTBEAT, now, retained, judgement)
+        judgement.records.append(record.snapshot())
+        return judgement
+
+    def _on_offline(self, message: OfflineStatus, retained: bool) -> Judgement:
+        judgement = Judgement()
+        now = self._clock.time()
+        record = self._envs.get(message.env)
+        if record is None:
+            record = self._envs[message.env] = EnvRecord(message.env, since=now)
+        if record.bdseq is not None and record.bdseq != message.bdseq:
+            self.stale += 1
+            judgement.stale = True
+            return judgement
+        record.bdseq = message.bdseq
+        self._deadlines.cancel(message.env)
+        if record.status != "offline":
+            self._transition(record, "offline", message.reason, now, retained, judgement)
+        judgement.records.append(record.snapshot())
+        return judgement
+
+    def tick(self) -> Judgement:
+        """Judge what time alone decides: heartbeat timeouts, flap windows, quiet identities."""
+        judgement = Judgement()
+        now = self._clock.time()
+        for env in self._deadlines.pop_due(self._clock.monotonic()):
+            record = self._envs[env]
+            if record.status == "online":
+                self._transition(record, "offline", HEARTBEAT_TIMEOUT, now, False, judgement)
+                judgement.records.append(record.snapshot())
+        for edge in self._flaps.expire(now):
+            self._apply_edge(edge, judgement)
+        for edge in self._identity.expire(now):
+            self._apply_edge(edge, judgement)
+        return judgement
+
+    def seconds_until_next(self) -> float | None:
+        """How long until :meth:`tick` has something to do (None: nothing scheduled)."""
+        waits: list[float] = []
+        deadline = self._deadlines.next_deadline()
+        if deadline is not None:
+            waits.append(deadline - self._clock.monotonic())
+        now = self._clock.time()
+        for wall_deadline in (self._flaps.next_deadline(), self._identity.next_deadline()):
+            if wall_deadline is not None:
+                waits.append(wall_deadline - now)
+        return max(0.0, min(waits)) if waits else None
+
+    # --- helpers ------------------------------------------------------------------------
+    def _transition(
+        self,
+        record: EnvRecord,
+        to_status: ViewStatus,
+        reason: str,
+        now: float,
+        during_downtime: bool,
+        judgement: Judgement,
+    ) -> None:
+        from_status = record.status
+        judgement.transitions.append(
+            Transition(record.env, from_status, to_status, reason, now, during_downtime)
+        )
+        record.status = to_status
+        record.since = now
+        record.reason = reason
+        if from_status in _PRESENCE and to_status in _PRESENCE:
+            edge = self._flaps.record(record.env, now)
+            if edge is not None:
+                self._apply_edge(edge, judgement, publish_view=False)
+        judgement.views.append(record.view())
+
+    def _observe_boot(self, record: EnvRecord, now: float, judgement: Judgement) -> None:
+        edge = self._identity.observe(record.env, record.boot, now)
+        if edge is not None:
+            self._apply_edge(edge, judgement)
+
+    def _apply_edge(
+        self, edge: AlertEdge, judgement: Judgement, *, publish_view: bool = True
+    ) -> None:
+        record = self._envs.get(edge.env)
+        judgement.alerts.append(edge)
+        if record is None:
+            return
+        active = edge.state == "raised"
+        if edge.kind == "flapping":
+            record.flapping = active
+            if publish_view:
+                judgement.views.append(record.view())
+                judgement.records.append(record.snapshot())
+        else:
+            record.conflict = active
+            if publish_view:
+                judgement.records.append(record.snapshot())
+
+
+def _timeout(interval: float | None) -> float:
+    if interval is None or not math.isfinite(interval):
+        return TIMEOUT_FACTOR * 60.0
+    return TIMEOUT_FACTOR * interval

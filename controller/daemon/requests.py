@@ -1,0 +1,144 @@
+"""Operator requests: one :data:`shared.rpc.Request` in, one :class:`shared.rpc.Reply` out.
+
+The service hands over each request's payload; :meth:`RequestHandler.handle` decodes it,
+does what it asks (changes through :class:`controller.core.operations.Operations`, which says
+what to store and publish; reads from memory or straight from the database) and returns
+the reply with the effects. A bad payload is a failed reply with code ``invalid`` naming
+the field; a refusal carries its code and one sentence; a database failure is
+``unavailable``. Nothing here raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from edgeplane.controller.core.operations import Effects, Operations
+from edgeplane.controller.daemon.store import Store
+from edgeplane.controller.errors import RequestRefused, StoreError
+from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.rpc import (
+    MAX_REPLY,
+    REQUEST,
+    DeploymentList,
+    DeploymentShow,
+    DeployRequest,
+    EnvCreate,
+    EnvList,
+    EnvRestart,
+    EnvRetire,
+    EnvShow,
+    EnvUpdate,
+    ErrorCode,
+    EventList,
+    LoggedEvent,
+    Reply,
+    Request,
+)
+
+__all__ = ["RequestHandler", "failed"]
+
+ERROR_LIMIT: Final = 2048
+SHOW_EVENTS: Final = 1000  # events in a deployment-show
+
+_READS: Final = (EnvList, EnvShow, DeploymentList, DeploymentShow, EventList)
+
+log = structlog.get_logger("edgeplane.controller.daemon.requests")
+_encoder: Final = msgspec.json.Encoder()
+
+
+def failed(code: ErrorCode, error: str) -> Reply:
+    if len(error) > ERROR_LIMIT:
+        error = error[: ERROR_LIMIT - 3] + "..."
+    return Reply(ok=False, code=code, error=error)
+
+
+class RequestHandler:
+    def __init__(self, operations: Operations, store: Store, *, max_payload: int) -> None:
+        self._ops = operations
+        self._store = store
+        self._max_payload = max_payload
+
+    async def handle(self, payload: bytes) -> tuple[Reply, Effects]:
+        try:
+            request = REQUEST.decode(payload, limit=self._max_payload)
+        except DecodeError as exc:
+            return failed("invalid", f"bad request ({exc.reason}): {exc.detail}"), Effects()
+        try:
+            result, effects = await self._dispatch(request)
+        except RequestRefused as exc:
+            log.info("request refused", op=_op(request), code=exc.code, error=exc.message)
+            return failed(exc.code, exc.message), Effects()
+        except StoreError as exc:
+            log.error("request failed", op=_op(request), error=str(exc))
+            return failed("unavailable", f"the controller cannot do it now: {exc}"), Effects()
+        except Exception as exc:  # a bug must cost one request, not the controller
+            log.exception("request crashed", op=_op(request))
+            return failed("unavailable", f"the controller failed on this request: {exc}"), Effects()
+        if isinstance(request, _READS):
+            log.debug("request done", op=_op(request))
+        else:
+            log.info("request done", op=_op(request))
+        encoded = _encoder.encode(result)
+        if len(encoded) > MAX_REPLY:
+            why = f"the answer ({len(encoded)} bytes) is over the {MAX_REPLY}-byte reply limit"
+            return failed("too-large", f"{why}; ask for fewer (limit)"), effects
+        return Reply(ok=True, result=msgspec.Raw(encoded)), effects
+
+    async def _dispatch(self, request: Request) -> tuple[Any, Effects]:
+        ops = self._ops
+        match request:
+            case EnvCreate():
+                return ops.create(request)
+            case EnvList(project=project, include_retired=include_retired):
+                infos = ops.env_list(project, include_retired)
+                page = [info for info in infos if info.id > request.after][: request.limit]
+                return page, Effects()
+            case EnvShow(id=env):
+                return ops.env_info(env), Effects()
+            case EnvUpdate():
+                return ops.update(request)
+            case EnvRestart():
+                return ops.restart(request)
+            case EnvRetire():
+                return ops.retire(request)
+            case DeployRequest():
+                return ops.deploy(request)
+            case DeploymentList(env=env, limit=limit):
+                return await self._deployments(env, limit), Effects()
+            case DeploymentShow(id=dep):
+                return await self._deployment(dep), Effects()
+            case EventList(env=env, dep=dep, after=after, limit=limit):
+                await self._store.flush()  # what was received so far is in the log
+                events = await self._store.events(env=env, dep=dep, after=after, limit=limit)
+                return _fitting(events), Effects()
+        raise RequestRefused("invalid", f"unknown request {_op(request)!r}")
+
+    async def _deployments(self, env: str, limit: int) -> list[Any]:
+        await self._store.flush()
+        return [d.info() for d in await self._store.deployments(env, limit)]
+
+    async def _deployment(self, dep: str) -> Any:
+        await self._store.flush()
+        deployment = await self._store.deployment(dep)
+        if deployment is None:
+            raise RequestRefused("not-found", f"no deployment {dep!r}")
+        events = await self._store.events(dep=dep, limit=SHOW_EVENTS)
+        return deployment.info(_fitting(events))
+
+
+def _fitting(events: list[LoggedEvent]) -> list[LoggedEvent]:
+    """The first events whose reply fits in :data:`MAX_REPLY` (each event is at most the
+    largest payload, so a page always holds at least one); the rest come on the next ask."""
+    budget = MAX_REPLY - 64 * 1024
+    for count, entry in enumerate(events):
+        budget -= len(_encoder.encode(entry))
+        if budget < 0:
+            return events[: max(count, 1)]
+    return events
+
+
+def _op(request: Request) -> str:
+    return str(type(request).__struct_config__.tag)
