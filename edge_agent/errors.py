@@ -1,20 +1,22 @@
-"""The edge agent's exceptions. Nothing outside :mod:`edge_agent.session` sees paho errors.
+"""The edge agent's exceptions. Nothing outside :mod:`edgeplane.edge_agent.session` sees paho
+errors: they arrive as :class:`BrokerUnavailable`.
 
-AgentError
-├── StateDirError        the state directory or its bdseq file cannot be used
-├── BrokerUnavailable    the MQTT connection could not be made, or was lost
-├── OutboxError          the event outbox (SQLite in the state directory) cannot be used
-├── EventInvalid         an event the controller could not read (a bug in its sender)
-├── EnvironmentRetired   the state directory belongs to a retired environment
-├── SimulatorMissing     ``edge-agent simulate`` is not part of this installation
-├── ModelsDirError       the models directory cannot be listed
-├── SecretsFileError     the secrets file is refused (also a SettingsError: exit status 2)
-└── ExecutionError       a deployment's working or state files cannot be used
+EdgeplaneError
+├── BrokerUnavailable        the MQTT connection could not be made, or was lost (shared.errors)
+└── AgentError
+    ├── StateDirError        the state directory or its bdseq file cannot be used
+    ├── OutboxError          the event outbox (SQLite in the state directory) cannot be used
+    ├── EventInvalid         an event the controller could not read (a bug in its sender)
+    ├── EnvironmentRetired   the state directory belongs to a retired environment
+    ├── SimulatorMissing     ``edge-agent simulate`` is not part of this installation
+    ├── ModelsDirError       the models directory cannot be listed
+    ├── SecretsFileError     the secrets file is refused (also a SettingsError: exit status 2)
+    └── ExecutionError       a deployment's working or state files cannot be used
 """
 
 from __future__ import annotations
 
-from edgeplane.shared.errors import EdgeplaneError, SettingsError
+from edgeplane.shared.errors import BrokerUnavailable, EdgeplaneError, SettingsError
 
 __all__ = [
     "AgentError",
@@ -36,10 +38,6 @@ class AgentError(EdgeplaneError):
 
 class StateDirError(AgentError):
     """The state directory cannot be created, read or written, or holds a corrupt file."""
-
-
-class BrokerUnavailable(AgentError):
-    """The connection to the broker could not be made or was lost."""
 
 
 class SimulatorMissing(AgentError):

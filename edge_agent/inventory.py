@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import structlog
 
-if TYPE_CHECKING:
-    from packaging.version import Version
-
 from edgeplane.edge_agent.errors import ModelsDirError
+from edgeplane.shared.versions import version_order
 
-__all__ = ["scan_models", "version_key"]
+__all__ = ["scan_models"]
 
 log = structlog.get_logger(__name__)
 
@@ -35,18 +32,8 @@ def scan_models(models_dir: Path | None) -> dict[str, list[str]]:
         return {}
     models: dict[str, list[str]] = {}
     for name in _subdirectories(models_dir, strict=True):
-        models[name] = sorted(_subdirectories(models_dir / name, strict=False), key=version_key)
+        models[name] = sorted(_subdirectories(models_dir / name, strict=False), key=version_order)
     return models
-
-
-def version_key(version: str) -> tuple[int, Version | str]:
-    """Sort key: PEP 440 versions in their order, then anything else by its text."""
-    from packaging.version import InvalidVersion, Version  # only an agent with models pays
-
-    try:
-        return (0, Version(version))
-    except InvalidVersion:
-        return (1, version)
 
 
 def _subdirectories(directory: Path, *, strict: bool) -> list[str]:

@@ -1,22 +1,38 @@
 """The exceptions of the wire contract.
 
 EdgeplaneError
-├── InvalidId          an environment id that is not topic-safe
-├── InvalidTopic       a topic outside the tree, or with a bad id in it
-├── DecodeError        a payload that is not a valid message (``reason`` says why)
-├── InvalidBrokerUrl   a ``--broker`` value that is not mqtt:// or mqtts://
-├── SettingsError      a bad flag, environment variable or config-file value
-└── WorkflowFileError  a workflow file that cannot be read or is not a valid workflow
+├── InvalidId           an environment id that is not topic-safe
+├── InvalidTopic        a topic outside the tree, or with a bad id in it
+├── DecodeError         a payload that is not a valid message (``reason`` says why)
+├── InvalidBrokerUrl    a ``--broker`` value that is not mqtt:// or mqtts://
+├── InvalidVersionSpec  a model version specifier that is not PEP 440
+├── SettingsError       a bad flag, environment variable or config-file value
+├── WorkflowFileError   a workflow file that cannot be read or is not a valid workflow
+├── BrokerUnavailable   the MQTT connection could not be made, or was lost
+└── RequestRefused      an operator request the controller refused (``code`` says why)
+
+``BrokerUnavailable`` and ``RequestRefused`` are raised on both sides of the wire (the
+agent and the controller lose connections; the controller refuses a request and the
+operator's client reports it), so they are defined here, once; each package's own
+exception module lists them in its tree.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeplane.shared.rpc import ErrorCode
+
 __all__ = [
+    "BrokerUnavailable",
     "DecodeError",
     "EdgeplaneError",
     "InvalidBrokerUrl",
     "InvalidId",
     "InvalidTopic",
+    "InvalidVersionSpec",
+    "RequestRefused",
     "SettingsError",
     "WorkflowFileError",
 ]
@@ -68,3 +84,26 @@ class WorkflowFileError(EdgeplaneError, ValueError):
         self.file = file
         self.where = where
         self.problem = problem
+
+
+class InvalidVersionSpec(EdgeplaneError, ValueError):
+    """A model version specifier that is not PEP 440 (``>=2.1,<3``; empty: any)."""
+
+    def __init__(self, specifier: str) -> None:
+        super().__init__(f"invalid version specifier {specifier!r}")
+        self.specifier = specifier
+
+
+class BrokerUnavailable(EdgeplaneError):
+    """The connection to the broker could not be made, or was lost."""
+
+
+class RequestRefused(EdgeplaneError):
+    """A request refused with a code from :data:`edgeplane.shared.rpc.ErrorCode` and one
+    sentence for people; the controller answers it as a failed reply, and the operator's
+    client raises it again from that reply."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message

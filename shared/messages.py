@@ -9,7 +9,7 @@ tagged by its ``status`` field (``online`` / ``offline``), commands and events b
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
@@ -51,6 +51,7 @@ __all__ = [
     "Succeeded",
     "Update",
     "ViewStatus",
+    "replace",
 ]
 
 ENV_ID_REGEX: Final = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
@@ -367,3 +368,11 @@ Event = (
     | Expired
     | Ack
 )
+
+
+_M = TypeVar("_M", bound=msgspec.Struct)
+
+
+def replace(message: _M, **changes: Any) -> _M:
+    """A copy of a (frozen) message with some fields changed."""
+    return msgspec.structs.replace(message, **changes)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.oplog import WINDOW, SeenEvents
+from edgeplane.controller.core.records import LogEntry, ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
-from edgeplane.controller.daemon.store import MIGRATIONS, Inventory, LogEntry, Writes, open_store
+from edgeplane.controller.daemon.store import MIGRATIONS, open_store
 from edgeplane.shared.messages import Accepted, Event, Platform, Succeeded
 from edgeplane.shared.workflow import Step, Workflow
 
@@ -63,7 +64,7 @@ async def test_rows_written_through_the_queue_are_read_back(tmp_path: Path) -> N
     async with open_store(db) as store:
         writes = Writes(
             records=[record],
-            inventory=[Inventory("edge-a", {"detector": ["2.1"]}, platform, 3.0)],
+            inventory=[ReportedInventory("edge-a", {"detector": ["2.1"]}, platform, 3.0)],
             deployments=[deployment("d-1"), deployment("d-2", "succeeded", 11.0)],
             urgent=True,
         )

@@ -16,12 +16,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
-
 from edgeplane.controller.core.presence import EnvRecord
 from edgeplane.controller.core.registry import Environment, no_such_environment
+from edgeplane.shared.errors import InvalidVersionSpec
 from edgeplane.shared.rpc import ErrorCode
+from edgeplane.shared.versions import best_match
 from edgeplane.shared.workflow import ModelNeed, Workflow
 
 __all__ = [
@@ -97,7 +96,7 @@ def judge_deploy(
     if not dry_run:
         try:
             missing = missing_models(env, workflow.requires.models, models)
-        except InvalidSpecifier as exc:
+        except InvalidVersionSpec as exc:
             return Refuse("invalid", f"workflow requires.models: {exc}")
         if missing:
             return Refuse("missing-model", "; ".join(missing))
@@ -118,13 +117,12 @@ def missing_models(
     env: str, needs: Sequence[ModelNeed], models: Mapping[str, Sequence[str]] | None
 ) -> list[str]:
     """One sentence per required model that the inventory lacks (none: all present).
-    Raises :class:`InvalidSpecifier` for a version specifier that is not PEP 440."""
+    Raises :class:`InvalidVersionSpec` for a version specifier that is not PEP 440."""
     missing: list[str] = []
     held = models or {}
     for need in needs:
-        specifier = SpecifierSet(need.version)
         versions = held.get(need.name, [])
-        if any(_matches(specifier, version) for version in versions):
+        if best_match(need.version, versions) is not None:
             continue
         wanted = f"{need.name} {need.version}".strip()
         if versions:
@@ -135,13 +133,6 @@ def missing_models(
             has = f"it has no {need.name}"
         missing.append(f"model {wanted} is not on {env} ({has})")
     return missing
-
-
-def _matches(specifier: SpecifierSet, version: str) -> bool:
-    try:
-        return specifier.contains(Version(version), prereleases=True)
-    except InvalidVersion:
-        return False
 
 
 def iso_time(timestamp: float) -> str:

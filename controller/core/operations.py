@@ -18,17 +18,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
-
 from edgeplane.controller.core.deployments import Deployment, DeploymentBook
 from edgeplane.controller.core.gate import Queue, Refuse, judge_deploy, offline_sentence
 from edgeplane.controller.core.oplog import SeenEvents
 from edgeplane.controller.core.presence import EnvRecord, Presence
+from edgeplane.controller.core.records import LogEntry, ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment, Registry
-from edgeplane.controller.daemon.store import Inventory, LogEntry, Writes
-from edgeplane.controller.errors import RequestRefused
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.codec import encode
+from edgeplane.shared.errors import RequestRefused
 from edgeplane.shared.messages import (
     Command,
     Deploy,
@@ -41,6 +39,7 @@ from edgeplane.shared.messages import (
     Retire,
     Stopped,
     Update,
+    replace,
 )
 from edgeplane.shared.rpc import (
     DeploymentInfo,
@@ -94,7 +93,7 @@ class Operations:
         *,
         command_ttl: float,
         records: Iterable[Environment] = (),
-        inventories: Iterable[Inventory] = (),
+        inventories: Iterable[ReportedInventory] = (),
         deployments: Iterable[Deployment] = (),
         seen: Iterable[tuple[str, str, int]] = (),
         controller_seq: int = 0,
@@ -104,7 +103,7 @@ class Operations:
         self._presence = presence
         self._command_ttl = command_ttl
         self.registry = Registry(records)
-        self._inventory: dict[str, Inventory] = {i.env: i for i in inventories}
+        self._inventory: dict[str, ReportedInventory] = {i.env: i for i in inventories}
         self.book = DeploymentBook(clock, deployments)
         self.seen = SeenEvents(seen)
         self._seq = controller_seq
@@ -135,7 +134,7 @@ class Operations:
         registered = record is not None
         if view.registered == registered:
             return view
-        return msgspec.structs.replace(view, registered=registered)
+        return replace(view, registered=registered)
 
     def expected_views(self) -> dict[str, EnvView | None]:
         """What ``R/view/{env}`` should hold for every environment known (None: nothing,
@@ -168,7 +167,7 @@ class Operations:
             effects.extend(self._came_online(message.env))
         return effects
 
-    def _take_inventory(self, message: OnlineStatus) -> Inventory:
+    def _take_inventory(self, message: OnlineStatus) -> ReportedInventory:
         known = self._inventory.get(message.env)
         models: Mapping[str, Sequence[str]] = (
             message.models if message.models is not None else (known.models if known else {})
@@ -176,7 +175,7 @@ class Operations:
         platform = message.platform if message.platform is not None else (
             known.platform if known else None
         )  # fmt: skip
-        inventory = Inventory(message.env, models, platform, self._clock.time())
+        inventory = ReportedInventory(message.env, models, platform, self._clock.time())
         self._inventory[message.env] = inventory
         return inventory
 
@@ -339,7 +338,7 @@ class Operations:
     def _command(self, env: str, command: Command) -> Outgoing:
         ttl = self._command_ttl
         if command.expires is None:
-            command = msgspec.structs.replace(command, expires=self._clock.time() + ttl)
+            command = replace(command, expires=self._clock.time() + ttl)
         return Outgoing(self._root.cmd(env), encode(command), False, expiry=max(1, round(ttl)))
 
     def _require_online(self, env: str, what: str) -> None:
@@ -391,7 +390,7 @@ def _record_fields(
 
 
 def _runtime_fields(
-    record: Environment | None, presence: EnvRecord | None, inventory: Inventory | None
+    record: Environment | None, presence: EnvRecord | None, inventory: ReportedInventory | None
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if inventory is not None:

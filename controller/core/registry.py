@@ -16,8 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
-from edgeplane.controller.errors import RequestRefused
-from edgeplane.shared.errors import InvalidId
+from edgeplane.shared.errors import InvalidId, RequestRefused
 from edgeplane.shared.ids import STAGES, derive_env_id, validate_env_id
 from edgeplane.shared.rpc import EnvCreate
 

@@ -24,8 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -35,21 +34,14 @@ import msgspec
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
+from edgeplane.controller.core.records import LogEntry, ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
 from edgeplane.controller.errors import StoreError
 from edgeplane.shared.messages import Event, Platform
 from edgeplane.shared.rpc import LoggedEvent
 from edgeplane.shared.workflow import Workflow
 
-__all__ = [
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
-    "Inventory",
-    "LogEntry",
-    "Store",
-    "Writes",
-    "open_store",
-]
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "open_store"]
 
 MIGRATIONS: Final[tuple[str, ...]] = (
     # version 1: environments, every transition, every alert edge
@@ -186,46 +178,6 @@ _labels_decoder: Final = msgspec.json.Decoder(dict[str, str])
 _platform_decoder: Final = msgspec.json.Decoder(Platform)
 _workflow_decoder: Final = msgspec.json.Decoder(Workflow)
 _event_decoder: Final = msgspec.json.Decoder(Event)
-
-
-@dataclass(frozen=True, slots=True)
-class Inventory:
-    """What an agent last reported holding: model name -> versions, and its platform."""
-
-    env: str
-    models: Mapping[str, Sequence[str]]
-    platform: Platform | None
-    updated: float
-
-
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """An event for the operations log, with the controller's receipt time."""
-
-    event: Event
-    at: float
-
-
-@dataclass(slots=True)
-class Writes:
-    """Rows other than presence: each list is written in one batch; ``urgent`` ends the
-    writer's wait for company (something waits for the commit: a reply, a command)."""
-
-    records: list[Environment] = field(default_factory=list)
-    inventory: list[Inventory] = field(default_factory=list)
-    deployments: list[Deployment] = field(default_factory=list)
-    events: list[LogEntry] = field(default_factory=list)
-    urgent: bool = False
-
-    def extend(self, other: Writes) -> None:
-        self.records.extend(other.records)
-        self.inventory.extend(other.inventory)
-        self.deployments.extend(other.deployments)
-        self.events.extend(other.events)
-        self.urgent = self.urgent or other.urgent
-
-    def __bool__(self) -> bool:
-        return bool(self.records or self.inventory or self.deployments or self.events)
 
 
 _CLOSE: Final = object()  # the writer's stop signal, queued after everything else
@@ -388,7 +340,7 @@ class Store:
         )
         return [_environment(row) for row in rows]
 
-    async def inventories(self) -> list[Inventory]:
+    async def inventories(self) -> list[ReportedInventory]:
         rows = await self._query("SELECT env, models, platform, updated FROM inventory")
         return [_inventory(row) for row in rows]
 
@@ -580,15 +532,15 @@ def _environment(row: Sequence[Any]) -> Environment:
     )  # fmt: skip
 
 
-def _inventory_row(inventory: Inventory) -> tuple[Any, ...]:
+def _inventory_row(inventory: ReportedInventory) -> tuple[Any, ...]:
     models = _json.encode({name: list(v) for name, v in inventory.models.items()}).decode()
     platform = None if inventory.platform is None else _json.encode(inventory.platform).decode()
     return (inventory.env, models, platform, inventory.updated)
 
 
-def _inventory(row: Sequence[Any]) -> Inventory:
+def _inventory(row: Sequence[Any]) -> ReportedInventory:
     env, models, platform, updated = row
-    return Inventory(
+    return ReportedInventory(
         env,
         _decode(_models_decoder, models, "models"),
         None if platform is None else _decode(_platform_decoder, platform, "platform"),

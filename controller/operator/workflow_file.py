@@ -31,10 +31,9 @@ from typing import Annotated, Any, Final, Union, get_args, get_origin, get_type_
 
 import msgspec
 import yaml
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
 
-from edgeplane.shared.errors import WorkflowFileError
+from edgeplane.shared.errors import InvalidVersionSpec, WorkflowFileError
+from edgeplane.shared.versions import check_specifier, is_version
 from edgeplane.shared.workflow import Workflow
 
 __all__ = ["MAX_FILE_SIZE", "WorkflowFile", "load_workflow", "read_workflow_file"]
@@ -402,14 +401,9 @@ def _check_semantics(workflow: Workflow, name: str) -> None:
 
 def _check_specifier(text: str, name: str, where: str) -> None:
     try:
-        SpecifierSet(text)
-    except InvalidSpecifier:
-        hint = ""
-        try:
-            Version(text)
-            hint = f' (for exactly this version write "=={text}")'
-        except InvalidVersion:
-            pass
+        check_specifier(text)
+    except InvalidVersionSpec:
+        hint = f' (for exactly this version write "=={text}")' if is_version(text) else ""
         raise WorkflowFileError(
             name,
             f'{json.dumps(text)} is not a PEP 440 version specifier such as ">=2.1,<3"{hint}',
@@ -418,9 +412,7 @@ def _check_specifier(text: str, name: str, where: str) -> None:
 
 
 def _warnings(workflow: Workflow, name: str) -> Iterator[str]:
-    try:
-        Version(workflow.version)
-    except InvalidVersion:
+    if not is_version(workflow.version):
         yield (
             f"{name}: version: {json.dumps(workflow.version)} is not a PEP 440 version "
             "(such as 1.4.0); it is kept as a label"

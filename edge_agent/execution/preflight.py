@@ -31,12 +31,10 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.version import InvalidVersion, Version
-
-from edgeplane.edge_agent.inventory import version_key
 from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.errors import InvalidVersionSpec
 from edgeplane.shared.messages import Check, CheckKind
+from edgeplane.shared.versions import best_match, version_order
 from edgeplane.shared.workflow import BucketAccess, BucketNeed, DatasourceNeed, ModelNeed, Workflow
 
 __all__ = [
@@ -156,21 +154,20 @@ def _bind_endpoint(name: str, endpoints: Mapping[str, str]) -> Callable[[], Verd
 
 
 def check_model(need: ModelNeed, held: Mapping[str, Sequence[str]]) -> Verdict:
-    """Held and some held version matches ``need.version`` (a PEP 440 specifier)."""
+    """Held, and some held version satisfies ``need.version`` (the rule of
+    :mod:`edgeplane.shared.versions`, which the controller's gate keeps too)."""
     versions = held.get(need.name)
     if versions is None:
         return False, f"{need.name}: not in the models dir"
     try:
-        wanted = SpecifierSet(need.version)
-    except InvalidSpecifier:
+        best = best_match(need.version, versions)
+    except InvalidVersionSpec:
         return False, f"{need.name}: invalid version specifier {need.version!r}"
-    have = ", ".join(sorted(versions, key=version_key)) or "no versions"
-    parsed = [v for v in (_parse_version(text) for text in versions) if v is not None]
-    matching = sorted(wanted.filter(parsed))
-    if not need.version and versions:
+    have = ", ".join(sorted(versions, key=version_order)) or "no versions"
+    if best is not None and not need.version:
         return True, f"{need.name}: have {have}; any version will do"
-    if matching:
-        return True, f"{need.name}: {matching[-1]} satisfies {need.version}"
+    if best is not None:
+        return True, f"{need.name}: {best} satisfies {need.version}"
     return False, f"{need.name}: have {have}; need {need.version or 'any version'}"
 
 
@@ -186,13 +183,6 @@ def check_endpoint(name: str, endpoints: Mapping[str, str]) -> Verdict:
     if endpoints.get(name):
         return True, "configured"
     return False, "not configured on the agent ([endpoints] in its config file)"
-
-
-def _parse_version(text: str) -> Version | None:
-    try:
-        return Version(text)
-    except InvalidVersion:
-        return None
 
 
 # --- probes at the edge ----------------------------------------------------------------------

@@ -1,0 +1,54 @@
+"""The rows the core hands the store, besides presence judgements: what an agent reported,
+operations-log entries, and a batch of writes. Plain values: the store
+(:mod:`edgeplane.controller.daemon.store`) writes them, the core never sees SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from edgeplane.controller.core.deployments import Deployment
+from edgeplane.controller.core.registry import Environment
+from edgeplane.shared.messages import Event, Platform
+
+__all__ = ["LogEntry", "ReportedInventory", "Writes"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedInventory:
+    """What an agent last reported holding: model name -> versions, and its platform."""
+
+    env: str
+    models: Mapping[str, Sequence[str]]
+    platform: Platform | None
+    updated: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """An event for the operations log, with the controller's receipt time."""
+
+    event: Event
+    at: float
+
+
+@dataclass(slots=True)
+class Writes:
+    """Rows other than presence: each list is written in one batch; ``urgent`` ends the
+    writer's wait for company (something waits for the commit: a reply, a command)."""
+
+    records: list[Environment] = field(default_factory=list)
+    inventory: list[ReportedInventory] = field(default_factory=list)
+    deployments: list[Deployment] = field(default_factory=list)
+    events: list[LogEntry] = field(default_factory=list)
+    urgent: bool = False
+
+    def extend(self, other: Writes) -> None:
+        self.records.extend(other.records)
+        self.inventory.extend(other.inventory)
+        self.deployments.extend(other.deployments)
+        self.events.extend(other.events)
+        self.urgent = self.urgent or other.urgent
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.inventory or self.deployments or self.events)

@@ -1,0 +1,93 @@
+"""The house rules of docs/architecture.md, checked on the source: who may import whom.
+
+Every import statement counts, also those inside functions (lazy imports are still
+dependencies) and under ``TYPE_CHECKING``.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FOLDERS = {"controller": "edgeplane.controller", "edge_agent": "edgeplane.edge_agent"}
+FOLDERS["shared"] = "edgeplane.shared"
+
+
+def module_name(path: Path) -> str:
+    folder, *rest = path.relative_to(REPO).with_suffix("").parts
+    parts = [FOLDERS[folder], *rest]
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> Iterator[str]:
+    """The absolute name of every module ``path`` imports (``from a import b``: ``a``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            assert node.module is not None
+            yield node.module
+
+
+def sources(folder: str) -> list[Path]:
+    return sorted((REPO / folder).rglob("*.py"))
+
+
+def top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def is_stdlib(name: str) -> bool:
+    return top(name) in sys.stdlib_module_names or name == "__future__"
+
+
+def violations(folder: str, allowed: Callable[[Path, str], bool]) -> list[str]:
+    found = []
+    for path in sources(folder):
+        for name in imports_of(path):
+            if not allowed(path, name):
+                found.append(f"{path.relative_to(REPO)} imports {name}")
+    return found
+
+
+def within(name: str, *packages: str) -> bool:
+    return any(name == package or name.startswith(package + ".") for package in packages)
+
+
+def test_every_source_file_is_seen() -> None:
+    assert len(sources("controller")) > 30
+    assert len(sources("edge_agent")) > 20
+    assert module_name(REPO / "controller" / "core" / "gate.py") == "edgeplane.controller.core.gate"
+
+
+@pytest.mark.parametrize(
+    ("folder", "other"), [("controller", "edge_agent"), ("edge_agent", "controller")]
+)
+def test_controller_and_agent_never_import_each_other(folder: str, other: str) -> None:
+    assert violations(folder, lambda _, name: not within(name, FOLDERS[other])) == []
+
+
+def test_shared_imports_neither_side() -> None:
+    sides = (FOLDERS["controller"], FOLDERS["edge_agent"])
+    assert violations("shared", lambda _, name: not within(name, *sides)) == []
+
+
+def test_the_core_is_pure() -> None:
+    """controller/core/ decides over messages and a clock: the standard library and the
+    contract only (no MQTT, no SQLite, no files)."""
+
+    def allowed(path: Path, name: str) -> bool:
+        if not path.is_relative_to(REPO / "controller" / "core"):
+            return True
+        return is_stdlib(name) or within(name, "edgeplane.shared", "edgeplane.controller.core")
+
+    assert violations("controller", allowed) == []
