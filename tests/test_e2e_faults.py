@@ -470,8 +470,13 @@ async def test_a_queued_deployment_expires_on_time_across_a_controller_kill(
         assert system.controller is not None
         await system.controller.kill()
         await system.start_controller()
+        back = time.time()  # the new controller is up: from here on, expiry is its job
         end = await system.wait_deployment(dep, END_STATES)
         assert end["state"] == "expired", end
+        # On time: at its deadline (created + ttl), or as soon as the new controller is up
+        # if that came later; never before it.
+        assert end["expires"] == pytest.approx(end["created"] + 3, abs=0.01), end
+        assert end["expires"] <= end["updated"] <= max(end["expires"], back) + 1.5, end
         # the agent that comes afterwards gets nothing to run
         await system.start_agent("edge-ttl")
         await system.barrier()
