@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from edgeplane import shared
+from edgeplane.controller.core.operations import new_id
 from edgeplane.controller.daemon.settings import CONTROLLER_SETTINGS
 from edgeplane.edge_agent.heartbeat import message_expiry
 from edgeplane.shared import codec, messages, rpc, workflow
@@ -151,6 +152,9 @@ CHANNEL_FIELDS: Final = {
 PARAMETER_FIELDS: Final = {"enum", "default", "description", "examples", "location"}
 
 PLACEHOLDER: Final = re.compile(r"\{([^{}]+)\}")
+# A command (c-) or deployment (d-) id as the controller makes them, and what looks like one.
+REAL_ID: Final = re.compile(r"[cd]-[0-9a-f]{10}")
+LOOKS_LIKE_ID: Final = re.compile(r"[cd]-[0-9a-f]+")
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -768,6 +772,29 @@ def test_channel_examples_decode_with_the_topic_codec(doc: dict[str, Any], chann
             payload = json.dumps(example["payload"]).encode()
             decoded = decoder.decode(payload)
             assert type(decoded) is struct, f"{example['name']} decodes as {decoded!r}"
+
+
+def strings(node: Any) -> list[str]:
+    """Every string value inside ``node``."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [text for value in node.values() for text in strings(value)]
+    if isinstance(node, list):
+        return [text for item in node for text in strings(item)]
+    return []
+
+
+def test_example_ids_look_like_real_ones(doc: dict[str, Any]) -> None:
+    for prefix in ("c", "d"):
+        assert REAL_ID.fullmatch(new_id(prefix)), f"the controller's ids: {new_id(prefix)!r}"
+    examples = [
+        example for message in all_messages(doc).values() for example in message["examples"]
+    ]
+    ids = {text for text in strings(examples) if LOOKS_LIKE_ID.fullmatch(text)}
+    assert ids, "the examples show command and deployment ids"
+    wrong = sorted(text for text in ids if not REAL_ID.fullmatch(text))
+    assert not wrong, f"ids the controller never makes (it makes {new_id('d')!r}): {wrong}"
 
 
 def test_typical_heartbeat_fits_160_bytes(doc: dict[str, Any]) -> None:
