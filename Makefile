@@ -4,12 +4,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install run test test-fast check lint format typecheck bench mosquitto clean
+.PHONY: help install run test test-fast check lint format typecheck asyncapi asyncapi-cli bench \
+        mosquitto clean
 
 help:
 	@echo "make run        start broker + controller + cloud agent (edgeplane up)"
 	@echo "make test       the whole test suite against a private mosquitto"
-	@echo "make check      ruff (lint + format) and mypy --strict"
+	@echo "make check      ruff (lint + format), mypy --strict and the AsyncAPI validator"
 	@echo "make bench      the benchmarks under bench/ (prints numbers and ratios)"
 
 $(STAMP): pyproject.toml
@@ -51,10 +52,23 @@ typecheck: $(STAMP)
 	@for pkg in controller edge_agent shared; do ln -sfn ../../../$$pkg $(TYPECHECK_TREE)/$$pkg; done
 	$(BIN)/mypy
 
-check: lint typecheck
+# The official AsyncAPI validator on docs/asyncapi.yaml (tests/test_asyncapi.py checks the
+# document against the code). Its pinned npm install lives in .tools/asyncapi and is made
+# here when missing or when scripts/asyncapi-cli/package-lock.json changed, as the venv is.
+ASYNCAPI_STAMP := .tools/asyncapi/.installed
+
+$(ASYNCAPI_STAMP): scripts/asyncapi-cli/package.json scripts/asyncapi-cli/package-lock.json
+	scripts/asyncapi install
+
+asyncapi-cli: $(ASYNCAPI_STAMP)
+
+asyncapi: $(ASYNCAPI_STAMP)
+	scripts/asyncapi validate
+
+check: lint typecheck asyncapi
 
 bench: $(STAMP) mosquitto
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis

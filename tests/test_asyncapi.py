@@ -4,7 +4,10 @@ The document must parse as AsyncAPI 3, name every topic the code builds, carry p
 schemas that are exactly what msgspec makes of the Structs in shared/messages.py,
 shared/rpc.py and shared/workflow.py, and hold only examples that the project's own decoders
 accept. A new topic builder, a new Struct or a changed field without the matching change to
-the document fails here.
+the document fails here. Two differences are by design: the document's tagged unions carry
+no ``discriminator`` (msgspec writes OpenAPI's object, which is not AsyncAPI), and
+``Reply.result``, raw JSON in the code, is the union of ``rpc.RESULT_TYPES``. The official
+validator (``make asyncapi``) checks the rest of what AsyncAPI 3 requires.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pytest
 import yaml
 
 from edgeplane import shared
+from edgeplane.controller.core.operations import new_id
 from edgeplane.controller.daemon.settings import CONTROLLER_SETTINGS
 from edgeplane.edge_agent.heartbeat import message_expiry
 from edgeplane.shared import codec, messages, rpc, workflow
@@ -77,6 +81,13 @@ TOPIC_MESSAGES: Final[dict[TopicKind, Any]] = {
     TopicKind.REPLY: rpc.Reply,
 }
 WIRE_MODULES: Final = (messages, rpc, workflow)
+
+# The zero-length retained payload that deletes a topic's retained message, and the topics
+# that carry it: a retiring agent's status (edge_agent.agent) and a retired environment's
+# view (controller.core.operations); test_agent_commands_e2e.py and test_controller_deploy.py
+# see them on the wire. It is no Struct: decoders report it as "empty".
+CLEARED: Final = "Cleared"
+CLEARED_KINDS: Final = {TopicKind.STATUS, TopicKind.VIEW}
 
 # Fields of the AsyncAPI MQTT bindings, version 0.2.0 (asyncapi/bindings, mqtt/README.md).
 MQTT_BINDING_FIELDS: Final = {
@@ -141,6 +152,9 @@ CHANNEL_FIELDS: Final = {
 PARAMETER_FIELDS: Final = {"enum", "default", "description", "examples", "location"}
 
 PLACEHOLDER: Final = re.compile(r"\{([^{}]+)\}")
+# A command (c-) or deployment (d-) id as the controller makes them, and what looks like one.
+REAL_ID: Final = re.compile(r"[cd]-[0-9a-f]{10}")
+LOOKS_LIKE_ID: Final = re.compile(r"[cd]-[0-9a-f]+")
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -259,12 +273,43 @@ def normalized(document: dict[str, Any], node: Any) -> Any:
             result[key] = value
         elif key == "properties":  # field names, whatever they are called
             result[key] = {name: normalized(document, schema) for name, schema in value.items()}
-        elif key == "discriminator":  # mapping values are references: compare their targets
-            mapping = {tag: ref.rsplit("/", 1)[-1] for tag, ref in value["mapping"].items()}
-            result[key] = {**value, "mapping": mapping}
+        elif key == "discriminator":  # msgspec's; says only what the members' tags say
+            check_discriminator(document, node, value)
         else:
             result[key] = normalized(document, value)
     return result
+
+
+def check_discriminator(document: dict[str, Any], union: dict[str, Any], value: Any) -> None:
+    """An OpenAPI ``discriminator`` (msgspec marks a tagged union with one) must say what
+    the union's members say: each member requires the tag field and fixes its one tag."""
+    assert isinstance(value, dict), f"not an OpenAPI discriminator: {value!r}"
+    field = value["propertyName"]
+    tags: dict[str, str] = {}
+    for member in union["anyOf"]:
+        schema = resolve(document, member)
+        assert field in schema["required"], f"{member['$ref']} does not require {field!r}"
+        (tag,) = schema["properties"][field]["enum"]
+        tags[tag] = member["$ref"]
+    assert value["mapping"] == tags, "the discriminator's mapping differs from the members' tags"
+
+
+def discriminators(node: Any, path: str = "#") -> list[str]:
+    """Where a schema in ``node`` carries a ``discriminator`` (property names aside)."""
+    found: list[str] = []
+    if isinstance(node, list):
+        for index, item in enumerate(node):
+            found += discriminators(item, f"{path}/{index}")
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key == "discriminator":
+                found.append(path)
+            elif key == "properties" and isinstance(value, dict):
+                for name, schema in value.items():
+                    found += discriminators(schema, f"{path}/properties/{name}")
+            else:
+                found += discriminators(value, f"{path}/{key}")
+    return found
 
 
 def schema_ready(struct: type[msgspec.Struct]) -> type[msgspec.Struct]:
@@ -292,10 +337,31 @@ def schema_ready(struct: type[msgspec.Struct]) -> type[msgspec.Struct]:
     )
 
 
-def generated_schema(struct: type[msgspec.Struct]) -> dict[str, Any]:
-    """What msgspec makes of a Struct, as a standalone schema."""
+def result_types() -> list[Any]:
+    """The types a ``Reply.result`` holds: each request's (``rpc.RESULT_TYPES``, once each),
+    then None (a failed reply)."""
+    distinct: list[Any] = []
+    for result in rpc.RESULT_TYPES.values():
+        if result not in distinct:
+            distinct.append(result)
+    return [*distinct, None]
+
+
+def generated_schema(struct: Any) -> dict[str, Any]:
+    """What msgspec makes of a Struct (or any type), as a standalone schema. The raw
+    ``Reply.result`` becomes the union of the results, since msgspec cannot say it."""
+    if not (inspect.isclass(struct) and issubclass(struct, msgspec.Struct)):
+        schema = msgspec.json.schema(struct)
+        return {"$defs": schema.pop("$defs", {}), "root": schema}
     schema = msgspec.json.schema(schema_ready(struct))
-    definitions = schema.get("$defs", {})
+    definitions = schema.pop("$defs", {})
+    if struct is rpc.Reply:
+        members, parts = msgspec.json.schema_components(
+            result_types(), ref_template="#/$defs/{name}"
+        )
+        definitions.update(parts)
+        result = definitions[struct.__name__]["properties"]["result"]
+        definitions[struct.__name__]["properties"]["result"] = {"anyOf": list(members), **result}
     return {"$defs": definitions, "root": schema}
 
 
@@ -304,7 +370,42 @@ def all_messages(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: resolve(document, message) for name, message in components.items()}
 
 
-MESSAGE_NAMES: Final = sorted(load_document()["components"]["messages"])
+def struct_messages(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The messages that are a Struct on the wire: all but the cleared payload."""
+    return {n: m for n, m in all_messages(document).items() if m["name"] != CLEARED}
+
+
+def operation_messages(document: dict[str, Any], action: str) -> dict[str, set[str]]:
+    """Per channel, the references of the messages its ``action`` operations list."""
+    listed: dict[str, set[str]] = {channel: set() for channel in document["channels"]}
+    for operation in document["operations"].values():
+        if operation["action"] == action:
+            channel = operation["channel"]["$ref"].removeprefix("#/channels/")
+            listed[channel].update(message["$ref"] for message in operation["messages"])
+    return listed
+
+
+def channel_message_refs(document: dict[str, Any], channel: str) -> set[str]:
+    """The references of a channel's messages, as operations write them."""
+    keys = document["channels"][channel]["messages"]
+    return {f"#/channels/{channel}/messages/{key}" for key in keys}
+
+
+def references(node: Any) -> set[str]:
+    """Every ``$ref`` inside ``node``."""
+    if isinstance(node, list):
+        return set().union(*(references(item) for item in node))
+    if not isinstance(node, dict):
+        return set()
+    found = {node["$ref"]} if isinstance(node.get("$ref"), str) else set()
+    return found.union(*(references(value) for value in node.values()))
+
+
+MESSAGE_NAMES: Final = sorted(
+    name
+    for name, message in load_document()["components"]["messages"].items()
+    if message["name"] != CLEARED
+)
 CHANNEL_NAMES: Final = sorted(load_document()["channels"])
 
 
@@ -472,16 +573,22 @@ def test_every_channel_has_a_sender_and_a_receiver(doc: dict[str, Any]) -> None:
     assert not lonely, f"channels without both a send and a receive operation: {lonely}"
 
 
-def test_every_channel_message_is_used_by_an_operation(doc: dict[str, Any]) -> None:
-    used = {
-        message["$ref"]
-        for operation in doc["operations"].values()
-        for message in operation["messages"]
-    }
-    for channel, spec in doc["channels"].items():
-        for message in spec["messages"]:
-            ref = f"#/channels/{channel}/messages/{message}"
-            assert ref in used, f"{ref} is neither sent nor received by any operation"
+def test_every_channel_message_is_sent_by_an_operation(doc: dict[str, Any]) -> None:
+    sent = operation_messages(doc, "send")
+    for channel in doc["channels"]:
+        unsent = channel_message_refs(doc, channel) - sent[channel]
+        assert not unsent, f"no operation sends {sorted(unsent)}"
+
+
+def test_receivers_list_every_message_of_their_channel(doc: dict[str, Any]) -> None:
+    # A subscriber gets whatever is published on the topic: it cannot choose messages.
+    for name, operation in doc["operations"].items():
+        if operation["action"] != "receive":
+            continue
+        channel = operation["channel"]["$ref"].removeprefix("#/channels/")
+        listed = {message["$ref"] for message in operation["messages"]}
+        missing = channel_message_refs(doc, channel) - listed
+        assert not missing, f"operation {name} receives {channel} but lists not {sorted(missing)}"
 
 
 def test_sends_keep_the_contract_qos_and_retain(doc: dict[str, Any]) -> None:
@@ -512,14 +619,17 @@ def test_heartbeats_expire_after_about_three_intervals(doc: dict[str, Any]) -> N
 
 # --- messages against the Structs -----------------------------------------------------------
 def test_every_wire_struct_has_a_message(doc: dict[str, Any]) -> None:
-    names = {message["name"] for message in all_messages(doc).values()}
+    names = {message["name"] for message in struct_messages(doc).values()}
     assert set(wire_structs()) == names
 
 
 @pytest.mark.parametrize("channel", CHANNEL_NAMES)
 def test_channel_messages_are_what_its_topic_carries(doc: dict[str, Any], channel: str) -> None:
-    carried = TOPIC_MESSAGES[kind_of(doc, channel)]
+    kind = kind_of(doc, channel)
+    carried = TOPIC_MESSAGES[kind]
     expected = {struct.__name__ for struct in typing.get_args(carried) or (carried,)}
+    if kind in CLEARED_KINDS:
+        expected.add(CLEARED)
     names = {resolve(doc, ref)["name"] for ref in doc["channels"][channel]["messages"].values()}
     assert names == expected, f"channel {channel}: messages differ from the topic's decoder"
 
@@ -536,6 +646,44 @@ def test_every_part_struct_has_its_schema(doc: dict[str, Any]) -> None:
         assert actual == expected, (
             f"schema {name} in {ASYNCAPI.name} differs from what msgspec makes of it; "
             f"expected:\n{json.dumps(expected, indent=2)}"
+        )
+
+
+def test_schemas_carry_no_discriminator(doc: dict[str, Any]) -> None:
+    # OpenAPI's {propertyName, mapping} (what msgspec writes) is invalid AsyncAPI; AsyncAPI's
+    # string form is for schemas tagged with their own names, which ours are not. The
+    # members' fixed tags say it all (compared with msgspec's mapping by the tests above).
+    found = discriminators(doc["components"]) + discriminators(doc["channels"], "#/channels")
+    assert not found, f"discriminators in {ASYNCAPI.name}: {found}"
+
+
+def test_every_schema_is_used_by_a_message(doc: dict[str, Any]) -> None:
+    reached: set[str] = set()
+    todo = [ref for message in all_messages(doc).values() for ref in references(message["payload"])]
+    while todo:
+        ref = todo.pop()
+        if ref not in reached:
+            reached.add(ref)
+            todo.extend(references(resolve(doc, {"$ref": ref})))
+    schemas = {f"#/components/schemas/{name}" for name in doc["components"]["schemas"]}
+    unused = schemas - reached
+    assert not unused, f"schemas no message payload refers to: {sorted(unused)}"
+
+
+def test_each_request_names_its_result(doc: dict[str, Any]) -> None:
+    requests = [
+        resolve(doc, ref) for ref in doc["channels"]["controllerRequests"]["messages"].values()
+    ]
+    assert {message["name"] for message in requests} == {
+        request.__name__ for request in rpc.RESULT_TYPES
+    }
+    for message in requests:
+        result = rpc.RESULT_TYPES[wire_structs()[message["name"]]]
+        generated = generated_schema(result)
+        expected = normalized(generated, generated["root"])
+        assert normalized(doc, message["x-result"]) == expected, (
+            f"{message['name']}: x-result differs from rpc.RESULT_TYPES; expected:\n"
+            f"{json.dumps(expected, indent=2)}"
         )
 
 
@@ -599,17 +747,54 @@ def test_payload_schema_is_the_struct_schema(doc: dict[str, Any], message_name: 
     )
 
 
+def test_cleared_is_the_empty_payload(doc: dict[str, Any]) -> None:
+    (cleared,) = (m for m in all_messages(doc).values() if m["name"] == CLEARED)
+    assert normalized(doc, cleared["payload"]) == {"type": "string", "maxLength": 0}
+    assert cleared["contentType"] != doc["defaultContentType"], "zero bytes are not JSON"
+    assert [example["payload"] for example in cleared["examples"]] == [""]
+    for kind in CLEARED_KINDS:
+        assert RETAINED[kind], f"{kind}: only a retained message can be cleared"
+        with pytest.raises(DecodeError) as caught:
+            CODECS[kind].decode(b"")
+        assert caught.value.reason == "empty", f"{kind}: decoders report a cleared payload"
+
+
 @pytest.mark.parametrize("channel", CHANNEL_NAMES)
 def test_channel_examples_decode_with_the_topic_codec(doc: dict[str, Any], channel: str) -> None:
     decoder = CODECS[kind_of(doc, channel)]
     for message_ref in doc["channels"][channel]["messages"].values():
         message = resolve(doc, message_ref)
+        if message["name"] == CLEARED:
+            continue  # no Struct: test_cleared_is_the_empty_payload
         struct = wire_structs()[message["name"]]
         assert message.get("examples"), f"{message['name']} has no example"
         for example in message["examples"]:
             payload = json.dumps(example["payload"]).encode()
             decoded = decoder.decode(payload)
             assert type(decoded) is struct, f"{example['name']} decodes as {decoded!r}"
+
+
+def strings(node: Any) -> list[str]:
+    """Every string value inside ``node``."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [text for value in node.values() for text in strings(value)]
+    if isinstance(node, list):
+        return [text for item in node for text in strings(item)]
+    return []
+
+
+def test_example_ids_look_like_real_ones(doc: dict[str, Any]) -> None:
+    for prefix in ("c", "d"):
+        assert REAL_ID.fullmatch(new_id(prefix)), f"the controller's ids: {new_id(prefix)!r}"
+    examples = [
+        example for message in all_messages(doc).values() for example in message["examples"]
+    ]
+    ids = {text for text in strings(examples) if LOOKS_LIKE_ID.fullmatch(text)}
+    assert ids, "the examples show command and deployment ids"
+    wrong = sorted(text for text in ids if not REAL_ID.fullmatch(text))
+    assert not wrong, f"ids the controller never makes (it makes {new_id('d')!r}): {wrong}"
 
 
 def test_typical_heartbeat_fits_160_bytes(doc: dict[str, Any]) -> None:
