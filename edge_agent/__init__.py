@@ -1,5 +1,5 @@
 """The edgeplane edge agent: announces a runtime target's presence over MQTT and answers
-its commands. Light by design: paho-mqtt, psutil, msgspec and structlog, one thread.
+its commands. Light by design: paho-mqtt, psutil, msgspec and the standard library, one thread.
 
 cli        ``edge-agent run`` / ``edge-agent simulate``
 config     settings (flag > EDGEPLANE_* > --config TOML > default)

@@ -32,8 +32,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-import structlog
-
 from edgeplane.edge_agent.commands import CommandHandler, Execution, UpdateOutcome
 from edgeplane.edge_agent.config import (
     AgentConfig,
@@ -65,7 +63,13 @@ from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.codec import STATUS, encode
 from edgeplane.shared.errors import DecodeError
-from edgeplane.shared.logs import set_level
+from edgeplane.shared.logs import (
+    bind_context,
+    bound_context,
+    get_logger,
+    set_level,
+    unbind_context,
+)
 from edgeplane.shared.messages import Ack, OfflineStatus, Retire, Update
 
 __all__ = ["EVENT_WINDOW", "RETIRE_WAIT", "Agent", "AgentExecutor", "ExecutorFactory", "Phase"]
@@ -84,7 +88,7 @@ MODELS_LOG_GAP: Final = 600.0  # seconds between two log lines about an unusable
 # output files may hold what a step printed).
 EXECUTOR_STATE: Final = ("executor.json", "deployments")
 
-log = structlog.get_logger("edge_agent")
+log = get_logger(__name__)
 
 
 class Phase(enum.Enum):
@@ -241,11 +245,11 @@ class Agent:
     # the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         """Run until stopped; every log line names the environment and the connection."""
-        with structlog.contextvars.bound_contextvars(env=self.config.env_id):
+        with bound_context(env=self.config.env_id):
             try:
                 return self._run()
             finally:
-                structlog.contextvars.unbind_contextvars("bdseq")
+                unbind_context("bdseq")
 
     def _run(self) -> int:
         log.info(
@@ -341,7 +345,7 @@ class Agent:
             return
         self._ever_took_bdseq = True
         self._heartbeat.new_connection(bdseq)
-        structlog.contextvars.bind_contextvars(bdseq=bdseq)
+        bind_context(bdseq=bdseq)
         try:
             self._session.connect((self.status_topic, encode(self._heartbeat.will())))
         except BrokerUnavailable as exc:

@@ -15,14 +15,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import structlog
-
 from edgeplane.edge_agent.errors import ModelsDirError
+from edgeplane.shared.logs import get_logger
 from edgeplane.shared.versions import version_order
 
 __all__ = ["scan_models"]
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 def scan_models(models_dir: Path | None) -> dict[str, list[str]]:

@@ -12,7 +12,6 @@ from typing import Any
 from unittest.mock import ANY
 
 import pytest
-from structlog.testing import capture_logs
 
 from edgeplane.edge_agent.agent import Agent
 from edgeplane.edge_agent.config import AgentConfig
@@ -33,6 +32,7 @@ from edgeplane.edge_agent.waker import Waker
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.clock import Clock, ManualClock
 from edgeplane.shared.topics import TopicRoot
+from tests.support.logs import capture_logs
 
 ENV = "dev-lab-loop"
 ROOT = TopicRoot("loop/v1")

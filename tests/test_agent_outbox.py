@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.edge_agent.errors import EventInvalid, OutboxError
@@ -24,6 +23,7 @@ from edgeplane.shared.codec import EVENT, encode
 from edgeplane.shared.messages import Ack, CommandRejected, Deploy, Pong
 from edgeplane.shared.topics import TopicRoot
 from tests.support.execution import py, workflow
+from tests.support.logs import capture_logs
 from tests.support.probe import open_probe
 from tests.support.procs import Proc
 from tests.test_agent_loop import CMD, ROOT, STATUS, make_agent

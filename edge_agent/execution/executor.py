@@ -51,7 +51,6 @@ from pathlib import Path
 from typing import Any, Final, Self
 
 import msgspec
-import structlog
 
 from edgeplane.edge_agent.errors import AgentError, ExecutionError, ModelsDirError, StateDirError
 from edgeplane.edge_agent.events import EventSink
@@ -77,6 +76,7 @@ from edgeplane.edge_agent.secrets import Secrets
 from edgeplane.edge_agent.state import write_atomically
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.logs import get_logger
 from edgeplane.shared.messages import (
     Accepted,
     Ack,
@@ -102,7 +102,7 @@ STATE_FILE: Final = "executor.json"
 KEEP_PER_WORKFLOW: Final = 5
 DEPLOYMENT_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 
 # --- the record on disk --------------------------------------------------------------------
