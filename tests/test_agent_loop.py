@@ -21,8 +21,8 @@ from edgeplane.edge_agent.session import (
     Connected,
     Disconnected,
     MessageIn,
+    MqttSession,
     Published,
-    Session,
     SessionEvent,
     Subscribed,
 )
@@ -41,7 +41,7 @@ CMD = ROOT.cmd(ENV)
 EVENTS = ROOT.events(ENV)
 
 
-class ScriptedBroker(Session):
+class ScriptedBroker(MqttSession):
     """Answers CONNECT, SUBSCRIBE and PUBLISH at once, moves the clock on each poll, and
     runs scripted actions at their times."""
 
@@ -78,7 +78,7 @@ class ScriptedBroker(Session):
         self._mid += 1
         return self._mid
 
-    # Session ------------------------------------------------------------------------------
+    # MqttSession ------------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
         return self.open
