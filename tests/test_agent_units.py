@@ -4,6 +4,9 @@ settings resolution (the command path: tests/test_agent_command_path.py)."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,13 +192,27 @@ def test_an_empty_models_dir_is_reported_as_no_models() -> None:
     assert b"models" not in encode(builder.online())
 
 
+BOOT_OF_A_NEW_PROCESS = """
+from edgeplane.edge_agent.heartbeat import HeartbeatBuilder
+from edgeplane.edge_agent.metrics import Sample
+from edgeplane.shared.clock import ManualClock
+print(HeartbeatBuilder("e", 1.0, ManualClock(), lambda: Sample(None, None, None)).boot)
+"""
+
+
 def test_boot_id_differs_between_processes() -> None:
-    clock = ManualClock()
-    boots = {
-        HeartbeatBuilder("e", 1.0, clock, lambda: Sample(None, None, None)).boot for _ in range(20)
-    }
-    assert len(boots) == 20
-    assert all(len(boot) == 6 for boot in boots)
+    """Each start of the agent process has a boot id of its own (six hex digits): five
+    fresh interpreters, five boot ids."""
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", BOOT_OF_A_NEW_PROCESS], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(5)
+    ]
+    boots = [start.communicate(timeout=60)[0].strip() for start in starts]
+    assert all(start.returncode == 0 for start in starts)
+    assert len(set(boots)) == 5, boots
+    assert all(re.fullmatch(r"[0-9a-f]{6}", boot) for boot in boots), boots
 
 
 def test_message_expiry_is_about_three_intervals() -> None:
