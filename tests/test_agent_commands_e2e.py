@@ -19,10 +19,10 @@ from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import Deploy
 from edgeplane.shared.topics import TopicRoot
+from tests.support.agent_procs import start_agent, wait_online
 from tests.support.execution import py, workflow
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc
-from tests.test_agent_presence import start_agent, wait_online
 
 
 def append_step(path: Path, name: str = "append") -> Any:
