@@ -170,8 +170,10 @@ def unwanted(name):
     )
 bad = sorted(m for m in sys.modules if unwanted(m))
 print("exit", code, "imported", ",".join(bad) or "-")
-# an agent that ran nothing has not loaded the execution code (memory: see ondemand.py)
-loaded = [m for m in ("edgeplane.edge_agent.execution.executor", "packaging") if m in sys.modules]
+# an agent that ran nothing has not loaded the execution code (memory: see ondemand.py),
+# and on Linux it reads its metrics without psutil (see metrics.py)
+later = ("edgeplane.edge_agent.execution.executor", "packaging", "psutil")
+loaded = [m for m in later if m in sys.modules]
 print("execution", ",".join(loaded) or "-")
 """
     args = ["run", "--env-id", "dev-lab-imports", "--broker", broker.url]

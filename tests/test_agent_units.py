@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from edgeplane.edge_agent import metrics
 from edgeplane.edge_agent.config import (
     AgentConfig,
     Overrides,
@@ -228,6 +229,30 @@ def test_host_metrics_are_percentages_with_one_decimal() -> None:
         assert value is not None
         assert 0.0 <= value <= 100.0
         assert round(value, 1) == value
+
+
+def test_host_metrics_read_memory_and_disk_as_psutil_does() -> None:
+    psutil = pytest.importorskip("psutil")
+    sample = HostMetrics().sample()
+    assert sample.mem is not None
+    assert sample.disk is not None
+    assert abs(sample.mem - psutil.virtual_memory().percent) <= 1.0
+    assert abs(sample.disk - psutil.disk_usage("/").percent) <= 0.1
+
+
+def test_cpu_is_the_busy_share_of_the_time_between_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psutil's formula: idle and iowait are not busy; guest time is in user already."""
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(metrics, "PROC_STAT", stat)
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 40 0\ncpu0 1 2 3 4\n")
+    host = HostMetrics()
+    stat.write_text("cpu  200 0 100 900 100 0 0 0 80 0\n")
+    assert host.sample().cpu == 50.0, "busy 150 of 300 ticks (40 of user were guest)"
+    assert host.sample().cpu == 0.0, "no time passed"
+    stat.write_text("garbage\n")
+    assert host.sample().cpu is None
 
 
 # --- settings ----------------------------------------------------------------------------------
