@@ -3,7 +3,7 @@
 Max RSS is the kernel's high-water mark (VmHWM) over the whole run, start-up included; CPU
 is CPU seconds / wall seconds over a window (``--seconds``) that starts once the agent's
 first heartbeat is seen. ``python3 -c pass`` (this interpreter) is measured in the same run
-as the floor any Python process pays. Goals: RSS <= 30 MB, CPU <= 0.5 % of a core.
+as the floor any Python process pays. Goals: RSS <= 25 MB, CPU <= 0.5 % of a core.
 
     python -m bench.agent_footprint --seconds 60
 """
@@ -34,7 +34,7 @@ from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["add_arguments", "main", "python_pass_rss", "run"]
 
-RSS_GOAL_MB = 30.0
+RSS_GOAL_MB = 25.0
 CPU_GOAL_PERCENT = 0.5
 
 

@@ -92,7 +92,7 @@ def _run(args: argparse.Namespace) -> int:
     from edgeplane.edge_agent.secrets import load_secrets
     from edgeplane.edge_agent.state import BdseqStore, OverridesStore, check_not_retired
     from edgeplane.edge_agent.waker import Waker, stop_signals
-    from edgeplane.shared.logs import configure_logging
+    from edgeplane.shared.logs import configure_stdlib_logging
 
     check_not_retired(settings.state_dir)
     # Loading registers every value with the log redactor: before the first log line.
@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
     except (StateDirError, OutboxError) as exc:
         raise SettingsError(f"--state-dir: {exc}") from exc
     # The level the controller set last, if it did, beats the local one.
-    configure_logging(settings.log_format, in_force.log_level, cache=False)
+    configure_stdlib_logging(settings.log_format, in_force.log_level)
     waker = Waker()
     try:
         agent = Agent(

@@ -26,13 +26,13 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 import msgspec
-import structlog
 
 from edgeplane.edge_agent.errors import AgentError
 from edgeplane.edge_agent.events import EventSink
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.codec import COMMAND, DEFAULT_MAX_PAYLOAD
 from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.logs import get_logger
 from edgeplane.shared.messages import (
     Ack,
     Command,
@@ -61,7 +61,7 @@ KNOWN_COMMANDS: Final = frozenset({"ping", "deploy", "update", "restart", "retir
 LOG_EVERY: Final = 60.0  # seconds between two log lines about one rejection reason
 _SHORT_TEXT: Final = 256
 
-log = structlog.get_logger("edgeplane.edge_agent.commands")
+log = get_logger(__name__)
 
 UpdateOutcome = tuple[bool, str]  # (ok, detail) of an applied or refused update
 

@@ -24,11 +24,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from edgeplane.shared import settings as s
 from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
 from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.logs import LogFormat
 from edgeplane.shared.topics import TopicRoot
 
 __all__ = [
@@ -47,9 +48,6 @@ __all__ = [
 ]
 
 CONFIG_ENV_VAR: Final = "EDGEPLANE_CONFIG"
-# shared.logs.LogFormat, spelled out: importing shared.logs here would load structlog (and
-# its imports) before the agent knows whether it needs them.
-LogFormat = Literal["auto", "console", "json"]
 MAX_INTERVAL: Final = 86_400.0  # the wire type's limit on `interval`
 MAX_KEEPALIVE: Final = 65_535  # MQTT's limit
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")

@@ -12,17 +12,21 @@ warning, so one bad entry does not hide every other model.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
-
-import structlog
+from typing import Final
 
 from edgeplane.edge_agent.errors import ModelsDirError
+from edgeplane.shared.clock import Clock
+from edgeplane.shared.logs import get_logger
 from edgeplane.shared.versions import version_order
 
-__all__ = ["scan_models"]
+__all__ = ["MODELS_LOG_GAP", "InventoryScanner", "scan_models"]
 
-log = structlog.get_logger(__name__)
+MODELS_LOG_GAP: Final = 600.0  # seconds between two log lines about an unusable models dir
+
+log = get_logger(__name__)
 
 
 def scan_models(models_dir: Path | None) -> dict[str, list[str]]:
@@ -50,3 +54,23 @@ def _subdirectories(directory: Path, *, strict: bool) -> list[str]:
             raise ModelsDirError(problem) from exc
         log.warning("model skipped", reason=problem)
         return []
+
+
+class InventoryScanner:
+    """The inventory for each heartbeat: :func:`scan_models` of ``models_dir``, or nothing
+    (and a log line every :data:`MODELS_LOG_GAP` seconds at most) while it is unusable."""
+
+    def __init__(self, models_dir: Path, clock: Clock) -> None:
+        self.models_dir = models_dir
+        self._clock = clock
+        self._logged_at = -math.inf
+
+    def __call__(self) -> dict[str, list[str]]:
+        try:
+            return scan_models(self.models_dir)
+        except ModelsDirError as exc:
+            now = self._clock.monotonic()
+            if now - self._logged_at >= MODELS_LOG_GAP:
+                self._logged_at = now
+                log.warning("no model inventory", reason=str(exc))
+            return {}

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
-import structlog
 
 from edgeplane.edge_agent.errors import EventInvalid, OutboxError
 from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.codec import encode
+from edgeplane.shared.logs import get_logger
 from edgeplane.shared.messages import Event
 
 __all__ = ["DEFAULT_CAP", "OUTBOX_FILE", "SEEN_KEEP", "SEEN_TTL", "Outbox", "outbox_files"]
@@ -51,7 +51,7 @@ CREATE INDEX IF NOT EXISTS seen_by_age ON seen (at);
 
 E = TypeVar("E", bound=Event)
 
-log = structlog.get_logger("edgeplane.edge_agent.outbox")
+log = get_logger(__name__)
 
 
 def outbox_files(state_dir: Path) -> list[Path]:

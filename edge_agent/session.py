@@ -1,7 +1,7 @@
 """The MQTT session: the only module that touches paho.
 
 paho's callbacks only record what happened as plain :data:`SessionEvent` values; the agent
-reads them after each :meth:`Session.poll` and decides what to do. Everything runs on the
+reads them after each :meth:`MqttSession.poll` and decides what to do. Everything runs on the
 caller's thread: ``poll`` is paho's external-loop API (``loop_read`` / ``loop_write`` /
 ``loop_misc``) around one ``select`` that also watches a wake-up socket, so a signal ends a
 wait at once instead of after the next timeout.
@@ -31,8 +31,8 @@ __all__ = [
     "Connected",
     "Disconnected",
     "MessageIn",
+    "MqttSession",
     "Published",
-    "Session",
     "SessionEvent",
     "Subscribed",
 ]
@@ -86,7 +86,7 @@ class MessageIn:
 SessionEvent = Connected | ConnectRefused | Disconnected | Subscribed | Published | MessageIn
 
 
-class Session:
+class MqttSession:
     """One MQTT 5 client, identified by ``client_id``, that connects with a clean start."""
 
     def __init__(self, client_id: str, broker: BrokerUrl, keepalive: int) -> None:

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from typing import Final
 
 from edgeplane.edge_agent.errors import BrokerUnavailable
-from edgeplane.edge_agent.session import Connected, ConnectRefused, Disconnected, MessageIn, Session
+from edgeplane.edge_agent.session import (
+    Connected,
+    ConnectRefused,
+    Disconnected,
+    MessageIn,
+    MqttSession,
+)
 from edgeplane.edge_agent.waker import Waker
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.clock import Clock
@@ -63,7 +69,7 @@ class TakeoverCheck:
     def run(self, waker: Waker | None, should_stop: Callable[[], bool]) -> str | None:
         """Watch the status topic for up to a few seconds; return the other runtime's boot
         id if one is online, None if none is seen (or the broker cannot be reached)."""
-        session = Session(f"{self.env}-observer-{self.own_boot}", self.broker, keepalive=10)
+        session = MqttSession(f"{self.env}-observer-{self.own_boot}", self.broker, keepalive=10)
         try:
             session.connect()
         except BrokerUnavailable:
@@ -75,7 +81,7 @@ class TakeoverCheck:
                 session.disconnect()
 
     def _watch(
-        self, session: Session, waker: Waker | None, should_stop: Callable[[], bool]
+        self, session: MqttSession, waker: Waker | None, should_stop: Callable[[], bool]
     ) -> str | None:
         wake = waker.reader if waker is not None else None
         deadline = self._clock.monotonic() + CONNECT_TIMEOUT

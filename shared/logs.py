@@ -1,26 +1,58 @@
-"""Logging setup: configure once at the entry point, then ``structlog.get_logger()``.
+"""Logging: one line per event, readable at a terminal or one JSON object per line, with
+every registered secret value masked (``***``) before anything is rendered.
 
-Readable console output at a terminal, one JSON object per line otherwise (or when asked
-with ``--log-format json``). A redaction processor replaces every registered secret value
-with ``***`` before anything is rendered.
+Two front ends write the same lines (keys ``event``, ``level``, ``timestamp`` in ISO 8601
+UTC, the bound context such as ``env`` and ``bdseq``, and the call's keyword fields):
+
+- the standard library, for the edge agent, which must stay light (structlog imports
+  asyncio): :func:`get_logger` gives an :class:`EventLogger` (``log.info("event",
+  key=value)``), :func:`bound_context` / :func:`bind_context` add context, and
+  :func:`configure_stdlib_logging` configures it at the entry point;
+- structlog, for the controller and the fleet simulator: :func:`configure_logging`
+  (structlog is imported there, never by importing this module) configures structlog and
+  the standard library side too, so agent modules used in such a process log alike.
+
+Console output is ``timestamp [level] event key=value ...`` (keys sorted, colours at a
+terminal), as structlog's ``ConsoleRenderer`` draws it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import datetime
+import json
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
-from typing import Any, Literal
+import traceback
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from types import TracebackType
+from typing import Any, Final, Literal, TypeAlias
 
-import structlog
-
-__all__ = ["LogFormat", "Redactor", "configure_logging", "redactor", "set_level"]
+__all__ = [
+    "ROOT_LOGGER",
+    "EventFormatter",
+    "EventLogger",
+    "LogFormat",
+    "Redactor",
+    "bind_context",
+    "bound_context",
+    "configure_logging",
+    "configure_stdlib_logging",
+    "context",
+    "get_logger",
+    "redactor",
+    "set_level",
+    "unbind_context",
+]
 
 LogFormat = Literal["auto", "console", "json"]
+ROOT_LOGGER: Final = "edgeplane"  # the standard library loggers of edgeplane's modules
+_ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None]
 
 
 class Redactor:
-    """A structlog processor that masks known secret values anywhere in an event."""
+    """Masks known secret values anywhere in an event (also a structlog processor)."""
 
     MASK = "***"
 
@@ -69,11 +101,202 @@ class Redactor:
 redactor = Redactor()
 
 
-def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, cache: bool = True) -> None:
-    """Configure structlog (and stdlib logging underneath) for the whole process.
+# --- the bound context ----------------------------------------------------------------------
+# A new mapping on every change (never changed in place): a copied context keeps its own.
+_context: contextvars.ContextVar[Mapping[str, Any] | None] = contextvars.ContextVar(
+    "edgeplane_log_context", default=None
+)
 
-    ``cache=False`` lets :func:`set_level` change the level later (the edge agent, whose
-    level the controller may change), at the cost of a logger lookup per log call."""
+
+def context() -> Mapping[str, Any]:
+    """What :func:`bind_context` bound in this thread (or task)."""
+    return _context.get() or {}
+
+
+def bind_context(**values: Any) -> None:
+    """Add ``values`` to every line logged from now on in this thread (or task)."""
+    _context.set({**context(), **values})
+
+
+def unbind_context(*keys: str) -> None:
+    _context.set({k: v for k, v in context().items() if k not in keys})
+
+
+@contextlib.contextmanager
+def bound_context(**values: Any) -> Iterator[None]:
+    """``values`` on every line logged inside; afterwards those keys are as they were
+    before (keys bound inside by :func:`bind_context` stay, as with structlog)."""
+    before = context()
+    previous = {key: before[key] for key in values if key in before}
+    bind_context(**values)
+    try:
+        yield
+    finally:
+        unbind_context(*(key for key in values if key not in previous))
+        bind_context(**previous)
+
+
+# --- the standard library front end ------------------------------------------------------------
+class EventLogger:
+    """``log.info("event", key=value)`` over a standard library logger."""
+
+    __slots__ = ("_logger",)
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._log(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._log(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._log(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._log(logging.ERROR, event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        """An error with the exception being handled."""
+        self._log(logging.ERROR, event, fields, exc_info=True)
+
+    def _log(
+        self, level: int, event: str, fields: dict[str, Any], *, exc_info: bool = False
+    ) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, event, exc_info=exc_info, extra={"fields": fields})
+
+
+def get_logger(name: str) -> EventLogger:
+    """The logger of module ``name`` (``__name__``: under :data:`ROOT_LOGGER`)."""
+    return EventLogger(logging.getLogger(name))
+
+
+class EventFormatter(logging.Formatter):
+    """Renders a record as structlog's JSON or console renderer would the same event."""
+
+    def __init__(self, *, as_json: bool, colors: bool = False) -> None:
+        super().__init__()
+        self.as_json = as_json
+        self.styles = _COLORS if colors else _PLAIN
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = self.event_of(record)
+        if self.as_json:
+            return json.dumps(event, default=repr)
+        return _render_console(event, self.styles)
+
+    @staticmethod
+    def event_of(record: logging.LogRecord) -> dict[str, Any]:
+        """The event dict, in structlog's key order: the fields, ``event``, the context,
+        ``level``, ``timestamp`` (and ``exception``), secrets masked."""
+        event: dict[str, Any] = dict(getattr(record, "fields", {}))
+        event["event"] = record.getMessage()
+        for key, value in context().items():
+            event.setdefault(key, value)
+        event["level"] = record.levelname.lower()
+        stamp = datetime.datetime.fromtimestamp(record.created, tz=datetime.UTC)
+        event["timestamp"] = stamp.isoformat().replace("+00:00", "Z")
+        if record.exc_info and record.exc_info[0] is not None:
+            event["exception"] = _format_exception(record.exc_info)
+        redactor(None, event["level"], event)
+        return event
+
+
+def _format_exception(exc_info: _ExcInfo) -> str:
+    text = "".join(traceback.format_exception(*exc_info))
+    return text.removesuffix("\n")
+
+
+# --- the console line, as structlog.dev.ConsoleRenderer draws it ------------------------------
+_EVENT_WIDTH: Final = 30
+_LEVEL_WIDTH: Final = len("exception")  # the longest level name structlog knows
+_COLUMNS: Final = ("timestamp", "level", "event", "logger", "logger_name")
+_RESET, _BRIGHT, _DIM = "\033[0m", "\033[1m", "\033[2m"
+_RED, _YELLOW, _GREEN = "\033[31m", "\033[33m", "\033[32m"
+_BLUE, _CYAN, _MAGENTA = "\033[34m", "\033[36m", "\033[35m"
+_LEVELS: Final = {
+    "critical": _RED,
+    "exception": _RED,
+    "error": _RED,
+    "warn": _YELLOW,
+    "warning": _YELLOW,
+    "info": _GREEN,
+    "debug": _GREEN,
+    "notset": "\033[41m",
+}
+_COLORS: Final = {
+    "reset": _RESET,
+    "bright": _BRIGHT,
+    "timestamp": _DIM,
+    "logger": _BRIGHT + _BLUE,
+    "key": _CYAN,
+    "value": _MAGENTA,
+    **{f"level_{name}": style + _BRIGHT for name, style in _LEVELS.items()},
+}
+_PLAIN: Final = dict.fromkeys(_COLORS, "")
+
+
+def _render_console(event: dict[str, Any], styles: Mapping[str, str]) -> str:
+    reset = styles["reset"]
+    exception = event.pop("exception", None)
+    columns = {key: event.pop(key) for key in _COLUMNS if key in event}
+    parts = []
+    if "timestamp" in columns:
+        parts.append(f"{styles['timestamp']}{columns['timestamp']}{reset}")
+    if "level" in columns:
+        level = str(columns["level"])
+        style = styles.get(f"level_{level}", "")
+        parts.append(f"[{style}{level:<{_LEVEL_WIDTH}}{reset}]")
+    if "event" in columns:
+        parts.append(f"{styles['bright']}{columns['event']!s:<{_EVENT_WIDTH}}{reset}")
+    parts += [
+        f"[{styles['logger']}{columns[key]}{reset}]" for key in _COLUMNS[3:] if key in columns
+    ]
+    parts += [
+        f"{styles['key']}{key}{reset}={styles['value']}{_repr(event[key])}{reset}"
+        for key in sorted(event)
+    ]
+    line = " ".join(parts).rstrip(" ")
+    return line if exception is None else f"{line}\n{exception}"
+
+
+def _repr(value: Any) -> str:
+    if isinstance(value, str) and not set(value) & {" ", "\t", "=", "\r", "\n", '"', "'"}:
+        return value
+    return repr(value)
+
+
+# --- configuration ---------------------------------------------------------------------------
+_structlog_levels = False  # set_level must reconfigure structlog too
+
+
+def configure_stdlib_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
+    """Configure the standard library loggers of edgeplane (under :data:`ROOT_LOGGER`):
+    events at ``level`` and above to stderr, as JSON or console lines per ``fmt``."""
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(EventFormatter(as_json=use_json, colors=sys.stderr.isatty()))
+    logger = logging.getLogger(ROOT_LOGGER)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(_numeric(level))
+    # Libraries that log through the standard library (paho, aiomqtt) go to stderr too,
+    # at warning level so that their per-packet chatter stays out.
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")
+
+
+def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, cache: bool = True) -> None:
+    """Configure structlog for the whole process, and the standard library side alike.
+
+    ``cache=False`` lets :func:`set_level` change structlog's level later, at the cost of
+    a logger lookup per log call."""
+    global _structlog_levels
+    import structlog  # here: importing this module must not load structlog (and asyncio)
+
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -89,20 +312,22 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, cache: bo
             redactor,
             renderer,
         ],
-        wrapper_class=_filtering(level),
+        wrapper_class=structlog.make_filtering_bound_logger(_numeric(level)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=cache,
     )
-    # Libraries that log through the standard library (paho, aiomqtt) go to stderr too,
-    # at warning level so that their per-packet chatter stays out.
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")
+    _structlog_levels = not cache
+    configure_stdlib_logging(fmt, level)
 
 
 def set_level(level: str) -> None:
-    """Log from ``level`` up from now on (loggers configured with ``cache=False``)."""
-    structlog.configure(wrapper_class=_filtering(level))
+    """Log from ``level`` up from now on (structlog: if configured with ``cache=False``)."""
+    logging.getLogger(ROOT_LOGGER).setLevel(_numeric(level))
+    if _structlog_levels:
+        import structlog
+
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(_numeric(level)))
 
 
-def _filtering(level: str) -> Any:
-    numeric_level = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    return structlog.make_filtering_bound_logger(numeric_level)
+def _numeric(level: str) -> int:
+    return logging.getLevelNamesMapping().get(level.upper(), logging.INFO)

@@ -19,10 +19,10 @@ from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import Deploy
 from edgeplane.shared.topics import TopicRoot
+from tests.support.agent_procs import start_agent, wait_online
 from tests.support.execution import py, workflow
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc
-from tests.test_agent_presence import start_agent, wait_online
 
 
 def append_step(path: Path, name: str = "append") -> Any:
@@ -127,6 +127,7 @@ async def test_an_update_is_acknowledged_applied_at_once_and_kept_across_a_resta
     assert (refused["op"], refused["ok"]) == ("update", False)
     assert "unknown config keys: colour" in refused["detail"]
     assert (applied["op"], applied["ok"]) == ("update", True)
+    assert '"level": "debug"' in agent.output(), "the new log level is in force at once"
     assert first["interval"] == 1.5, "the controller's interval survives a restart"
     assert '"level": "debug"' in again.output(), "and so does its log level"
     assert "10.0.0.7" not in again.output()

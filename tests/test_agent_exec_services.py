@@ -281,7 +281,7 @@ def test_services_stopped_with_the_agent_start_again_with_the_next(
 AGENT = """
 import sys, threading
 from pathlib import Path
-from edgeplane.edge_agent.execution.executor import Executor
+from edgeplane.edge_agent.execution.executor import Executor, ExecutorOptions
 from edgeplane.shared.codec import COMMAND, encode
 
 class PrintSink:
@@ -293,7 +293,7 @@ class PrintSink:
 
 executor = Executor("dev-lab-exec", state_dir=Path(sys.argv[1]), models_dir=None,
                     secrets=None, endpoints={}, sink=PrintSink(),
-                    service_grace=float(sys.argv[2]))
+                    options=ExecutorOptions(service_grace=float(sys.argv[2])))
 executor.start()
 for payload in sys.argv[3:]:
     executor.submit(COMMAND.decode(payload.encode()))

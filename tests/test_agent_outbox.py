@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.edge_agent.errors import EventInvalid, OutboxError
@@ -23,12 +22,13 @@ from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.codec import EVENT, encode
 from edgeplane.shared.messages import Ack, CommandRejected, Deploy, Pong
 from edgeplane.shared.topics import TopicRoot
+from tests.support.agent_procs import start_agent, wait_online
 from tests.support.execution import py, workflow
+from tests.support.logs import capture_logs
 from tests.support.probe import open_probe
 from tests.support.procs import Proc
-from tests.test_agent_loop import CMD, ROOT, STATUS, make_agent
-from tests.test_agent_loop import ENV as LOOP_ENV
-from tests.test_agent_presence import start_agent, wait_online
+from tests.support.scripted_agent import CMD, ROOT, STATUS, make_agent
+from tests.support.scripted_agent import ENV as LOOP_ENV
 
 ENV = "dev-lab-outbox"
 EVENTS = ROOT.events(LOOP_ENV)

@@ -15,41 +15,9 @@ from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import STATUS
 from edgeplane.shared.messages import OnlineStatus
 from edgeplane.shared.topics import TopicRoot
-from tests.support.probe import Probe, Received, open_probe
-from tests.support.procs import Proc, start_proc
-
-INTERVAL = 0.5
-
-
-async def start_agent(
-    procs: list[Proc],
-    tmp_path: Path,
-    broker: str,
-    root: TopicRoot,
-    env: str = "dev-lab-presence",
-    *extra: str,
-    state_dir: Path | None = None,
-    name: str = "agent",
-) -> Proc:
-    args = [
-        "run",
-        "--env-id",
-        env,
-        "--broker",
-        broker,
-        "--state-dir",
-        str(state_dir or tmp_path / f"{name}-state"),
-        "--heartbeat-interval",
-        str(INTERVAL),
-        "--topic-root",
-        root.value,
-        "--log-format",
-        "json",
-        *extra,
-    ]
-    proc = await start_proc("edgeplane.edge_agent", args, tmp_path / f"{name}.log")
-    procs.append(proc)
-    return proc
+from tests.support.agent_procs import INTERVAL, start_agent, wait_online
+from tests.support.probe import Received, open_probe
+from tests.support.procs import Proc
 
 
 def is_online(topic: str, **fields: Any) -> Callable[[Received], bool]:
@@ -72,12 +40,6 @@ def rejected_for(topic: str, reason: str) -> Callable[[Received], bool]:
         return data.get("type") == "rejected" and str(data.get("reason")).startswith(reason + ":")
 
     return matches
-
-
-async def wait_online(
-    probe: Probe, topic: str, *, after: int = 0, timeout: float = 15.0, **fields: Any
-) -> dict[str, Any]:
-    return await probe.wait_json(topic, after=after, timeout=timeout, status="online", **fields)
 
 
 async def wait_output(proc: Proc, text: str, timeout: float = 15.0) -> str:

@@ -4,10 +4,14 @@ settings resolution (the command path: tests/test_agent_command_path.py)."""
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from edgeplane.edge_agent import metrics
 from edgeplane.edge_agent.config import (
     AgentConfig,
     Overrides,
@@ -189,13 +193,27 @@ def test_an_empty_models_dir_is_reported_as_no_models() -> None:
     assert b"models" not in encode(builder.online())
 
 
+BOOT_OF_A_NEW_PROCESS = """
+from edgeplane.edge_agent.heartbeat import HeartbeatBuilder
+from edgeplane.edge_agent.metrics import Sample
+from edgeplane.shared.clock import ManualClock
+print(HeartbeatBuilder("e", 1.0, ManualClock(), lambda: Sample(None, None, None)).boot)
+"""
+
+
 def test_boot_id_differs_between_processes() -> None:
-    clock = ManualClock()
-    boots = {
-        HeartbeatBuilder("e", 1.0, clock, lambda: Sample(None, None, None)).boot for _ in range(20)
-    }
-    assert len(boots) == 20
-    assert all(len(boot) == 6 for boot in boots)
+    """Each start of the agent process has a boot id of its own (six hex digits): five
+    fresh interpreters, five boot ids."""
+    starts = [
+        subprocess.Popen(
+            [sys.executable, "-c", BOOT_OF_A_NEW_PROCESS], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(5)
+    ]
+    boots = [start.communicate(timeout=60)[0].strip() for start in starts]
+    assert all(start.returncode == 0 for start in starts)
+    assert len(set(boots)) == 5, boots
+    assert all(re.fullmatch(r"[0-9a-f]{6}", boot) for boot in boots), boots
 
 
 def test_message_expiry_is_about_three_intervals() -> None:
@@ -211,6 +229,30 @@ def test_host_metrics_are_percentages_with_one_decimal() -> None:
         assert value is not None
         assert 0.0 <= value <= 100.0
         assert round(value, 1) == value
+
+
+def test_host_metrics_read_memory_and_disk_as_psutil_does() -> None:
+    psutil = pytest.importorskip("psutil")
+    sample = HostMetrics().sample()
+    assert sample.mem is not None
+    assert sample.disk is not None
+    assert abs(sample.mem - psutil.virtual_memory().percent) <= 1.0
+    assert abs(sample.disk - psutil.disk_usage("/").percent) <= 0.1
+
+
+def test_cpu_is_the_busy_share_of_the_time_between_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psutil's formula: idle and iowait are not busy; guest time is in user already."""
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(metrics, "PROC_STAT", stat)
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 40 0\ncpu0 1 2 3 4\n")
+    host = HostMetrics()
+    stat.write_text("cpu  200 0 100 900 100 0 0 0 80 0\n")
+    assert host.sample().cpu == 50.0, "busy 150 of 300 ticks (40 of user were guest)"
+    assert host.sample().cpu == 0.0, "no time passed"
+    stat.write_text("garbage\n")
+    assert host.sample().cpu is None
 
 
 # --- settings ----------------------------------------------------------------------------------

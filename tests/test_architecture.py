@@ -91,3 +91,22 @@ def test_the_core_is_pure() -> None:
         return is_stdlib(name) or within(name, "edgeplane.shared", "edgeplane.controller.core")
 
     assert violations("controller", allowed) == []
+
+
+# The agent installs without extras and must stay light (docs/performance.md).
+AGENT_NEVER_IMPORTS = ("structlog", "aiomqtt", "aiosqlite", "yaml")
+PAHO_MODULE = REPO / "edge_agent" / "session.py"
+
+
+def test_the_agent_outside_the_simulator_imports_no_heavy_or_controller_library() -> None:
+    """structlog (asyncio), aiomqtt, aiosqlite and yaml stay out of edge_agent/ (the
+    simulator, installed with [sim], may use them), and paho is edge_agent/session.py's."""
+
+    def allowed(path: Path, name: str) -> bool:
+        if path.is_relative_to(REPO / "edge_agent" / "simulator"):
+            return True
+        if top(name) == "paho":
+            return path == PAHO_MODULE
+        return top(name) not in AGENT_NEVER_IMPORTS
+
+    assert violations("edge_agent", allowed) == []

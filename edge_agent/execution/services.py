@@ -15,18 +15,17 @@ import threading
 from collections.abc import Callable
 from typing import Final
 
-import structlog
-
 from edgeplane.edge_agent.execution.runner import StepProcess, StepResult
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.logs import get_logger
 
 __all__ = ["DEFAULT_GRACE", "ServiceSupervisor"]
 
 DEFAULT_GRACE: Final = 3.0
 HEALTHY_AFTER: Final = 60.0
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)
 
 # restarts so far, the exit code of the run that ended (None: signal or no start), delay
 RestartHook = Callable[[int, int | None, float], None]

@@ -4,6 +4,7 @@ executors on a temporary state directory that are closed at the end of the test.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import textwrap
 import time
@@ -11,7 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from edgeplane.edge_agent.execution.executor import Executor
+from edgeplane.edge_agent.execution.executor import Executor, ExecutorOptions
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.messages import Deploy
 from edgeplane.shared.workflow import Requires, Step, Workflow, WorkflowKind
@@ -52,6 +53,9 @@ def deploy(wf: Workflow, dep: str | None = None, **fields: Any) -> Deploy:
     return Deploy(id=f"c-{dep}", dep=dep, workflow=wf, **fields)
 
 
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(ExecutorOptions))
+
+
 class Executors:
     """Makes started executors sharing one state dir and sink; closes them all at the end."""
 
@@ -61,19 +65,24 @@ class Executors:
         self.made: list[Executor] = []
 
     def __call__(self, **overrides: Any) -> Executor:
+        """An executor with short waits; ``overrides`` of its constructor's arguments or
+        of :class:`ExecutorOptions` fields."""
+        options: dict[str, Any] = {
+            "check_timeout": 1.0,
+            "service_grace": 0.5,
+            "kill_grace": 0.5,
+            "backoff": lambda: Backoff(initial=0.05, cap=0.2),
+        }
         settings: dict[str, Any] = {
             "state_dir": self.state_dir,
             "models_dir": None,
             "secrets": None,
             "endpoints": {},
             "sink": self.sink,
-            "check_timeout": 1.0,
-            "service_grace": 0.5,
-            "kill_grace": 0.5,
-            "backoff": lambda: Backoff(initial=0.05, cap=0.2),
         }
-        settings.update(overrides)
-        executor = Executor(self.sink.env, **settings)
+        for name, value in overrides.items():
+            (options if name in OPTION_NAMES else settings)[name] = value
+        executor = Executor(self.sink.env, **settings, options=ExecutorOptions(**options))
         executor.start()
         self.made.append(executor)
         return executor

@@ -1,0 +1,52 @@
+"""Real agent processes for end-to-end tests: started with a short heartbeat interval and
+JSON logs, waited for until online."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgeplane.shared.topics import TopicRoot
+from tests.support.probe import Probe
+from tests.support.procs import Proc, start_proc
+
+__all__ = ["INTERVAL", "start_agent", "wait_online"]
+
+INTERVAL = 0.5
+
+
+async def start_agent(
+    procs: list[Proc],
+    tmp_path: Path,
+    broker: str,
+    root: TopicRoot,
+    env: str = "dev-lab-presence",
+    *extra: str,
+    state_dir: Path | None = None,
+    name: str = "agent",
+) -> Proc:
+    args = [
+        "run",
+        "--env-id",
+        env,
+        "--broker",
+        broker,
+        "--state-dir",
+        str(state_dir or tmp_path / f"{name}-state"),
+        "--heartbeat-interval",
+        str(INTERVAL),
+        "--topic-root",
+        root.value,
+        "--log-format",
+        "json",
+        *extra,
+    ]
+    proc = await start_proc("edgeplane.edge_agent", args, tmp_path / f"{name}.log")
+    procs.append(proc)
+    return proc
+
+
+async def wait_online(
+    probe: Probe, topic: str, *, after: int = 0, timeout: float = 15.0, **fields: Any
+) -> dict[str, Any]:
+    return await probe.wait_json(topic, after=after, timeout=timeout, status="online", **fields)

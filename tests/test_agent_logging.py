@@ -1,0 +1,150 @@
+"""The agent logs through the standard library, the controller through structlog: both
+write the same lines (JSON and console, plain and in colours), with secrets masked."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from edgeplane.shared import logs
+from edgeplane.shared.logs import (
+    LogFormat,
+    bind_context,
+    bound_context,
+    configure_logging,
+    configure_stdlib_logging,
+    get_logger,
+    redactor,
+    set_level,
+)
+
+SECRET = "hunter2-secret"
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """Every test here configures logging for the whole process: undo it afterwards."""
+    root, ours = logging.getLogger(), logging.getLogger(logs.ROOT_LOGGER)
+    saved = (list(root.handlers), root.level, list(ours.handlers), ours.level, ours.propagate)
+    yield
+    root.handlers[:], ours.handlers[:] = saved[0], saved[2]
+    root.setLevel(saved[1])
+    ours.setLevel(saved[3])
+    ours.propagate = saved[4]
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    logs.unbind_context(*logs.context())
+    redactor.clear()
+
+
+def the_events(
+    log: Any, bind: Callable[..., object], bound: Callable[..., Any], set_to: Callable[[str], None]
+) -> None:
+    """The same calls, through either front end."""
+    log.info("before any context")
+    with bound(env="dev-a"):
+        bind(bdseq=3)
+        log.info(
+            "agent starting",
+            broker="mqtt://127.0.0.1:1883",
+            endpoints=["a b", SECRET],
+            models_dir=None,
+            interval=1.5,
+            path=Path("/tmp/x"),
+            quoted='say "hi"',
+            nested={"token": SECRET},
+        )
+        log.debug("not shown at info")
+        log.warning("100% sure %s", retry_in=0.5)
+        log.error(f"taken over: {SECRET} is in the message", env="shadowed")
+        try:
+            raise ValueError(f"bad value {SECRET}")
+        except ValueError:
+            log.exception("failed unexpectedly", cmd="c-1")
+        set_to("debug")
+        log.debug("shown at debug", seq=7)
+        set_to("warning")
+        log.info("not shown at warning")
+    log.warning("after the context")
+
+
+def structlog_lines(fmt: LogFormat, stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_logging(fmt, "info", cache=False)
+    the_events(
+        structlog.get_logger("test"),
+        structlog.contextvars.bind_contextvars,
+        structlog.contextvars.bound_contextvars,
+        set_level,
+    )
+    structlog.contextvars.clear_contextvars()
+    return stream.getvalue()
+
+
+def stdlib_lines(fmt: LogFormat, stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setattr(sys, "stderr", stream)
+    configure_stdlib_logging(fmt, "info")
+    the_events(get_logger("edgeplane.edge_agent.test"), bind_context, bound_context, set_level)
+    return stream.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+@pytest.mark.parametrize("stream", [io.StringIO, Terminal], ids=["file", "terminal"])
+def test_the_standard_library_writes_what_structlog_writes(
+    fmt: LogFormat, stream: Callable[[], io.StringIO], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redactor.add([SECRET])
+    expected = STAMP.sub("TS", structlog_lines(fmt, stream(), monkeypatch))
+    logging.getLogger(logs.ROOT_LOGGER).handlers.clear()
+    actual = STAMP.sub("TS", stdlib_lines(fmt, stream(), monkeypatch))
+    if fmt == "json":
+        # structlog orders the bound context as its contextvars happen to iterate (by
+        # hash); the standard library side keeps the order of binding.
+        assert [json.loads(line) for line in actual.splitlines()] == [
+            json.loads(line) for line in expected.splitlines()
+        ]
+    else:
+        assert actual == expected
+    assert SECRET not in actual
+    assert len(actual.splitlines()) >= 7, "every event above the level shown"
+    if stream is Terminal and fmt == "console":
+        assert "\033[" in actual, "colours at a terminal"
+
+
+def test_json_lines_carry_the_keys_and_the_context_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lines = stdlib_lines("json", io.StringIO(), monkeypatch).splitlines()
+    assert lines[0].startswith('{"event": "before any context", "level": "info", "timestamp": "')
+    assert re.fullmatch(
+        r'\{"broker": "mqtt://127.0.0.1:1883", .*"event": "agent starting", "env": "dev-a", '
+        r'"bdseq": 3, "level": "info", "timestamp": "[^"]+Z"\}',
+        lines[1],
+    )
+    assert '"env": "shadowed"' in lines[3], "a field beats the bound context"
+    assert '"env"' not in lines[-1], "the context ends with its block"
+    assert '"bdseq": 3' in lines[-1], "what was bound inside stays, as with structlog"
+
+
+def test_importing_the_logging_module_does_not_load_structlog() -> None:
+    code = "import sys, edgeplane.shared.logs; print('structlog' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
