@@ -86,6 +86,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     settings = config.load_config(args)
+    from edgeplane.edge_agent.lean import defer_unused_imports
+
+    defer_unused_imports()  # before paho is imported: see edgeplane.edge_agent.lean
     # Imported here: `edge-agent --help` and `simulate` do not pay for paho and psutil.
     from edgeplane.edge_agent.agent import Agent
     from edgeplane.edge_agent.outbox import Outbox

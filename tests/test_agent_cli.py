@@ -171,8 +171,9 @@ def unwanted(name):
 bad = sorted(m for m in sys.modules if unwanted(m))
 print("exit", code, "imported", ",".join(bad) or "-")
 # an agent that ran nothing has not loaded the execution code (memory: see ondemand.py),
-# and on Linux it reads its metrics without psutil (see metrics.py)
-later = ("edgeplane.edge_agent.execution.executor", "packaging", "psutil")
+# and on Linux it reads its metrics without psutil (see metrics.py); what paho imports
+# but never uses stays a stand-in (see lean.py)
+later = ("edgeplane.edge_agent.execution.executor", "packaging", "psutil", "http.client")
 loaded = [m for m in later if m in sys.modules]
 print("execution", ",".join(loaded) or "-")
 """
