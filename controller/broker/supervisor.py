@@ -153,8 +153,8 @@ class Supervisor:
 
     async def keep_running(self, on_restart: Callable[[], None] = lambda: None) -> None:
         """Restart every child (and the broker) that exits on its own, calling
-        ``on_restart`` after each restart; return only by :class:`ChildFailed`, or when
-        cancelled. Children must be started."""
+        ``on_restart`` after each restart, until cancelled; raise :class:`ChildFailed` for a
+        child that restarting cannot help. The children must be started."""
         try:
             async with asyncio.TaskGroup() as group:
                 for child in self.children:
