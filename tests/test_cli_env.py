@@ -41,21 +41,8 @@ async def test_create_list_show_update_and_retire_records(
 ) -> None:
     async with open_system(broker, root, tmp_path, procs) as system:
         await system.start_controller()
-        created = await system.cli(
-            "env",
-            "create",
-            "edge-a",
-            "--stage",
-            "prod",
-            "--location",
-            "berlin",
-            "--purpose",
-            "vision",
-            "--label",
-            "site=b1",
-            "--label",
-            "tier=gold",
-        )
+        create = "env create edge-a --stage prod --location berlin --purpose vision"
+        created = await system.cli(*create.split(), "--label", "site=b1", "--label", "tier=gold")
         assert (created.code, created.stdout, created.stderr) == (0, "edge-a\n", ""), str(created)
         named = await system.cli(
             "env", "create", "--stage", "dev", "--location", "Lab 2", "--purpose", "qa"
@@ -71,28 +58,14 @@ async def test_create_list_show_update_and_retire_records(
         assert again.stdout == ""
 
         listed = table(await system.cli("env", "list"))
-        assert listed[0] == [
-            "ID",
-            "PROJECT",
-            "STAGE",
-            "LOCATION",
-            "PURPOSE",
-            "STATUS",
-            "LAST SEEN",
-            "LABELS",
-        ]
+        header = ["ID", "PROJECT", "STAGE", "LOCATION", "PURPOSE", "STATUS", "LAST SEEN", "LABELS"]
+        assert listed[0] == header
         rows = {row[0]: row for row in listed[1:]}
         assert sorted(rows) == ["default-cloud", "dev-lab-2-qa", "edge-a"]
         assert rows["edge-a"] == [
-            "edge-a",
-            "default",
-            "prod",
-            "berlin",
-            "vision",
-            "unknown",
-            "never",
+            "edge-a", "default", "prod", "berlin", "vision", "unknown", "never",
             "site=b1,tier=gold",
-        ]
+        ]  # fmt: skip
 
         shown = await system.cli_json("env", "show", "edge-a")
         assert (shown["id"], shown["stage"], shown["status"]) == ("edge-a", "prod", "unknown")

@@ -4,6 +4,7 @@ the story's outcome are pure functions, tested on their own."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 import re
@@ -19,6 +20,7 @@ from edgeplane.shared.messages import Alert, EnvView
 from edgeplane.shared.rpc import DeploymentInfo, EnvInfo
 
 DEMO_LIMIT = 60.0  # seconds: the issue's promise
+REPO = Path(__file__).resolve().parent.parent
 
 
 def demo_environment(tmp_path: Path) -> dict[str, str]:
@@ -206,3 +208,29 @@ def test_a_gate_refusal_is_shown_with_its_reason() -> None:
         "  dev-line-vision    refused by the controller: environment dev-line-vision is flapping"
         in summary(outcome)
     )
+
+
+def test_the_demo_and_the_broker_management_import_no_command() -> None:
+    """They are what commands use: `edgeplane demo` and `up` import them, not the reverse."""
+    sources = [
+        *(REPO / "controller" / "demo").glob("*.py"),
+        *(REPO / "controller" / "broker").glob("*.py"),
+    ]
+    found = [
+        f"{path.relative_to(REPO)} imports {name}"
+        for path in sorted(sources)
+        for name in _imports(path)
+        if name.startswith("edgeplane.controller.cli")
+    ]
+    assert len(sources) > 5
+    assert found == []
+
+
+def _imports(path: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from edgeplane.controller.broker.choice import BrokerPlan, choose_broker
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.controller.broker.process import free_port, port_open
-from edgeplane.controller.cli.up import DEFAULT_ENV_ID, BrokerPlan, choose_broker, default_state_dir
+from edgeplane.controller.broker.stack import DEFAULT_ENV_ID
+from edgeplane.controller.broker.state_dir import default_state_dir
 from edgeplane.controller.errors import BrokerStartError
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
@@ -62,6 +64,8 @@ def test_no_broker_at_all_says_what_is_missing() -> None:
         _choose(mosquitto_found=False, embedded_found=False)
     with pytest.raises(BrokerStartError, match="no mosquitto"):
         _choose(kind="mosquitto", mosquitto_found=False)
+    with pytest.raises(BrokerStartError, match="embedded: the iotcore package is missing"):
+        _choose(kind="embedded", embedded_found=False)
 
 
 def test_the_default_state_dir_follows_xdg() -> None:

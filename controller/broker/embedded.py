@@ -105,7 +105,7 @@ max_segment_count = 10
 
 class EmbeddedBroker(ChildBroker):
     """The rumqttd broker of ``iotcore`` in a child process, with the interface of
-    :class:`controller.broker.process.MosquittoProcess` (see ``BrokerProcess``)."""
+    :class:`edgeplane.controller.broker.mosquitto.MosquittoProcess` (see ``BrokerProcess``)."""
 
     def __init__(
         self,

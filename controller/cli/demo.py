@@ -24,7 +24,8 @@ from edgeplane.shared.errors import EdgeplaneError
 from edgeplane.shared.topics import DEFAULT_ROOT, TopicRoot
 
 if TYPE_CHECKING:
-    from edgeplane.controller.demo.fleet import BrokerKind, DemoFleet
+    from edgeplane.controller.broker.choice import BrokerKind
+    from edgeplane.controller.demo.fleet import DemoFleet
     from edgeplane.controller.demo.story import DemoOutcome
 
 __all__ = ["add_parser", "run"]
@@ -49,29 +50,43 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgeplane.controller.demo.fleet import DemoFleet
     from edgeplane.controller.demo.story import summary, surprises
 
     started = time.monotonic()
-    fleet = DemoFleet(TopicRoot(DEFAULT_ROOT))
-    _say(started, f"working in {fleet.workdir}")
     try:
-        outcome = asyncio.run(_story(fleet, args.broker_kind, started))
+        outcome = asyncio.run(_demo(args.broker_kind, started))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        print("edgeplane demo: interrupted; stopping everything", file=sys.stderr)
         return 130
-    except EdgeplaneError as exc:
-        print(f"edgeplane demo: {exc}", file=sys.stderr)
-        _print_logs(fleet)
+    if outcome is None:
         return 1
-    finally:
-        fleet.close()
     print()
     print(summary(outcome))
     unexpected = surprises(outcome)
     for surprise in unexpected:
         print(f"edgeplane demo: unexpected: {surprise}", file=sys.stderr)
     return 1 if unexpected else 0
+
+
+async def _demo(broker_kind: BrokerKind, started: float) -> DemoOutcome | None:
+    """The story on a fleet of its own, stopped and removed at the end; None when it
+    failed (and was reported, with the logs of the processes)."""
+    from edgeplane.controller.demo.fleet import DemoFleet
+
+    # SIGTERM stops the story like Ctrl-C does; leaving the fleet then stops everything.
+    main = asyncio.current_task()
+    assert main is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    async with DemoFleet(TopicRoot(DEFAULT_ROOT)) as fleet:
+        _say(started, f"working in {fleet.workdir}")
+        try:
+            return await _story(fleet, broker_kind, started)
+        except asyncio.CancelledError:
+            print("edgeplane demo: interrupted; stopping everything", file=sys.stderr)
+            raise
+        except EdgeplaneError as exc:
+            print(f"edgeplane demo: {exc}", file=sys.stderr)
+            _print_logs(fleet)
+            return None
 
 
 async def _story(fleet: DemoFleet, broker_kind: BrokerKind, started: float) -> DemoOutcome:
@@ -81,14 +96,9 @@ async def _story(fleet: DemoFleet, broker_kind: BrokerKind, started: float) -> D
     from edgeplane.controller.operator.client import ControllerClient
     from edgeplane.shared.broker_url import BrokerUrl
 
-    # SIGTERM stops the story like Ctrl-C does; the caller then stops the fleet.
-    main = asyncio.current_task()
-    assert main is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
-
-    fleet.start_broker(broker_kind)
+    await fleet.start_broker(broker_kind)
     _say(started, f"broker: private {fleet.broker_kind} on {fleet.broker_url}")
-    fleet.start_controller(FlapSettings())
+    await fleet.start_controller(FlapSettings())
     url = BrokerUrl.parse(fleet.broker_url)
     async with (
         make_client(url, unique_client_id("edgeplane-demo")) as client,

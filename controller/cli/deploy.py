@@ -19,13 +19,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeplane.controller.operator.output import (
-    OPERATOR_SETTINGS,
-    add_operator_flags,
-    env_id_arg,
-    seconds_arg,
-)
-from edgeplane.shared import settings as common
+from edgeplane.controller.operator.args import add_operator_flags, env_id_arg, seconds_arg
+from edgeplane.controller.operator.settings import load_operator_settings
 from edgeplane.shared.errors import SettingsError
 
 if TYPE_CHECKING:
@@ -83,7 +78,7 @@ def deploy(args: argparse.Namespace) -> int:
 
     if args.ttl is not None and not args.when_online:
         raise SettingsError("--ttl: only with --when-online (how long it may stay queued)")
-    values = common.resolve(OPERATOR_SETTINGS, args)
+    settings = load_operator_settings(args)
     try:
         loaded = read_workflow_file(args.file)
     except WorkflowFileError as exc:
@@ -100,7 +95,7 @@ def deploy(args: argparse.Namespace) -> int:
     )
     follow = args.wait or args.dry_run
     wait_for = args.wait_timeout or _default_wait(request)
-    session = Session(values["broker"], values["topic_root"], values["timeout"], args.json)
+    session = Session(settings.broker, settings.topic_root, settings.timeout, args.json)
     return asyncio.run(session.run(request, follow=follow, wait_for=wait_for))
 
 

@@ -1,6 +1,8 @@
 """``edgeplane deployments [list] [--env ID] [--limit N]`` and ``deployments show ID``: the
 deployments the controller knows, newest first, and one with its events.
 
+``deployments`` alone lists. The flags may come before or after ``list``/``show``.
+
 Exit status: 0 shown; 1 not found, or no answer; 2 usage errors.
 """
 
@@ -9,30 +11,62 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
-from edgeplane.controller.operator.output import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
+from edgeplane.controller.operator.args import add_operator_flags, env_id_arg
+from edgeplane.controller.operator.settings import load_operator_settings
 from edgeplane.shared import settings as common
 
 if TYPE_CHECKING:
-    from edgeplane.shared.rpc import DeploymentInfo
+    from edgeplane.shared.rpc import DeploymentInfo, DeploymentList, DeploymentShow
 
 __all__ = ["add_parser"]
+
+DEFAULT_LIMIT: Final = 50
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "deployments",
         help="list deployments, or show one with its events",
-        description="deployments [list] [--env ID] [--limit N] | deployments show ID",
+        description="List deployments, newest first (also: deployments list), or show one "
+        "with its events (deployments show ID).",
     )
-    # Plain words rather than nested subparsers: "deployments" alone lists, and every flag
-    # works in any position.
-    parser.add_argument("words", nargs="*", metavar="list | show ID")
-    parser.add_argument("--env", type=env_id_arg, help="only this environment's")
-    parser.add_argument("--limit", type=_limit, default=50, help="at most N (default 50)")
+    _add_list_flags(parser)
     add_operator_flags(parser)
-    parser.set_defaults(handler=deployments, parser=parser)
+    parser.set_defaults(handler=list_deployments)
+    actions = parser.add_subparsers(dest="deployments_command", metavar="[list | show]")
+    listing = actions.add_parser(
+        "list",
+        help="list deployments, newest first (the default)",
+        description="List the deployments the controller knows, newest first.",
+    )
+    _add_list_flags(listing, inherited=True)
+    add_operator_flags(listing, inherited=True)
+    listing.set_defaults(handler=list_deployments)
+    show = actions.add_parser(
+        "show",
+        help="show one deployment with its events",
+        description="Show one deployment: its record and its events, oldest first.",
+    )
+    # Optional to argparse, so that a missing id is our one-line usage error.
+    show.add_argument("id", nargs="?", metavar="ID", help="the deployment id (required)")
+    add_operator_flags(show, inherited=True)
+    show.set_defaults(handler=show_deployment, parser=show)
+
+
+def _add_list_flags(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    absent = argparse.SUPPRESS if inherited else None
+    parser.add_argument(
+        "--env", type=env_id_arg, default=absent, metavar="ID", help="only this environment's"
+    )
+    parser.add_argument(
+        "--limit",
+        type=_limit,
+        default=absent,
+        metavar="N",
+        help=f"at most N (default {DEFAULT_LIMIT})",
+    )
 
 
 def _limit(value: str) -> int:
@@ -45,30 +79,42 @@ def _limit(value: str) -> int:
     return number
 
 
-def deployments(args: argparse.Namespace) -> int:
-    from edgeplane.controller.operator.client import ask
-    from edgeplane.shared.rpc import DeploymentList, DeploymentShow
+def list_deployments(args: argparse.Namespace) -> int:
+    from edgeplane.shared.rpc import DeploymentList
 
-    match args.words:
-        case [] | ["list"]:
-            request: DeploymentList | DeploymentShow = DeploymentList(
-                env=args.env or "", limit=args.limit
-            )
-        case ["show", dep]:
-            request = DeploymentShow(id=dep)
-        case _:
-            args.parser.error(f"expected 'list' or 'show ID', got {' '.join(args.words)!r}")
-    values = common.resolve(OPERATOR_SETTINGS, args)
-    result = asyncio.run(ask(values["broker"], values["topic_root"], request, values["timeout"]))
+    limit = DEFAULT_LIMIT if args.limit is None else args.limit
+    infos: list[DeploymentInfo] = _ask(args, DeploymentList(env=args.env or "", limit=limit))
     if args.json:
         from edgeplane.controller.operator.output import print_json
 
-        print_json(result)
-    elif isinstance(request, DeploymentShow):
-        print(details(result))
+        print_json(infos)
     else:
-        print(table(result))
+        print(table(infos))
     return 0
+
+
+def show_deployment(args: argparse.Namespace) -> int:
+    from edgeplane.shared.rpc import DeploymentShow
+
+    if args.id is None:
+        args.parser.error("expected 'show ID': the id of the deployment to show")
+    if args.env is not None or args.limit is not None:
+        args.parser.error("--env and --limit are for 'deployments list'")
+    info: DeploymentInfo = _ask(args, DeploymentShow(id=args.id))
+    if args.json:
+        from edgeplane.controller.operator.output import print_json
+
+        print_json(info)
+    else:
+        print(details(info))
+    return 0
+
+
+def _ask(args: argparse.Namespace, request: DeploymentList | DeploymentShow) -> Any:
+    from edgeplane.controller.operator.client import ask
+
+    settings = load_operator_settings(args)
+    return asyncio.run(ask(settings.broker, settings.topic_root, request, settings.timeout))
 
 
 def table(infos: list[DeploymentInfo]) -> str:

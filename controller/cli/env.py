@@ -14,12 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from edgeplane.controller.operator.output import (
-    OPERATOR_SETTINGS,
+from edgeplane.controller.operator.args import (
     add_operator_flags,
     env_id_arg,
     key_value_arg,
@@ -29,7 +27,7 @@ from edgeplane.controller.operator.output import (
     seconds_arg,
     short_text_arg,
 )
-from edgeplane.shared import settings as common
+from edgeplane.controller.operator.settings import load_operator_settings
 
 if TYPE_CHECKING:
     from edgeplane.controller.operator.client import ControllerClient, EventFeed
@@ -40,7 +38,8 @@ __all__ = ["add_parser"]
 
 ACK_WAIT: Final = 15.0  # default seconds to wait for the agent's ack
 
-Handler = Callable[["ControllerClient", argparse.Namespace], Awaitable[int]]
+# (the controller, the flags, the most seconds to wait for each of its answers) -> exit status
+Handler = Callable[["ControllerClient", argparse.Namespace, float], Awaitable[int]]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -87,14 +86,13 @@ def _add_ack_flags(parser: argparse.ArgumentParser) -> None:
 def _run(handler: Handler, args: argparse.Namespace) -> int:
     from edgeplane.controller.operator.client import ControllerClient
 
-    values = common.resolve(OPERATOR_SETTINGS, args)
-    args.timeout = values["timeout"]
+    settings = load_operator_settings(args)
 
     async def session() -> int:
         async with ControllerClient(
-            values["broker"], values["topic_root"], connect_timeout=values["timeout"]
+            settings.broker, settings.topic_root, connect_timeout=settings.timeout
         ) as controller:
-            return await handler(controller, args)
+            return await handler(controller, args, settings.timeout)
 
     return asyncio.run(session())
 
@@ -129,7 +127,7 @@ def _add_create(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
 
-async def _create(controller: ControllerClient, args: argparse.Namespace) -> int:
+async def _create(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
     from edgeplane.controller.operator.output import print_json
     from edgeplane.shared.rpc import EnvCreate
 
@@ -141,7 +139,7 @@ async def _create(controller: ControllerClient, args: argparse.Namespace) -> int
         project=args.project,
         labels=dict(args.label),
     )
-    info: EnvInfo = await controller.call(request, within=args.timeout)
+    info: EnvInfo = await controller.call(request, within=within)
     if args.json:
         print_json(info)
     else:
@@ -156,54 +154,26 @@ def _add_list(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("--all", action="store_true", help="retired environments too")
 
 
-async def _list(controller: ControllerClient, args: argparse.Namespace) -> int:
-    from edgeplane.controller.operator.output import ago, print_json, render_table
+async def _list(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
+    from edgeplane.controller.operator.env_text import env_table
+    from edgeplane.controller.operator.output import print_json
     from edgeplane.shared.rpc import EnvList
 
     infos: list[EnvInfo] = []
     while True:  # page by id: a large fleet does not fit in one reply
         after = infos[-1].id if infos else ""
         request = EnvList(project=args.project or "", include_retired=args.all, after=after)
-        page: list[EnvInfo] = await controller.call(request, within=args.timeout)
+        page: list[EnvInfo] = await controller.call(request, within=within)
         infos.extend(page)
         if len(page) < request.limit:
             break
     if args.json:
         print_json(infos)
-        return 0
-    if not infos:
+    elif not infos:
         print("no environments" + (f" in project {args.project}" if args.project else ""))
-        return 0
-    header = ("ID", "PROJECT", "STAGE", "LOCATION", "PURPOSE", "STATUS", "LAST SEEN", "LABELS")
-    now = time.time()
-    rows = [
-        (
-            info.id,
-            info.project or "-",
-            info.stage or "-",
-            info.location or "-",
-            info.purpose or "-",
-            _status(info),
-            "never" if info.last_seen is None else ago(now - info.last_seen),
-            _labels(info.labels) or "-",
-        )
-        for info in infos
-    ]
-    print(render_table(header, rows))
+    else:
+        print(env_table(infos))
     return 0
-
-
-def _status(info: EnvInfo) -> str:
-    marks: list[str] = [info.status]
-    if info.flapping:
-        marks.append("flapping")
-    if not info.registered:
-        marks.append("unregistered")
-    return ", ".join(marks)
-
-
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 # --- show ---------------------------------------------------------------------------------
@@ -212,57 +182,17 @@ def _add_show(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
 
 
-async def _show(controller: ControllerClient, args: argparse.Namespace) -> int:
+async def _show(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
+    from edgeplane.controller.operator.env_text import env_details
     from edgeplane.controller.operator.output import print_json
     from edgeplane.shared.rpc import EnvShow
 
-    info: EnvInfo = await controller.call(EnvShow(id=args.id), within=args.timeout)
+    info: EnvInfo = await controller.call(EnvShow(id=args.id), within=within)
     if args.json:
         print_json(info)
     else:
-        print(_details(info))
+        print(env_details(info))
     return 0
-
-
-def _details(info: EnvInfo) -> str:
-    from edgeplane.controller.operator.output import ago, when
-
-    fields: list[tuple[str, str]] = [
-        ("id", info.id),
-        ("project", info.project or "-"),
-        ("stage", info.stage or "-"),
-        ("location", info.location or "-"),
-        ("purpose", info.purpose or "-"),
-        ("labels", _labels(info.labels) or "-"),
-        ("created", when(info.created) if info.created else "-"),
-    ]
-    if info.retired is not None:
-        fields.append(("retired", when(info.retired)))
-    fields.append(("status", f"{_status(info)} since {when(info.since)}"))
-    heard = "never" if info.last_seen is None else ago(time.time() - info.last_seen)
-    every = f", every {info.interval:g} s" if info.interval else ""
-    fields.append(("heartbeat", f"{heard}{every}"))
-    models = "; ".join(
-        f"{name} {', '.join(versions)}" for name, versions in sorted(info.models.items())
-    )
-    fields.append(("models", models or "none reported"))
-    fields.append(("platform", _platform(info)))
-    fields.append(("running", ", ".join(info.running) or "nothing"))
-    width = max(len(name) for name, _ in fields) + 1
-    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)
-
-
-def _platform(info: EnvInfo) -> str:
-    platform = info.platform
-    if platform is None:
-        return "not reported"
-    parts = [f"{platform.os} {platform.arch}".strip()]
-    if platform.py:
-        parts.append(f"Python {platform.py}")
-    if platform.agent:
-        parts.append(f"agent {platform.agent}")
-    parts.append("GPU" if platform.gpu else "no GPU")
-    return ", ".join(part for part in parts if part)
 
 
 # --- update -------------------------------------------------------------------------------
@@ -302,7 +232,8 @@ def _add_update(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_ack_flags(parser)
 
 
-async def _update(controller: ControllerClient, args: argparse.Namespace) -> int:
+async def _update(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
+    from edgeplane.controller.operator.env_text import labels_text
     from edgeplane.controller.operator.output import print_json
     from edgeplane.shared.errors import SettingsError
     from edgeplane.shared.rpc import EnvUpdate
@@ -319,12 +250,14 @@ async def _update(controller: ControllerClient, args: argparse.Namespace) -> int
     )
     to_agent = request.interval is not None or bool(request.config)
     feed = await controller.follow_events(args.id) if to_agent and not args.no_wait else None
-    info: EnvInfo = await controller.call(request, within=args.timeout)
+    info: EnvInfo = await controller.call(request, within=within)
     if args.json and feed is None:
         print_json(info)
         return 0
     if not args.json:
-        print(f"updated {info.id}" + (f": labels {_labels(info.labels)}" if info.labels else ""))
+        print(
+            f"updated {info.id}" + (f": labels {labels_text(info.labels)}" if info.labels else "")
+        )
         if to_agent and feed is None:
             print(f"{info.id}: settings sent to the agent")
     if feed is None:
@@ -340,13 +273,13 @@ def _add_restart(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -
     _add_ack_flags(parser)
 
 
-async def _restart(controller: ControllerClient, args: argparse.Namespace) -> int:
+async def _restart(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
     from edgeplane.controller.operator.output import print_json
     from edgeplane.shared.rpc import EnvRestart
 
     feed = None if args.no_wait else await controller.follow_events(args.id)
     request = EnvRestart(id=args.id, workflow=args.workflow)
-    result: dict[str, str] = await controller.call(request, within=args.timeout)
+    result: dict[str, str] = await controller.call(request, within=within)
     cmd = result.get("cmd", "")
     if feed is None:
         if args.json:
@@ -367,17 +300,17 @@ def _add_retire(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _add_ack_flags(parser)
 
 
-async def _retire(controller: ControllerClient, args: argparse.Namespace) -> int:
+async def _retire(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
     from edgeplane.controller.operator.output import print_json
     from edgeplane.shared.rpc import EnvRetire, EnvShow
 
-    before: EnvInfo = await controller.call(EnvShow(id=args.id), within=args.timeout)
+    before: EnvInfo = await controller.call(EnvShow(id=args.id), within=within)
     if not args.yes and sys.stdin.isatty() and not _confirm(args.id):
         print("edgeplane: not retired", file=sys.stderr)
         return 1
     online = before.status == "online"
     feed = await controller.follow_events(args.id) if online and not args.no_wait else None
-    info: EnvInfo = await controller.call(EnvRetire(id=args.id), within=args.timeout)
+    info: EnvInfo = await controller.call(EnvRetire(id=args.id), within=within)
     if args.json and feed is None:
         print_json(info)
         return 0

@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from edgeplane.controller.operator.output import OPERATOR_SETTINGS, add_operator_flags, env_id_arg
-from edgeplane.shared import settings as common
+from edgeplane.controller.operator.args import add_operator_flags, env_id_arg
+from edgeplane.controller.operator.settings import load_operator_settings
 
 if TYPE_CHECKING:
     from edgeplane.controller.operator.client import ControllerClient, EventFeed
@@ -54,21 +54,21 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def events(args: argparse.Namespace) -> int:
     from edgeplane.controller.operator.client import ControllerClient
 
-    values = common.resolve(OPERATOR_SETTINGS, args)
+    settings = load_operator_settings(args)
 
     def connect() -> ControllerClient:
         return ControllerClient(
-            values["broker"], values["topic_root"], connect_timeout=values["timeout"]
+            settings.broker, settings.topic_root, connect_timeout=settings.timeout
         )
 
     async def session() -> int:
         if not args.follow:
             async with connect() as controller:
-                logged = await _read_log(controller, args, values["timeout"], after=0)
+                logged = await _read_log(controller, args, settings.timeout, after=0)
             _print_log(logged, args.json)
             return 0
         with _stop_on_signals() as stop:
-            await _follow_log(connect, args, values["timeout"], stop)
+            await _follow_log(connect, args, settings.timeout, stop)
         return 0
 
     return asyncio.run(session())

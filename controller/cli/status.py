@@ -5,23 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from edgeplane.shared import settings as common
-from edgeplane.shared.broker_url import DEFAULT_BROKER
-from edgeplane.shared.settings import Setting
-from edgeplane.shared.topics import DEFAULT_ROOT, TopicRoot
+from edgeplane.controller.operator.args import add_operator_flags
+from edgeplane.controller.operator.settings import VIEW_SETTINGS, load_view_settings
 
-__all__ = ["VIEWER_SETTINGS", "add_parser", "add_viewer_flags"]
-
-VIEWER_SETTINGS = (
-    Setting("broker", common.broker_url, DEFAULT_BROKER, "broker URL, mqtt://HOST:PORT"),
-    Setting("topic_root", common.topic_root, TopicRoot(DEFAULT_ROOT), "topic root"),
-    Setting("timeout", common.positive_float, 15.0, "most seconds to wait for the views"),
-)
-
-
-def add_viewer_flags(parser: argparse.ArgumentParser) -> None:
-    common.add_flags(parser, VIEWER_SETTINGS)
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+__all__ = ["add_parser"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -30,16 +17,16 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="show who is online",
         description="Show each environment's judged status (the controller's retained views).",
     )
-    add_viewer_flags(parser)
+    add_operator_flags(parser, VIEW_SETTINGS)
     parser.set_defaults(handler=show_status)
 
 
 def show_status(args: argparse.Namespace) -> int:
     from edgeplane.controller.operator.board import collect_board, render_json, render_table
 
-    values = common.resolve(VIEWER_SETTINGS, args)
+    settings = load_view_settings(args)
     board = asyncio.run(
-        collect_board(values["broker"], values["topic_root"], wait_at_most=values["timeout"])
+        collect_board(settings.broker, settings.topic_root, wait_at_most=settings.timeout)
     )
     rows = board.rows()
     print(render_json(rows) if args.json else render_table(rows))

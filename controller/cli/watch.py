@@ -6,8 +6,8 @@ import argparse
 import asyncio
 import sys
 
-from edgeplane.controller.cli.status import VIEWER_SETTINGS, add_viewer_flags
-from edgeplane.shared import settings as common
+from edgeplane.controller.operator.args import add_operator_flags
+from edgeplane.controller.operator.settings import WATCH_SETTINGS, load_watch_settings
 
 __all__ = ["add_parser"]
 
@@ -20,14 +20,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="show who is online, live",
         description="The status table, updated as the views change, until Ctrl-C.",
     )
-    add_viewer_flags(parser)
+    add_operator_flags(parser, WATCH_SETTINGS)
     parser.set_defaults(handler=watch)
 
 
 def watch(args: argparse.Namespace) -> int:
     from edgeplane.controller.operator.board import Board, follow_board, render_json, render_table
 
-    values = common.resolve(VIEWER_SETTINGS, args)
+    settings = load_watch_settings(args)
     live = sys.stdout.isatty()
 
     def draw(board: Board) -> None:
@@ -37,7 +37,7 @@ def watch(args: argparse.Namespace) -> int:
         sys.stdout.flush()
 
     try:
-        asyncio.run(follow_board(values["broker"], values["topic_root"], draw))
+        asyncio.run(follow_board(settings.broker, settings.topic_root, draw))
     except KeyboardInterrupt:
         return 0
     return 0

@@ -11,14 +11,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from edgeplane.shared import settings as common
 from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
 from edgeplane.shared.codec import DEFAULT_MAX_PAYLOAD
 from edgeplane.shared.errors import SettingsError
-from edgeplane.shared.logs import LogFormat
 from edgeplane.shared.topics import TopicRoot
+
+if TYPE_CHECKING:  # shared.logs imports structlog: not for `edgeplane --help`
+    from edgeplane.shared.logs import LogFormat
 
 __all__ = ["CONTROLLER_SETTINGS", "ControllerSettings", "default_db_path", "load_settings"]
 

@@ -256,7 +256,7 @@ async def _start_agents(
         AgentPlan(edge_ids[1], secrets={"OTHER_TOKEN": token}, models=model),
     ]
     for plan in plans:
-        fleet.add_agent(plan).start()
+        await fleet.add_agent(plan).start()
     for plan in plans:
         await watch.wait_status(plan.env_id, "online")
         say(f"agent {plan.env_id} online")
@@ -321,16 +321,16 @@ async def _kill_and_flap(
     say: Callable[[str], None],
 ) -> None:
     agent = fleet.agents[env]
-    agent.kill()
+    await agent.kill()
     view = await watch.wait_status(env, "offline")
     say(f"killed agent {env} (SIGKILL): offline, reason {view.reason}")
     while not any(a.env == env and a.kind == "flapping" for a in watch.alerts):
         if outcome.flap_cycles == MAX_FLAP_CYCLES:
             raise DemoFailed(f"no flapping alert for {env} after {MAX_FLAP_CYCLES} restarts")
         outcome.flap_cycles += 1
-        agent.start()
+        await agent.start()
         await watch.wait_status(env, "online")
-        agent.kill()
+        await agent.kill()
         await watch.wait_status(env, "offline")
         say(f"restarted and killed {env} again ({outcome.flap_cycles})")
     alert = await watch.wait_alert(env, "flapping")

@@ -1,0 +1,87 @@
+"""Environment records as people read them: the ``env list`` table and ``env show``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from edgeplane.controller.operator.output import ago, render_table, when
+
+if TYPE_CHECKING:
+    from edgeplane.shared.rpc import EnvInfo
+
+__all__ = ["env_details", "env_table", "labels_text"]
+
+
+def env_table(infos: list[EnvInfo], *, clock: Callable[[], float] = time.time) -> str:
+    header = ("ID", "PROJECT", "STAGE", "LOCATION", "PURPOSE", "STATUS", "LAST SEEN", "LABELS")
+    now = clock()
+    rows = [
+        (
+            info.id,
+            info.project or "-",
+            info.stage or "-",
+            info.location or "-",
+            info.purpose or "-",
+            _status(info),
+            "never" if info.last_seen is None else ago(now - info.last_seen),
+            labels_text(info.labels) or "-",
+        )
+        for info in infos
+    ]
+    return render_table(header, rows)
+
+
+def env_details(info: EnvInfo, *, clock: Callable[[], float] = time.time) -> str:
+    """One ``name: value`` line per field: the record, its status, what the agent reported."""
+    fields: list[tuple[str, str]] = [
+        ("id", info.id),
+        ("project", info.project or "-"),
+        ("stage", info.stage or "-"),
+        ("location", info.location or "-"),
+        ("purpose", info.purpose or "-"),
+        ("labels", labels_text(info.labels) or "-"),
+        ("created", when(info.created, clock=clock) if info.created else "-"),
+    ]
+    if info.retired is not None:
+        fields.append(("retired", when(info.retired, clock=clock)))
+    fields.append(("status", f"{_status(info)} since {when(info.since, clock=clock)}"))
+    heard = "never" if info.last_seen is None else ago(clock() - info.last_seen)
+    every = f", every {info.interval:g} s" if info.interval else ""
+    fields.append(("heartbeat", f"{heard}{every}"))
+    models = "; ".join(
+        f"{name} {', '.join(versions)}" for name, versions in sorted(info.models.items())
+    )
+    fields.append(("models", models or "none reported"))
+    fields.append(("platform", _platform(info)))
+    fields.append(("running", ", ".join(info.running) or "nothing"))
+    width = max(len(name) for name, _ in fields) + 1
+    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)
+
+
+def labels_text(labels: dict[str, str]) -> str:
+    """``k1=v1,k2=v2``, sorted by name."""
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def _status(info: EnvInfo) -> str:
+    marks: list[str] = [info.status]
+    if info.flapping:
+        marks.append("flapping")
+    if not info.registered:
+        marks.append("unregistered")
+    return ", ".join(marks)
+
+
+def _platform(info: EnvInfo) -> str:
+    platform = info.platform
+    if platform is None:
+        return "not reported"
+    parts = [f"{platform.os} {platform.arch}".strip()]
+    if platform.py:
+        parts.append(f"Python {platform.py}")
+    if platform.agent:
+        parts.append(f"agent {platform.agent}")
+    parts.append("GPU" if platform.gpu else "no GPU")
+    return ", ".join(part for part in parts if part)
