@@ -240,7 +240,10 @@ class Agent:
 
     def _next_wakeup(self) -> float:
         if self._stop.requested:
-            return self._stop.deadline
+            # A signal between the last step and now requested the stop, which has not
+            # begun (no deadline yet): come round at once to begin it.
+            deadline = self._stop.deadline
+            return self._clock.monotonic() if deadline == math.inf else deadline
         retiring = math.inf if self._retirement is None else self._retirement.deadline
         return min(self._link.next_deadline(self._clock.monotonic()), retiring)
 

@@ -234,3 +234,25 @@ def test_retire_acks_then_offline_retired_then_clears_the_status_and_wipes(
     assert sorted(p.name for p in state.iterdir()) == ["retired"]
     with pytest.raises(EnvironmentRetired, match=f"environment {ENV} was retired on"):
         check_not_retired(state)
+
+
+def test_a_stop_requested_while_the_loop_works_begins_at_once(tmp_path: Path) -> None:
+    """A signal between the loop's step and its wait (here: during the heartbeat publish of
+    t=20) must not leave the loop waiting without a deadline."""
+    agent, broker, _ = make_agent(tmp_path)
+    publish = broker.publish
+
+    def publish_then_signal(topic: str, payload: bytes, **options: Any) -> int:
+        signal_now = broker.now() == 20 and topic == STATUS and broker.answer_publish
+        if signal_now:
+            broker.answer_publish = False  # nothing else wakes the loop: no PUBACK comes
+        mid = publish(topic, payload, **options)
+        if signal_now:
+            agent.request_stop()
+        return mid
+
+    broker.publish = publish_then_signal  # type: ignore[method-assign]
+    assert agent.run() == 0
+    statuses = [(t, p["status"]) for t, p in broker.published()]
+    assert statuses[-2:] == [(20, "online"), (20, "offline")]
+    assert broker.record[-1] == (25, "disconnect", None), "after the PUBACK's 5 s at most"
