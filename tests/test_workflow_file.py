@@ -81,15 +81,6 @@ def test_a_file_without_a_known_suffix_is_tried_as_json_then_yaml(tmp_path: Path
     assert "line 1, column 12: not valid JSON" in error_of(write(tmp_path, "x.txt", '{"name": 1,'))
 
 
-def test_every_example_in_the_repository_loads() -> None:
-    examples = sorted((REPO / "examples").iterdir())
-    assert examples
-    for path in examples:
-        loaded = read_workflow_file(path)
-        assert isinstance(loaded.workflow, Workflow)
-        assert loaded.warnings == (), path
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
