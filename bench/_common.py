@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -519,14 +519,22 @@ def sample_process(pid: int) -> tuple[int, float]:
 
 
 class RealAgent:
-    """``python -m edge_agent run`` as a child process (one environment)."""
+    """``edge-agent run`` as a child process (one environment): ``python -m
+    edgeplane.edge_agent`` of this interpreter unless ``command`` says otherwise."""
 
-    def __init__(self, broker: str, root: TopicRoot, env: str, interval: float, work: Path) -> None:
+    def __init__(
+        self,
+        broker: str,
+        root: TopicRoot,
+        env: str,
+        interval: float,
+        work: Path,
+        *,
+        command: Sequence[str] = (sys.executable, "-m", "edgeplane.edge_agent"),
+    ) -> None:
         self.env = env
         self.argv = [
-            sys.executable,
-            "-m",
-            "edgeplane.edge_agent",
+            *command,
             "run",
             "--env-id",
             env,

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 from edgeplane.edge_agent import config
 from edgeplane.edge_agent.errors import OutboxError, SimulatorMissing, StateDirError
@@ -32,10 +33,34 @@ EXECUTOR_MODULE = "edgeplane.edge_agent.execution.executor"
 EXECUTOR_RECORD = "executor.json"  # what the executor keeps in the state dir
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's own, told the terminal's width: left to find it out, argparse imports
+    shutil (and its compression modules: 0.7 MB an agent would keep for nothing)."""
+
+    def __init__(self, prog: str, **options: Any) -> None:
+        options.setdefault("width", _terminal_width() - 2)  # argparse's own margin
+        super().__init__(prog, **options)
+
+
+def _terminal_width() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.stdout.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (``edge-agent: ...``) and exit status 2."""
 
     help_hint = ""  # the --help that tells about the flags at fault
+
+    def __init__(self, *args: Any, **options: Any) -> None:
+        options.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **options)
 
     def error(self, message: str) -> NoReturn:
         hint = self.help_hint or f"{self.prog} --help"

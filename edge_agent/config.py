@@ -18,13 +18,13 @@ by :mod:`edge_agent.state` and laid over the local settings at every start
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+import msgspec
 
 from edgeplane.shared import settings as s
 from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
@@ -118,20 +118,19 @@ SETTINGS: Final = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
+class AgentConfig(msgspec.Struct, frozen=True):
     env_id: str
     state_dir: Path
     broker: BrokerUrl = DEFAULT_BROKER
     heartbeat_interval: float = 10.0
-    topic_root: TopicRoot = field(default_factory=TopicRoot)
+    topic_root: TopicRoot = msgspec.field(default_factory=TopicRoot)
     keepalive: int = 30
     takeover_backoff: float = 60.0
     log_format: LogFormat = "auto"
     log_level: str = "info"
     models_dir: Path | None = None
     secrets_file: Path | None = None
-    endpoints: Mapping[str, str] = field(default_factory=dict)  # name -> URL
+    endpoints: Mapping[str, str] = msgspec.field(default_factory=dict)  # name -> URL
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -190,8 +189,7 @@ def endpoint_problem(name: str, url: Any) -> str:
 
 
 # --- run-time changes from the controller -------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Overrides:
+class Overrides(msgspec.Struct, frozen=True):
     """Settings the controller changed (``update`` commands), laid over the local ones.
 
     ``endpoints`` maps a name to its URL, or to "" for an endpoint removed (also one that
@@ -199,8 +197,8 @@ class Overrides:
 
     heartbeat_interval: float | None = None
     log_level: str | None = None
-    endpoints: Mapping[str, str] = field(default_factory=dict)
-    labels: Mapping[str, str] = field(default_factory=dict)
+    endpoints: Mapping[str, str] = msgspec.field(default_factory=dict)
+    labels: Mapping[str, str] = msgspec.field(default_factory=dict)
 
 
 class UpdateRefused(SettingsError):
@@ -240,7 +238,7 @@ def plan_update(
         raise UpdateRefused("; ".join(problems))
     if labels is not None and labels:
         changes["labels"] = dict(labels)
-    return dataclasses.replace(current, endpoints=endpoints, **changes)
+    return msgspec.structs.replace(current, endpoints=endpoints, **changes)
 
 
 def _updatable(key: str) -> bool:
@@ -261,7 +259,7 @@ def _endpoint_update(key: str, value: str) -> str:
 def with_overrides(config: AgentConfig, overrides: Overrides) -> AgentConfig:
     """The settings in force: the local ones with the controller's changes laid over."""
     endpoints = {**config.endpoints, **overrides.endpoints}
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         config,
         heartbeat_interval=overrides.heartbeat_interval or config.heartbeat_interval,
         log_level=overrides.log_level or config.log_level,

@@ -9,7 +9,7 @@ small. The inventory is looked at once per heartbeat (a directory listing)."""
 from __future__ import annotations
 
 import math
-import secrets
+import os
 from collections.abc import Callable
 from typing import Final
 
@@ -32,7 +32,7 @@ def new_boot_id() -> str:
 
     It only has to differ from the previous start's (one chance in 16.7 million that it
     does not), and every byte of the heartbeat counts."""
-    return secrets.token_hex(3)
+    return os.urandom(3).hex()
 
 
 def message_expiry(interval: float) -> int:

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+import msgspec
 
 __all__ = ["HostMetrics", "Sample"]
 
@@ -22,8 +23,7 @@ PROC_STAT: Final = Path("/proc/stat")
 PROC_MEMINFO: Final = Path("/proc/meminfo")
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+class Sample(msgspec.Struct, frozen=True):
     """Percentages of CPU, memory and disk in use; None when one could not be read."""
 
     cpu: float | None

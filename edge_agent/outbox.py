@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -119,7 +118,7 @@ class Outbox:
                     f"{str(self.path)!r} belongs to environment {owner!r}, not {self.env!r}; "
                     "give each environment its own --state-dir"
                 )
-            src = meta.get("src") or secrets.token_hex(4)
+            src = meta.get("src") or os.urandom(4).hex()
             if "src" not in meta:
                 self._db.execute("INSERT INTO meta VALUES ('src', ?), ('env', ?)", (src, self.env))
             last_seq = int(meta.get("last_seq", "0"))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import shutil
 
 from edgeplane.shared import __version__
 from edgeplane.shared.messages import Platform
@@ -32,4 +31,14 @@ def platform_facts() -> Platform:
 
 def gpu_visible(path: str | None = None) -> bool:
     """An NVIDIA device node exists, or ``nvidia-smi`` is on ``path`` (default ``$PATH``)."""
-    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi", path=path) is not None
+    return os.path.exists("/dev/nvidia0") or _on_path("nvidia-smi", path)
+
+
+def _on_path(program: str, path: str | None) -> bool:
+    """An executable ``program`` in a directory of ``path`` (the test ``shutil.which``
+    makes; shutil itself, with its compression modules, is more than an idle agent needs)."""
+    directories = (os.environ.get("PATH", os.defpath) if path is None else path).split(os.pathsep)
+    return any(
+        os.access(candidate, os.X_OK) and not os.path.isdir(candidate)
+        for candidate in (os.path.join(d, program) for d in directories if d)
+    )

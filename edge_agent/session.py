@@ -12,9 +12,9 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -40,20 +40,17 @@ __all__ = [
 SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: another client connected with our client id
 
 
-@dataclass(frozen=True, slots=True)
-class Connected:
+class Connected(msgspec.Struct, frozen=True):
     """The broker accepted the connection (CONNACK success)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectRefused:
+class ConnectRefused(msgspec.Struct, frozen=True):
     """The broker answered CONNECT with a failure; a :class:`Disconnected` follows."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class Disconnected:
+class Disconnected(msgspec.Struct, frozen=True):
     code: int  # MQTT 5 reason code (0x8E: session taken over)
     reason: str
     by_broker: bool  # the broker sent a DISCONNECT packet (else: the network or we closed)
@@ -63,21 +60,18 @@ class Disconnected:
         return self.code == SESSION_TAKEN_OVER
 
 
-@dataclass(frozen=True, slots=True)
-class Subscribed:
+class Subscribed(msgspec.Struct, frozen=True):
     mid: int
     refused: tuple[str, ...]  # the reason of each refused filter, empty when all granted
 
 
-@dataclass(frozen=True, slots=True)
-class Published:
+class Published(msgspec.Struct, frozen=True):
     """A QoS 1 publish was acknowledged (PUBACK)."""
 
     mid: int
 
 
-@dataclass(frozen=True, slots=True)
-class MessageIn:
+class MessageIn(msgspec.Struct, frozen=True):
     topic: str
     payload: bytes
     retained: bool

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Final
@@ -175,6 +174,8 @@ def retire_state_dir(state_dir: Path, env: str, paths: list[Path], now: float) -
     write_atomically(marker, json.dumps(data).encode("utf-8") + b"\n")
     for path in [state_dir / BDSEQ_FILE, state_dir / OVERRIDES_FILE, *paths]:
         if path.is_dir() and not path.is_symlink():
+            import shutil  # once, at the end of an environment's life
+
             shutil.rmtree(path, ignore_errors=True)
         else:
             with contextlib.suppress(FileNotFoundError):

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
+
+import msgspec
 
 from edgeplane.shared.errors import InvalidBrokerUrl
 
@@ -13,8 +14,7 @@ __all__ = ["DEFAULT_BROKER", "BrokerUrl"]
 _DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 
 
-@dataclass(frozen=True, slots=True)
-class BrokerUrl:
+class BrokerUrl(msgspec.Struct, frozen=True):
     scheme: str
     host: str
     port: int

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tomllib
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.errors import EdgeplaneError, SettingsError
@@ -37,8 +37,7 @@ __all__ = [
 ENV_PREFIX = "EDGEPLANE_"
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
+class Setting(msgspec.Struct, frozen=True):
     """One setting. ``convert`` takes a string (flag, environment) or a TOML value and
     returns the typed value, raising ``ValueError`` with a short explanation."""
 
@@ -130,6 +129,8 @@ def _pick(
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    import tomllib  # only a process that reads a config file pays for the parser
+
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)

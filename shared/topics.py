@@ -15,8 +15,9 @@ Every topic lives under a root (default ``edgeplane/v1``)::
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from edgeplane.shared.errors import InvalidTopic
 from edgeplane.shared.ids import is_env_id, validate_env_id
@@ -37,8 +38,7 @@ class TopicKind(enum.Enum):
     REPLY = "reply"
 
 
-@dataclass(frozen=True, slots=True)
-class ParsedTopic:
+class ParsedTopic(msgspec.Struct, frozen=True):
     kind: TopicKind
     env: str | None  # None for the controller's own topics
     client: str | None = None  # the requester of a reply topic
@@ -51,8 +51,7 @@ _ENV_SUFFIXES: Final = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class TopicRoot:
+class TopicRoot(msgspec.Struct, frozen=True):
     """A validated topic root, and the builders and parser of the tree below it."""
 
     value: str = DEFAULT_ROOT

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 BENCHES = {
     "ingest": ["--count", "20", "--quick", "--flood", "500", "--seconds", "2"],
     "detection": ["--count", "20", "--quick", "--kills", "3", "--real", "1", "--frozen", "2"],
-    "agent_footprint": ["--quick", "--seconds", "2"],
+    "agent_footprint": ["--quick", "--seconds", "2", "--agent-from", "checkout"],
     "restart": ["--count", "20", "--quick", "--change", "2", "--watch", "1"],
     "deploy_fanout": ["--count", "5", "--burst", "500"],
 }
