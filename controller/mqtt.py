@@ -1,54 +1,368 @@
-"""The one place that builds aiomqtt clients for the controller and the operator commands.
+"""The controller's one boundary with MQTT: aiomqtt and paho appear here and nowhere else.
 
-MQTT 5 always. Callers catch :class:`aiomqtt.MqttError` only here and in the service's
-connection loop, and translate it into :class:`controller.errors.BrokerUnavailable`.
+Everything else sees the values and the connection of this module, and one exception,
+:class:`BrokerUnavailable` (raised ``from`` the aiomqtt error it replaces)::
+
+    async with Connection(url, unique_client_id("edgeplane-status")) as connection:
+        await connection.subscribe(Subscription(root.all_views(), qos=0))
+        await connection.publish(topic, payload, retain=True, expiry=30)
+        async for message in connection:  # BrokerUnavailable once the connection is lost
+            print(message.topic, message.payload, message.retained, message.expiry_left)
+
+- :class:`Message`: one received message (topic, payload, retained flag; its remaining
+  message expiry, response topic and correlation data, read from the MQTT 5 properties
+  only when asked for);
+- :class:`Will`, :class:`Subscription`: what a connection registers;
+- :class:`Connection`: MQTT 5, an async context manager, reusable (enter it again to
+  reconnect) but not re-entrant, with :class:`ConnectionState`.
+
+A connection that is kept goes through the one reconnect loop,
+:class:`edgeplane.controller.reconnect.Reconnect`.
+
+The receive path costs one small object per message: messages go straight from paho's
+callback into the connection's queue as :class:`Message` (no aiomqtt ``Message`` and
+``Topic`` in between), and iteration takes what is queued without a task or a wait.
 """
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import ssl
 import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
 
 import aiomqtt
 import paho.mqtt.client
-import paho.mqtt.properties
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.errors import BrokerUnavailable
 
-__all__ = ["make_client", "unique_client_id"]
+__all__ = [
+    "Connection",
+    "ConnectionState",
+    "Message",
+    "Subscription",
+    "Will",
+    "unique_client_id",
+]
+
+FAIR_SHARE: Final = 64  # messages taken without yielding to the event loop
 
 
 def unique_client_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def make_client(
-    url: BrokerUrl,
-    identifier: str,
-    *,
-    will: aiomqtt.Will | None = None,
-    keepalive: int = 30,
-    timeout: float = 10.0,
-    clean_start: bool | None = None,
-    properties: paho.mqtt.properties.Properties | None = None,
-) -> aiomqtt.Client:
-    """A client for ``url`` (TLS with the system's trust store for ``mqtts://``).
-    ``clean_start=False`` with a CONNECT ``SessionExpiryInterval`` keeps a persistent
-    session (the controller's event connection)."""
-    return aiomqtt.Client(
-        url.host,
-        url.port,
-        identifier=identifier,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        will=will,
-        keepalive=keepalive,
-        timeout=timeout,
-        tls_context=ssl.create_default_context() if url.tls else None,
-        clean_start=(
-            paho.mqtt.client.MQTT_CLEAN_START_FIRST_ONLY if clean_start is None else clean_start
-        ),
-        properties=properties,
-        # No TCP_NODELAY: it cut view latency (~40 ms of Nagle + delayed ACK) but cost
-        # about 20 % of ingest throughput (every PUBACK its own segment), and the lag goal
-        # is met without it (docs/performance.md).
-    )
+# --- values ------------------------------------------------------------------------------
+class Message:
+    """One received message. ``topic``, ``payload`` and ``retained`` are plain attributes;
+    the MQTT 5 properties are read when asked for (most messages never are)."""
+
+    __slots__ = ("_properties", "payload", "retained", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        retained: bool = False,
+        properties: Properties | None = None,
+    ) -> None:
+        self.topic: Final = topic
+        self.payload: Final = payload
+        self.retained: Final = retained
+        self._properties: Final = properties
+
+    @property
+    def expiry_left(self) -> int | None:
+        """The remaining message expiry, seconds (the broker counts it down while it holds a
+        retained message); None without one."""
+        value = getattr(self._properties, "MessageExpiryInterval", None)
+        return value if isinstance(value, int) else None
+
+    @property
+    def response_topic(self) -> str | None:
+        value = getattr(self._properties, "ResponseTopic", None)
+        return value if isinstance(value, str) else None
+
+    @property
+    def correlation(self) -> bytes | None:
+        value = getattr(self._properties, "CorrelationData", None)
+        return bytes(value) if isinstance(value, bytes | bytearray) else None
+
+    def __repr__(self) -> str:
+        return f"Message({self.topic!r}, {self.payload[:60]!r}, retained={self.retained})"
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The message the broker publishes for a connection that ends without DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """A topic filter with its maximum QoS; ``no_local``: not the messages this connection
+    publishes itself (MQTT 5)."""
+
+    topic: str
+    qos: int = 1
+    no_local: bool = False
+
+
+class ConnectionState(enum.Enum):
+    NEW = "new"  # never entered
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    LOST = "lost"  # inside the block, but the broker is gone: leave it
+    CLOSED = "closed"  # left; entering again connects again
+
+
+# --- the connection ----------------------------------------------------------------------
+class Connection:
+    """One MQTT 5 connection to ``url`` (TLS with the system's trust store for
+    ``mqtts://``). ``clean_start=None`` starts clean at the first connection only; with
+    ``clean_start=False`` and ``session_expiry`` seconds the broker keeps the session
+    (subscriptions and QoS 1 messages) while the connection is down.
+
+    ``async with`` connects; leaving disconnects cleanly. Entering again reconnects (what
+    was received and not yet taken stays queued); entering it twice at once is an error.
+    """
+
+    def __init__(
+        self,
+        url: BrokerUrl,
+        client_id: str,
+        *,
+        will: Will | None = None,
+        keepalive: int = 30,
+        timeout: float = 10.0,
+        clean_start: bool | None = None,
+        session_expiry: int | None = None,
+        warn_pending_above: int = 10,
+    ) -> None:
+        self.url = url
+        self.client_id = client_id
+        self._will = will
+        self._keepalive = keepalive
+        self._timeout = timeout
+        self._clean_start = clean_start
+        self._session_expiry = session_expiry
+        self._warn_pending_above = warn_pending_above
+        self._client: _Client | None = None
+        self._state = ConnectionState.NEW
+
+    @property
+    def state(self) -> ConnectionState:
+        if self._state is ConnectionState.CONNECTED and self._client and self._client.lost:
+            return ConnectionState.LOST
+        return self._state
+
+    @property
+    def backlog(self) -> int:
+        """Messages received and not yet taken."""
+        return 0 if self._client is None else self._client.incoming.qsize()
+
+    async def __aenter__(self) -> Self:
+        if self._state not in (ConnectionState.NEW, ConnectionState.CLOSED):
+            raise RuntimeError("a connection is reusable, but not re-entrant")
+        self._state = ConnectionState.CONNECTING
+        if self._client is None:
+            self._client = self._make_client()
+        try:
+            await self._client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            self._state = ConnectionState.CLOSED
+            raise BrokerUnavailable(f"cannot reach the broker at {self.url}: {exc}") from exc
+        except BaseException:
+            self._state, self._client = ConnectionState.CLOSED, None  # a cancelled connect
+            raise
+        self._state = ConnectionState.CONNECTED
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        client = self._connected()
+        try:
+            await client.__aexit__(exc_type, exc, traceback)
+        except BaseException as error:
+            self._client = None  # aiomqtt keeps its lock after a failed disconnect: start anew
+            if isinstance(error, aiomqtt.MqttError):
+                raise self._lost(error) from error
+            raise
+        finally:
+            self._state = ConnectionState.CLOSED
+
+    async def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int = 1,
+        retain: bool = False,
+        expiry: int | None = None,
+        correlation: bytes | None = None,
+        response_topic: str | None = None,
+        ack_timeout: float | None = None,
+    ) -> None:
+        """Publish and wait for the broker's acknowledgement (QoS 1, the contract's, unless
+        told); ``expiry``: the MQTT 5 message expiry, seconds."""
+        client = self._connected()
+        properties = _publish_properties(expiry, correlation, response_topic)
+        try:
+            await client.publish(
+                topic, payload, qos=qos, retain=retain, properties=properties, timeout=ack_timeout
+            )
+        except aiomqtt.MqttError as exc:
+            raise self._lost(exc) from exc
+
+    async def subscribe(
+        self, *subscriptions: Subscription | str, ack_timeout: float | None = None
+    ) -> list[int]:
+        """Subscribe (one SUBSCRIBE for all; a string is QoS 1); returns the broker's
+        reason codes, one per subscription (0-2: the granted QoS, >= 128: refused)."""
+        client = self._connected()
+        wanted = [_subscribe_option(item) for item in subscriptions]
+        try:
+            granted = await client.subscribe(wanted, timeout=ack_timeout)
+        except aiomqtt.MqttError as exc:
+            raise self._lost(exc) from exc
+        return [code if isinstance(code, int) else code.value for code in granted]
+
+    def __aiter__(self) -> Self:
+        return self
+
+    def __anext__(self) -> Awaitable[Message]:
+        """The next message; :class:`BrokerUnavailable` once the connection is lost (after
+        every message that came before the loss)."""
+        return self._connected().next_message(self.url)
+
+    def _connected(self) -> _Client:
+        if self._client is None or self._state is ConnectionState.NEW:
+            raise RuntimeError("the connection was never entered")
+        return self._client
+
+    def _lost(self, exc: BaseException) -> BrokerUnavailable:
+        return BrokerUnavailable(f"lost the connection to the broker at {self.url}: {exc}")
+
+    def _make_client(self) -> _Client:
+        will = self._will
+        properties = None
+        if self._session_expiry is not None:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self._session_expiry
+        client = _Client(
+            self.url.host,
+            self.url.port,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            will=None
+            if will is None
+            else aiomqtt.Will(will.topic, will.payload, will.qos, will.retain),
+            keepalive=self._keepalive,
+            timeout=self._timeout,
+            tls_context=ssl.create_default_context() if self.url.tls else None,
+            clean_start=(
+                paho.mqtt.client.MQTT_CLEAN_START_FIRST_ONLY
+                if self._clean_start is None
+                else self._clean_start
+            ),
+            properties=properties,
+            # No TCP_NODELAY: it cut view latency (~40 ms of Nagle + delayed ACK) but cost
+            # about 20 % of ingest throughput (every PUBACK its own segment), and the lag
+            # goal is met without it (docs/performance.md).
+        )
+        client.pending_calls_threshold = self._warn_pending_above
+        return client
+
+
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, with the receive path of :class:`Connection`: paho's message
+    callback queues a :class:`Message`, and a lost connection queues its ``disconnected``
+    future behind the messages that came before it, so a reader takes every message it
+    was sent (they are acknowledged already) before it learns of the loss."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.incoming: asyncio.Queue[Message | asyncio.Future[None]] = asyncio.Queue()
+        self._taken = 0  # messages taken in a row without yielding
+
+    @property
+    def lost(self) -> bool:
+        return self._disconnected.done()
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        self._disconnected.add_done_callback(self._note_loss)
+        return self
+
+    def _note_loss(self, disconnected: asyncio.Future[None]) -> None:
+        if not disconnected.cancelled():
+            disconnected.exception()  # retrieved: the reader raises it, if one is left
+        self.incoming.put_nowait(disconnected)
+
+    def _on_message(
+        self, client: paho.mqtt.client.Client, userdata: Any, message: paho.mqtt.client.MQTTMessage
+    ) -> None:
+        payload = message.payload  # bytes from paho's decoder; typed wider
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        self.incoming.put_nowait(
+            Message(message.topic, payload, message.retain, message.properties)
+        )
+
+    async def next_message(self, url: BrokerUrl) -> Message:
+        incoming = self.incoming
+        while True:
+            if not incoming.qsize():
+                self._taken = 0
+                item = await incoming.get()
+            elif self._taken < FAIR_SHARE:
+                self._taken += 1
+                item = incoming.get_nowait()  # no await: a backlog is taken at full speed
+            else:
+                self._taken = 0
+                await asyncio.sleep(0)  # ... but the other tasks get their turn now and then
+                continue
+            if type(item) is Message:
+                return item
+            if item is self._disconnected:  # else: the end of an earlier connection
+                error = None if item.cancelled() else item.exception()
+                raise BrokerUnavailable(
+                    f"lost the connection to the broker at {url}: {error or 'disconnected'}"
+                ) from error
+
+
+def _subscribe_option(item: Subscription | str) -> tuple[str, SubscribeOptions]:
+    if isinstance(item, str):
+        item = Subscription(item)
+    return item.topic, SubscribeOptions(qos=item.qos, noLocal=item.no_local)
+
+
+def _publish_properties(
+    expiry: int | None, correlation: bytes | None, response_topic: str | None
+) -> Properties | None:
+    if expiry is None and correlation is None and response_topic is None:
+        return None
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    if expiry is not None:
+        properties.MessageExpiryInterval = expiry
+    if correlation is not None:
+        properties.CorrelationData = correlation
+    if response_topic is not None:
+        properties.ResponseTopic = response_topic
+    return properties

@@ -110,3 +110,16 @@ def test_the_agent_outside_the_simulator_imports_no_heavy_or_controller_library(
         return top(name) not in AGENT_NEVER_IMPORTS
 
     assert violations("edge_agent", allowed) == []
+
+
+def test_only_the_mqtt_boundary_imports_aiomqtt_or_paho() -> None:
+    """controller/mqtt.py is the controller's one MQTT module: everything else sees its
+    values, its connection and :class:`BrokerUnavailable`, never aiomqtt's or paho's."""
+    boundary = REPO / "controller" / "mqtt.py"
+    mqtt_libraries = {"aiomqtt", "paho"}
+    assert mqtt_libraries <= {top(name) for name in imports_of(boundary)}
+
+    def allowed(path: Path, name: str) -> bool:
+        return path == boundary or top(name) not in mqtt_libraries
+
+    assert violations("controller", allowed) == []

@@ -215,9 +215,11 @@ async def test_an_event_missed_live_is_found_in_the_controllers_record(
 
     workflow = Workflow(name="w", version="1", steps=[Step(name="a", run=["x"])])
     async with responder(broker.url, root, answer):
-        session = deploy_follow.Session(BrokerUrl.parse(broker.url), root, 5.0, as_json=False)
+        follower = deploy_follow.DeployFollower(
+            BrokerUrl.parse(broker.url), root, 5.0, as_json=False
+        )
         request = DeployRequest(env="edge-a", workflow=workflow)
-        code = await session.run(request, follow=True, wait_for=60)
+        code = await follower.run(request, follow=True, wait_for=60)
     assert code == 0
     assert [type(r) for r in asked] == [DeployRequest, DeploymentShow]
     assert capsys.readouterr().out.splitlines() == [

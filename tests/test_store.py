@@ -10,7 +10,8 @@ import pytest
 
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
-from edgeplane.controller.daemon.store import SCHEMA_VERSION, open_store
+from edgeplane.controller.daemon.schema import SCHEMA_VERSION
+from edgeplane.controller.daemon.store import open_store
 from edgeplane.controller.errors import StoreError
 
 
@@ -76,10 +77,17 @@ async def test_restart_restores_records_transitions_and_alerts(tmp_path: Path) -
 
 
 async def test_a_full_queue_makes_submit_wait(tmp_path: Path) -> None:
-    async with open_store(tmp_path / "c.db", queue_size=2) as store:
+    """While the writer lingers over plain heartbeats, a queue of 2 takes two submits
+    besides the one the writer holds; every other submit waits until there is room."""
+    async with open_store(tmp_path / "c.db", queue_size=2, linger=30.0) as store:
         submits = [asyncio.create_task(store.submit(heartbeat("a", n))) for n in range(20)]
+        returned, waiting = await asyncio.wait(submits, timeout=0.5)
+        assert (len(returned), len(waiting)) == (3, 17)
+        store._linger = 0.0  # from now on the writer takes what is queued at once
+        await store.flush()  # ends the wait of the writer's first batch
         numbers = await asyncio.gather(*submits)
         await store.flush()
+        assert store.committed == 20
     assert sorted(numbers) == list(range(1, 21))
 
 

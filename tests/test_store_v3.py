@@ -10,7 +10,8 @@ from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.oplog import WINDOW, SeenEvents
 from edgeplane.controller.core.records import LogEntry, ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
-from edgeplane.controller.daemon.store import MIGRATIONS, open_store
+from edgeplane.controller.daemon.schema import MIGRATIONS
+from edgeplane.controller.daemon.store import open_store
 from edgeplane.shared.messages import Accepted, Event, Platform, Succeeded
 from edgeplane.shared.workflow import Step, Workflow
 

@@ -92,7 +92,7 @@ async def _demo(broker_kind: BrokerKind, started: float) -> DemoOutcome | None:
 async def _story(fleet: DemoFleet, broker_kind: BrokerKind, started: float) -> DemoOutcome:
     from edgeplane.controller.demo.fleet import FlapSettings
     from edgeplane.controller.demo.story import FleetWatch, tell
-    from edgeplane.controller.mqtt import make_client, unique_client_id
+    from edgeplane.controller.mqtt import Connection, unique_client_id
     from edgeplane.controller.operator.client import ControllerClient
     from edgeplane.shared.broker_url import BrokerUrl
 
@@ -101,10 +101,10 @@ async def _story(fleet: DemoFleet, broker_kind: BrokerKind, started: float) -> D
     await fleet.start_controller(FlapSettings())
     url = BrokerUrl.parse(fleet.broker_url)
     async with (
-        make_client(url, unique_client_id("edgeplane-demo")) as client,
+        Connection(url, unique_client_id("edgeplane-demo")) as connection,
         ControllerClient(url, fleet.root) as controller,
     ):
-        watch = FleetWatch(client, fleet.root)
+        watch = FleetWatch(connection, fleet.root)
         await watch.subscribe()
         reader = asyncio.create_task(watch.run(), name="demo-watch")
         try:

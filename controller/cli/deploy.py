@@ -71,7 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def deploy(args: argparse.Namespace) -> int:
-    from edgeplane.controller.operator.deploy_follow import Session
+    from edgeplane.controller.operator.deploy_follow import DeployFollower
     from edgeplane.controller.operator.workflow_file import read_workflow_file
     from edgeplane.shared.errors import WorkflowFileError
     from edgeplane.shared.rpc import DeployRequest
@@ -95,8 +95,8 @@ def deploy(args: argparse.Namespace) -> int:
     )
     follow = args.wait or args.dry_run
     wait_for = args.wait_timeout or _default_wait(request)
-    session = Session(settings.broker, settings.topic_root, settings.timeout, args.json)
-    return asyncio.run(session.run(request, follow=follow, wait_for=wait_for))
+    follower = DeployFollower(settings.broker, settings.topic_root, settings.timeout, args.json)
+    return asyncio.run(follower.run(request, follow=follow, wait_for=wait_for))
 
 
 def _default_wait(request: DeployRequest) -> float:

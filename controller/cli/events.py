@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "event_line"]
 
 PAGE: Final = 200  # events per event-list request
-RETRY_PAUSE: Final = 1.0  # seconds between attempts to connect again while following
+RETRY_PAUSE: Final = 1.0  # seconds before the first attempt to connect again; doubling ...
+RETRY_PAUSE_CAP: Final = 5.0  # ... up to this
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -81,29 +82,37 @@ async def _follow_log(
     stop: asyncio.Event,
 ) -> None:
     """The log, then live events, until ``stop``. A connection lost later is made again
-    (every :data:`RETRY_PAUSE` seconds), and the log read again from where it was, so
-    what was logged meanwhile is printed too; only a first connection that fails ends it."""
+    (the one reconnect loop: pauses from :data:`RETRY_PAUSE` up to :data:`RETRY_PAUSE_CAP`
+    seconds), and the log read again from where it was, so what was logged meanwhile is
+    printed too; only a first connection that fails ends it."""
     from edgeplane.controller.errors import BrokerUnavailable, NoControllerAnswer
+    from edgeplane.controller.reconnect import Reconnect, Retry
+    from edgeplane.shared.backoff import Backoff
 
     seen: set[tuple[str, str, int]] = set()
     after = 0
-    followed = False
-    while not stop.is_set():
-        try:
-            async with connect() as controller:
-                feed = await controller.follow_events(args.env)
-                for entry in await _read_log(controller, args, within, after=after):
-                    after = entry.id
-                    _print_new(entry.id, entry.at, entry.event, seen, args)
-                followed = True
-                await _print_live(feed, seen, args, stop)
-                return
-        except (BrokerUnavailable, NoControllerAnswer) as exc:
-            if not followed:
-                raise
-            print(f"edgeplane: {exc}; trying again", file=sys.stderr, flush=True)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), RETRY_PAUSE)
+
+    def retrying(retry: Retry) -> None:
+        print(f"edgeplane: {retry.error}; trying again", file=sys.stderr, flush=True)
+
+    reconnect = Reconnect(
+        backoff=Backoff(initial=RETRY_PAUSE, cap=RETRY_PAUSE_CAP),
+        stop=stop,
+        retry_on=(BrokerUnavailable, NoControllerAnswer),
+        first_must_succeed=True,
+        on_retry=retrying,
+    )
+
+    async def follow(controller: ControllerClient) -> None:
+        nonlocal after
+        feed = await controller.follow_events(args.env)
+        for entry in await _read_log(controller, args, within, after=after):
+            after = entry.id
+            _print_new(entry.id, entry.at, entry.event, seen, args)
+        reconnect.settled()
+        await _print_live(feed, seen, args, stop)
+
+    await reconnect.run(connect, follow)
 
 
 @contextlib.contextmanager

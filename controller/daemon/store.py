@@ -1,4 +1,5 @@
-"""The controller's SQLite database (aiosqlite, WAL): environments, transitions, alert edges.
+"""The controller's SQLite database (aiosqlite, WAL): environments, transitions, alert edges,
+environment records, inventories, deployments and the operations log.
 
 Writes never happen on the receive path. The service hands each :class:`Judgement` to
 :meth:`Store.submit`, which puts it on a bounded queue and returns its sequence number; one
@@ -13,10 +14,8 @@ Everything else (environment records, inventories, deployments, operations-log e
 goes through the same queue as :class:`Writes`: events are inserted in batches with
 ``INSERT OR IGNORE`` on their unique (env, src, seq), so an event delivered twice is stored
 once. Reads for operator requests go straight to the connection (they are off the receive
-path).
-
-The schema is versioned with ``PRAGMA user_version``; :data:`MIGRATIONS` takes a database
-from any older version to the current one, and a newer one is refused.
+path). The schema and its migrations are :mod:`~edgeplane.controller.daemon.schema`; the
+rows, :mod:`~edgeplane.controller.daemon.rows`.
 """
 
 from __future__ import annotations
@@ -29,156 +28,18 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiosqlite
-import msgspec
 
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
-from edgeplane.controller.core.records import LogEntry, ReportedInventory, Writes
+from edgeplane.controller.core.records import ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
+from edgeplane.controller.daemon import rows
+from edgeplane.controller.daemon.schema import prepare
 from edgeplane.controller.errors import StoreError
-from edgeplane.shared.messages import Event, Platform
 from edgeplane.shared.rpc import LoggedEvent
-from edgeplane.shared.workflow import Workflow
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Store", "open_store"]
-
-MIGRATIONS: Final[tuple[str, ...]] = (
-    # version 1: environments, every transition, every alert edge
-    """
-    CREATE TABLE envs (
-        env TEXT PRIMARY KEY,
-        status TEXT NOT NULL,
-        since REAL NOT NULL,
-        reason TEXT NOT NULL DEFAULT '',
-        last_seen REAL,
-        bdseq INTEGER,
-        seq INTEGER,
-        boot TEXT NOT NULL DEFAULT '',
-        interval REAL,
-        flapping INTEGER NOT NULL DEFAULT 0,
-        conflict INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE TABLE transitions (
-        id INTEGER PRIMARY KEY,
-        env TEXT NOT NULL,
-        from_status TEXT NOT NULL,
-        to_status TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        at REAL NOT NULL,
-        during_downtime INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX transitions_by_env ON transitions (env, at);
-    CREATE TABLE alerts (
-        id INTEGER PRIMARY KEY,
-        env TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        state TEXT NOT NULL,
-        at REAL NOT NULL,
-        detail TEXT NOT NULL DEFAULT ''
-    );
-    """,
-    # version 2: the transitions the flap detector needs at restart, found by time
-    """
-    CREATE INDEX transitions_by_time ON transitions (at);
-    CREATE INDEX alerts_by_env ON alerts (env, at);
-    """,
-    # version 3: environment records, agent inventories, deployments, the operations log
-    """
-    CREATE TABLE records (
-        id TEXT PRIMARY KEY,
-        project TEXT NOT NULL,
-        stage TEXT NOT NULL,
-        location TEXT NOT NULL,
-        purpose TEXT NOT NULL,
-        labels TEXT NOT NULL DEFAULT '{}',
-        created REAL NOT NULL,
-        retired REAL
-    );
-    CREATE TABLE inventory (
-        env TEXT PRIMARY KEY,
-        models TEXT NOT NULL DEFAULT '{}',
-        platform TEXT,
-        updated REAL NOT NULL
-    );
-    CREATE TABLE deployments (
-        id TEXT PRIMARY KEY,
-        env TEXT NOT NULL,
-        workflow TEXT NOT NULL,
-        version TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        spec TEXT NOT NULL,
-        state TEXT NOT NULL,
-        reason TEXT NOT NULL DEFAULT '',
-        created REAL NOT NULL,
-        updated REAL NOT NULL,
-        expires REAL,
-        dry_run INTEGER NOT NULL DEFAULT 0,
-        when_online INTEGER NOT NULL DEFAULT 0,
-        cmd TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX deployments_by_env ON deployments (env, created);
-    CREATE INDEX deployments_by_state ON deployments (state);
-    CREATE TABLE oplog (
-        id INTEGER PRIMARY KEY,
-        env TEXT NOT NULL,
-        src TEXT NOT NULL,
-        seq INTEGER NOT NULL,
-        type TEXT NOT NULL,
-        dep TEXT NOT NULL DEFAULT '',
-        at REAL NOT NULL,
-        body TEXT NOT NULL,
-        UNIQUE (env, src, seq)
-    );
-    CREATE INDEX oplog_by_env ON oplog (env, id);
-    CREATE INDEX oplog_by_dep ON oplog (dep, id);
-    CREATE INDEX oplog_by_src ON oplog (src, seq);
-    """,
-)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
-
-_ENV_COLUMNS: Final = (
-    "env, status, since, reason, last_seen, bdseq, seq, boot, interval, flapping, conflict"
-)
-_UPSERT_ENV: Final = f"""
-    INSERT INTO envs ({_ENV_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-    ON CONFLICT (env) DO UPDATE SET
-        status = excluded.status, since = excluded.since, reason = excluded.reason,
-        last_seen = excluded.last_seen, bdseq = excluded.bdseq, seq = excluded.seq,
-        boot = excluded.boot, interval = excluded.interval, flapping = excluded.flapping,
-        conflict = excluded.conflict
-"""
-_INSERT_TRANSITION: Final = """
-    INSERT INTO transitions (env, from_status, to_status, reason, at, during_downtime)
-    VALUES (?, ?, ?, ?, ?, ?)
-"""
-_INSERT_ALERT: Final = "INSERT INTO alerts (env, kind, state, at, detail) VALUES (?, ?, ?, ?, ?)"
-_UPSERT_RECORD: Final = """
-    INSERT OR REPLACE INTO records (id, project, stage, location, purpose, labels, created, retired)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-"""
-_UPSERT_INVENTORY: Final = (
-    "INSERT OR REPLACE INTO inventory (env, models, platform, updated) VALUES (?, ?, ?, ?)"
-)
-_DEPLOYMENT_COLUMNS: Final = (
-    "id, env, workflow, version, kind, spec, state, reason, created, updated, expires,"
-    " dry_run, when_online, cmd"
-)
-_UPSERT_DEPLOYMENT: Final = f"""
-    INSERT OR REPLACE INTO deployments ({_DEPLOYMENT_COLUMNS})
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-_INSERT_EVENT: Final = """
-    INSERT OR IGNORE INTO oplog (env, src, seq, type, dep, at, body) VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
-
-_json: Final = msgspec.json.Encoder()
-_models_decoder: Final = msgspec.json.Decoder(dict[str, list[str]])
-_labels_decoder: Final = msgspec.json.Decoder(dict[str, str])
-_platform_decoder: Final = msgspec.json.Decoder(Platform)
-_workflow_decoder: Final = msgspec.json.Decoder(Workflow)
-_event_decoder: Final = msgspec.json.Decoder(Event)
-
+__all__ = ["Store", "open_store"]
 
 _CLOSE: Final = object()  # the writer's stop signal, queued after everything else
 
@@ -232,9 +93,6 @@ class Store:
 
     async def write_until_finished(self) -> None:
         """The writer: commits what is submitted, in batches, until :meth:`finish_writing`."""
-        await self._write_loop()
-
-    async def _write_loop(self) -> None:
         closing = False
         while not closing:
             batch = [await self._queue.get()]
@@ -255,7 +113,7 @@ class Store:
                 self._progress.notify_all()
 
     async def _write(self, items: Sequence[Judgement | Writes]) -> None:
-        rows: dict[str, tuple[Any, ...]] = {}
+        envs: dict[str, tuple[Any, ...]] = {}
         transitions: list[tuple[Any, ...]] = []
         alerts: list[tuple[Any, ...]] = []
         other = Writes()
@@ -264,16 +122,16 @@ class Store:
                 other.extend(item)
                 continue
             for record in item.records:
-                rows[record.env] = _env_row(record)
-            transitions.extend(_transition_row(t) for t in item.transitions)
-            alerts.extend(_alert_row(a) for a in item.alerts)
+                envs[record.env] = rows.env_row(record)
+            transitions.extend(rows.transition_row(t) for t in item.transitions)
+            alerts.extend(rows.alert_row(a) for a in item.alerts)
         try:
-            if rows:
-                await self._db.executemany(_UPSERT_ENV, rows.values())
+            if envs:
+                await self._db.executemany(rows.UPSERT_ENV, envs.values())
             if transitions:
-                await self._db.executemany(_INSERT_TRANSITION, transitions)
+                await self._db.executemany(rows.INSERT_TRANSITION, transitions)
             if alerts:
-                await self._db.executemany(_INSERT_ALERT, alerts)
+                await self._db.executemany(rows.INSERT_ALERT, alerts)
             if other:
                 await self._write_other(other)
             await self._db.commit()
@@ -283,17 +141,17 @@ class Store:
 
     async def _write_other(self, writes: Writes) -> None:
         # The last version of each row in the batch wins; events keep their order.
-        records = {r.id: _record_row(r) for r in writes.records}
-        inventory = {i.env: _inventory_row(i) for i in writes.inventory}
-        deployments = {d.id: _deployment_row(d) for d in writes.deployments}
+        records = {r.id: rows.environment_row(r) for r in writes.records}
+        inventory = {i.env: rows.inventory_row(i) for i in writes.inventory}
+        deployments = {d.id: rows.deployment_row(d) for d in writes.deployments}
         if records:
-            await self._db.executemany(_UPSERT_RECORD, records.values())
+            await self._db.executemany(rows.UPSERT_ENVIRONMENT, records.values())
         if inventory:
-            await self._db.executemany(_UPSERT_INVENTORY, inventory.values())
+            await self._db.executemany(rows.UPSERT_INVENTORY, inventory.values())
         if deployments:
-            await self._db.executemany(_UPSERT_DEPLOYMENT, deployments.values())
+            await self._db.executemany(rows.UPSERT_DEPLOYMENT, deployments.values())
         if writes.events:
-            await self._db.executemany(_INSERT_EVENT, map(_event_row, writes.events))
+            await self._db.executemany(rows.INSERT_EVENT, map(rows.event_row, writes.events))
 
     # --- reading ------------------------------------------------------------------------
     async def load(
@@ -303,70 +161,58 @@ class Store:
         transitions since ``transitions_since`` (what the flap detector restores)."""
         records = await self.envs()
         recent: dict[str, list[float]] = {}
-        try:
-            rows = await self._db.execute_fetchall(
-                "SELECT env, at FROM transitions WHERE at >= ?"
-                " AND from_status IN ('online', 'offline') AND to_status IN ('online', 'offline')"
-                " ORDER BY at",
-                (transitions_since,),
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the database {self.path}: {exc}") from exc
-        for env, at in rows:
+        found = await self._query(
+            "SELECT env, at FROM transitions WHERE at >= ?"
+            " AND from_status IN ('online', 'offline') AND to_status IN ('online', 'offline')"
+            " ORDER BY at",
+            (transitions_since,),
+        )
+        for env, at in found:
             recent.setdefault(env, []).append(at)
         return records, recent
 
     async def envs(self) -> list[EnvRecord]:
-        rows = await self._rows(f"SELECT {_ENV_COLUMNS} FROM envs ORDER BY env")
-        return [_record(row) for row in rows]
+        found = await self._query(f"{rows.ENV_SELECT} ORDER BY env")
+        return [rows.env_record_from_row(row) for row in found]
 
     async def transitions(self, env: str | None = None) -> list[Transition]:
         """Stored transitions, oldest first (all, or one environment's)."""
-        rows = await self._rows(
-            "SELECT env, from_status, to_status, reason, at, during_downtime FROM transitions",
-            env,
-        )
-        return [Transition(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows]
+        found = await self._of_env(rows.TRANSITION_SELECT, env)
+        return [rows.transition_from_row(row) for row in found]
 
     async def alerts(self, env: str | None = None) -> list[AlertEdge]:
         """Stored alert edges, oldest first (all, or one environment's)."""
-        rows = await self._rows("SELECT env, kind, state, at, detail FROM alerts", env)
-        return [AlertEdge(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+        found = await self._of_env(rows.ALERT_SELECT, env)
+        return [rows.alert_from_row(row) for row in found]
 
     async def records(self) -> list[Environment]:
-        rows = await self._query(
-            "SELECT id, project, stage, location, purpose, labels, created, retired"
-            " FROM records ORDER BY id"
-        )
-        return [_environment(row) for row in rows]
+        found = await self._query(f"{rows.ENVIRONMENT_SELECT} ORDER BY id")
+        return [rows.environment_from_row(row) for row in found]
 
     async def inventories(self) -> list[ReportedInventory]:
-        rows = await self._query("SELECT env, models, platform, updated FROM inventory")
-        return [_inventory(row) for row in rows]
+        found = await self._query(rows.INVENTORY_SELECT)
+        return [rows.inventory_from_row(row) for row in found]
 
     async def active_deployments(self) -> list[Deployment]:
         """Deployments not yet at an end (queued or in flight), oldest first."""
-        rows = await self._query(
-            f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE state IN"
+        found = await self._query(
+            f"{rows.DEPLOYMENT_SELECT} WHERE state IN"
             " ('queued', 'sent', 'accepted', 'running') ORDER BY created, id"
         )
-        return [_deployment(row) for row in rows]
+        return [rows.deployment_from_row(row) for row in found]
 
     async def deployments(self, env: str = "", limit: int = 50) -> list[Deployment]:
         """Deployments, newest first (all, or one environment's)."""
         where, args = (" WHERE env = ?", [env]) if env else ("", [])
-        rows = await self._query(
-            f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments{where}"
-            " ORDER BY created DESC, id DESC LIMIT ?",
+        found = await self._query(
+            f"{rows.DEPLOYMENT_SELECT}{where} ORDER BY created DESC, id DESC LIMIT ?",
             (*args, limit),
         )
-        return [_deployment(row) for row in rows]
+        return [rows.deployment_from_row(row) for row in found]
 
     async def deployment(self, dep: str) -> Deployment | None:
-        rows = await self._query(
-            f"SELECT {_DEPLOYMENT_COLUMNS} FROM deployments WHERE id = ?", (dep,)
-        )
-        return _deployment(rows[0]) if rows else None
+        found = await self._query(f"{rows.DEPLOYMENT_SELECT} WHERE id = ?", (dep,))
+        return rows.deployment_from_row(found[0]) if found else None
 
     async def events(
         self, *, env: str = "", dep: str = "", after: int = 0, limit: int = 200
@@ -378,24 +224,21 @@ class Store:
             if value:
                 conditions.append(f"{column} = ?")
                 args.append(value)
-        rows = await self._query(
+        found = await self._query(
             f"SELECT id, at, body FROM oplog WHERE {' AND '.join(conditions)} ORDER BY id LIMIT ?",
             (*args, limit),
         )
-        return [
-            LoggedEvent(id=row[0], at=row[1], event=_decode(_event_decoder, row[2], "event"))
-            for row in rows
-        ]
+        return [rows.logged_event_from_row(row) for row in found]
 
     async def stream_heads(self) -> list[tuple[str, str, int]]:
         """(env, src, highest seq) of every event stream in the log."""
-        rows = await self._query("SELECT env, src, MAX(seq) FROM oplog GROUP BY env, src")
-        return [(row[0], row[1], row[2]) for row in rows]
+        found = await self._query("SELECT env, src, MAX(seq) FROM oplog GROUP BY env, src")
+        return [(row[0], row[1], row[2]) for row in found]
 
     async def last_seq(self, src: str) -> int:
         """The highest sequence number stored for the event stream ``src`` (0: none)."""
-        rows = await self._query("SELECT MAX(seq) FROM oplog WHERE src = ?", (src,))
-        return int(rows[0][0] or 0) if rows else 0
+        found = await self._query("SELECT MAX(seq) FROM oplog WHERE src = ?", (src,))
+        return int(found[0][0] or 0) if found else 0
 
     async def _query(self, query: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         try:
@@ -403,16 +246,11 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read the database {self.path}: {exc}") from exc
 
-    async def _rows(self, query: str, env: str | None = None) -> list[sqlite3.Row]:
-        try:
-            if env is None:
-                suffix = "" if "ORDER BY" in query else " ORDER BY id"
-                return list(await self._db.execute_fetchall(query + suffix))
-            return list(
-                await self._db.execute_fetchall(query + " WHERE env = ? ORDER BY id", (env,))
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read the database {self.path}: {exc}") from exc
+    async def _of_env(self, select: str, env: str | None) -> list[sqlite3.Row]:
+        """``select``'s rows in the order they were stored: all, or one environment's."""
+        if env is None:
+            return await self._query(f"{select} ORDER BY id")
+        return await self._query(f"{select} WHERE env = ? ORDER BY id", (env,))
 
 
 @contextlib.asynccontextmanager
@@ -427,7 +265,7 @@ async def open_store(
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open the database {path}: {exc}") from exc
     try:
-        await _prepare(db, path)
+        await prepare(db, path)
         store = Store(db, path, queue_size, linger)
         async with asyncio.TaskGroup() as tasks:
             writer = tasks.create_task(store.write_until_finished(), name="store-writer")
@@ -442,146 +280,7 @@ async def open_store(
         await db.close()
 
 
-async def _prepare(db: aiosqlite.Connection, path: Path) -> None:
-    try:
-        await db.execute("PRAGMA journal_mode = WAL")
-        # WAL + NORMAL: a commit survives the process being killed (what the controller
-        # must survive); only a power cut may lose the last moments.
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        async with db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        version = int(row[0]) if row else 0
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"the database {path} has schema version {version}, newer than this "
-                f"controller's {SCHEMA_VERSION}: upgrade edgeplane"
-            )
-        for number in range(version, SCHEMA_VERSION):
-            await db.executescript(
-                f"BEGIN; {MIGRATIONS[number]} PRAGMA user_version = {number + 1}; COMMIT;"
-            )
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot prepare the database {path}: {exc}") from exc
-
-
-def _env_row(record: EnvRecord) -> tuple[Any, ...]:
-    return (
-        record.env,
-        record.status,
-        record.since,
-        record.reason,
-        record.last_seen,
-        record.bdseq,
-        record.seq,
-        record.boot,
-        record.interval,
-        int(record.flapping),
-        int(record.conflict),
-    )
-
-
-def _record(row: Sequence[Any]) -> EnvRecord:
-    env, status, since, reason, last_seen, bdseq, seq, boot, interval, flapping, conflict = row
-    return EnvRecord(
-        env, status, since, reason, last_seen, bdseq, seq, boot, interval, bool(flapping),
-        bool(conflict),
-    )  # fmt: skip
-
-
-def _transition_row(transition: Transition) -> tuple[Any, ...]:
-    return (
-        transition.env,
-        transition.from_status,
-        transition.to_status,
-        transition.reason,
-        transition.at,
-        int(transition.during_downtime),
-    )
-
-
-def _alert_row(edge: AlertEdge) -> tuple[Any, ...]:
-    return (edge.env, edge.kind, edge.state, edge.at, edge.detail)
-
-
 def _is_urgent(item: Judgement | Writes) -> bool:
     if isinstance(item, Writes):
         return item.urgent
     return bool(item.views or item.alerts or item.transitions)
-
-
-def _record_row(record: Environment) -> tuple[Any, ...]:
-    labels = _json.encode(dict(record.labels)).decode()
-    return (
-        record.id,
-        record.project,
-        record.stage,
-        record.location,
-        record.purpose,
-        labels,
-        record.created,
-        record.retired,
-    )
-
-
-def _environment(row: Sequence[Any]) -> Environment:
-    env, project, stage, location, purpose, labels, created, retired = row
-    return Environment(
-        env, project, stage, location, purpose, _decode(_labels_decoder, labels, "labels"),
-        created, retired,
-    )  # fmt: skip
-
-
-def _inventory_row(inventory: ReportedInventory) -> tuple[Any, ...]:
-    models = _json.encode({name: list(v) for name, v in inventory.models.items()}).decode()
-    platform = None if inventory.platform is None else _json.encode(inventory.platform).decode()
-    return (inventory.env, models, platform, inventory.updated)
-
-
-def _inventory(row: Sequence[Any]) -> ReportedInventory:
-    env, models, platform, updated = row
-    return ReportedInventory(
-        env,
-        _decode(_models_decoder, models, "models"),
-        None if platform is None else _decode(_platform_decoder, platform, "platform"),
-        updated,
-    )
-
-
-def _deployment_row(d: Deployment) -> tuple[Any, ...]:
-    spec = _json.encode(d.workflow).decode()
-    return (
-        d.id, d.env, d.workflow.name, d.workflow.version, d.workflow.kind, spec, d.state,
-        d.reason, d.created, d.updated, d.expires, int(d.dry_run), int(d.when_online), d.cmd,
-    )  # fmt: skip
-
-
-def _deployment(row: Sequence[Any]) -> Deployment:
-    dep, env, _, _, _, spec, state, reason, created, updated, expires, dry, online, cmd = row
-    return Deployment(
-        id=dep,
-        env=env,
-        workflow=_decode(_workflow_decoder, spec, "workflow"),
-        state=state,
-        created=created,
-        updated=updated,
-        cmd=cmd,
-        reason=reason,
-        expires=expires,
-        dry_run=bool(dry),
-        when_online=bool(online),
-    )
-
-
-def _event_row(entry: LogEntry) -> tuple[Any, ...]:
-    event = entry.event
-    body = _json.encode(event).decode()
-    kind = type(event).__struct_config__.tag
-    return (event.env, event.src, event.seq, str(kind), event.dep, entry.at, body)
-
-
-def _decode(decoder: msgspec.json.Decoder[Any], text: str | bytes, what: str) -> Any:
-    try:
-        return decoder.decode(text)
-    except msgspec.MsgspecError as exc:
-        raise StoreError(f"a stored {what} cannot be read: {exc}") from exc

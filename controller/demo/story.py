@@ -20,11 +20,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-import aiomqtt
 import msgspec
 
 from edgeplane.controller.demo.fleet import AgentPlan, DemoFleet
 from edgeplane.controller.errors import ControllerError, RequestRefused
+from edgeplane.controller.mqtt import Connection
 from edgeplane.controller.operator.workflow_file import load_workflow
 from edgeplane.shared.codec import ALERT, CONTROLLER_STATUS, VIEW
 from edgeplane.shared.errors import DecodeError, InvalidTopic
@@ -104,8 +104,8 @@ class DemoOutcome:
 class FleetWatch:
     """The controller's retained views, its alerts and its status, as they arrive."""
 
-    def __init__(self, client: aiomqtt.Client, root: TopicRoot) -> None:
-        self.client = client
+    def __init__(self, connection: Connection, root: TopicRoot) -> None:
+        self.connection = connection
         self.root = root
         self.views: dict[str, EnvView] = {}
         self.alerts: list[Alert] = []
@@ -118,11 +118,11 @@ class FleetWatch:
             self.root.all_alerts(),
             self.root.controller_status(),
         ):
-            await self.client.subscribe(topic, qos=1)
+            await self.connection.subscribe(topic)
 
     async def run(self) -> None:
-        async for message in self.client.messages:
-            self._take(str(message.topic), _payload(message.payload))
+        async for message in self.connection:
+            self._take(message.topic, message.payload)
             self._changed.set()
 
     def _take(self, topic: str, payload: bytes) -> None:
@@ -167,10 +167,6 @@ class FleetWatch:
             )
 
         return await self.wait_for(raised, f"a {kind} alert for {env}")
-
-
-def _payload(payload: Any) -> bytes:
-    return payload if isinstance(payload, bytes) else bytes(payload or b"")
 
 
 def demo_workflow(bucket: Path) -> Workflow:

@@ -22,12 +22,8 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
-import aiomqtt
-
-from edgeplane.controller.errors import BrokerUnavailable
-from edgeplane.controller.mqtt import make_client, unique_client_id
+from edgeplane.controller.mqtt import Connection, Message, Subscription, unique_client_id
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.codec import STATUS, VIEW, check_env
 from edgeplane.shared.errors import DecodeError, InvalidTopic
@@ -172,24 +168,20 @@ def _ago(seconds: float) -> str:
     return f"{seconds / 86_400:.0f}d"
 
 
-def _expiry_left(message: aiomqtt.Message) -> int | None:
-    value: Any = getattr(message.properties, "MessageExpiryInterval", None)
-    return value if isinstance(value, int) else None
-
-
 @contextlib.asynccontextmanager
 async def _subscribed(
     url: BrokerUrl, root: TopicRoot, connect_timeout: float = 5.0
-) -> AsyncIterator[aiomqtt.Client]:
-    client = make_client(url, unique_client_id("edgeplane-status"), timeout=connect_timeout)
-    try:
-        async with client:
-            # QoS 0: a reader needs no acknowledgements, and the broker then streams a
-            # fleet's retained messages without waiting on an in-flight window.
-            await client.subscribe([(root.all_views(), 0), (root.all_status(), 0)])
-            yield client
-    except aiomqtt.MqttError as exc:
-        raise BrokerUnavailable(f"cannot reach the broker at {url}: {exc}") from exc
+) -> AsyncIterator[Connection]:
+    """Raises :class:`BrokerUnavailable` when the broker cannot be reached or is lost."""
+    async with Connection(
+        url, unique_client_id("edgeplane-status"), timeout=connect_timeout
+    ) as connection:
+        # QoS 0: a reader needs no acknowledgements, and the broker then streams a
+        # fleet's retained messages without waiting on an in-flight window.
+        await connection.subscribe(
+            Subscription(root.all_views(), qos=0), Subscription(root.all_status(), qos=0)
+        )
+        yield connection
 
 
 async def collect_board(
@@ -200,8 +192,8 @@ async def collect_board(
     board = Board(root)
     loop = asyncio.get_running_loop()
     give_up = loop.time() + wait_at_most
-    async with _subscribed(url, root, wait_at_most) as client:
-        messages = aiter(client.messages)
+    async with _subscribed(url, root, wait_at_most) as connection:
+        messages = aiter(connection)
         while (left := give_up - loop.time()) > 0:
             try:
                 message = await asyncio.wait_for(anext(messages), min(quiet, left))
@@ -217,8 +209,8 @@ async def follow_board(
     """Keep ``board`` up to date and call ``on_change`` at most every ``redraw`` seconds
     (and at least that often, so heartbeat ages keep counting). Runs until cancelled."""
     board = Board(root)
-    async with _subscribed(url, root) as client:
-        messages = aiter(client.messages)
+    async with _subscribed(url, root) as connection:
+        messages = aiter(connection)
         loop = asyncio.get_running_loop()
         next_draw = loop.time()
         while True:
@@ -233,6 +225,5 @@ async def follow_board(
                 next_draw = loop.time() + redraw
 
 
-def _parts(message: aiomqtt.Message) -> tuple[str, bytes, bool, int | None]:
-    payload = message.payload if isinstance(message.payload, bytes) else b""
-    return message.topic.value, payload, message.retain, _expiry_left(message)
+def _parts(message: Message) -> tuple[str, bytes, bool, int | None]:
+    return message.topic, message.payload, message.retained, message.expiry_left

@@ -31,10 +31,7 @@ import secrets
 from types import TracebackType
 from typing import Any, Final, Self, cast
 
-import aiomqtt
 import msgspec
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from edgeplane.controller.errors import (
     BrokerUnavailable,
@@ -42,7 +39,7 @@ from edgeplane.controller.errors import (
     NoControllerAnswer,
     RequestRefused,
 )
-from edgeplane.controller.mqtt import make_client, unique_client_id
+from edgeplane.controller.mqtt import Connection, Message, unique_client_id
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.codec import EVENT, check_env, encode
 from edgeplane.shared.errors import DecodeError, InvalidTopic
@@ -110,7 +107,7 @@ class ControllerClient:
         self.url = url
         self.root = root
         self.token = unique_client_id("edgeplane-cli")
-        self._client = make_client(url, self.token, timeout=connect_timeout)
+        self._connection = Connection(url, self.token, timeout=connect_timeout)
         self._reply_topic = root.reply(self.token)
         self._pending: dict[bytes, asyncio.Future[Reply]] = {}
         self._feeds: list[EventFeed] = []
@@ -119,12 +116,12 @@ class ControllerClient:
         self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> Self:
+        await self._stack.enter_async_context(self._connection)
         try:
-            await self._stack.enter_async_context(self._client)
-            await self._client.subscribe(self._reply_topic, qos=1)
-        except aiomqtt.MqttError as exc:
+            await self._connection.subscribe(self._reply_topic)
+        except BaseException:
             await self._close()
-            raise BrokerUnavailable(f"cannot reach the broker at {self.url}: {exc}") from exc
+            raise
         pump = asyncio.create_task(self._pump(), name="rpc-pump")
         self._stack.push_async_callback(_cancel, pump)
         return self
@@ -139,7 +136,7 @@ class ControllerClient:
 
     async def _close(self) -> None:
         # Leaving a connection that is already lost raises: nothing is left to clean up then.
-        with contextlib.suppress(aiomqtt.MqttError):
+        with contextlib.suppress(BrokerUnavailable):
             await self._stack.aclose()
 
     # requests ----------------------------------------------------------------------------
@@ -166,30 +163,20 @@ class ControllerClient:
         self._pending[correlation] = answered
         try:
             async with asyncio.timeout(within):
-                await self._client.publish(
+                await self._connection.publish(
                     self.root.requests(),
                     encode(request),
-                    qos=1,
-                    properties=self._request_properties(correlation),
+                    response_topic=self._reply_topic,
+                    correlation=correlation,
+                    expiry=REQUEST_EXPIRY,
                 )
                 return await answered
         except TimeoutError:
             raise NoControllerAnswer(
                 f"no controller answered on {self.url} within {seconds(within)} s"
             ) from None
-        except aiomqtt.MqttError as exc:
-            raise BrokerUnavailable(
-                f"lost the connection to the broker at {self.url}: {exc}"
-            ) from exc
         finally:
             self._pending.pop(correlation, None)
-
-    def _request_properties(self, correlation: bytes) -> Properties:
-        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        properties.ResponseTopic = self._reply_topic
-        properties.CorrelationData = correlation
-        properties.MessageExpiryInterval = REQUEST_EXPIRY
-        return properties
 
     # events ------------------------------------------------------------------------------
     async def follow_events(self, env: str | None = None) -> EventFeed:
@@ -197,34 +184,27 @@ class ControllerClient:
         every event published after this returns."""
         feed = EventFeed(env)
         self._feeds.append(feed)
-        topic = self.root.events(env) if env else self.root.all_events()
-        try:
-            await self._client.subscribe(topic, qos=1)
-        except aiomqtt.MqttError as exc:
-            raise BrokerUnavailable(
-                f"lost the connection to the broker at {self.url}: {exc}"
-            ) from exc
+        await self._connection.subscribe(self.root.events(env) if env else self.root.all_events())
         return feed
 
     # the reader --------------------------------------------------------------------------
     async def _pump(self) -> None:
         try:
-            async for message in self._client.messages:
-                payload = message.payload if isinstance(message.payload, bytes) else b""
-                if message.topic.value == self._reply_topic:
-                    self._take_reply(payload, message.properties)
+            async for message in self._connection:
+                if message.topic == self._reply_topic:
+                    self._take_reply(message)
                 else:
-                    self._take_event(message.topic.value, payload)
-        except aiomqtt.MqttError as exc:
-            self._lose(BrokerUnavailable(f"lost the connection to the broker at {self.url}: {exc}"))
+                    self._take_event(message.topic, message.payload)
+        except BrokerUnavailable as lost:
+            self._lose(lost)
 
-    def _take_reply(self, payload: bytes, properties: Properties | None) -> None:
-        correlation = getattr(properties, "CorrelationData", None)
-        answered = self._pending.pop(correlation, None) if isinstance(correlation, bytes) else None
+    def _take_reply(self, message: Message) -> None:
+        correlation = message.correlation
+        answered = None if correlation is None else self._pending.pop(correlation, None)
         if answered is None or answered.done():
             return  # the answer to a call that already gave up, or not ours
         try:
-            answered.set_result(REPLY.decode(payload, limit=MAX_REPLY))
+            answered.set_result(REPLY.decode(message.payload, limit=MAX_REPLY))
         except DecodeError as exc:
             answered.set_exception(
                 ControllerError(f"the controller's answer could not be read: {exc}")

@@ -1,17 +1,16 @@
 """Sending one deployment and following it to its end: the shell of ``edgeplane deploy``
 (the judgement of events is :mod:`controller.operator.deploy_watch`).
 
-Following survives a lost connection: the command connects again (for up to
-:data:`RECONNECT_FOR` seconds), subscribes again, then asks the controller for the
-deployment's record and prints the events it missed meanwhile (each event is printed once,
-by its stream and sequence). The record is also read whenever no event came for
-:data:`RECHECK` seconds, and when the wait runs out.
+Following survives a lost connection: the command connects again through the one
+reconnect loop (:class:`controller.reconnect.Reconnect`: capped, jittered pauses, for up to
+:data:`RECONNECT_FOR` seconds after the loss), subscribes again, then asks the controller
+for the deployment's record and prints the events it missed meanwhile (each event is
+printed once, by its stream and sequence). The record is also read whenever no event came
+for :data:`RECHECK` seconds, and when the wait runs out.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sys
 import time
 from typing import Any, Final
@@ -21,20 +20,24 @@ from edgeplane.controller.operator.client import ControllerClient, EventFeed
 from edgeplane.controller.operator.deploy_watch import DeploymentWatch, Outcome
 from edgeplane.controller.operator.event_text import check_line, describe, output_tail
 from edgeplane.controller.operator.output import print_json, when
+from edgeplane.controller.reconnect import Reconnect, Retry
+from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.messages import Event, Preflight, StepFinished
 from edgeplane.shared.rpc import DeploymentInfo, DeploymentShow, DeployRequest
 from edgeplane.shared.topics import TopicRoot
 
-__all__ = ["RECHECK", "RECONNECT_FOR", "Session"]
+__all__ = ["RECHECK", "RECONNECT_FOR", "DeployFollower"]
 
 RECONNECT_FOR: Final = 30.0  # seconds to keep trying after the connection was lost
-RECONNECT_PAUSE: Final = 0.5  # seconds between attempts
+RECONNECT_PAUSE: Final = 0.5  # seconds before the first attempt; the pauses double ...
+RECONNECT_PAUSE_CAP: Final = 2.0  # ... up to this
 RECHECK: Final = 5.0  # quiet seconds after which the controller's record is read
 
 
-class Session:
-    """One ``deploy`` run: send, then follow and report."""
+class DeployFollower:
+    """One ``deploy`` run: send the request, then (with ``follow``) follow the deployment
+    across lost connections, report how it ended and return the exit status."""
 
     def __init__(self, url: BrokerUrl, root: TopicRoot, timeout: float, as_json: bool) -> None:
         self.url = url
@@ -43,24 +46,65 @@ class Session:
         self.as_json = as_json
         self.seen: list[Event] = []
         self._seen_keys: set[tuple[str, int]] = set()
-        self._connections = contextlib.AsyncExitStack()
+        self._sent: DeploymentInfo | None = None  # the controller's answer to the request
+        self._watch: DeploymentWatch | None = None
+        self._give_up = 0.0
 
     async def run(self, request: DeployRequest, *, follow: bool, wait_for: float) -> int:
-        async with self._connections:
-            ctl = await self._connect()
-            feed = await ctl.follow_events(request.env) if follow else None
-            info: DeploymentInfo = await ctl.call(request, within=self.timeout)
-            if feed is None:
-                self._announce(info, final=True)
-                return 0
-            self._announce(info, final=False)
-            watch = DeploymentWatch(info, service=request.workflow.kind == "service")
-            outcome = await self._follow(ctl, feed, watch, wait_for)
-        return self._report(info, outcome)
+        if not follow:
+            async with self._connect() as ctl:
+                info: DeploymentInfo = await ctl.call(request, within=self.timeout)
+            self._announce(info, final=True)
+            return 0
+        reconnect = Reconnect(
+            backoff=Backoff(initial=RECONNECT_PAUSE, cap=RECONNECT_PAUSE_CAP),
+            patience=RECONNECT_FOR,
+            first_must_succeed=True,  # the request is sent once, on the first connection
+            on_retry=self._on_retry,
+        )
 
-    async def _connect(self) -> ControllerClient:
-        client = ControllerClient(self.url, self.root, connect_timeout=self.timeout)
-        return await self._connections.enter_async_context(client)
+        async def session(ctl: ControllerClient) -> Outcome | str:
+            return await self._session(ctl, request, reconnect, wait_for)
+
+        try:
+            outcome = await reconnect.run(self._connect, session)
+        except BrokerUnavailable as exc:
+            if self._sent is None:
+                raise
+            outcome = f"lost the connection to the broker while following it: {exc}"
+        assert self._sent is not None  # else the first connection's error was raised
+        assert outcome is not None  # no stop: the session ends with an outcome
+        return self._report(self._sent, outcome)
+
+    def _connect(self) -> ControllerClient:
+        return ControllerClient(self.url, self.root, connect_timeout=self.timeout)
+
+    async def _session(
+        self, ctl: ControllerClient, request: DeployRequest, reconnect: Reconnect, wait_for: float
+    ) -> Outcome | str:
+        """On each connection: subscribe, then send (the first time) or catch up with what
+        was missed (every later time), then follow until it ends or the wait runs out."""
+        feed = await ctl.follow_events(request.env)
+        if self._watch is None:
+            self._sent = await ctl.call(request, within=self.timeout)
+            self._announce(self._sent, final=False)
+            self._watch = DeploymentWatch(self._sent, service=request.workflow.kind == "service")
+            self._give_up = time.monotonic() + wait_for
+            reconnect.deadline = self._give_up
+            reconnect.settled()
+        else:
+            self._note("connected again")
+            outcome = await self._catch_up(ctl, self._watch)
+            if outcome is not None:
+                return outcome
+        outcome = await self._from_feed(ctl, feed, self._watch, self._give_up)
+        if outcome is not None:
+            return outcome
+        return await self._ask(ctl, self._watch, f"still in progress after {wait_for:g} s")
+
+    def _on_retry(self, retry: Retry) -> None:
+        if retry.lost:
+            self._note(f"{retry.error}; connecting again")
 
     def _announce(self, info: DeploymentInfo, *, final: bool) -> None:
         if self.as_json:
@@ -75,28 +119,6 @@ class Session:
             print(f"{what} {info.id} sent to {info.env}", flush=True)
 
     # following ---------------------------------------------------------------------------
-    async def _follow(
-        self, ctl: ControllerClient, feed: EventFeed, watch: DeploymentWatch, wait_for: float
-    ) -> Outcome | str:
-        """The outcome from the events, else from the controller's record; a string says
-        why neither could tell."""
-        give_up = time.monotonic() + wait_for
-        while True:
-            try:
-                outcome = await self._from_feed(ctl, feed, watch, give_up)
-                if outcome is not None:
-                    return outcome
-                return await self._ask(ctl, watch, f"still in progress after {wait_for:g} s")
-            except BrokerUnavailable as lost:
-                self._note(f"{lost}; connecting again")
-                connected = await self._reconnect(watch.env, give_up)
-                if isinstance(connected, str):
-                    return connected
-                ctl, feed = connected
-                outcome = await self._catch_up(ctl, watch)
-                if outcome is not None:
-                    return outcome
-
     async def _from_feed(
         self, ctl: ControllerClient, feed: EventFeed, watch: DeploymentWatch, give_up: float
     ) -> Outcome | None:
@@ -118,22 +140,6 @@ class Session:
                 if outcome is not None:
                     return outcome
         return None
-
-    async def _reconnect(
-        self, env: str, give_up: float
-    ) -> tuple[ControllerClient, EventFeed] | str:
-        until = min(give_up, time.monotonic() + RECONNECT_FOR)
-        while True:
-            try:
-                ctl = await self._connect()
-                feed = await ctl.follow_events(env)
-            except BrokerUnavailable as exc:
-                if time.monotonic() + RECONNECT_PAUSE >= until:
-                    return f"lost the connection to the broker while following it: {exc}"
-                await asyncio.sleep(RECONNECT_PAUSE)
-                continue
-            self._note("connected again")
-            return ctl, feed
 
     async def _catch_up(self, ctl: ControllerClient, watch: DeploymentWatch) -> Outcome | None:
         """Print what was missed while disconnected (from the controller's record); the

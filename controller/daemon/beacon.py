@@ -1,0 +1,77 @@
+"""The controller's own retained status, ``R/controller/status``: its birth (``online``,
+with its boot id, which also ends each round of the retained sync), its will and its clean
+goodbye (``offline``), and a refresh with its counters every ``stats_interval`` seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Final, Literal
+
+import structlog
+
+from edgeplane.controller.core.badinput import BadInput
+from edgeplane.controller.core.operations import Operations
+from edgeplane.controller.core.presence import Presence
+from edgeplane.controller.daemon.sync import SUBSCRIBE_TIMEOUT
+from edgeplane.controller.mqtt import Connection, Will
+from edgeplane.shared import __version__
+from edgeplane.shared.codec import encode
+from edgeplane.shared.messages import ControllerStatus
+from edgeplane.shared.topics import TopicRoot
+
+__all__ = ["StatusBeacon"]
+
+log: Final = structlog.get_logger("controller")
+
+
+class StatusBeacon:
+    def __init__(
+        self, root: TopicRoot, core: Presence, bad: BadInput, operations: Operations, since: float
+    ) -> None:
+        self.boot = uuid.uuid4().hex[:16]
+        self._topic = root.controller_status()
+        self._core = core
+        self._bad = bad
+        self._ops = operations
+        self._since = since
+
+    def will(self) -> Will:
+        return Will(self._topic, encode(self.status("offline")), qos=1, retain=True)
+
+    async def birth(self, connection: Connection) -> None:
+        payload = encode(self.status("online"))
+        await connection.publish(self._topic, payload, retain=True, ack_timeout=SUBSCRIBE_TIMEOUT)
+
+    async def goodbye(self, connection: Connection) -> None:
+        """Clean stop: the retained status says offline, with the last counts."""
+        await connection.publish(self._topic, encode(self.status("offline")), retain=True)
+
+    async def refresh(self, connection: Connection, every: float) -> None:
+        """Publish the counters every ``every`` seconds, until cancelled."""
+        while True:
+            await asyncio.sleep(every)
+            await connection.publish(self._topic, encode(self.status("online")), retain=True)
+            log.info("controller stats", **self.counters())
+
+    def status(self, state: Literal["online", "offline"]) -> ControllerStatus:
+        return ControllerStatus(
+            status=state,
+            boot=self.boot,
+            ver=__version__,
+            since=self._since,
+            envs=len(self._core),
+            online=self._core.online_count(),
+            stale=self._core.stale,
+            dropped=self._bad.counts,
+            duplicates=self._ops.seen.duplicates,
+        )
+
+    def counters(self) -> dict[str, object]:
+        return {
+            "envs": len(self._core),
+            "online": self._core.online_count(),
+            "stale": self._core.stale,
+            "dropped": self._bad.counts,
+            "duplicates": self._ops.seen.duplicates,
+        }

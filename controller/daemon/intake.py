@@ -1,0 +1,110 @@
+"""Every received message, decoded with the shared codecs and judged: the receive path.
+
+A status goes through the presence core (and through operations when it brought an
+environment online or reports an inventory); an event through operations (each logged
+once, by env, src and seq); a view and the controller's own status into the retained
+sync. Bad input is counted and dropped, never raised: the receive loop must not stop.
+"""
+
+from __future__ import annotations
+
+from typing import Final, NamedTuple
+
+import structlog
+
+from edgeplane.controller.core.badinput import BadInput
+from edgeplane.controller.core.operations import CONTROLLER_SRC, Effects, Operations
+from edgeplane.controller.core.presence import Judgement, Presence
+from edgeplane.controller.daemon.sync import RetainedSync
+from edgeplane.shared.codec import EVENT, STATUS, check_env
+from edgeplane.shared.errors import DecodeError, InvalidTopic
+from edgeplane.shared.messages import AgentStatus, OnlineStatus
+from edgeplane.shared.topics import TopicKind, TopicRoot
+
+__all__ = ["Intake", "Taken"]
+
+log: Final = structlog.get_logger("controller")
+
+
+class Taken(NamedTuple):
+    """What one received message changed: presence, and/or rows and messages."""
+
+    judgement: Judgement | None
+    effects: Effects | None
+
+
+class Intake:
+    def __init__(
+        self,
+        root: TopicRoot,
+        core: Presence,
+        operations: Operations,
+        sync: RetainedSync,
+        bad: BadInput,
+        *,
+        max_payload: int,
+    ) -> None:
+        self._root = root
+        self._core = core
+        self._ops = operations
+        self._sync = sync
+        self._bad = bad
+        self._limit = max_payload
+
+    def judge(self, topic: str, payload: bytes, retained: bool) -> Taken | None:
+        """Decode and judge one message; None when it changes nothing. Never raises."""
+        try:
+            parsed = self._root.parse(topic)
+            if parsed.kind is TopicKind.STATUS:
+                return self._take_status(parsed.env or "", payload, retained)
+            if parsed.kind is TopicKind.EVENTS:
+                return self._take_event(parsed.env or "", payload)
+            if parsed.kind is TopicKind.VIEW:
+                self._sync.note_view(parsed.env or "", payload)
+            elif parsed.kind is TopicKind.CONTROLLER_STATUS:
+                self._sync.note_controller_status(payload)
+        except InvalidTopic as exc:
+            self.drop("bad-topic", topic, str(exc))
+        except DecodeError as exc:
+            self.drop(exc.reason, topic, exc.detail)
+        return None
+
+    def drop(self, reason: str, topic: str, detail: str) -> None:
+        """Count a message that is bad input, and log it (not every one of a flood)."""
+        decision = self._bad.drop(reason)
+        if decision.log:
+            log.warning(
+                "bad input dropped",
+                reason=reason,
+                topic=topic[:200],
+                detail=detail[:300],
+                suppressed_before=decision.suppressed,
+            )
+
+    def _take_status(self, env: str, payload: bytes, retained: bool) -> Taken:
+        status = STATUS.decode(payload, limit=self._limit)
+        check_env(status.env, env)
+        judgement = self._core.on_status(status, retained=retained)
+        if judgement.stale:
+            log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
+        came_online = any(t.to_status == "online" for t in judgement.transitions)
+        if came_online or _reports_inventory(status):
+            return Taken(judgement, self._ops.after_status(status, came_online))
+        return Taken(judgement, None)  # a plain heartbeat: the hot path
+
+    def _take_event(self, env: str, payload: bytes) -> Taken | None:
+        event = EVENT.decode(payload, limit=self._limit)
+        check_env(event.env, env)
+        if event.src == CONTROLLER_SRC:
+            return None  # our own, stored before it was published
+        effects = self._ops.on_event(event)
+        if effects is None:
+            log.debug("duplicate event", env=event.env, src=event.src, seq=event.seq)
+            return None
+        return Taken(None, effects)
+
+
+def _reports_inventory(status: AgentStatus) -> bool:
+    return isinstance(status, OnlineStatus) and (
+        status.models is not None or status.platform is not None
+    )

@@ -1,0 +1,231 @@
+"""The work on each of the controller's two connections, from connect to a clean stop.
+
+:class:`PresenceLink`, on the presence connection (a fresh session each time), runs:
+
+``receiver``   every message to the intake (judged, then carried out: stored, then
+               published) or, on the requests topic, to the request desk;
+``subscriber`` the two rounds of the retained sync, then what waited for it;
+``publisher``  the outbox, each item once the store committed what it shows;
+``ticker``     time-driven judgements (heartbeat timeouts, flap and identity expiry) when
+               the next one falls due;
+``stats``      the retained controller status with its counters;
+``requests-N`` a few workers answering operator requests, once the sync is done.
+
+:class:`EventLink`, on the events connection: a persistent session (a fixed client id per
+topic root, clean start off), so the broker keeps the agents' events published while the
+controller is down or cut off, and a deployment in flight is followed to its end across a
+controller restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any, Final
+
+import structlog
+
+from edgeplane.controller.core.operations import Operations
+from edgeplane.controller.core.presence import Presence
+from edgeplane.controller.daemon.beacon import StatusBeacon
+from edgeplane.controller.daemon.intake import Intake
+from edgeplane.controller.daemon.publisher import PUBLISH_WINDOW, Publisher
+from edgeplane.controller.daemon.request_desk import REQUEST_WORKERS, RequestDesk
+from edgeplane.controller.daemon.settings import ControllerSettings
+from edgeplane.controller.daemon.store import Store
+from edgeplane.controller.daemon.sync import SYNC_TIMEOUT, RetainedSync
+from edgeplane.controller.mqtt import Connection, unique_client_id
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.clock import Clock
+
+__all__ = ["EVENT_SESSION_EXPIRY", "DaemonParts", "EventLink", "PresenceLink"]
+
+TICK_CAP: Final = 0.1  # never sleep longer than this between ticks
+BACKLOG_LIMIT: Final = 500  # received messages not yet judged, above which ticks wait
+MAX_DEFER: Final = 5.0  # ... but never longer than this
+DRAIN_TIMEOUT: Final = 10.0
+EVENT_SESSION_EXPIRY: Final = 7 * 86_400  # seconds the broker keeps events for us
+
+log: Final = structlog.get_logger("controller")
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonParts:
+    """What the links work with, made once per run by the service."""
+
+    settings: ControllerSettings
+    clock: Clock
+    store: Store
+    core: Presence
+    operations: Operations
+    intake: Intake
+    sync: RetainedSync
+    publisher: Publisher
+    desk: RequestDesk
+    beacon: StatusBeacon
+
+
+class PresenceLink:
+    def __init__(self, parts: DaemonParts) -> None:
+        self._settings = parts.settings
+        self._clock = parts.clock
+        self._store = parts.store
+        self._core = parts.core
+        self._ops = parts.operations
+        self._intake = parts.intake
+        self._sync = parts.sync
+        self._publisher = parts.publisher
+        self._desk = parts.desk
+        self._beacon = parts.beacon
+
+    @property
+    def broker_url(self) -> BrokerUrl:
+        return self._settings.broker
+
+    def connection(self) -> Connection:
+        return Connection(
+            self._settings.broker,
+            unique_client_id("edgeplane-controller"),
+            will=self._beacon.will(),
+            warn_pending_above=PUBLISH_WINDOW + 50,
+        )
+
+    async def session(self, connection: Connection, stop: asyncio.Event) -> None:
+        """Everything on one connection until ``stop``; then drain and say goodbye."""
+        log.info("connected to the broker", broker=str(self._settings.broker))
+        self._core.rearm()  # silence while we could not listen proves nothing
+        self._sync.start()
+        async with asyncio.TaskGroup() as tasks:
+            # The receiver runs before we subscribe: the retained flood is judged as it
+            # arrives instead of piling up behind the SUBACK.
+            workers = [
+                tasks.create_task(self._receive(connection), name="receiver"),
+                tasks.create_task(self._subscribe(connection), name="subscriber"),
+                tasks.create_task(self._tick(connection), name="ticker"),
+                tasks.create_task(self._refresh_status(connection), name="stats"),
+                tasks.create_task(self._sync_deadline(), name="sync-deadline"),
+            ]
+            workers += [
+                tasks.create_task(self._desk.serve(), name=f"requests-{number}")
+                for number in range(REQUEST_WORKERS)
+            ]
+            publisher = tasks.create_task(self._publisher.run(connection), name="publisher")
+            await stop.wait()
+            await cancel_and_wait(workers)
+            await self._store.flush()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await self._publisher.drain()
+            await cancel_and_wait([publisher])
+        await self._store.flush()
+        await self._beacon.goodbye(connection)
+
+    async def _receive(self, connection: Connection) -> None:
+        requests = self._settings.topic_root.requests()
+        judge, carry_out, take_request = (
+            self._intake.judge,
+            self._publisher.carry_out,
+            self._desk.take,
+        )
+        async for message in connection:
+            if message.topic == requests:
+                await take_request(message)
+                continue
+            taken = judge(message.topic, message.payload, message.retained)
+            if taken is not None:
+                await carry_out(taken.judgement, taken.effects)
+
+    async def _subscribe(self, connection: Connection) -> None:
+        await self._sync.subscribe(connection, self._beacon.birth)
+        await self._finish_sync()
+
+    async def _sync_deadline(self) -> None:
+        await asyncio.sleep(SYNC_TIMEOUT)
+        if self._sync.syncing:
+            log.warning("no echo of the birth message; re-publishing views anyway")
+            await self._finish_sync()
+
+    async def _finish_sync(self) -> None:
+        """Re-publish every view the broker lacks or holds wrong (it may have lost them),
+        clear those of retired environments, and send what waited for the sync."""
+        chosen = self._sync.finish(self._ops.expected_views())
+        if chosen is None:
+            return
+        for env, view in chosen:
+            await self._publisher.send_view(env, view)
+        log.info("retained state synchronised", envs=len(self._core), republished=len(chosen))
+        await self._publisher.carry_out(None, self._ops.after_sync())
+        self._sync.synced.set()
+
+    async def _tick(self, connection: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        last_tick = loop.time()
+        while True:
+            wait = self._core.seconds_until_next()
+            await asyncio.sleep(TICK_CAP if wait is None else min(wait, TICK_CAP))
+            if connection.backlog > BACKLOG_LIMIT and loop.time() - last_tick < MAX_DEFER:
+                # Far behind the broker (a retained flood): the heartbeats that keep
+                # environments online may be waiting in the queue. Catch up first.
+                continue
+            last_tick = loop.time()
+            judgement = self._core.tick()
+            await self._publisher.carry_out(judgement or None, None)
+            deadline = self._ops.next_deadline()
+            if deadline is not None and deadline <= self._clock.time():
+                await self._publisher.carry_out(None, self._ops.tick())
+
+    async def _refresh_status(self, connection: Connection) -> None:
+        await self._beacon.refresh(connection, self._settings.stats_interval)
+
+
+class EventLink:
+    def __init__(self, parts: DaemonParts) -> None:
+        self._settings = parts.settings
+        self._intake = parts.intake
+        self._publisher = parts.publisher
+
+    def connection(self) -> Connection:
+        root = str(self._settings.topic_root)
+        digest = hashlib.sha256(root.encode()).hexdigest()[:12]
+        return Connection(
+            self._settings.broker,
+            f"edgeplane-events-{digest}",
+            clean_start=False,
+            session_expiry=EVENT_SESSION_EXPIRY,
+        )
+
+    async def session(self, connection: Connection, stop: asyncio.Event) -> None:
+        await connection.subscribe(self._settings.topic_root.all_events())
+        await until_stopped(self._receive(connection), stop)
+
+    async def _receive(self, connection: Connection) -> None:
+        judge, carry_out = self._intake.judge, self._publisher.carry_out
+        async for message in connection:
+            taken = judge(message.topic, message.payload, message.retained)
+            if taken is not None:
+                await carry_out(taken.judgement, taken.effects)
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel until done: on Python 3.11 a cancellation that races a completing
+    ``asyncio.wait_for`` (inside aiomqtt's publish) can be swallowed."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+
+
+async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
+    """Run ``work`` until it ends (its exception propagates) or ``stop`` is set."""
+    task = asyncio.create_task(work)
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait([task, stopping])
+    if not task.cancelled():
+        task.result()

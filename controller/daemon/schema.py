@@ -1,0 +1,135 @@
+"""The controller database's schema: versioned with ``PRAGMA user_version``.
+
+:data:`MIGRATIONS` takes a database from any older version to the current one
+(:data:`SCHEMA_VERSION`), each in one transaction; a newer one is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+import aiosqlite
+
+from edgeplane.controller.errors import StoreError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "prepare"]
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # version 1: environments, every transition, every alert edge
+    """
+    CREATE TABLE envs (
+        env TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        since REAL NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        last_seen REAL,
+        bdseq INTEGER,
+        seq INTEGER,
+        boot TEXT NOT NULL DEFAULT '',
+        interval REAL,
+        flapping INTEGER NOT NULL DEFAULT 0,
+        conflict INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE transitions (
+        id INTEGER PRIMARY KEY,
+        env TEXT NOT NULL,
+        from_status TEXT NOT NULL,
+        to_status TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at REAL NOT NULL,
+        during_downtime INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX transitions_by_env ON transitions (env, at);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        env TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        at REAL NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    """,
+    # version 2: the transitions the flap detector needs at restart, found by time
+    """
+    CREATE INDEX transitions_by_time ON transitions (at);
+    CREATE INDEX alerts_by_env ON alerts (env, at);
+    """,
+    # version 3: environment records, agent inventories, deployments, the operations log
+    """
+    CREATE TABLE records (
+        id TEXT PRIMARY KEY,
+        project TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        location TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        created REAL NOT NULL,
+        retired REAL
+    );
+    CREATE TABLE inventory (
+        env TEXT PRIMARY KEY,
+        models TEXT NOT NULL DEFAULT '{}',
+        platform TEXT,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        env TEXT NOT NULL,
+        workflow TEXT NOT NULL,
+        version TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        expires REAL,
+        dry_run INTEGER NOT NULL DEFAULT 0,
+        when_online INTEGER NOT NULL DEFAULT 0,
+        cmd TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX deployments_by_env ON deployments (env, created);
+    CREATE INDEX deployments_by_state ON deployments (state);
+    CREATE TABLE oplog (
+        id INTEGER PRIMARY KEY,
+        env TEXT NOT NULL,
+        src TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        dep TEXT NOT NULL DEFAULT '',
+        at REAL NOT NULL,
+        body TEXT NOT NULL,
+        UNIQUE (env, src, seq)
+    );
+    CREATE INDEX oplog_by_env ON oplog (env, id);
+    CREATE INDEX oplog_by_dep ON oplog (dep, id);
+    CREATE INDEX oplog_by_src ON oplog (src, seq);
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+async def prepare(db: aiosqlite.Connection, path: Path) -> None:
+    """WAL, the durability the controller needs, and the current schema."""
+    try:
+        await db.execute("PRAGMA journal_mode = WAL")
+        # WAL + NORMAL: a commit survives the process being killed (what the controller
+        # must survive); only a power cut may lose the last moments.
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database {path} has schema version {version}, newer than this "
+                f"controller's {SCHEMA_VERSION}: upgrade edgeplane"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            await db.executescript(
+                f"BEGIN; {MIGRATIONS[number]} PRAGMA user_version = {number + 1}; COMMIT;"
+            )
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot prepare the database {path}: {exc}") from exc
