@@ -16,30 +16,33 @@ from hypothesis import strategies as st
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.edge_agent.errors import AgentError
-from edgeplane.edge_agent.simulator.wire import (
+from edgeplane.edge_agent.simulator.wire.errors import (
+    ConnackRefused,
     ConnectionClosed,
-    ConnectRefused,
-    FrameBuffer,
-    KeepaliveScheduler,
     MalformedPacket,
+    WireError,
+    reason_name,
+)
+from edgeplane.edge_agent.simulator.wire.fields import decode_varint, encode_varint
+from edgeplane.edge_agent.simulator.wire.handshake import connect
+from edgeplane.edge_agent.simulator.wire.keepalive import KeepaliveScheduler
+from edgeplane.edge_agent.simulator.wire.packets import (
+    FrameBuffer,
     Message,
-    Properties,
     PubAck,
     SubAck,
     Will,
-    WireError,
-    connect,
-    decode_properties,
-    decode_varint,
     encode_connect,
     encode_disconnect,
-    encode_properties,
     encode_puback,
     encode_publish,
     encode_subscribe,
-    encode_varint,
     parse_packet,
-    reason_name,
+)
+from edgeplane.edge_agent.simulator.wire.properties import (
+    Properties,
+    decode_properties,
+    encode_properties,
 )
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.topics import TopicRoot
@@ -320,7 +323,7 @@ async def test_a_refused_connect_names_the_reason() -> None:
         await peer.send(connack(0x87, Properties(reason_string="no entry")))
 
     async with scripted_broker(refuse) as url:
-        with pytest.raises(ConnectRefused, match=r"refused the connection: 0x87 not authorized"):
+        with pytest.raises(ConnackRefused, match=r"refused the connection: 0x87 not authorized"):
             await connect(url, client_id="c1")
 
 
@@ -427,10 +430,10 @@ async def test_qos1_publishes_wait_for_a_free_slot_of_the_window() -> None:
                 tasks.create_task(client.publish("t", b"%d" % n, qos=1))
             first_two = [await asyncio.wait_for(seen.get(), 5) for _ in range(2)]
             assert seen.empty()
-            assert client._inflight == 2
+            assert client.in_flight == 2
             release.set()
         assert first_two == [1, 2]
-        assert client._inflight == 0
+        assert client.in_flight == 0
         client.abort()
 
 
