@@ -57,6 +57,7 @@ class SimulatedAgent:
         "_heartbeats",
         "_host",
         "_settled",
+        "_setup",
         "_status_topic",
         "_stop_mode",
         "_task",
@@ -69,7 +70,7 @@ class SimulatedAgent:
 
     def __init__(self, host: AgentHost, env: str, last_bdseq: int) -> None:
         self._host = host
-        setup = host.setup
+        self._setup = setup = host.setup  # the same for the fleet's life
         self.env = env
         self._bdseq = last_bdseq  # taken anew (+1) for every connection
         self._heartbeats = HeartbeatBuilder(
@@ -100,7 +101,7 @@ class SimulatedAgent:
 
     @property
     def task(self) -> asyncio.Task[None] | None:
-        """Its life, once :meth:`launch` ed: done when it stopped, was killed or gave up."""
+        """Its life, once launched (:meth:`launch`): done when it stopped or was killed."""
         return self._task
 
     def attach_commands(self, path: CommandPath) -> None:
@@ -194,7 +195,7 @@ class SimulatedAgent:
 
     def _retry_delay(self, error: WireError | None) -> float:
         if self._backoff is None:
-            self._backoff = Backoff(initial=1.0, cap=60.0, rng=self._host.setup.rng)
+            self._backoff = Backoff(initial=1.0, cap=60.0, rng=self._setup.rng)
         if error is not None and error.reason_code == SESSION_TAKEN_OVER:
             return TAKEOVER_PAUSE
         return self._backoff.next_delay()
@@ -202,7 +203,7 @@ class SimulatedAgent:
     async def _one_connection(self) -> WireError | None:
         """Connect, announce, heartbeat until the connection ends or a stop is asked for.
         Returns why the connection ended (None after a clean stop)."""
-        setup = self._host.setup
+        setup = self._setup
         self._bdseq += 1
         self._heartbeats.new_connection(self._bdseq)
         will = encode(self._heartbeats.will())
@@ -243,7 +244,7 @@ class SimulatedAgent:
     async def _announce(self, client: MqttClient) -> None:
         """The contract's order: subscribe to ``cmd``, then the first online message,
         acknowledged; then the heartbeats from a random phase, and the outbox's events."""
-        setup = self._host.setup
+        setup = self._setup
         await client.subscribe(self._cmd_topic, qos=1)
         payload = self._online_payload()
         await client.publish(
@@ -268,7 +269,7 @@ class SimulatedAgent:
     def _schedule_beats(self, first_in: float) -> None:
         """Start a new series of heartbeats (replacing any older one) in ``first_in`` s."""
         self._beat_token += 1
-        self._host.setup.beats.add(self, first_in, self._beat_token)
+        self._setup.beats.add(self, first_in, self._beat_token)
 
     def beat(self, due: float, now: float, token: int) -> float | None:
         """Called by the fleet's :class:`~.heartbeats.BeatSchedule`: publish (unless
@@ -278,7 +279,7 @@ class SimulatedAgent:
             return None
         if not self.frozen:
             self._send_heartbeat(client)
-        interval = self._host.setup.interval
+        interval = self._setup.interval
         # Keep the beat on its grid unless it is so late that the grid is lost.
         return due + interval if now < due + interval else now + interval
 
@@ -295,7 +296,7 @@ class SimulatedAgent:
                 self._online_payload(),
                 qos=1,
                 retain=True,
-                properties=host.setup.online_properties,
+                properties=self._setup.online_properties,
                 on_done=host.heartbeat_done,
             )
         except WireError as exc:
