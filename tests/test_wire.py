@@ -28,10 +28,10 @@ from edgeplane.edge_agent.simulator.wire.handshake import connect
 from edgeplane.edge_agent.simulator.wire.keepalive import KeepaliveScheduler
 from edgeplane.edge_agent.simulator.wire.packets import (
     FrameBuffer,
-    Message,
+    LastWill,
     PubAck,
+    Publish,
     SubAck,
-    Will,
     encode_connect,
     encode_disconnect,
     encode_puback,
@@ -138,7 +138,7 @@ def test_out_of_range_property_values_are_refused_when_encoding() -> None:
 
 # --- packets we send --------------------------------------------------------------------------
 def test_connect_with_a_retained_qos1_will() -> None:
-    will = Will("s", b"x", qos=1, retain=True, properties=Properties(message_expiry=5))
+    will = LastWill("s", b"x", qos=1, retain=True, properties=Properties(message_expiry=5))
     packet = encode_connect("ab", 30, will=will)
     body = (
         b"\x00\x04MQTT\x05"
@@ -200,8 +200,8 @@ def test_publish_round_trips_through_framing_and_parsing(
     )
     [(first_byte, body)] = FrameBuffer().feed(packet)
     message = parse_packet(first_byte, body)
-    assert message == Message(topic, payload, qos, retain, properties)
-    assert isinstance(message, Message)
+    assert message == Publish(topic, payload, qos, retain, properties)
+    assert isinstance(message, Publish)
     assert message.packet_id == packet_id
 
 
@@ -459,15 +459,15 @@ async def test_publish_subscribe_and_will_against_mosquitto(
 ) -> None:
     url = BrokerUrl.parse(broker.url)
     status, cmd = root.status("wire-a"), root.cmd("wire-a")
-    received: list[Message] = []
+    received: list[Publish] = []
     got_command = asyncio.Event()
 
-    def on_message(message: Message) -> None:
+    def on_message(message: Publish) -> None:
         received.append(message)
         got_command.set()
 
     async with open_probe(broker.url, root.everything()) as probe, KeepaliveScheduler() as pinger:
-        will = Will(status, b'{"status":"offline"}', qos=1, retain=True)
+        will = LastWill(status, b'{"status":"offline"}', qos=1, retain=True)
         client = await connect(
             url, client_id="wire-a", will=will, on_message=on_message, pinger=pinger
         )
@@ -499,7 +499,7 @@ async def test_a_clean_disconnect_sends_no_will(broker: MosquittoProcess, root: 
     url = BrokerUrl.parse(broker.url)
     status, marker = root.status("wire-b"), root.events("wire-b")
     async with open_probe(broker.url, root.everything()) as probe:
-        client = await connect(url, client_id="wire-b", will=Will(status, b"will"))
+        client = await connect(url, client_id="wire-b", will=LastWill(status, b"will"))
         await client.disconnect()
         assert await client.wait_closed() is None
         with pytest.raises(ConnectionClosed):

@@ -17,7 +17,7 @@ from edgeplane.edge_agent.simulator.host import AgentHost
 from edgeplane.edge_agent.simulator.wire.client import MqttClient
 from edgeplane.edge_agent.simulator.wire.errors import WireError
 from edgeplane.edge_agent.simulator.wire.handshake import connect
-from edgeplane.edge_agent.simulator.wire.packets import Message, Will
+from edgeplane.edge_agent.simulator.wire.packets import LastWill, Publish
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.codec import COMMAND, encode
 from edgeplane.shared.errors import DecodeError
@@ -212,7 +212,7 @@ class SimulatedAgent:
                 setup.broker,
                 client_id=self.env,
                 keepalive=setup.keepalive,
-                will=Will(self._status_topic, will, qos=1, retain=True),
+                will=LastWill(self._status_topic, will, qos=1, retain=True),
                 on_message=self._on_message,
                 pinger=setup.pinger,
                 ssl_context=setup.ssl_context,
@@ -315,7 +315,7 @@ class SimulatedAgent:
         await client.disconnect()
 
     # commands -----------------------------------------------------------------------------
-    def _on_message(self, message: Message) -> None:
+    def _on_message(self, message: Publish) -> None:
         if message.topic != self._cmd_topic:
             return
         if self._commands is not None:

@@ -7,7 +7,7 @@ from one shared scheduler, not a timer per client, so an idle connection costs m
 nothing else::
 
     async with KeepaliveScheduler() as pinger:
-        client = await connect(broker, client_id="dev-a", will=Will(topic, payload),
+        client = await connect(broker, client_id="dev-a", will=LastWill(topic, payload),
                                on_message=handle, pinger=pinger)
         await client.subscribe("R/env/dev-a/cmd")
         await client.publish(topic, payload, qos=1, retain=True,

@@ -22,10 +22,10 @@ from edgeplane.edge_agent.simulator.wire.packets import (
     PINGREQ_PACKET,
     ConnAck,
     Disconnect,
-    Message,
     Packet,
     PingResp,
     PubAck,
+    Publish,
     SubAck,
     encode_puback,
     encode_publish,
@@ -38,7 +38,7 @@ __all__ = ["MessageHandler", "MqttClient", "PublishDone"]
 
 log = structlog.get_logger("edgeplane.edge_agent.simulator.wire")
 
-MessageHandler = Callable[[Message], None]
+MessageHandler = Callable[[Publish], None]
 PublishDone = Callable[[WireError | None], None]
 """Called with None when a publish's PUBACK arrives, or with why it failed."""
 
@@ -263,7 +263,7 @@ class MqttClient(PacketStream):
 
     # incoming packets -------------------------------------------------------------------
     def _handle(self, packet: Packet) -> None:
-        if isinstance(packet, Message):
+        if isinstance(packet, Publish):
             self._deliver(packet)
         elif isinstance(packet, PubAck | SubAck):
             self._answers.answer(packet)
@@ -287,7 +287,7 @@ class MqttClient(PacketStream):
         )
         self._fail(error)
 
-    def _deliver(self, message: Message) -> None:
+    def _deliver(self, message: Publish) -> None:
         if message.qos == 2:
             raise WireError("a QoS 2 PUBLISH although we subscribed at QoS 1 at most")
         if message.properties.topic_alias is not None:

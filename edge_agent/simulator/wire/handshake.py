@@ -11,7 +11,7 @@ from edgeplane.edge_agent.simulator.wire.keepalive import KeepaliveScheduler
 from edgeplane.edge_agent.simulator.wire.packets import (
     DEFAULT_MAX_INCOMING,
     ConnAck,
-    Will,
+    LastWill,
     encode_connect,
 )
 from edgeplane.edge_agent.simulator.wire.properties import Properties
@@ -25,7 +25,7 @@ async def connect(
     *,
     client_id: str,
     keepalive: int = 30,
-    will: Will | None = None,
+    will: LastWill | None = None,
     on_message: MessageHandler | None = None,
     pinger: KeepaliveScheduler | None = None,
     inflight: int = 20,

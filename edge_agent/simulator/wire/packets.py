@@ -30,12 +30,12 @@ __all__ = [
     "ConnAck",
     "Disconnect",
     "FrameBuffer",
-    "Message",
+    "LastWill",
     "Packet",
     "PingResp",
     "PubAck",
+    "Publish",
     "SubAck",
-    "Will",
     "encode_connect",
     "encode_disconnect",
     "encode_puback",
@@ -55,7 +55,7 @@ PINGREQ_PACKET: Final = b"\xc0\x00"
 
 # --- packets we send ------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
-class Will:
+class LastWill:
     """The message the broker publishes for us if the connection ends without DISCONNECT."""
 
     topic: str
@@ -80,7 +80,7 @@ def encode_connect(
     keepalive: int,
     *,
     clean_start: bool = True,
-    will: Will | None = None,
+    will: LastWill | None = None,
     properties: Properties | None = None,
 ) -> bytes:
     flags = 0x02 if clean_start else 0
@@ -162,7 +162,7 @@ class ConnAck:
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class Publish:
     """A PUBLISH the broker delivered to us."""
 
     topic: str
@@ -198,7 +198,7 @@ class Disconnect:
     properties: Properties
 
 
-Packet = ConnAck | Message | PubAck | SubAck | PingResp | Disconnect
+Packet = ConnAck | Publish | PubAck | SubAck | PingResp | Disconnect
 
 
 class FrameBuffer:
@@ -265,7 +265,7 @@ def _parse_connack(body: bytes) -> ConnAck:
     return ConnAck(bool(ack_flags & 1), reason, properties)
 
 
-def _parse_publish(flags: int, body: bytes) -> Message:
+def _parse_publish(flags: int, body: bytes) -> Publish:
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise MalformedPacket("PUBLISH with QoS 3")
@@ -279,7 +279,7 @@ def _parse_publish(flags: int, body: bytes) -> Message:
     properties = read_properties(reader)
     if not topic or "+" in topic or "#" in topic:
         raise MalformedPacket(f"PUBLISH: invalid topic name {topic!r}")
-    return Message(topic, reader.rest(), qos, bool(flags & 0x01), properties, packet_id)
+    return Publish(topic, reader.rest(), qos, bool(flags & 0x01), properties, packet_id)
 
 
 def _parse_puback(body: bytes) -> PubAck:
