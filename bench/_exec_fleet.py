@@ -1,10 +1,11 @@
 """``python -m bench._exec_fleet``: the deploy fan-out's fleet, in a process of its own.
 
 ``--count`` simulated agents (:class:`edge_agent.simulator.fleet.Fleet` with
-:class:`~edge_agent.simulator.fleet.Execution`: the real agent's command handler, outbox and
-executor each) connect to the broker; once every one has announced itself the worker prints
-one JSON line ``{"online": N, "seconds": S}``, then runs until its stdin closes, stops every
-agent cleanly and prints ``{"events": E, "failures": F}``. Logs go to stderr.
+:class:`~edge_agent.simulator.fleet.ExecutionSettings`: the real agent's command handler,
+outbox and executor each) connect to the broker; once every one has announced itself the
+worker prints one JSON line ``{"online": N, "seconds": S}``, then runs until its stdin
+closes, stops every agent cleanly and prints ``{"events": E, "failures": F}``. Logs go to
+stderr.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgeplane.edge_agent.simulator.fleet import Execution, Fleet
+from edgeplane.edge_agent.simulator.fleet import ExecutionSettings, Fleet
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.logs import configure_logging
 from edgeplane.shared.topics import TopicRoot
@@ -35,7 +36,7 @@ async def _serve(args: argparse.Namespace) -> None:
         args.count,
         args.interval,
         args.prefix,
-        execution=Execution(Path(args.state_root)),
+        execution=ExecutionSettings(Path(args.state_root)),
     )
     async with fleet:
         began = time.monotonic()

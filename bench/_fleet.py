@@ -24,7 +24,8 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from edgeplane.edge_agent.simulator.fleet import Fleet, SimulatedAgent
+from edgeplane.edge_agent.simulator.agent import SimulatedAgent
+from edgeplane.edge_agent.simulator.fleet import Fleet
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.logs import configure_logging
 from edgeplane.shared.topics import TopicRoot
@@ -89,13 +90,9 @@ class Worker:
         connections continue the old one's bdseq."""
         fresh = []
         for i in command.get("ids", []):
-            old = self.fleet.agents[int(i)]
-            agent = SimulatedAgent(self.fleet, old.env)
-            agent.bdseq = old.bdseq
-            self.first_online.pop(old.env, None)
-            self.fleet.agents[int(i)] = agent
+            agent = self.fleet.restart(int(i))
+            self.first_online.pop(agent.env, None)
             fresh.append(agent)
-        await self.fleet.start()  # starts only the agents that have no task yet
         deadline = time.monotonic() + RESTART_TIMEOUT
         # The simulator has no event for "this agent is online": poll its flag.
         while not all(a.online for a in fresh) and time.monotonic() < deadline:  # noqa: ASYNC110

@@ -71,7 +71,8 @@ from bench._common import (
 )
 from edgeplane.controller.errors import ControllerError
 from edgeplane.controller.operator.client import ControllerClient
-from edgeplane.edge_agent.simulator.wire import WireError, connect
+from edgeplane.edge_agent.simulator.wire.errors import WireError
+from edgeplane.edge_agent.simulator.wire.handshake import connect
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.codec import EVENT, VIEW, encode
 from edgeplane.shared.errors import DecodeError, InvalidTopic

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from edgeplane.edge_agent.secrets import Secrets
 
 PROG = "edge-agent"
-SIMULATOR_MODULE = "edgeplane.edge_agent.simulator.fleet"
+SIMULATOR_MODULE = "edgeplane.edge_agent.simulator.cli"
+SIMULATOR_EXTRA = "pip install 'edgeplane[sim]'"  # what the simulator needs beyond the agent
 EXECUTOR_MODULE = "edgeplane.edge_agent.execution.executor"
 EXECUTOR_RECORD = "executor.json"  # what the executor keeps in the state dir
 
@@ -74,13 +75,25 @@ class SimulatorModule(Protocol):
 
 
 def _load_simulator() -> SimulatorModule:
+    """The simulator's command line; :class:`SimulatorMissing` when the simulator, or a
+    package it needs (those of the ``[sim]`` extra), is not installed."""
     try:
         module: SimulatorModule = importlib.import_module(SIMULATOR_MODULE)
     except ModuleNotFoundError as exc:
-        if exc.name != SIMULATOR_MODULE:
+        missing = exc.name
+        if missing is None or not _installed_by_the_sim_extra(missing):
             raise
-        raise SimulatorMissing("the fleet simulator is not part of this installation") from exc
+        raise SimulatorMissing(
+            f"the fleet simulator is not part of this installation (no {missing}); "
+            f"install it with: {SIMULATOR_EXTRA}"
+        ) from exc
     return module
+
+
+def _installed_by_the_sim_extra(module: str) -> bool:
+    """The simulator itself, or a package from outside edgeplane (the extra's)."""
+    simulator = module == SIMULATOR_MODULE or SIMULATOR_MODULE.startswith(f"{module}.")
+    return simulator or module.partition(".")[0] != "edgeplane"
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

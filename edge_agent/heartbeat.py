@@ -84,6 +84,11 @@ class HeartbeatBuilder:
     def bdseq(self) -> int:
         return self._bdseq
 
+    @property
+    def seq(self) -> int:
+        """The sequence number of the next online message."""
+        return self._seq
+
     def new_connection(self, bdseq: int) -> None:
         self._bdseq = bdseq
         self._seq = 0

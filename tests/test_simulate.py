@@ -3,19 +3,32 @@ and its command line."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import signal
+import subprocess
+import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.edge_agent.heartbeat import HeartbeatBuilder
+from edgeplane.edge_agent.metrics import Sample
 from edgeplane.edge_agent.simulator.fleet import ConnectPacer, Fleet
 from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.codec import encode
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import Received, open_probe
 from tests.support.procs import Proc, start_proc
+
+REPO = Path(__file__).resolve().parent.parent
 
 ONLINE_FIELDS = frozenset(
     (
@@ -90,6 +103,54 @@ async def test_every_agent_publishes_a_retained_online_with_the_contract_fields(
                 assert 14 <= props["MessageExpiryInterval"] <= 15  # ceil(3 x 5 s), less its age
     assert [agent.env for agent in fleet.agents][:2] == ["sim-t-00000", "sim-t-00001"]
     assert {env for env, seq, _ in beats if seq == 0} == {a.env for a in fleet.agents}
+
+
+async def test_heartbeats_are_the_agents_own_messages(
+    broker: MosquittoProcess, root: TopicRoot
+) -> None:
+    """Byte for byte what the agent's HeartbeatBuilder makes of the same facts (``up``
+    aside: seconds since the start), so a benchmark measures the real protocol."""
+    url = BrokerUrl.parse(broker.url)
+    async with Fleet(url, root, count=1, interval=5, prefix="sim-hb") as fleet:
+        await fleet.start()
+        (agent,) = fleet.agents
+        async with open_probe(broker.url, root.all_status()) as probe:
+            message = await probe.wait_for(on_topic(root.status(agent.env)), what="online")
+    status = status_of(message)
+    facts = Sample(cpu=float(status["cpu"]), mem=float(status["mem"]), disk=float(status["disk"]))  # type: ignore[arg-type]
+    builder = HeartbeatBuilder(agent.env, 5, ManualClock(), lambda: facts, boot=fleet.boot)
+    builder.new_connection(agent.bdseq)
+    expected = encode(builder.online())
+
+    def without_up(payload: bytes) -> bytes:
+        return re.sub(rb',"up":\d+', b"", payload)
+
+    assert without_up(message.payload) == expected
+    assert re.fullmatch(r"[0-9a-f]{6}", fleet.boot)  # a boot id as the agent makes them
+
+
+async def test_a_restarted_agent_continues_its_bdseq(
+    broker: MosquittoProcess, root: TopicRoot
+) -> None:
+    url = BrokerUrl.parse(broker.url)
+    fleet = Fleet(url, root, count=3, interval=30, prefix="sim-rs")
+    async with open_probe(broker.url, root.all_status()) as probe, fleet:
+        await fleet.start()
+        with pytest.raises(RuntimeError, match="still running"):
+            fleet.restart(1)
+        old = fleet.agents[1]
+        status = root.status(old.env)
+        await probe.wait_json(status, status="online", bdseq=old.bdseq)
+        await old.kill()
+        await probe.wait_json(status, status="offline", bdseq=old.bdseq)
+        mark = probe.mark()
+        agent = fleet.restart(1)
+        assert fleet.agents[1] is agent
+        assert agent.env == old.env
+        online = await probe.wait_json(status, after=mark, status="online")
+        assert (online["bdseq"], online["seq"]) == (old.bdseq + 1, 0)
+        await fleet.start()  # returns: the restarted agent is online again
+        assert fleet.online == 3
 
 
 async def test_kill_yields_the_will_and_stop_a_clean_offline(
@@ -239,3 +300,70 @@ async def test_a_bad_flag_is_one_clear_line_and_exit_2(
     procs.append(proc)
     assert await proc.wait(30) == 2
     assert complaint in proc.output()
+
+
+# --- installed without the [sim] extra ----------------------------------------------------------
+def simulator_imports(*blocked: str) -> subprocess.CompletedProcess[str]:
+    """Import every simulator module in a fresh interpreter in which ``blocked`` modules
+    cannot be imported; print the top-level modules that importing loaded."""
+    code = """
+import importlib, pkgutil, sys
+for name in sys.argv[1:]:
+    sys.modules[name] = None  # as if it were not installed
+before = set(sys.modules)
+import edgeplane.edge_agent.simulator as package
+for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+    if not info.name.endswith(".__main__"):
+        importlib.import_module(info.name)
+print(" ".join(sorted({name.partition(".")[0] for name in set(sys.modules) - before})))
+"""
+    return subprocess.run(
+        [sys.executable, "-c", code, *blocked],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_sim_extra_is_what_the_simulator_imports_beyond_the_agents_dependencies() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    base = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
+    extra = {
+        canonicalize_name(Requirement(r).name) for r in project["optional-dependencies"]["sim"]
+    }
+    result = simulator_imports()
+    assert result.returncode == 0, result.stderr
+    third_party = set(result.stdout.split()) - set(sys.stdlib_module_names) - {"edgeplane"}
+    owners = importlib.metadata.packages_distributions()
+    imported = {
+        canonicalize_name(d) for module in third_party for d in owners.get(module, [module])
+    }
+    assert extra <= imported - base, "the [sim] extra lists what the simulator does not import"
+    undeclared = sorted(
+        module
+        for module in third_party
+        if not {canonicalize_name(d) for d in owners.get(module, [module])} & (base | extra)
+    )
+    # What else gets imported is only used when present (e.g. msgspec's typing_extensions).
+    without = simulator_imports(*undeclared)
+    assert without.returncode == 0, f"the simulator needs {undeclared}: {without.stderr}"
+
+
+@pytest.mark.parametrize("argv", [["simulate", "--count", "3"], ["simulate", "--help"]])
+def test_simulate_without_the_sim_extra_says_which_to_install(argv: list[str]) -> None:
+    code = """
+import sys
+sys.modules["structlog"] = None  # the [sim] extra is not installed
+from edgeplane.edge_agent.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "edge-agent: the fleet simulator is not part of this installation (no structlog); "
+        "install it with: pip install 'edgeplane[sim]'"
+    ]
+    assert result.stdout == ""

@@ -16,30 +16,33 @@ from hypothesis import strategies as st
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.edge_agent.errors import AgentError
-from edgeplane.edge_agent.simulator.wire import (
+from edgeplane.edge_agent.simulator.wire.errors import (
+    ConnackRefused,
     ConnectionClosed,
-    ConnectRefused,
-    FrameBuffer,
-    KeepaliveScheduler,
     MalformedPacket,
-    Message,
-    Properties,
-    PubAck,
-    SubAck,
-    Will,
     WireError,
-    connect,
-    decode_properties,
-    decode_varint,
+    reason_name,
+)
+from edgeplane.edge_agent.simulator.wire.fields import decode_varint, encode_varint
+from edgeplane.edge_agent.simulator.wire.handshake import connect
+from edgeplane.edge_agent.simulator.wire.keepalive import KeepaliveScheduler
+from edgeplane.edge_agent.simulator.wire.packets import (
+    FrameBuffer,
+    LastWill,
+    PubAck,
+    Publish,
+    SubAck,
     encode_connect,
     encode_disconnect,
-    encode_properties,
     encode_puback,
     encode_publish,
     encode_subscribe,
-    encode_varint,
     parse_packet,
-    reason_name,
+)
+from edgeplane.edge_agent.simulator.wire.properties import (
+    Properties,
+    decode_properties,
+    encode_properties,
 )
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.topics import TopicRoot
@@ -135,7 +138,7 @@ def test_out_of_range_property_values_are_refused_when_encoding() -> None:
 
 # --- packets we send --------------------------------------------------------------------------
 def test_connect_with_a_retained_qos1_will() -> None:
-    will = Will("s", b"x", qos=1, retain=True, properties=Properties(message_expiry=5))
+    will = LastWill("s", b"x", qos=1, retain=True, properties=Properties(message_expiry=5))
     packet = encode_connect("ab", 30, will=will)
     body = (
         b"\x00\x04MQTT\x05"
@@ -197,8 +200,8 @@ def test_publish_round_trips_through_framing_and_parsing(
     )
     [(first_byte, body)] = FrameBuffer().feed(packet)
     message = parse_packet(first_byte, body)
-    assert message == Message(topic, payload, qos, retain, properties)
-    assert isinstance(message, Message)
+    assert message == Publish(topic, payload, qos, retain, properties)
+    assert isinstance(message, Publish)
     assert message.packet_id == packet_id
 
 
@@ -320,7 +323,7 @@ async def test_a_refused_connect_names_the_reason() -> None:
         await peer.send(connack(0x87, Properties(reason_string="no entry")))
 
     async with scripted_broker(refuse) as url:
-        with pytest.raises(ConnectRefused, match=r"refused the connection: 0x87 not authorized"):
+        with pytest.raises(ConnackRefused, match=r"refused the connection: 0x87 not authorized"):
             await connect(url, client_id="c1")
 
 
@@ -427,10 +430,10 @@ async def test_qos1_publishes_wait_for_a_free_slot_of_the_window() -> None:
                 tasks.create_task(client.publish("t", b"%d" % n, qos=1))
             first_two = [await asyncio.wait_for(seen.get(), 5) for _ in range(2)]
             assert seen.empty()
-            assert client._inflight == 2
+            assert client.in_flight == 2
             release.set()
         assert first_two == [1, 2]
-        assert client._inflight == 0
+        assert client.in_flight == 0
         client.abort()
 
 
@@ -456,15 +459,15 @@ async def test_publish_subscribe_and_will_against_mosquitto(
 ) -> None:
     url = BrokerUrl.parse(broker.url)
     status, cmd = root.status("wire-a"), root.cmd("wire-a")
-    received: list[Message] = []
+    received: list[Publish] = []
     got_command = asyncio.Event()
 
-    def on_message(message: Message) -> None:
+    def on_message(message: Publish) -> None:
         received.append(message)
         got_command.set()
 
     async with open_probe(broker.url, root.everything()) as probe, KeepaliveScheduler() as pinger:
-        will = Will(status, b'{"status":"offline"}', qos=1, retain=True)
+        will = LastWill(status, b'{"status":"offline"}', qos=1, retain=True)
         client = await connect(
             url, client_id="wire-a", will=will, on_message=on_message, pinger=pinger
         )
@@ -496,7 +499,7 @@ async def test_a_clean_disconnect_sends_no_will(broker: MosquittoProcess, root: 
     url = BrokerUrl.parse(broker.url)
     status, marker = root.status("wire-b"), root.events("wire-b")
     async with open_probe(broker.url, root.everything()) as probe:
-        client = await connect(url, client_id="wire-b", will=Will(status, b"will"))
+        client = await connect(url, client_id="wire-b", will=LastWill(status, b"will"))
         await client.disconnect()
         assert await client.wait_closed() is None
         with pytest.raises(ConnectionClosed):

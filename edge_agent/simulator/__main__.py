@@ -1,5 +1,5 @@
 import sys
 
-from edgeplane.edge_agent.simulator.fleet import main
+from edgeplane.edge_agent.simulator.cli import main
 
 sys.exit(main())
