@@ -123,3 +123,25 @@ def test_only_the_mqtt_boundary_imports_aiomqtt_or_paho() -> None:
         return path == boundary or top(name) not in mqtt_libraries
 
     assert violations("controller", allowed) == []
+
+
+def test_no_two_classes_share_a_name() -> None:
+    """A name says one thing: two public classes with one name in the project are two
+    meanings a reader has to tell apart (``Session`` once meant three)."""
+    seen: dict[str, list[str]] = {}
+    for folder in FOLDERS:
+        for path in sources(folder):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                    seen.setdefault(node.name, []).append(str(path.relative_to(REPO)))
+    assert {name: places for name, places in seen.items() if len(places) > 1} == {}
+
+
+def test_tests_share_helpers_through_tests_support_only() -> None:
+    """A test module imports no other test module: what tests share lives in tests/support/."""
+    found = []
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        for name in imports_of(path):
+            if name.startswith("tests.") and not within(name, "tests.support"):
+                found.append(f"{path.relative_to(REPO)} imports {name}")
+    assert found == []

@@ -44,8 +44,8 @@ from edgeplane.shared.rpc import (
 from edgeplane.shared.topics import TopicRoot
 from edgeplane.shared.workflow import Step, Workflow
 from tests.support.procs import Proc
+from tests.support.responder import ok, responder
 from tests.support.system import CliResult, System, open_system
-from tests.test_rpc_client import ok, responder
 
 PY = sys.executable
 

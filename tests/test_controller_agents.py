@@ -10,9 +10,9 @@ import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
+from tests.support.controller import alerts, start_controller, stored_transitions, views
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc, start_proc
-from tests.test_controller_service import alerts, start_controller, stored_transitions, views
 
 
 async def start_agent(

@@ -30,9 +30,9 @@ from edgeplane.shared.rpc import (
 from edgeplane.shared.topics import TopicRoot
 from edgeplane.shared.workflow import ModelNeed, Requires, Step, Workflow
 from tests.support.asking import ask, ask_ok, reply_topic
+from tests.support.controller import start_controller, will
 from tests.support.probe import Probe, Received, open_probe
 from tests.support.procs import Proc
-from tests.test_controller_service import start_controller, will
 
 FLOW = Workflow(
     name="vision-inspect",

@@ -15,9 +15,9 @@ from edgeplane.shared.codec import encode
 from edgeplane.shared.rpc import EnvCreate, EnvList, EnvShow, EnvUpdate
 from edgeplane.shared.topics import TopicRoot
 from tests.support.asking import ask, ask_ok, reply_topic
+from tests.support.controller import heartbeat, start_controller
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc
-from tests.test_controller_service import heartbeat, start_controller
 
 
 @asynccontextmanager

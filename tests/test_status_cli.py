@@ -15,9 +15,9 @@ from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.controller.broker.process import free_port
 from edgeplane.controller.operator.board import Board, render_table
 from edgeplane.shared.topics import TopicRoot
+from tests.support.controller import start_controller, status_payload, will_payload
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc, start_proc
-from tests.test_controller_service import start_controller, status_payload, will_payload
 
 
 async def publish_heartbeat(probe: Probe, root: TopicRoot, env: str, expiry: int) -> None:

@@ -19,6 +19,38 @@ from edgeplane.shared.messages import Event, Platform
 from edgeplane.shared.rpc import LoggedEvent
 from edgeplane.shared.workflow import Workflow
 
+__all__ = [
+    "ALERT_SELECT",
+    "DEPLOYMENT_COLUMNS",
+    "DEPLOYMENT_SELECT",
+    "ENVIRONMENT_SELECT",
+    "ENV_COLUMNS",
+    "ENV_SELECT",
+    "INSERT_ALERT",
+    "INSERT_EVENT",
+    "INSERT_TRANSITION",
+    "INVENTORY_SELECT",
+    "TRANSITION_SELECT",
+    "UPSERT_DEPLOYMENT",
+    "UPSERT_ENV",
+    "UPSERT_ENVIRONMENT",
+    "UPSERT_INVENTORY",
+    "alert_from_row",
+    "alert_row",
+    "deployment_from_row",
+    "deployment_row",
+    "env_record_from_row",
+    "env_row",
+    "environment_from_row",
+    "environment_row",
+    "event_row",
+    "inventory_from_row",
+    "inventory_row",
+    "logged_event_from_row",
+    "transition_from_row",
+    "transition_row",
+]
+
 ENV_COLUMNS: Final = (
     "env, status, since, reason, last_seen, bdseq, seq, boot, interval, flapping, conflict"
 )

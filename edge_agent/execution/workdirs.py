@@ -16,12 +16,12 @@ from edgeplane.edge_agent.errors import ExecutionError
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.messages import Deploy
 
-__all__ = ["KEEP_PER_WORKFLOW", "DeploymentInfo", "Workdirs"]
+__all__ = ["KEEP_PER_WORKFLOW", "WorkdirRecord", "Workdirs"]
 
 KEEP_PER_WORKFLOW: Final = 5
 
 
-class DeploymentInfo(msgspec.Struct, frozen=True):
+class WorkdirRecord(msgspec.Struct, frozen=True):
     """``deployment.json`` in a working directory: which workflow it belongs to."""
 
     workflow: str
@@ -44,7 +44,7 @@ class Workdirs:
         workdir = self.of(cmd.dep)
         try:
             workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            info = DeploymentInfo(cmd.workflow.name, cmd.workflow.version, self._clock.time())
+            info = WorkdirRecord(cmd.workflow.name, cmd.workflow.version, self._clock.time())
             (workdir / "deployment.json").write_bytes(msgspec.json.encode(info))
         except OSError as exc:
             raise ExecutionError(f"cannot create {str(workdir)!r}: {exc.strerror}") from exc
@@ -57,7 +57,7 @@ class Workdirs:
         for directory in self.root.iterdir():
             try:
                 info = msgspec.json.decode(
-                    (directory / "deployment.json").read_bytes(), type=DeploymentInfo
+                    (directory / "deployment.json").read_bytes(), type=WorkdirRecord
                 )
             except (OSError, msgspec.DecodeError):
                 continue

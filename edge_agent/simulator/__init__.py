@@ -9,3 +9,5 @@ command_path  the real agent's outbox, executor and command handler, and the out
 cli           ``edge-agent simulate``
 wire          the simulator's own asyncio MQTT 5 client
 """
+
+__all__: list[str] = []

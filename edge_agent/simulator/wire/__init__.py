@@ -23,3 +23,5 @@ client      MqttClient: one connection, an asyncio.Protocol
 keepalive   KeepaliveScheduler: keepalive pings for every connection from one task
 handshake   connect(): CONNECT, CONNACK and what the broker negotiated
 """
+
+__all__: list[str] = []
