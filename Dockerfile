@@ -1,21 +1,30 @@
-# The edgeplane image: `edgeplane` (controller and operator commands) and `edge-agent`.
-# Used by compose.yaml for the controller and the agent; the broker is eclipse-mosquitto:2.
-FROM python:3.11-slim
+# The edgeplane images, one per side of the wire (compose.yaml builds both):
+#   --target agent       `pip install edgeplane`: the edge agent and what it needs, nothing more
+#   --target controller  `pip install 'edgeplane[controller]'`: the controller and the
+#                        operator commands
+# The broker is eclipse-mosquitto:2.
+FROM python:3.11-slim AS source
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# Run as an unprivileged user that owns only its data directory (a volume in compose.yaml).
+RUN useradd --system --uid 10001 --home-dir /data --create-home edgeplane
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY shared ./shared
 COPY controller ./controller
 COPY edge_agent ./edge_agent
-RUN pip install . && rm -rf /src
 
-# Run as an unprivileged user that owns only its data directory (a volume in compose.yaml).
-RUN useradd --system --uid 10001 --home-dir /data --create-home edgeplane
+FROM source AS agent
+RUN pip install . && rm -rf /src
 USER edgeplane
 WORKDIR /data
+CMD ["edge-agent", "--help"]
 
+FROM source AS controller
+RUN pip install '.[controller]' && rm -rf /src
+USER edgeplane
+WORKDIR /data
 CMD ["edgeplane", "--help"]

@@ -93,6 +93,26 @@ def test_every_mounted_file_and_the_dockerfile_exist(compose: dict[str, Any]) ->
             assert (REPO / service["build"]["context"] / service["build"]["dockerfile"]).is_file()
 
 
+def test_the_agent_image_installs_the_agent_alone(compose: dict[str, Any]) -> None:
+    """One image per side: the agent's is `pip install edgeplane` (no extras), the
+    controller's adds the [controller] extra its command needs."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    stages = {
+        line.split(" AS ")[1].strip(): line
+        for line in dockerfile.splitlines()
+        if line.startswith("FROM ") and " AS " in line
+    }
+    services = compose["services"]
+    assert services["agent"]["build"]["target"] == "agent"
+    assert services["controller"]["build"]["target"] == "controller"
+    assert {"agent", "controller"} <= set(stages)
+    agent_stage = dockerfile.split(stages["agent"])[1].split("FROM ")[0]
+    controller_stage = dockerfile.split(stages["controller"])[1].split("FROM ")[0]
+    assert "RUN pip install . " in agent_stage
+    assert "pip install '.[controller]'" in controller_stage
+    assert "COPY pyproject.toml README.md LICENSE ./" in dockerfile, "the build reads all three"
+
+
 @pytest.mark.skipif(
     find_mosquitto() is None or shutil.which("mosquitto_sub") is None,
     reason="needs mosquitto and mosquitto_sub",
