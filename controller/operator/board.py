@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from edgeplane.controller.mqtt import Connection, Message, Subscription, unique_client_id
+from edgeplane.controller.operator.output import ago
+from edgeplane.controller.operator.output import render_table as table
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.codec import STATUS, VIEW, check_env
 from edgeplane.shared.errors import DecodeError, InvalidTopic
@@ -143,29 +145,14 @@ def render_table(rows: list[Row], now: float | None = None) -> str:
         (
             row.env,
             row.shown_status,
-            f"{_ago(now - row.since)} ago",
+            ago(max(0.0, now - row.since)),
             "yes" if row.flapping else "no",
-            "never" if row.heartbeat_age is None else f"{_ago(row.heartbeat_age)} ago",
+            "never" if row.heartbeat_age is None else ago(row.heartbeat_age),
             row.reason,
         )
         for row in rows
     ]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in [header, *lines]
-    )
-
-
-def _ago(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.0f}h"
-    return f"{seconds / 86_400:.0f}d"
+    return table(header, lines)
 
 
 @contextlib.asynccontextmanager
