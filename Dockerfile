@@ -7,11 +7,12 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY shared ./shared
 COPY controller ./controller
 COPY edge_agent ./edge_agent
-RUN pip install . && rm -rf /src
+# The controller extra: the controller and operator commands (the agent alone is `pip install .`).
+RUN pip install '.[controller]' && rm -rf /src
 
 # Run as an unprivileged user that owns only its data directory (a volume in compose.yaml).
 RUN useradd --system --uid 10001 --home-dir /data --create-home edgeplane
