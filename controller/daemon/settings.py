@@ -57,7 +57,13 @@ def payload_limit(value: Any) -> int:
 Setting = common.Setting
 CONTROLLER_SETTINGS: Final = (
     Setting("broker", common.broker_url, DEFAULT_BROKER, "broker URL, mqtt://HOST:PORT"),
-    Setting("db", common.path, None, "SQLite database file (default: $XDG_STATE_HOME/edgeplane)"),
+    Setting(
+        "db",
+        common.path,
+        None,
+        "SQLite database file (default: edgeplane/controller.db under $XDG_STATE_HOME or "
+        "~/.local/state)",
+    ),
     Setting("topic_root", common.topic_root, DEFAULT_TOPIC_ROOT, "topic root"),
     Setting("flap_window", common.positive_float, 600.0, "flapping window, seconds"),
     Setting("flap_high", common.positive_int, 6, "transitions in the window that raise flapping"),
