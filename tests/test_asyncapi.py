@@ -710,6 +710,14 @@ def test_requests_are_mqtt_5_request_response(doc: dict[str, Any]) -> None:
     expiry = sends[0]["bindings"]["mqtt"]["messageExpiryInterval"]
     assert expiry["examples"] == [rpc.REQUEST_EXPIRY], "the request expiry the code sets"
     assert sends[0]["reply"]["channel"]["$ref"] == "#/channels/controllerReplies"
+    (answer,) = (
+        operation
+        for operation in doc["operations"].values()
+        if operation["action"] == "send"
+        and operation["channel"]["$ref"] == "#/channels/controllerReplies"
+    )
+    expiry = answer["bindings"]["mqtt"]["messageExpiryInterval"]
+    assert expiry["examples"] == [rpc.REQUEST_EXPIRY], "the reply expiry the controller sets"
 
 
 def test_commands_expire_after_the_controllers_command_ttl(doc: dict[str, Any]) -> None:
