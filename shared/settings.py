@@ -55,15 +55,23 @@ class Setting(msgspec.Struct, frozen=True):
         return ENV_PREFIX + self.name.upper()
 
 
-def add_flags(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -> None:
-    """Add one flag per setting; flags default to None so that "not given" is visible."""
+def add_flags(
+    parser: argparse.ArgumentParser,
+    settings: Sequence[Setting],
+    *,
+    absent: Any = None,
+    metavars: Mapping[str, str] | None = None,
+) -> None:
+    """Add one flag per setting. A flag not given is ``absent`` (None: "not given" is
+    visible to the resolver; ``argparse.SUPPRESS``: left out of the namespace)."""
     for setting in settings:
         default = "" if setting.default is None else f" (default: {setting.default})"
+        metavar = (metavars or {}).get(setting.name) or setting.name.split("_")[-1].upper()
         parser.add_argument(
             setting.flag,
             dest=setting.name,
-            default=None,
-            metavar=setting.name.split("_")[-1].upper(),
+            default=absent,
+            metavar=metavar,
             help=f"{setting.help}{default}; env {setting.env_var}",
         )
 

@@ -118,15 +118,7 @@ def add_settings_flags(
     subcommand does not overwrite what its parent command was given (``deployments --env X
     list``)."""
     absent = argparse.SUPPRESS if inherited else None
-    for setting in settings:
-        default = "" if setting.default is None else f" (default: {setting.default})"
-        parser.add_argument(
-            setting.flag,
-            dest=setting.name,
-            default=absent,
-            metavar=_METAVARS.get(setting.name, setting.name.split("_")[-1].upper()),
-            help=f"{setting.help}{default}; env {setting.env_var}",
-        )
+    common.add_flags(parser, settings, absent=absent, metavars=_METAVARS)
     parser.add_argument(
         "--config",
         metavar="FILE",
