@@ -35,7 +35,7 @@ def test_every_package_folder_is_in_the_wheel_list() -> None:
 def test_the_base_install_is_the_agent_and_what_it_needs() -> None:
     dependencies = pyproject()["project"]["dependencies"]  # type: ignore[index]
     names = sorted(d.split(">")[0].split("<")[0].split("=")[0].strip() for d in dependencies)
-    assert names == ["msgspec", "packaging", "paho-mqtt", "psutil"]
+    assert names == ["msgspec", "packaging", "paho-mqtt", "psutil", "pynacl"]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_the_bare_install_has_no_controller_dependency(bare_install: Path) -> No
     listed = run([str(bare_install / "python"), "-m", "pip", "list", "--format=freeze"])
     installed = {line.split("==")[0].lower() for line in listed.stdout.split()}
     assert installed.isdisjoint({"aiomqtt", "aiosqlite", "structlog", "iotcore", "pyyaml"})
-    assert {"paho-mqtt", "msgspec", "psutil"} <= installed
+    assert {"paho-mqtt", "msgspec", "psutil", "pynacl"} <= installed
 
 
 @pytest.mark.slow
