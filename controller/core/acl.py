@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from edgeplane.shared.ids import validate_env_id
+from edgeplane.shared.ids import is_env_id, validate_env_id
 from edgeplane.shared.topics import TopicRoot
 
 __all__ = [
@@ -61,7 +61,7 @@ DEFAULT_ACCESS: Final = {
     "unsubscribe": True,
 }
 
-_GENERATION: Final = re.compile(r"^(?P<env>[a-z0-9-]+)(?:\.(?P<n>[1-9][0-9]{0,8}))?$")
+_GENERATION: Final = re.compile(r"^(?P<env>[^.]+)(?:\.(?P<n>[1-9][0-9]{0,8}))?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,9 +108,10 @@ def env_username(env: str, generation: int = 0) -> str:
 
 
 def env_generation(username: str) -> tuple[str, int] | None:
-    """``(env, generation)`` of an environment's user name, None for any other name."""
+    """``(env, generation)`` of an environment's user name, None for any other name
+    (the controller's own user name included)."""
     match = _GENERATION.match(username)
-    if match is None:
+    if match is None or username == CONTROLLER_USER or not is_env_id(match["env"]):
         return None
     return match["env"], int(match["n"] or 0)
 
