@@ -43,6 +43,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.errors import BrokerUnavailable
+from edgeplane.shared.identity import Identity
 
 __all__ = [
     "Connection",
@@ -130,8 +131,10 @@ class ConnectionState(enum.Enum):
 
 # --- the connection ----------------------------------------------------------------------
 class Connection:
-    """One MQTT 5 connection to ``url`` (TLS with the system's trust store for
-    ``mqtts://``). ``clean_start=None`` starts clean at the first connection only; with
+    """One MQTT 5 connection to ``url``, as the identity the URL carries (its login; for
+    ``mqtts://``, TLS verified against its CA, else against the system's trust store).
+
+    ``clean_start=None`` starts clean at the first connection only; with
     ``clean_start=False`` and ``session_expiry`` seconds the broker keeps the session
     (subscriptions and QoS 1 messages) while the connection is down.
 
@@ -259,8 +262,15 @@ class Connection:
     def _lost(self, exc: BaseException) -> BrokerUnavailable:
         return BrokerUnavailable(f"lost the connection to the broker at {self.url}: {exc}")
 
+    def _tls_context(self, identity: Identity) -> ssl.SSLContext:
+        try:
+            return identity.tls_context()
+        except (OSError, ssl.SSLError) as exc:
+            raise BrokerUnavailable(f"cannot set up TLS for {self.url}: {exc}") from exc
+
     def _make_client(self) -> _Client:
         will = self._will
+        identity = self.url.identity or Identity()
         properties = None
         if self._session_expiry is not None:
             properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -275,7 +285,9 @@ class Connection:
             else aiomqtt.Will(will.topic, will.payload, will.qos, will.retain),
             keepalive=self._keepalive,
             timeout=self._timeout,
-            tls_context=ssl.create_default_context() if self.url.tls else None,
+            username=identity.username,
+            password=None if identity.password is None else identity.password.reveal(),
+            tls_context=self._tls_context(identity) if self.url.tls else None,
             clean_start=(
                 paho.mqtt.client.MQTT_CLEAN_START_FIRST_ONLY
                 if self._clean_start is None

@@ -29,6 +29,7 @@ import msgspec
 from edgeplane.shared import settings as s
 from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
 from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.identity import IDENTITY_SETTINGS, attach
 from edgeplane.shared.logs import LogFormat
 from edgeplane.shared.topics import TopicRoot
 
@@ -115,6 +116,7 @@ SETTINGS: Final = (
         "file of NAME=value lines, readable by its owner only; workflow steps see the "
         "secrets they require as environment variables",
     ),
+    *IDENTITY_SETTINGS,
 )
 
 
@@ -154,6 +156,7 @@ def load_config(
     given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
     config_file = given.get("config") or environ.get(CONFIG_ENV_VAR) or None
     values = s.resolve(SETTINGS, given, environ, config_file, tables=(ENDPOINTS_TABLE,))
+    values = attach(values)
     values["endpoints"] = _endpoints(s.read_table(config_file, ENDPOINTS_TABLE), config_file)
     if values["env_id"] is None:
         raise SettingsError(

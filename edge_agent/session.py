@@ -24,6 +24,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edgeplane.edge_agent.errors import BrokerUnavailable
 from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.identity import Identity
 
 __all__ = [
     "SESSION_TAKEN_OVER",
@@ -93,8 +94,15 @@ class MqttSession:
             client_id=client_id,
             protocol=mqtt.MQTTv5,
         )
+        identity = broker.identity or Identity()
+        if identity.username is not None:
+            password = None if identity.password is None else identity.password.reveal()
+            self._client.username_pw_set(identity.username, password)
         if broker.tls:
-            self._client.tls_set()
+            try:
+                self._client.tls_set_context(identity.tls_context())
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise BrokerUnavailable(f"cannot set up TLS for {broker}: {exc}") from exc
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe

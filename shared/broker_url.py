@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 import msgspec
 
 from edgeplane.shared.errors import InvalidBrokerUrl
+
+if TYPE_CHECKING:
+    from edgeplane.shared.identity import Identity
 
 __all__ = ["DEFAULT_BROKER", "BrokerUrl"]
 
@@ -15,9 +18,16 @@ _DEFAULT_PORTS: Final = {"mqtt": 1883, "mqtts": 8883}
 
 
 class BrokerUrl(msgspec.Struct, frozen=True):
+    """Where the broker is and, once settings attached one, who we are to it (the
+    identity is never part of the URL's text)."""
+
     scheme: str
     host: str
     port: int
+    identity: Identity | None = None
+
+    def with_identity(self, identity: Identity | None) -> BrokerUrl:
+        return BrokerUrl(self.scheme, self.host, self.port, identity)
 
     @property
     def tls(self) -> bool:

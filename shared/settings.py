@@ -45,6 +45,7 @@ class Setting(msgspec.Struct, frozen=True):
     convert: Callable[[Any], Any]
     default: Any
     help: str
+    private: bool = False  # a file holding it must be readable by its owner only
 
     @property
     def flag(self) -> str:
@@ -62,9 +63,13 @@ def add_flags(
     absent: Any = None,
     metavars: Mapping[str, str] | None = None,
 ) -> None:
-    """Add one flag per setting. A flag not given is ``absent`` (None: "not given" is
-    visible to the resolver; ``argparse.SUPPRESS``: left out of the namespace)."""
+    """Add one flag per setting, but none for a private one: a password on a command line
+    is readable by everyone on the machine (``ps``), so it comes from the environment or a
+    settings file. A flag not given is ``absent`` (None: "not given" is visible to the
+    resolver; ``argparse.SUPPRESS``: left out of the namespace)."""
     for setting in settings:
+        if setting.private:
+            continue
         default = "" if setting.default is None else f" (default: {setting.default})"
         metavar = (metavars or {}).get(setting.name) or setting.name.split("_")[-1].upper()
         parser.add_argument(
@@ -95,6 +100,11 @@ def resolve(
     for key in file_values:
         if key not in known:
             raise SettingsError(f"{config_file}: unknown setting {key!r}")
+    private = {s.name for s in settings if s.private}
+    if config_file and private & {key.replace("-", "_") for key in file_values}:
+        from edgeplane.shared.identity import check_private_file
+
+        check_private_file(Path(config_file), "settings file")
     resolved: dict[str, Any] = {}
     for setting in settings:
         value, source = _pick(setting, given, environ, file_values, config_file)

@@ -113,8 +113,8 @@ def test_a_topic_root_before_the_command_is_checked_by_it(
         ),
         (["--broker", "mqtt://x:1", "demo"], "--broker does not apply to edgeplane demo"),
         (
-            ["--config", "c.toml", "up", "--state-dir", "@TMP", "--topic-root", "a/#"],
-            "--config does not apply to edgeplane up",
+            ["--timeout", "3", "up", "--state-dir", "@TMP", "--topic-root", "a/#"],
+            "--timeout does not apply to edgeplane up",
         ),
         (
             ["--timeout", "3", "controller", "run", "--flap-low", "9"],

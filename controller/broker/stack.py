@@ -158,7 +158,9 @@ class LocalStack:
     def _children(self) -> list[ChildProcess]:
         """The controller and the agent (in the order they start), with their directories."""
         settings, state_dir = self.settings, self.settings.state_dir
-        env = dict(os.environ)
+        # up's own settings (its --config file, EDGEPLANE_PORT, ...) are not its children's:
+        # each child gets what it needs as flags.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGEPLANE_")}
         if settings.log_format != "auto":
             env["EDGEPLANE_LOG_FORMAT"] = settings.log_format
         agent_state = state_dir / "agents" / DEFAULT_ENV_ID

@@ -15,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import time
 from typing import TYPE_CHECKING
 
 from edgeplane.shared.errors import EdgeplaneError
+from edgeplane.shared.settings import Setting, add_flags, choice, resolve
 from edgeplane.shared.topics import DEFAULT_ROOT, TopicRoot
 
 if TYPE_CHECKING:
@@ -29,6 +31,16 @@ if TYPE_CHECKING:
     from edgeplane.controller.demo.story import DemoOutcome
 
 __all__ = ["add_parser", "run"]
+
+_SETTINGS = (
+    Setting(
+        "broker_kind",
+        choice("auto", "mosquitto", "embedded"),
+        "auto",
+        "the private broker: mosquitto if installed, else the embedded one (auto); or insist "
+        "on one",
+    ),
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,12 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "directory, deploy a sample workflow, kill an agent until it flaps, print a summary, "
         "and stop everything.",
     )
+    add_flags(parser, _SETTINGS)
     parser.add_argument(
-        "--broker-kind",
-        choices=["auto", "mosquitto", "embedded"],
-        default="auto",
-        help="the private broker: mosquitto if installed, else the embedded one (auto); or "
-        "insist on one (default: auto)",
+        "--config", metavar="FILE", help="TOML file of these settings; env EDGEPLANE_CONFIG"
     )
     parser.set_defaults(handler=run)
 
@@ -52,9 +61,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     from edgeplane.controller.demo.story import summary, surprises
 
+    config_file = args.config or os.environ.get("EDGEPLANE_CONFIG") or None
+    broker_kind = resolve(_SETTINGS, args, os.environ, config_file)["broker_kind"]
     started = time.monotonic()
     try:
-        outcome = asyncio.run(_demo(args.broker_kind, started))
+        outcome = asyncio.run(_demo(broker_kind, started))
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 130
     if outcome is None:

@@ -10,10 +10,12 @@ that one.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from edgeplane.shared.errors import EdgeplaneError, SettingsError
+from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.settings import Setting
 
 if TYPE_CHECKING:
     from edgeplane.controller.broker.stack import StackSettings
@@ -21,125 +23,108 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "settings_of"]
 
 
-def _port(text: str) -> int:
+def _port(value: object) -> int:
     try:
-        port = int(text)
+        port = int(str(value))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+        raise ValueError(f"expected a port number, got {value!r}") from None
     if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}")
+        raise ValueError(f"expected a port number 0-65535, got {value!r}")
     return port
 
 
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+def _settings() -> tuple[Setting, ...]:
+    from edgeplane.shared import settings as s
+    from edgeplane.shared.topics import TopicRoot
+
+    kinds = s.choice("auto", "mosquitto", "embedded")
+    return (
+        Setting(
+            "broker",
+            s.broker_url,
+            None,
+            "use this broker (mqtt://HOST:PORT or mqtts://HOST:PORT) instead of finding or "
+            "starting one",
+        ),
+        Setting(
+            "broker_kind",
+            kinds,
+            "auto",
+            "auto: a broker already on the port, else mosquitto, else the embedded one; "
+            "mosquitto or embedded: start that one",
+        ),
+        Setting("port", _port, 1883, "loopback MQTT port to find or start a broker on"),
+        Setting(
+            "ws_port",
+            _port,
+            9001,
+            "loopback MQTT-over-WebSockets port of a started mosquitto, for browser "
+            "dashboards; 0 for none",
+        ),
+        Setting("topic_root", s.topic_root, TopicRoot(), "root of every edgeplane topic"),
+        Setting(
+            "state_dir",
+            s.path,
+            None,
+            "where the controller database, the agent state and a started broker's data live "
+            "(default: $XDG_STATE_HOME/edgeplane or ~/.local/state/edgeplane)",
+        ),
+        Setting(
+            "heartbeat_interval",
+            s.positive_float,
+            10.0,
+            "seconds between the default agent's heartbeats",
+        ),
+        Setting(
+            "log_format",
+            s.choice("auto", "console", "json"),
+            "auto",
+            "log format of up and its children (console at a terminal, else json)",
+        ),
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from edgeplane.shared.settings import add_flags
+
     parser = subparsers.add_parser(
         "up",
         help="run a broker, the controller and the default cloud agent in the foreground",
         description="Run a broker (found, given or started), the controller and the "
-        "'default-cloud' environment's agent until Ctrl-C or SIGTERM.",
+        "'default-cloud' environment's agent until Ctrl-C or SIGTERM. The development "
+        "broker it starts listens on loopback only and has no authentication; a site's "
+        "broker comes from `edgeplane broker init`.",
     )
-    _add_broker_flags(parser)
+    add_flags(parser, _settings(), metavars={"broker": "URL", "topic_root": "ROOT"})
     parser.add_argument(
-        "--topic-root",
-        metavar="ROOT",
-        help="root of every edgeplane topic (default: edgeplane/v1)",
-    )
-    parser.add_argument(
-        "--state-dir",
-        metavar="DIR",
-        type=Path,
-        help="where the controller database, the agent state and a started broker's data "
-        "live (default: $XDG_STATE_HOME/edgeplane or ~/.local/state/edgeplane)",
-    )
-    parser.add_argument(
-        "--heartbeat-interval",
-        metavar="SECONDS",
-        type=_interval,
-        default=10.0,
-        help="seconds between the default agent's heartbeats (default: 10)",
-    )
-    parser.add_argument(
-        "--log-format",
-        choices=["auto", "console", "json"],
-        default="auto",
-        help="log format of up and its children (default: console at a terminal, else json)",
+        "--config", metavar="FILE", help="TOML file of these settings; env EDGEPLANE_CONFIG"
     )
     parser.set_defaults(handler=run)
-
-
-def _add_broker_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--broker",
-        metavar="URL",
-        help="use this broker (mqtt://HOST:PORT or mqtts://HOST:PORT) instead of "
-        "finding or starting one",
-    )
-    parser.add_argument(
-        "--broker-kind",
-        choices=["auto", "mosquitto", "embedded"],
-        default="auto",
-        help="auto: a broker already on the port, else mosquitto, else the embedded one; "
-        "mosquitto or embedded: start that one (default: auto)",
-    )
-    parser.add_argument(
-        "--port",
-        metavar="PORT",
-        type=_port,
-        default=1883,
-        help="loopback MQTT port to find or start a broker on (default: 1883)",
-    )
-    parser.add_argument(
-        "--ws-port",
-        metavar="PORT",
-        type=_port,
-        default=9001,
-        help="MQTT-over-WebSockets port of a started mosquitto, for browser dashboards; "
-        "0 for none (default: 9001)",
-    )
 
 
 def run(args: argparse.Namespace) -> int:
     from edgeplane.controller.broker.stack import run_local_stack
     from edgeplane.shared.logs import configure_logging
 
-    configure_logging(args.log_format)
-    return run_local_stack(settings_of(args))
+    settings = settings_of(args)
+    configure_logging(settings.log_format)  # type: ignore[arg-type]
+    return run_local_stack(settings)
 
 
-def settings_of(args: argparse.Namespace) -> StackSettings:
-    """The typed settings of the flags; a bad one is a :class:`SettingsError`."""
+def settings_of(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None
+) -> StackSettings:
+    """The typed settings (flag > ``EDGEPLANE_*`` > ``--config`` file > default); a bad one
+    is a :class:`SettingsError`."""
     from edgeplane.controller.broker.stack import StackSettings
     from edgeplane.controller.broker.state_dir import default_state_dir
-    from edgeplane.shared.broker_url import BrokerUrl
-    from edgeplane.shared.topics import TopicRoot
+    from edgeplane.shared.settings import resolve
 
-    try:
-        topic_root = TopicRoot(args.topic_root) if args.topic_root is not None else TopicRoot()
-    except EdgeplaneError as exc:
-        raise SettingsError(f"--topic-root: {exc}") from exc
-    try:
-        broker = BrokerUrl.parse(args.broker) if args.broker is not None else None
-    except EdgeplaneError as exc:
-        raise SettingsError(f"--broker: {exc}") from exc
-    if broker is None and args.port == 0:
+    environ = os.environ if environ is None else environ
+    config_file = args.config or environ.get("EDGEPLANE_CONFIG") or None
+    values = resolve(_settings(), args, environ, config_file)
+    if values["broker"] is None and values["port"] == 0:
         raise SettingsError("--port: 0 is not a port a broker can be found or started on")
-    return StackSettings(
-        state_dir=(args.state_dir or default_state_dir()).expanduser().resolve(),
-        broker=broker,
-        topic_root=topic_root,
-        broker_kind=args.broker_kind,
-        port=args.port,
-        ws_port=args.ws_port or None,
-        heartbeat_interval=args.heartbeat_interval,
-        log_format=args.log_format,
-    )
+    state_dir = values.pop("state_dir") or default_state_dir()
+    values["ws_port"] = values["ws_port"] or None
+    return StackSettings(state_dir=state_dir.expanduser().resolve(), **values)

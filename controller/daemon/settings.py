@@ -17,6 +17,7 @@ from edgeplane.shared import settings as common
 from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
 from edgeplane.shared.codec import DEFAULT_MAX_PAYLOAD
 from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.identity import IDENTITY_SETTINGS, attach
 from edgeplane.shared.topics import TopicRoot
 
 if TYPE_CHECKING:  # shared.logs imports structlog: not for `edgeplane --help`
@@ -75,6 +76,7 @@ CONTROLLER_SETTINGS: Final = (
     Setting("command_ttl", common.positive_float, 300.0, "seconds a command may wait for an agent"),
     Setting("log_format", common.choice("auto", "console", "json"), "auto", "log format"),
     Setting("log_level", common.choice(*LOG_LEVELS), "info", "log level"),
+    *IDENTITY_SETTINGS,
 )
 
 
@@ -107,7 +109,7 @@ def load_settings(
     environ = os.environ if environ is None else environ
     given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
     config_file = given.get("config") or environ.get("EDGEPLANE_CONFIG") or None
-    values = common.resolve(CONTROLLER_SETTINGS, given, environ, config_file)
+    values = attach(common.resolve(CONTROLLER_SETTINGS, given, environ, config_file))
     settings = ControllerSettings(**values)
     if settings.flap_low >= settings.flap_high:
         raise SettingsError(

@@ -108,7 +108,9 @@ class ControllerClient:
         self.root = root
         self.token = unique_client_id("edgeplane-cli")
         self._connection = Connection(url, self.token, timeout=connect_timeout)
-        self._reply_topic = root.reply(self.token)
+        # Under `broker init` an operator may read only the reply topic of its user name.
+        login = url.identity.username if url.identity else None
+        self._reply_topic = root.reply(login or self.token)
         self._pending: dict[bytes, asyncio.Future[Reply]] = {}
         self._feeds: list[EventFeed] = []
         self._lost: BrokerUnavailable | None = None

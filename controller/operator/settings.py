@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from edgeplane.shared import settings as common
 from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
+from edgeplane.shared.identity import IDENTITY_SETTINGS, attach
 from edgeplane.shared.settings import Setting
 from edgeplane.shared.topics import TopicRoot
 
@@ -48,13 +49,15 @@ OPERATOR_SETTINGS: Final = (
     _BROKER,
     _TOPIC_ROOT,
     Setting("timeout", common.positive_float, ANSWER_TIMEOUT, "seconds to wait for the controller"),
+    *IDENTITY_SETTINGS,
 )
 VIEW_SETTINGS: Final = (
     _BROKER,
     _TOPIC_ROOT,
     Setting("timeout", common.positive_float, VIEW_WAIT, "most seconds to wait for the views"),
+    *IDENTITY_SETTINGS,
 )
-WATCH_SETTINGS: Final = (_BROKER, _TOPIC_ROOT)
+WATCH_SETTINGS: Final = (_BROKER, _TOPIC_ROOT, *IDENTITY_SETTINGS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,7 @@ def _resolve(
     environ = os.environ if environ is None else environ
     given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
     config_file = given.get("config") or environ.get("EDGEPLANE_CONFIG") or None
-    return common.resolve(settings, given, environ, config_file)
+    return attach(common.resolve(settings, given, environ, config_file))
 
 
 def add_settings_flags(
