@@ -4,6 +4,7 @@ or aiomqtt errors: they arrive as :class:`BrokerUnavailable`.
 EdgeplaneError
 ├── ControllerError
 │   ├── BrokerStartError     a broker could not be started or found
+│   ├── SiteInitError        ``broker init`` could not write a site's broker directory
 │   ├── StoreError           the SQLite database could not be opened or written
 │   └── NoControllerAnswer   an operator command got no answer in time
 ├── BrokerUnavailable        the MQTT connection failed or was lost (shared.errors)
@@ -21,6 +22,7 @@ __all__ = [
     "ControllerError",
     "NoControllerAnswer",
     "RequestRefused",
+    "SiteInitError",
     "StoreError",
 ]
 
@@ -31,6 +33,10 @@ class ControllerError(EdgeplaneError):
 
 class BrokerStartError(ControllerError):
     """A broker could not be started (no binary, port taken, it exited)."""
+
+
+class SiteInitError(ControllerError):
+    """``edgeplane broker init`` refused or failed (a site already there, no plugin)."""
 
 
 class StoreError(ControllerError):

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Final, NoReturn
 
 from edgeplane.controller.cli import (
+    broker,
     controller,
     demo,
     deploy,
@@ -46,6 +47,7 @@ COMMON_FLAGS: Final = (
 EXTRA_OF_MODULE: Final = {
     "aiomqtt": "controller",
     "aiosqlite": "controller",
+    "cryptography": "controller",
     "iotcore": "controller",
     "structlog": "controller",
     "yaml": "controller",
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     deployments.add_parser(commands)
     events.add_parser(commands)
     demo.add_parser(commands)
+    broker.add_parser(commands)
     return parser
 
 
