@@ -26,6 +26,7 @@ from edgeplane.controller.cli import (
     deployments,
     env,
     events,
+    operators,
     status,
     up,
     watch,
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_parser(commands)
     demo.add_parser(commands)
     broker.add_parser(commands)
+    operators.add_parser(commands)
     return parser
 
 
