@@ -9,6 +9,7 @@ directory).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -41,6 +42,18 @@ def find_mosquitto() -> str | None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
+
+
+def _websockets_domain(host: str) -> tuple[str, ...]:
+    """The line that keeps a websockets listener on ``host``'s address family: mosquitto
+    2.0.11 binds a websockets listener to every interface whatever its address
+    (eclipse-mosquitto/mosquitto#3045) unless ``socket_domain`` follows ``protocol``.
+    Checked on 2.0.11: with ``socket_domain ipv4`` it listens on 127.0.0.1 only."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return ()  # a name: mosquitto resolves it, and may bind both families
+    return (f"socket_domain ipv{version}",)
 
 
 class MosquittoProcess(ChildBroker):
@@ -92,7 +105,11 @@ class MosquittoProcess(ChildBroker):
         if self.append_listener:
             lines.append(f"listener {self.port} {self.host}")
         if self.websockets_port is not None:
-            lines += [f"listener {self.websockets_port} {self.host}", "protocol websockets"]
+            lines += [
+                f"listener {self.websockets_port} {self.host}",
+                "protocol websockets",
+                *_websockets_domain(self.host),
+            ]
         lines += [
             f"persistence_location {self.data_dir}/",
             f"log_dest file {self.log_path}",
