@@ -122,7 +122,7 @@ class MosquittoProcess(ChildBroker):
         return config
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start mosquitto and block until it accepts connections."""
+        """Start mosquitto and block until every listener accepts connections."""
         if self.running:
             return
         if self.binary is None:
@@ -132,6 +132,7 @@ class MosquittoProcess(ChildBroker):
                 raise BrokerStartError(
                     f"cannot start mosquitto: {self.host}:{port} is already in use"
                 )
+        listeners = [p for p in (self.port, self.websockets_port) if p is not None]
         config = self.write_config()
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._process = subprocess.Popen(
@@ -153,7 +154,7 @@ class MosquittoProcess(ChildBroker):
                 raise BrokerStartError(
                     f"mosquitto exited during startup on port {self.port}: {detail}"
                 )
-            if port_open(self.host, self.port):
+            if all(port_open(self.host, port) for port in listeners):
                 return
             time.sleep(0.02)
         self.stop()
