@@ -195,8 +195,8 @@ class ControllerClient:
         self._feeds.append(feed)
         # Under `broker init` an operator may subscribe the literal filter of every
         # environment's events only (core.acl); the feed keeps ``env``'s.
-        one = env and not self._login
-        await self._connection.subscribe(self.root.events(env) if one else self.root.all_events())
+        topic = self.root.events(env) if env and not self._login else self.root.all_events()
+        await self._connection.subscribe(topic)
         return feed
 
     # the reader --------------------------------------------------------------------------
