@@ -5,13 +5,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc, kill_strays
-from tests.support.site import SiteBroker
+
+if TYPE_CHECKING:
+    from tests.support.site import SiteBroker
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_BROKER_CONFIG = REPO / "mosquitto" / "test.conf"
@@ -40,6 +43,8 @@ def site_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteBroker
     anonymous access) on free ports, run with ``mosquitto -c DIR/mosquitto.conf``. Its topic
     root is its own (the roles are made for it): tests keep apart by their own env ids.
     ``tests.support.site.DynsecAdmin(site_broker)`` adds clients and roles."""
+    from tests.support.site import SiteBroker  # paho and cryptography: only when used
+
     root = TopicRoot(f"test/{uuid.uuid4().hex[:10]}/edgeplane/v1")
     process = SiteBroker.create(tmp_path_factory.mktemp("site") / "site", root)
     process.start()

@@ -97,7 +97,12 @@ def parser_of(command: str) -> argparse.ArgumentParser:
 
 
 # --- the settings tables ----------------------------------------------------------------------
-COMMAND_TABLES: Final = ("edge-agent run", "edgeplane controller run", "edgeplane up")
+COMMAND_TABLES: Final = (
+    "edge-agent run",
+    "edgeplane controller run",
+    "edgeplane up",
+    "edgeplane broker init",
+)
 
 
 def settings_table(command: str) -> dict[str, str]:
@@ -174,7 +179,14 @@ def cli_leaves(
             yield from cli_leaves(child, (*words, name))
 
 
-NOT_OPERATOR_COMMANDS: Final = {("up",), ("controller",), ("controller", "run"), ("demo",)}
+NOT_OPERATOR_COMMANDS: Final = {
+    ("up",),
+    ("controller",),
+    ("controller", "run"),
+    ("demo",),
+    ("broker",),
+    ("broker", "init"),
+}
 
 
 def test_the_operator_table_names_every_operator_command() -> None:

@@ -56,8 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         type=_host,
         action="append",
         help="a name or address clients reach the broker by, for its certificate; repeat "
-        "for more; the first goes in the settings files (default: localhost, 127.0.0.1 "
-        "and this machine's host name)",
+        "for more; the first goes in the settings files; without --host: localhost, "
+        "127.0.0.1 and this machine's host name",
     )
     init.add_argument(
         "--topic-root", metavar="ROOT", help="root of every edgeplane topic (default: edgeplane/v1)"
@@ -66,8 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--plugin",
         metavar="FILE",
         type=Path,
-        help="mosquitto's dynamic security plugin (default: looked for in the usual lib "
-        "directories)",
+        help="mosquitto's dynamic security plugin, when it is not in the usual lib directories",
     )
     init.add_argument(
         "--force", action="store_true", help="overwrite a site already in DIR (new CA, passwords)"
