@@ -4,6 +4,8 @@ or aiomqtt errors: they arrive as :class:`BrokerUnavailable`.
 EdgeplaneError
 ├── ControllerError
 │   ├── BrokerStartError     a broker could not be started or found
+│   ├── BrokerAdminError     the broker's dynamic security plugin refused or did not answer
+│   ├── SiteInitError        ``broker init`` could not write a site's broker directory
 │   ├── StoreError           the SQLite database could not be opened or written
 │   └── NoControllerAnswer   an operator command got no answer in time
 ├── BrokerUnavailable        the MQTT connection failed or was lost (shared.errors)
@@ -16,11 +18,13 @@ from __future__ import annotations
 from edgeplane.shared.errors import BrokerUnavailable, EdgeplaneError, RequestRefused
 
 __all__ = [
+    "BrokerAdminError",
     "BrokerStartError",
     "BrokerUnavailable",
     "ControllerError",
     "NoControllerAnswer",
     "RequestRefused",
+    "SiteInitError",
     "StoreError",
 ]
 
@@ -31,6 +35,19 @@ class ControllerError(EdgeplaneError):
 
 class BrokerStartError(ControllerError):
     """A broker could not be started (no binary, port taken, it exited)."""
+
+
+class BrokerAdminError(ControllerError):
+    """A command to the broker's dynamic security plugin failed; ``error`` is the plugin's
+    own words (``Client already exists``), empty when no answer came."""
+
+    def __init__(self, message: str, error: str = "") -> None:
+        super().__init__(message)
+        self.error = error
+
+
+class SiteInitError(ControllerError):
+    """``edgeplane broker init`` refused or failed (a site already there, no plugin)."""
 
 
 class StoreError(ControllerError):

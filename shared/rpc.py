@@ -43,6 +43,7 @@ __all__ = [
     "DeploymentShow",
     "DeploymentState",
     "EnvCreate",
+    "EnvCreated",
     "EnvInfo",
     "EnvList",
     "EnvRestart",
@@ -52,8 +53,14 @@ __all__ = [
     "ErrorCode",
     "EventList",
     "LoggedEvent",
+    "OperatorAdd",
+    "OperatorAdded",
+    "OperatorInfo",
+    "OperatorList",
+    "OperatorRemove",
     "Reply",
     "Request",
+    "SealedCredential",
 ]
 
 REQUEST_EXPIRY: Final = 10  # seconds: the MQTT 5 message expiry of a request
@@ -65,6 +72,10 @@ Label = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Z
 LabelValue = Annotated[str, msgspec.Meta(max_length=256)]
 Limit = Annotated[int, msgspec.Meta(ge=1, le=10_000)]
 Ttl = Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400)]
+# An ephemeral X25519 public key, base64 (44 characters): the controller seals the new
+# password to it (controller.sealing), so the password is never readable on the wire.
+SealTo = Annotated[str, msgspec.Meta(max_length=64)]
+OperatorName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 ProjectName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9]([a-z0-9-]{0,40}[a-z0-9])?$")]
 
 DeploymentState = Literal[
@@ -94,6 +105,7 @@ ErrorCode = Literal[
     "missing-model",  # a required model is not in the last reported inventory
     "unavailable",  # the controller cannot do it now (shutting down, database error)
     "too-large",  # the result would not fit in one reply: ask for fewer (limit)
+    "no-identities",  # the broker has no identities the controller administers (no broker init)
 ]
 
 
@@ -112,6 +124,9 @@ class EnvCreate(_Request, frozen=True, kw_only=True, tag="env-create"):
     purpose: ShortText
     project: ProjectName = "default"
     labels: dict[Label, LabelValue] = {}
+    # Set: also enroll it at the broker (under `broker init`): its broker client is created
+    # and the result (EnvCreated) carries its password sealed to this key.
+    seal_to: SealTo = ""
 
 
 class EnvList(_Request, frozen=True, kw_only=True, tag="env-list"):
@@ -191,6 +206,25 @@ class EventList(_Request, frozen=True, kw_only=True, tag="event-list"):
     limit: Limit = 200
 
 
+class OperatorAdd(_Request, frozen=True, kw_only=True, tag="operator-add"):
+    """Result: :class:`OperatorAdded`, the new operator's password sealed to ``seal_to``."""
+
+    name: OperatorName
+    role: Literal["admin", "viewer"]
+    seal_to: SealTo
+
+
+class OperatorList(_Request, frozen=True, kw_only=True, tag="operator-list"):
+    """Result: ``list[OperatorInfo]``, by name."""
+
+
+class OperatorRemove(_Request, frozen=True, kw_only=True, tag="operator-remove"):
+    """Result: :class:`OperatorInfo` of the operator removed (its broker client is deleted:
+    a connected session of it is closed). The last admin, and the requester, are refused."""
+
+    name: OperatorName
+
+
 Request = (
     EnvCreate
     | EnvList
@@ -202,6 +236,9 @@ Request = (
     | DeploymentList
     | DeploymentShow
     | EventList
+    | OperatorAdd
+    | OperatorList
+    | OperatorRemove
 )
 
 
@@ -228,6 +265,34 @@ class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     # False for an agent that connects as an environment with no record (then project,
     # stage, location and purpose are empty): it never receives commands.
     registered: bool = True
+
+
+class SealedCredential(msgspec.Struct, frozen=True, kw_only=True):
+    """A new broker identity for the one who asked: ``sealed_password`` is the password
+    sealed to the request's ``seal_to`` key (base64), ``ca_pem`` the CA the controller
+    trusts for the broker (public), ``command_key`` the controller's public command key
+    (base64; empty when it has none)."""
+
+    username: ShortText
+    sealed_password: Annotated[str, msgspec.Meta(max_length=512)]
+    ca_pem: Annotated[str, msgspec.Meta(max_length=65_536)] = ""
+    command_key: ShortText = ""
+
+
+class EnvCreated(EnvInfo, frozen=True, kw_only=True):
+    """The result of ``env-create``: the record, and its credential when ``seal_to`` was
+    given."""
+
+    credential: SealedCredential | None = None
+
+
+class OperatorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    name: ShortText
+    role: ShortText  # "admin" or "viewer"
+
+
+class OperatorAdded(OperatorInfo, frozen=True, kw_only=True):
+    credential: SealedCredential
 
 
 class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -266,7 +331,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 RESULT_TYPES: Final[dict[type[Any], Any]] = {
-    EnvCreate: EnvInfo,
+    EnvCreate: EnvCreated,
     EnvList: list[EnvInfo],
     EnvShow: EnvInfo,
     EnvUpdate: EnvInfo,
@@ -276,6 +341,9 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     DeploymentList: list[DeploymentInfo],
     DeploymentShow: DeploymentInfo,
     EventList: list[LoggedEvent],
+    OperatorAdd: OperatorAdded,
+    OperatorList: list[OperatorInfo],
+    OperatorRemove: OperatorInfo,
 }
 
 # Codecs of the two rpc topics (here, not in shared.codec: the agent never needs them).

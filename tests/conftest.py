@@ -5,12 +5,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc, kill_strays
+
+if TYPE_CHECKING:
+    from tests.support.site import SiteBroker
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_BROKER_CONFIG = REPO / "mosquitto" / "test.conf"
@@ -28,6 +32,21 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoProces
     """The session's shared broker. Tests that restart or kill a broker use
     ``private_broker`` instead."""
     process = MosquittoProcess(TEST_BROKER_CONFIG, tmp_path_factory.mktemp("mosquitto"))
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def site_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SiteBroker]:
+    """A site's broker as ``edgeplane broker init`` writes it (TLS, dynamic security, no
+    anonymous access) on free ports, run with ``mosquitto -c DIR/mosquitto.conf``. Its topic
+    root is its own (the roles are made for it): tests keep apart by their own env ids.
+    ``tests.support.site.DynsecAdmin(site_broker)`` adds clients and roles."""
+    from tests.support.site import SiteBroker  # paho and cryptography: only when used
+
+    root = TopicRoot(f"test/{uuid.uuid4().hex[:10]}/edgeplane/v1")
+    process = SiteBroker.create(tmp_path_factory.mktemp("site") / "site", root)
     process.start()
     yield process
     process.stop()

@@ -97,7 +97,12 @@ def parser_of(command: str) -> argparse.ArgumentParser:
 
 
 # --- the settings tables ----------------------------------------------------------------------
-COMMAND_TABLES: Final = ("edge-agent run", "edgeplane controller run", "edgeplane up")
+COMMAND_TABLES: Final = (
+    "edge-agent run",
+    "edgeplane controller run",
+    "edgeplane up",
+    "edgeplane broker init",
+)
 
 
 def settings_table(command: str) -> dict[str, str]:
@@ -174,12 +179,19 @@ def cli_leaves(
             yield from cli_leaves(child, (*words, name))
 
 
-NOT_OPERATOR_COMMANDS: Final = {("up",), ("controller",), ("controller", "run"), ("demo",)}
+NOT_OPERATOR_COMMANDS: Final = {
+    ("up",),
+    ("controller",),
+    ("controller", "run"),
+    ("demo",),
+    ("broker",),
+    ("broker", "init"),
+}
 
 
 def test_the_operator_table_names_every_operator_command() -> None:
     documented = {words for words, _ in operator_commands()}
-    parent_only = {("env",)}  # `edgeplane env` alone only lists its actions
+    parent_only = {("env",), ("operator",)}  # alone, each only lists its actions
     actual = set(cli_leaves(edgeplane_cli.build_parser())) - NOT_OPERATOR_COMMANDS - parent_only
     assert documented == actual
 

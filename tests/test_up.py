@@ -17,12 +17,13 @@ import pytest
 from edgeplane.controller.broker.choice import BrokerPlan, choose_broker
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.controller.broker.process import free_port, port_open
-from edgeplane.controller.broker.stack import DEFAULT_ENV_ID
+from edgeplane.controller.broker.stack import DEFAULT_ENV_ID, NO_AUTH_WARNING
 from edgeplane.controller.broker.state_dir import default_state_dir
 from edgeplane.controller.errors import BrokerStartError
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
 from tests.support.procs import Proc, start_proc
+from tests.support.sockets import LOOPBACK, listening
 
 
 # --- choosing the broker (pure) ------------------------------------------------------------
@@ -293,6 +294,10 @@ async def test_up_with_mosquitto_restarts_a_dead_broker_and_stops_on_ctrl_c(
     first = _status(state_dir)
     assert first["broker_kind"] == "mosquitto"
     assert f"MQTT over WebSockets at ws://127.0.0.1:{ws_port}/" in proc.output()
+    assert f"edgeplane up: {NO_AUTH_WARNING}\n" in proc.output()
+    sockets = listening(first["broker_pid"])
+    assert {listened for _, listened in sockets} == {port, ws_port}
+    assert {address for address, _ in sockets} <= LOOPBACK, sockets
     view, status_topic = root.view(DEFAULT_ENV_ID), root.status(DEFAULT_ENV_ID)
     async with open_probe(first["broker"], view, status_topic) as probe:
         await probe.wait_json(view, timeout=30, status="online")

@@ -9,6 +9,7 @@ directory).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -41,6 +42,18 @@ def find_mosquitto() -> str | None:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate)
     return None
+
+
+def _websockets_domain(host: str) -> tuple[str, ...]:
+    """The line that keeps a websockets listener on ``host``'s address family: mosquitto
+    2.0.11 binds a websockets listener to every interface whatever its address
+    (eclipse-mosquitto/mosquitto#3045) unless ``socket_domain`` follows ``protocol``.
+    Checked on 2.0.11: with ``socket_domain ipv4`` it listens on 127.0.0.1 only."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return ()  # a name: mosquitto resolves it, and may bind both families
+    return (f"socket_domain ipv{version}",)
 
 
 class MosquittoProcess(ChildBroker):
@@ -92,7 +105,11 @@ class MosquittoProcess(ChildBroker):
         if self.append_listener:
             lines.append(f"listener {self.port} {self.host}")
         if self.websockets_port is not None:
-            lines += [f"listener {self.websockets_port} {self.host}", "protocol websockets"]
+            lines += [
+                f"listener {self.websockets_port} {self.host}",
+                "protocol websockets",
+                *_websockets_domain(self.host),
+            ]
         lines += [
             f"persistence_location {self.data_dir}/",
             f"log_dest file {self.log_path}",
@@ -105,7 +122,7 @@ class MosquittoProcess(ChildBroker):
         return config
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start mosquitto and block until it accepts connections."""
+        """Start mosquitto and block until every listener accepts connections."""
         if self.running:
             return
         if self.binary is None:
@@ -115,6 +132,7 @@ class MosquittoProcess(ChildBroker):
                 raise BrokerStartError(
                     f"cannot start mosquitto: {self.host}:{port} is already in use"
                 )
+        listeners = [p for p in (self.port, self.websockets_port) if p is not None]
         config = self.write_config()
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._process = subprocess.Popen(
@@ -136,7 +154,7 @@ class MosquittoProcess(ChildBroker):
                 raise BrokerStartError(
                     f"mosquitto exited during startup on port {self.port}: {detail}"
                 )
-            if port_open(self.host, self.port):
+            if all(port_open(self.host, port) for port in listeners):
                 return
             time.sleep(0.02)
         self.stop()

@@ -32,10 +32,15 @@ from edgeplane.controller.broker.supervisor import ChildFailed, ChildProcess, Su
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.topics import TopicRoot
 
-__all__ = ["DEFAULT_ENV_ID", "LocalStack", "StackSettings", "run_local_stack"]
+__all__ = ["DEFAULT_ENV_ID", "NO_AUTH_WARNING", "LocalStack", "StackSettings", "run_local_stack"]
 
 DEFAULT_ENV_ID: Final = "default-cloud"
 DEFAULT_TOPIC_ROOT: Final = TopicRoot()
+NO_AUTH_WARNING: Final = (
+    "the development broker has no authentication: any program on this machine may "
+    "publish, subscribe and command the agent (it listens on loopback only); for a site's "
+    "broker see edgeplane broker init"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,7 @@ class LocalStack:
 
     async def _run_until(self, stop: asyncio.Event) -> int:
         if self.broker is not None:
+            say(NO_AUTH_WARNING)
             await self.supervisor.start_broker(self.broker)
         if stop.is_set():  # Ctrl-C while the broker was starting
             return 0

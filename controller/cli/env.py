@@ -17,8 +17,11 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from edgeplane.controller.errors import ControllerError
 from edgeplane.controller.operator.args import (
     add_operator_flags,
+    add_output_flags,
+    broker_url_arg,
     env_id_arg,
     key_value_arg,
     label_arg,
@@ -31,8 +34,9 @@ from edgeplane.controller.operator.settings import load_operator_settings
 
 if TYPE_CHECKING:
     from edgeplane.controller.operator.client import ControllerClient, EventFeed
+    from edgeplane.controller.sealing import EphemeralKey
     from edgeplane.shared.messages import Event
-    from edgeplane.shared.rpc import EnvInfo
+    from edgeplane.shared.rpc import EnvCreated, EnvInfo
 
 __all__ = ["add_parser"]
 
@@ -125,12 +129,20 @@ def _add_create(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="KEY=VALUE",
         help="set a label (repeatable)",
     )
+    add_output_flags(parser, "the agent's bootstrap file (under broker init): its identity")
+    parser.add_argument(
+        "--agent-broker",
+        type=broker_url_arg,
+        metavar="URL",
+        help="the broker URL the agent uses, in the bootstrap file (default: this command's)",
+    )
 
 
 async def _create(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
     from edgeplane.controller.operator.output import print_json
     from edgeplane.shared.rpc import EnvCreate
 
+    key = _prepare_output(args)
     request = EnvCreate(
         id=args.id or "",
         stage=args.stage,
@@ -138,13 +150,66 @@ async def _create(controller: ControllerClient, args: argparse.Namespace, within
         purpose=args.purpose,
         project=args.project,
         labels=dict(args.label),
+        seal_to="" if key is None else key.public,
     )
-    info: EnvInfo = await controller.call(request, within=within)
+    info: EnvCreated = await controller.call(request, within=within)
+    if key is not None:
+        _write_bootstrap(args, controller, info, key)
     if args.json:
-        print_json(info)
+        print_json(info if info.credential is None else _without_credential(info))
     else:
         print(info.id)
+    if key is not None:
+        print(f"wrote {args.output} (mode 0600); on the gateway: edge-agent run --config FILE")
+    elif controller.url.identity is not None and controller.url.identity.username:
+        print(
+            f"edgeplane: note: {info.id} has no broker identity: its agent cannot connect to "
+            "this broker (create environments with --output FILE to enroll them)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _prepare_output(args: argparse.Namespace) -> EphemeralKey | None:
+    from edgeplane.controller.operator.enrollment_file import check_target
+    from edgeplane.controller.sealing import EphemeralKey
+
+    if args.output is None:
+        return None
+    check_target(args.output, force=args.force)
+    return EphemeralKey()
+
+
+def _write_bootstrap(
+    args: argparse.Namespace, controller: ControllerClient, info: EnvCreated, key: EphemeralKey
+) -> None:
+    from edgeplane.controller.operator.enrollment_file import settings_toml, write_private
+
+    credential = info.credential
+    if credential is None:
+        raise ControllerError(f"the controller created {info.id} but sent no credential for it")
+    values = {
+        "env_id": info.id,
+        "broker": str(args.agent_broker or controller.url),
+        "topic_root": str(controller.root),
+        "username": credential.username,
+        "password": key.open(credential.sealed_password),
+    }
+    if credential.ca_pem:
+        values["ca_pem"] = credential.ca_pem
+    if credential.command_key:
+        values["command_key"] = credential.command_key
+    header = (
+        f"The bootstrap file of environment {info.id}, written by `edgeplane env create`.\n"
+        "All a gateway needs: edge-agent run --config THIS_FILE. Mode 0600: it holds a password."
+    )
+    write_private(args.output, settings_toml(header, values), force=args.force)
+
+
+def _without_credential(info: EnvCreated) -> EnvCreated:
+    import msgspec
+
+    return msgspec.structs.replace(info, credential=None)
 
 
 # --- list ---------------------------------------------------------------------------------

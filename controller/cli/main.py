@@ -19,12 +19,14 @@ from collections.abc import Sequence
 from typing import Final, NoReturn
 
 from edgeplane.controller.cli import (
+    broker,
     controller,
     demo,
     deploy,
     deployments,
     env,
     events,
+    operators,
     status,
     up,
     watch,
@@ -46,6 +48,7 @@ COMMON_FLAGS: Final = (
 EXTRA_OF_MODULE: Final = {
     "aiomqtt": "controller",
     "aiosqlite": "controller",
+    "cryptography": "controller",
     "iotcore": "controller",
     "structlog": "controller",
     "yaml": "controller",
@@ -85,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     deployments.add_parser(commands)
     events.add_parser(commands)
     demo.add_parser(commands)
+    broker.add_parser(commands)
+    operators.add_parser(commands)
     return parser
 
 

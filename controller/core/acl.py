@@ -91,6 +91,10 @@ def _sub(topic: str) -> Acl:
     return Acl("subscribeLiteral", topic)
 
 
+def _receive(topic: str) -> Acl:
+    return Acl("publishClientReceive", topic)
+
+
 def env_role_name(env: str) -> str:
     return f"edgeplane-env-{validate_env_id(env)}"
 
@@ -150,6 +154,9 @@ def controller_role(root: TopicRoot) -> Role:
             _sub(root.all_views()),
             _sub(root.controller_status()),
             _sub(CONTROL_RESPONSE_TOPIC),
+            # The plugin never lets the default access cover a $CONTROL topic: receiving
+            # its responses must be granted (mosquitto 2.0.11 plugins/dynamic-security/acl.c).
+            _receive(CONTROL_RESPONSE_TOPIC),
         ),
         textname="the edgeplane controller",
     )

@@ -222,6 +222,10 @@ class Operations:
         effects.outgoing.extend(self._view_of(record) for record in created)
         return self.env_info(created[-1].id), effects
 
+    def planned_id(self, request: EnvCreate) -> str:
+        """The id :meth:`create` would give, refused as it would be, nothing changed."""
+        return self.registry.plan(request, self._clock.time())[-1].id
+
     def update(self, request: EnvUpdate) -> tuple[EnvInfo, Effects]:
         record = self.registry.require(request.id)
         effects = Effects(writes=Writes(urgent=True))

@@ -91,6 +91,10 @@ class Registry:
     def create(self, request: EnvCreate, now: float) -> list[Environment]:
         """The new record, preceded by its project's cloud environment when the project is
         new. Raises :class:`RequestRefused` (``invalid`` or ``exists``)."""
+        return [self._add(record) for record in self.plan(request, now)]
+
+    def plan(self, request: EnvCreate, now: float) -> list[Environment]:
+        """What :meth:`create` would add, refused the same way, with nothing added."""
         record = _new_record(request, now)
         if record.id in self._records:
             existing = self._records[record.id]
@@ -109,8 +113,8 @@ class Registry:
                     f"project {record.project!r} would need its cloud environment {cloud!r}, "
                     "but that id is taken by another project",
                 )
-            created.append(self._add(_cloud_record(record.project, now)))
-        created.append(self._add(record))
+            created.append(_cloud_record(record.project, now))
+        created.append(record)
         return created
 
     def update_labels(

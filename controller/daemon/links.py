@@ -28,9 +28,11 @@ from typing import Any, Final
 
 import structlog
 
+from edgeplane.controller.core.acl import CONTROL_RESPONSE_TOPIC
 from edgeplane.controller.core.operations import Operations
 from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.daemon.beacon import StatusBeacon
+from edgeplane.controller.daemon.identities import Identities
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.publisher import PUBLISH_WINDOW, Publisher
 from edgeplane.controller.daemon.request_desk import REQUEST_WORKERS, RequestDesk
@@ -66,6 +68,7 @@ class DaemonParts:
     publisher: Publisher
     desk: RequestDesk
     beacon: StatusBeacon
+    identities: Identities | None = None  # None: the broker has none (no broker init)
 
 
 class PresenceLink:
@@ -80,6 +83,8 @@ class PresenceLink:
         self._publisher = parts.publisher
         self._desk = parts.desk
         self._beacon = parts.beacon
+        self._ids = parts.identities
+        self._admin = None if parts.identities is None else parts.identities.admin
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -98,6 +103,13 @@ class PresenceLink:
         log.info("connected to the broker", broker=str(self._settings.broker))
         self._core.rearm()  # silence while we could not listen proves nothing
         self._sync.start()
+        try:
+            await self._run_session(connection, stop)
+        finally:
+            if self._admin is not None:
+                self._admin.detach()
+
+    async def _run_session(self, connection: Connection, stop: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tasks:
             # The receiver runs before we subscribe: the retained flood is judged as it
             # arrives instead of piling up behind the SUBACK.
@@ -130,17 +142,26 @@ class PresenceLink:
             self._publisher.carry_out,
             self._desk.take,
         )
+        admin = self._admin
         async for message in connection:
             if message.topic == requests:
                 await take_request(message)
+                continue
+            if admin is not None and message.topic == CONTROL_RESPONSE_TOPIC:
+                admin.take(message.payload)
                 continue
             taken = judge(message.topic, message.payload, message.retained)
             if taken is not None:
                 await carry_out(taken.judgement, taken.effects)
 
     async def _subscribe(self, connection: Connection) -> None:
+        if self._admin is not None:
+            await connection.subscribe(CONTROL_RESPONSE_TOPIC)
+            self._admin.attach(connection)
         await self._sync.subscribe(connection, self._beacon.birth)
         await self._finish_sync()
+        if self._ids is not None:
+            await self._ids.lock_out_retired(self._ops)
 
     async def _sync_deadline(self) -> None:
         await asyncio.sleep(SYNC_TIMEOUT)

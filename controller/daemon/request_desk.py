@@ -89,7 +89,7 @@ class RequestDesk:
         while True:
             pending = await self._queue.get()
             await self._synced.wait()
-            reply, effects = await self._handler.handle(pending.payload)
+            reply, effects = await self._handler.handle(pending.payload, pending.response_topic)
             number = await self._publisher.carry_out(None, effects)
             await self._publisher.send(_reply_message(pending, reply), after=number)
 

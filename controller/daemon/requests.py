@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from edgeplane.controller.core.operations import Effects, Operations
+from edgeplane.controller.daemon.identities import NO_IDENTITIES, Identities
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.errors import RequestRefused, StoreError
 from edgeplane.shared.errors import DecodeError
@@ -34,6 +35,9 @@ from edgeplane.shared.rpc import (
     ErrorCode,
     EventList,
     LoggedEvent,
+    OperatorAdd,
+    OperatorList,
+    OperatorRemove,
     Reply,
     Request,
 )
@@ -43,7 +47,7 @@ __all__ = ["RequestHandler", "failed"]
 ERROR_LIMIT: Final = 2048
 SHOW_EVENTS: Final = 1000  # events in a deployment-show
 
-_READS: Final = (EnvList, EnvShow, DeploymentList, DeploymentShow, EventList)
+_READS: Final = (EnvList, EnvShow, DeploymentList, DeploymentShow, EventList, OperatorList)
 
 log = structlog.get_logger("edgeplane.controller.daemon.requests")
 _encoder: Final = msgspec.json.Encoder()
@@ -56,18 +60,27 @@ def failed(code: ErrorCode, error: str) -> Reply:
 
 
 class RequestHandler:
-    def __init__(self, operations: Operations, store: Store, *, max_payload: int) -> None:
+    def __init__(
+        self,
+        operations: Operations,
+        store: Store,
+        *,
+        max_payload: int,
+        identities: Identities | None = None,
+    ) -> None:
         self._ops = operations
         self._store = store
         self._max_payload = max_payload
+        self._ids = identities
 
-    async def handle(self, payload: bytes) -> tuple[Reply, Effects]:
+    async def handle(self, payload: bytes, response_topic: str = "") -> tuple[Reply, Effects]:
         try:
             request = REQUEST.decode(payload, limit=self._max_payload)
         except DecodeError as exc:
             return failed("invalid", f"bad request ({exc.reason}): {exc.detail}"), Effects()
         try:
-            result, effects = await self._dispatch(request)
+            requester = self._ids.requester(response_topic) if self._ids else ""
+            result, effects = await self._dispatch(request, requester)
         except RequestRefused as exc:
             log.info("request refused", op=_op(request), code=exc.code, error=exc.message)
             return failed(exc.code, exc.message), Effects()
@@ -87,9 +100,11 @@ class RequestHandler:
             return failed("too-large", f"{why}; ask for fewer (limit)"), effects
         return Reply(ok=True, result=msgspec.Raw(encoded)), effects
 
-    async def _dispatch(self, request: Request) -> tuple[Any, Effects]:
-        ops = self._ops
+    async def _dispatch(self, request: Request, requester: str) -> tuple[Any, Effects]:
+        ops, ids = self._ops, self._identities
         match request:
+            case EnvCreate(seal_to=seal_to) if seal_to:
+                return await ids().create_env(request, ops)
             case EnvCreate():
                 return ops.create(request)
             case EnvList(project=project, include_retired=include_retired):
@@ -102,8 +117,11 @@ class RequestHandler:
                 return ops.update(request)
             case EnvRestart():
                 return ops.restart(request)
-            case EnvRetire():
-                return ops.retire(request)
+            case EnvRetire(id=env):
+                retired = ops.retire(request)
+                if self._ids is not None:
+                    await self._ids.lock_out(env)
+                return retired
             case DeployRequest():
                 return ops.deploy(request)
             case DeploymentList(env=env, limit=limit):
@@ -114,7 +132,18 @@ class RequestHandler:
                 await self._store.flush()  # what was received so far is in the log
                 events = await self._store.events(env=env, dep=dep, after=after, limit=limit)
                 return _fitting(events), Effects()
+            case OperatorAdd():
+                return await ids().add_operator(request, ops)
+            case OperatorList():
+                return await ids().operators(), Effects()
+            case OperatorRemove():
+                return await ids().remove_operator(request, requester), Effects()
         raise RequestRefused("invalid", f"unknown request {_op(request)!r}")
+
+    def _identities(self) -> Identities:
+        if self._ids is None or not self._ids.enabled:
+            raise RequestRefused("no-identities", NO_IDENTITIES)
+        return self._ids
 
     async def _deployments(self, env: str, limit: int) -> list[Any]:
         await self._store.flush()

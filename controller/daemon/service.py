@@ -18,6 +18,7 @@ through the one reconnect loop (:class:`controller.reconnect.Reconnect`, capped 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Final
 
 import structlog
@@ -28,6 +29,8 @@ from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations
 from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.daemon.beacon import StatusBeacon
+from edgeplane.controller.daemon.broker_admin import BrokerAdmin
+from edgeplane.controller.daemon.identities import Identities
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.links import DaemonParts, EventLink, PresenceLink
 from edgeplane.controller.daemon.publisher import Publisher
@@ -101,12 +104,55 @@ class PresenceService:
         intake = Intake(
             settings.topic_root, core, operations, sync, self.bad, max_payload=settings.max_payload
         )
-        handler = RequestHandler(operations, store, max_payload=settings.max_payload)
+        identities = self._identities()
+        handler = RequestHandler(
+            operations, store, max_payload=settings.max_payload, identities=identities
+        )
         desk = RequestDesk(handler, publisher, sync.synced, intake.drop)
         await publisher.carry_out(None, operations.ensure_default())
         return DaemonParts(
-            settings, clock, store, core, operations, intake, sync, publisher, desk, beacon
+            settings,
+            clock,
+            store,
+            core,
+            operations,
+            intake,
+            sync,
+            publisher,
+            desk,
+            beacon,
+            identities if identities.enabled else None,
         )
+
+    def _identities(self) -> Identities:
+        """The broker's identities, administered when the controller logs in with a user
+        name (``broker init``); a broker without identities otherwise."""
+        identity = self.settings.broker.identity
+        if identity is None or identity.username is None:
+            return Identities(None, self.settings.topic_root, self.core)
+        return Identities(
+            BrokerAdmin(),
+            self.settings.topic_root,
+            self.core,
+            ca_pem=_ca_pem(identity.ca_pem, identity.ca_file),
+            lockout_grace=self.settings.lockout_grace,
+        )
+
+
+def _ca_pem(inline: str | None, path: Path | None) -> str:
+    """The CA the controller trusts for the broker, as PEM, for the enrollment files (a CA
+    certificate is public); "" when it trusts the system's store."""
+    if inline:
+        return inline
+    if path is None:
+        return ""
+    try:
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        log.warning(
+            "cannot read the CA file for enrollment files", ca_file=str(path), error=str(exc)
+        )
+        return ""
 
 
 async def _keep_presence(link: PresenceLink, stop: asyncio.Event) -> None:

@@ -74,6 +74,12 @@ CONTROLLER_SETTINGS: Final = (
     Setting("max_payload", payload_limit, DEFAULT_MAX_PAYLOAD, "largest accepted payload, bytes"),
     Setting("stats_interval", common.positive_float, 60.0, "seconds between status updates"),
     Setting("command_ttl", common.positive_float, 300.0, "seconds a command may wait for an agent"),
+    Setting(
+        "lockout_grace",
+        common.positive_float,
+        35.0,
+        "seconds a retired, online agent has to retire before its broker client is deleted",
+    ),
     Setting("log_format", common.choice("auto", "console", "json"), "auto", "log format"),
     Setting("log_level", common.choice(*LOG_LEVELS), "info", "log level"),
     *IDENTITY_SETTINGS,
@@ -93,6 +99,7 @@ class ControllerSettings:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     stats_interval: float = 60.0
     command_ttl: float = 300.0
+    lockout_grace: float = 35.0
     log_format: LogFormat = "auto"
     log_level: str = "info"
 

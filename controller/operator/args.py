@@ -9,17 +9,21 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Final
 
 from edgeplane.controller.operator.settings import OPERATOR_SETTINGS, add_settings_flags
 from edgeplane.shared import settings as common
-from edgeplane.shared.errors import InvalidId
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.errors import InvalidBrokerUrl, InvalidId
 from edgeplane.shared.ids import validate_env_id
 from edgeplane.shared.settings import Setting
 
 __all__ = [
     "add_json_flag",
     "add_operator_flags",
+    "add_output_flags",
+    "broker_url_arg",
     "env_id_arg",
     "key_value_arg",
     "label_arg",
@@ -52,6 +56,21 @@ def add_json_flag(parser: argparse.ArgumentParser, *, inherited: bool = False) -
         default=argparse.SUPPRESS if inherited else False,
         help="print JSON instead of text",
     )
+
+
+def add_output_flags(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--output FILE`` (a new settings file, mode 0600) and ``--force``."""
+    parser.add_argument(
+        "--output", type=Path, metavar="FILE", help=f"write {what} (mode 0600) to FILE"
+    )
+    parser.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
+
+def broker_url_arg(value: str) -> BrokerUrl:
+    try:
+        return BrokerUrl.parse(value)
+    except InvalidBrokerUrl as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def env_id_arg(value: str) -> str:

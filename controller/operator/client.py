@@ -58,6 +58,7 @@ from edgeplane.shared.topics import TopicKind, TopicRoot
 __all__ = ["DEFAULT_TIMEOUT", "ControllerClient", "EventFeed", "ask", "seconds"]
 
 DEFAULT_TIMEOUT: Final = 5.0  # seconds to wait for the controller's reply
+NOT_GRANTED: Final = 0x80  # SUBACK reason codes from here on refuse the subscription
 
 
 def seconds(value: float) -> str:
@@ -109,8 +110,8 @@ class ControllerClient:
         self.token = unique_client_id("edgeplane-cli")
         self._connection = Connection(url, self.token, timeout=connect_timeout)
         # Under `broker init` an operator may read only the reply topic of its user name.
-        login = url.identity.username if url.identity else None
-        self._reply_topic = root.reply(login or self.token)
+        self._login = url.identity.username if url.identity else None
+        self._reply_topic = root.reply(self._login or self.token)
         self._pending: dict[bytes, asyncio.Future[Reply]] = {}
         self._feeds: list[EventFeed] = []
         self._lost: BrokerUnavailable | None = None
@@ -120,7 +121,13 @@ class ControllerClient:
     async def __aenter__(self) -> Self:
         await self._stack.enter_async_context(self._connection)
         try:
-            await self._connection.subscribe(self._reply_topic)
+            (granted,) = await self._connection.subscribe(self._reply_topic)
+            if granted >= NOT_GRANTED:
+                raise ControllerError(
+                    f"the broker does not let {self._login or 'this client'} read the "
+                    f"controller's replies ({self._reply_topic}): this identity may not send "
+                    "requests (a viewer can use `edgeplane status` and `edgeplane watch`)"
+                )
         except BaseException:
             await self._close()
             raise
@@ -186,7 +193,10 @@ class ControllerClient:
         every event published after this returns."""
         feed = EventFeed(env)
         self._feeds.append(feed)
-        await self._connection.subscribe(self.root.events(env) if env else self.root.all_events())
+        # Under `broker init` an operator may subscribe the literal filter of every
+        # environment's events only (core.acl); the feed keeps ``env``'s.
+        topic = self.root.events(env) if env and not self._login else self.root.all_events()
+        await self._connection.subscribe(topic)
         return feed
 
     # the reader --------------------------------------------------------------------------
