@@ -5,6 +5,7 @@ EdgeplaneError
 ├── ControllerError
 │   ├── BrokerStartError     a broker could not be started or found
 │   ├── StoreError           the SQLite database could not be opened or written
+│   ├── CommandKeyError      the command key file is unreadable, invalid or not private
 │   └── NoControllerAnswer   an operator command got no answer in time
 ├── BrokerUnavailable        the MQTT connection failed or was lost (shared.errors)
 └── RequestRefused           an operator request the controller refuses, ``code`` says why
@@ -18,6 +19,7 @@ from edgeplane.shared.errors import BrokerUnavailable, EdgeplaneError, RequestRe
 __all__ = [
     "BrokerStartError",
     "BrokerUnavailable",
+    "CommandKeyError",
     "ControllerError",
     "NoControllerAnswer",
     "RequestRefused",
@@ -35,6 +37,11 @@ class BrokerStartError(ControllerError):
 
 class StoreError(ControllerError):
     """The database could not be opened, migrated or written."""
+
+
+class CommandKeyError(ControllerError):
+    """The key that signs commands cannot be used: unreadable, invalid, or readable by
+    group or others."""
 
 
 class NoControllerAnswer(ControllerError):

@@ -28,6 +28,7 @@ import msgspec
 
 from edgeplane.shared import settings as s
 from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
+from edgeplane.shared.command_signature import parse_public_key
 from edgeplane.shared.errors import SettingsError
 from edgeplane.shared.logs import LogFormat
 from edgeplane.shared.topics import TopicRoot
@@ -79,6 +80,20 @@ def _keepalive(value: Any) -> int:
     return seconds
 
 
+def _public_key(value: Any) -> str:
+    text = s.text(value).strip()
+    parse_public_key(text)
+    return text
+
+
+def _public_keys(value: Any) -> tuple[str, ...]:
+    """A TOML list of keys, or (flag, environment) keys separated by commas."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of base64 public keys, got {value!r}")
+    return tuple(_public_key(item) for item in items if not isinstance(item, str) or item.strip())
+
+
 SETTINGS: Final = (
     s.Setting("env_id", s.env_id, None, "environment id, also the MQTT client id (required)"),
     s.Setting("broker", s.broker_url, DEFAULT_BROKER, "broker URL, mqtt://HOST:PORT or mqtts://"),
@@ -115,6 +130,20 @@ SETTINGS: Final = (
         "file of NAME=value lines, readable by its owner only; workflow steps see the "
         "secrets they require as environment variables",
     ),
+    s.Setting(
+        "command_key",
+        _public_key,
+        None,
+        "the controller's public key (base64, as `edgeplane controller run` logs it): the "
+        "agent runs only commands it signed, and none without a key",
+    ),
+    s.Setting(
+        "command_keys",
+        _public_keys,
+        (),
+        "more trusted public keys (a TOML list, or separated by commas), e.g. the old and "
+        "the new key while the controller's key is rotated",
+    ),
 )
 
 
@@ -131,6 +160,13 @@ class AgentConfig(msgspec.Struct, frozen=True):
     models_dir: Path | None = None
     secrets_file: Path | None = None
     endpoints: Mapping[str, str] = msgspec.field(default_factory=dict)  # name -> URL
+    command_key: str | None = None  # base64 Ed25519 public keys whose commands it runs
+    command_keys: tuple[str, ...] = ()
+
+    def trusted_keys(self) -> list[bytes]:
+        """Every public key the agent trusts to sign commands, once each."""
+        keys = ([] if self.command_key is None else [self.command_key]) + list(self.command_keys)
+        return [parse_public_key(key) for key in dict.fromkeys(keys)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from typing import Final
 
 import structlog
 
+from edgeplane.controller.command_key import load_command_key
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
@@ -38,6 +39,7 @@ from edgeplane.controller.daemon.store import Store, open_store
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.controller.reconnect import Reconnect, Retry
 from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.command_signature import CommandSigner
 
 __all__ = ["PresenceService"]
 
@@ -60,8 +62,9 @@ class PresenceService:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        signer = load_command_key(settings.command_key_path)
         async with open_store(settings.db_path) as store:
-            parts = await self._assemble(store)
+            parts = await self._assemble(store, signer)
             log.info(
                 "controller starting",
                 db=str(settings.db_path),
@@ -71,6 +74,14 @@ class PresenceService:
                 records=len(parts.operations.registry),
                 deployments=len(parts.operations.book),
                 boot=parts.beacon.boot,
+                command_key=signer.public_key_b64,
+                command_key_id=signer.key_id,
+                command_key_file=str(settings.command_key_path or "(in memory)"),
+            )
+            log.info(
+                "agents run only commands signed by this controller: give each agent "
+                f"command_key = {signer.public_key_b64!r} in its settings file "
+                f"(or --command-key {signer.public_key_b64})",
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(_keep_events(EventLink(parts), stop), name="events")
@@ -78,7 +89,7 @@ class PresenceService:
             await store.flush()
         log.info("controller stopped", **parts.beacon.counters())
 
-    async def _assemble(self, store: Store) -> DaemonParts:
+    async def _assemble(self, store: Store, signer: CommandSigner) -> DaemonParts:
         """The core and the operations as the store left them, and the parts around them;
         the default cloud environment, made sure of."""
         settings, clock, core = self.settings, self._clock, self.core
@@ -95,9 +106,10 @@ class PresenceService:
             seen=await store.stream_heads(),
             controller_seq=await store.last_seq(CONTROLLER_SRC),
         )
-        beacon = StatusBeacon(settings.topic_root, core, self.bad, operations, self.started)
-        sync = RetainedSync(settings.topic_root, beacon.boot, settings.max_payload)
-        publisher = Publisher(settings.topic_root, store, operations, sync)
+        root = settings.topic_root
+        beacon = StatusBeacon(root, core, self.bad, operations, self.started, signer)
+        sync = RetainedSync(root, beacon.boot, settings.max_payload)
+        publisher = Publisher(root, store, operations, sync, signer)
         intake = Intake(
             settings.topic_root, core, operations, sync, self.bad, max_payload=settings.max_payload
         )

@@ -1,0 +1,57 @@
+"""The command key of the tests' controllers, and commands signed with it (or not) as a
+test publishes them by hand.
+
+Every controller a test starts uses :data:`TEST_SIGNER`'s key (its key file written
+before it starts, :func:`write_key_file`) and every agent trusts :data:`PUBLIC_KEY`, so a
+test's hand-made command is what the controller would have sent when it is
+:func:`signed`."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from pathlib import Path
+from typing import Final
+
+from edgeplane.shared.codec import encode
+from edgeplane.shared.command_signature import CommandSigner
+from edgeplane.shared.messages import Command, replace
+
+__all__ = ["OTHER_SIGNER", "PUBLIC_KEY", "TEST_SEED", "TEST_SIGNER", "signed", "write_key_file"]
+
+TEST_SEED: Final = b"edgeplane-tests-command-key-0001"
+TEST_SIGNER: Final = CommandSigner(TEST_SEED)
+PUBLIC_KEY: Final = TEST_SIGNER.public_key_b64
+OTHER_SIGNER: Final = CommandSigner(b"edgeplane-tests-some-other-key-2")  # trusted by no one
+
+
+def write_key_file(path: Path, seed: bytes = TEST_SEED) -> Path:
+    """The command key file a controller reads (mode 0600), unless there is one."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(base64.b64encode(seed).decode("ascii") + "\n")
+    return path
+
+
+def signed(
+    command: Command | bytes | str,
+    env: str | None = None,
+    *,
+    signer: CommandSigner = TEST_SIGNER,
+    ttl: float = 300.0,
+) -> bytes:
+    """The envelope the controller would publish for ``command``. A Struct gets ``env``
+    (when given) and an expiry ``ttl`` seconds ahead when it has none; bytes or text are
+    signed as they are."""
+    if isinstance(command, str):
+        command = command.encode()
+    if isinstance(command, bytes):
+        return signer.seal(command)
+    if env is not None and command.env is None:
+        command = replace(command, env=env)
+    if command.expires is None:
+        command = replace(command, expires=time.time() + ttl)
+    return signer.seal(encode(command))
