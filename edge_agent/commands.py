@@ -75,10 +75,9 @@ KNOWN_COMMANDS: Final = frozenset({"ping", "deploy", "update", "restart", "retir
 LOG_EVERY: Final = 60.0  # seconds between two log lines about one rejection reason
 _SHORT_TEXT: Final = 256
 ENROL_HINT: Final = (
-    "this agent has no command key, so it runs no command; to enrol it, give it the "
-    'controller\'s public key (command_key = "..." in its settings file, or '
-    "--command-key / EDGEPLANE_COMMAND_KEY): `edgeplane controller run` logs it at start "
-    "and publishes it as command_key on R/controller/status"
+    "no command key, so no command runs; enrol this agent: command_key = \"<the "
+    "controller's public key>\" in its settings file (the key is in the controller's "
+    "start-up log and on R/controller/status)"
 )
 
 log = get_logger(__name__)
@@ -198,7 +197,7 @@ class CommandHandler:
         except CommandRefused as exc:
             return self._reject(payload, exc.reason, exc.detail)
         except DecodeError as exc:
-            return self._reject(payload, *self._explain(payload, exc))
+            return self._reject(payload, exc.reason, exc.detail)
         try:
             command = self._authentic_command(inner)
         except CommandRefused as exc:

@@ -9,10 +9,12 @@ test's hand-made command is what the controller would have sent when it is
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from edgeplane.shared.codec import encode
 from edgeplane.shared.command_signature import CommandSigner
@@ -37,19 +39,22 @@ def write_key_file(path: Path, seed: bytes = TEST_SEED) -> Path:
 
 
 def signed(
-    command: Command | bytes | str,
+    command: Command | Mapping[str, Any] | bytes | str,
     env: str | None = None,
     *,
     signer: CommandSigner = TEST_SIGNER,
     ttl: float = 300.0,
 ) -> bytes:
-    """The envelope the controller would publish for ``command``. A Struct gets ``env``
-    (when given) and an expiry ``ttl`` seconds ahead when it has none; bytes or text are
-    signed as they are."""
+    """The envelope the controller would publish for ``command``. A Struct or a mapping
+    gets ``env`` (when given) and an expiry ``ttl`` seconds ahead when it has none; bytes
+    or text are signed as they are."""
     if isinstance(command, str):
         command = command.encode()
     if isinstance(command, bytes):
         return signer.seal(command)
+    if isinstance(command, Mapping):
+        fields = {"env": env, "expires": time.time() + ttl, **command}
+        return signer.seal(json.dumps({k: v for k, v in fields.items() if v is not None}).encode())
     if env is not None and command.env is None:
         command = replace(command, env=env)
     if command.expires is None:
