@@ -3,7 +3,8 @@ signed with, kept in a file of its own (the base64 of the key's 32-byte seed, on
 
 The file is made, mode 0600, the first time it is needed; one that group or others can
 read is refused, as is anything that is not such a key. Only the public key and its id
-ever leave this module (logs, ``R/controller/status``, the agents' settings).
+ever leave this module (logs, ``R/controller/status``, the agents' settings, and
+``FILE.pub`` beside the key: the base64 public key, for enrolling agents).
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ from pathlib import Path
 from edgeplane.controller.errors import CommandKeyError
 from edgeplane.shared.command_signature import KEY_BYTES, CommandSigner
 
-__all__ = ["load_command_key"]
+__all__ = ["load_command_key", "public_key_file"]
+
+
+def public_key_file(path: Path) -> Path:
+    """Where the public half of the key in ``path`` is written."""
+    return path.with_name(path.name + ".pub")
 
 
 def load_command_key(path: Path | None) -> CommandSigner:
@@ -27,7 +33,21 @@ def load_command_key(path: Path | None) -> CommandSigner:
         return CommandSigner.generate()
     if not path.exists():
         _create(path)
-    return CommandSigner(_read_seed(path))
+    signer = CommandSigner(_read_seed(path))
+    _write_public(public_key_file(path), signer.public_key_b64)
+    return signer
+
+
+def _write_public(path: Path, public_key: str) -> None:
+    try:
+        if path.read_text(encoding="ascii").strip() == public_key:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        path.write_text(public_key + "\n", encoding="ascii")
+    except OSError as exc:
+        raise CommandKeyError(f"cannot write the public key file {path}: {exc.strerror}") from exc
 
 
 def _create(path: Path) -> None:

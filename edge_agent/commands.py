@@ -75,7 +75,7 @@ KNOWN_COMMANDS: Final = frozenset({"ping", "deploy", "update", "restart", "retir
 LOG_EVERY: Final = 60.0  # seconds between two log lines about one rejection reason
 _SHORT_TEXT: Final = 256
 ENROL_HINT: Final = (
-    "no command key, so no command runs; enrol this agent: command_key = \"<the "
+    'no command key, so no command runs; enrol this agent: command_key = "<the '
     "controller's public key>\" in its settings file (the key is in the controller's "
     "start-up log and on R/controller/status)"
 )

@@ -140,7 +140,7 @@ SETTINGS: Final = (
     s.Setting(
         "command_keys",
         _public_keys,
-        (),
+        None,
         "more trusted public keys (a TOML list, or separated by commas), e.g. the old and "
         "the new key while the controller's key is rotated",
     ),
@@ -190,6 +190,7 @@ def load_config(
     given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
     config_file = given.get("config") or environ.get(CONFIG_ENV_VAR) or None
     values = s.resolve(SETTINGS, given, environ, config_file, tables=(ENDPOINTS_TABLE,))
+    values["command_keys"] = values["command_keys"] or ()
     values["endpoints"] = _endpoints(s.read_table(config_file, ENDPOINTS_TABLE), config_file)
     if values["env_id"] is None:
         raise SettingsError(

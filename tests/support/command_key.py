@@ -16,16 +16,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from edgeplane.shared.codec import encode
-from edgeplane.shared.command_signature import CommandSigner
+from edgeplane.shared.codec import COMMAND, DEFAULT_MAX_PAYLOAD, encode
+from edgeplane.shared.command_signature import CommandSigner, CommandVerifier
 from edgeplane.shared.messages import Command, replace
 
-__all__ = ["OTHER_SIGNER", "PUBLIC_KEY", "TEST_SEED", "TEST_SIGNER", "signed", "write_key_file"]
+__all__ = [
+    "OTHER_SIGNER",
+    "PUBLIC_KEY",
+    "TEST_SEED",
+    "TEST_SIGNER",
+    "opened",
+    "signed",
+    "write_key_file",
+]
 
 TEST_SEED: Final = b"edgeplane-tests-command-key-0001"
 TEST_SIGNER: Final = CommandSigner(TEST_SEED)
 PUBLIC_KEY: Final = TEST_SIGNER.public_key_b64
 OTHER_SIGNER: Final = CommandSigner(b"edgeplane-tests-some-other-key-2")  # trusted by no one
+_VERIFIER: Final = CommandVerifier([TEST_SIGNER.public_key])
 
 
 def write_key_file(path: Path, seed: bytes = TEST_SEED) -> Path:
@@ -60,3 +69,9 @@ def signed(
     if command.expires is None:
         command = replace(command, expires=time.time() + ttl)
     return signer.seal(encode(command))
+
+
+def opened(payload: bytes) -> Command:
+    """The command inside an envelope a tests' controller published (its signature
+    checked: a payload not signed with the tests' key fails the test)."""
+    return COMMAND.decode(_VERIFIER.open_payload(payload, DEFAULT_MAX_PAYLOAD))
