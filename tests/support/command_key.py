@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from edgeplane.shared.codec import COMMAND, DEFAULT_MAX_PAYLOAD, encode
 from edgeplane.shared.command_signature import CommandSigner, CommandVerifier
+from edgeplane.shared.errors import EdgeplaneError
 from edgeplane.shared.messages import Command, replace
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "TEST_SEED",
     "TEST_SIGNER",
     "opened",
+    "opened_json",
     "signed",
     "write_key_file",
 ]
@@ -75,3 +77,12 @@ def opened(payload: bytes) -> Command:
     """The command inside an envelope a tests' controller published (its signature
     checked: a payload not signed with the tests' key fails the test)."""
     return COMMAND.decode(_VERIFIER.open_payload(payload, DEFAULT_MAX_PAYLOAD))
+
+
+def opened_json(payload: bytes) -> bytes:
+    """The command JSON inside an envelope signed with the tests' key; any other payload
+    as it is."""
+    try:
+        return _VERIFIER.open_payload(payload, DEFAULT_MAX_PAYLOAD)
+    except EdgeplaneError:
+        return payload

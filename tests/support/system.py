@@ -28,7 +28,7 @@ from typing import Any
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.rpc import TERMINAL_STATES
 from edgeplane.shared.topics import TopicRoot
-from tests.support.command_key import PUBLIC_KEY, write_key_file
+from tests.support.command_key import PUBLIC_KEY, opened_json, write_key_file
 from tests.support.probe import Probe, Received, open_probe
 from tests.support.procs import Proc, start_proc
 
@@ -313,8 +313,11 @@ class System:
         return found
 
     def commands(self, env: str) -> list[dict[str, Any]]:
-        """Every command published to ``env`` (garbage included, as ``{"raw": ...}``)."""
-        return [_decoded(m.payload) for m in self.messages if m.topic == self.root.cmd(env)]
+        """Every command published to ``env``, the command inside when it is signed with
+        the tests' key (garbage included, as ``{"raw": ...}``)."""
+        return [
+            _decoded(opened_json(m.payload)) for m in self.messages if m.topic == self.root.cmd(env)
+        ]
 
     async def barrier(self) -> None:
         """A round trip through the broker: whatever was published before this call (and
