@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -33,11 +34,13 @@ import psutil
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.command_signature import CommandSigner
 from edgeplane.shared.messages import EnvView
 from edgeplane.shared.topics import TopicRoot
 
 __all__ = [
     "BENCH_DIR",
+    "BENCH_SIGNER",
     "RESULTS_DIR",
     "BenchUnavailable",
     "Controller",
@@ -53,7 +56,24 @@ __all__ = [
     "run_main",
     "sample_process",
     "scratch_dir",
+    "write_bench_key",
 ]
+
+# The benchmarks' controllers sign with this key (written to their key file) and their
+# agents trust it, as an enrolled fleet does.
+_BENCH_SEED: Final = b"edgeplane-bench-command-key-0001"
+BENCH_SIGNER: Final = CommandSigner(_BENCH_SEED)
+
+
+def write_bench_key(path: Path) -> Path:
+    """The controller's key file (mode 0600) holding :data:`BENCH_SIGNER`'s key."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(base64.b64encode(_BENCH_SEED).decode("ascii") + "\n")
+    return path
+
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
 RESULTS_DIR: Final = BENCH_DIR / "results"
@@ -240,6 +260,8 @@ class Controller:
             str(self.root),
             "--log-format",
             "json",
+            "--command-key-file",
+            str(write_bench_key(self.db.parent / "command-key")),
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as out:
@@ -548,6 +570,8 @@ class RealAgent:
             str(root),
             "--log-format",
             "json",
+            "--command-key",
+            BENCH_SIGNER.public_key_b64,
         ]
         self.log = work / f"agent-{env}.log"
         self.process: subprocess.Popen[bytes] | None = None

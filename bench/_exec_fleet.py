@@ -19,6 +19,7 @@ from pathlib import Path
 
 from edgeplane.edge_agent.simulator.fleet import ExecutionSettings, Fleet
 from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.command_signature import parse_public_key
 from edgeplane.shared.logs import configure_logging
 from edgeplane.shared.topics import TopicRoot
 
@@ -36,7 +37,9 @@ async def _serve(args: argparse.Namespace) -> None:
         args.count,
         args.interval,
         args.prefix,
-        execution=ExecutionSettings(Path(args.state_root)),
+        execution=ExecutionSettings(
+            Path(args.state_root), command_keys=(parse_public_key(args.command_key),)
+        ),
     )
     async with fleet:
         began = time.monotonic()
@@ -54,6 +57,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--prefix", default="fan")
     parser.add_argument("--state-root", required=True)
+    parser.add_argument("--command-key", required=True, help="the controller's public key")
     args = parser.parse_args()
     configure_logging("json", "warning")
     asyncio.run(_serve(args))

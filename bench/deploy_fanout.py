@@ -60,6 +60,7 @@ from typing import Final
 import aiomqtt
 
 from bench._common import (
+    BENCH_SIGNER,
     BenchUnavailable,
     Controller,
     Report,
@@ -251,6 +252,8 @@ async def _fleet_process(
             prefix,
             "--state-root",
             str(agents),
+            "--command-key",
+            BENCH_SIGNER.public_key_b64,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=err,

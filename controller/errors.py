@@ -7,6 +7,7 @@ EdgeplaneError
 │   ├── BrokerAdminError     the broker's dynamic security plugin refused or did not answer
 │   ├── SiteInitError        ``broker init`` could not write a site's broker directory
 │   ├── StoreError           the SQLite database could not be opened or written
+│   ├── CommandKeyError      the command key file is unreadable, invalid or not private
 │   └── NoControllerAnswer   an operator command got no answer in time
 ├── BrokerUnavailable        the MQTT connection failed or was lost (shared.errors)
 └── RequestRefused           an operator request the controller refuses, ``code`` says why
@@ -21,6 +22,7 @@ __all__ = [
     "BrokerAdminError",
     "BrokerStartError",
     "BrokerUnavailable",
+    "CommandKeyError",
     "ControllerError",
     "NoControllerAnswer",
     "RequestRefused",
@@ -52,6 +54,11 @@ class SiteInitError(ControllerError):
 
 class StoreError(ControllerError):
     """The database could not be opened, migrated or written."""
+
+
+class CommandKeyError(ControllerError):
+    """The key that signs commands cannot be used: unreadable, invalid, or readable by
+    group or others."""
 
 
 class NoControllerAnswer(ControllerError):

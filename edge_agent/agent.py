@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
-from edgeplane.edge_agent.commands import CommandHandler, Execution
+from edgeplane.edge_agent.commands import ENROL_HINT, CommandHandler, Execution
 from edgeplane.edge_agent.config import AgentConfig
 from edgeplane.edge_agent.errors import AgentError
 from edgeplane.edge_agent.event_pump import EventPump
@@ -49,6 +49,7 @@ from edgeplane.edge_agent.stopping import CleanStop
 from edgeplane.edge_agent.takeover import TakeoverCheck
 from edgeplane.edge_agent.waker import Waker
 from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.command_signature import key_id
 from edgeplane.shared.logs import bound_context, get_logger, unbind_context
 from edgeplane.shared.messages import Retire
 
@@ -129,6 +130,7 @@ class Agent:
             clock,
             self._outbox,
             commands=self._outbox,
+            command_keys=config.trusted_keys(),
             executor=self._executor,
             on_update=self._settings.apply_update,
             on_retire=self._begin_retirement,
@@ -193,7 +195,10 @@ class Agent:
             models_dir=None if config.models_dir is None else str(config.models_dir),
             endpoints=sorted(config.endpoints),
             events_pending=len(self._outbox),
+            command_keys=[key_id(key) for key in config.trusted_keys()],
         )
+        if not config.trusted_keys():
+            log.warning(ENROL_HINT)
         if self._executor is None:
             log.warning("this installation cannot run workflows: deployments will be refused")
         else:

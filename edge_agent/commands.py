@@ -1,14 +1,24 @@
 """The command path: what arrives on ``R/env/{env}/cmd``, from bytes to action.
 
-decode -> dedupe -> expiry -> dispatch, without MQTT: the agent (and the fleet simulator)
-hand :meth:`CommandHandler.handle` a payload, and every outcome is an event emitted to the
-injected :class:`~edge_agent.events.EventSink` (the outbox, so answers are durable too):
+verify -> decode -> dedupe -> expiry -> dispatch, without MQTT: the agent (and the fleet
+simulator) hand :meth:`CommandHandler.handle` a payload, and every outcome is an event
+emitted to the injected :class:`~edge_agent.events.EventSink` (the outbox, so answers are
+durable too):
 
+- not a command this agent can authenticate: a ``rejected`` event whose reason starts with
+  ``no-command-key`` (the agent was given no key: the log line says how to enrol it),
+  ``unsigned``, ``unknown-key`` or ``bad-signature``. The command inside is not even
+  decoded. A signed command for another environment (``wrong-env``) or without an expiry
+  (``no-expiry``) is refused too;
 - not a valid command (not JSON, a wrong schema, an unknown type, oversized): a
-  ``rejected`` event naming the reason, counted per reason and logged at most once per
-  reason a minute. A flood of garbage cannot become a flood of events: rejections are
-  answered at a bounded rate, and those left unanswered are counted and logged;
-- a command id taken before (a QoS 1 redelivery, a resend after a restart): nothing;
+  ``rejected`` event naming the reason. Every rejection is counted per reason and logged
+  at most once per reason a minute. A flood of garbage cannot become a flood of events:
+  rejections are answered at a bounded rate, and those left unanswered are counted and
+  logged. Only a rejection of a command the controller signed for this agent names the
+  command (``cmd``), so a forged payload cannot fail a real deployment;
+- a command id taken before (a QoS 1 redelivery, a resend, a replay): a ``rejected``
+  event ``replayed`` that names no command, and it does not run again. Ids are kept on
+  disk until their command expires, so a restart does not open the window again;
 - past its ``expires`` on arrival: an ``expired`` event, and it does not run;
 - ``ping``: a ``pong``; ``deploy``: handed to the executor, which reports every phase;
   ``update``: applied by the agent's callback and acknowledged (``ack``, op ``update``);
@@ -22,16 +32,16 @@ is not taken again (the controller sees no answer rather than a second run).
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Callable
-from typing import Any, Final, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 
 from edgeplane.edge_agent.errors import AgentError
 from edgeplane.edge_agent.events import EventSink
 from edgeplane.shared.clock import Clock
-from edgeplane.shared.codec import COMMAND, DEFAULT_MAX_PAYLOAD
-from edgeplane.shared.errors import DecodeError
+from edgeplane.shared.codec import COMMAND, DEFAULT_MAX_PAYLOAD, SIGNED_COMMAND
+from edgeplane.shared.errors import CommandRefused, DecodeError
 from edgeplane.shared.logs import get_logger
 from edgeplane.shared.messages import (
     Ack,
@@ -47,7 +57,11 @@ from edgeplane.shared.messages import (
     Update,
 )
 
+if TYPE_CHECKING:
+    from edgeplane.shared.command_signature import CommandVerifier
+
 __all__ = [
+    "ENROL_HINT",
     "KNOWN_COMMANDS",
     "CommandHandler",
     "CommandLog",
@@ -60,6 +74,11 @@ __all__ = [
 KNOWN_COMMANDS: Final = frozenset({"ping", "deploy", "update", "restart", "retire"})
 LOG_EVERY: Final = 60.0  # seconds between two log lines about one rejection reason
 _SHORT_TEXT: Final = 256
+ENROL_HINT: Final = (
+    'no command key, so no command runs; enrol this agent: command_key = "<the '
+    "controller's public key>\" in its settings file (the key is in the controller's "
+    "start-up log and on R/controller/status)"
+)
 
 log = get_logger(__name__)
 
@@ -72,7 +91,8 @@ class CommandLog(Protocol):
 
     def seen(self, cmd_id: str) -> bool: ...
 
-    def remember(self, cmd_id: str) -> None: ...
+    def remember(self, cmd_id: str, until: float | None = None) -> None:
+        """Keep ``cmd_id``, at least until ``until`` (unix seconds: its expiry)."""
 
 
 class Execution(Protocol):
@@ -93,7 +113,7 @@ class MemoryCommandLog:
     def seen(self, cmd_id: str) -> bool:
         return cmd_id in self._ids
 
-    def remember(self, cmd_id: str) -> None:
+    def remember(self, cmd_id: str, until: float | None = None) -> None:
         self._ids[cmd_id] = None
         self._ids.move_to_end(cmd_id)
         while len(self._ids) > self.keep:
@@ -133,9 +153,10 @@ class RateLimit:
 class CommandHandler:
     """Takes command payloads; answers through ``sink``; returns the events it emitted.
 
-    ``executor`` runs deployments and restarts (None: this agent cannot run workflows, and
-    says so). ``on_update`` applies an update and says how it went; ``on_retire`` starts
-    the retirement (None: retiring is refused).
+    ``command_keys`` are the public keys (32 bytes each) whose signatures it trusts (none:
+    every command is refused). ``executor`` runs deployments and restarts (None: this agent
+    cannot run workflows, and says so). ``on_update`` applies an update and says how it
+    went; ``on_retire`` starts the retirement (None: retiring is refused).
     """
 
     def __init__(
@@ -145,6 +166,7 @@ class CommandHandler:
         sink: EventSink,
         *,
         commands: CommandLog | None = None,
+        command_keys: Sequence[bytes] = (),
         executor: Execution | None = None,
         on_update: Callable[[Update], UpdateOutcome] | None = None,
         on_retire: Callable[[Retire], None] | None = None,
@@ -160,6 +182,8 @@ class CommandHandler:
         self.retiring = False
         self._clock = clock
         self._sink = sink
+        self._command_keys = tuple(command_keys)
+        self._verifier: CommandVerifier | None = None  # made at the first command
         self._commands = MemoryCommandLog() if commands is None else commands
         self._on_update = on_update
         self._on_retire = on_retire
@@ -169,18 +193,60 @@ class CommandHandler:
 
     def handle(self, payload: bytes) -> list[Event]:
         try:
-            command = COMMAND.decode(payload, limit=self.max_payload)
+            inner = self._verified(payload)
+        except CommandRefused as exc:
+            return self._reject(payload, exc.reason, exc.detail)
         except DecodeError as exc:
-            return self._reject(payload, *self._explain(payload, exc))
+            return self._reject(payload, exc.reason, exc.detail)
+        try:
+            command = self._authentic_command(inner)
+        except CommandRefused as exc:
+            return self._reject(payload, exc.reason, exc.detail)
+        except DecodeError as exc:
+            return self._reject(inner, *self._explain(inner, exc), cmd=_command_id(inner))
         if self._commands.seen(command.id):
-            self.duplicates += 1
-            log.info("duplicate command ignored", cmd=command.id, type=_type_of(command))
-            return []
-        self._commands.remember(command.id)
+            return self._replayed(payload, command)
+        self._commands.remember(command.id, until=command.expires)
         late = self._lateness(command)
         if late is not None:
-            return [self._expired(command, late)]
+            return self._expired(command, late)
         return self._dispatch(command)
+
+    # authentication --------------------------------------------------------------------------
+    def _verified(self, payload: bytes) -> bytes:
+        """The command JSON inside a payload signed by a trusted key."""
+        if not self._command_keys:
+            raise CommandRefused("no-command-key", ENROL_HINT)
+        try:
+            envelope = SIGNED_COMMAND.decode(payload, limit=self.max_payload)
+        except DecodeError as exc:
+            if exc.reason == "schema" and _command_type(payload) != "signed":
+                raise CommandRefused("unsigned", "not a signed command") from exc
+            raise
+        return self._verifier_for_keys().open(envelope)
+
+    def _verifier_for_keys(self) -> CommandVerifier:
+        if self._verifier is None:
+            # Here, not at the top: PyNaCl stays out of an idle agent's memory.
+            from edgeplane.shared.command_signature import CommandVerifier
+
+            self._verifier = CommandVerifier(self._command_keys)
+        return self._verifier
+
+    def _authentic_command(self, inner: bytes) -> Command:
+        command = COMMAND.decode(inner, limit=self.max_payload)
+        if command.env != self.env:
+            raise CommandRefused(
+                "wrong-env", f"signed for environment {command.env!r}, this is {self.env!r}"
+            )
+        if command.expires is None:
+            raise CommandRefused("no-expiry", "a signed command must say when it expires")
+        return command
+
+    def _replayed(self, payload: bytes, command: Command) -> list[Event]:
+        self.duplicates += 1
+        detail = f"command {command.id!r} was taken before (a redelivery or a replay), not again"
+        return self._reject(payload, "replayed", detail)
 
     # the commands ----------------------------------------------------------------------------
     def _dispatch(self, command: Command) -> list[Event]:
@@ -246,22 +312,26 @@ class CommandHandler:
         late = self._clock.time() - command.expires
         return late if late > 0 else None
 
-    def _expired(self, command: Command, late: float) -> Event:
+    def _expired(self, command: Command, late: float) -> list[Event]:
         dep = command.dep if isinstance(command, Deploy) else ""
         reason = f"arrived {late:.1f} s after it expired"
         log.warning("expired command dropped", cmd=command.id, type=_type_of(command), late=late)
-        return self._sink.emit(Expired, cmd=command.id, dep=dep, reason=reason)
+        if not self._answer_limit.allow():  # an old command replayed in a loop, say
+            self.unanswered += 1
+            return []
+        return [self._sink.emit(Expired, cmd=command.id, dep=dep, reason=reason)]
 
     # garbage ---------------------------------------------------------------------------------
-    def _reject(self, payload: bytes, reason: str, detail: str) -> list[Event]:
+    def _reject(self, payload: bytes, reason: str, detail: str, cmd: str = "") -> list[Event]:
+        """``cmd``: the id of a command this agent authenticated, the rejection is its."""
         self.rejected[reason] += 1
         self._since_log[reason] += 1
         self._log_rejection(reason, detail, len(payload))
         if not self._answer_limit.allow():
             self.unanswered += 1
             return []
-        cmd = _short(_command_id(payload, self.max_payload))
-        return [self._sink.emit(CommandRejected, reason=_short(f"{reason}: {detail}"), cmd=cmd)]
+        text = _short(f"{reason}: {detail}")
+        return [self._sink.emit(CommandRejected, reason=text, cmd=_short(cmd))]
 
     def _explain(self, payload: bytes, exc: DecodeError) -> tuple[str, str]:
         if exc.reason == "schema":
@@ -306,7 +376,7 @@ def _command_type(payload: bytes) -> object:
     return None if envelope is None else envelope.type
 
 
-def _command_id(payload: bytes, limit: int) -> str:
+def _command_id(payload: bytes, limit: int = DEFAULT_MAX_PAYLOAD) -> str:
     envelope = _peek(payload, limit)
     if envelope is None or not isinstance(envelope.id, str):
         return ""

@@ -28,6 +28,7 @@ import msgspec
 
 from edgeplane.shared import settings as s
 from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
+from edgeplane.shared.command_signature import parse_public_key
 from edgeplane.shared.errors import SettingsError
 from edgeplane.shared.identity import IDENTITY_SETTINGS, attach
 from edgeplane.shared.logs import LogFormat
@@ -80,6 +81,20 @@ def _keepalive(value: Any) -> int:
     return seconds
 
 
+def _public_key(value: Any) -> str:
+    text = s.text(value).strip()
+    parse_public_key(text)
+    return text
+
+
+def _public_keys(value: Any) -> tuple[str, ...]:
+    """A TOML list of keys, or (flag, environment) keys separated by commas."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of base64 public keys, got {value!r}")
+    return tuple(_public_key(item) for item in items if not isinstance(item, str) or item.strip())
+
+
 SETTINGS: Final = (
     s.Setting("env_id", s.env_id, None, "environment id, also the MQTT client id (required)"),
     s.Setting("broker", s.broker_url, DEFAULT_BROKER, "broker URL, mqtt://HOST:PORT or mqtts://"),
@@ -117,6 +132,20 @@ SETTINGS: Final = (
         "secrets they require as environment variables",
     ),
     *IDENTITY_SETTINGS,
+    s.Setting(
+        "command_key",
+        _public_key,
+        None,
+        "the controller's public key (base64, as `edgeplane controller run` logs it): the "
+        "agent runs only commands it signed, and none without a key",
+    ),
+    s.Setting(
+        "command_keys",
+        _public_keys,
+        None,
+        "more trusted public keys (a TOML list, or separated by commas), e.g. the old and "
+        "the new key while the controller's key is rotated",
+    ),
 )
 
 
@@ -133,6 +162,13 @@ class AgentConfig(msgspec.Struct, frozen=True):
     models_dir: Path | None = None
     secrets_file: Path | None = None
     endpoints: Mapping[str, str] = msgspec.field(default_factory=dict)  # name -> URL
+    command_key: str | None = None  # base64 Ed25519 public keys whose commands it runs
+    command_keys: tuple[str, ...] = ()
+
+    def trusted_keys(self) -> list[bytes]:
+        """Every public key the agent trusts to sign commands, once each."""
+        keys = ([] if self.command_key is None else [self.command_key]) + list(self.command_keys)
+        return [parse_public_key(key) for key in dict.fromkeys(keys)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -157,6 +193,7 @@ def load_config(
     config_file = given.get("config") or environ.get(CONFIG_ENV_VAR) or None
     values = s.resolve(SETTINGS, given, environ, config_file, tables=(ENDPOINTS_TABLE,))
     values = attach(values)
+    values["command_keys"] = values["command_keys"] or ()
     values["endpoints"] = _endpoints(s.read_table(config_file, ENDPOINTS_TABLE), config_file)
     if values["env_id"] is None:
         raise SettingsError(

@@ -10,8 +10,10 @@ link): the controller stores each (env, src, seq) once.
 random stream id made once with the database, so a fresh state directory is a new stream
 and the controller does not mistake its ``seq`` 1 for the old stream's.
 
-The ``seen`` table remembers command ids (the newest 10,000, for at most 7 days) so that a
-command delivered twice runs once.
+The ``seen`` table remembers command ids so that a command delivered twice (or replayed)
+runs once: each until its command expires (``until``), and after that among the newest
+10,000 for at most 7 days. An id is never forgotten before its command expires, so a
+replay cannot get past it, not even across a restart.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, payload BLOB NOT NUL
 CREATE TABLE IF NOT EXISTS seen (cmd TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS seen_by_age ON seen (at);
 """
+# Outboxes made before commands were signed lack the column; 0: expired long ago.
+_SEEN_UNTIL: Final = "ALTER TABLE seen ADD COLUMN until REAL NOT NULL DEFAULT 0"
 
 E = TypeVar("E", bound=Event)
 
@@ -104,6 +108,9 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # an event is on disk before it is sent
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(seen)")}
+            if "until" not in columns:
+                db.execute(_SEEN_UNTIL)
         except sqlite3.Error as exc:
             db.close()
             raise self._error("cannot be used", exc) from exc
@@ -224,12 +231,14 @@ class Outbox:
             row = self._db.execute("SELECT 1 FROM seen WHERE cmd = ?", (cmd_id,)).fetchone()
         return row is not None
 
-    def remember(self, cmd_id: str) -> None:
-        """Keep ``cmd_id`` so that the same command delivered again is not run again."""
+    def remember(self, cmd_id: str, until: float | None = None) -> None:
+        """Keep ``cmd_id`` so that the same command delivered again is not run again: at
+        least until ``until`` (its command's expiry, unix seconds)."""
         with self._lock:
             try:
                 self._db.execute(
-                    "INSERT OR REPLACE INTO seen VALUES (?, ?)", (cmd_id, self._clock.time())
+                    "INSERT OR REPLACE INTO seen (cmd, at, until) VALUES (?, ?, ?)",
+                    (cmd_id, self._clock.time(), until or 0.0),
                 )
                 self._remembered += 1
                 if self._remembered % _PRUNE_EVERY == 0:
@@ -238,11 +247,12 @@ class Outbox:
                 raise self._error("cannot remember a command", exc) from exc
 
     def _prune_seen(self) -> None:
-        cutoff = self._clock.time() - SEEN_TTL
-        self._db.execute("DELETE FROM seen WHERE at < ?", (cutoff,))
+        now = self._clock.time()
+        self._db.execute("DELETE FROM seen WHERE at < ? AND until < ?", (now - SEEN_TTL, now))
         self._db.execute(
-            "DELETE FROM seen WHERE cmd NOT IN (SELECT cmd FROM seen ORDER BY at DESC LIMIT ?)",
-            (self.seen_keep,),
+            "DELETE FROM seen WHERE until < ? AND cmd NOT IN "
+            "(SELECT cmd FROM seen ORDER BY at DESC LIMIT ?)",
+            (now, self.seen_keep),
         )
 
     # closing -------------------------------------------------------------------------------

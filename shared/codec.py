@@ -23,6 +23,7 @@ from edgeplane.shared.messages import (
     ControllerStatus,
     EnvView,
     Event,
+    SignedCommand,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "CONTROLLER_STATUS",
     "DEFAULT_MAX_PAYLOAD",
     "EVENT",
+    "SIGNED_COMMAND",
     "STATUS",
     "VIEW",
     "MessageCodec",
@@ -93,3 +95,4 @@ CONTROLLER_STATUS: Final[MessageCodec[ControllerStatus]] = MessageCodec(
 )
 COMMAND: Final[MessageCodec[Command]] = MessageCodec(Command, "command")
 EVENT: Final[MessageCodec[Event]] = MessageCodec(Event, "event")
+SIGNED_COMMAND: Final[MessageCodec[SignedCommand]] = MessageCodec(SignedCommand, "signed command")

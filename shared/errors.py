@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BrokerUnavailable",
+    "CommandRefused",
     "DecodeError",
     "EdgeplaneError",
     "InvalidBrokerUrl",
@@ -55,6 +56,20 @@ class DecodeError(EdgeplaneError, ValueError):
 
     ``reason`` is a short, stable slug (``too-large``, ``not-json``, ``schema``,
     ``env-mismatch``, ``bad-topic``) suitable for counting; the message says more.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class CommandRefused(EdgeplaneError, ValueError):
+    """A command the agent does not run because it cannot authenticate it.
+
+    ``reason`` is a short, stable slug (``unsigned``, ``unknown-key``, ``bad-signature``,
+    ``wrong-env``, ``no-expiry``, ``replayed``, ``no-command-key``) named in the agent's
+    ``rejected`` event; the message says more.
     """
 
     def __init__(self, reason: str, detail: str) -> None:

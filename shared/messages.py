@@ -44,6 +44,7 @@ __all__ = [
     "RolledBack",
     "Running",
     "ServiceRestarted",
+    "SignedCommand",
     "Started",
     "StepFinished",
     "StepStarted",
@@ -133,6 +134,10 @@ class ControllerStatus(msgspec.Struct, frozen=True):
     stale: Count = 0  # stale offline messages ignored since start
     dropped: dict[str, Count] = {}  # bad input dropped since start, by reason
     duplicates: Count = 0  # events received again (stored once) since start
+    # The public key that signs every command (base64) and its key id: what an agent
+    # needs to trust the controller (its `command_key` setting). Never the private key.
+    command_key: ShortText = ""
+    command_key_id: ShortText = ""
 
 
 # --- R/view/{env} ---------------------------------------------------------------------------
@@ -169,13 +174,16 @@ class Alert(msgspec.Struct, frozen=True):
 
 # --- R/env/{env}/cmd ------------------------------------------------------------------------
 class _Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
-    """Every command carries an ``id`` (a command delivered twice runs once) and may carry
-    ``expires`` (unix seconds): a command that arrives or would start after it is dropped
-    and reported with an ``expired`` event. The controller also sets the MQTT 5 message
-    expiry, so the broker drops it too."""
+    """Every command carries an ``id`` (a command delivered twice runs once), ``env`` (the
+    environment it is for) and ``expires`` (unix seconds): a command that arrives or would
+    start after it is dropped and reported with an ``expired`` event. The controller also
+    sets the MQTT 5 message expiry, so the broker drops it too. On the wire a command is
+    always inside a :class:`SignedCommand`; the agent refuses a command without ``env`` or
+    ``expires`` (both default to None only so that old payloads still decode)."""
 
     id: CommandId
     expires: UnixTime | None = None
+    env: EnvId | None = None
 
 
 class Ping(_Command, frozen=True, kw_only=True, tag="ping"):
@@ -213,6 +221,16 @@ class Retire(_Command, frozen=True, kw_only=True, tag="retire"):
 
 
 Command = Ping | Deploy | Update | Restart | Retire
+
+
+class SignedCommand(msgspec.Struct, frozen=True, tag="signed", tag_field="type"):
+    """What the controller publishes on ``R/env/{env}/cmd``: a command signed with its
+    Ed25519 key (PyNaCl ``SigningKey.sign``). ``key`` is the key id (the first 16 hex digits
+    of the SHA-256 of the public key), ``signed`` the base64 of the 64-byte signature
+    followed by the command's JSON, which the agent reads only once the signature holds."""
+
+    key: ShortText
+    signed: str
 
 
 # --- R/env/{env}/events ---------------------------------------------------------------------

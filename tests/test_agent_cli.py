@@ -14,6 +14,7 @@ import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
+from tests.support.command_key import PUBLIC_KEY
 from tests.support.probe import open_probe
 from tests.support.procs import Proc, start_proc
 
@@ -173,12 +174,14 @@ print("exit", code, "imported", ",".join(bad) or "-")
 # an agent that ran nothing has not loaded the execution code (memory: see ondemand.py),
 # and on Linux it reads its metrics without psutil (see metrics.py); what paho imports
 # but never uses stays a stand-in (see lean.py)
-later = ("edgeplane.edge_agent.execution.executor", "packaging", "psutil", "http.client")
+# PyNaCl waits for the first command too (see commands.py)
+later = ("edgeplane.edge_agent.execution.executor", "packaging", "psutil", "http.client", "nacl")
 loaded = [m for m in later if m in sys.modules]
 print("execution", ",".join(loaded) or "-")
 """
     args = ["run", "--env-id", "dev-lab-imports", "--broker", broker.url]
     args += ["--state-dir", str(tmp_path), "--topic-root", root.value, "--log-format", "json"]
+    args += ["--command-key", PUBLIC_KEY]
     result = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=False
     )

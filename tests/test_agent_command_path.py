@@ -1,5 +1,5 @@
-"""The command path without MQTT: decode -> dedupe -> expiry -> dispatch, every answer an
-event in a real outbox."""
+"""The command path without MQTT: verify -> decode -> dedupe -> expiry -> dispatch, every
+answer an event in a real outbox."""
 
 from __future__ import annotations
 
@@ -8,25 +8,31 @@ from pathlib import Path
 
 import pytest
 
-from edgeplane.edge_agent.commands import CommandHandler, MemoryCommandLog, RateLimit
+from edgeplane.edge_agent.commands import ENROL_HINT, CommandHandler, MemoryCommandLog, RateLimit
 from edgeplane.edge_agent.errors import ExecutionError
 from edgeplane.edge_agent.outbox import Outbox
 from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.codec import EVENT, encode
+from edgeplane.shared.command_signature import CommandSigner
 from edgeplane.shared.messages import (
     Ack,
+    Command,
     CommandRejected,
     Deploy,
     Event,
     Expired,
+    Ping,
     Pong,
     Retire,
     Update,
+    replace,
 )
 from edgeplane.shared.workflow import Step, Workflow
+from tests.support.command_key import OTHER_SIGNER, TEST_SIGNER, signed
 
 ENV = "dev-a"
 WORKFLOW = Workflow(name="wf", version="1", steps=[Step(name="s", run=["true"])])
+LATER = ManualClock().time() + 3600.0  # the expiry of the commands below
 
 
 class RecordingExecutor:
@@ -57,7 +63,16 @@ def outbox(tmp_path: Path, clock: ManualClock) -> Outbox:
 
 
 def handler_for(outbox: Outbox, clock: ManualClock, **kwargs: object) -> CommandHandler:
+    kwargs.setdefault("command_keys", [TEST_SIGNER.public_key])
     return CommandHandler(ENV, clock, outbox, commands=outbox, **kwargs)  # type: ignore[arg-type]
+
+
+def seal(message: Command) -> bytes:
+    """``message`` as the controller sends it to this agent: for ``ENV``, with an expiry,
+    signed."""
+    if message.expires is None:
+        message = replace(message, expires=LATER)
+    return signed(message, ENV)
 
 
 def sent(outbox: Outbox) -> list[Event]:
@@ -65,7 +80,8 @@ def sent(outbox: Outbox) -> list[Event]:
 
 
 def command(kind: str, cmd_id: str, **fields: object) -> bytes:
-    return json.dumps({"type": kind, "id": cmd_id, **fields}).encode()
+    fields = {"env": ENV, "expires": LATER, **fields}
+    return signed(json.dumps({"type": kind, "id": cmd_id, **fields}))
 
 
 def test_ping_is_answered_with_a_pong_in_the_outbox(outbox: Outbox, clock: ManualClock) -> None:
@@ -80,15 +96,19 @@ def test_a_command_delivered_twice_runs_once_even_after_a_restart(
     tmp_path: Path, outbox: Outbox, clock: ManualClock
 ) -> None:
     executor = RecordingExecutor()
-    deploy = encode(Deploy(id="d1", dep="dep-1", workflow=WORKFLOW))
+    deploy = seal(Deploy(id="d1", dep="dep-1", workflow=WORKFLOW))
     handler = handler_for(outbox, clock, executor=executor)
     assert handler.handle(deploy) == []
-    assert handler.handle(deploy) == []
+    (again,) = handler.handle(deploy)
     outbox.close()
     restarted = Outbox(tmp_path, ENV, clock=clock)
-    assert handler_for(restarted, clock, executor=executor).handle(deploy) == []
+    (after_restart,) = handler_for(restarted, clock, executor=executor).handle(deploy)
     assert [c.dep for c in executor.submitted] == ["dep-1"]
     assert handler.duplicates == 1
+    for event in (again, after_restart):
+        assert isinstance(event, CommandRejected)
+        assert event.reason.startswith("replayed: command 'd1' was taken before")
+        assert (event.cmd, event.dep) == ("", ""), "the deployment it ran is not failed"
 
 
 def test_an_expired_command_is_reported_and_not_run(outbox: Outbox, clock: ManualClock) -> None:
@@ -96,7 +116,7 @@ def test_an_expired_command_is_reported_and_not_run(outbox: Outbox, clock: Manua
     handler = handler_for(outbox, clock, executor=executor)
     expires = clock.time() - 42.0
     deploy = Deploy(id="d1", dep="dep-1", workflow=WORKFLOW, expires=expires)
-    (event,) = handler.handle(encode(deploy))
+    (event,) = handler.handle(seal(deploy))
     assert isinstance(event, Expired)
     assert (event.cmd, event.dep) == ("d1", "dep-1")
     assert event.reason == "arrived 42.0 s after it expired"
@@ -110,13 +130,13 @@ def test_deploy_goes_to_the_executor_and_a_refusal_is_reported(
 ) -> None:
     busy = RecordingExecutor(refuse="the executor is closed")
     handler = handler_for(outbox, clock, executor=busy)
-    (event,) = handler.handle(encode(Deploy(id="d1", dep="dep-1", workflow=WORKFLOW)))
+    (event,) = handler.handle(seal(Deploy(id="d1", dep="dep-1", workflow=WORKFLOW)))
     assert isinstance(event, CommandRejected)
     assert event.dep == "dep-1"
     assert "the executor is closed" in event.reason
 
     (event,) = handler_for(outbox, clock).handle(
-        encode(Deploy(id="d2", dep="dep-2", workflow=WORKFLOW))
+        seal(Deploy(id="d2", dep="dep-2", workflow=WORKFLOW))
     )
     assert isinstance(event, CommandRejected)
     assert event.reason == "this agent cannot run workflows"
@@ -167,17 +187,23 @@ def test_after_retire_every_command_is_rejected(outbox: Outbox, clock: ManualClo
     assert event.reason.startswith("retired")
 
 
+TOO_LARGE = signed(b'{"type":"ping","id":"' + b"x" * 50_000 + b'"}')
+
+
 @pytest.mark.parametrize(
     ("payload", "reason", "cmd"),
     [
         (b"garbage", "not-json", ""),
         (b"", "empty", ""),
-        (b"[1,2]", "schema", ""),
-        (b'{"type":"ping"}', "schema", ""),
-        (b'{"type":"reboot","id":"r1"}', "unknown-command", "r1"),
-        (b'{"type":"deploy","id":"d1","dep":"x"}', "schema", "d1"),
-        (b'{"type":"ping","id":"' + b"x" * 70_000 + b'"}', "too-large", ""),
-        (b"\xff\xfe\x00", "not-json", ""),
+        (b"[1,2]", "unsigned", ""),
+        (b'{"type":"signed","key":1}', "schema", ""),
+        (signed(b"garbage"), "not-json", ""),
+        (signed(b""), "empty", ""),
+        (signed(b'{"type":"ping"}'), "schema", ""),
+        (signed(b'{"type":"reboot","id":"r1"}'), "unknown-command", "r1"),
+        (signed(b'{"type":"deploy","id":"d1","dep":"x"}'), "schema", "d1"),
+        (TOO_LARGE, "too-large", ""),
+        (signed(b"\xff\xfe\x00"), "not-json", ""),
     ],
 )
 def test_bad_commands_are_rejected_naming_the_reason(
@@ -212,3 +238,73 @@ def test_the_memory_command_log_keeps_the_newest_ids() -> None:
     for cmd_id in ("a", "b", "c"):
         memory.remember(cmd_id)
     assert [memory.seen(c) for c in ("a", "b", "c")] == [False, True, True]
+
+
+# --- authentication ---------------------------------------------------------------------------
+def tampered(payload: bytes) -> bytes:
+    """``payload`` with one character of its signed part changed."""
+    envelope = json.loads(payload)
+    text = envelope["signed"]
+    envelope["signed"] = text[:10] + ("A" if text[10] != "A" else "B") + text[11:]
+    return json.dumps(envelope).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (json.dumps({"type": "ping", "id": "c-1", "env": ENV, "expires": LATER}), "unsigned"),
+        (encode(Deploy(id="c-1", dep="d-1", workflow=WORKFLOW, env=ENV)), "unsigned"),
+        (signed(Ping(id="c-1", expires=LATER), ENV, signer=OTHER_SIGNER), "unknown-key"),
+        (tampered(signed(Ping(id="c-1", expires=LATER), ENV)), "bad-signature"),
+        (signed(Ping(id="c-1", expires=LATER), "dev-b"), "wrong-env"),
+        (signed(Ping(id="c-1", expires=LATER)), "wrong-env"),
+        (signed(encode(Ping(id="c-1", env=ENV))), "no-expiry"),
+    ],
+)
+def test_a_command_not_authentic_for_this_agent_is_refused_and_names_no_command(
+    outbox: Outbox, clock: ManualClock, payload: bytes | str, reason: str
+) -> None:
+    executor = RecordingExecutor()
+    handler = handler_for(outbox, clock, executor=executor)
+    raw = payload.encode() if isinstance(payload, str) else payload
+    (event,) = handler.handle(raw)
+    assert isinstance(event, CommandRejected)
+    assert event.reason.startswith(reason + ": ")
+    assert (event.cmd, event.dep) == ("", ""), "a forged payload cannot fail a real deployment"
+    assert handler.rejected[reason] == 1
+    assert executor.submitted == []
+    (pong,) = handler.handle(seal(Ping(id="c-1")))
+    assert isinstance(pong, Pong), "the id of a refused command is not taken"
+
+
+def test_an_agent_without_a_command_key_runs_nothing_and_says_how_to_enrol(
+    outbox: Outbox, clock: ManualClock
+) -> None:
+    handler = handler_for(outbox, clock, command_keys=[])
+    (event,) = handler.handle(seal(Ping(id="c-1")))
+    assert isinstance(event, CommandRejected)
+    assert event.reason == f"no-command-key: {ENROL_HINT}"
+    assert "command_key = " in event.reason
+
+
+def test_while_a_key_rotates_both_keys_are_trusted(outbox: Outbox, clock: ManualClock) -> None:
+    new = CommandSigner(b"edgeplane-tests-the-rotated-key3")
+    handler = handler_for(outbox, clock, command_keys=[TEST_SIGNER.public_key, new.public_key])
+    for signer, cmd_id in ((TEST_SIGNER, "c-old"), (new, "c-new")):
+        (pong,) = handler.handle(signed(Ping(id=cmd_id, expires=LATER), ENV, signer=signer))
+        assert isinstance(pong, Pong)
+        assert pong.cmd == cmd_id
+
+
+def test_a_command_id_is_kept_until_its_command_expires(tmp_path: Path, clock: ManualClock) -> None:
+    """Past the count of ids kept, an id whose command has not expired is still kept."""
+    outbox = Outbox(tmp_path, ENV, clock=clock, seen_keep=10)
+    handler = handler_for(outbox, clock)
+    handler.handle(seal(Ping(id="c-long", expires=clock.time() + 86_400)))
+    for n in range(300):
+        handler.handle(seal(Ping(id=f"c-{n}", expires=clock.time() + 1)))
+        clock.advance(1.0)
+    (event,) = handler.handle(seal(Ping(id="c-long", expires=clock.time() + 86_400)))
+    assert isinstance(event, CommandRejected)
+    assert event.reason.startswith("replayed")
+    assert not outbox.seen("c-0"), "ids of expired commands beyond the newest 10 are forgotten"

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
-from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import Deploy
 from edgeplane.shared.topics import TopicRoot
 from tests.support.agent_procs import start_agent, wait_online
+from tests.support.command_key import signed
 from tests.support.execution import py, workflow
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc
@@ -41,7 +41,7 @@ def event_types(probe: Probe, topic: str, cmd: str) -> list[str]:
 async def ping(probe: Probe, root: TopicRoot, env: str, cmd_id: str) -> dict[str, Any]:
     """A ping and its pong: once it is answered, every command sent before it was taken."""
     mark = probe.mark()
-    await probe.publish(root.cmd(env), json.dumps({"type": "ping", "id": cmd_id}))
+    await probe.publish(root.cmd(env), signed({"type": "ping", "id": cmd_id}, env))
     return await probe.wait_json(root.events(env), after=mark, type="pong", cmd=cmd_id)
 
 
@@ -50,7 +50,9 @@ async def test_a_deploy_delivered_twice_runs_once_also_after_an_agent_restart(
 ) -> None:
     env = "dev-lab-dedupe"
     ran = tmp_path / "ran.txt"
-    command = encode(Deploy(id="cmd-once", dep="dep-once", workflow=workflow(append_step(ran))))
+    command = signed(
+        Deploy(id="cmd-once", dep="dep-once", workflow=workflow(append_step(ran))), env
+    )
     state = tmp_path / "state"
     async with open_probe(broker.url, root.status(env), root.events(env)) as probe:
         agent = await start_agent(procs, tmp_path, broker.url, root, env, state_dir=state)
@@ -84,7 +86,7 @@ async def test_an_expired_command_is_reported_and_not_run(
     async with open_probe(broker.url, root.status(env), root.events(env)) as probe:
         await start_agent(procs, tmp_path, broker.url, root, env)
         await wait_online(probe, root.status(env))
-        await probe.publish(root.cmd(env), encode(late))
+        await probe.publish(root.cmd(env), signed(late, env))
         expired = await probe.wait_json(root.events(env), type="expired", cmd="cmd-late")
         await ping(probe, root, env, "after-late")
     assert expired["dep"] == "dep-late"
@@ -104,7 +106,7 @@ async def test_an_update_is_acknowledged_applied_at_once_and_kept_across_a_resta
         agent = await start_agent(procs, tmp_path, broker.url, root, env, state_dir=state)
         await wait_online(probe, status, interval=0.5)
         bad = {"type": "update", "id": "u-bad", "config": {"colour": "red", "log_level": "x"}}
-        await probe.publish(root.cmd(env), json.dumps(bad))
+        await probe.publish(root.cmd(env), signed(bad, env))
         refused = await probe.wait_json(events, type="ack", cmd="u-bad")
         mark = probe.mark()
         good = {
@@ -113,7 +115,7 @@ async def test_an_update_is_acknowledged_applied_at_once_and_kept_across_a_resta
             "interval": 1.5,
             "config": {"log_level": "debug", "endpoints.api": "http://10.0.0.7:8080"},
         }
-        await probe.publish(root.cmd(env), json.dumps(good))
+        await probe.publish(root.cmd(env), signed(good, env))
         applied = await probe.wait_json(events, type="ack", cmd="u-good")
         await wait_online(probe, status, after=mark, interval=1.5, timeout=3)
         assert await agent.terminate() == 0
@@ -177,11 +179,11 @@ async def test_retire_stops_workflows_clears_the_status_wipes_secrets_and_refuse
         )
         online = await wait_online(probe, status)
         await probe.publish(
-            root.cmd(env), encode(Deploy(id="c-svc", dep="d-svc", workflow=service))
+            root.cmd(env), signed(Deploy(id="c-svc", dep="d-svc", workflow=service), env)
         )
         await probe.wait_json(events, type="running", cmd="c-svc", timeout=20)
         mark = probe.mark()
-        await probe.publish(root.cmd(env), json.dumps({"type": "retire", "id": "c-bye"}))
+        await probe.publish(root.cmd(env), signed({"type": "retire", "id": "c-bye"}, env))
         stopped = await probe.wait_json(events, after=mark, type="stopped", dep="d-svc")
         ack = await probe.wait_json(events, after=mark, type="ack", cmd="c-bye")
         offline = await probe.wait_json(status, after=mark, status="offline")
@@ -224,12 +226,12 @@ async def test_restart_restarts_the_named_service_and_is_acknowledged(
         await start_agent(procs, tmp_path, broker.url, root, env)
         await wait_online(probe, root.status(env))
         await probe.publish(
-            root.cmd(env), encode(Deploy(id="c-svc", dep="d-svc", workflow=service))
+            root.cmd(env), signed(Deploy(id="c-svc", dep="d-svc", workflow=service), env)
         )
         await probe.wait_json(events, type="running", cmd="c-svc", timeout=20)
         for cmd_id, name in (("r-other", "other"), ("r-svc", "svc")):
             await probe.publish(
-                root.cmd(env), json.dumps({"type": "restart", "id": cmd_id, "workflow": name})
+                root.cmd(env), signed({"type": "restart", "id": cmd_id, "workflow": name}, env)
             )
         other = await probe.wait_json(events, type="ack", cmd="r-other")
         restarted = await probe.wait_json(events, type="ack", cmd="r-svc", timeout=20)

@@ -19,6 +19,7 @@ from edgeplane.edge_agent.secrets import load_secrets
 from edgeplane.edge_agent.session import MessageIn
 from edgeplane.edge_agent.state import BdseqStore, check_not_retired
 from edgeplane.shared.clock import ManualClock
+from tests.support.command_key import PUBLIC_KEY, signed
 from tests.support.logs import capture_logs
 from tests.support.scripted_agent import (
     CMD,
@@ -152,7 +153,12 @@ def test_foreign_offline_is_answered_at_once_but_at_most_once_a_second(tmp_path:
 
 def test_commands_are_answered_on_the_events_topic(tmp_path: Path) -> None:
     agent, broker, _ = make_agent(tmp_path)
-    broker.at(1, lambda: broker.pending.append(MessageIn(CMD, b'{"type":"ping","id":"p1"}', False)))
+    broker.at(
+        1,
+        lambda: broker.pending.append(
+            MessageIn(CMD, signed({"type": "ping", "id": "p1"}, ENV), False)
+        ),
+    )
     broker.at(2, lambda: broker.pending.append(MessageIn(CMD, b"\xff", False)))
     broker.at(3, agent.request_stop)
     agent.run()
@@ -165,7 +171,7 @@ def test_commands_are_answered_on_the_events_topic(tmp_path: Path) -> None:
 
 
 def deliver(broker: ScriptedBroker, payload: dict[str, Any]) -> Callable[[], None]:
-    return lambda: broker.pending.append(MessageIn(CMD, json.dumps(payload).encode(), False))
+    return lambda: broker.pending.append(MessageIn(CMD, signed(payload, ENV), False))
 
 
 def test_an_update_is_acknowledged_and_its_interval_goes_out_at_once_and_stays(
@@ -202,7 +208,13 @@ def test_retire_acks_then_offline_retired_then_clears_the_status_and_wipes(
     state = tmp_path / "state"
     clock = ManualClock()
     broker = ScriptedBroker(clock)
-    config = AgentConfig(env_id=ENV, state_dir=state, topic_root=ROOT, heartbeat_interval=10.0)
+    config = AgentConfig(
+        env_id=ENV,
+        state_dir=state,
+        topic_root=ROOT,
+        heartbeat_interval=10.0,
+        command_key=PUBLIC_KEY,
+    )
     agent = Agent(
         config,
         clock=clock,

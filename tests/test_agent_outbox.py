@@ -19,10 +19,11 @@ from edgeplane.edge_agent.errors import EventInvalid, OutboxError
 from edgeplane.edge_agent.outbox import SEEN_TTL, Outbox
 from edgeplane.edge_agent.session import MessageIn
 from edgeplane.shared.clock import ManualClock
-from edgeplane.shared.codec import EVENT, encode
+from edgeplane.shared.codec import EVENT
 from edgeplane.shared.messages import Ack, CommandRejected, Deploy, Pong
 from edgeplane.shared.topics import TopicRoot
 from tests.support.agent_procs import start_agent, wait_online
+from tests.support.command_key import signed
 from tests.support.execution import py, workflow
 from tests.support.logs import capture_logs
 from tests.support.probe import open_probe
@@ -194,7 +195,7 @@ def test_backlog_goes_out_after_online_in_order_and_again_after_a_lost_connectio
 def test_events_emitted_while_offline_wait_for_the_next_connection(tmp_path: Path) -> None:
     agent, broker, _ = make_agent(tmp_path)
     broker.refuse_connect = True
-    ping = b'{"type":"ping","id":"p1"}'
+    ping = signed({"type": "ping", "id": "p1"}, LOOP_ENV)
     broker.at(3, lambda: broker.pending.append(MessageIn(CMD, ping, False)))
     broker.at(4, lambda: setattr(broker, "refuse_connect", False))
     broker.at(40, agent.request_stop)
@@ -232,7 +233,7 @@ async def test_events_of_a_broker_outage_survive_kill_9_and_arrive_once_in_order
         py("wait", f"import os, time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.05)")
     ]
     steps += [py(f"step-{i}", "print('done')") for i in range(3)]
-    command = encode(Deploy(id="c-1", dep="d-1", workflow=workflow(*steps)))
+    command = signed(Deploy(id="c-1", dep="d-1", workflow=workflow(*steps)), env)
     async with open_probe(private_broker.url, status, events) as probe:
         agent = await start_agent(procs, tmp_path, private_broker.url, root, env, state_dir=state)
         await wait_online(probe, status)

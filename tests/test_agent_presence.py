@@ -16,6 +16,7 @@ from edgeplane.shared.codec import STATUS
 from edgeplane.shared.messages import OnlineStatus
 from edgeplane.shared.topics import TopicRoot
 from tests.support.agent_procs import INTERVAL, start_agent, wait_online
+from tests.support.command_key import signed
 from tests.support.probe import Received, open_probe
 from tests.support.procs import Proc
 
@@ -87,7 +88,7 @@ async def test_commands_are_subscribed_before_online_is_published(
     async with open_probe(broker.url, root.status(env), root.events(env)) as probe:
         await start_agent(procs, tmp_path, broker.url, root, env)
         await probe.wait_for(is_online(root.status(env)), timeout=15, what="online")
-        await probe.publish(root.cmd(env), b'{"type":"ping","id":"first"}')
+        await probe.publish(root.cmd(env), signed({"type": "ping", "id": "first"}, env))
         pong = await probe.wait_json(root.events(env), type="pong", cmd="first")
     assert pong["env"] == env
     assert pong["seq"] >= 1
@@ -255,8 +256,9 @@ async def test_garbage_and_oversized_commands_are_rejected_and_the_agent_carries
     bad = {
         b"garbage": "not-json",
         b"": "empty",
-        b'{"type":"ping"}': "schema",
-        b'{"type":"self-destruct","id":"x"}': "unknown-command",
+        b'{"type":"ping","id":"x"}': "unsigned",
+        signed(b'{"type":"ping"}'): "schema",
+        signed(b'{"type":"self-destruct","id":"x"}'): "unknown-command",
         b'{"type":"ping","id":"' + b"x" * 100_000 + b'"}': "too-large",
         b"\x00\xff" * 10: "not-json",
     }
@@ -270,7 +272,7 @@ async def test_garbage_and_oversized_commands_are_rejected_and_the_agent_carries
             await probe.wait_for(
                 rejected_for(root.events(env), reason), after=mark, what=f"a {reason} rejection"
             )
-        await probe.publish(root.cmd(env), b'{"type":"ping","id":"still-here"}')
+        await probe.publish(root.cmd(env), signed({"type": "ping", "id": "still-here"}, env))
         await probe.wait_json(root.events(env), after=mark, type="pong", cmd="still-here")
         heartbeat_mark = probe.mark()
         await wait_online(probe, root.status(env), after=heartbeat_mark)
@@ -294,7 +296,7 @@ async def test_keepalive_holds_a_connection_between_sparse_heartbeats(
         # no will may come while the agent idles between heartbeats.
         with pytest.raises(AssertionError, match="timed out"):
             await probe.wait_json(topic, status="offline", timeout=9)
-        await probe.publish(root.cmd(env), b'{"type":"ping","id":"awake"}')
+        await probe.publish(root.cmd(env), signed({"type": "ping", "id": "awake"}, env))
         await probe.wait_json(root.events(env), type="pong", cmd="awake")
     assert agent.output().count('"event": "connected"') == 1
     assert online["seq"] == 0

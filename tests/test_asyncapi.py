@@ -61,7 +61,7 @@ RETAINED: Final = {
 CODECS: Final[dict[TopicKind, codec.MessageCodec[Any]]] = {
     TopicKind.STATUS: codec.STATUS,
     TopicKind.EVENTS: codec.EVENT,
-    TopicKind.CMD: codec.COMMAND,
+    TopicKind.CMD: codec.SIGNED_COMMAND,
     TopicKind.CONTROLLER_STATUS: codec.CONTROLLER_STATUS,
     TopicKind.VIEW: codec.VIEW,
     TopicKind.ALERTS: codec.ALERT,
@@ -73,7 +73,7 @@ CODECS: Final[dict[TopicKind, codec.MessageCodec[Any]]] = {
 TOPIC_MESSAGES: Final[dict[TopicKind, Any]] = {
     TopicKind.STATUS: messages.AgentStatus,
     TopicKind.EVENTS: messages.Event,
-    TopicKind.CMD: messages.Command,
+    TopicKind.CMD: messages.SignedCommand,
     TopicKind.CONTROLLER_STATUS: messages.ControllerStatus,
     TopicKind.VIEW: messages.EnvView,
     TopicKind.ALERTS: messages.Alert,

@@ -10,6 +10,7 @@ import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
+from tests.support.command_key import PUBLIC_KEY
 from tests.support.controller import alerts, start_controller, stored_transitions, views
 from tests.support.probe import Probe, open_probe
 from tests.support.procs import Proc, start_proc
@@ -27,7 +28,8 @@ async def start_agent(
 ) -> Proc:
     args = ["run", "--env-id", env, "--broker", broker.url, "--topic-root", str(root)]
     args += ["--state-dir", str(tmp_path / (state or f"state-{env}"))]
-    args += ["--heartbeat-interval", str(interval), "--log-format", "json", *extra]
+    args += ["--heartbeat-interval", str(interval), "--log-format", "json"]
+    args += ["--command-key", PUBLIC_KEY, *extra]
     proc = await start_proc(
         "edgeplane.edge_agent", args, tmp_path / f"agent-{env}-{len(procs)}.log"
     )

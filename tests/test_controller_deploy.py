@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
-from edgeplane.shared.codec import COMMAND, encode
+from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import Accepted, Deploy, Event, Retire, Started, Succeeded
 from edgeplane.shared.rpc import (
     DeploymentList,
@@ -30,6 +30,7 @@ from edgeplane.shared.rpc import (
 from edgeplane.shared.topics import TopicRoot
 from edgeplane.shared.workflow import ModelNeed, Requires, Step, Workflow
 from tests.support.asking import ask, ask_ok, reply_topic
+from tests.support.command_key import opened
 from tests.support.controller import start_controller, will
 from tests.support.probe import Probe, Received, open_probe
 from tests.support.procs import Proc
@@ -94,7 +95,10 @@ async def wait_state(
 
 
 def command_of(message: Received) -> Any:
-    return COMMAND.decode(message.payload)
+    command = opened(message.payload)
+    assert command.env == message.topic.split("/")[-2], "signed for the environment it is sent to"
+    assert command.expires is not None
+    return command
 
 
 def agent_events(env: str, dep: str, cmd: str, src: str = "agent-1") -> list[Event]:

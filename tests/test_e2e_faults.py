@@ -20,10 +20,10 @@ import msgspec
 import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
-from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import Deploy, Ping
 from edgeplane.shared.topics import TopicRoot
 from edgeplane.shared.workflow import Step, Workflow
+from tests.support.command_key import signed
 from tests.support.procs import Proc
 from tests.support.system import (
     END_STATES,
@@ -62,7 +62,7 @@ out.write_text("done")
 async def ping(system: System, env: str, cmd_id: str) -> None:
     """A round trip through the agent's command path: every command published before
     this one has been taken when its pong is in."""
-    await system.probe.publish(system.root.cmd(env), encode(Ping(id=cmd_id)))
+    await system.probe.publish(system.root.cmd(env), signed(Ping(id=cmd_id), env))
     await system.wait_event(env, "pong", cmd=cmd_id)
 
 
@@ -84,8 +84,8 @@ async def test_a_deploy_command_delivered_twice_runs_once(
     async with open_system(broker, root, tmp_path, procs) as system:
         await system.online("edge-dup")
         command = Deploy(id="cmd-dup-1", dep="dep-dup-1", workflow=append_workflow(system, counter))
-        await system.probe.publish(root.cmd("edge-dup"), encode(command))
-        await system.probe.publish(root.cmd("edge-dup"), encode(command))
+        await system.probe.publish(root.cmd("edge-dup"), signed(command, "edge-dup"))
+        await system.probe.publish(root.cmd("edge-dup"), signed(command, "edge-dup"))
         await system.wait_event("edge-dup", "succeeded", dep="dep-dup-1")
         await ping(system, "edge-dup", "ping-after-dup")
         types = Counter(e["type"] for e in system.events("edge-dup", dep="dep-dup-1"))
@@ -103,11 +103,11 @@ async def test_a_deploy_command_delivered_again_after_an_agent_kill_does_not_run
         command = Deploy(
             id="cmd-redo-1", dep="dep-redo-1", workflow=append_workflow(system, counter)
         )
-        await system.probe.publish(root.cmd("edge-redo"), encode(command))
+        await system.probe.publish(root.cmd("edge-redo"), signed(command, "edge-redo"))
         await system.wait_event("edge-redo", "succeeded", dep="dep-redo-1")
         await agent.proc.kill()
         await system.start_agent("edge-redo")  # same state dir: it remembers the command
-        await system.probe.publish(root.cmd("edge-redo"), encode(command))
+        await system.probe.publish(root.cmd("edge-redo"), signed(command, "edge-redo"))
         await ping(system, "edge-redo", "ping-after-redo")
         types = Counter(e["type"] for e in system.events("edge-redo", dep="dep-redo-1"))
         assert (types["accepted"], types["succeeded"]) == (1, 1)
@@ -127,7 +127,7 @@ async def test_a_command_past_its_expiry_is_reported_and_not_run(
             expires=time.time() - 60,
             workflow=append_workflow(system, counter),
         )
-        await system.probe.publish(root.cmd("edge-late"), encode(command))
+        await system.probe.publish(root.cmd("edge-late"), signed(command, "edge-late"))
         await system.wait_event("edge-late", "expired", cmd="cmd-old")
         await ping(system, "edge-late", "ping-after-expired")
         types = [e["type"] for e in system.events("edge-late") if e["cmd"] == "cmd-old"]

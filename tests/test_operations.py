@@ -52,7 +52,13 @@ class World:
 
 
 def commands(effects: Effects, env: str) -> list[Command]:
-    return [COMMAND.decode(o.payload) for o in effects.outgoing if o.topic == ROOT.cmd(env)]
+    """The commands for ``env``: each for that environment, with an expiry, marked for the
+    shell to sign."""
+    outgoing = [o for o in effects.outgoing if o.topic == ROOT.cmd(env)]
+    assert all(o.command for o in outgoing), "every command is signed before it goes out"
+    decoded = [COMMAND.decode(o.payload) for o in outgoing]
+    assert all(c.env == env and c.expires is not None for c in decoded)
+    return decoded
 
 
 def test_an_unregistered_agents_events_are_logged_but_change_nothing() -> None:

@@ -29,6 +29,8 @@ from edgeplane.controller.broker.choice import (
 from edgeplane.controller.broker.process import BrokerProcess, port_bindable
 from edgeplane.controller.broker.state_dir import StateDir
 from edgeplane.controller.broker.supervisor import ChildFailed, ChildProcess, Supervisor
+from edgeplane.controller.command_key import load_command_key, public_key_file
+from edgeplane.controller.daemon.settings import COMMAND_KEY_FILE
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.topics import TopicRoot
 
@@ -174,11 +176,14 @@ class LocalStack:
         models.mkdir(parents=True, exist_ok=True)
         agent_state.mkdir(parents=True, exist_ok=True)
         python, root = sys.executable, str(settings.topic_root)
+        key_file = state_dir / COMMAND_KEY_FILE
+        signer = load_command_key(key_file)  # the agent is enrolled with its public key
         controller = [
             *(python, "-m", "edgeplane.controller", "controller", "run"),
             *("--broker", self.plan.url),
             *("--db", str(state_dir / "controller.db")),
             *("--topic-root", root),
+            *("--command-key-file", str(key_file)),
         ]
         agent = [
             *(python, "-m", "edgeplane.edge_agent", "run"),
@@ -188,6 +193,7 @@ class LocalStack:
             *("--models-dir", str(models)),
             *("--heartbeat-interval", f"{settings.heartbeat_interval:g}"),
             *("--topic-root", root),
+            *("--command-key", signer.public_key_b64),
         ]
         return [ChildProcess("controller", controller, env), ChildProcess("agent", agent, env)]
 
@@ -207,6 +213,8 @@ class LocalStack:
             f"  state dir   {state_dir}",
             f"  running     {pids}; agent {DEFAULT_ENV_ID!r}",
             f"  models      {state_dir / 'models'}/NAME/VERSION/ (the cloud agent's)",
+            f"  command key {public_key_file(state_dir / COMMAND_KEY_FILE)} (the controller's "
+            "public key: give it to other agents, --command-key)",
             "  watch it    mosquitto_sub -V mqttv5 "
             f"-h {url.host} -p {url.port}{tls} -t '{root}/view/#' -v",
             f"              edgeplane status --broker {self.plan.url} --topic-root {root}",

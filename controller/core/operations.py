@@ -65,13 +65,15 @@ def new_id(prefix: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     """One message to publish (QoS 1). ``expiry``: the MQTT message expiry, seconds;
-    ``correlation``: the correlation data of a reply."""
+    ``correlation``: the correlation data of a reply; ``command``: the payload is a
+    command's JSON, which the shell signs (the envelope is what goes out)."""
 
     topic: str
     payload: bytes
     retain: bool
     expiry: int | None = None
     correlation: bytes | None = None
+    command: bool = False
 
 
 @dataclass(slots=True)
@@ -340,10 +342,14 @@ class Operations:
         return effects
 
     def _command(self, env: str, command: Command) -> Outgoing:
+        """``command`` for ``env``, unsigned: it names its environment and its expiry, which
+        the signature the shell adds covers too."""
         ttl = self._command_ttl
         if command.expires is None:
             command = replace(command, expires=self._clock.time() + ttl)
-        return Outgoing(self._root.cmd(env), encode(command), False, expiry=max(1, round(ttl)))
+        command = replace(command, env=env)
+        topic, payload = self._root.cmd(env), encode(command)
+        return Outgoing(topic, payload, False, expiry=max(1, round(ttl)), command=True)
 
     def _require_online(self, env: str, what: str) -> None:
         presence = self._presence.get(env)

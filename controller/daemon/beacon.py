@@ -17,6 +17,7 @@ from edgeplane.controller.daemon.sync import SUBSCRIBE_TIMEOUT
 from edgeplane.controller.mqtt import Connection, Will
 from edgeplane.shared import __version__
 from edgeplane.shared.codec import encode
+from edgeplane.shared.command_signature import CommandSigner
 from edgeplane.shared.messages import ControllerStatus
 from edgeplane.shared.topics import TopicRoot
 
@@ -26,8 +27,17 @@ log: Final = structlog.get_logger("controller")
 
 
 class StatusBeacon:
+    """``signer``: the command key, whose public half (and id) every status carries, for
+    agents to be enrolled with."""
+
     def __init__(
-        self, root: TopicRoot, core: Presence, bad: BadInput, operations: Operations, since: float
+        self,
+        root: TopicRoot,
+        core: Presence,
+        bad: BadInput,
+        operations: Operations,
+        since: float,
+        signer: CommandSigner,
     ) -> None:
         self.boot = uuid.uuid4().hex[:16]
         self._topic = root.controller_status()
@@ -35,6 +45,7 @@ class StatusBeacon:
         self._bad = bad
         self._ops = operations
         self._since = since
+        self._signer = signer
 
     def will(self) -> Will:
         return Will(self._topic, encode(self.status("offline")), qos=1, retain=True)
@@ -65,6 +76,8 @@ class StatusBeacon:
             stale=self._core.stale,
             dropped=self._bad.counts,
             duplicates=self._ops.seen.duplicates,
+            command_key=self._signer.public_key_b64,
+            command_key_id=self._signer.key_id,
         )
 
     def counters(self) -> dict[str, object]:

@@ -248,7 +248,6 @@ class Identities:
     def _credential(
         self, username: str, sealed: str, *, for_agent: bool = True
     ) -> SealedCredential:
-        # TODO(merge i8-sign): the controller's public command key goes to agents here.
         key = self._command_key if for_agent else ""
         return SealedCredential(
             username=username, sealed_password=sealed, ca_pem=self._ca_pem, command_key=key

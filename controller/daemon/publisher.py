@@ -11,6 +11,7 @@ connection left unsent goes out first on the next one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 from typing import Final
 
@@ -23,6 +24,7 @@ from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.controller.mqtt import Connection
 from edgeplane.shared.codec import encode
+from edgeplane.shared.command_signature import CommandSigner
 from edgeplane.shared.errors import BrokerUnavailable
 from edgeplane.shared.messages import Alert, EnvView
 from edgeplane.shared.topics import TopicRoot
@@ -36,12 +38,19 @@ log = structlog.get_logger("controller")
 
 
 class Publisher:
-    """The outbox of one controller, kept across connections."""
+    """The outbox of one controller, kept across connections. Commands are signed with
+    ``signer`` as they enter it (so a command sent again is the same bytes)."""
 
     def __init__(
-        self, root: TopicRoot, store: Store, operations: Operations, sync: RetainedSync
+        self,
+        root: TopicRoot,
+        store: Store,
+        operations: Operations,
+        sync: RetainedSync,
+        signer: CommandSigner,
     ) -> None:
         self._root = root
+        self._signer = signer
         self._store = store
         self._ops = operations
         self._sync = sync
@@ -60,12 +69,18 @@ class Publisher:
             if effects.writes:
                 number = await self._store.submit(effects.writes)
             for item in effects.outgoing:
-                await self._outbox.put((number, item))
+                await self._outbox.put((number, self._signed(item)))
         return number
 
     async def send(self, item: Outgoing, after: int = 0) -> None:
         """Publish ``item`` once the store number ``after`` is committed."""
-        await self._outbox.put((after, item))
+        await self._outbox.put((after, self._signed(item)))
+
+    def _signed(self, item: Outgoing) -> Outgoing:
+        if not item.command:
+            return item
+        payload = self._signer.seal(item.payload)
+        return dataclasses.replace(item, payload=payload, command=False)
 
     async def send_view(self, env: str, view: EnvView | None) -> None:
         """Publish ``env``'s view, or clear it (None)."""

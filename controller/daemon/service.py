@@ -23,6 +23,7 @@ from typing import Final
 
 import structlog
 
+from edgeplane.controller.command_key import load_command_key
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
@@ -41,6 +42,7 @@ from edgeplane.controller.daemon.store import Store, open_store
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.controller.reconnect import Reconnect, Retry
 from edgeplane.shared.clock import Clock, SystemClock
+from edgeplane.shared.command_signature import CommandSigner
 
 __all__ = ["PresenceService"]
 
@@ -63,8 +65,9 @@ class PresenceService:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        signer = load_command_key(settings.command_key_path)
         async with open_store(settings.db_path) as store:
-            parts = await self._assemble(store)
+            parts = await self._assemble(store, signer)
             log.info(
                 "controller starting",
                 db=str(settings.db_path),
@@ -74,6 +77,14 @@ class PresenceService:
                 records=len(parts.operations.registry),
                 deployments=len(parts.operations.book),
                 boot=parts.beacon.boot,
+                command_key=signer.public_key_b64,
+                command_key_id=signer.key_id,
+                command_key_file=str(settings.command_key_path or "(in memory)"),
+            )
+            log.info(
+                "agents run only commands signed by this controller: give each agent "
+                f"command_key = {signer.public_key_b64!r} in its settings file "
+                f"(or --command-key {signer.public_key_b64})",
             )
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(_keep_events(EventLink(parts), stop), name="events")
@@ -81,7 +92,7 @@ class PresenceService:
             await store.flush()
         log.info("controller stopped", **parts.beacon.counters())
 
-    async def _assemble(self, store: Store) -> DaemonParts:
+    async def _assemble(self, store: Store, signer: CommandSigner) -> DaemonParts:
         """The core and the operations as the store left them, and the parts around them;
         the default cloud environment, made sure of."""
         settings, clock, core = self.settings, self._clock, self.core
@@ -98,13 +109,14 @@ class PresenceService:
             seen=await store.stream_heads(),
             controller_seq=await store.last_seq(CONTROLLER_SRC),
         )
-        beacon = StatusBeacon(settings.topic_root, core, self.bad, operations, self.started)
-        sync = RetainedSync(settings.topic_root, beacon.boot, settings.max_payload)
-        publisher = Publisher(settings.topic_root, store, operations, sync)
+        root = settings.topic_root
+        beacon = StatusBeacon(root, core, self.bad, operations, self.started, signer)
+        sync = RetainedSync(root, beacon.boot, settings.max_payload)
+        publisher = Publisher(root, store, operations, sync, signer)
         intake = Intake(
             settings.topic_root, core, operations, sync, self.bad, max_payload=settings.max_payload
         )
-        identities = self._identities()
+        identities = self._identities(signer.public_key_b64)
         handler = RequestHandler(
             operations, store, max_payload=settings.max_payload, identities=identities
         )
@@ -124,7 +136,7 @@ class PresenceService:
             identities if identities.enabled else None,
         )
 
-    def _identities(self) -> Identities:
+    def _identities(self, command_key: str) -> Identities:
         """The broker's identities, administered when the controller logs in with a user
         name (``broker init``); a broker without identities otherwise."""
         identity = self.settings.broker.identity
@@ -136,6 +148,7 @@ class PresenceService:
             self.core,
             ca_pem=_ca_pem(identity.ca_pem, identity.ca_file),
             lockout_grace=self.settings.lockout_grace,
+            command_key=command_key,
         )
 
 

@@ -27,6 +27,7 @@ __all__ = ["CONTROLLER_SETTINGS", "ControllerSettings", "default_db_path", "load
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 DEFAULT_TOPIC_ROOT: Final = TopicRoot()
+COMMAND_KEY_FILE: Final = "command-key"
 
 
 def default_db_path() -> Path:
@@ -80,6 +81,13 @@ CONTROLLER_SETTINGS: Final = (
         35.0,
         "seconds a retired, online agent has to retire before its broker client is deleted",
     ),
+    Setting(
+        "command_key_file",
+        common.path,
+        None,
+        "the Ed25519 key that signs every command, made (mode 0600) if missing (default: "
+        "command-key beside the database; in memory for a :memory: database)",
+    ),
     Setting("log_format", common.choice("auto", "console", "json"), "auto", "log format"),
     Setting("log_level", common.choice(*LOG_LEVELS), "info", "log level"),
     *IDENTITY_SETTINGS,
@@ -100,12 +108,22 @@ class ControllerSettings:
     stats_interval: float = 60.0
     command_ttl: float = 300.0
     lockout_grace: float = 35.0
+    command_key_file: Path | None = None
     log_format: LogFormat = "auto"
     log_level: str = "info"
 
     @property
     def db_path(self) -> Path:
         return self.db if self.db is not None else default_db_path()
+
+    @property
+    def command_key_path(self) -> Path | None:
+        """Where the command key is kept; None: in memory only (a ``:memory:`` database)."""
+        if self.command_key_file is not None:
+            return self.command_key_file
+        if str(self.db_path) == ":memory:":
+            return None
+        return self.db_path.parent / COMMAND_KEY_FILE
 
 
 def load_settings(

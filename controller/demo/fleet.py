@@ -24,6 +24,7 @@ from typing import Final, Self
 from edgeplane.controller.broker.choice import BrokerKind, make_broker, plan_broker
 from edgeplane.controller.broker.process import BrokerProcess, free_port
 from edgeplane.controller.broker.supervisor import ChildProcess, Supervisor
+from edgeplane.controller.command_key import load_command_key
 from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["AgentPlan", "DemoFleet", "FlapSettings"]
@@ -62,6 +63,9 @@ class DemoFleet:
         self.broker_kind = ""
         self.controller: ChildProcess | None = None
         self.agents: dict[str, ChildProcess] = {}
+        # The controller's command key, in the demo's directory; its agents trust it.
+        self.key_file = self.workdir / "command-key"
+        self.signer = load_command_key(self.key_file)
 
     @property
     def broker_url(self) -> str:
@@ -85,6 +89,7 @@ class DemoFleet:
                 *("controller", "run", "--broker", self.broker_url),
                 *("--db", str(self.workdir / "controller.db")),
                 *("--topic-root", self.root.value),
+                *("--command-key-file", str(self.key_file)),
                 *("--flap-window", f"{flap.window:g}"),
                 *("--flap-high", str(flap.high), "--flap-low", str(flap.low)),
                 *("--log-format", "json"),
@@ -113,6 +118,7 @@ class DemoFleet:
                 *("--heartbeat-interval", f"{HEARTBEAT_INTERVAL:g}"),
                 *("--topic-root", self.root.value),
                 *("--models-dir", str(models_dir), "--secrets-file", str(secrets_file)),
+                *("--command-key", self.signer.public_key_b64),
                 *("--log-format", "json"),
             ],
             home / "agent.log",

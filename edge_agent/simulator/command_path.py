@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -46,6 +46,8 @@ class CommandPath:
         events_topic: str,
         disk: concurrent.futures.Executor,
         on_delivered: Callable[[], None],
+        *,
+        command_keys: Sequence[bytes] = (),
     ) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
@@ -64,7 +66,12 @@ class CommandPath:
             clock=clock,
         )
         self.handler = CommandHandler(
-            env, clock, self.outbox, commands=self.outbox, executor=self.executor
+            env,
+            clock,
+            self.outbox,
+            commands=self.outbox,
+            command_keys=command_keys,
+            executor=self.executor,
         )
         self.executor.start()
         self._client: MqttClient | None = None  # while the agent is online

@@ -96,9 +96,11 @@ class FleetStats:
 @dataclass(frozen=True)
 class ExecutionSettings:
     """Run deployments with the real agent's command path; each agent's state (outbox,
-    executor record, deployment working directories) in ``state_root/{env}/``."""
+    executor record, deployment working directories) in ``state_root/{env}/``.
+    ``command_keys``: the public keys whose signed commands the agents run."""
 
     state_root: Path
+    command_keys: tuple[bytes, ...] = ()
 
 
 class ConnectPacer:
@@ -283,7 +285,14 @@ class Fleet:
         if self.execution is None or self._disk is None:
             raise RuntimeError("a command path needs execution settings and an entered fleet")
         state_dir = self.execution.state_root / env
-        return CommandPath(env, state_dir, self.root.events(env), self._disk, self.event_delivered)
+        return CommandPath(
+            env,
+            state_dir,
+            self.root.events(env),
+            self._disk,
+            self.event_delivered,
+            command_keys=self.execution.command_keys,
+        )
 
     # the agents' host (simulator.host.AgentHost) ------------------------------------------
     @property

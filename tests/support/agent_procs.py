@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeplane.shared.topics import TopicRoot
+from tests.support.command_key import PUBLIC_KEY
 from tests.support.probe import Probe
 from tests.support.procs import Proc, start_proc
 
@@ -24,7 +25,11 @@ async def start_agent(
     *extra: str,
     state_dir: Path | None = None,
     name: str = "agent",
+    command_key: str | None = PUBLIC_KEY,
 ) -> Proc:
+    """``edge-agent run``; ``command_key``: the key it trusts (None: none, an agent never
+    enrolled)."""
+    key = [] if command_key is None else ["--command-key", command_key]
     args = [
         "run",
         "--env-id",
@@ -39,6 +44,7 @@ async def start_agent(
         root.value,
         "--log-format",
         "json",
+        *key,
         *extra,
     ]
     proc = await start_proc("edgeplane.edge_agent", args, tmp_path / f"{name}.log")

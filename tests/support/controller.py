@@ -12,6 +12,7 @@ from typing import Any
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
+from tests.support.command_key import write_key_file
 from tests.support.probe import Probe
 from tests.support.procs import Proc, start_proc
 
@@ -47,6 +48,7 @@ async def start_controller(
 ) -> Controller:
     """Start ``edgeplane controller run`` and wait for its birth (online, retained)."""
     db = db or tmp_path / "controller.db"
+    write_key_file(db.parent / "command-key")  # the default place: beside the db
     after = probe.mark()
     args = ["controller", "run", "--broker", broker.url, "--db", str(db)]
     args += ["--topic-root", str(root), "--log-format", "json", "--log-level", "debug", *extra]

@@ -27,6 +27,7 @@ from edgeplane.edge_agent.waker import Waker
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.clock import Clock, ManualClock
 from edgeplane.shared.topics import TopicRoot
+from tests.support.command_key import PUBLIC_KEY
 
 __all__ = [
     "CMD",
@@ -162,8 +163,9 @@ def make_agent(
     clock = ManualClock()
     broker = ScriptedBroker(clock)
     check = NoOtherRuntime(clock, other_boot)
+    settings: dict[str, Any] = {"command_key": PUBLIC_KEY, **overrides}
     config = AgentConfig(
-        env_id=ENV, state_dir=tmp_path, topic_root=ROOT, heartbeat_interval=10.0, **overrides
+        env_id=ENV, state_dir=tmp_path, topic_root=ROOT, heartbeat_interval=10.0, **settings
     )
     agent = Agent(
         config, clock=clock, session=broker, store=BdseqStore(tmp_path), takeover_check=check

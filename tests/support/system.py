@@ -28,6 +28,7 @@ from typing import Any
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.rpc import TERMINAL_STATES
 from edgeplane.shared.topics import TopicRoot
+from tests.support.command_key import PUBLIC_KEY, opened_json, write_key_file
 from tests.support.probe import Probe, Received, open_probe
 from tests.support.procs import Proc, start_proc
 
@@ -117,6 +118,7 @@ class System:
         """``edgeplane controller run`` on this root (JSON logs at debug level, so a test can
         read every line), once its birth is out."""
         after = self.probe.mark()
+        write_key_file(self.db.parent / "command-key")  # the default place: beside the db
         args = ["controller", "run", "--broker", self.broker.url, "--db", str(self.db)]
         args += ["--topic-root", str(self.root), "--log-format", "json", "--log-level", "debug"]
         log = self.base / f"controller-{len(self.procs)}.log"
@@ -159,7 +161,7 @@ class System:
         files.state_dir.parent.mkdir(parents=True, exist_ok=True)
         args = ["run", "--env-id", env, "--broker", broker_url or self.broker.url]
         args += ["--topic-root", str(self.root), "--state-dir", str(files.state_dir)]
-        args += ["--heartbeat-interval", str(interval)]
+        args += ["--heartbeat-interval", str(interval), "--command-key", PUBLIC_KEY]
         args += ["--log-format", "json", "--log-level", "debug"]
         if models is not None:
             write_models(files.models_dir, models)
@@ -311,8 +313,11 @@ class System:
         return found
 
     def commands(self, env: str) -> list[dict[str, Any]]:
-        """Every command published to ``env`` (garbage included, as ``{"raw": ...}``)."""
-        return [_decoded(m.payload) for m in self.messages if m.topic == self.root.cmd(env)]
+        """Every command published to ``env``, the command inside when it is signed with
+        the tests' key (garbage included, as ``{"raw": ...}``)."""
+        return [
+            _decoded(opened_json(m.payload)) for m in self.messages if m.topic == self.root.cmd(env)
+        ]
 
     async def barrier(self) -> None:
         """A round trip through the broker: whatever was published before this call (and
