@@ -165,6 +165,8 @@ async def test_env_create_writes_a_bootstrap_file_that_is_all_an_agent_needs(
     assert values["ca_pem"] == site.broker.ca_file.read_text()
     password = values["password"]
     assert len(password) >= 32  # 192 random bits, URL-safe
+    assert site.controller is not None
+    assert f"--command-key {values['command_key']}" in site.controller.output()
 
     # Not one message on the broker, nor a log line, holds the password.
     recorded = await asyncio.to_thread(
