@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,20 +79,33 @@ def ensure_box_key(state_dir: Path) -> str:
 
 
 def _make_in_child(state_dir: Path) -> None:
-    import subprocess  # once in a state directory's life
+    """The pair made in a child process, so that PyNaCl never loads in the agent's own."""
+    if not hasattr(os, "fork"):
+        _make_in_subprocess(state_dir)
+        return
+    pid = os.fork()  # at start-up, before any thread: nothing to import, nothing to copy
+    if pid == 0:
+        code = 1
+        try:
+            make_box_key(str(state_dir))
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0):
+        make_box_key(str(state_dir))  # let the error show here, with its reason
+
+
+def _make_in_subprocess(state_dir: Path) -> None:
+    import subprocess
 
     code = (
         "import sys; from edgeplane.edge_agent.credentials import make_box_key; "
         "make_box_key(sys.argv[1])"
     )
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", code, str(state_dir)], capture_output=True, check=False
-        )
-    except OSError:
-        done = None
-    if done is None or done.returncode != 0:
-        make_box_key(str(state_dir))  # no interpreter to run (a frozen agent): here, then
+    done = subprocess.run([sys.executable, "-c", code, str(state_dir)], check=False)
+    if done.returncode != 0:
+        make_box_key(str(state_dir))
 
 
 def _read_box_key(path: Path) -> dict[str, str]:
