@@ -24,9 +24,10 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+import msgspec
 
 from edgeplane.edge_agent.errors import StateDirError
 from edgeplane.edge_agent.state import write_atomically
@@ -136,8 +137,7 @@ def open_sealed(state_dir: Path, sealed: str) -> str:
 
 
 # --- logins ----------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Login:
+class Login(msgspec.Struct, frozen=True):  # not a dataclass: the agent does without them
     username: str
     password: Password
     generation: int
@@ -149,8 +149,7 @@ class Login:
         return hashlib.sha256(text).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
-class CredentialOutcome:
+class CredentialOutcome(msgspec.Struct, frozen=True):
     """The outcome of a ``credentials`` command: ``switch`` to log in again with it."""
 
     ok: bool
