@@ -23,6 +23,7 @@ from typing import Protocol
 
 from edgeplane.edge_agent.commands import ENROL_HINT, CommandHandler, Execution
 from edgeplane.edge_agent.config import AgentConfig
+from edgeplane.edge_agent.credentials import CredentialStore
 from edgeplane.edge_agent.errors import AgentError
 from edgeplane.edge_agent.event_pump import EventPump
 from edgeplane.edge_agent.events import EventSink
@@ -51,7 +52,7 @@ from edgeplane.edge_agent.waker import Waker
 from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.command_signature import key_id
 from edgeplane.shared.logs import bound_context, get_logger, unbind_context
-from edgeplane.shared.messages import Retire
+from edgeplane.shared.messages import Credentials, Retire
 
 __all__ = ["Agent", "AgentExecutor", "ExecutorFactory"]
 
@@ -89,6 +90,8 @@ class Agent:
         overrides: OverridesStore | None = None,
         executor: ExecutorFactory | None = None,
         secrets: Wipeable | None = None,
+        logins: CredentialStore | None = None,
+        box_key: str = "",
     ) -> None:
         self._clock = clock = clock or SystemClock()
         self._settings = LiveConfig(
@@ -108,6 +111,8 @@ class Agent:
             None if executor is None else executor(self._outbox, self._settings.endpoints)
         )
         heartbeat = self._heartbeat_builder(config)
+        heartbeat.box_key = box_key
+        self._logins = logins or CredentialStore(config.state_dir, env, config.broker.identity)
         self._link = BrokerLink(
             config,
             session=self._session,
@@ -119,6 +124,7 @@ class Agent:
             ),
             clock=clock,
             waker=waker,
+            logins=self._logins,
         )
         self._pump = EventPump(
             self._outbox, self._session, config.topic_root.events(env), lambda: self._link.online
@@ -134,6 +140,7 @@ class Agent:
             executor=self._executor,
             on_update=self._settings.apply_update,
             on_retire=self._begin_retirement,
+            on_credentials=self._take_credentials,
         )
 
     def _heartbeat_builder(self, config: AgentConfig) -> HeartbeatBuilder:
@@ -264,6 +271,7 @@ class Agent:
                     self._link.subscribe_commands()
             case ConnectRefused(reason=reason):
                 log.error("broker refused the connection", reason=reason)
+                self._link.on_refused(reason)
             case Subscribed(mid=mid, refused=refused):
                 self._on_subscribed(now, mid, refused)
             case Published(mid=mid):
@@ -308,6 +316,13 @@ class Agent:
             now, event, was_connected_for, lambda: self._stop.requested
         ):
             self._stop.finished = True
+
+    # credentials --------------------------------------------------------------------------
+    def _take_credentials(self, command: Credentials) -> tuple[bool, str]:
+        taken = self._logins.take(command)
+        if taken.switch:
+            self._link.log_in_again(self._clock.monotonic())
+        return taken.ok, taken.detail
 
     # retirement ---------------------------------------------------------------------------
     def _begin_retirement(self, command: Retire) -> None:

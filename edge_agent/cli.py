@@ -129,6 +129,7 @@ def _run(args: argparse.Namespace) -> int:
     defer_unused_imports()  # before paho is imported: see edgeplane.edge_agent.lean
     # Imported here: `edge-agent --help` and `simulate` do not pay for paho and psutil.
     from edgeplane.edge_agent.agent import Agent
+    from edgeplane.edge_agent.credentials import ensure_box_key
     from edgeplane.edge_agent.outbox import Outbox
     from edgeplane.edge_agent.secrets import load_secrets
     from edgeplane.edge_agent.state import BdseqStore, OverridesStore, check_not_retired
@@ -143,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides = OverridesStore(settings.state_dir)
         in_force = config.with_overrides(settings, overrides.load())
         outbox = Outbox(settings.state_dir, settings.env_id)
+        box_key = ensure_box_key(settings.state_dir)  # the state dir exists now
     except (StateDirError, OutboxError) as exc:
         raise SettingsError(f"--state-dir: {exc}") from exc
     # The level the controller set last, if it did, beats the local one.
@@ -157,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
             overrides=overrides,
             executor=_executor_factory(settings, secrets),
             secrets=secrets,
+            box_key=box_key,
         )
         with waker.on_signals(), stop_signals(agent.request_stop):
             return agent.run()

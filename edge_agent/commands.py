@@ -23,7 +23,9 @@ durable too):
 - ``ping``: a ``pong``; ``deploy``: handed to the executor, which reports every phase;
   ``update``: applied by the agent's callback and acknowledged (``ack``, op ``update``);
   ``restart``: handed to the executor, which acknowledges it; ``retire``: handed to the
-  agent's retirement, after which every other command is rejected.
+  agent's retirement, after which every other command is rejected; ``credentials``: a
+  rotated broker credential, kept by the agent's callback and acknowledged (``ack``, op
+  ``credentials``), after which the agent logs in again with it.
 
 A command is remembered before it runs: one that the agent dies in the middle of taking
 is not taken again (the controller sees no answer rather than a second run).
@@ -47,6 +49,7 @@ from edgeplane.shared.messages import (
     Ack,
     Command,
     CommandRejected,
+    Credentials,
     Deploy,
     Event,
     Expired,
@@ -71,7 +74,7 @@ __all__ = [
     "UpdateOutcome",
 ]
 
-KNOWN_COMMANDS: Final = frozenset({"ping", "deploy", "update", "restart", "retire"})
+KNOWN_COMMANDS: Final = frozenset({"ping", "deploy", "update", "restart", "retire", "credentials"})
 LOG_EVERY: Final = 60.0  # seconds between two log lines about one rejection reason
 _SHORT_TEXT: Final = 256
 ENROL_HINT: Final = (
@@ -170,6 +173,7 @@ class CommandHandler:
         executor: Execution | None = None,
         on_update: Callable[[Update], UpdateOutcome] | None = None,
         on_retire: Callable[[Retire], None] | None = None,
+        on_credentials: Callable[[Credentials], UpdateOutcome] | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         answer_limit: RateLimit | None = None,
     ) -> None:
@@ -187,6 +191,7 @@ class CommandHandler:
         self._commands = MemoryCommandLog() if commands is None else commands
         self._on_update = on_update
         self._on_retire = on_retire
+        self._on_credentials = on_credentials
         self._answer_limit = answer_limit or RateLimit(clock)
         self._logged_at: dict[str, float] = {}
         self._since_log: Counter[str] = Counter()
@@ -264,6 +269,8 @@ class CommandHandler:
                 return self._restart(command)
             case Retire():
                 return self._retire(command)
+            case Credentials():
+                return [self._credentials(command)]
 
     def _deploy(self, command: Deploy) -> list[Event]:
         if self.executor is None:
@@ -291,6 +298,13 @@ class CommandHandler:
             detail = _short(f"not restarted: {exc}")
             return [self._sink.emit(Ack, cmd=command.id, op="restart", ok=False, detail=detail)]
         return []  # the executor acknowledges it
+
+    def _credentials(self, command: Credentials) -> Event:
+        if self._on_credentials is None:
+            ok, detail = False, "this agent takes no credentials"
+        else:
+            ok, detail = self._on_credentials(command)
+        return self._sink.emit(Ack, cmd=command.id, op="credentials", ok=ok, detail=_short(detail))
 
     def _retire(self, command: Retire) -> list[Event]:
         if self._on_retire is None:

@@ -1,10 +1,11 @@
 """Building the agent's status messages: pure, over an injected clock, metrics source and
 inventory source.
 
-The first online message of each connection carries the model inventory (``models``) and
-the platform facts (``platform``); later heartbeats carry ``models`` only when the
-inventory changed since it was last sent, and never ``platform``: plain heartbeats stay
-small. The inventory is looked at once per heartbeat (a directory listing)."""
+The first online message of each connection carries the model inventory (``models``), the
+platform facts (``platform``) and the box key (``box_key``); later heartbeats carry
+``models`` only when the inventory changed since it was last sent, and never ``platform``
+or ``box_key``: plain heartbeats stay small. ``cred_gen`` is in every one (when not 0).
+The inventory is looked at once per heartbeat (a directory listing)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,8 @@ class HeartbeatBuilder:
         self._started = clock.monotonic()
         self._bdseq = 0
         self._seq = 0
+        self.box_key = ""  # the agent's public box key, sent in a connection's first online
+        self.cred_gen = 0  # the credential generation the connection logged in with
 
     @property
     def interval(self) -> float:
@@ -111,6 +114,8 @@ class HeartbeatBuilder:
             up=int(self._clock.monotonic() - self._started),
             models=models,
             platform=self._platform if first else None,
+            box_key=self.box_key if first else "",
+            cred_gen=self.cred_gen,
         )
         self._seq += 1
         return message

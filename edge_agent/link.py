@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Final
 
 from edgeplane.edge_agent.config import AgentConfig
+from edgeplane.edge_agent.credentials import CredentialStore, Login
 from edgeplane.edge_agent.errors import BrokerUnavailable, StateDirError
 from edgeplane.edge_agent.heartbeat import HeartbeatBuilder, message_expiry
 from edgeplane.edge_agent.session import Disconnected, MqttSession
@@ -69,6 +70,7 @@ class BrokerLink:
         takeover_check: TakeoverCheck,
         clock: Clock,
         waker: Waker | None,
+        logins: CredentialStore | None = None,
     ) -> None:
         self.env = config.env_id
         self.broker = config.broker
@@ -81,6 +83,9 @@ class BrokerLink:
         self._takeover_check = takeover_check
         self._clock = clock
         self._waker = waker
+        self._logins = logins
+        self._login: Login | None = None  # this connection's
+        self._switching = False  # logging in again with a new credential
         self._backoff = Backoff(initial=0.5, cap=30.0)
         takeover_cap = max(TAKEOVER_CAP, config.takeover_backoff)
         self._takeover_backoff = Backoff(initial=config.takeover_backoff, cap=takeover_cap)
@@ -139,6 +144,7 @@ class BrokerLink:
         self._ever_took_bdseq = True
         self.heartbeat.new_connection(bdseq)
         bind_context(bdseq=bdseq)
+        self._use_login()
         try:
             self.session.connect((self.status_topic, encode(self.heartbeat.will())))
         except BrokerUnavailable as exc:
@@ -147,6 +153,12 @@ class BrokerLink:
         self.phase = Phase.CONNECTING
         self._handshake_deadline = now + HANDSHAKE_TIMEOUT
         log.debug("connecting", broker=str(self.broker))
+
+    def _use_login(self) -> None:
+        self._login = None if self._logins is None else self._logins.choose()
+        if self._login is not None:
+            self.session.set_login(self._login.username, self._login.password.reveal())
+            self.heartbeat.cred_gen = self._login.generation
 
     def retry(self, now: float, why: str, detail: str) -> None:
         """Connect again after the next backoff delay."""
@@ -159,6 +171,27 @@ class BrokerLink:
         """CONNACK: the handshake goes on (the caller subscribes, or ends a stop)."""
         self._handshake_deadline = now + HANDSHAKE_TIMEOUT
         self._connected_at = now
+        if self._logins is not None and self._login is not None:
+            self._logins.accepted(self._login)
+
+    def on_refused(self, reason: str) -> None:
+        """CONNACK refused the connection: a refused login makes way for the next one."""
+        login = self._login
+        if self._logins is not None and login is not None and self._logins.refused(login, reason):
+            log.error("broker refused the login", username=login.username, reason=reason)
+            self._backoff.reset()  # the next credential at once, not after a long wait
+
+    def log_in_again(self, now: float) -> None:
+        """A new credential arrived: end this connection cleanly (no will) and connect
+        again at once, with it."""
+        if self.phase not in (Phase.ONLINE, *_HANDSHAKE):
+            return  # not connected: the next connection uses it anyway
+        self._switching = True
+        self.phase = Phase.CONNECTING  # between connections: no heartbeats, no events
+        self._heartbeat_due = math.inf
+        self._handshake_deadline = now + HANDSHAKE_TIMEOUT  # aborted if it hangs
+        log.info("logging in again with a new credential")
+        self.session.disconnect()
 
     def subscribe_commands(self) -> None:
         self.phase = Phase.SUBSCRIBING
@@ -214,6 +247,11 @@ class BrokerLink:
     ) -> bool:
         """Schedule the next connection: soon, or late after a takeover. False when a stop
         was requested while looking for another runtime (then nothing is scheduled)."""
+        if self._switching:
+            self._switching = False
+            self.phase = Phase.IDLE
+            self._retry_at = now
+            return True
         if event.taken_over:
             self._taken_over(now, was_connected_for, other_boot=None)
             return True

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
 
+from edgeplane.edge_agent.credentials import CREDENTIAL_FILES
 from edgeplane.edge_agent.errors import AgentError
 from edgeplane.edge_agent.link import BrokerLink, Phase
 from edgeplane.edge_agent.outbox import Outbox, outbox_files
@@ -130,5 +131,6 @@ def wipe_retired(state_dir: Path, env: str, secrets: Wipeable | None, now: float
         except AgentError as exc:
             log.error("retiring: the secrets file could not be wiped", error=str(exc))
     wiped = [*outbox_files(state_dir), *(state_dir / name for name in EXECUTOR_STATE)]
+    wiped += [state_dir / name for name in CREDENTIAL_FILES]
     marker = retire_state_dir(state_dir, env, wiped, now)
     log.warning("retired: this state directory will not run again", marker=str(marker))

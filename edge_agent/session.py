@@ -120,6 +120,10 @@ class MqttSession:
         return self._client.socket() is not None
 
     # actions ------------------------------------------------------------------------------
+    def set_login(self, username: str, password: str) -> None:
+        """The user name and password of the next CONNECT (a rotated credential)."""
+        self._client.username_pw_set(username, password)
+
     def connect(self, will: tuple[str, bytes] | None = None) -> None:
         """Open the connection and send CONNECT with this connection's will (topic, payload;
         retained, QoS 1), if any.

@@ -27,6 +27,7 @@ __all__ = [
     "Command",
     "CommandRejected",
     "ControllerStatus",
+    "Credentials",
     "Deploy",
     "EnvView",
     "Event",
@@ -107,6 +108,11 @@ class OnlineStatus(
     # from plain heartbeats (None: "unchanged since you last heard").
     models: dict[Name, list[ShortText]] | None = None  # model name -> versions held
     platform: Platform | None = None
+    # Credential rotation: the agent's X25519 public key (base64; first online message of a
+    # connection only) that new passwords are sealed to, and the generation of the broker
+    # credential this connection logged in with (0: the enrolled one; absent when 0).
+    box_key: ShortText = ""
+    cred_gen: Count = 0
 
 
 class OfflineStatus(msgspec.Struct, frozen=True, tag="offline", tag_field="status"):
@@ -220,7 +226,19 @@ class Retire(_Command, frozen=True, kw_only=True, tag="retire"):
     credentials and exit; the agent refuses to start again for this environment."""
 
 
-Command = Ping | Deploy | Update | Restart | Retire
+class Credentials(_Command, frozen=True, kw_only=True, tag="credentials"):
+    """A new broker credential, made beside the one in use: log in as ``username``
+    (``{env}.{generation}``) from now on. ``sealed`` is the base64 of the password sealed
+    to the agent's ``box_key`` (a libsodium sealed box, PyNaCl ``SealedBox``): only the
+    agent can read it. The agent keeps the previous credential until the new one works."""
+
+    username: ShortText
+    generation: Annotated[int, msgspec.Meta(ge=1, le=999_999_999)]
+    sealed: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    box_key: ShortText = ""  # the agent key it is sealed to
+
+
+Command = Ping | Deploy | Update | Restart | Retire | Credentials
 
 
 class SignedCommand(msgspec.Struct, frozen=True, tag="signed", tag_field="type"):
@@ -362,9 +380,9 @@ class Expired(_Event, frozen=True, kw_only=True, tag="expired"):
 
 
 class Ack(_Event, frozen=True, kw_only=True, tag="ack"):
-    """The outcome of an ``update``, ``restart`` or ``retire`` command."""
+    """The outcome of an ``update``, ``restart``, ``retire`` or ``credentials`` command."""
 
-    op: Literal["update", "restart", "retire"]
+    op: Literal["update", "restart", "retire", "credentials"]
     ok: bool
     detail: ShortText = ""
 

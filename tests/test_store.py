@@ -109,7 +109,7 @@ async def test_an_older_schema_is_migrated_keeping_its_rows(tmp_path: Path) -> N
     with sqlite3.connect(db) as conn:  # back to version 1
         conn.execute("DROP INDEX transitions_by_time")
         conn.execute("DROP INDEX alerts_by_env")
-        for table in ("records", "inventory", "deployments", "oplog"):  # version 3's
+        for table in ("records", "inventory", "deployments", "oplog", "credentials"):  # 3, 4
             conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 1")
     async with open_store(db) as store:

@@ -10,7 +10,7 @@ from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.oplog import WINDOW, SeenEvents
 from edgeplane.controller.core.records import LogEntry, ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
-from edgeplane.controller.daemon.schema import MIGRATIONS
+from edgeplane.controller.daemon.schema import MIGRATIONS, SCHEMA_VERSION
 from edgeplane.controller.daemon.store import open_store
 from edgeplane.shared.messages import Accepted, Event, Platform, Succeeded
 from edgeplane.shared.workflow import Step, Workflow
@@ -42,7 +42,7 @@ async def test_a_version_2_database_is_migrated_keeping_its_rows(tmp_path: Path)
         assert await store.records() == []
         assert await store.events() == []
     with sqlite3.connect(db) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert {"records", "inventory", "deployments", "oplog"} <= tables
 

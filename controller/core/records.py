@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.registry import Environment
+from edgeplane.controller.core.rotation import Credential
 from edgeplane.shared.messages import Event, Platform
 
 __all__ = ["LogEntry", "ReportedInventory", "Writes"]
@@ -41,6 +42,7 @@ class Writes:
     inventory: list[ReportedInventory] = field(default_factory=list)
     deployments: list[Deployment] = field(default_factory=list)
     events: list[LogEntry] = field(default_factory=list)
+    credentials: list[Credential] = field(default_factory=list)
     urgent: bool = False
 
     def extend(self, other: Writes) -> None:
@@ -48,7 +50,10 @@ class Writes:
         self.inventory.extend(other.inventory)
         self.deployments.extend(other.deployments)
         self.events.extend(other.events)
+        self.credentials.extend(other.credentials)
         self.urgent = self.urgent or other.urgent
 
     def __bool__(self) -> bool:
-        return bool(self.records or self.inventory or self.deployments or self.events)
+        return bool(
+            self.records or self.inventory or self.deployments or self.events or self.credentials
+        )

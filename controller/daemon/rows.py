@@ -14,6 +14,7 @@ from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.presence import EnvRecord, Transition
 from edgeplane.controller.core.records import LogEntry, ReportedInventory
 from edgeplane.controller.core.registry import Environment
+from edgeplane.controller.core.rotation import Credential
 from edgeplane.controller.errors import StoreError
 from edgeplane.shared.messages import Event, Platform
 from edgeplane.shared.rpc import LoggedEvent
@@ -21,6 +22,7 @@ from edgeplane.shared.workflow import Workflow
 
 __all__ = [
     "ALERT_SELECT",
+    "CREDENTIAL_SELECT",
     "DEPLOYMENT_COLUMNS",
     "DEPLOYMENT_SELECT",
     "ENVIRONMENT_SELECT",
@@ -31,12 +33,15 @@ __all__ = [
     "INSERT_TRANSITION",
     "INVENTORY_SELECT",
     "TRANSITION_SELECT",
+    "UPSERT_CREDENTIAL",
     "UPSERT_DEPLOYMENT",
     "UPSERT_ENV",
     "UPSERT_ENVIRONMENT",
     "UPSERT_INVENTORY",
     "alert_from_row",
     "alert_row",
+    "credential_from_row",
+    "credential_row",
     "deployment_from_row",
     "deployment_row",
     "env_record_from_row",
@@ -103,6 +108,27 @@ ENVIRONMENT_SELECT: Final = (
 )
 INVENTORY_SELECT: Final = "SELECT env, models, platform, updated FROM inventory"
 DEPLOYMENT_SELECT: Final = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments"
+CREDENTIAL_COLUMNS: Final = (
+    "env, generation, since, box_key, state, target, started, cause, sealed, sealed_to, sent_bdseq"
+)
+UPSERT_CREDENTIAL: Final = (
+    f"INSERT OR REPLACE INTO credentials ({CREDENTIAL_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+CREDENTIAL_SELECT: Final = f"SELECT {CREDENTIAL_COLUMNS} FROM credentials"
+
+
+def credential_row(credential: Credential) -> tuple[Any, ...]:
+    return tuple(getattr(credential, name.strip()) for name in CREDENTIAL_COLUMNS.split(","))
+
+
+def credential_from_row(row: Sequence[Any]) -> Credential:
+    env, generation, since, box_key, state, target, started, cause, sealed, sealed_to, bdseq = row
+    if state not in (None, "creating", "created", "sent", "removing"):
+        raise StoreError(f"stored credential of {env!r} has an unknown rotation state {state!r}")
+    return Credential(
+        env, generation, since, box_key, state, target, started, cause, sealed, sealed_to, bdseq
+    )
 
 
 def env_row(record: EnvRecord) -> tuple[Any, ...]:

@@ -107,6 +107,23 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX oplog_by_dep ON oplog (dep, id);
     CREATE INDEX oplog_by_src ON oplog (src, seq);
     """,
+    # version 4: each environment's broker credential generation and rotation under way
+    # (the new password only as sealed to the agent's box key, never in clear)
+    """
+    CREATE TABLE credentials (
+        env TEXT PRIMARY KEY,
+        generation INTEGER NOT NULL DEFAULT 0,
+        since REAL NOT NULL,
+        box_key TEXT NOT NULL DEFAULT '',
+        state TEXT,
+        target INTEGER NOT NULL DEFAULT 0,
+        started REAL,
+        cause TEXT NOT NULL DEFAULT '',
+        sealed TEXT NOT NULL DEFAULT '',
+        sealed_to TEXT NOT NULL DEFAULT '',
+        sent_bdseq INTEGER
+    );
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

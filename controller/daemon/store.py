@@ -34,6 +34,7 @@ from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
 from edgeplane.controller.core.records import ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
+from edgeplane.controller.core.rotation import Credential
 from edgeplane.controller.daemon import rows
 from edgeplane.controller.daemon.schema import prepare
 from edgeplane.controller.errors import StoreError
@@ -152,6 +153,9 @@ class Store:
             await self._db.executemany(rows.UPSERT_DEPLOYMENT, deployments.values())
         if writes.events:
             await self._db.executemany(rows.INSERT_EVENT, map(rows.event_row, writes.events))
+        credentials = {c.env: rows.credential_row(c) for c in writes.credentials}
+        if credentials:
+            await self._db.executemany(rows.UPSERT_CREDENTIAL, credentials.values())
 
     # --- reading ------------------------------------------------------------------------
     async def load(
@@ -188,6 +192,10 @@ class Store:
     async def records(self) -> list[Environment]:
         found = await self._query(f"{rows.ENVIRONMENT_SELECT} ORDER BY id")
         return [rows.environment_from_row(row) for row in found]
+
+    async def credentials(self) -> list[Credential]:
+        found = await self._query(f"{rows.CREDENTIAL_SELECT} ORDER BY env")
+        return [rows.credential_from_row(row) for row in found]
 
     async def inventories(self) -> list[ReportedInventory]:
         found = await self._query(rows.INVENTORY_SELECT)

@@ -1,0 +1,253 @@
+"""The agent's side of credential rotation: its box key, the logins it keeps across a
+rotation (newest first, the previous one kept until the new one is accepted), and the loop
+logging in again with a new credential or falling back when the broker refuses it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nacl.public import PublicKey, SealedBox
+
+from edgeplane.edge_agent.agent import Agent
+from edgeplane.edge_agent.config import AgentConfig
+from edgeplane.edge_agent.credentials import (
+    BOX_KEY_FILE,
+    CREDENTIALS_FILE,
+    CredentialStore,
+    ensure_box_key,
+    generation_of,
+)
+from edgeplane.edge_agent.errors import StateDirError
+from edgeplane.edge_agent.session import ConnectRefused, Disconnected, MessageIn
+from edgeplane.edge_agent.state import BdseqStore
+from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.identity import Identity, Password
+from edgeplane.shared.messages import Credentials
+from tests.support.command_key import PUBLIC_KEY, signed
+from tests.support.scripted_agent import CMD, ENV, EVENTS, ROOT, NoOtherRuntime, ScriptedBroker
+
+BOOTSTRAP = Identity(username=ENV, password=Password("enrolled-password"))
+
+
+def sealed_to(state_dir: Path, password: str) -> str:
+    """What the controller sends: ``password`` sealed to the agent's public box key."""
+    public = base64.b64decode(ensure_box_key(state_dir))
+    return base64.b64encode(SealedBox(PublicKey(public)).encrypt(password.encode())).decode()
+
+
+def credentials(
+    state_dir: Path, password: str, generation: int = 1, cmd: str = "c-1"
+) -> Credentials:
+    return Credentials(
+        id=cmd,
+        username=f"{ENV}.{generation}",
+        generation=generation,
+        sealed=sealed_to(state_dir, password),
+    )
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# --- the box key ------------------------------------------------------------------------------
+def test_the_box_key_is_made_once_private_to_its_owner_and_without_pynacl_in_the_agent(
+    tmp_path: Path,
+) -> None:
+    code = (
+        "import sys; from pathlib import Path;"
+        "from edgeplane.edge_agent.credentials import ensure_box_key;"
+        "print(ensure_box_key(Path(sys.argv[1]))); print('nacl' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    public, nacl_loaded = done.stdout.split()
+    assert nacl_loaded == "False"
+    assert len(base64.b64decode(public)) == 32
+    assert mode(tmp_path / BOX_KEY_FILE) == 0o600
+    assert ensure_box_key(tmp_path) == public  # the same pair at the next start
+
+
+def test_a_damaged_box_key_file_is_named_with_what_to_do(tmp_path: Path) -> None:
+    (tmp_path / BOX_KEY_FILE).write_text("{}")
+    with pytest.raises(StateDirError, match=r"box-key\.json.*remove it and restart"):
+        ensure_box_key(tmp_path)
+
+
+# --- the logins -------------------------------------------------------------------------------
+def test_the_user_name_says_the_generation() -> None:
+    assert generation_of(ENV, ENV) == 0
+    assert generation_of(ENV, f"{ENV}.12") == 12
+    assert generation_of(ENV, "someone-else.3") == 0
+
+
+def test_a_new_credential_is_kept_beside_the_working_one_until_the_broker_accepts_it(
+    tmp_path: Path,
+) -> None:
+    store = CredentialStore(tmp_path, ENV, BOOTSTRAP)
+    first = store.choose()
+    assert first is not None
+    assert (first.username, first.generation) == (ENV, 0)
+    store.accepted(first)
+
+    taken = store.take(credentials(tmp_path, "new-password"))
+    assert (taken.ok, taken.switch) == (True, True)
+    assert "new-password" not in taken.detail
+    assert mode(tmp_path / CREDENTIALS_FILE) == 0o600
+    # killed now: the next start logs in with the new one, the old one still at hand
+    again = CredentialStore(tmp_path, ENV, BOOTSTRAP)
+    newest = again.choose()
+    assert newest is not None
+    assert (newest.username, newest.password.reveal()) == (f"{ENV}.1", "new-password")
+    assert [c.generation for c in again.candidates()] == [1, 0]
+
+    again.accepted(newest)
+    kept = json.loads((tmp_path / CREDENTIALS_FILE).read_text())
+    assert kept["pending"] is None
+    assert kept["working"]["username"] == f"{ENV}.1"
+
+
+def test_a_refused_new_credential_falls_back_to_the_previous_and_is_not_tried_again(
+    tmp_path: Path,
+) -> None:
+    store = CredentialStore(tmp_path, ENV, BOOTSTRAP)
+    command = credentials(tmp_path, "wrong-on-the-broker")
+    store.take(command)
+    newest = store.choose()
+    assert newest is not None
+    assert newest.generation == 1
+    assert store.refused(newest, "Bad user name or password")
+    fallback = store.choose()
+    assert fallback is not None
+    assert fallback.username == ENV
+    taken = store.take(command)  # sent again by the controller
+    assert (taken.ok, taken.switch) == (False, False)
+    assert "refused" in taken.detail
+    # a restart does not bring the refused one back either
+    restarted = CredentialStore(tmp_path, ENV, BOOTSTRAP).choose()
+    assert restarted is not None
+    assert restarted.username == ENV
+
+
+def test_a_refusal_for_another_reason_keeps_the_login(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path, ENV, BOOTSTRAP)
+    store.take(credentials(tmp_path, "fine"))
+    newest = store.choose()
+    assert newest is not None
+    assert not store.refused(newest, "Server unavailable")
+    assert store.choose() == newest
+
+
+def test_a_password_sealed_to_another_key_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    command = credentials(other, "for-someone-else")
+    ensure_box_key(tmp_path)
+    taken = CredentialStore(tmp_path, ENV, BOOTSTRAP).take(command)
+    assert (taken.ok, taken.switch) == (False, False)
+    assert "does not open with this agent's box key" in taken.detail
+
+
+def test_a_damaged_credentials_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / CREDENTIALS_FILE).write_text('{"working": {"username": 3}}')
+    with pytest.raises(StateDirError, match=r"credentials\.json.*corrupt"):
+        CredentialStore(tmp_path, ENV, BOOTSTRAP)
+
+
+# --- the loop ---------------------------------------------------------------------------------
+class LoginBroker(ScriptedBroker):
+    """A scripted broker that checks logins: ``valid`` user name -> password."""
+
+    def __init__(self, clock: ManualClock, valid: dict[str, str]) -> None:
+        super().__init__(clock)
+        self.valid = valid
+        self.logins: list[str] = []
+        self._login: tuple[str, str] = ("", "")
+
+    def set_login(self, username: str, password: str) -> None:
+        self._login = (username, password)
+
+    def connect(self, will: tuple[str, bytes] | None = None) -> None:
+        username, password = self._login
+        self.logins.append(username)
+        if self.valid.get(username) == password:
+            super().connect(will)
+            return
+        self.record.append((self.now(), "refused", username))
+        self.pending += [ConnectRefused("Bad user name or password"), Disconnected(134, "", True)]
+
+    def disconnect(self) -> None:
+        was_open = self.open
+        super().disconnect()
+        if was_open:
+            self.pending.append(Disconnected(0, "Normal disconnection", by_broker=False))
+
+
+def looping_agent(tmp_path: Path, broker: LoginBroker, clock: ManualClock) -> Agent:
+    config = AgentConfig(
+        env_id=ENV,
+        broker=BrokerUrl("mqtt", "127.0.0.1", 9).with_identity(BOOTSTRAP),
+        state_dir=tmp_path,
+        topic_root=ROOT,
+        heartbeat_interval=10.0,
+        command_key=PUBLIC_KEY,
+    )
+    return Agent(
+        config,
+        clock=clock,
+        session=broker,
+        store=BdseqStore(tmp_path),
+        takeover_check=NoOtherRuntime(clock),
+        box_key=ensure_box_key(tmp_path),
+    )
+
+
+def onlines(broker: LoginBroker) -> list[dict[str, Any]]:
+    return [p for _, p in broker.published() if p and p["status"] == "online" and p["seq"] == 0]
+
+
+def test_the_agent_logs_in_again_with_a_new_credential_and_says_so(tmp_path: Path) -> None:
+    clock = ManualClock()
+    valid = {ENV: "enrolled-password", f"{ENV}.1": "rotated-password"}
+    broker = LoginBroker(clock, valid)
+    agent = looping_agent(tmp_path, broker, clock)
+    command = signed(credentials(tmp_path, "rotated-password"), ENV)
+    broker.at(2, lambda: broker.pending.append(_message(CMD, command)))
+    broker.at(5, agent.request_stop)
+    assert agent.run() == 0
+
+    assert broker.logins == [ENV, f"{ENV}.1"]
+    first, second = onlines(broker)
+    assert (first["box_key"], first.get("cred_gen", 0)) == (ensure_box_key(tmp_path), 0)
+    assert second["cred_gen"] == 1
+    acks = [p for _, p in broker.published(EVENTS) if p["type"] == "ack"]
+    assert [(a["op"], a["ok"]) for a in acks] == [("credentials", True)]
+    assert "rotated-password" not in json.dumps([d for _, _, d in broker.record])
+
+
+def test_a_new_credential_the_broker_refuses_leaves_the_agent_online_with_the_old(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock()
+    broker = LoginBroker(clock, {ENV: "enrolled-password"})
+    agent = looping_agent(tmp_path, broker, clock)
+    command = signed(credentials(tmp_path, "never-created"), ENV)
+    broker.at(2, lambda: broker.pending.append(_message(CMD, command)))
+    broker.at(8, agent.request_stop)
+    assert agent.run() == 0
+
+    assert broker.logins == [ENV, f"{ENV}.1", ENV]
+    assert [o.get("cred_gen", 0) for o in onlines(broker)] == [0, 0]
+
+
+def _message(topic: str, payload: bytes) -> MessageIn:
+    return MessageIn(topic, payload, False)

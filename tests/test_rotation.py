@@ -1,0 +1,173 @@
+"""Credential rotation's decisions (pure): each state, what it asks the shell to do, what a
+restart resumes, and that the old credential goes only once the new one is in use."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from edgeplane.controller.core.rotation import (
+    CreateClient,
+    Credential,
+    DeleteClient,
+    Rotations,
+    SendCredentials,
+)
+from edgeplane.controller.errors import RequestRefused
+from edgeplane.shared.messages import OnlineStatus
+
+NOW = 1_700_000_000.0
+ENROLLED = NOW - 1000
+KEY = "a" * 43 + "="
+OTHER_KEY = "b" * 43 + "="
+
+
+def ids() -> Iterator[str]:
+    return (f"c-{n}" for n in itertools.count(1))
+
+
+def online(bdseq: int, cred_gen: int = 0, box_key: str = KEY, env: str = "edge-a") -> OnlineStatus:
+    return OnlineStatus(
+        env=env, bdseq=bdseq, seq=0, interval=10, boot="b1", box_key=box_key, cred_gen=cred_gen
+    )
+
+
+def known(rotate_after: float | None = None) -> Rotations:
+    """An environment whose agent has reported its box key, connection bdseq 1."""
+    rotations = Rotations(rotate_after, ids())
+    rotations.on_online(online(1), ENROLLED)
+    return rotations
+
+
+def test_the_first_online_with_a_box_key_makes_the_environment_known_at_generation_0() -> None:
+    rotations = Rotations(None, ids())
+    changed, actions = rotations.on_online(online(1), ENROLLED)
+    assert changed == Credential("edge-a", generation=0, since=ENROLLED, box_key=KEY)
+    assert actions == []
+    assert rotations.on_online(online(1), ENROLLED) == (None, [])  # nothing new: no write
+
+
+def test_an_agent_without_a_box_key_cannot_be_rotated() -> None:
+    rotations = Rotations(None, ids())
+    assert rotations.on_online(online(1, box_key=""), ENROLLED) == (None, [])
+    with pytest.raises(RequestRefused, match="has not reported a box key") as caught:
+        rotations.start("edge-a", "operator", NOW, ENROLLED)
+    assert caught.value.code == "offline"
+
+
+def test_a_rotation_with_the_agent_online_ends_with_only_the_new_client() -> None:
+    rotations = known()
+    state, actions = rotations.start("edge-a", "operator", NOW, ENROLLED)
+    assert state.state == "creating"
+    assert actions == [CreateClient("edge-a", "edge-a.1", 1, KEY)]
+
+    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
+    assert state.state == "sent"
+    [send] = actions
+    assert isinstance(send, SendCredentials)
+    assert (send.command.username, send.command.generation) == ("edge-a.1", 1)
+    assert (send.command.sealed, send.command.box_key) == ("SEALED", KEY)
+
+    # the agent reconnects with the new credential: only then does the old one go
+    changed, actions = rotations.on_online(online(2, cred_gen=1), ENROLLED)
+    assert changed is not None
+    assert changed.state == "removing"
+    assert actions == [DeleteClient("edge-a", "edge-a")]
+
+    done = rotations.removed("edge-a", NOW + 5)
+    assert (done.generation, done.state, done.since, done.sealed) == (1, None, NOW, "")
+
+    _, actions = rotations.start("edge-a", "operator", NOW + 10, ENROLLED)
+    assert actions == [CreateClient("edge-a", "edge-a.2", 2, KEY)]
+    rotations.created("edge-a", 2, "SEALED2", KEY, online_bdseq=2)
+    _, actions = rotations.on_online(online(3, cred_gen=2), ENROLLED)
+    assert actions == [DeleteClient("edge-a", "edge-a.1")]
+
+
+def test_an_agent_offline_gets_the_command_when_it_returns() -> None:
+    rotations = known()
+    rotations.start("edge-a", "operator", NOW, ENROLLED)
+    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=None)
+    assert (state.state, actions) == ("created", [])
+    _, actions = rotations.on_online(online(5), ENROLLED)
+    assert [type(a) for a in actions] == [SendCredentials]
+    # heartbeats of the same connection do not send it again; a new connection does
+    assert rotations.on_online(online(5), ENROLLED) == (None, [])
+    _, actions = rotations.on_online(online(6), ENROLLED)
+    [again] = actions
+    assert isinstance(again, SendCredentials)
+    assert again.command.id != "c-1"  # a new command id (and expiry) each time
+
+
+def test_a_restart_makes_a_half_made_client_again_and_sends_on_the_next_online() -> None:
+    rotations = known()
+    rotations.start("edge-a", "operator", NOW, ENROLLED)
+    rows = list(rotations)  # as stored when the controller was killed
+    after = Rotations(None, ids(), rows)
+    assert after.resume() == [CreateClient("edge-a", "edge-a.1", 1, KEY)]
+
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
+    after = Rotations(None, ids(), list(rotations))
+    assert after.resume() == []
+    # killed after sending: the same connection's next heartbeat sends it again (it may
+    # never have gone out)
+    _, actions = after.on_online(online(1), ENROLLED)
+    assert [type(a) for a in actions] == [SendCredentials]
+
+
+def test_a_restart_while_removing_deletes_the_old_client_again() -> None:
+    rotations = known()
+    rotations.start("edge-a", "operator", NOW, ENROLLED)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
+    rotations.on_online(online(2, cred_gen=1), ENROLLED)
+    after = Rotations(None, ids(), list(rotations))
+    assert after.resume() == [DeleteClient("edge-a", "edge-a")]
+
+
+def test_asking_again_makes_the_same_generation_again_with_a_new_password() -> None:
+    rotations = known()
+    rotations.start("edge-a", "operator", NOW, ENROLLED)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
+    state, actions = rotations.start("edge-a", "operator", NOW + 60, ENROLLED)
+    assert (state.state, state.target, state.sealed) == ("creating", 1, "")
+    assert actions == [CreateClient("edge-a", "edge-a.1", 1, KEY)]
+    # the first creation's late report changes nothing
+    rotations.start("edge-a", "operator", NOW + 61, ENROLLED)
+    assert rotations.created("edge-a", 2, "LATE", KEY, None)[1] == []
+
+
+def test_once_the_new_credential_is_in_use_a_new_request_waits_for_the_removal() -> None:
+    rotations = known()
+    rotations.start("edge-a", "operator", NOW, ENROLLED)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
+    rotations.on_online(online(2, cred_gen=1), ENROLLED)
+    with pytest.raises(RequestRefused, match="being removed"):
+        rotations.start("edge-a", "operator", NOW, ENROLLED)
+
+
+def test_an_agent_with_a_new_key_pair_gets_a_credential_sealed_to_it() -> None:
+    rotations = known()
+    rotations.start("edge-a", "operator", NOW, ENROLLED)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=None)
+    changed, actions = rotations.on_online(online(2, box_key=OTHER_KEY), ENROLLED)
+    assert changed is not None
+    assert (changed.state, changed.box_key) == ("creating", OTHER_KEY)
+    assert actions == [CreateClient("edge-a", "edge-a.1", 1, OTHER_KEY)]
+
+
+def test_automatic_rotation_takes_credentials_older_than_rotate_after() -> None:
+    rotations = known(rotate_after=3600)
+    enrolled = {"edge-a": ENROLLED, "edge-b": ENROLLED}  # edge-b never reported a key
+    assert rotations.due(ENROLLED + 3599, enrolled) == []
+    assert rotations.next_due(enrolled) == ENROLLED + 3600
+    assert rotations.due(ENROLLED + 3600, enrolled) == ["edge-a"]
+    rotations.start("edge-a", "age", ENROLLED + 3600, ENROLLED)
+    assert rotations.due(ENROLLED + 9999, enrolled) == []  # under way: not again
+
+
+def test_automatic_rotation_is_off_by_default() -> None:
+    rotations = known()
+    assert rotations.due(NOW + 10**9, {"edge-a": ENROLLED}) == []
+    assert rotations.next_due({"edge-a": ENROLLED}) is None
