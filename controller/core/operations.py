@@ -33,8 +33,10 @@ from edgeplane.shared.messages import (
     EnvView,
     Event,
     Expired,
+    Failed,
     OfflineStatus,
     OnlineStatus,
+    Preflight,
     Restart,
     Retire,
     Stopped,
@@ -95,6 +97,7 @@ class Operations:
         records: Iterable[Environment] = (),
         inventories: Iterable[ReportedInventory] = (),
         deployments: Iterable[Deployment] = (),
+        issued: Iterable[tuple[str, str, str]] = (),
         seen: Iterable[tuple[str, str, int]] = (),
         controller_seq: int = 0,
     ) -> None:
@@ -104,7 +107,7 @@ class Operations:
         self._command_ttl = command_ttl
         self.registry = Registry(records)
         self._inventory: dict[str, ReportedInventory] = {i.env: i for i in inventories}
-        self.book = DeploymentBook(clock, deployments)
+        self.book = DeploymentBook(clock, deployments, issued)
         self.seen = SeenEvents(seen)
         self._seq = controller_seq
 
@@ -192,6 +195,12 @@ class Operations:
         return effects
 
     # --- events ---------------------------------------------------------------------------
+    def stranger(self, event: Event) -> str:
+        """Why ``event`` is of no deployment this controller sent ("" when it is): such an
+        event is dropped before it is logged, or even counted as seen (a forged ``seq``
+        must not hide the agent's real events)."""
+        return self.book.stranger(event)
+
     def on_event(self, event: Event) -> Effects | None:
         """Log ``event`` once and move its deployment on; None for a duplicate."""
         if not self.seen.first_time(event.env, event.src, event.seq):
@@ -199,7 +208,19 @@ class Operations:
         effects = Effects()
         effects.writes.events.append(LogEntry(event, self._clock.time()))
         if event.env in self.registry:  # an unregistered agent's events change nothing
-            effects.writes.deployments.extend(self.book.on_event(event))
+            moved = self.book.on_event(event)
+            effects.writes.deployments.extend(moved)
+            if isinstance(event, Preflight):
+                effects.extend(self._judged_preflight(moved))
+        return effects
+
+    def _judged_preflight(self, moved: Sequence[Deployment]) -> Effects:
+        """A deployment failed by the controller's reading of a preflight (a requirement
+        left unchecked) is told on its events topic, so ``deploy --wait`` sees it."""
+        effects = Effects()
+        for deployment in moved:
+            if deployment.state == "failed":
+                effects.extend(self._own_event(Failed, deployment, reason=deployment.reason))
         return effects
 
     # --- time -----------------------------------------------------------------------------
@@ -347,7 +368,10 @@ class Operations:
             raise RequestRefused("offline", f"{offline_sentence(env, presence)}; cannot {what}")
 
     def _own_event(
-        self, kind: type[Expired] | type[Stopped], deployment: Deployment, **fields: Any
+        self,
+        kind: type[Expired] | type[Stopped] | type[Failed],
+        deployment: Deployment,
+        **fields: Any,
     ) -> Effects:
         """An event of the controller's own stream, logged and published like an agent's."""
         self._seq += 1

@@ -58,7 +58,7 @@ class Intake:
             if parsed.kind is TopicKind.STATUS:
                 return self._take_status(parsed.env or "", payload, retained)
             if parsed.kind is TopicKind.EVENTS:
-                return self._take_event(parsed.env or "", payload)
+                return self._take_event(topic, parsed.env or "", payload)
             if parsed.kind is TopicKind.VIEW:
                 self._sync.note_view(parsed.env or "", payload)
             elif parsed.kind is TopicKind.CONTROLLER_STATUS:
@@ -92,11 +92,19 @@ class Intake:
             return Taken(judgement, self._ops.after_status(status, came_online))
         return Taken(judgement, None)  # a plain heartbeat: the hot path
 
-    def _take_event(self, env: str, payload: bytes) -> Taken | None:
+    def _take_event(self, topic: str, env: str, payload: bytes) -> Taken | None:
         event = EVENT.decode(payload, limit=self._limit)
         check_env(event.env, env)
         if event.src == CONTROLLER_SRC:
             return None  # our own, stored before it was published
+        stranger = self._ops.stranger(event)
+        if stranger:
+            self.drop(
+                "unknown-deployment",
+                topic,
+                f"{type(event).__struct_config__.tag} event: {stranger}",
+            )
+            return None
         effects = self._ops.on_event(event)
         if effects is None:
             log.debug("duplicate event", env=event.env, src=event.src, seq=event.seq)

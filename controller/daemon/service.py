@@ -92,6 +92,7 @@ class PresenceService:
             records=await store.records(),
             inventories=await store.inventories(),
             deployments=await store.active_deployments(),
+            issued=await store.issued_deployments(),
             seen=await store.stream_heads(),
             controller_seq=await store.last_seq(CONTROLLER_SRC),
         )

@@ -1,0 +1,153 @@
+"""The controller trusts nothing it did not send: events of deployments it never sent, a
+preflight that checks less than the workflow requires, replies to topics that are not a
+requester's own, and retained views written by someone else. A real controller and
+broker; the agents are impersonated by hand, as an attacker would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.shared.codec import COMMAND, encode
+from edgeplane.shared.messages import Accepted, Deploy, Event, Preflight, Started, Succeeded
+from edgeplane.shared.topics import TopicRoot
+from tests.support.procs import Proc
+from tests.support.system import System, open_system
+
+pytestmark = pytest.mark.slow
+
+
+async def fake_online(system: System, env: str, **fields: Any) -> None:
+    """A hand-written heartbeat, retained like an agent's, judged online."""
+    mark = system.probe.mark()
+    status = {"status": "online", "env": env, "bdseq": 1, "seq": 0, "interval": 30,
+              "boot": "boot-a", **fields}  # fmt: skip
+    await system.probe.publish(system.root.status(env), json.dumps(status).encode(), retain=True)
+    await system.probe.wait_json(system.root.view(env), after=mark, status="online")
+
+
+async def send(system: System, *events: Event) -> None:
+    for event in events:
+        await system.probe.publish(system.root.events(event.env), encode(event))
+
+
+async def dropped(system: System, after: int, **counts: int) -> dict[str, Any]:
+    """The controller's retained status once its ``dropped`` counters say ``counts``."""
+    wanted = {reason.replace("_", "-"): count for reason, count in counts.items()}
+    status: dict[str, Any] = await system.probe.wait_json(
+        system.root.controller_status(), after=after, dropped=wanted
+    )
+    return status
+
+
+async def next_deploy(system: System, env: str, after: int) -> Deploy:
+    message = await system.probe.wait_for(
+        lambda m: m.topic == system.root.cmd(env), after=after, what=f"a command for {env}"
+    )
+    command = COMMAND.decode(message.payload)
+    assert isinstance(command, Deploy)
+    return command
+
+
+# --- 1. events of a deployment the controller never sent ----------------------------------------
+async def test_events_of_a_deployment_never_sent_are_dropped_counted_and_never_shown(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller("--stats-interval", "0.3")
+        await system.create_env("edge-a")
+        await fake_online(system, "edge-a")
+        deployments_before = (await system.cli("deployments", "list")).stdout
+        events_before = (await system.cli("events", "--env", "edge-a")).stdout
+        mark = system.probe.mark()
+        forged: dict[str, Any] = {"env": "edge-a", "src": "agent-1", "dep": "d-made-up",
+                                  "cmd": "c-made-up"}  # fmt: skip
+        # a high seq of the agent's own stream: were it counted as seen, it would hide the
+        # agent's real events that follow
+        await send(
+            system,
+            Started(seq=1000, workflow="w", version="1", **forged),
+            Succeeded(seq=1001, duration=0.1, **forged),
+        )
+        status = await dropped(system, mark, unknown_deployment=2)
+        assert status["status"] == "online"
+        assert (await system.cli("deployments", "list")).stdout == deployments_before
+        assert (await system.cli("events", "--env", "edge-a")).stdout == events_before
+        assert await system.logged_events("edge-a") == []
+
+        # a real deployment: the agent's events count; one naming a command never sent, not
+        plain = {"name": "plain", "version": "1", "steps": [{"name": "s", "run": ["true"]}]}
+        workflow = system.workflow("plain", plain)
+        mark = system.probe.mark()
+        sent = await system.cli("deploy", str(workflow), "--env", "edge-a", "--json")
+        assert sent.code == 0, str(sent)
+        command = await next_deploy(system, "edge-a", mark)
+        mine: dict[str, Any] = {"env": "edge-a", "src": "agent-1", "dep": command.dep}
+        await send(system, Started(seq=5, workflow="w", version="1", cmd="c-made-up", **mine))
+        await dropped(system, mark, unknown_deployment=3)
+        await send(
+            system,
+            Accepted(seq=1, workflow="plain", version="1", cmd=command.id, **mine),
+            Succeeded(seq=2, duration=0.1, cmd=command.id, **mine),
+        )
+        done = await system.wait_deployment(command.dep)
+        assert done["state"] == "succeeded"
+        logged = await system.logged_events("edge-a")
+        assert [(e["type"], e["seq"]) for e in logged] == [("accepted", 1), ("succeeded", 2)]
+        log = (tmp_path / "controller-0.log").read_text()
+        assert "no deployment 'd-made-up' was sent to edge-a" in log
+
+
+# --- 2. a preflight must cover what the workflow requires ----------------------------------------
+NEEDY = {
+    "name": "vision-inspect",
+    "version": "1.4.0",
+    "requires": {
+        "models": [{"name": "defect-detector", "version": ">=2.1,<3"}],
+        "secrets": ["CAMERA_TOKEN"],
+    },
+    "steps": [{"name": "inspect", "run": ["true"]}],
+}
+
+
+async def impersonate(system: System, env: str, after: int) -> None:
+    """Answer the next deploy as the impersonator did: "preflight passed: nothing required",
+    then success."""
+    command = await next_deploy(system, env, after)
+    mine: dict[str, Any] = {"env": env, "src": "fake", "dep": command.dep, "cmd": command.id}
+    await send(
+        system,
+        Accepted(seq=1, workflow="vision-inspect", version="1.4.0", **mine),
+        Preflight(seq=2, ok=True, checks=[], **mine),
+        Started(seq=3, workflow="vision-inspect", version="1.4.0", **mine),
+        Succeeded(seq=4, duration=0.1, **mine),
+    )
+
+
+async def test_an_empty_preflight_fails_deploy_wait_naming_every_unchecked_requirement(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.create_env("edge-a")
+        await fake_online(system, "edge-a", models={"defect-detector": ["2.4.0"]})
+        workflow = system.workflow("vision-inspect", NEEDY)
+        mark = system.probe.mark()
+        agent = asyncio.create_task(impersonate(system, "edge-a", mark))
+        result = await system.deploy(workflow, "edge-a", "--wait")
+        await agent
+        assert result.code == 1, str(result)
+        unchecked = "preflight did not check: model defect-detector, secret CAMERA_TOKEN"
+        assert unchecked in result.stderr
+        assert "succeeded" not in result.stderr
+        dep = result.stdout.split()[1]
+        shown = await system.wait_deployment(dep)
+        assert (shown["state"], shown["reason"]) == ("failed", unchecked)
+        # the controller told it on the events topic too, as its own event
+        told = await system.wait_event("edge-a", "failed", after=mark, src="controller")
+        assert told["reason"] == unchecked
