@@ -11,11 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import COMMAND, encode
 from edgeplane.shared.messages import Accepted, Deploy, Event, Preflight, Started, Succeeded
+from edgeplane.shared.rpc import EnvList
 from edgeplane.shared.topics import TopicRoot
+from tests.support.asking import ask
+from tests.support.probe import open_probe
 from tests.support.procs import Proc
 from tests.support.system import System, open_system
 
@@ -151,3 +156,40 @@ async def test_an_empty_preflight_fails_deploy_wait_naming_every_unchecked_requi
         # the controller told it on the events topic too, as its own event
         told = await system.wait_event("edge-a", "failed", after=mark, src="controller")
         assert told["reason"] == unchecked
+
+
+# --- 3. replies only on a requester's own reply topic --------------------------------------------
+async def test_a_request_whose_response_topic_is_not_a_reply_topic_is_dropped_and_unanswered(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    elsewhere = f"elsewhere-{str(root).replace('/', '-')}"
+    relays = [
+        root.view("edge-a"),  # a forged view
+        root.cmd("edge-a"),  # a command to an agent
+        f"{elsewhere}/anything",  # outside the tree
+        f"{root}/controller/reply/Not_An_Id",
+        f"{root}/controller/reply/a/b",
+        f"{root}/controller/req",  # a loop
+    ]
+    async with (
+        open_system(broker, root, tmp_path, procs) as system,
+        open_probe(broker.url, f"{elsewhere}/#") as outside,
+    ):
+        await system.start_controller("--stats-interval", "0.3")
+        mark = system.probe.mark()
+        for topic in relays:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.ResponseTopic = topic
+            properties.CorrelationData = b"relay"
+            await system.probe.client.publish(
+                root.requests(), encode(EnvList()), qos=1, properties=properties
+            )
+        await dropped(system, mark, bad_response_topic=len(relays))
+        # the controller still answers a requester on its own topic ...
+        reply = await ask(system.probe, root, EnvList())
+        assert reply.ok
+        # ... and published nothing on any of the others
+        answered = [m for m in system.probe.messages[mark:] if m.topic in relays]
+        assert [m.topic for m in answered if m.topic != root.requests()] == []
+        assert [m.payload for m in answered] == [encode(EnvList())] * (len(relays) + 1)  # ours
+        assert outside.messages == []

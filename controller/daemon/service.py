@@ -103,7 +103,7 @@ class PresenceService:
             settings.topic_root, core, operations, sync, self.bad, max_payload=settings.max_payload
         )
         handler = RequestHandler(operations, store, max_payload=settings.max_payload)
-        desk = RequestDesk(handler, publisher, sync.synced, intake.drop)
+        desk = RequestDesk(settings.topic_root, handler, publisher, sync.synced, intake.drop)
         await publisher.carry_out(None, operations.ensure_default())
         return DaemonParts(
             settings, clock, store, core, operations, intake, sync, publisher, desk, beacon
