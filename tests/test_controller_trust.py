@@ -193,3 +193,48 @@ async def test_a_request_whose_response_topic_is_not_a_reply_topic_is_dropped_an
         assert [m.topic for m in answered if m.topic != root.requests()] == []
         assert [m.payload for m in answered] == [encode(EnvList())] * (len(relays) + 1)  # ours
         assert outside.messages == []
+
+
+# --- 4. a view wiped or forged by hand comes back -----------------------------------------------
+async def retained_view(broker: MosquittoProcess, root: TopicRoot, env: str) -> bytes:
+    """What a dashboard connecting now is given for ``env``'s view."""
+    async with open_probe(broker.url, root.all_views()) as fresh:
+        await fresh.subscribe(f"{root}/test-barrier")
+        await fresh.publish(f"{root}/test-barrier", b"x")
+        await fresh.wait_for(lambda m: m.topic == f"{root}/test-barrier", what="the barrier")
+        return b"".join(m.payload for m in fresh.messages if m.topic == root.view(env))
+
+
+async def test_a_view_wiped_or_forged_by_hand_is_put_back_by_the_controller(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.create_env("edge-a")
+        await fake_online(system, "edge-a")
+        ours = json.loads(system.probe.on(root.view("edge-a"))[-1].payload)
+        probe = system.probe
+
+        mark = probe.mark()
+        await probe.publish(root.view("edge-a"), b"", retain=True)  # wiped
+        back = await probe.wait_json(root.view("edge-a"), after=mark, status="online")
+        assert (back["since"], back["registered"]) == (ours["since"], True)
+
+        mark = probe.mark()
+        forged = {**ours, "status": "offline", "reason": "connection-lost"}
+        await probe.publish(root.view("edge-a"), json.dumps(forged).encode(), retain=True)
+        # corrected at most once per 5 s per environment: this one may wait for its turn
+        fixed = await probe.wait_json(root.view("edge-a"), after=mark, status="online")
+        assert fixed["since"] == ours["since"]
+        assert json.loads(await retained_view(broker, root, "edge-a"))["status"] == "online"
+
+        # a view of an environment the controller does not know: cleared
+        mark = probe.mark()
+        await probe.publish(root.view("ghost"), b'{"env":"ghost","status":"online","since":1}',
+                            retain=True)  # fmt: skip
+        await probe.wait_for(
+            lambda m: m.topic == root.view("ghost") and m.payload == b"",
+            after=mark,
+            what="the ghost view cleared",
+        )
+        assert await retained_view(broker, root, "ghost") == b""

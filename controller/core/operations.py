@@ -152,6 +152,17 @@ class Operations:
                 views[record.id] = _unknown_view(record)
         return views
 
+    def expected_view(self, env: str) -> EnvView | None:
+        """What ``R/view/{env}`` should hold (None: nothing, for a retired environment or
+        one the controller does not know)."""
+        record = self.registry.get(env)
+        if record is not None and record.retired is not None:
+            return None
+        presence = self._presence.get(env)
+        if presence is not None:
+            return self.public_view(presence.view())
+        return None if record is None else _unknown_view(record)
+
     def _view_of(self, record: Environment) -> Outgoing:
         presence = self._presence.get(record.id)
         view = _unknown_view(record) if presence is None else self.public_view(presence.view())

@@ -27,6 +27,7 @@ from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations
 from edgeplane.controller.core.presence import Presence
+from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.beacon import StatusBeacon
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.links import DaemonParts, EventLink, PresenceLink
@@ -99,14 +100,21 @@ class PresenceService:
         beacon = StatusBeacon(settings.topic_root, core, self.bad, operations, self.started)
         sync = RetainedSync(settings.topic_root, beacon.boot, settings.max_payload)
         publisher = Publisher(settings.topic_root, store, operations, sync)
+        views = ViewGuard(clock)
         intake = Intake(
-            settings.topic_root, core, operations, sync, self.bad, max_payload=settings.max_payload
+            settings.topic_root,
+            core,
+            operations,
+            sync,
+            self.bad,
+            views,
+            max_payload=settings.max_payload,
         )
         handler = RequestHandler(operations, store, max_payload=settings.max_payload)
         desk = RequestDesk(settings.topic_root, handler, publisher, sync.synced, intake.drop)
         await publisher.carry_out(None, operations.ensure_default())
         return DaemonParts(
-            settings, clock, store, core, operations, intake, sync, publisher, desk, beacon
+            settings, clock, store, core, operations, intake, sync, publisher, desk, beacon, views
         )
 
 
