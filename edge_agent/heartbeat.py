@@ -70,6 +70,7 @@ class HeartbeatBuilder:
         self._started = clock.monotonic()
         self._bdseq = 0
         self._seq = 0
+        self.taken_over_by = ""  # told once, in the next online message
 
     @property
     def interval(self) -> float:
@@ -111,8 +112,10 @@ class HeartbeatBuilder:
             up=int(self._clock.monotonic() - self._started),
             models=models,
             platform=self._platform if first else None,
+            taken_over_by=self.taken_over_by,
         )
         self._seq += 1
+        self.taken_over_by = ""
         return message
 
     def _changed_inventory(self) -> Inventory | None:

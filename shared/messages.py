@@ -106,6 +106,9 @@ class OnlineStatus(
     # from plain heartbeats (None: "unchanged since you last heard").
     models: dict[Name, list[ShortText]] | None = None  # model name -> versions held
     platform: Platform | None = None
+    # In the first online message after another runtime took this agent's session over:
+    # that runtime's boot id ("unknown" when the broker said so without naming it).
+    taken_over_by: ShortText = ""
 
 
 class OfflineStatus(msgspec.Struct, frozen=True, tag="offline", tag_field="status"):
