@@ -29,6 +29,7 @@ from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations
 from edgeplane.controller.core.presence import Presence
+from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.beacon import StatusBeacon
 from edgeplane.controller.daemon.broker_admin import BrokerAdmin
 from edgeplane.controller.daemon.identities import Identities
@@ -106,6 +107,7 @@ class PresenceService:
             records=await store.records(),
             inventories=await store.inventories(),
             deployments=await store.active_deployments(),
+            issued=await store.issued_deployments(),
             seen=await store.stream_heads(),
             controller_seq=await store.last_seq(CONTROLLER_SRC),
         )
@@ -113,14 +115,21 @@ class PresenceService:
         beacon = StatusBeacon(root, core, self.bad, operations, self.started, signer)
         sync = RetainedSync(root, beacon.boot, settings.max_payload)
         publisher = Publisher(root, store, operations, sync, signer)
+        views = ViewGuard(clock)
         intake = Intake(
-            settings.topic_root, core, operations, sync, self.bad, max_payload=settings.max_payload
+            settings.topic_root,
+            core,
+            operations,
+            sync,
+            self.bad,
+            views,
+            max_payload=settings.max_payload,
         )
         identities = self._identities(signer.public_key_b64)
         handler = RequestHandler(
             operations, store, max_payload=settings.max_payload, identities=identities
         )
-        desk = RequestDesk(handler, publisher, sync.synced, intake.drop)
+        desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop)
         await publisher.carry_out(None, operations.ensure_default())
         return DaemonParts(
             settings,
@@ -133,6 +142,7 @@ class PresenceService:
             publisher,
             desk,
             beacon,
+            views,
             identities if identities.enabled else None,
         )
 
