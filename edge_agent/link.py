@@ -102,6 +102,8 @@ class BrokerLink:
         self._heartbeat_due = math.inf
         self._connected_at: float | None = None
         self._cmd_sub_mid: int | None = None
+        self._status_sub_mid: int | None = None
+        self._status_refusal_told = False
         self._ever_took_bdseq = False
         self._reasserted_at = -math.inf
         self._status_garbage_logged_at = -math.inf
@@ -209,7 +211,9 @@ class BrokerLink:
     def on_subscribed(self, mid: int, refused: tuple[str, ...]) -> bool:
         """True when this is the SUBACK of ``cmd`` that ends the handshake."""
         if mid != self._cmd_sub_mid or self.phase is not Phase.SUBSCRIBING:
-            if refused:
+            if refused and mid == self._status_sub_mid:
+                self._status_refused()
+            elif refused:
                 log.error("broker refused a subscription", reasons=list(refused))
             return False
         self._handshake_deadline = math.inf
@@ -226,9 +230,20 @@ class BrokerLink:
         self._publish_online(now)
         log.info("online", interval=self.interval, events_pending=events_pending)
         try:
-            self.session.subscribe(self.status_topic, no_local=True)
+            self._status_sub_mid = self.session.subscribe(self.status_topic, no_local=True)
         except BrokerUnavailable as exc:
             log.warning("subscribe failed", detail=str(exc))
+
+    def _status_refused(self) -> None:
+        # Under `broker init` an environment's role may not read its own status topic, and
+        # nobody else may write it either: there is nothing to re-assert against.
+        if not self._status_refusal_told:
+            self._status_refusal_told = True
+            log.info(
+                "this identity may not read its own status topic (a scoped broker role); "
+                "its online is not re-asserted between heartbeats",
+                topic=self.status_topic,
+            )
 
     # losing it ------------------------------------------------------------------------------
     def connection_lost(self, now: float) -> float | None:
