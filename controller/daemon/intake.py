@@ -15,6 +15,7 @@ import structlog
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Effects, Operations
 from edgeplane.controller.core.presence import Judgement, Presence
+from edgeplane.controller.daemon.command_keys import KeyRotator
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.shared.codec import EVENT, STATUS, check_env
 from edgeplane.shared.errors import DecodeError, InvalidTopic
@@ -43,8 +44,10 @@ class Intake:
         bad: BadInput,
         *,
         max_payload: int,
+        keys: KeyRotator | None = None,
     ) -> None:
         self._root = root
+        self._keys = keys
         self._core = core
         self._ops = operations
         self._sync = sync
@@ -88,9 +91,13 @@ class Intake:
         if judgement.stale:
             log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
         came_online = any(t.to_status == "online" for t in judgement.transitions)
+        keys = None if self._keys is None else self._keys.on_status(status)
         if came_online or _reports_inventory(status):
-            return Taken(judgement, self._ops.after_status(status, came_online))
-        return Taken(judgement, None)  # a plain heartbeat: the hot path
+            effects = self._ops.after_status(status, came_online)
+            if keys is not None:
+                effects.extend(keys)
+            return Taken(judgement, effects)
+        return Taken(judgement, keys)  # a plain heartbeat (keys None): the hot path
 
     def _take_event(self, env: str, payload: bytes) -> Taken | None:
         event = EVENT.decode(payload, limit=self._limit)
@@ -101,6 +108,9 @@ class Intake:
         if effects is None:
             log.debug("duplicate event", env=event.env, src=event.src, seq=event.seq)
             return None
+        keys = None if self._keys is None else self._keys.on_event(event)
+        if keys is not None:
+            effects.extend(keys)
         return Taken(None, effects)
 
 
