@@ -44,7 +44,7 @@ async def wait_rotation(system: System, state: str) -> dict[str, Any]:
     async def reached() -> bool:
         nonlocal found
         found = await rotation(system, "--status")
-        return found["state"] == state
+        return bool(found["state"] == state)
 
     for _ in range(100):
         if await reached():

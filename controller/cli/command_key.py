@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from edgeplane.controller.operator.args import add_operator_flags
 from edgeplane.controller.operator.settings import load_operator_settings
@@ -49,7 +49,9 @@ def rotate_command_key(args: argparse.Namespace) -> int:
     from edgeplane.shared.rpc import CommandKeyRequest
 
     settings = load_operator_settings(args)
-    action = "finish" if args.finish else "status" if args.status else "rotate"
+    action: Literal["status", "rotate", "finish"] = (
+        "finish" if args.finish else "status" if args.status else "rotate"
+    )
 
     async def session() -> CommandKeyInfo:
         async with ControllerClient(
