@@ -73,6 +73,7 @@ class HeartbeatBuilder:
         self._seq = 0
         self.box_key = ""  # the agent's public box key, sent in a connection's first online
         self.cred_gen = 0  # the credential generation the connection logged in with
+        self.taken_over_by = ""  # told once, in the next online message
 
     @property
     def interval(self) -> float:
@@ -116,8 +117,10 @@ class HeartbeatBuilder:
             platform=self._platform if first else None,
             box_key=self.box_key if first else "",
             cred_gen=self.cred_gen,
+            taken_over_by=self.taken_over_by,
         )
         self._seq += 1
+        self.taken_over_by = ""
         return message
 
     def _changed_inventory(self) -> Inventory | None:

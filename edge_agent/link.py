@@ -6,8 +6,11 @@ CONNECT with a clean start; after CONNACK subscribe to ``cmd``; after its SUBACK
 online (retained, with a message expiry of about three intervals), then subscribe to the
 agent's own status topic to notice an offline that is not its own and re-assert online.
 Heartbeats follow every interval. A lost connection is retried forever with capped,
-jittered backoff; a session taken over by another runtime with the same identity gets a
-long backoff instead (:mod:`edge_agent.takeover` tells one from the other).
+jittered backoff. A session taken over by another runtime with the same identity
+(:mod:`edge_agent.takeover` tells one from the other) is taken back at once the first
+time, with the other runtime's boot id in the first online message (``taken_over_by``),
+so the controller raises ``identity-conflict`` within seconds; a takeover again within
+:data:`TAKEOVER_CAP` gets the long backoff, so two runtimes never fight in a tight loop.
 
 :class:`BrokerLink` keeps the phase of the connection and its deadlines; the agent's loop
 (:mod:`edge_agent.agent`) decides, around it, what a stop or a retirement changes.
@@ -89,6 +92,7 @@ class BrokerLink:
         self._backoff = Backoff(initial=0.5, cap=30.0)
         takeover_cap = max(TAKEOVER_CAP, config.takeover_backoff)
         self._takeover_backoff = Backoff(initial=config.takeover_backoff, cap=takeover_cap)
+        self._takeovers = 0  # in a row, each within TAKEOVER_CAP of the connection before
         self.interval = config.heartbeat_interval
         self._expiry = message_expiry(config.heartbeat_interval)
 
@@ -272,12 +276,22 @@ class BrokerLink:
     ) -> None:
         if was_connected_for is not None and was_connected_for >= TAKEOVER_CAP:
             self._takeover_backoff.reset()
-        delay = self._takeover_backoff.next_delay()
+            self._takeovers = 0
+        self._takeovers += 1
+        # The first time, at once: the controller then sees this boot come back and raises
+        # identity-conflict. After that, the long backoff.
+        delay = 0.0 if self._takeovers == 1 else self._takeover_backoff.next_delay()
+        self.heartbeat.taken_over_by = other_boot or "unknown"
         self.phase = Phase.IDLE
         self._retry_at = now + delay
+        then = (
+            "connecting again at once to say so"
+            if delay == 0
+            else "waiting before connecting again"
+        )
         log.error(
             f"session taken over: another runtime is using the identity of environment "
-            f"{self.env!r}; waiting before connecting again",
+            f"{self.env!r}; {then}",
             env_id=self.env,
             other_boot=other_boot,
             retry_in=round(delay, 1),

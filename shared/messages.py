@@ -115,6 +115,9 @@ class OnlineStatus(
     # credential this connection logged in with (0: the enrolled one; absent when 0).
     box_key: ShortText = ""
     cred_gen: Count = 0
+    # In the first online message after another runtime took this agent's session over:
+    # that runtime's boot id ("unknown" when the broker said so without naming it).
+    taken_over_by: ShortText = ""
 
 
 class OfflineStatus(msgspec.Struct, frozen=True, tag="offline", tag_field="status"):

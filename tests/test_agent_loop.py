@@ -88,21 +88,40 @@ def test_lost_connection_reconnects_quickly_with_a_new_bdseq(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("code", "other_boot"), [(0x8E, None), (128, "b0b0b0")])
-def test_takeover_means_a_long_backoff_and_an_error_naming_the_env(
+def test_a_takeover_is_taken_back_at_once_and_said_then_a_second_means_a_long_backoff(
     tmp_path: Path, code: int, other_boot: str | None
 ) -> None:
     agent, broker, _ = make_agent(tmp_path, other_boot=other_boot, takeover_backoff=60.0)
     broker.at(5, lambda: broker.drop(code))
+    broker.at(8, lambda: broker.drop(code))  # taken over again, soon after
     broker.at(200, agent.request_stop)
     with capture_logs() as logs:
         agent.run()
     connects = [t for t, a, _ in broker.record if a == "connect"]
-    assert len(connects) == 2
-    assert 35 <= connects[1] <= 65, "between half the takeover backoff and all of it"
+    assert len(connects) == 3
+    assert connects[1] - 5 < 0.5, "the first takeover is taken back at once"
+    assert 8 + 30 <= connects[2] <= 8 + 60, "between half the takeover backoff and all of it"
+    onlines = [(t, p) for t, p in broker.published() if p["status"] == "online"]
+    said = [(t, p["taken_over_by"]) for t, p in onlines if "taken_over_by" in p]
+    expected = other_boot or "unknown"
+    assert said == [(connects[1], expected), (connects[2], expected)], "once per connection"
     errors = [entry for entry in logs if entry["log_level"] == "error"]
-    assert len(errors) == 1
+    assert len(errors) == 2
     assert ENV in errors[0]["event"]
     assert "another runtime" in errors[0]["event"]
+    assert "at once" in errors[0]["event"]
+    assert "waiting" in errors[1]["event"]
+
+
+def test_a_takeover_long_after_the_last_is_taken_back_at_once_again(tmp_path: Path) -> None:
+    agent, broker, _ = make_agent(tmp_path, other_boot="b0b0b0", takeover_backoff=60.0)
+    broker.at(5, lambda: broker.drop(0x8E))
+    broker.at(700, lambda: broker.drop(0x8E))  # after a connection that lasted
+    broker.at(800, agent.request_stop)
+    agent.run()
+    connects = [t for t, a, _ in broker.record if a == "connect"]
+    assert len(connects) == 3
+    assert connects[2] - 700 < 0.5
 
 
 def test_unanswered_connect_is_dropped_and_retried(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from edgeplane.controller.broker.certs import make_ca
 from edgeplane.controller.broker.dynsec import find_dynsec_plugin, hash_password
 from edgeplane.controller.broker.mosquitto import find_mosquitto
 from edgeplane.controller.broker.process import port_open
-from edgeplane.controller.broker.site import SiteOptions, init_site
+from edgeplane.controller.broker.site import SiteOptions, default_hosts, init_site, validate_host
 from edgeplane.controller.cli.main import main
 from edgeplane.controller.core.acl import CONTROL_TOPIC, CONTROLLER_USER
 from edgeplane.controller.errors import SiteInitError
@@ -225,6 +225,12 @@ def test_a_bad_flag_is_named(tmp_path: Path, flags: list[str], message: str) -> 
     assert result.returncode == 2
     assert message in result.stderr
     assert not (tmp_path / "site").exists()
+
+
+def test_the_default_hosts_are_loopback_and_this_machines_name() -> None:
+    hosts = default_hosts()
+    assert hosts[:2] == ("localhost", "127.0.0.1")
+    assert all(validate_host(host) == host for host in hosts)
 
 
 def test_a_missing_plugin_names_where_it_was_looked_for() -> None:

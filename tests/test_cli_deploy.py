@@ -42,7 +42,7 @@ from edgeplane.shared.rpc import (
     Request,
 )
 from edgeplane.shared.topics import TopicRoot
-from edgeplane.shared.workflow import Step, Workflow
+from edgeplane.shared.workflow import ModelNeed, Requires, Step, Workflow
 from tests.support.procs import Proc
 from tests.support.responder import ok, responder
 from tests.support.system import CliResult, System, open_system
@@ -66,9 +66,13 @@ def info(*, dry_run: bool = False, state: str = "sent", reason: str = "") -> Dep
 
 
 def ending(
-    events: Sequence[Event], *, dry_run: bool = False, service: bool = False
+    events: Sequence[Event],
+    *,
+    dry_run: bool = False,
+    service: bool = False,
+    requires: Requires | None = None,
 ) -> Outcome | None:
-    watch = DeploymentWatch(info(dry_run=dry_run), service=service)
+    watch = DeploymentWatch(info(dry_run=dry_run), service=service, requires=requires)
     outcome = None
     for event in events:
         if watch.belongs(event) and outcome is None:
@@ -110,6 +114,22 @@ def test_a_failed_preflight_names_every_failed_check() -> None:
     assert "secret TOKEN" in dry.reason
     passed = Preflight(seq=2, ok=True, checks=CHECKS[:1], dry_run=True, **mine)
     assert ending([passed], dry_run=True) == Outcome("checked", True)
+
+
+def test_a_preflight_that_leaves_out_a_requirement_fails_whatever_comes_after() -> None:
+    needs = Requires(models=[ModelNeed("detector")], secrets=["TOKEN", "OTHER"])
+    impersonated: list[Event] = [
+        Accepted(seq=1, workflow="w", version="1", **mine),
+        Preflight(seq=2, ok=True, checks=[], **mine),  # "preflight passed: nothing required"
+        Succeeded(seq=3, **mine),
+    ]
+    assert ending(impersonated, requires=needs) == Outcome(
+        "failed", False, "preflight did not check: model detector, secret TOKEN, secret OTHER"
+    )
+    partial = Preflight(seq=2, ok=True, checks=CHECKS[:2], dry_run=True, **mine)
+    assert ending([partial], dry_run=True, requires=needs) == Outcome(
+        "checked", False, "preflight did not check: secret OTHER"
+    )
 
 
 def test_a_failed_step_is_named_with_the_last_line_of_its_stderr() -> None:

@@ -157,6 +157,30 @@ async def test_broker_restart_agents_reconnect_and_views_converge(
 
 
 @pytest.mark.slow
+async def test_a_second_runtime_on_one_identity_raises_the_conflict_within_10_s_by_default(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    """A cloned disk: the agent running there is taken over, takes its session back at
+    once and says so; every setting at its default (heartbeats every 10 s, the takeover
+    backoff of 60 s, the identity window)."""
+    async with watching(broker, root) as probe:
+        await start_controller(broker, root, tmp_path, procs, probe)
+        await start_agent(broker, root, tmp_path, procs, "edge-clone", interval=10, state="a")
+        await probe.wait_json(root.view("edge-clone"), status="online", timeout=20)
+        mark = probe.mark()
+        await start_agent(broker, root, tmp_path, procs, "edge-clone", interval=10, state="b")
+        # the requirement is the number: the wait's timeout is the assertion
+        raised = await probe.wait_json(
+            root.alerts("edge-clone"),
+            after=mark,
+            kind="identity-conflict",
+            state="raised",
+            timeout=10,
+        )
+        assert raised["env"] == "edge-clone"
+
+
+@pytest.mark.slow
 async def test_two_agents_on_one_identity_raise_one_conflict(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:

@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from edgeplane.controller.core.deployments import SENT_GRACE, Deployment, DeploymentBook, next_state
+from edgeplane.controller.core.deployments import (
+    SENT_GRACE,
+    Deployment,
+    DeploymentBook,
+    next_state,
+    unchecked,
+)
 from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.messages import (
     Accepted,
@@ -27,7 +33,14 @@ from edgeplane.shared.messages import (
     Succeeded,
 )
 from edgeplane.shared.rpc import TERMINAL_STATES
-from edgeplane.shared.workflow import Step, Workflow
+from edgeplane.shared.workflow import (
+    BucketNeed,
+    DatasourceNeed,
+    ModelNeed,
+    Requires,
+    Step,
+    Workflow,
+)
 
 FLOW = Workflow(name="inspect", version="1.0", steps=[Step(name="s", run=["true"])])
 
@@ -220,3 +233,80 @@ def test_a_failure_with_nothing_replaced_is_final_at_once() -> None:
     book = DeploymentBook(ManualClock(), [deployment("running")])
     [ended] = book.on_event(ev(Failed, reason="exited 1"))
     assert ended.state == "failed"
+
+
+# --- what the controller did not send, and what a preflight must cover -----------------------
+NEEDS = Requires(
+    models=[ModelNeed("defect-detector", ">=2")],
+    datasources=[DatasourceNeed("line-camera", "tcp://10.0.0.5:554")],
+    buckets=[BucketNeed("results", "/var/results", "write")],
+    secrets=["CAMERA_TOKEN"],
+    endpoints=["inference-api"],
+)
+NEEDY = Workflow(name="inspect", version="1.0", steps=[Step(name="s", run=["true"])],
+                 requires=NEEDS)  # fmt: skip
+
+
+def test_a_preflight_names_every_requirement_it_did_not_check_in_the_workflows_order() -> None:
+    everything = [
+        Check(kind="model", name="defect-detector", ok=True),
+        Check(kind="datasource", name="line-camera", ok=True),
+        Check(kind="bucket", name="results", ok=True),
+        Check(kind="secret", name="CAMERA_TOKEN", ok=True),
+        Check(kind="endpoint", name="inference-api", ok=True),
+    ]
+    assert unchecked(NEEDS, everything) == []
+    assert unchecked(NEEDS, []) == [
+        "model defect-detector", "datasource line-camera", "bucket results",
+        "secret CAMERA_TOKEN", "endpoint inference-api",
+    ]  # fmt: skip
+    # a check of the right name but another kind covers nothing
+    wrong_kind = [Check(kind="model", name="CAMERA_TOKEN", ok=True), *everything[:3]]
+    assert unchecked(NEEDS, wrong_kind) == ["secret CAMERA_TOKEN", "endpoint inference-api"]
+    assert unchecked(Requires(), []) == []
+
+
+def test_an_empty_preflight_of_a_workflow_with_requirements_fails_the_deployment() -> None:
+    needy = deployment("accepted", workflow=NEEDY)
+    secret_only = [Check(kind="secret", name="CAMERA_TOKEN", ok=True)]
+    target = next_state(needy, ev(Preflight, ok=True, checks=secret_only))
+    assert target == (
+        "failed",
+        "preflight did not check: model defect-detector, datasource line-camera, "
+        "bucket results, endpoint inference-api",
+    )
+    # ... then whatever the impersonator claims next changes nothing
+    ended = needy.moved(*target, 1.0)
+    assert run_through([ev(Started, workflow="inspect", version="1.0"), ev(Succeeded)],
+                       ended) == ["failed"]  # fmt: skip
+    # a dry run ends checked, with the same sentence
+    dry = deployment("accepted", workflow=NEEDY, dry_run=True)
+    checked = next_state(dry, ev(Preflight, ok=True, dry_run=True))
+    assert checked is not None
+    assert checked[0] == "checked"
+    assert checked[1].startswith("preflight did not check: model defect-detector, ")
+
+
+def test_a_preflight_that_says_ok_over_a_failed_check_is_a_failed_preflight() -> None:
+    bad = [Check(kind="secret", name="TOKEN", ok=False, detail="missing")]
+    target = next_state(deployment("accepted"), ev(Preflight, ok=True, checks=bad))
+    assert target == ("rejected", "preflight failed: secret TOKEN: missing")
+
+
+def test_only_progress_of_deployments_and_commands_the_controller_issued_is_its_own() -> None:
+    done = deployment("succeeded", id="d-old", cmd="c-old")
+    book = DeploymentBook(ManualClock(), [deployment()], issued=[("edge-a", "d-old", "c-old")])
+    assert book.stranger(ev(Started, workflow="inspect", version="1.0")) == ""
+    assert book.stranger(Succeeded(env="edge-a", seq=1, dep=done.id, cmd=done.cmd)) == ""
+    made_up = Succeeded(env="edge-a", seq=1, dep="d-made-up", cmd="c-1")
+    assert book.stranger(made_up) == "no deployment 'd-made-up' was sent to edge-a"
+    other_cmd = Started(env="edge-a", seq=1, dep="d-1", cmd="c-made-up", workflow="i", version="1")
+    assert book.stranger(other_cmd) == "no command 'c-made-up' was sent to edge-a"
+    elsewhere = Started(env="edge-b", seq=1, dep="d-1", workflow="i", version="1")
+    assert book.stranger(elsewhere) == "no deployment 'd-1' was sent to edge-b"
+    # a refusal of a command we never sent is the agent's report of an attack: kept
+    assert book.stranger(CommandRejected(env="edge-a", seq=1, cmd="c-x", reason="unsigned")) == ""
+    assert book.stranger(Expired(env="edge-a", seq=1, dep="d-x", cmd="c-x")) == ""
+    # a deployment put in the book later is known from then on
+    book.put(deployment("sent", id="d-new", cmd="c-new"))
+    assert book.stranger(Running(env="edge-a", seq=1, dep="d-new", cmd="c-new")) == ""

@@ -330,3 +330,20 @@ class IdentityMachine(RuleBasedStateMachine):
 
 TestIdentityMachine = IdentityMachine.TestCase
 TestIdentityMachine.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
+
+
+def test_an_agent_saying_another_boot_took_its_session_raises_at_once_and_clears_later() -> None:
+    watch = IdentityWatch(window=600, quiet=300)
+    assert observe_all(watch, "dev-a", heartbeats("boot-a", 0.0, 100)) == []
+    # the controller never saw boot-b online; boot-a says boot-b took its session over
+    raised = watch.observe("dev-a", "boot-a", 1000.0, taken_over_by="boot-b")
+    assert raised is not None
+    assert (raised.state, raised.at) == ("raised", 1000.0)
+    assert "'boot-b' took its session over" in raised.detail
+    assert watch.observe("dev-a", "boot-a", 1010.0, taken_over_by="boot-b") is None  # once
+    # quiet counts from the last report, not from when boot-a first appeared
+    assert watch.expire(1309.0) == []
+    [cleared] = watch.expire(1310.0)
+    assert (cleared.state, cleared.at) == ("cleared", 1310.0)
+    # its own boot id named is no report of anything
+    assert watch.observe("dev-a", "boot-a", 1400.0, taken_over_by="boot-a") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 
 from edgeplane.controller.core.flapping import FlapDetector
@@ -19,14 +20,17 @@ from edgeplane.shared.messages import (
     Command,
     Deploy,
     EnvView,
+    Failed,
     OfflineStatus,
     OnlineStatus,
+    Preflight,
     Retire,
+    Succeeded,
     Update,
 )
 from edgeplane.shared.rpc import DeployRequest, EnvCreate, EnvRetire, EnvUpdate
 from edgeplane.shared.topics import TopicRoot
-from edgeplane.shared.workflow import Step, Workflow
+from edgeplane.shared.workflow import Requires, Step, Workflow
 
 ROOT = TopicRoot("t/edgeplane/v1")
 FLOW = Workflow(name="inspect", version="1.0", steps=[Step(name="s", run=["true"])])
@@ -131,6 +135,31 @@ def test_the_ttl_expires_a_queued_deployment_with_an_event_of_the_controllers_ow
         ROOT.events("edge-a"), "controller", 1, info.id,
     )  # fmt: skip
     assert [entry.event for entry in effects.writes.events] == [event]
+
+
+def test_a_preflight_that_checked_nothing_fails_the_deployment_with_an_event_of_its_own() -> None:
+    world = World()
+    world.create("edge-a")
+    world.online("edge-a")
+    needy = msgspec.structs.replace(FLOW, requires=Requires(secrets=["CAMERA_TOKEN"]))
+    info, _ = world.ops.deploy(DeployRequest(env="edge-a", workflow=needy))
+    mine: dict[str, Any] = {"env": "edge-a", "src": "fake", "dep": info.id, "cmd": info.cmd}
+    effects = world.ops.on_event(Preflight(seq=1, ok=True, **mine))
+    assert effects is not None
+    [failed] = effects.writes.deployments
+    assert (failed.state, failed.reason) == (
+        "failed",
+        "preflight did not check: secret CAMERA_TOKEN",
+    )
+    [out] = effects.outgoing
+    told = EVENT.decode(out.payload)
+    assert isinstance(told, Failed)
+    assert (out.topic, told.src, told.dep, told.reason) == (
+        ROOT.events("edge-a"), "controller", info.id, failed.reason,
+    )  # fmt: skip
+    later = world.ops.on_event(Succeeded(seq=2, **mine))
+    assert later is not None
+    assert later.writes.deployments == []  # a failed deployment stays failed
 
 
 def test_a_retired_environment_coming_online_is_told_to_retire() -> None:

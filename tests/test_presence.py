@@ -51,7 +51,7 @@ class ScriptedIdentity:
         self.restored: list[tuple[str, bool, float]] = []
         self.on_expire: list[AlertEdge] = []
 
-    def observe(self, env: str, boot: str, at: float) -> AlertEdge | None:
+    def observe(self, env: str, boot: str, at: float, taken_over_by: str = "") -> AlertEdge | None:
         self.observed.append((env, boot, at))
         return self.on_observe.pop(0) if self.on_observe else None
 

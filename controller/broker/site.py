@@ -9,6 +9,7 @@ What it writes is described in docs/security.md. The directory and the data dire
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -51,9 +52,11 @@ _DNS_LABEL: Final = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
 def default_hosts() -> tuple[str, ...]:
-    """localhost, 127.0.0.1 and this machine's host name."""
-    hosts = ["localhost", "127.0.0.1", socket.gethostname()]
-    return tuple(dict.fromkeys(h for h in hosts if h))
+    """localhost, 127.0.0.1 and this machine's host name (when it is a valid DNS name)."""
+    hosts = ["localhost", "127.0.0.1"]
+    with contextlib.suppress(ValueError):
+        hosts.append(validate_host(socket.gethostname()))
+    return tuple(dict.fromkeys(hosts))
 
 
 def validate_host(host: str) -> str:

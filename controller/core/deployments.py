@@ -19,7 +19,7 @@ are stored and survive a controller restart; the book reads them from an injecte
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -27,6 +27,8 @@ from edgeplane.controller.core.timers import TimerHeap
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.messages import (
     Accepted,
+    Check,
+    CheckKind,
     CommandRejected,
     Event,
     Expired,
@@ -42,7 +44,7 @@ from edgeplane.shared.messages import (
     Succeeded,
 )
 from edgeplane.shared.rpc import TERMINAL_STATES, DeploymentInfo, DeploymentState, LoggedEvent
-from edgeplane.shared.workflow import Workflow
+from edgeplane.shared.workflow import Requires, Workflow
 
 __all__ = [
     "SENT_GRACE",
@@ -50,10 +52,16 @@ __all__ = [
     "DeploymentBook",
     "next_state",
     "short",
+    "unchecked",
 ]
 
 SENT_GRACE: Final = 30.0  # seconds past a command's expiry before "sent" becomes "expired"
 REASON_LIMIT: Final = 256
+# Events that claim a deployment made progress on the target (not a refusal or an expiry).
+_PROGRESS: Final = (
+    Accepted, Preflight, Started, StepStarted, StepFinished, Succeeded, Running, Failed,
+    RolledBack, ServiceRestarted, Stopped,
+)  # fmt: skip
 _RANK: Final[dict[str, int]] = {"queued": 0, "sent": 1, "accepted": 2, "running": 3}
 _FINAL_RANK: Final = 4
 
@@ -102,6 +110,40 @@ class Deployment:
         return dataclasses.replace(self, state=state, reason=short(reason), updated=now)
 
 
+def unchecked(requires: Requires, checks: Sequence[Check]) -> list[str]:
+    """The requirements of ``requires`` that no check of a preflight report covers, as
+    "kind name" (e.g. ``secret CAMERA_TOKEN``), in the order the workflow lists them."""
+    wanted: list[tuple[CheckKind, str]] = [("model", m.name) for m in requires.models]
+    wanted += [("datasource", d.name) for d in requires.datasources]
+    wanted += [("bucket", b.name) for b in requires.buckets]
+    wanted += [("secret", name) for name in requires.secrets]
+    wanted += [("endpoint", name) for name in requires.endpoints]
+    covered = {(check.kind, check.name) for check in checks}
+    return [f"{kind} {name}" for kind, name in wanted if (kind, name) not in covered]
+
+
+def _preflight_verdict(
+    deployment: Deployment, event: Preflight
+) -> tuple[DeploymentState, str] | None:
+    """A report that leaves out a requirement is a failure (an impersonator, or a broken
+    agent, answering "nothing required"), as is one with a failed check, ``ok`` or not."""
+    missing = unchecked(deployment.workflow.requires, event.checks)
+    failed = [f"{c.kind} {c.name}: {c.detail or 'failed'}" for c in event.checks if not c.ok]
+    problems = []
+    if missing:
+        problems.append("preflight did not check: " + ", ".join(missing))
+    if failed:
+        problems.append("preflight failed: " + "; ".join(failed))
+    if not problems and not event.ok:
+        problems.append("preflight failed")
+    summary = "; ".join(problems)
+    if deployment.dry_run or event.dry_run:
+        return "checked", summary or "preflight passed"
+    if missing:
+        return "failed", summary
+    return ("rejected", summary) if summary else None
+
+
 def next_state(deployment: Deployment, event: Event) -> tuple[DeploymentState, str] | None:
     """The state (and reason) ``event`` moves ``deployment`` to; None when it changes
     nothing (not a deployment event, a duplicate, a late one, or the end was reached)."""
@@ -121,14 +163,8 @@ def _target(deployment: Deployment, event: Event) -> tuple[DeploymentState, str]
     match event:
         case Accepted():
             return "accepted", ""
-        case Preflight(ok=ok, checks=checks):
-            failed = [f"{c.kind} {c.name}: {c.detail or 'failed'}" for c in checks if not c.ok]
-            summary = "preflight failed: " + "; ".join(failed) if failed else ""
-            if deployment.dry_run or event.dry_run:
-                return "checked", summary or ("preflight passed" if ok else "preflight failed")
-            if not ok:
-                return "rejected", summary or "preflight failed"
-            return None
+        case Preflight():
+            return _preflight_verdict(deployment, event)
         case Started() | StepStarted() | StepFinished() | ServiceRestarted() | Running():
             return "running", ""
         case Succeeded():
@@ -148,17 +184,44 @@ def _target(deployment: Deployment, event: Event) -> tuple[DeploymentState, str]
 
 
 class DeploymentBook:
-    """The deployments not yet in a terminal state, their command ids and deadlines."""
+    """The deployments not yet in a terminal state, their command ids and deadlines; and
+    the ids of every deployment and deploy command ever issued (:meth:`stranger`)."""
 
-    def __init__(self, clock: Clock, deployments: Iterable[Deployment] = ()) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        deployments: Iterable[Deployment] = (),
+        issued: Iterable[tuple[str, str, str]] = (),
+    ) -> None:
         self._clock = clock
         self._active: dict[str, Deployment] = {}
         self._by_cmd: dict[str, str] = {}
         self._deadlines = TimerHeap()
         # replacement id -> the deployment it stopped, while a rollback may still come
         self._replaced: dict[str, Deployment] = {}
+        self._issued_deps: set[tuple[str, str]] = set()  # (env, dep)
+        self._issued_cmds: set[tuple[str, str]] = set()  # (env, cmd)
+        for env, dep, cmd in issued:
+            self._note_issued(env, dep, cmd)
         for deployment in deployments:
             self.put(deployment)
+
+    def stranger(self, event: Event) -> str:
+        """Why ``event`` is of no deployment this controller sent ("" when it is, or when
+        it claims no progress): its (env, dep) or (env, cmd) was never issued. Refusals
+        and expiries pass: they report what the agent did not run."""
+        if not isinstance(event, _PROGRESS):
+            return ""
+        if event.dep and (event.env, event.dep) not in self._issued_deps:
+            return f"no deployment {event.dep!r} was sent to {event.env}"
+        if event.cmd and (event.env, event.cmd) not in self._issued_cmds:
+            return f"no command {event.cmd!r} was sent to {event.env}"
+        return ""
+
+    def _note_issued(self, env: str, dep: str, cmd: str) -> None:
+        self._issued_deps.add((env, dep))
+        if cmd:
+            self._issued_cmds.add((env, cmd))
 
     def __len__(self) -> int:
         return len(self._active)
@@ -171,6 +234,7 @@ class DeploymentBook:
 
     def put(self, deployment: Deployment) -> Deployment:
         """Track ``deployment`` (or stop tracking it, once it is final)."""
+        self._note_issued(deployment.env, deployment.id, deployment.cmd)
         if deployment.final:
             self._forget(deployment)
             return deployment

@@ -12,6 +12,9 @@ Semantics, all times being plain floats in one clock chosen by the caller:
   ``max_boots`` set, also when more than ``max_boots`` distinct boot ids were seen within
   the window (two runtimes that each restart, so no id ever comes back). That rule is off
   by default because a crash-looping agent looks the same, and flapping covers that case.
+* **Raised** (once) also by an online message that says its session was taken over by
+  another boot id (``taken_over_by``): the agent that lost its session to a second runtime
+  reconnects at once and says so, so the alert does not wait to see the boot ids alternate.
 * **Cleared** (once) when only one boot id has been seen for ``quiet`` seconds: that is,
   ``quiet`` seconds after the current boot id started, if no other one has appeared since.
   Clearing is time-driven; :meth:`IdentityWatch.next_deadline` says when it falls due and
@@ -85,8 +88,9 @@ class IdentityWatch:
         return self._deadlines.next_deadline()
 
     # --- events --------------------------------------------------------------------------
-    def observe(self, env: str, boot: str, at: float) -> AlertEdge | None:
-        """Take note of an online message of ``env`` from boot ``boot`` at time ``at``.
+    def observe(self, env: str, boot: str, at: float, taken_over_by: str = "") -> AlertEdge | None:
+        """Take note of an online message of ``env`` from boot ``boot`` at time ``at``
+        (``taken_over_by``: the message says that boot id took its session over).
 
         Returns the ``raised`` edge when this message reveals a conflict that was not
         already raised, else None. As with the flap detector, a ``cleared`` edge that fell
@@ -101,6 +105,9 @@ class IdentityWatch:
         at = max(at, state.last_at)
         edges = self._settle(env, state, at)
         why = self._note(state, boot, at)
+        if why is None and taken_over_by and taken_over_by != boot:
+            why = f"boot id {boot[:60]!r} says {taken_over_by[:60]!r} took its session over"
+            state.current_since = at  # two runtimes as of now: quiet from here
         if why is not None and not state.conflict:
             state.conflict = True
             edges.append(self._edge(env, "raised", at, why))

@@ -33,8 +33,10 @@ from edgeplane.shared.messages import (
     EnvView,
     Event,
     Expired,
+    Failed,
     OfflineStatus,
     OnlineStatus,
+    Preflight,
     Restart,
     Retire,
     Stopped,
@@ -97,6 +99,7 @@ class Operations:
         records: Iterable[Environment] = (),
         inventories: Iterable[ReportedInventory] = (),
         deployments: Iterable[Deployment] = (),
+        issued: Iterable[tuple[str, str, str]] = (),
         seen: Iterable[tuple[str, str, int]] = (),
         controller_seq: int = 0,
     ) -> None:
@@ -106,7 +109,7 @@ class Operations:
         self._command_ttl = command_ttl
         self.registry = Registry(records)
         self._inventory: dict[str, ReportedInventory] = {i.env: i for i in inventories}
-        self.book = DeploymentBook(clock, deployments)
+        self.book = DeploymentBook(clock, deployments, issued)
         self.seen = SeenEvents(seen)
         self._seq = controller_seq
 
@@ -151,6 +154,17 @@ class Operations:
                 views[record.id] = _unknown_view(record)
         return views
 
+    def expected_view(self, env: str) -> EnvView | None:
+        """What ``R/view/{env}`` should hold (None: nothing, for a retired environment or
+        one the controller does not know)."""
+        record = self.registry.get(env)
+        if record is not None and record.retired is not None:
+            return None
+        presence = self._presence.get(env)
+        if presence is not None:
+            return self.public_view(presence.view())
+        return None if record is None else _unknown_view(record)
+
     def _view_of(self, record: Environment) -> Outgoing:
         presence = self._presence.get(record.id)
         view = _unknown_view(record) if presence is None else self.public_view(presence.view())
@@ -194,6 +208,12 @@ class Operations:
         return effects
 
     # --- events ---------------------------------------------------------------------------
+    def stranger(self, event: Event) -> str:
+        """Why ``event`` is of no deployment this controller sent ("" when it is): such an
+        event is dropped before it is logged, or even counted as seen (a forged ``seq``
+        must not hide the agent's real events)."""
+        return self.book.stranger(event)
+
     def on_event(self, event: Event) -> Effects | None:
         """Log ``event`` once and move its deployment on; None for a duplicate."""
         if not self.seen.first_time(event.env, event.src, event.seq):
@@ -201,7 +221,19 @@ class Operations:
         effects = Effects()
         effects.writes.events.append(LogEntry(event, self._clock.time()))
         if event.env in self.registry:  # an unregistered agent's events change nothing
-            effects.writes.deployments.extend(self.book.on_event(event))
+            moved = self.book.on_event(event)
+            effects.writes.deployments.extend(moved)
+            if isinstance(event, Preflight):
+                effects.extend(self._judged_preflight(moved))
+        return effects
+
+    def _judged_preflight(self, moved: Sequence[Deployment]) -> Effects:
+        """A deployment failed by the controller's reading of a preflight (a requirement
+        left unchecked) is told on its events topic, so ``deploy --wait`` sees it."""
+        effects = Effects()
+        for deployment in moved:
+            if deployment.state == "failed":
+                effects.extend(self._own_event(Failed, deployment, reason=deployment.reason))
         return effects
 
     # --- time -----------------------------------------------------------------------------
@@ -357,7 +389,10 @@ class Operations:
             raise RequestRefused("offline", f"{offline_sentence(env, presence)}; cannot {what}")
 
     def _own_event(
-        self, kind: type[Expired] | type[Stopped], deployment: Deployment, **fields: Any
+        self,
+        kind: type[Expired] | type[Stopped] | type[Failed],
+        deployment: Deployment,
+        **fields: Any,
     ) -> Effects:
         """An event of the controller's own stream, logged and published like an agent's."""
         self._seq += 1

@@ -58,7 +58,9 @@ class FlapTracker(Protocol):
 class IdentityTracker(Protocol):
     """What the core needs of controller.core.identity.IdentityWatch (wall-clock times)."""
 
-    def observe(self, env: str, boot: str, at: float) -> AlertEdge | None: ...
+    def observe(
+        self, env: str, boot: str, at: float, taken_over_by: str = ""
+    ) -> AlertEdge | None: ...
     def expire(self, now: float) -> list[AlertEdge]: ...
     def next_deadline(self) -> float | None: ...
     def in_conflict(self, env: str) -> bool: ...
@@ -228,7 +230,7 @@ class Presence:
         record.boot = message.boot
         record.interval = message.interval
         self._deadlines.set(message.env, self._clock.monotonic() + _timeout(message.interval))
-        self._observe_boot(record, now, judgement)
+        self._observe_boot(record, now, judgement, message.taken_over_by)
         if record.status != "online":
             self._transition(record, "online", HEARTBEAT, now, retained, judgement)
         judgement.records.append(record.snapshot())
@@ -301,8 +303,10 @@ class Presence:
                 self._apply_edge(edge, judgement, publish_view=False)
         judgement.views.append(record.view())
 
-    def _observe_boot(self, record: EnvRecord, now: float, judgement: Judgement) -> None:
-        edge = self._identity.observe(record.env, record.boot, now)
+    def _observe_boot(
+        self, record: EnvRecord, now: float, judgement: Judgement, taken_over_by: str = ""
+    ) -> None:
+        edge = self._identity.observe(record.env, record.boot, now, taken_over_by)
         if edge is not None:
             self._apply_edge(edge, judgement)
 

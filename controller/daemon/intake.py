@@ -3,7 +3,8 @@
 A status goes through the presence core (and through operations when it brought an
 environment online or reports an inventory); an event through operations (each logged
 once, by env, src and seq); a view and the controller's own status into the retained
-sync. Bad input is counted and dropped, never raised: the receive loop must not stop.
+sync, and a view someone else wrote wrong to the view guard. Bad input is counted and
+dropped, never raised: the receive loop must not stop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import structlog
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Effects, Operations
 from edgeplane.controller.core.presence import Judgement, Presence
+from edgeplane.controller.core.views import ViewGuard, same_judgement
 from edgeplane.controller.daemon.command_keys import KeyRotator
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.shared.codec import EVENT, STATUS, check_env
@@ -42,6 +44,7 @@ class Intake:
         operations: Operations,
         sync: RetainedSync,
         bad: BadInput,
+        views: ViewGuard,
         *,
         max_payload: int,
         keys: KeyRotator | None = None,
@@ -52,6 +55,7 @@ class Intake:
         self._ops = operations
         self._sync = sync
         self._bad = bad
+        self._views = views
         self._limit = max_payload
 
     def judge(self, topic: str, payload: bytes, retained: bool) -> Taken | None:
@@ -61,9 +65,9 @@ class Intake:
             if parsed.kind is TopicKind.STATUS:
                 return self._take_status(parsed.env or "", payload, retained)
             if parsed.kind is TopicKind.EVENTS:
-                return self._take_event(parsed.env or "", payload)
+                return self._take_event(topic, parsed.env or "", payload)
             if parsed.kind is TopicKind.VIEW:
-                self._sync.note_view(parsed.env or "", payload)
+                self._take_view(parsed.env or "", payload)
             elif parsed.kind is TopicKind.CONTROLLER_STATUS:
                 self._sync.note_controller_status(payload)
         except InvalidTopic as exc:
@@ -99,11 +103,32 @@ class Intake:
             return Taken(judgement, effects)
         return Taken(judgement, keys)  # a plain heartbeat (keys None): the hot path
 
-    def _take_event(self, env: str, payload: bytes) -> Taken | None:
+    def _take_view(self, env: str, payload: bytes) -> None:
+        """A view arriving after the sync was written by someone else (we subscribe
+        without our own): wrong ones are noted, to be put right."""
+        syncing = self._sync.syncing
+        try:
+            held = self._sync.note_view(env, payload)
+        except DecodeError:
+            if not syncing:
+                self._views.wrong(env)
+            raise
+        if not syncing and not same_judgement(held, self._ops.expected_view(env)):
+            self._views.wrong(env)
+
+    def _take_event(self, topic: str, env: str, payload: bytes) -> Taken | None:
         event = EVENT.decode(payload, limit=self._limit)
         check_env(event.env, env)
         if event.src == CONTROLLER_SRC:
             return None  # our own, stored before it was published
+        stranger = self._ops.stranger(event)
+        if stranger:
+            self.drop(
+                "unknown-deployment",
+                topic,
+                f"{type(event).__struct_config__.tag} event: {stranger}",
+            )
+            return None
         effects = self._ops.on_event(event)
         if effects is None:
             log.debug("duplicate event", env=event.env, src=event.src, seq=event.seq)

@@ -7,7 +7,7 @@
 ``subscriber`` the two rounds of the retained sync, then what waited for it;
 ``publisher``  the outbox, each item once the store committed what it shows;
 ``ticker``     time-driven judgements (heartbeat timeouts, flap and identity expiry) when
-               the next one falls due;
+               the next one falls due, and views someone else wrote wrong, put right;
 ``stats``      the retained controller status with its counters;
 ``requests-N`` a few workers answering operator requests, once the sync is done.
 
@@ -31,6 +31,7 @@ import structlog
 from edgeplane.controller.core.acl import CONTROL_RESPONSE_TOPIC
 from edgeplane.controller.core.operations import Operations
 from edgeplane.controller.core.presence import Presence
+from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.beacon import StatusBeacon
 from edgeplane.controller.daemon.identities import Identities
 from edgeplane.controller.daemon.intake import Intake
@@ -68,6 +69,7 @@ class DaemonParts:
     publisher: Publisher
     desk: RequestDesk
     beacon: StatusBeacon
+    views: ViewGuard
     identities: Identities | None = None  # None: the broker has none (no broker init)
 
 
@@ -85,6 +87,7 @@ class PresenceLink:
         self._beacon = parts.beacon
         self._ids = parts.identities
         self._admin = None if parts.identities is None else parts.identities.admin
+        self._views = parts.views
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -197,6 +200,14 @@ class PresenceLink:
             deadline = self._ops.next_deadline()
             if deadline is not None and deadline <= self._clock.time():
                 await self._publisher.carry_out(None, self._ops.tick())
+            await self._correct_views()
+
+    async def _correct_views(self) -> None:
+        due = self._views.due()
+        for env in due:
+            await self._publisher.send_view(env, self._ops.expected_view(env))
+        if due:
+            log.warning("views written by someone else put right", envs=due[:10], count=len(due))
 
     async def _refresh_status(self, connection: Connection) -> None:
         await self._beacon.refresh(connection, self._settings.stats_interval)

@@ -1,12 +1,15 @@
 """Operator requests taken off the receive path (MQTT 5 request/response).
 
 The receiver hands each message on the requests topic to :meth:`RequestDesk.take`, which
-checks its response topic, drops a retained one (a stale request left on the broker must
-not run at every start) and a re-delivery (QoS 1 may deliver twice: the first is answered,
-a deploy runs once), and queues it. A few workers (:meth:`serve`) answer the queue once the
-retained state is synchronised: :class:`~edgeplane.controller.daemon.requests.RequestHandler`
-does the work, the publisher stores its effects and sends the reply. A full queue is
-answered at once with ``unavailable``.
+checks its response topic (only a requester's own, ``R/controller/reply/{client}``: a
+reply anywhere else would let anyone who may send requests publish around the broker's
+ACL, on a view, a cmd topic or outside the tree), drops a retained one (a stale request
+left on the broker must not run at every start) and a re-delivery (QoS 1 may deliver
+twice: the first is answered, a deploy runs once), and queues it. A few workers
+(:meth:`serve`) answer the queue once the retained state is synchronised:
+:class:`~edgeplane.controller.daemon.requests.RequestHandler` does the work, the
+publisher stores its effects and sends the reply. A full queue is answered at once with
+``unavailable``.
 """
 
 from __future__ import annotations
@@ -24,14 +27,15 @@ from edgeplane.controller.daemon.publisher import Publisher
 from edgeplane.controller.daemon.requests import RequestHandler, failed
 from edgeplane.controller.mqtt import Message
 from edgeplane.shared.codec import encode
+from edgeplane.shared.errors import InvalidTopic
 from edgeplane.shared.rpc import REQUEST_EXPIRY, Reply
+from edgeplane.shared.topics import TopicKind, TopicRoot
 
 __all__ = ["REQUEST_QUEUE", "REQUEST_WORKERS", "RequestDesk"]
 
 REQUEST_WORKERS: Final = 4
 REQUEST_QUEUE: Final = 1000
 RECENT_REQUESTS: Final = 4096  # correlation data remembered to run a re-delivery once
-MAX_TOPIC_BYTES: Final = 65_535
 
 log: Final = structlog.get_logger("controller")
 
@@ -49,11 +53,13 @@ class PendingRequest:
 class RequestDesk:
     def __init__(
         self,
+        root: TopicRoot,
         handler: RequestHandler,
         publisher: Publisher,
         synced: asyncio.Event,
         drop: Drop,
     ) -> None:
+        self._root = root
         self._handler = handler
         self._publisher = publisher
         self._synced = synced
@@ -67,8 +73,9 @@ class RequestDesk:
         if not response_topic:
             self._drop("no-response-topic", topic, "a request without a response topic")
             return
-        if not _publishable(response_topic):
-            self._drop("bad-response-topic", topic, f"response topic {response_topic[:100]!r}")
+        if not self._is_reply_topic(response_topic):
+            why = f"response topic {response_topic[:100]!r} is not {self._root}/controller/reply/ID"
+            self._drop("bad-response-topic", topic, why)
             return
         if message.retained:
             self._drop("retained-request", topic, "a retained request")
@@ -93,6 +100,12 @@ class RequestDesk:
             number = await self._publisher.carry_out(None, effects)
             await self._publisher.send(_reply_message(pending, reply), after=number)
 
+    def _is_reply_topic(self, topic: str) -> bool:
+        try:
+            return self._root.parse(topic).kind is TopicKind.REPLY
+        except InvalidTopic:
+            return False
+
     def _seen_before(self, key: tuple[str, bytes]) -> bool:
         """Whether this (response topic, correlation data) came lately; remembers it."""
         if key in self._recent:
@@ -110,12 +123,4 @@ def _reply_message(pending: PendingRequest, reply: Reply) -> Outgoing:
         False,
         expiry=REQUEST_EXPIRY,
         correlation=pending.correlation,
-    )
-
-
-def _publishable(topic: str) -> bool:
-    """A topic one may publish to: no wildcards, no NUL, within MQTT's length."""
-    return (
-        not any(ch in topic for ch in "+#\x00")
-        and len(topic.encode("utf-8", "replace")) <= MAX_TOPIC_BYTES
     )

@@ -29,6 +29,7 @@ from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations
 from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.core.records import Writes
+from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.beacon import StatusBeacon
 from edgeplane.controller.daemon.broker_admin import BrokerAdmin
 from edgeplane.controller.daemon.command_keys import CommandKeys, KeyRotator, open_command_keys
@@ -122,6 +123,7 @@ class PresenceService:
             records=await store.records(),
             inventories=await store.inventories(),
             deployments=await store.active_deployments(),
+            issued=await store.issued_deployments(),
             seen=await store.stream_heads(),
             controller_seq=await store.last_seq(CONTROLLER_SRC),
         )
@@ -131,10 +133,17 @@ class PresenceService:
         rotator = KeyRotator(keys, root, clock, operations, core, settings.command_ttl)
         sync = RetainedSync(root, beacon.boot, settings.max_payload)
         publisher = Publisher(root, store, operations, sync, keys)
+        views = ViewGuard(clock)
         intake = Intake(
-            settings.topic_root, core, operations, sync, self.bad,
-            max_payload=settings.max_payload, keys=rotator,
-        )  # fmt: skip
+            settings.topic_root,
+            core,
+            operations,
+            sync,
+            self.bad,
+            views,
+            max_payload=settings.max_payload,
+            keys=rotator,
+        )
         identities = self._identities(keys.current.public_key_b64)
 
         def enrol_with(signer: CommandSigner) -> None:
@@ -145,7 +154,7 @@ class PresenceService:
             operations, store, max_payload=settings.max_payload, identities=identities,
             keys=rotator,
         )  # fmt: skip
-        desk = RequestDesk(handler, publisher, sync.synced, intake.drop)
+        desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop)
         await publisher.carry_out(None, operations.ensure_default())
         return DaemonParts(
             settings,
@@ -158,6 +167,7 @@ class PresenceService:
             publisher,
             desk,
             beacon,
+            views,
             identities if identities.enabled else None,
         )
 

@@ -234,6 +234,11 @@ class Store:
         )
         return [rows.deployment_from_row(row) for row in found]
 
+    async def issued_deployments(self) -> list[tuple[str, str, str]]:
+        """(env, id, cmd) of every deployment ever created."""
+        found = await self._query("SELECT env, id, cmd FROM deployments")
+        return [(row[0], row[1], row[2]) for row in found]
+
     async def deployments(self, env: str = "", limit: int = 50) -> list[Deployment]:
         """Deployments, newest first (all, or one environment's)."""
         where, args = (" WHERE env = ?", [env]) if env else ("", [])

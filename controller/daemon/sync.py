@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Final
 
+from edgeplane.controller.core.views import same_judgement
 from edgeplane.controller.mqtt import Connection, Subscription
 from edgeplane.shared.codec import CONTROLLER_STATUS, VIEW, check_env
 from edgeplane.shared.messages import EnvView
@@ -68,18 +69,19 @@ class RetainedSync:
         await birth(connection)
         await self._echo.wait()
 
-    def note_view(self, env: str, payload: bytes) -> None:
-        """A view the broker holds: collected while syncing. An empty one (cleared) is no
-        error; garbage raises :class:`DecodeError` (counted like any other bad input, and
-        ours replaces it)."""
+    def note_view(self, env: str, payload: bytes) -> EnvView | None:
+        """A view the broker holds (None: cleared), collected while syncing. An empty one
+        is no error; garbage raises :class:`DecodeError` (counted like any other bad
+        input, and ours replaces it)."""
         if self.syncing:
             self._broker_views[env] = None
         if not payload:
-            return
+            return None
         view = VIEW.decode(payload, limit=self._max_payload)
         check_env(view.env, env)
         if self.syncing:
             self._broker_views[env] = view
+        return view
 
     def note_controller_status(self, payload: bytes) -> None:
         if not payload:
@@ -110,21 +112,8 @@ class RetainedSync:
             if view is None:
                 if held is not None:
                     chosen.append((env, None))
-            elif not _same_judgement(held, view):
+            elif not same_judgement(held, view):
                 chosen.append((env, view))
         self._broker_views.clear()
         self._sent_while_syncing.clear()
         return chosen
-
-
-def _same_judgement(held: EnvView | None, ours: EnvView) -> bool:
-    """Whether the broker's view says what ours says (``last_seen`` moves with every
-    heartbeat and is not re-published for that alone)."""
-    return held is not None and (
-        held.status,
-        held.since,
-        held.flapping,
-        held.reason,
-        held.interval,
-        held.registered,
-    ) == (ours.status, ours.since, ours.flapping, ours.reason, ours.interval, ours.registered)

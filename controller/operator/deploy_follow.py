@@ -88,7 +88,10 @@ class DeployFollower:
         if self._watch is None:
             self._sent = await ctl.call(request, within=self.timeout)
             self._announce(self._sent, final=False)
-            self._watch = DeploymentWatch(self._sent, service=request.workflow.kind == "service")
+            workflow = request.workflow
+            self._watch = DeploymentWatch(
+                self._sent, service=workflow.kind == "service", requires=workflow.requires
+            )
             self._give_up = time.monotonic() + wait_for
             reconnect.deadline = self._give_up
             reconnect.settled()

@@ -8,17 +8,20 @@ The end, as the command reports it:
 - a service: ``running`` (exit 0) once its last step is up, or one of the failures;
 - a dry run: ``checked``, ok when every preflight check passed.
 
-A failed preflight ends a real deployment at once (the agent runs nothing after it), with
-the failed checks named. A deployment that replaced a running one (the agent says so by
-stopping the old one "replaced by" the new id) is not over when it fails: the agent then
-restores the old one, and the end is ``rolled-back`` (or ``failed`` when the old one could
-not be restored either).
+A preflight report that leaves out a requirement of the workflow sent (an impersonator
+answering "nothing required") ends it as ``failed``, naming what was not checked, as the
+controller judges it too. A failed preflight ends a real deployment at once (the agent
+runs nothing after it), with the failed checks named. A deployment that replaced a
+running one (the agent says so by stopping the old one "replaced by" the new id) is not
+over when it fails: the agent then restores the old one, and the end is ``rolled-back``
+(or ``failed`` when the old one could not be restored either).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgeplane.controller.core.deployments import unchecked
 from edgeplane.controller.operator.event_text import failed_checks, output_tail
 from edgeplane.shared.messages import (
     CommandRejected,
@@ -33,6 +36,7 @@ from edgeplane.shared.messages import (
     Succeeded,
 )
 from edgeplane.shared.rpc import TERMINAL_STATES, DeploymentInfo
+from edgeplane.shared.workflow import Requires
 
 __all__ = ["DeploymentWatch", "Outcome"]
 
@@ -45,8 +49,11 @@ class Outcome:
 
 
 class DeploymentWatch:
-    def __init__(self, info: DeploymentInfo, *, service: bool) -> None:
+    def __init__(
+        self, info: DeploymentInfo, *, service: bool, requires: Requires | None = None
+    ) -> None:
         self.dep = info.id
+        self.requires = requires or Requires()  # what the workflow sent needs checked
         self.env = info.env
         self.dry_run = info.dry_run
         self.service = service
@@ -67,6 +74,9 @@ class DeploymentWatch:
         if event.dep != self.dep:
             return self._take_replaced(event)
         match event:
+            case Preflight() if missing := unchecked(self.requires, event.checks):
+                why = "preflight did not check: " + ", ".join(missing)
+                return Outcome("checked" if self.dry_run else "failed", False, why)
             case Preflight() if self.dry_run or not event.ok:
                 failed = "" if event.ok else f"preflight failed: {failed_checks(event)}"
                 return Outcome("checked" if self.dry_run else "rejected", event.ok, failed)
