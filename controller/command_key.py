@@ -18,12 +18,51 @@ from pathlib import Path
 from edgeplane.controller.errors import CommandKeyError
 from edgeplane.shared.command_signature import KEY_BYTES, CommandSigner
 
-__all__ = ["load_command_key", "public_key_file"]
+__all__ = [
+    "load_command_key",
+    "load_next_key",
+    "make_next_key",
+    "next_key_file",
+    "promote_next_key",
+    "public_key_file",
+]
 
 
 def public_key_file(path: Path) -> Path:
     """Where the public half of the key in ``path`` is written."""
     return path.with_name(path.name + ".pub")
+
+
+def next_key_file(path: Path) -> Path:
+    """Where the new key waits while the key in ``path`` is rotated."""
+    return path.with_name(path.name + ".next")
+
+
+def make_next_key(path: Path) -> CommandSigner:
+    """A new key in :func:`next_key_file` (one left there before, never used, is replaced)."""
+    target = next_key_file(path)
+    try:
+        target.unlink(missing_ok=True)
+    except OSError as exc:
+        raise CommandKeyError(f"cannot replace {target}: {exc.strerror}") from exc
+    _create(target)
+    return CommandSigner(_read_seed(target))
+
+
+def load_next_key(path: Path) -> CommandSigner | None:
+    """The new key waiting beside ``path`` (None: there is none)."""
+    target = next_key_file(path)
+    return CommandSigner(_read_seed(target)) if target.exists() else None
+
+
+def promote_next_key(path: Path) -> CommandSigner:
+    """The new key moved over the old one in ``path`` (the old key is gone)."""
+    target = next_key_file(path)
+    try:
+        os.replace(target, path)
+    except OSError as exc:
+        raise CommandKeyError(f"cannot move {target} to {path}: {exc.strerror}") from exc
+    return load_command_key(path)
 
 
 def load_command_key(path: Path | None) -> CommandSigner:

@@ -48,9 +48,9 @@ from edgeplane.edge_agent.session import (
 from edgeplane.edge_agent.state import BdseqStore, OverridesStore
 from edgeplane.edge_agent.stopping import CleanStop
 from edgeplane.edge_agent.takeover import TakeoverCheck
+from edgeplane.edge_agent.trusted_keys import TrustedKeys
 from edgeplane.edge_agent.waker import Waker
 from edgeplane.shared.clock import Clock, SystemClock
-from edgeplane.shared.command_signature import key_id
 from edgeplane.shared.logs import bound_context, get_logger, unbind_context
 from edgeplane.shared.messages import Credentials, Retire
 
@@ -131,12 +131,13 @@ class Agent:
         )
         self._stop = CleanStop(self._link, self._pump, self._executor, clock)
         self._retirement: Retirement | None = None
+        self._trusted = TrustedKeys(config.state_dir, config.trusted_keys())
         self._commands = CommandHandler(
             env,
             clock,
             self._outbox,
             commands=self._outbox,
-            command_keys=config.trusted_keys(),
+            key_store=self._trusted,
             executor=self._executor,
             on_update=self._settings.apply_update,
             on_retire=self._begin_retirement,
@@ -202,9 +203,9 @@ class Agent:
             models_dir=None if config.models_dir is None else str(config.models_dir),
             endpoints=sorted(config.endpoints),
             events_pending=len(self._outbox),
-            command_keys=[key_id(key) for key in config.trusted_keys()],
+            command_keys=self._trusted.key_ids(),
         )
-        if not config.trusted_keys():
+        if not self._trusted.keys():
             log.warning(ENROL_HINT)
         if self._executor is None:
             log.warning("this installation cannot run workflows: deployments will be refused")

@@ -25,7 +25,10 @@ durable too):
   ``restart``: handed to the executor, which acknowledges it; ``retire``: handed to the
   agent's retirement, after which every other command is rejected; ``credentials``: a
   rotated broker credential, kept by the agent's callback and acknowledged (``ack``, op
-  ``credentials``), after which the agent logs in again with it.
+  ``credentials``), after which the agent logs in again with it; ``trust`` and
+  ``distrust``: a command key added to or dropped from the keys the agent trusts (the
+  injected :class:`KeyStore`, kept in its state directory), acknowledged (``ack``, op
+  ``trust`` / ``distrust``). A distrust of the key that signed it is refused.
 
 A command is remembered before it runs: one that the agent dies in the middle of taking
 is not taken again (the controller sees no answer rather than a second run).
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import msgspec
 
@@ -51,12 +54,14 @@ from edgeplane.shared.messages import (
     CommandRejected,
     Credentials,
     Deploy,
+    Distrust,
     Event,
     Expired,
     Ping,
     Pong,
     Restart,
     Retire,
+    Trust,
     Update,
 )
 
@@ -69,12 +74,15 @@ __all__ = [
     "CommandHandler",
     "CommandLog",
     "Execution",
+    "KeyStore",
     "MemoryCommandLog",
     "RateLimit",
     "UpdateOutcome",
 ]
 
-KNOWN_COMMANDS: Final = frozenset({"ping", "deploy", "update", "restart", "retire", "credentials"})
+KNOWN_COMMANDS: Final = frozenset(
+    {"ping", "deploy", "update", "restart", "retire", "credentials", "trust", "distrust"}
+)
 LOG_EVERY: Final = 60.0  # seconds between two log lines about one rejection reason
 _SHORT_TEXT: Final = 256
 ENROL_HINT: Final = (
@@ -104,6 +112,17 @@ class Execution(Protocol):
     def submit(self, command: Deploy) -> None: ...
 
     def restart(self, workflow: str = "", cmd_id: str = "") -> None: ...
+
+
+class KeyStore(Protocol):
+    """The command keys an agent trusts, changed by ``trust`` and ``distrust`` commands
+    (:class:`~edge_agent.trusted_keys.TrustedKeys` keeps them on disk)."""
+
+    def keys(self) -> list[bytes]: ...
+
+    def trust(self, public_key: str) -> UpdateOutcome: ...
+
+    def distrust(self, name: str, signed_by: str) -> UpdateOutcome: ...
 
 
 class MemoryCommandLog:
@@ -157,9 +176,11 @@ class CommandHandler:
     """Takes command payloads; answers through ``sink``; returns the events it emitted.
 
     ``command_keys`` are the public keys (32 bytes each) whose signatures it trusts (none:
-    every command is refused). ``executor`` runs deployments and restarts (None: this agent
-    cannot run workflows, and says so). ``on_update`` applies an update and says how it
-    went; ``on_retire`` starts the retirement (None: retiring is refused).
+    every command is refused); with ``key_store``, the keys are the store's, which
+    ``trust`` and ``distrust`` commands change. ``executor`` runs deployments and
+    restarts (None: this agent cannot run workflows, and says so). ``on_update`` applies
+    an update and says how it went; ``on_retire`` starts the retirement (None: retiring
+    is refused).
     """
 
     def __init__(
@@ -174,6 +195,7 @@ class CommandHandler:
         on_update: Callable[[Update], UpdateOutcome] | None = None,
         on_retire: Callable[[Retire], None] | None = None,
         on_credentials: Callable[[Credentials], UpdateOutcome] | None = None,
+        key_store: KeyStore | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         answer_limit: RateLimit | None = None,
     ) -> None:
@@ -187,7 +209,10 @@ class CommandHandler:
         self._clock = clock
         self._sink = sink
         self._command_keys = tuple(command_keys)
+        self._key_store = key_store
         self._verifier: CommandVerifier | None = None  # made at the first command
+        self._verifier_keys: tuple[bytes, ...] = ()
+        self._signed_by = ""  # the key id of the command being handled
         self._commands = MemoryCommandLog() if commands is None else commands
         self._on_update = on_update
         self._on_retire = on_retire
@@ -220,7 +245,7 @@ class CommandHandler:
     # authentication --------------------------------------------------------------------------
     def _verified(self, payload: bytes) -> bytes:
         """The command JSON inside a payload signed by a trusted key."""
-        if not self._command_keys:
+        if not self._trusted():
             raise CommandRefused("no-command-key", ENROL_HINT)
         try:
             envelope = SIGNED_COMMAND.decode(payload, limit=self.max_payload)
@@ -228,14 +253,23 @@ class CommandHandler:
             if exc.reason == "schema" and _command_type(payload) != "signed":
                 raise CommandRefused("unsigned", "not a signed command") from exc
             raise
-        return self._verifier_for_keys().open(envelope)
+        inner = self._verifier_for_keys().open(envelope)
+        self._signed_by = envelope.key
+        return inner
+
+    def _trusted(self) -> tuple[bytes, ...]:
+        if self._key_store is None:
+            return self._command_keys
+        return tuple(self._key_store.keys())
 
     def _verifier_for_keys(self) -> CommandVerifier:
-        if self._verifier is None:
+        keys = self._trusted()
+        if self._verifier is None or keys != self._verifier_keys:
             # Here, not at the top: PyNaCl stays out of an idle agent's memory.
             from edgeplane.shared.command_signature import CommandVerifier
 
-            self._verifier = CommandVerifier(self._command_keys)
+            self._verifier = CommandVerifier(keys)
+            self._verifier_keys = keys
         return self._verifier
 
     def _authentic_command(self, inner: bytes) -> Command:
@@ -271,6 +305,8 @@ class CommandHandler:
                 return self._retire(command)
             case Credentials():
                 return [self._credentials(command)]
+            case Trust() | Distrust():
+                return [self._key_change(command)]
 
     def _deploy(self, command: Deploy) -> list[Event]:
         if self.executor is None:
@@ -305,6 +341,17 @@ class CommandHandler:
         else:
             ok, detail = self._on_credentials(command)
         return self._sink.emit(Ack, cmd=command.id, op="credentials", ok=ok, detail=_short(detail))
+
+    def _key_change(self, command: Trust | Distrust) -> Event:
+        op: Literal["trust", "distrust"] = "trust" if isinstance(command, Trust) else "distrust"
+        store = self._key_store
+        if store is None:
+            ok, detail = False, "this agent keeps no command keys of its own"
+        elif isinstance(command, Trust):
+            ok, detail = store.trust(command.key)
+        else:
+            ok, detail = store.distrust(command.key, self._signed_by)
+        return self._sink.emit(Ack, cmd=command.id, op=op, ok=ok, detail=_short(detail))
 
     def _retire(self, command: Retire) -> list[Event]:
         if self._on_retire is None:

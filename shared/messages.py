@@ -29,6 +29,7 @@ __all__ = [
     "ControllerStatus",
     "Credentials",
     "Deploy",
+    "Distrust",
     "EnvView",
     "Event",
     "Expired",
@@ -51,6 +52,7 @@ __all__ = [
     "StepStarted",
     "Stopped",
     "Succeeded",
+    "Trust",
     "Update",
     "ViewStatus",
     "replace",
@@ -147,6 +149,11 @@ class ControllerStatus(msgspec.Struct, frozen=True):
     # needs to trust the controller (its `command_key` setting). Never the private key.
     command_key: ShortText = ""
     command_key_id: ShortText = ""
+    # Command key rotation: the id of every key the controller signs with now (the current
+    # one first; two while a rotation is rolling), and the rotation's state ("rolling",
+    # "finished": the old key is dropped, agents are told to distrust it; "" none).
+    command_key_ids: list[ShortText] = []
+    command_key_rotation: ShortText = ""
 
 
 # --- R/view/{env} ---------------------------------------------------------------------------
@@ -241,7 +248,23 @@ class Credentials(_Command, frozen=True, kw_only=True, tag="credentials"):
     box_key: ShortText = ""  # the agent key it is sealed to
 
 
-Command = Ping | Deploy | Update | Restart | Retire | Credentials
+class Trust(_Command, frozen=True, kw_only=True, tag="trust"):
+    """Trust ``key`` (a base64 Ed25519 public key, the controller's new command key) too,
+    from now on and across restarts; acknowledged (``ack``, op ``trust``). Sent signed with
+    a key the agent trusts already, while the controller's command key is rotated."""
+
+    key: ShortText
+
+
+class Distrust(_Command, frozen=True, kw_only=True, tag="distrust"):
+    """Stop trusting the key whose id is ``key`` (the controller's old command key, once a
+    rotation is finished); acknowledged (``ack``, op ``distrust``). Refused when it is the
+    key that signed this command or the only key the agent trusts."""
+
+    key: ShortText
+
+
+Command = Ping | Deploy | Update | Restart | Retire | Credentials | Trust | Distrust
 
 
 class SignedCommand(msgspec.Struct, frozen=True, tag="signed", tag_field="type"):
@@ -383,9 +406,10 @@ class Expired(_Event, frozen=True, kw_only=True, tag="expired"):
 
 
 class Ack(_Event, frozen=True, kw_only=True, tag="ack"):
-    """The outcome of an ``update``, ``restart``, ``retire`` or ``credentials`` command."""
+    """The outcome of an ``update``, ``restart``, ``retire``, ``credentials``, ``trust`` or
+    ``distrust`` command."""
 
-    op: Literal["update", "restart", "retire", "credentials"]
+    op: Literal["update", "restart", "retire", "credentials", "trust", "distrust"]
     ok: bool
     detail: ShortText = ""
 

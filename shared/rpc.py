@@ -37,6 +37,8 @@ __all__ = [
     "REQUEST_EXPIRY",
     "RESULT_TYPES",
     "TERMINAL_STATES",
+    "CommandKeyInfo",
+    "CommandKeyRequest",
     "DeployRequest",
     "DeploymentInfo",
     "DeploymentList",
@@ -225,6 +227,14 @@ class OperatorRemove(_Request, frozen=True, kw_only=True, tag="operator-remove")
     name: OperatorName
 
 
+class CommandKeyRequest(_Request, frozen=True, kw_only=True, tag="command-key"):
+    """Result: :class:`CommandKeyInfo`. ``action``: ``status`` (change nothing), ``rotate``
+    (make a new command key and roll it out to every agent), ``finish`` (drop the old key
+    now, even though some agents have not acknowledged the new one)."""
+
+    action: Literal["status", "rotate", "finish"] = "status"
+
+
 Request = (
     EnvCreate
     | EnvList
@@ -239,6 +249,7 @@ Request = (
     | OperatorAdd
     | OperatorList
     | OperatorRemove
+    | CommandKeyRequest
 )
 
 
@@ -320,6 +331,26 @@ class DeploymentInfo(msgspec.Struct, frozen=True, kw_only=True):
     events: list[LoggedEvent] = []  # filled by deployment-show only
 
 
+class CommandKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """The controller's command keys and the rotation under way. ``key_id`` signs every
+    command now (for agents that acknowledged ``next_key_id``, that one does); ``state``:
+    ``rolling``, ``finished`` (the old key is dropped; agents are told to distrust it),
+    ``done`` or ``""`` (never rotated). Agents by what they did: ``pending`` have not yet
+    acknowledged the new key, ``trusted`` did (and still trust the old one too), ``done``
+    trust only the new key, ``lost`` never took the new key before the old one was dropped:
+    they refuse every command now and must be enrolled again."""
+
+    key_id: ShortText
+    next_key_id: ShortText = ""
+    state: ShortText = ""
+    started: UnixTime | None = None
+    finished: UnixTime | None = None
+    pending: list[ShortText] = []
+    trusted: list[ShortText] = []
+    done: list[ShortText] = []
+    lost: list[ShortText] = []
+
+
 class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The answer to one request. ``ok`` false: ``code`` and ``error`` (one sentence for
     people) say why, and ``result`` may hold details."""
@@ -344,6 +375,7 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     OperatorAdd: OperatorAdded,
     OperatorList: list[OperatorInfo],
     OperatorRemove: OperatorInfo,
+    CommandKeyRequest: CommandKeyInfo,
 }
 
 # Codecs of the two rpc topics (here, not in shared.codec: the agent never needs them).

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from edgeplane.controller.core.alerts import AlertEdge
+from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
+from edgeplane.controller.core.records import Writes
 from edgeplane.controller.daemon.schema import SCHEMA_VERSION
 from edgeplane.controller.daemon.store import open_store
 from edgeplane.controller.errors import StoreError
@@ -109,13 +111,29 @@ async def test_an_older_schema_is_migrated_keeping_its_rows(tmp_path: Path) -> N
     with sqlite3.connect(db) as conn:  # back to version 1
         conn.execute("DROP INDEX transitions_by_time")
         conn.execute("DROP INDEX alerts_by_env")
-        for table in ("records", "inventory", "deployments", "oplog", "credentials"):  # 3, 4
+        tables = ("records", "inventory", "deployments", "oplog", "credentials")  # 3, 4
+        for table in (*tables, "key_rotation", "key_agents"):  # 5
             conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 1")
     async with open_store(db) as store:
         assert [r.env for r in await store.envs()] == ["kept"]
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+async def test_a_key_rotation_is_kept_and_a_new_one_forgets_the_agents_of_the_last(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "c.db"
+    first = KeyRotation("old", "new", "TkVX", "finished", 1.0, 2.0)
+    second = KeyRotation("new", "newer", "TkVXRVI=", "rolling", 3.0)
+    async with open_store(db) as store:
+        await store.submit(Writes(key_rotation=[first], key_agents=[AgentTrust("a", "done")]))
+        await store.flush()
+        assert await store.key_rotation() == (first, [AgentTrust("a", "done")])
+        await store.submit(Writes(key_rotation=[second], key_agents=[AgentTrust("b", "trust")]))
+    async with open_store(db) as store:
+        assert await store.key_rotation() == (second, [AgentTrust("b", "trust")])
 
 
 async def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import signal
 from typing import TYPE_CHECKING
 
+from edgeplane.controller.cli import command_key
 from edgeplane.controller.daemon.settings import CONTROLLER_SETTINGS, load_settings
 from edgeplane.shared import settings as common
 from edgeplane.shared.errors import EdgeplaneError
@@ -30,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--config", metavar="FILE", default=None, help="TOML file of settings; env EDGEPLANE_CONFIG"
     )
     run.set_defaults(handler=run_controller)
+    command_key.add_parser(commands)
 
 
 def run_controller(args: argparse.Namespace) -> int:

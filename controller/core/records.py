@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgeplane.controller.core.deployments import Deployment
+from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.registry import Environment
 from edgeplane.controller.core.rotation import Credential
 from edgeplane.shared.messages import Event, Platform
@@ -43,6 +44,8 @@ class Writes:
     deployments: list[Deployment] = field(default_factory=list)
     events: list[LogEntry] = field(default_factory=list)
     credentials: list[Credential] = field(default_factory=list)
+    key_rotation: list[KeyRotation] = field(default_factory=list)
+    key_agents: list[AgentTrust] = field(default_factory=list)
     urgent: bool = False
 
     def extend(self, other: Writes) -> None:
@@ -51,9 +54,17 @@ class Writes:
         self.deployments.extend(other.deployments)
         self.events.extend(other.events)
         self.credentials.extend(other.credentials)
+        self.key_rotation.extend(other.key_rotation)
+        self.key_agents.extend(other.key_agents)
         self.urgent = self.urgent or other.urgent
 
     def __bool__(self) -> bool:
         return bool(
-            self.records or self.inventory or self.deployments or self.events or self.credentials
+            self.records
+            or self.inventory
+            or self.deployments
+            or self.events
+            or self.credentials
+            or self.key_rotation
+            or self.key_agents
         )

@@ -11,13 +11,13 @@ from typing import Final, Literal
 import structlog
 
 from edgeplane.controller.core.badinput import BadInput
-from edgeplane.controller.core.operations import Operations
+from edgeplane.controller.core.operations import Operations, Outgoing
 from edgeplane.controller.core.presence import Presence
+from edgeplane.controller.daemon.command_keys import CommandKeys
 from edgeplane.controller.daemon.sync import SUBSCRIBE_TIMEOUT
 from edgeplane.controller.mqtt import Connection, Will
 from edgeplane.shared import __version__
 from edgeplane.shared.codec import encode
-from edgeplane.shared.command_signature import CommandSigner
 from edgeplane.shared.messages import ControllerStatus
 from edgeplane.shared.topics import TopicRoot
 
@@ -27,8 +27,8 @@ log: Final = structlog.get_logger("controller")
 
 
 class StatusBeacon:
-    """``signer``: the command key, whose public half (and id) every status carries, for
-    agents to be enrolled with."""
+    """``keys``: the command keys; every status carries the current one's public half (and
+    id), for agents to be enrolled with, and the ids of every key in use."""
 
     def __init__(
         self,
@@ -37,7 +37,7 @@ class StatusBeacon:
         bad: BadInput,
         operations: Operations,
         since: float,
-        signer: CommandSigner,
+        keys: CommandKeys,
     ) -> None:
         self.boot = uuid.uuid4().hex[:16]
         self._topic = root.controller_status()
@@ -45,7 +45,7 @@ class StatusBeacon:
         self._bad = bad
         self._ops = operations
         self._since = since
-        self._signer = signer
+        self._keys = keys
 
     def will(self) -> Will:
         return Will(self._topic, encode(self.status("offline")), qos=1, retain=True)
@@ -76,9 +76,15 @@ class StatusBeacon:
             stale=self._core.stale,
             dropped=self._bad.counts,
             duplicates=self._ops.seen.duplicates,
-            command_key=self._signer.public_key_b64,
-            command_key_id=self._signer.key_id,
+            command_key=self._keys.current.public_key_b64,
+            command_key_id=self._keys.current.key_id,
+            command_key_ids=self._keys.key_ids,
+            command_key_rotation=self._keys.state,
         )
+
+    def announcement(self) -> Outgoing:
+        """The online status, as a message for the publisher (the keys changed)."""
+        return Outgoing(self._topic, encode(self.status("online")), True)
 
     def counters(self) -> dict[str, object]:
         return {

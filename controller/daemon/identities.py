@@ -84,7 +84,7 @@ class Identities:
         self._root = root
         self._presence = presence
         self._ca_pem = ca_pem
-        self._command_key = command_key
+        self.command_key = command_key  # the current one: a key rotation changes it
         self._grace = lockout_grace
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -248,7 +248,7 @@ class Identities:
     def _credential(
         self, username: str, sealed: str, *, for_agent: bool = True
     ) -> SealedCredential:
-        key = self._command_key if for_agent else ""
+        key = self.command_key if for_agent else ""
         return SealedCredential(
             username=username, sealed_password=sealed, ca_pem=self._ca_pem, command_key=key
         )

@@ -17,6 +17,7 @@ from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Effects, Operations
 from edgeplane.controller.core.presence import Judgement, Presence
 from edgeplane.controller.core.views import ViewGuard, same_judgement
+from edgeplane.controller.daemon.command_keys import KeyRotator
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.shared.codec import EVENT, STATUS, check_env
 from edgeplane.shared.errors import DecodeError, InvalidTopic
@@ -46,8 +47,10 @@ class Intake:
         views: ViewGuard,
         *,
         max_payload: int,
+        keys: KeyRotator | None = None,
     ) -> None:
         self._root = root
+        self._keys = keys
         self._core = core
         self._ops = operations
         self._sync = sync
@@ -92,9 +95,13 @@ class Intake:
         if judgement.stale:
             log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
         came_online = any(t.to_status == "online" for t in judgement.transitions)
+        keys = None if self._keys is None else self._keys.on_status(status)
         if came_online or _reports_inventory(status):
-            return Taken(judgement, self._ops.after_status(status, came_online))
-        return Taken(judgement, None)  # a plain heartbeat: the hot path
+            effects = self._ops.after_status(status, came_online)
+            if keys is not None:
+                effects.extend(keys)
+            return Taken(judgement, effects)
+        return Taken(judgement, keys)  # a plain heartbeat (keys None): the hot path
 
     def _take_view(self, env: str, payload: bytes) -> None:
         """A view arriving after the sync was written by someone else (we subscribe
@@ -126,6 +133,9 @@ class Intake:
         if effects is None:
             log.debug("duplicate event", env=event.env, src=event.src, seq=event.seq)
             return None
+        keys = None if self._keys is None else self._keys.on_event(event)
+        if keys is not None:
+            effects.extend(keys)
         return Taken(None, effects)
 
 

@@ -20,11 +20,11 @@ import structlog
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.operations import Effects, Operations, Outgoing
 from edgeplane.controller.core.presence import Judgement, Transition
+from edgeplane.controller.daemon.command_keys import CommandKeys
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.controller.mqtt import Connection
 from edgeplane.shared.codec import encode
-from edgeplane.shared.command_signature import CommandSigner
 from edgeplane.shared.errors import BrokerUnavailable
 from edgeplane.shared.messages import Alert, EnvView
 from edgeplane.shared.topics import TopicRoot
@@ -38,8 +38,9 @@ log = structlog.get_logger("controller")
 
 
 class Publisher:
-    """The outbox of one controller, kept across connections. Commands are signed with
-    ``signer`` as they enter it (so a command sent again is the same bytes)."""
+    """The outbox of one controller, kept across connections. Commands are signed as they
+    enter it (so a command sent again is the same bytes), with the key ``keys`` names for
+    their environment (the old or the new one while the key is rotated)."""
 
     def __init__(
         self,
@@ -47,10 +48,10 @@ class Publisher:
         store: Store,
         operations: Operations,
         sync: RetainedSync,
-        signer: CommandSigner,
+        keys: CommandKeys,
     ) -> None:
         self._root = root
-        self._signer = signer
+        self._keys = keys
         self._store = store
         self._ops = operations
         self._sync = sync
@@ -79,7 +80,8 @@ class Publisher:
     def _signed(self, item: Outgoing) -> Outgoing:
         if not item.command:
             return item
-        payload = self._signer.seal(item.payload)
+        env = self._root.parse(item.topic).env or ""
+        payload = self._keys.signer_for(env).seal(item.payload)
         return dataclasses.replace(item, payload=payload, command=False)
 
     async def send_view(self, env: str, view: EnvView | None) -> None:

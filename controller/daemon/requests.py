@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from edgeplane.controller.core.operations import Effects, Operations
+from edgeplane.controller.daemon.command_keys import KeyRotator
 from edgeplane.controller.daemon.identities import NO_IDENTITIES, Identities
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.errors import RequestRefused, StoreError
@@ -23,6 +24,7 @@ from edgeplane.shared.errors import DecodeError
 from edgeplane.shared.rpc import (
     MAX_REPLY,
     REQUEST,
+    CommandKeyRequest,
     DeploymentList,
     DeploymentShow,
     DeployRequest,
@@ -67,8 +69,10 @@ class RequestHandler:
         *,
         max_payload: int,
         identities: Identities | None = None,
+        keys: KeyRotator | None = None,
     ) -> None:
         self._ops = operations
+        self._keys = keys
         self._store = store
         self._max_payload = max_payload
         self._ids = identities
@@ -138,6 +142,10 @@ class RequestHandler:
                 return await ids().operators(), Effects()
             case OperatorRemove():
                 return await ids().remove_operator(request, requester), Effects()
+            case CommandKeyRequest(action=action):
+                if self._keys is None:
+                    raise RequestRefused("unavailable", "this controller cannot rotate its key")
+                return self._keys.request(action)
         raise RequestRefused("invalid", f"unknown request {_op(request)!r}")
 
     def _identities(self) -> Identities:

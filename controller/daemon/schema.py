@@ -124,6 +124,26 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         sent_bdseq INTEGER
     );
     """,
+    # version 5: the latest rotation of the command key (one row) and each agent's part in
+    # it (only key ids and the public key: the keys themselves are files)
+    """
+    CREATE TABLE key_rotation (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        old TEXT NOT NULL,
+        new TEXT NOT NULL,
+        new_key TEXT NOT NULL,
+        state TEXT NOT NULL,
+        started REAL NOT NULL,
+        finished REAL
+    );
+    CREATE TABLE key_agents (
+        env TEXT PRIMARY KEY,
+        phase TEXT NOT NULL,
+        cmd TEXT NOT NULL DEFAULT '',
+        sent_bdseq INTEGER,
+        acked REAL
+    );
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -23,15 +23,16 @@ from typing import Final
 
 import structlog
 
-from edgeplane.controller.command_key import load_command_key
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations
 from edgeplane.controller.core.presence import Presence
+from edgeplane.controller.core.records import Writes
 from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.beacon import StatusBeacon
 from edgeplane.controller.daemon.broker_admin import BrokerAdmin
+from edgeplane.controller.daemon.command_keys import CommandKeys, KeyRotator, open_command_keys
 from edgeplane.controller.daemon.identities import Identities
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.links import DaemonParts, EventLink, PresenceLink
@@ -66,9 +67,10 @@ class PresenceService:
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
-        signer = load_command_key(settings.command_key_path)
         async with open_store(settings.db_path) as store:
-            parts = await self._assemble(store, signer)
+            keys = await self._command_keys(store)
+            signer = keys.current
+            parts = await self._assemble(store, keys)
             log.info(
                 "controller starting",
                 db=str(settings.db_path),
@@ -81,6 +83,8 @@ class PresenceService:
                 command_key=signer.public_key_b64,
                 command_key_id=signer.key_id,
                 command_key_file=str(settings.command_key_path or "(in memory)"),
+                command_key_ids=keys.key_ids,
+                command_key_rotation=keys.state,
             )
             log.info(
                 "agents run only commands signed by this controller: give each agent "
@@ -93,7 +97,19 @@ class PresenceService:
             await store.flush()
         log.info("controller stopped", **parts.beacon.counters())
 
-    async def _assemble(self, store: Store, signer: CommandSigner) -> DaemonParts:
+    async def _command_keys(self, store: Store) -> CommandKeys:
+        """The command keys as the key files and the stored rotation left them."""
+        rotation, agents = await store.key_rotation()
+        keys, step = open_command_keys(
+            self.settings.command_key_path, rotation, agents, self._clock
+        )
+        if step:
+            writes = Writes(key_rotation=[] if step.rotation is None else [step.rotation],
+                            key_agents=step.agents, urgent=True)  # fmt: skip
+            await store.wait_committed(await store.submit(writes))
+        return keys
+
+    async def _assemble(self, store: Store, keys: CommandKeys) -> DaemonParts:
         """The core and the operations as the store left them, and the parts around them;
         the default cloud environment, made sure of."""
         settings, clock, core = self.settings, self._clock, self.core
@@ -112,9 +128,11 @@ class PresenceService:
             controller_seq=await store.last_seq(CONTROLLER_SRC),
         )
         root = settings.topic_root
-        beacon = StatusBeacon(root, core, self.bad, operations, self.started, signer)
+        beacon = StatusBeacon(root, core, self.bad, operations, self.started, keys)
+        keys.announce = beacon.announcement
+        rotator = KeyRotator(keys, root, clock, operations, core, settings.command_ttl)
         sync = RetainedSync(root, beacon.boot, settings.max_payload)
-        publisher = Publisher(root, store, operations, sync, signer)
+        publisher = Publisher(root, store, operations, sync, keys)
         views = ViewGuard(clock)
         intake = Intake(
             settings.topic_root,
@@ -124,11 +142,18 @@ class PresenceService:
             self.bad,
             views,
             max_payload=settings.max_payload,
+            keys=rotator,
         )
-        identities = self._identities(signer.public_key_b64)
+        identities = self._identities(keys.current.public_key_b64)
+
+        def enrol_with(signer: CommandSigner) -> None:
+            identities.command_key = signer.public_key_b64  # new bootstrap files: the new key
+
+        keys.on_new_current = enrol_with
         handler = RequestHandler(
-            operations, store, max_payload=settings.max_payload, identities=identities
-        )
+            operations, store, max_payload=settings.max_payload, identities=identities,
+            keys=rotator,
+        )  # fmt: skip
         desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop)
         await publisher.carry_out(None, operations.ensure_default())
         return DaemonParts(

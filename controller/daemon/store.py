@@ -31,11 +31,12 @@ import aiosqlite
 
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.deployments import Deployment
+from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
 from edgeplane.controller.core.records import ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
 from edgeplane.controller.core.rotation import Credential
-from edgeplane.controller.daemon import rows
+from edgeplane.controller.daemon import key_rows, rows
 from edgeplane.controller.daemon.schema import prepare
 from edgeplane.controller.errors import StoreError
 from edgeplane.shared.rpc import LoggedEvent
@@ -156,6 +157,23 @@ class Store:
         credentials = {c.env: rows.credential_row(c) for c in writes.credentials}
         if credentials:
             await self._db.executemany(rows.UPSERT_CREDENTIAL, credentials.values())
+        await self._write_key_rotation(writes)
+
+    async def _write_key_rotation(self, writes: Writes) -> None:
+        if writes.key_rotation:
+            rotation = writes.key_rotation[-1]
+            # A new rotation: the agents' parts in the one before are over.
+            await self._db.execute(
+                "DELETE FROM key_agents WHERE NOT EXISTS"
+                " (SELECT 1 FROM key_rotation WHERE started = ?)",
+                (rotation.started,),
+            )
+            await self._db.execute(
+                key_rows.UPSERT_KEY_ROTATION, key_rows.key_rotation_row(rotation)
+            )
+        agents = {a.env: key_rows.key_agent_row(a) for a in writes.key_agents}
+        if agents:
+            await self._db.executemany(key_rows.UPSERT_KEY_AGENT, agents.values())
 
     # --- reading ------------------------------------------------------------------------
     async def load(
@@ -196,6 +214,13 @@ class Store:
     async def credentials(self) -> list[Credential]:
         found = await self._query(f"{rows.CREDENTIAL_SELECT} ORDER BY env")
         return [rows.credential_from_row(row) for row in found]
+
+    async def key_rotation(self) -> tuple[KeyRotation | None, list[AgentTrust]]:
+        """The latest command key rotation and every agent's part in it."""
+        found = await self._query(key_rows.KEY_ROTATION_SELECT)
+        rotation = key_rows.key_rotation_from_row(found[0]) if found else None
+        agents = await self._query(key_rows.KEY_AGENT_SELECT)
+        return rotation, [key_rows.key_agent_from_row(row) for row in agents]
 
     async def inventories(self) -> list[ReportedInventory]:
         found = await self._query(rows.INVENTORY_SELECT)
