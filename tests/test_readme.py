@@ -157,7 +157,7 @@ def operator_commands() -> Iterator[tuple[tuple[str, ...], set[str]]]:
     the flags it should have."""
     shared, rows = operator_tables()
     for row in rows:
-        words = [w for w in row[0].strip("`").split()[1:] if re.fullmatch(r"\[?[a-z]+\]?", w)]
+        words = [w for w in row[0].strip("`").split()[1:] if re.fullmatch(r"\[?[a-z][a-z-]*\]?", w)]
         flags = shared | set(FLAG.findall(row[1]))
         flags -= set(re.findall(r"no `(--[a-z-]+)`", row[1]))
         required = tuple(w for w in words if not w.startswith("["))

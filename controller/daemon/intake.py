@@ -8,6 +8,7 @@ sync. Bad input is counted and dropped, never raised: the receive loop must not 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 import structlog
@@ -43,8 +44,10 @@ class Intake:
         bad: BadInput,
         *,
         max_payload: int,
+        on_online: Callable[[OnlineStatus], None] | None = None,
     ) -> None:
         self._root = root
+        self._on_online = on_online  # credential rotation's feed (never waits)
         self._core = core
         self._ops = operations
         self._sync = sync
@@ -87,6 +90,8 @@ class Intake:
         judgement = self._core.on_status(status, retained=retained)
         if judgement.stale:
             log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
+        if self._on_online is not None and isinstance(status, OnlineStatus):
+            self._on_online(status)
         came_online = any(t.to_status == "online" for t in judgement.transitions)
         if came_online or _reports_inventory(status):
             return Taken(judgement, self._ops.after_status(status, came_online))
