@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.edge_agent.credentials import CREDENTIALS_FILE
 from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc
@@ -29,6 +30,7 @@ from tests.support.site import (
     SiteClient,
 )
 from tests.support.site_system import Site, connack, read_toml
+from tests.support.system import open_system
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +60,8 @@ class Rotation:
     recorded: list[Received] = field(default_factory=list)
 
     @classmethod
-    async def enroll(cls, site: Site, env: str) -> Rotation:
-        await site.start_controller()
+    async def enroll(cls, site: Site, env: str, *controller_flags: str) -> Rotation:
+        await site.start_controller(*controller_flags)
         bootstrap = site.tmp / f"{env}.toml"
         created = await site.cli(*CREATE, env, "--output", str(bootstrap))
         assert created.code == 0, str(created)
@@ -243,3 +245,41 @@ async def test_an_agent_killed_once_it_stored_the_new_credential_logs_in_with_it
     await rotation.start_agent()
     await rotation.online_on(1)
     await rotation.ends_on(1)
+
+
+async def test_credentials_older_than_rotate_after_are_rotated_on_their_own(
+    site: Site,
+) -> None:
+    rotation = await Rotation.enroll(site, "edge-age", "--rotate-after", "4")
+    await rotation.start_agent()
+    await rotation.online_on(0)
+    await rotation.online_on(1)  # nobody asked
+    shown = await rotation.rotated_to(1)
+    assert shown["credential_generation"] >= 1
+    assert connack(site, rotation.old) in (BAD_CREDENTIALS, NOT_AUTHORIZED)
+
+
+async def test_rotation_on_a_broker_without_identities_is_refused(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        assert (await system.cli(*CREATE, "edge-plain")).code == 0
+        refused = await system.cli("env", "rotate-credentials", "edge-plain", "--wait")
+        assert refused.code == 1
+        assert refused.stderr.strip() == (
+            "edgeplane: this broker has no identities: it was not made by edgeplane broker "
+            "init (the controller logs in without a user name)"
+        )
+        shown = json.loads((await system.cli("env", "show", "edge-plain", "--json")).stdout)
+        assert shown["credential_generation"] is None
+
+
+async def test_an_unknown_environment_or_one_never_seen_is_refused(site: Site) -> None:
+    await Rotation.enroll(site, "edge-new")
+    unknown = await site.cli("env", "rotate-credentials", "edge-nope")
+    assert unknown.code == 1
+    assert "edge-nope" in unknown.stderr
+    unseen = await site.cli("env", "rotate-credentials", "edge-new")
+    assert unseen.code == 1
+    assert "has not reported a box key yet" in unseen.stderr, str(unseen)
