@@ -79,7 +79,7 @@ def _status(info: EnvInfo) -> str:
 def _credential(info: EnvInfo, now: float) -> str:
     """``generation 2, 3d old; rotating to 3 (sent)``."""
     since = info.credential_since
-    age = "" if since is None else f", {ago(now - since).removesuffix(' ago')} old"
+    age = "" if since is None else f", {ago(max(0.0, now - since)).removesuffix(' ago')} old"
     text = f"generation {info.credential_generation}{age}"
     if info.rotation_state:
         text += f"; rotating to {info.rotation_target} ({info.rotation_state})"
