@@ -13,6 +13,7 @@ One lock keeps the rotator's steps from interleaving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import Final
 
@@ -30,8 +31,8 @@ from edgeplane.shared.rpc import EnvInfo
 __all__ = ["ROTATION_QUEUE", "RotationDesk", "with_credential"]
 
 ROTATION_QUEUE: Final = 1000  # online messages waiting for the rotator
-TICK_MIN: Final = 1.0  # seconds between looks for credentials due (at least ...)
-TICK_MAX: Final = 60.0  # ... and at most: records come and go
+TICK_MIN: Final = 1.0  # seconds after rotating what was due before looking again
+TICK_MAX: Final = 60.0  # most seconds between looks: records come and go
 
 log: Final = structlog.get_logger("controller")
 
@@ -50,6 +51,7 @@ class RotationDesk:
         self._synced = synced
         self._queue: asyncio.Queue[OnlineStatus] = asyncio.Queue(ROTATION_QUEUE)
         self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()  # wakes the ticker
         self.dropped = 0
 
     @property
@@ -86,6 +88,7 @@ class RotationDesk:
         while True:
             status = await self._queue.get()
             await self._guarded(self.rotator.on_online(status), status.env)
+            self._changed.set()
 
     async def tick(self) -> None:
         """Rotate every credential older than ``rotate_after`` when it comes of age."""
@@ -95,9 +98,19 @@ class RotationDesk:
         while True:
             due = self.rotations.next_due(self.enrolled())
             wait = TICK_MAX if due is None else due - self._clock.time()
-            await asyncio.sleep(min(max(wait, TICK_MIN), TICK_MAX))
+            if wait > 0:
+                await self._nap(min(wait, TICK_MAX))
+                continue
             async with self._lock:
                 await self.rotator.rotate_due(self.enrolled())
+            await asyncio.sleep(TICK_MIN)  # a rotation that failed is not tried in a loop
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until a credential changed (a new box key: due sooner)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
+        self._changed.clear()
 
     def enrolled(self) -> dict[str, float]:
         """Every active environment: when its record was made."""
