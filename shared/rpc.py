@@ -50,6 +50,7 @@ __all__ = [
     "EnvList",
     "EnvRestart",
     "EnvRetire",
+    "EnvRotateCredentials",
     "EnvShow",
     "EnvUpdate",
     "ErrorCode",
@@ -172,6 +173,16 @@ class EnvRetire(_Request, frozen=True, kw_only=True, tag="env-retire"):
     id: ShortText
 
 
+class EnvRotateCredentials(_Request, frozen=True, kw_only=True, tag="env-rotate-credentials"):
+    """Result: :class:`EnvInfo` with the rotation under way (``rotation_target`` is the new
+    generation). Under ``broker init`` only: a new broker client is made beside the one in
+    use, its password goes to the agent sealed to the agent's box key, and the old client
+    is removed once the agent is online with the new one (an offline agent gets it when it
+    returns). Asked again before the agent took it, the same generation is made anew."""
+
+    id: ShortText
+
+
 class DeployRequest(_Request, frozen=True, kw_only=True, tag="deploy"):
     """Result: :class:`DeploymentInfo` (``sent`` or ``queued``). Refusals come back as a
     failed :class:`Reply` with a code and a sentence naming the cause."""
@@ -242,6 +253,7 @@ Request = (
     | EnvUpdate
     | EnvRestart
     | EnvRetire
+    | EnvRotateCredentials
     | DeployRequest
     | DeploymentList
     | DeploymentShow
@@ -276,6 +288,14 @@ class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     # False for an agent that connects as an environment with no record (then project,
     # stage, location and purpose are empty): it never receives commands.
     registered: bool = True
+    # Under broker init: the generation of the broker credential in use (None: the broker
+    # has no identities), since when, and the rotation under way ("" none; else creating,
+    # created, sent or removing, see docs/security.md), to generation rotation_target.
+    credential_generation: Count | None = None
+    credential_since: UnixTime | None = None
+    rotation_state: ShortText = ""
+    rotation_target: Count = 0
+    rotation_started: UnixTime | None = None
 
 
 class SealedCredential(msgspec.Struct, frozen=True, kw_only=True):
@@ -368,6 +388,7 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     EnvUpdate: EnvInfo,
     EnvRestart: dict[str, str],
     EnvRetire: EnvInfo,
+    EnvRotateCredentials: EnvInfo,
     DeployRequest: DeploymentInfo,
     DeploymentList: list[DeploymentInfo],
     DeploymentShow: DeploymentInfo,

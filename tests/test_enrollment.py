@@ -6,116 +6,34 @@ file. What is asserted is what a user sees, and what the broker lets each identi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import stat
-import sys
-import tomllib
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
-from edgeplane.controller.core.acl import Acl, Role
 from edgeplane.shared.topics import TopicRoot
-from tests.support.procs import Proc, start_proc
+from tests.support.procs import Proc
 from tests.support.site import (
     BAD_CREDENTIALS,
     NOT_AUTHORIZED,
-    DynsecAdmin,
     Identity,
-    NoSession,
-    Received,
     SiteBroker,
-    SiteClient,
+)
+from tests.support.site_system import (
+    Site,
+    connack,
+    is_online,
+    read_toml,
+    refused_within,
 )
 from tests.support.system import open_system
 
 pytestmark = pytest.mark.slow
 
 CREATE = ("env", "create", "--stage", "prod", "--location", "berlin", "--purpose", "vision")
-
-
-@dataclass
-class Run:
-    code: int
-    stdout: str
-    stderr: str
-
-    def __str__(self) -> str:
-        return f"exit {self.code}\nstdout: {self.stdout}\nstderr: {self.stderr}"
-
-
-@dataclass
-class Site:
-    broker: SiteBroker
-    tmp: Path
-    procs: list[Proc]
-    controller: Proc | None = None
-
-    @property
-    def root(self) -> TopicRoot:
-        return self.broker.root
-
-    @property
-    def admin_toml(self) -> Path:
-        return self.broker.result.layout.admin_toml
-
-    async def start_controller(self, *extra: str) -> None:
-        config = self.broker.result.layout.controller_toml
-        args = ["controller", "run", "--config", str(config), "--log-format", "json", *extra]
-        self.controller = await start_proc("edgeplane.controller", args, self.tmp / "ctl.log")
-        self.procs.append(self.controller)
-        with self.broker.client(self.broker.admin) as watcher:
-            watcher.subscribe(self.root.controller_status())
-            await asyncio.to_thread(watcher.wait_for, _online, 20.0)
-
-    async def cli(self, *args: str, config: Path | None = None) -> Run:
-        argv = [sys.executable, "-m", "edgeplane.controller", *args]
-        argv += ["--config", str(config or self.admin_toml)]
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode is not None
-        return Run(process.returncode, out.decode(), err.decode())
-
-    async def start_agent(self, bootstrap: Path, name: str = "agent") -> Proc:
-        state = {"XDG_STATE_HOME": str(self.tmp / f"{name}-state")}
-        args = ["run", "--config", str(bootstrap), "--log-format", "json"]
-        proc = await start_proc("edgeplane.edge_agent", args, self.tmp / f"{name}.log", state)
-        self.procs.append(proc)
-        return proc
-
-    @contextlib.contextmanager
-    def watch(self, *filters: str) -> Iterator[SiteClient]:
-        with self.broker.client(self.broker.admin) as client:
-            assert client.subscribe(*filters) == [1] * len(filters)
-            yield client
-
-    def recorder(self) -> SiteClient:
-        """A client that may read every topic, the plugin's own included."""
-        role = Role(
-            "test-recorder",
-            (
-                Acl("subscribeLiteral", "#"),
-                Acl("subscribeLiteral", "$CONTROL/#"),
-                Acl("publishClientReceive", "$CONTROL/#"),  # never allowed by default
-            ),
-        )
-        with DynsecAdmin(self.broker) as admin:
-            admin.add_role(role)
-            identity = admin.add_client("test-recorder", role.rolename)
-        client = self.broker.client(identity)
-        client.__enter__()
-        assert client.subscribe("#", "$CONTROL/#") == [1, 1]
-        return client
 
 
 @pytest.fixture
@@ -126,25 +44,6 @@ async def site(tmp_path: Path, procs: list[Proc]) -> AsyncIterator[Site]:
         yield Site(broker, tmp_path, procs)
     finally:
         broker.stop()
-
-
-def _online(message: Received) -> bool:
-    return bool(message.payload) and json.loads(message.payload).get("status") == "online"
-
-
-def _toml(path: Path) -> dict[str, Any]:
-    with path.open("rb") as file:
-        return tomllib.load(file)
-
-
-def _connack(site: Site, identity: Identity) -> int:
-    client = site.broker.client(identity)
-    try:
-        code = client.connect()
-    except NoSession:
-        return -1
-    client.close()
-    return code
 
 
 async def test_env_create_writes_a_bootstrap_file_that_is_all_an_agent_needs(
@@ -158,7 +57,7 @@ async def test_env_create_writes_a_bootstrap_file_that_is_all_an_agent_needs(
     assert created.stdout.splitlines()[0] == "edge-a"
     assert f"wrote {bootstrap} (mode 0600)" in created.stdout
     assert stat.S_IMODE(bootstrap.stat().st_mode) == 0o600
-    values = _toml(bootstrap)
+    values = read_toml(bootstrap)
     assert values["env_id"] == values["username"] == "edge-a"
     assert values["broker"] == site.broker.url
     assert values["topic_root"] == str(site.root)
@@ -187,13 +86,13 @@ async def test_env_create_writes_a_bootstrap_file_that_is_all_an_agent_needs(
         assert agent_client.subscribe(site.root.cmd("edge-b"), "#") == [NOT_AUTHORIZED] * 2
         assert agent_client.publish(site.root.cmd("edge-a")) == NOT_AUTHORIZED
         assert agent_client.publish(site.root.status("edge-b")) == NOT_AUTHORIZED
-    assert _connack(site, Identity("edge-a", password, client_id="someone-else")) != 0
+    assert connack(site, Identity("edge-a", password, client_id="someone-else")) != 0
 
     # An agent started with nothing but the file comes online.
     with site.watch(site.root.all_views()) as views:
         await site.start_agent(bootstrap)
         await asyncio.to_thread(
-            views.wait_for, lambda m: m.topic == site.root.view("edge-a") and _online(m), 30.0
+            views.wait_for, lambda m: m.topic == site.root.view("edge-a") and is_online(m), 30.0
         )
     shown = await site.cli("env", "show", "edge-a", "--json")
     assert json.loads(shown.stdout)["status"] == "online", str(shown)
@@ -216,7 +115,7 @@ async def test_an_existing_output_file_is_refused_before_anything_is_created(
 
     forced = await site.cli(*CREATE, "edge-c", "--output", str(taken), "--force")
     assert forced.code == 0, str(forced)
-    assert _toml(taken)["env_id"] == "edge-c"
+    assert read_toml(taken)["env_id"] == "edge-c"
     assert stat.S_IMODE(taken.stat().st_mode) == 0o600
 
     for name in ("edgeplane-controller", "admin"):
@@ -236,7 +135,7 @@ async def test_operators_are_added_listed_and_removed_and_a_viewer_only_reads(
     assert added.code == 0, str(added)
     assert added.stdout == f"added operator ops-view (viewer); wrote {viewer_toml} (mode 0600)\n"
     assert stat.S_IMODE(viewer_toml.stat().st_mode) == 0o600
-    assert _toml(viewer_toml)["username"] == "ops-view"
+    assert read_toml(viewer_toml)["username"] == "ops-view"
 
     status = await site.cli("status", config=viewer_toml)
     assert status.code == 0, str(status)
@@ -259,8 +158,8 @@ async def test_operators_are_added_listed_and_removed_and_a_viewer_only_reads(
 
     removed = await site.cli("operator", "remove", "ops-view")
     assert removed.code == 0, str(removed)
-    viewer = Identity("ops-view", _toml(viewer_toml)["password"])
-    assert _connack(site, viewer) in (BAD_CREDENTIALS, NOT_AUTHORIZED)
+    viewer = Identity("ops-view", read_toml(viewer_toml)["password"])
+    assert connack(site, viewer) in (BAD_CREDENTIALS, NOT_AUTHORIZED)
     again = await site.cli("operator", "remove", "ops-view")
     assert again.code == 1
     assert "no operator 'ops-view'" in again.stderr
@@ -273,40 +172,28 @@ async def test_retire_locks_out_a_connected_agent_and_its_password(site: Site) -
     with site.watch(site.root.all_views()) as views:
         agent = await site.start_agent(bootstrap)
         await asyncio.to_thread(
-            views.wait_for, lambda m: m.topic == site.root.view("edge-r") and _online(m), 30.0
+            views.wait_for, lambda m: m.topic == site.root.view("edge-r") and is_online(m), 30.0
         )
     retired = await site.cli("env", "retire", "edge-r")
     assert retired.code == 0, str(retired)
     assert await agent.wait(40) == 0
-    password = _toml(bootstrap)["password"]
+    password = read_toml(bootstrap)["password"]
     env = Identity("edge-r", password, client_id="edge-r")
-    await asyncio.to_thread(_refused_within, site, env, 40.0)
+    await asyncio.to_thread(refused_within, site, env, 40.0)
 
 
 async def test_retire_kicks_a_client_that_ignores_the_command(site: Site) -> None:
     await site.start_controller()
     bootstrap = site.tmp / "edge-k.toml"
     assert (await site.cli(*CREATE, "edge-k", "--output", str(bootstrap))).code == 0
-    env = Identity("edge-k", _toml(bootstrap)["password"], client_id="edge-k")
+    env = Identity("edge-k", read_toml(bootstrap)["password"], client_id="edge-k")
     with site.broker.client(env) as rogue:  # connected, never says it is online
         retired = await site.cli("env", "retire", "edge-k")
         assert retired.code == 0, str(retired)
         # Kicked: either told while waiting for the SUBACK, or found gone before sending.
         with pytest.raises(ConnectionError, match=r"disconnected by the broker|not currently"):
             await asyncio.to_thread(rogue.subscribe, site.root.cmd("edge-k"), timeout=10.0)
-    assert _connack(site, env) in (BAD_CREDENTIALS, NOT_AUTHORIZED)
-
-
-def _refused_within(site: Site, identity: Identity, timeout: float) -> None:
-    """Wait (polling a login, as a returning gateway would) until the broker refuses it."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _connack(site, identity) in (BAD_CREDENTIALS, NOT_AUTHORIZED):
-            return
-        time.sleep(0.2)  # polling the broker's answer, not synchronising on an event
-    raise AssertionError(f"{identity.username} could still log in after {timeout}s")
+    assert connack(site, env) in (BAD_CREDENTIALS, NOT_AUTHORIZED)
 
 
 async def test_identity_commands_on_a_broker_without_identities_are_refused(

@@ -1,5 +1,5 @@
-"""``edgeplane env create|list|show|update|restart|retire``: environment records, through
-the controller (MQTT request/response; never its database).
+"""``edgeplane env create|list|show|update|restart|retire|rotate-credentials``: environment
+records, through the controller (MQTT request/response; never its database).
 
 ``update`` (with a heartbeat interval or config), ``restart`` and ``retire`` of an online
 environment send the agent a command; the command then waits for the agent's ``ack`` event
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["add_parser"]
 
 ACK_WAIT: Final = 15.0  # default seconds to wait for the agent's ack
+ROTATION_WAIT: Final = 300.0  # default seconds rotate-credentials --wait follows
+ROTATION_POLL: Final = 1.0  # seconds between looks at the rotation's state
 
 # (the controller, the flags, the most seconds to wait for each of its answers) -> exit status
 Handler = Callable[["ControllerClient", argparse.Namespace, float], Awaitable[int]]
@@ -59,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_update(actions)
     _add_restart(actions)
     _add_retire(actions)
+    _add_rotate(actions)
 
 
 def _leaf(
@@ -393,6 +396,75 @@ async def _retire(controller: ControllerClient, args: argparse.Namespace, within
 def _confirm(env: str) -> bool:
     answer = input(f"retire {env}? its agent stops its workflows and will not start again [y/N] ")
     return answer.strip().lower() in ("y", "yes")
+
+
+# --- rotate-credentials -------------------------------------------------------------------
+def _add_rotate(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _leaf(
+        actions,
+        "rotate-credentials",
+        "give an environment's agent a new broker credential and remove the old one",
+        _rotate,
+    )
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
+    parser.add_argument(
+        "--wait", action="store_true", help="follow until the old credential is removed"
+    )
+    parser.add_argument(
+        "--wait-timeout",
+        type=seconds_arg(86_400),
+        default=ROTATION_WAIT,
+        metavar="SECONDS",
+        help=f"most seconds --wait follows (default {ROTATION_WAIT:g})",
+    )
+
+
+async def _rotate(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
+    from edgeplane.controller.operator.output import print_json
+    from edgeplane.shared.rpc import EnvRotateCredentials
+
+    info: EnvInfo = await controller.call(EnvRotateCredentials(id=args.id), within=within)
+    target = info.rotation_target
+    if not args.json:
+        print(f"{info.id}: new credential generation {target} ({info.rotation_state})", flush=True)
+    if not args.wait:
+        if args.json:
+            print_json(info)
+        return 0
+    done = await _rotated(controller, args, target, within)
+    if done is None:
+        print(
+            f"edgeplane: {args.id}: generation {target} is not in use after "
+            f"{args.wait_timeout:g} s (the old credential stays until the agent is online "
+            f"with the new one; see: edgeplane env show {args.id})",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print_json(done)
+    else:
+        print(f"{done.id}: on credential generation {target}; the old credential is removed")
+    return 0
+
+
+async def _rotated(
+    controller: ControllerClient, args: argparse.Namespace, target: int, within: float
+) -> EnvInfo | None:
+    """The environment once it is on generation ``target`` with no rotation under way;
+    None when that did not happen within ``--wait-timeout``."""
+    from edgeplane.shared.rpc import EnvShow
+
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + args.wait_timeout
+    while True:
+        info: EnvInfo = await controller.call(EnvShow(id=args.id), within=within)
+        if info.credential_generation == target and not info.rotation_state:
+            return info
+        if info.credential_generation is not None and info.credential_generation > target:
+            return info  # rotated again meanwhile: ours is over too
+        if loop.time() >= give_up:
+            return None
+        await asyncio.sleep(ROTATION_POLL)
 
 
 # --- the agent's ack ----------------------------------------------------------------------

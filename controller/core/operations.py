@@ -201,7 +201,7 @@ class Operations:
         if record is None:
             return effects  # unregistered: never any command
         if record.retired is not None:
-            effects.outgoing.append(self._command(env, Retire(id=new_id("c"))))
+            effects.outgoing.append(self.command(env, Retire(id=new_id("c"))))
             return effects
         for deployment in self.book.queued_for(env):
             effects.extend(self._send(deployment))
@@ -276,14 +276,14 @@ class Operations:
                 config=dict(request.config),
                 labels=dict(record.labels),
             )
-            effects.outgoing.append(self._command(request.id, command))
+            effects.outgoing.append(self.command(request.id, command))
         return self.env_info(request.id), effects
 
     def restart(self, request: EnvRestart) -> tuple[dict[str, str], Effects]:
         self.registry.require(request.id)
         self._require_online(request.id, "restart")
         command = Restart(id=new_id("c"), workflow=request.workflow)
-        return {"cmd": command.id}, Effects(outgoing=[self._command(request.id, command)])
+        return {"cmd": command.id}, Effects(outgoing=[self.command(request.id, command)])
 
     def retire(self, request: EnvRetire) -> tuple[EnvInfo, Effects]:
         record = self.registry.retire(request.id, self._clock.time())
@@ -291,7 +291,7 @@ class Operations:
         effects.outgoing.append(Outgoing(self._root.view(record.id), b"", True))
         presence = self._presence.get(record.id)
         if presence is not None and presence.status == "online":
-            effects.outgoing.append(self._command(record.id, Retire(id=new_id("c"))))
+            effects.outgoing.append(self.command(record.id, Retire(id=new_id("c"))))
         for deployment in self.book.stop_queued(record.id, f"environment {record.id} retired"):
             effects.writes.deployments.append(deployment)
             effects.extend(self._own_event(Stopped, deployment, reason=deployment.reason))
@@ -370,10 +370,10 @@ class Operations:
         )
         sent = self.book.mark_sent(deployment.id, command.id, expires)
         effects = Effects(writes=Writes(deployments=[sent], urgent=True))
-        effects.outgoing.append(self._command(deployment.env, command))
+        effects.outgoing.append(self.command(deployment.env, command))
         return effects
 
-    def _command(self, env: str, command: Command) -> Outgoing:
+    def command(self, env: str, command: Command) -> Outgoing:
         """``command`` for ``env``, unsigned: it names its environment and its expiry, which
         the signature the shell adds covers too."""
         ttl = self._command_ttl

@@ -172,19 +172,16 @@ class Rotations:
         return due
 
     def next_due(self, enrolled: dict[str, float]) -> float | None:
-        """When the next credential of ``enrolled`` comes of age (None: never)."""
+        """When the next credential of ``enrolled`` that :meth:`due` could take comes of
+        age (None: never)."""
         if self.rotate_after is None:
             return None
         times = [
-            (self._by_env.get(env) or Credential(env, since=created)).since + self.rotate_after
-            for env, created in enrolled.items()
-            if not self._rotating(env)
+            credential.since + self.rotate_after
+            for credential in self._by_env.values()
+            if credential.env in enrolled and credential.box_key and not credential.rotating
         ]
         return min(times, default=None)
-
-    def _rotating(self, env: str) -> bool:
-        credential = self._by_env.get(env)
-        return credential is not None and credential.rotating
 
     # --- the shell's reports ------------------------------------------------------------------
     def created(

@@ -47,7 +47,7 @@ from edgeplane.shared.rpc import (
 )
 from edgeplane.shared.topics import TopicRoot
 
-__all__ = ["LOCKOUT_GRACE", "NO_IDENTITIES", "Identities", "new_password"]
+__all__ = ["LOCKOUT_GRACE", "NO_IDENTITIES", "EnvClients", "Identities", "new_password"]
 
 NO_IDENTITIES: Final = (
     "this broker has no identities: it was not made by edgeplane broker init (the controller "
@@ -91,6 +91,10 @@ class Identities:
     @property
     def enabled(self) -> bool:
         return self.admin is not None
+
+    def env_clients(self) -> EnvClients:
+        """The broker clients of environments, for credential rotation."""
+        return EnvClients(self._admin(), self._root)
 
     def _admin(self) -> BrokerAdmin:
         if self.admin is None:
@@ -252,6 +256,30 @@ class Identities:
         return SealedCredential(
             username=username, sealed_password=sealed, ca_pem=self._ca_pem, command_key=key
         )
+
+
+class EnvClients:
+    """An environment's broker clients through the dynamic security plugin: what
+    :class:`controller.daemon.rotation.BrokerClients` asks for (a rotated generation is a
+    client of its own beside the old one, with the environment's role and client id)."""
+
+    def __init__(self, admin: BrokerAdmin, root: TopicRoot) -> None:
+        self._admin = admin
+        self._root = root
+
+    async def create_client(
+        self, username: str, password: str, *, client_id: str, role: str
+    ) -> None:
+        env_role_of = env_role(self._root, client_id)
+        if env_role_of.rolename != role:
+            raise BrokerAdminError(f"{role} is not the role of environment {client_id}")
+        text = f"agent of environment {client_id} (rotated credential)"
+        await self._admin.create_client(
+            username, password, env_role_of, clientid=client_id, textname=text
+        )
+
+    async def delete_client(self, username: str) -> None:
+        await self._admin.delete_client(username)
 
 
 def _sealed(public_key: str, password: str) -> str:

@@ -9,6 +9,7 @@ dropped, never raised: the receive loop must not stop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 import structlog
@@ -48,9 +49,11 @@ class Intake:
         *,
         max_payload: int,
         keys: KeyRotator | None = None,
+        on_online: Callable[[OnlineStatus], None] | None = None,
     ) -> None:
         self._root = root
         self._keys = keys
+        self._on_online = on_online  # credential rotation's feed (never waits)
         self._core = core
         self._ops = operations
         self._sync = sync
@@ -94,6 +97,8 @@ class Intake:
         judgement = self._core.on_status(status, retained=retained)
         if judgement.stale:
             log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
+        if self._on_online is not None and isinstance(status, OnlineStatus):
+            self._on_online(status)
         came_online = any(t.to_status == "online" for t in judgement.transitions)
         keys = None if self._keys is None else self._keys.on_status(status)
         if came_online or _reports_inventory(status):

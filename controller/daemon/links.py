@@ -9,7 +9,10 @@
 ``ticker``     time-driven judgements (heartbeat timeouts, flap and identity expiry) when
                the next one falls due, and views someone else wrote wrong, put right;
 ``stats``      the retained controller status with its counters;
-``requests-N`` a few workers answering operator requests, once the sync is done.
+``requests-N`` a few workers answering operator requests, once the sync is done;
+``rotation``   (under ``broker init``) credential rotation: what a restart interrupted,
+               then the online messages that move a rotation on; ``rotation-ticker``
+               the automatic rotation after ``rotate_after``.
 
 :class:`EventLink`, on the events connection: a persistent session (a fixed client id per
 topic root, clean start off), so the broker keeps the agents' events published while the
@@ -37,6 +40,7 @@ from edgeplane.controller.daemon.identities import Identities
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.publisher import PUBLISH_WINDOW, Publisher
 from edgeplane.controller.daemon.request_desk import REQUEST_WORKERS, RequestDesk
+from edgeplane.controller.daemon.rotation_desk import RotationDesk
 from edgeplane.controller.daemon.settings import ControllerSettings
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.daemon.sync import SYNC_TIMEOUT, RetainedSync
@@ -71,6 +75,7 @@ class DaemonParts:
     beacon: StatusBeacon
     views: ViewGuard
     identities: Identities | None = None  # None: the broker has none (no broker init)
+    rotation: RotationDesk | None = None  # credential rotation, with identities only
 
 
 class PresenceLink:
@@ -88,6 +93,7 @@ class PresenceLink:
         self._ids = parts.identities
         self._admin = None if parts.identities is None else parts.identities.admin
         self._views = parts.views
+        self._rotation = parts.rotation
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -127,6 +133,9 @@ class PresenceLink:
                 tasks.create_task(self._desk.serve(), name=f"requests-{number}")
                 for number in range(REQUEST_WORKERS)
             ]
+            if self._rotation is not None:
+                workers.append(tasks.create_task(self._rotation.serve(), name="rotation"))
+                workers.append(tasks.create_task(self._rotation.tick(), name="rotation-ticker"))
             publisher = tasks.create_task(self._publisher.run(connection), name="publisher")
             await stop.wait()
             await cancel_and_wait(workers)

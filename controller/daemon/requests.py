@@ -18,6 +18,7 @@ import structlog
 from edgeplane.controller.core.operations import Effects, Operations
 from edgeplane.controller.daemon.command_keys import KeyRotator
 from edgeplane.controller.daemon.identities import NO_IDENTITIES, Identities
+from edgeplane.controller.daemon.rotation_desk import RotationDesk, with_credential
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.errors import RequestRefused, StoreError
 from edgeplane.shared.errors import DecodeError
@@ -29,9 +30,11 @@ from edgeplane.shared.rpc import (
     DeploymentShow,
     DeployRequest,
     EnvCreate,
+    EnvInfo,
     EnvList,
     EnvRestart,
     EnvRetire,
+    EnvRotateCredentials,
     EnvShow,
     EnvUpdate,
     ErrorCode,
@@ -70,12 +73,14 @@ class RequestHandler:
         max_payload: int,
         identities: Identities | None = None,
         keys: KeyRotator | None = None,
+        rotation: RotationDesk | None = None,
     ) -> None:
         self._ops = operations
         self._keys = keys
         self._store = store
         self._max_payload = max_payload
         self._ids = identities
+        self._rotation = rotation
 
     async def handle(self, payload: bytes, response_topic: str = "") -> tuple[Reply, Effects]:
         try:
@@ -114,9 +119,9 @@ class RequestHandler:
             case EnvList(project=project, include_retired=include_retired):
                 infos = ops.env_list(project, include_retired)
                 page = [info for info in infos if info.id > request.after][: request.limit]
-                return page, Effects()
+                return [self._credential(info) for info in page], Effects()
             case EnvShow(id=env):
-                return ops.env_info(env), Effects()
+                return self._credential(ops.env_info(env)), Effects()
             case EnvUpdate():
                 return ops.update(request)
             case EnvRestart():
@@ -125,7 +130,11 @@ class RequestHandler:
                 retired = ops.retire(request)
                 if self._ids is not None:
                     await self._ids.lock_out(env)
+                if self._rotation is not None:
+                    self._rotation.forget(env)
                 return retired
+            case EnvRotateCredentials(id=env):
+                return await self._rotate(env), Effects()
             case DeployRequest():
                 return ops.deploy(request)
             case DeploymentList(env=env, limit=limit):
@@ -147,6 +156,20 @@ class RequestHandler:
                     raise RequestRefused("unavailable", "this controller cannot rotate its key")
                 return self._keys.request(action)
         raise RequestRefused("invalid", f"unknown request {_op(request)!r}")
+
+    async def _rotate(self, env: str) -> EnvInfo:
+        self._identities()
+        if self._rotation is None:
+            raise RequestRefused("no-identities", NO_IDENTITIES)
+        self._ops.registry.require(env)
+        await self._rotation.rotate(env)
+        return self._credential(self._ops.env_info(env))
+
+    def _credential(self, info: EnvInfo) -> EnvInfo:
+        """``info`` with its broker credential, under broker init."""
+        if self._rotation is None or not info.registered:
+            return info
+        return with_credential(info, self._rotation.rotations)
 
     def _identities(self) -> Identities:
         if self._ids is None or not self._ids.enabled:

@@ -18,6 +18,7 @@ through the one reconnect loop (:class:`controller.reconnect.Reconnect`, capped 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Final
 
@@ -26,9 +27,10 @@ import structlog
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
-from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations
+from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations, new_id
 from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.core.records import Writes
+from edgeplane.controller.core.rotation import Rotations
 from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.beacon import StatusBeacon
 from edgeplane.controller.daemon.broker_admin import BrokerAdmin
@@ -39,12 +41,15 @@ from edgeplane.controller.daemon.links import DaemonParts, EventLink, PresenceLi
 from edgeplane.controller.daemon.publisher import Publisher
 from edgeplane.controller.daemon.request_desk import RequestDesk
 from edgeplane.controller.daemon.requests import RequestHandler
+from edgeplane.controller.daemon.rotation import CredentialRotator
+from edgeplane.controller.daemon.rotation_desk import RotationDesk
 from edgeplane.controller.daemon.settings import ControllerSettings
 from edgeplane.controller.daemon.store import Store, open_store
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.controller.reconnect import Reconnect, Retry
 from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.command_signature import CommandSigner
+from edgeplane.shared.messages import Credentials
 
 __all__ = ["PresenceService"]
 
@@ -134,6 +139,8 @@ class PresenceService:
         sync = RetainedSync(root, beacon.boot, settings.max_payload)
         publisher = Publisher(root, store, operations, sync, keys)
         views = ViewGuard(clock)
+        identities = self._identities(keys.current.public_key_b64)
+        rotation = await self._rotation(store, operations, publisher, sync, identities)
         intake = Intake(
             settings.topic_root,
             core,
@@ -143,17 +150,21 @@ class PresenceService:
             views,
             max_payload=settings.max_payload,
             keys=rotator,
+            on_online=None if rotation is None else rotation.offer,
         )
-        identities = self._identities(keys.current.public_key_b64)
 
         def enrol_with(signer: CommandSigner) -> None:
             identities.command_key = signer.public_key_b64  # new bootstrap files: the new key
 
         keys.on_new_current = enrol_with
         handler = RequestHandler(
-            operations, store, max_payload=settings.max_payload, identities=identities,
+            operations,
+            store,
+            max_payload=settings.max_payload,
+            identities=identities,
             keys=rotator,
-        )  # fmt: skip
+            rotation=rotation,
+        )
         desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop)
         await publisher.carry_out(None, operations.ensure_default())
         return DaemonParts(
@@ -169,7 +180,46 @@ class PresenceService:
             beacon,
             views,
             identities if identities.enabled else None,
+            rotation,
         )
+
+    async def _rotation(
+        self,
+        store: Store,
+        ops: Operations,
+        publisher: Publisher,
+        sync: RetainedSync,
+        identities: Identities,
+    ) -> RotationDesk | None:
+        """Credential rotation as the store left it; None on a broker without identities."""
+        if not identities.enabled:
+            return None
+        active = {record.id for record in ops.registry if record.active}
+        stored = [c for c in await store.credentials() if c.env in active]
+        ids = (new_id("c") for _ in itertools.count())
+        rotations = Rotations(self.settings.rotate_after, ids, stored)
+
+        async def send(env: str, command: Credentials) -> None:
+            await publisher.send(ops.command(env, command))
+
+        def online_bdseq(env: str) -> int | None:
+            presence = self.core.get(env)
+            return presence.bdseq if presence is not None and presence.status == "online" else None
+
+        def enrolled(env: str) -> float:
+            record = ops.registry.get(env)
+            return record.created if record is not None else self._clock.time()
+
+        rotator = CredentialRotator(
+            rotations,
+            identities.env_clients(),
+            store,
+            self._clock,
+            send=send,
+            online_bdseq=online_bdseq,
+            enrolled=enrolled,
+        )
+        return RotationDesk(rotator, ops, self._clock, sync.synced)
 
     def _identities(self, command_key: str) -> Identities:
         """The broker's identities, administered when the controller logs in with a user

@@ -82,6 +82,13 @@ CONTROLLER_SETTINGS: Final = (
         "seconds a retired, online agent has to retire before its broker client is deleted",
     ),
     Setting(
+        "rotate_after",
+        common.positive_float,
+        None,
+        "under broker init: rotate an environment's broker credential on its own once it "
+        "is this many seconds old (unset: only when an operator asks)",
+    ),
+    Setting(
         "command_key_file",
         common.path,
         None,
@@ -108,6 +115,7 @@ class ControllerSettings:
     stats_interval: float = 60.0
     command_ttl: float = 300.0
     lockout_grace: float = 35.0
+    rotate_after: float | None = None
     command_key_file: Path | None = None
     log_format: LogFormat = "auto"
     log_level: str = "info"

@@ -56,6 +56,8 @@ def env_details(info: EnvInfo, *, clock: Callable[[], float] = time.time) -> str
     fields.append(("models", models or "none reported"))
     fields.append(("platform", _platform(info)))
     fields.append(("running", ", ".join(info.running) or "nothing"))
+    if info.credential_generation is not None:
+        fields.append(("credential", _credential(info, clock())))
     width = max(len(name) for name, _ in fields) + 1
     return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)
 
@@ -72,6 +74,16 @@ def _status(info: EnvInfo) -> str:
     if not info.registered:
         marks.append("unregistered")
     return ", ".join(marks)
+
+
+def _credential(info: EnvInfo, now: float) -> str:
+    """``generation 2, 3d old; rotating to 3 (sent)``."""
+    since = info.credential_since
+    age = "" if since is None else f", {ago(max(0.0, now - since)).removesuffix(' ago')} old"
+    text = f"generation {info.credential_generation}{age}"
+    if info.rotation_state:
+        text += f"; rotating to {info.rotation_target} ({info.rotation_state})"
+    return text
 
 
 def _platform(info: EnvInfo) -> str:
