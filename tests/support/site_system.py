@@ -12,7 +12,7 @@ import json
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,9 +90,11 @@ class Site:
         assert process.returncode is not None
         return Run(process.returncode, out.decode(), err.decode())
 
-    async def start_agent(self, bootstrap: Path, name: str = "agent") -> Proc:
+    async def start_agent(
+        self, bootstrap: Path, name: str = "agent", extra: Sequence[str] = ()
+    ) -> Proc:
         state = {"XDG_STATE_HOME": str(self.tmp / f"{name}-state")}
-        args = ["run", "--config", str(bootstrap), "--log-format", "json"]
+        args = ["run", "--config", str(bootstrap), "--log-format", "json", *extra]
         proc = await start_proc("edgeplane.edge_agent", args, self.tmp / f"{name}.log", state)
         self.procs.append(proc)
         return proc
