@@ -57,7 +57,7 @@ async def test_a_cloned_bootstrap_file_raises_identity_conflict_within_10_second
         await asyncio.to_thread(views.wait_for, _online_view, 30.0)
 
     def conflict(message: Received) -> bool:
-        alert = json.loads(message.payload or b"{}")
+        alert: dict[str, object] = json.loads(message.payload or b"{}")
         return alert.get("kind") == "identity-conflict" and alert.get("state") == "raised"
 
     with site.watch(site.root.all_alerts()) as alerts:
