@@ -9,8 +9,13 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Run as an unprivileged user that owns only its data directory (a volume in compose.yaml).
-RUN useradd --system --uid 10001 --home-dir /data --create-home edgeplane
+# Each side runs as an unprivileged user of its own that owns only its data directory (a
+# volume in compose.yaml). Two users, because the agent reads the controller's public
+# command key from a volume the controller shares: the private key beside it (mode 0600)
+# stays the controller's alone.
+RUN useradd --system --uid 10001 --home-dir /data --create-home edgeplane \
+ && useradd --system --uid 10002 --home-dir /data --no-create-home edgeagent \
+ && install -d -o edgeplane -g edgeplane -m 0755 /keys
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY shared ./shared
@@ -18,8 +23,8 @@ COPY controller ./controller
 COPY edge_agent ./edge_agent
 
 FROM source AS agent
-RUN pip install . && rm -rf /src
-USER edgeplane
+RUN pip install . && rm -rf /src && chown edgeagent /data
+USER edgeagent
 WORKDIR /data
 CMD ["edge-agent", "--help"]
 

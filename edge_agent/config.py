@@ -87,6 +87,19 @@ def _public_key(value: Any) -> str:
     return text
 
 
+def _public_key_file(value: Any) -> str:
+    """The public key in a file such as the controller's ``command-key.pub``."""
+    path = s.path(value)
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the public key in {str(path)!r}: {exc}") from exc
+    try:
+        return _public_key(text)
+    except ValueError as exc:
+        raise ValueError(f"{str(path)!r} holds no public key: {exc}") from exc
+
+
 def _public_keys(value: Any) -> tuple[str, ...]:
     """A TOML list of keys, or (flag, environment) keys separated by commas."""
     items = value.split(",") if isinstance(value, str) else value
@@ -146,6 +159,13 @@ SETTINGS: Final = (
         "more trusted public keys (a TOML list, or separated by commas), e.g. the old and "
         "the new key while the controller's key is rotated",
     ),
+    s.Setting(
+        "command_key_file",
+        _public_key_file,
+        None,
+        "a file holding the controller's public key (its COMMAND_KEY_FILE.pub), instead of "
+        "--command-key",
+    ),
 )
 
 
@@ -194,6 +214,9 @@ def load_config(
     values = s.resolve(SETTINGS, given, environ, config_file, tables=(ENDPOINTS_TABLE,))
     values = attach(values)
     values["command_keys"] = values["command_keys"] or ()
+    from_file = values.pop("command_key_file")
+    if from_file is not None:
+        values["command_keys"] = (*values["command_keys"], from_file)
     values["endpoints"] = _endpoints(s.read_table(config_file, ENDPOINTS_TABLE), config_file)
     if values["env_id"] is None:
         raise SettingsError(

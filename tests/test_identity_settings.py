@@ -111,3 +111,15 @@ def test_up_reads_its_settings_file(tmp_path: Path) -> None:
     args.heartbeat_interval = args.log_format = None
     settings = settings_of(args, environ={})
     assert (settings.port, settings.ws_port, str(settings.topic_root)) == (18830, None, "site/v1")
+
+
+def test_the_agent_reads_the_controllers_public_key_from_a_file(tmp_path: Path) -> None:
+    from tests.support.command_key import PUBLIC_KEY
+
+    pub = tmp_path / "command-key.pub"
+    pub.write_text(PUBLIC_KEY + "\n")
+    config = load_config({"env_id": "dev-a-b", "command_key_file": str(pub)}, environ={})
+    assert PUBLIC_KEY in config.command_keys
+    pub.write_text("not a key\n")
+    with pytest.raises(SettingsError, match="holds no public key"):
+        load_config({"env_id": "dev-a-b", "command_key_file": str(pub)}, environ={})
