@@ -123,6 +123,12 @@ async def test_an_existing_output_file_is_refused_before_anything_is_created(
         assert clash.code == 1, str(clash)
         assert name in clash.stderr
         assert not (site.tmp / f"{name}.toml").exists()
+        # Without a broker identity too: retiring such a record would aim at that login.
+        plain = await site.cli(*CREATE, name)
+        assert plain.code == 1, str(plain)
+        assert name in plain.stderr
+    # and the admin still works, the controller still answers
+    assert (await site.cli("env", "list")).code == 0
 
 
 async def test_operators_are_added_listed_and_removed_and_a_viewer_only_reads(

@@ -122,6 +122,12 @@ class Identities:
         fields = msgspec.structs.asdict(info)
         return EnvCreated(**fields, credential=self._credential(env, sealed)), effects
 
+    async def check_env_name(self, env: str) -> None:
+        """Refuse an environment id that is the controller's or an operator's user name
+        (also for a record made without a broker identity: retiring it would otherwise
+        aim at that login)."""
+        await self._refuse_taken(self._admin(), env, "environment")
+
     async def lock_out(self, env: str) -> None:
         """Delete every broker client of a retired ``env``: at once when its agent is not
         online, else once it went offline (it retired) or after the grace period."""
@@ -162,8 +168,10 @@ class Identities:
     async def _delete_env_clients(self, env: str) -> None:
         admin = self._admin()
         try:
+            # Only clients that hold the environment's role: a record whose id is also an
+            # operator's or the controller's user name must never delete that login.
             names = [c["username"] for c in await admin.clients() if _env_of(c) == env]
-            for name in names or [env]:
+            for name in names:
                 await admin.delete_client(name)
             await admin.run(
                 {"command": "deleteRole", "rolename": env_role_name(env)},

@@ -115,6 +115,8 @@ class RequestHandler:
             case EnvCreate(seal_to=seal_to) if seal_to:
                 return await ids().create_env(request, ops)
             case EnvCreate():
+                if self._ids is not None and self._ids.enabled:
+                    await self._ids.check_env_name(ops.planned_id(request))
                 return ops.create(request)
             case EnvList(project=project, include_retired=include_retired):
                 infos = ops.env_list(project, include_retired)
