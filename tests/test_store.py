@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import stat
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,14 @@ async def test_heartbeats_gather_but_a_transition_is_committed_at_once(tmp_path:
         await asyncio.wait_for(store.wait_committed(number), 5.0)
         assert store.batches == 1
         assert await store.transitions("a") == [went]
+
+
+async def test_a_new_database_is_its_owners_alone(tmp_path: Path) -> None:
+    db = tmp_path / "new" / "state" / "controller.db"
+    async with open_store(db) as store:
+        await store.flush()
+        files = sorted(db.parent.iterdir())  # the database and SQLite's -wal and -shm
+        assert [p.name for p in files][:1] == ["controller.db"]
+        for path in files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert stat.S_IMODE(db.parent.stat().st_mode) == 0o700

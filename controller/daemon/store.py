@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -291,6 +292,15 @@ class Store:
         return await self._query(f"{select} WHERE env = ? ORDER BY id", (env,))
 
 
+def _create_private(path: Path) -> None:
+    """A new database is its owner's alone (0600 in a 0700 directory made for it): it holds
+    the operations log and step output. SQLite gives its -wal and -shm files the same mode."""
+    if str(path) == ":memory:":
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+
+
 @contextlib.asynccontextmanager
 async def open_store(
     path: Path, *, queue_size: int = 10_000, linger: float = 0.25
@@ -298,7 +308,7 @@ async def open_store(
     """Open (creating or migrating) the database and run its writer until the block ends;
     on the way out everything submitted is committed before the database is closed."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         db = await aiosqlite.connect(path)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open the database {path}: {exc}") from exc
