@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from edgeplane.controller.errors import ControllerError
@@ -163,7 +164,8 @@ async def _create(controller: ControllerClient, args: argparse.Namespace, within
     else:
         print(info.id)
     if key is not None:
-        print(f"wrote {args.output} (mode 0600); on the gateway: edge-agent run --config FILE")
+        name = Path(args.output).name
+        print(f"wrote {args.output} (mode 0600); on the gateway: edge-agent run --config {name}")
     elif controller.url.identity is not None and controller.url.identity.username:
         print(
             f"edgeplane: note: {info.id} has no broker identity: its agent cannot connect to "
