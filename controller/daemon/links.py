@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import os
+import secrets
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
@@ -44,6 +45,7 @@ from edgeplane.controller.daemon.rotation_desk import RotationDesk
 from edgeplane.controller.daemon.settings import ControllerSettings
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.daemon.sync import SYNC_TIMEOUT, RetainedSync
+from edgeplane.controller.errors import StoreError
 from edgeplane.controller.mqtt import Connection, unique_client_id
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.clock import Clock
@@ -55,6 +57,7 @@ BACKLOG_LIMIT: Final = 500  # received messages not yet judged, above which tick
 MAX_DEFER: Final = 5.0  # ... but never longer than this
 DRAIN_TIMEOUT: Final = 10.0
 EVENT_SESSION_EXPIRY: Final = 7 * 86_400  # seconds the broker keeps events for us
+EVENTS_ID_FILE: Final = "events-session-id"  # beside the database
 
 log: Final = structlog.get_logger("controller")
 
@@ -222,18 +225,42 @@ class PresenceLink:
         await self._beacon.refresh(connection, self._settings.stats_interval)
 
 
+def events_client_id(settings: ControllerSettings) -> str:
+    """The client id of the persistent events session: random, kept beside the database
+    (0600), so that it survives restarts and nobody can guess it. A guessable one would let
+    any identity without a bound client id (an operator's) connect under it, take the
+    session over and receive the events the broker keeps for the controller."""
+    if str(settings.db_path) == ":memory:":
+        return f"edgeplane-events-{secrets.token_hex(8)}"
+    path = settings.db_path.parent / EVENTS_ID_FILE
+    try:
+        token = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        token = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+    if not (len(token) == 16 and all(c in "0123456789abcdef" for c in token)):
+        token = secrets.token_hex(8)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(token + "\n")
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc}") from exc
+    return f"edgeplane-events-{token}"
+
+
 class EventLink:
     def __init__(self, parts: DaemonParts) -> None:
         self._settings = parts.settings
+        self._client_id = events_client_id(parts.settings)
         self._intake = parts.intake
         self._publisher = parts.publisher
 
     def connection(self) -> Connection:
-        root = str(self._settings.topic_root)
-        digest = hashlib.sha256(root.encode()).hexdigest()[:12]
         return Connection(
             self._settings.broker,
-            f"edgeplane-events-{digest}",
+            self._client_id,
             clean_start=False,
             session_expiry=EVENT_SESSION_EXPIRY,
         )
