@@ -27,6 +27,4 @@ def test_the_events_client_id_is_random_private_and_kept(tmp_path: Path) -> None
 def test_a_damaged_id_file_gets_a_new_id(tmp_path: Path) -> None:
     (tmp_path / EVENTS_ID_FILE).write_text("not an id\n")
     made = events_client_id(ControllerSettings(db=tmp_path / "controller.db"))
-    assert (tmp_path / EVENTS_ID_FILE).read_text().strip() == made.removeprefix(
-        "edgeplane-events-"
-    )
+    assert (tmp_path / EVENTS_ID_FILE).read_text().strip() == made.removeprefix("edgeplane-events-")
