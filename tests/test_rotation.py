@@ -178,6 +178,9 @@ def test_a_rotation_seals_to_the_pinned_key_whatever_was_reported_last() -> None
     rotations.on_online(online(2, box_key=OTHER_KEY), ENROLLED)
     _, actions = rotations.start("edge-a", "operator", NOW, ENROLLED)
     assert actions == [CreateClient("edge-a", "edge-a.1", 1, KEY)]
+    # the connection with the other key is online now: it is not sent there
+    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=2)
+    assert (state.state, actions) == ("created", [])
 
 
 def test_no_mismatch_without_a_pin_or_without_a_key() -> None:

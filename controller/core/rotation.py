@@ -242,7 +242,8 @@ class Rotations:
         if current.state != "creating" or current.target != generation:
             return current, []  # a stale report: a newer start took over
         rotation = dataclasses.replace(current, state="created", sealed=sealed, sealed_to=sealed_to)
-        if online_bdseq is None:
+        stranger = rotation.key_mismatch and rotation.reported_bdseq == online_bdseq
+        if online_bdseq is None or stranger:  # sent to the agent with the pinned key only
             return self._put(rotation), []
         return self._send(rotation, online_bdseq)
 
