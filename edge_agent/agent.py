@@ -271,7 +271,6 @@ class Agent:
                 else:
                     self._link.subscribe_commands()
             case ConnectRefused(reason=reason):
-                log.error("broker refused the connection", reason=reason)
                 self._link.on_refused(reason)
             case Subscribed(mid=mid, refused=refused):
                 self._on_subscribed(now, mid, refused)

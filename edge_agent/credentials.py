@@ -193,6 +193,12 @@ class CredentialStore:
             untried = candidates
         return untried[0] if untried else None
 
+    @property
+    def all_refused(self) -> bool:
+        """Every stored login was refused in this run (the agent is locked out)."""
+        candidates = self.candidates()
+        return bool(candidates) and all(c.fingerprint in self._failed for c in candidates)
+
     def accepted(self, login: Login) -> None:
         """CONNACK success: ``login`` works; once the pending one does, it is the one."""
         self._failed.discard(login.fingerprint)

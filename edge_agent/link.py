@@ -38,13 +38,25 @@ from edgeplane.shared.errors import DecodeError
 from edgeplane.shared.logs import bind_context, get_logger
 from edgeplane.shared.messages import OfflineReason, OfflineStatus
 
-__all__ = ["HANDSHAKE_TIMEOUT", "STABLE_AFTER", "TAKEOVER_CAP", "BrokerLink", "Phase"]
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "LOCKOUT_CAP",
+    "LOCKOUT_INITIAL",
+    "STABLE_AFTER",
+    "TAKEOVER_CAP",
+    "BrokerLink",
+    "Phase",
+]
 
 HANDSHAKE_TIMEOUT: Final = 10.0  # seconds for CONNACK, and then for the SUBACK of `cmd`
 REASSERT_GAP: Final = 1.0  # at most one re-assertion of online per this many seconds
 LOG_GAP: Final = 60.0  # at most one log line a minute about garbage on the status topic
 STABLE_AFTER: Final = 10.0  # a connection that lasted this long resets the backoff
 TAKEOVER_CAP: Final = 600.0  # the longest wait after a takeover; also when it is forgotten
+# Every stored login refused (a locked-out agent): waits of 5-10 s growing to 150-300 s, so
+# it neither hammers the broker nor needs a restart once an operator fixes its login.
+LOCKOUT_INITIAL: Final = 10.0
+LOCKOUT_CAP: Final = 300.0
 
 log = get_logger(__name__)
 
@@ -90,6 +102,9 @@ class BrokerLink:
         self._login: Login | None = None  # this connection's
         self._switching = False  # logging in again with a new credential
         self._backoff = Backoff(initial=0.5, cap=30.0)
+        self._lockout = Backoff(initial=LOCKOUT_INITIAL, cap=LOCKOUT_CAP)
+        self._locked_out = False  # the last attempt's refusal was of the last stored login
+        self._refused_bdseq: int | None = None  # of a CONNECT refused: the broker kept no will
         takeover_cap = max(TAKEOVER_CAP, config.takeover_backoff)
         self._takeover_backoff = Backoff(initial=config.takeover_backoff, cap=takeover_cap)
         self._takeovers = 0  # in a row, each within TAKEOVER_CAP of the connection before
@@ -141,7 +156,7 @@ class BrokerLink:
     # connecting -----------------------------------------------------------------------------
     def _connect(self, now: float) -> None:
         try:
-            bdseq = self._store.take()
+            bdseq = self._next_bdseq()
         except StateDirError as exc:
             if not self._ever_took_bdseq:
                 raise
@@ -160,6 +175,12 @@ class BrokerLink:
         self._handshake_deadline = now + HANDSHAKE_TIMEOUT
         log.debug("connecting", broker=str(self.broker))
 
+    def _next_bdseq(self) -> int:
+        """A new bdseq, unless the broker refused the last CONNECT: it kept nothing of that
+        connection (no will, no online), so its bdseq is used again."""
+        refused, self._refused_bdseq = self._refused_bdseq, None
+        return refused if refused is not None else self._store.take()
+
     def _use_login(self) -> None:
         self._login = None if self._logins is None else self._logins.choose()
         if self._login is not None:
@@ -167,25 +188,54 @@ class BrokerLink:
             self.heartbeat.cred_gen = self._login.generation
 
     def retry(self, now: float, why: str, detail: str) -> None:
-        """Connect again after the next backoff delay."""
-        delay = self._backoff.next_delay()
+        """Connect again after the next backoff delay (the long one when locked out)."""
+        locked_out, self._locked_out = self._locked_out, False
+        delay = (self._lockout if locked_out else self._backoff).next_delay()
         self.phase = Phase.IDLE
         self._retry_at = now + delay
-        log.warning("broker connection failed", why=why, detail=detail, retry_in=round(delay, 2))
+        if locked_out:
+            self._say_locked_out(delay)
+        else:
+            log.warning(
+                "broker connection failed", why=why, detail=detail, retry_in=round(delay, 2)
+            )
+
+    def _say_locked_out(self, delay: float) -> None:
+        username = "" if self._login is None else self._login.username
+        log.error(
+            f"the broker refused every stored login of environment {self.env!r} (last tried: "
+            f"user name {username!r}); its credential was removed or replaced. Re-enrol this "
+            "gateway: an operator writes a new bootstrap file for it, then restart the agent "
+            "with edge-agent run --config FILE",
+            username=username,
+            retry_in=round(delay, 1),
+        )
 
     def on_connected(self, now: float) -> None:
         """CONNACK: the handshake goes on (the caller subscribes, or ends a stop)."""
         self._handshake_deadline = now + HANDSHAKE_TIMEOUT
         self._connected_at = now
+        self._lockout.reset()
         if self._logins is not None and self._login is not None:
             self._logins.accepted(self._login)
 
     def on_refused(self, reason: str) -> None:
-        """CONNACK refused the connection: a refused login makes way for the next one."""
+        """CONNACK refused the connection: a refused login makes way for the next one at
+        once; the last one refused, the link backs off long (see :meth:`retry`)."""
+        self._refused_bdseq = self.heartbeat.bdseq
         login = self._login
-        if self._logins is not None and login is not None and self._logins.refused(login, reason):
-            log.error("broker refused the login", username=login.username, reason=reason)
-            self._backoff.reset()  # the next credential at once, not after a long wait
+        if self._logins is None or login is None or not self._logins.refused(login, reason):
+            log.error("broker refused the connection", reason=reason)
+            return
+        if self._logins.all_refused:
+            self._locked_out = True  # said once, with the wait, when the link retries
+            return
+        log.error(
+            "broker refused the login; trying the next stored credential",
+            username=login.username,
+            reason=reason,
+        )
+        self._backoff.reset()  # the next credential at once, not after a long wait
 
     def log_in_again(self, now: float) -> None:
         """A new credential arrived: end this connection cleanly (no will) and connect

@@ -178,9 +178,12 @@ class EnvRotateCredentials(_Request, frozen=True, kw_only=True, tag="env-rotate-
     generation). Under ``broker init`` only: a new broker client is made beside the one in
     use, its password goes to the agent sealed to the agent's box key, and the old client
     is removed once the agent is online with the new one (an offline agent gets it when it
-    returns). Asked again before the agent took it, the same generation is made anew."""
+    returns). Asked again before the agent took it, the same generation is made anew.
+    The password is sealed to the box key pinned at the agent's first online; ``repin``
+    (the operator reinstalled the agent) pins the key of its current connection first."""
 
     id: ShortText
+    repin: bool = False
 
 
 class DeployRequest(_Request, frozen=True, kw_only=True, tag="deploy"):
@@ -296,6 +299,9 @@ class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     rotation_state: ShortText = ""
     rotation_target: Count = 0
     rotation_started: UnixTime | None = None
+    # The latest connection reported a box key other than the pinned one (another runtime
+    # with this identity, or a reinstalled agent: env rotate-credentials ID --repin).
+    box_key_mismatch: bool = False
 
 
 class SealedCredential(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,6 +5,7 @@ logging in again with a new credential or falling back when the broker refuses i
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import stat
 import subprocess
@@ -32,6 +33,7 @@ from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.identity import Identity, Password
 from edgeplane.shared.messages import Credentials
 from tests.support.command_key import PUBLIC_KEY, signed
+from tests.support.logs import capture_logs
 from tests.support.scripted_agent import CMD, ENV, EVENTS, ROOT, NoOtherRuntime, ScriptedBroker
 
 BOOTSTRAP = Identity(username=ENV, password=Password("enrolled-password"))
@@ -251,3 +253,59 @@ def test_a_new_credential_the_broker_refuses_leaves_the_agent_online_with_the_ol
 
 def _message(topic: str, payload: bytes) -> MessageIn:
     return MessageIn(topic, payload, False)
+
+
+# --- locked out -------------------------------------------------------------------------------
+def refusals(broker: LoginBroker) -> list[tuple[float, str]]:
+    return [(t, d) for t, a, d in broker.record if a == "refused"]
+
+
+def test_a_locked_out_agent_backs_off_long_and_says_what_to_do(tmp_path: Path) -> None:
+    clock = ManualClock()
+    broker = LoginBroker(clock, {})  # its credential was deleted: every login is refused
+    agent = looping_agent(tmp_path, broker, clock)
+    broker.at(3000, agent.request_stop)
+    with capture_logs() as logs:
+        assert agent.run() == 0
+
+    times = [t for t, _ in refusals(broker)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert 5 <= len(times) <= 25  # not three a second
+    assert all(5.0 <= gap <= 301.0 for gap in gaps)
+    assert max(gaps) >= 150.0  # it grew to the cap
+    told = [e for e in logs if e["log_level"] == "error" and "re-enrol" in e["event"].lower()]
+    assert len(told) == len(times)  # one clear line per attempt
+    assert all(e["username"] == ENV and ENV in e["event"] for e in told)
+    assert BdseqStore(tmp_path).last == 1  # refused attempts keep the one bdseq
+
+
+def test_a_refused_login_tries_the_next_stored_credential_at_once(tmp_path: Path) -> None:
+    clock = ManualClock()
+    broker = LoginBroker(clock, {ENV: "enrolled-password", f"{ENV}.1": "rotated-password"})
+    agent = looping_agent(tmp_path, broker, clock)
+    command = signed(credentials(tmp_path, "rotated-password"), ENV)
+    broker.at(2, lambda: broker.pending.append(_message(CMD, command)))
+    broker.at(5, lambda: broker.valid.update({f"{ENV}.1": "replaced"}))  # it no longer works
+    broker.at(5, lambda: broker.drop(134))
+    broker.at(60, agent.request_stop)
+    agent.run()
+
+    # ... the agent falls back to the bootstrap login at once, without a long wait
+    assert broker.logins == [ENV, f"{ENV}.1", f"{ENV}.1", ENV]
+    ((refused_at, _),) = refusals(broker)
+    online_again = min(
+        t for t, p in broker.published() if p and p["status"] == "online" and t > refused_at
+    )
+    assert online_again - refused_at < 1.0
+
+
+def test_a_locked_out_agent_comes_back_once_a_login_works_again(tmp_path: Path) -> None:
+    clock = ManualClock()
+    broker = LoginBroker(clock, {})
+    agent = looping_agent(tmp_path, broker, clock)
+    broker.at(700, lambda: broker.valid.update({ENV: "enrolled-password"}))
+    broker.at(1100, agent.request_stop)
+    agent.run()
+
+    assert onlines(broker)  # online again, without a restart
+    assert refusals(broker)[-1][0] < 700

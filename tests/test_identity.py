@@ -347,3 +347,15 @@ def test_an_agent_saying_another_boot_took_its_session_raises_at_once_and_clears
     assert (cleared.state, cleared.at) == ("cleared", 1310.0)
     # its own boot id named is no report of anything
     assert watch.observe("dev-a", "boot-a", 1400.0, taken_over_by="boot-a") is None
+
+
+def test_a_conflict_shown_otherwise_is_raised_once_and_cleared_after_quiet() -> None:
+    watch = IdentityWatch(window=600, quiet=300)
+    watch.observe("edge-a", "boot-1", 0.0)
+    raised = watch.conflict("edge-a", 10.0, "a box key other than the pinned one")
+    assert raised is not None
+    assert (raised.kind, raised.state, raised.at) == ("identity-conflict", "raised", 10.0)
+    assert watch.conflict("edge-a", 20.0, "again") is None  # one episode, not a stream
+    assert watch.expire(300.0) == []  # quiet counts from the latest sign
+    [cleared] = watch.expire(320.0)
+    assert (cleared.state, cleared.at) == ("cleared", 320.0)

@@ -55,6 +55,10 @@ class ScriptedIdentity:
         self.observed.append((env, boot, at))
         return self.on_observe.pop(0) if self.on_observe else None
 
+    def conflict(self, env: str, at: float, why: str) -> AlertEdge | None:
+        self.conflicts.add(env)
+        return None
+
     def expire(self, now: float) -> list[AlertEdge]:
         edges, self.on_expire = self.on_expire, []
         return edges

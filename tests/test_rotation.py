@@ -44,7 +44,9 @@ def known(rotate_after: float | None = None) -> Rotations:
 def test_the_first_online_with_a_box_key_makes_the_environment_known_at_generation_0() -> None:
     rotations = Rotations(None, ids())
     changed, actions = rotations.on_online(online(1), ENROLLED)
-    assert changed == Credential("edge-a", generation=0, since=ENROLLED, box_key=KEY)
+    assert changed == Credential(
+        "edge-a", generation=0, since=ENROLLED, box_key=KEY, reported_key=KEY, reported_bdseq=1
+    )
     assert actions == []
     assert rotations.on_online(online(1), ENROLLED) == (None, [])  # nothing new: no write
 
@@ -147,14 +149,58 @@ def test_once_the_new_credential_is_in_use_a_new_request_waits_for_the_removal()
         rotations.start("edge-a", "operator", NOW, ENROLLED)
 
 
-def test_an_agent_with_a_new_key_pair_gets_a_credential_sealed_to_it() -> None:
+def test_the_first_box_key_is_pinned_and_another_never_moves_it() -> None:
     rotations = known()
     rotations.start("edge-a", "operator", NOW, ENROLLED)
     rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=None)
-    changed, actions = rotations.on_online(online(2, box_key=OTHER_KEY), ENROLLED)
+    # someone with the environment's login reports a key of its own while the agent is away
+    stranger = online(2, box_key=OTHER_KEY)
+    reason = rotations.key_mismatch(stranger)
+    assert reason is not None
+    assert all(words in reason for words in ("edge-a", "pinned", "--repin"))
+    changed, actions = rotations.on_online(stranger, ENROLLED)
+    assert actions == []  # not re-sealed to it, and nothing sent to it
     assert changed is not None
-    assert (changed.state, changed.box_key) == ("creating", OTHER_KEY)
+    assert (changed.box_key, changed.key_mismatch, changed.sealed_to) == (KEY, True, KEY)
+    assert rotations.on_online(online(2, box_key=""), ENROLLED) == (None, [])  # its heartbeats
+    # the real agent comes back: the credential sealed to the pinned key goes to it
+    changed, actions = rotations.on_online(online(3), ENROLLED)
+    [send] = actions
+    assert isinstance(send, SendCredentials)
+    assert (send.command.sealed, send.command.box_key) == ("SEALED", KEY)
+    assert changed is not None
+    assert not changed.key_mismatch
+    assert rotations.key_mismatch(online(3)) is None
+
+
+def test_a_rotation_seals_to_the_pinned_key_whatever_was_reported_last() -> None:
+    rotations = known(rotate_after=10)
+    rotations.on_online(online(2, box_key=OTHER_KEY), ENROLLED)
+    _, actions = rotations.start("edge-a", "operator", NOW, ENROLLED)
+    assert actions == [CreateClient("edge-a", "edge-a.1", 1, KEY)]
+    # the connection with the other key is online now: it is not sent there
+    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=2)
+    assert (state.state, actions) == ("created", [])
+
+
+def test_no_mismatch_without_a_pin_or_without_a_key() -> None:
+    rotations = Rotations(None, ids())
+    assert rotations.key_mismatch(online(1, box_key=OTHER_KEY)) is None  # nothing pinned yet
+    rotations.on_online(online(1), ENROLLED)
+    assert rotations.key_mismatch(online(2, box_key="")) is None
+    assert rotations.key_mismatch(online(2)) is None
+
+
+def test_repin_pins_the_key_of_the_current_connection_and_rotates() -> None:
+    rotations = known()
+    rotations.on_online(online(2, box_key=OTHER_KEY), ENROLLED)  # the reinstalled agent
+    with pytest.raises(RequestRefused, match="--repin") as caught:
+        rotations.start("edge-a", "operator", NOW, ENROLLED, repin_on=1)  # not connected now
+    assert caught.value.code == "offline"
+    state, actions = rotations.start("edge-a", "operator", NOW, ENROLLED, repin_on=2)
+    assert (state.box_key, state.key_mismatch) == (OTHER_KEY, False)
     assert actions == [CreateClient("edge-a", "edge-a.1", 1, OTHER_KEY)]
+    assert rotations.key_mismatch(online(3, box_key=OTHER_KEY)) is None
 
 
 def test_automatic_rotation_takes_credentials_older_than_rotate_after() -> None:

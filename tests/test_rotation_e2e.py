@@ -9,6 +9,7 @@ message is recorded, and the clear new password is in none of them (nor in a log
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -283,3 +284,58 @@ async def test_an_unknown_environment_or_one_never_seen_is_refused(site: Site) -
     unseen = await site.cli("env", "rotate-credentials", "edge-new")
     assert unseen.code == 1
     assert "has not reported a box key yet" in unseen.stderr, str(unseen)
+
+
+def _is_conflict_raised(message: Received, topic: str) -> bool:
+    if message.topic != topic or not message.payload:
+        return False
+    alert = json.loads(message.payload)
+    return bool(alert.get("kind") == "identity-conflict" and alert.get("state") == "raised")
+
+
+async def test_a_stolen_login_with_its_own_box_key_gets_nothing_and_the_agent_keeps_working(
+    site: Site,
+) -> None:
+    from nacl.exceptions import CryptoError
+    from nacl.public import PrivateKey, SealedBox
+
+    rotation = await Rotation.enroll(site, "edge-pin")
+    env, root = rotation.env, site.root
+    await rotation.start_agent()
+    await rotation.online_on(0)  # its box key is pinned
+    await rotation.stop_agent()
+
+    # With the agent away, someone holding its bootstrap login says it is the agent.
+    thief_key = PrivateKey.generate()
+    with site.broker.client(rotation.old) as thief:
+        assert thief.subscribe(root.cmd(env)) == [1]
+        online = {
+            "status": "online",
+            "env": env,
+            "bdseq": 9999,
+            "seq": 0,
+            "interval": 30,
+            "boot": "thief",
+            "box_key": base64.b64encode(bytes(thief_key.public_key)).decode(),
+        }
+        assert thief.publish(root.status(env), json.dumps(online), retain=True) == 0
+        await rotation.until(lambda m: _is_conflict_raised(m, root.alerts(env)))
+        shown = await rotation.show()
+        assert shown["box_key_mismatch"] is True
+        text = await site.cli("env", "show", env)
+        assert "--repin" in text.stdout, str(text)
+
+        out = await rotation.rotate()
+        assert out == "edge-pin: new credential generation 1 (created)\n"  # not sent to it
+        got = list(thief.messages.queue)
+    for command in got:  # nothing it received opens with its key
+        sealed = json.loads(command.payload).get("sealed")
+        if sealed:
+            with pytest.raises(CryptoError):
+                SealedBox(thief_key).decrypt(base64.b64decode(sealed))
+
+    # The agent comes back, gets the credential sealed to its pinned key, and only then
+    # is the stolen login removed.
+    await rotation.start_agent()
+    await rotation.online_on(1)
+    await rotation.ends_on(1)

@@ -413,6 +413,11 @@ def _add_rotate(actions: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--wait", action="store_true", help="follow until the old credential is removed"
     )
     parser.add_argument(
+        "--repin",
+        action="store_true",
+        help="the agent was reinstalled: pin the box key of its current connection first",
+    )
+    parser.add_argument(
         "--wait-timeout",
         type=seconds_arg(86_400),
         default=ROTATION_WAIT,
@@ -425,7 +430,8 @@ async def _rotate(controller: ControllerClient, args: argparse.Namespace, within
     from edgeplane.controller.operator.output import print_json
     from edgeplane.shared.rpc import EnvRotateCredentials
 
-    info: EnvInfo = await controller.call(EnvRotateCredentials(id=args.id), within=within)
+    request = EnvRotateCredentials(id=args.id, repin=args.repin)
+    info: EnvInfo = await controller.call(request, within=within)
     target = info.rotation_target
     if not args.json:
         print(f"{info.id}: new credential generation {target} ({info.rotation_state})", flush=True)

@@ -113,6 +113,20 @@ class IdentityWatch:
             edges.append(self._edge(env, "raised", at, why))
         return self._hand_out(env, state, edges)
 
+    def conflict(self, env: str, at: float, why: str) -> AlertEdge | None:
+        """A second runtime shown by other means (an online whose box key is not the
+        pinned one): raised once, like :meth:`observe`, and quiet counts from ``at``."""
+        state = self._envs.get(env)
+        if state is None:
+            state = self._envs[env] = _Boots("", at, at)
+        at = max(at, state.last_at)
+        edges = self._settle(env, state, at)
+        state.current_since = at
+        if not state.conflict:
+            state.conflict = True
+            edges.append(self._edge(env, "raised", at, why[:200]))
+        return self._hand_out(env, state, edges)
+
     def expire(self, now: float) -> list[AlertEdge]:
         """Every edge due by ``now``: ``cleared`` edges of environments that have shown
         one boot id for ``quiet`` seconds (and any edge ``observe`` held back), in time

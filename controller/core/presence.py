@@ -61,6 +61,7 @@ class IdentityTracker(Protocol):
     def observe(
         self, env: str, boot: str, at: float, taken_over_by: str = ""
     ) -> AlertEdge | None: ...
+    def conflict(self, env: str, at: float, why: str) -> AlertEdge | None: ...
     def expire(self, now: float) -> list[AlertEdge]: ...
     def next_deadline(self) -> float | None: ...
     def in_conflict(self, env: str) -> bool: ...
@@ -251,6 +252,15 @@ class Presence:
         if record.status != "offline":
             self._transition(record, "offline", message.reason, now, retained, judgement)
         judgement.records.append(record.snapshot())
+        return judgement
+
+    def conflict(self, env: str, why: str) -> Judgement:
+        """``identity-conflict`` for ``env``, known by other means than its boot ids (an
+        online with a box key that is not the pinned one)."""
+        judgement = Judgement()
+        edge = self._identity.conflict(env, self._clock.time(), why)
+        if edge is not None:
+            self._apply_edge(edge, judgement)
         return judgement
 
     def tick(self) -> Judgement:

@@ -17,6 +17,14 @@ a controller killed at any point takes up where it was (:meth:`Rotations.resume`
 Once the old client is gone the environment is idle again with generation N+1. The agent
 keeps its previous credential until the new one is accepted, so no state leaves it
 unable to connect.
+
+**The pinned box key.** The first box key an environment's agent reports is pinned, and
+every new password is sealed to the pinned key only. Whoever holds a leaked credential and
+reports a key of its own while the agent is away gets nothing it can open: an online with
+another key never moves the pin (:meth:`Rotations.key_mismatch` names it, so that it is
+counted and raises ``identity-conflict``), nor does it receive a pending command. Only an
+operator moves the pin (``env rotate-credentials ID --repin``, after reinstalling an
+agent): to the key of the environment's current connection.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ __all__ = [
     "RotationState",
     "Rotations",
     "SendCredentials",
+    "fingerprint",
 ]
 
 RotationState = Literal["creating", "created", "sent", "removing"]
@@ -56,7 +65,7 @@ class Credential:
     env: str
     generation: int = 0
     since: float = 0.0  # when the credential in use was made (unix seconds)
-    box_key: str = ""  # the agent's X25519 public key, as it last reported it
+    box_key: str = ""  # the agent's X25519 public key, pinned: the first one it reported
     state: RotationState | None = None
     target: int = 0  # the generation being rolled out
     started: float | None = None
@@ -64,10 +73,17 @@ class Credential:
     sealed: str = ""
     sealed_to: str = ""
     sent_bdseq: int | None = None  # the connection the command last went out on
+    reported_key: str = ""  # the box key of the latest connection that reported one
+    reported_bdseq: int | None = None  # that connection
 
     @property
     def rotating(self) -> bool:
         return self.state is not None
+
+    @property
+    def key_mismatch(self) -> bool:
+        """The latest connection reported a box key other than the pinned one."""
+        return bool(self.reported_key and self.box_key and self.reported_key != self.box_key)
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.since)
@@ -127,12 +143,22 @@ class Rotations:
 
     # --- starting -----------------------------------------------------------------------------
     def start(
-        self, env: str, cause: RotationCause, now: float, enrolled: float
+        self,
+        env: str,
+        cause: RotationCause,
+        now: float,
+        enrolled: float,
+        *,
+        repin_on: int | None = None,
     ) -> tuple[Credential, list[Action]]:
         """Begin rotating ``env``'s credential (``enrolled``: when its record was made, the
         age of a credential never rotated). Asked again while the new client is not yet
-        in use, the same generation is made again with a new password."""
+        in use, the same generation is made again with a new password. ``repin_on``: the
+        operator re-pins the box key to the one reported by this connection (the agent's
+        current one) first."""
         current = self._by_env.get(env) or Credential(env, since=enrolled)
+        if repin_on is not None:
+            current = self._repinned(current, repin_on)
         if current.state == "removing":
             raise RequestRefused(
                 "invalid",
@@ -157,6 +183,29 @@ class Rotations:
             sent_bdseq=None,
         )
         return self._put(rotation), [self._create(rotation)]
+
+    def _repinned(self, current: Credential, bdseq: int) -> Credential:
+        if current.reported_bdseq != bdseq or not current.reported_key:
+            raise RequestRefused(
+                "offline",
+                f"environment {current.env} has no online connection that reported a box "
+                "key: --repin pins the key of the agent connected now",
+            )
+        return dataclasses.replace(current, box_key=current.reported_key)
+
+    def key_mismatch(self, message: OnlineStatus) -> str | None:
+        """Why ``message``'s box key is not taken (another key is pinned), or None."""
+        credential = self._by_env.get(message.env)
+        if credential is None or not credential.box_key or not message.box_key:
+            return None
+        if message.box_key == credential.box_key:
+            return None
+        return (
+            f"environment {message.env}: connection bdseq {message.bdseq} reports box key "
+            f"{fingerprint(message.box_key)}, not the pinned {fingerprint(credential.box_key)}"
+            f" (another runtime, or an agent whose state was wiped: "
+            f"env rotate-credentials {message.env} --repin once it is reinstalled)"
+        )
 
     def due(self, now: float, enrolled: dict[str, float]) -> list[str]:
         """The environments (of ``enrolled``: id -> when their record was made) whose
@@ -193,7 +242,8 @@ class Rotations:
         if current.state != "creating" or current.target != generation:
             return current, []  # a stale report: a newer start took over
         rotation = dataclasses.replace(current, state="created", sealed=sealed, sealed_to=sealed_to)
-        if online_bdseq is None:
+        stranger = rotation.key_mismatch and rotation.reported_bdseq == online_bdseq
+        if online_bdseq is None or stranger:  # sent to the agent with the pinned key only
             return self._put(rotation), []
         return self._send(rotation, online_bdseq)
 
@@ -221,27 +271,23 @@ class Rotations:
     def on_online(
         self, message: OnlineStatus, enrolled: float
     ) -> tuple[Credential | None, list[Action]]:
-        """An online message of ``message.env``'s agent: a new box key is kept, a pending
-        command is sent on a new connection, the new generation in use ends the rotation.
-        Returns the credential when it changed (to store), and what to do."""
+        """An online message of ``message.env``'s agent: the first box key is pinned, a
+        pending command is sent on a new connection that has not reported another key,
+        the new generation in use ends the rotation. Returns the credential when it
+        changed (to store), and what to do."""
         env = message.env
         current = self._by_env.get(env)
         if current is None and not message.box_key:
             return None, []
-        before = current or Credential(env, since=enrolled)
-        updated = before
-        if message.box_key and message.box_key != before.box_key:
-            updated = dataclasses.replace(updated, box_key=message.box_key)
+        updated = _reported(current or Credential(env, since=enrolled), message)
+        # What is sealed to the pinned key is of no use to a connection with another key.
+        stranger = updated.key_mismatch and updated.reported_bdseq == message.bdseq
+        pending = updated.state in ("created", "sent") and updated.sent_bdseq != message.bdseq
         if updated.rotating and message.cred_gen == updated.target:
             if updated.state != "removing":
                 updated = self._put(dataclasses.replace(updated, state="removing"))
                 return updated, [self._delete(updated)]
-        elif updated.state in ("created", "sent") and updated.sealed_to != updated.box_key:
-            # The agent has a new key pair (its state directory was made anew): what was
-            # sealed to the old key is of no use, so the new client is made again.
-            again = dataclasses.replace(updated, state="creating", sealed="", sealed_to="")
-            return self._put(again), [self._create(again)]
-        elif updated.state in ("created", "sent") and updated.sent_bdseq != message.bdseq:
+        elif pending and not stranger:
             return self._send(updated, message.bdseq)
         if updated == current:
             return None, []
@@ -298,3 +344,20 @@ class Rotations:
     def _put(self, credential: Credential) -> Credential:
         self._by_env[credential.env] = credential
         return credential
+
+
+def _reported(credential: Credential, message: OnlineStatus) -> Credential:
+    """``credential`` with the box key ``message`` reports noted (and pinned, if none is)."""
+    if not message.box_key:
+        return credential
+    return dataclasses.replace(
+        credential,
+        box_key=credential.box_key or message.box_key,
+        reported_key=message.box_key,
+        reported_bdseq=message.bdseq,
+    )
+
+
+def fingerprint(box_key: str) -> str:
+    """A short, readable name of a box key (a public key: nothing secret) for logs."""
+    return f"{box_key[:8]}..." if len(box_key) > 8 else box_key

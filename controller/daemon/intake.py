@@ -28,6 +28,7 @@ from edgeplane.shared.topics import TopicKind, TopicRoot
 __all__ = ["Intake", "Taken"]
 
 log: Final = structlog.get_logger("controller")
+KEY_CONFLICT: Final = "an online reported a box key other than the pinned one"
 
 
 class Taken(NamedTuple):
@@ -49,11 +50,12 @@ class Intake:
         *,
         max_payload: int,
         keys: KeyRotator | None = None,
-        on_online: Callable[[OnlineStatus], None] | None = None,
+        on_online: Callable[[OnlineStatus], str | None] | None = None,
     ) -> None:
         self._root = root
         self._keys = keys
-        self._on_online = on_online  # credential rotation's feed (never waits)
+        # Credential rotation's feed (never waits); says why a box key is not taken.
+        self._on_online = on_online
         self._core = core
         self._ops = operations
         self._sync = sync
@@ -98,7 +100,11 @@ class Intake:
         if judgement.stale:
             log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
         if self._on_online is not None and isinstance(status, OnlineStatus):
-            self._on_online(status)
+            mismatch = self._on_online(status)
+            if mismatch is not None:
+                # The online counts (the broker let it in); its box key does not.
+                self.drop("box-key-mismatch", self._root.status(env), mismatch)
+                judgement.extend(self._core.conflict(env, KEY_CONFLICT))
         came_online = any(t.to_status == "online" for t in judgement.transitions)
         keys = None if self._keys is None else self._keys.on_status(status)
         if came_online or _reports_inventory(status):

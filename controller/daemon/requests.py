@@ -135,8 +135,8 @@ class RequestHandler:
                 if self._rotation is not None:
                     self._rotation.forget(env)
                 return retired
-            case EnvRotateCredentials(id=env):
-                return await self._rotate(env), Effects()
+            case EnvRotateCredentials(id=env, repin=repin):
+                return await self._rotate(env, repin), Effects()
             case DeployRequest():
                 return ops.deploy(request)
             case DeploymentList(env=env, limit=limit):
@@ -159,12 +159,12 @@ class RequestHandler:
                 return self._keys.request(action)
         raise RequestRefused("invalid", f"unknown request {_op(request)!r}")
 
-    async def _rotate(self, env: str) -> EnvInfo:
+    async def _rotate(self, env: str, repin: bool) -> EnvInfo:
         self._identities()
         if self._rotation is None:
             raise RequestRefused("no-identities", NO_IDENTITIES)
         self._ops.registry.require(env)
-        await self._rotation.rotate(env)
+        await self._rotation.rotate(env, repin=repin)
         return self._credential(self._ops.env_info(env))
 
     def _credential(self, info: EnvInfo) -> EnvInfo:

@@ -87,10 +87,24 @@ class CredentialRotator:
         self._online_bdseq = online_bdseq
         self._enrolled = enrolled
 
-    async def rotate(self, env: str, cause: RotationCause = "operator") -> Credential:
-        """Start a rotation of ``env``'s credential; the state it reached."""
+    async def rotate(
+        self, env: str, cause: RotationCause = "operator", *, repin: bool = False
+    ) -> Credential:
+        """Start a rotation of ``env``'s credential; the state it reached. ``repin``: seal
+        to the box key of the agent connected now (the operator reinstalled it)."""
         now = self._clock.time()
-        state, actions = self.rotations.start(env, cause, now, self._enrolled(env))
+        repin_on = self._online_bdseq(env) if repin else None
+        if repin and repin_on is None:
+            raise RequestRefused(
+                "offline",
+                f"environment {env} is offline: --repin pins the box key of the agent "
+                "connected now",
+            )
+        state, actions = self.rotations.start(
+            env, cause, now, self._enrolled(env), repin_on=repin_on
+        )
+        if repin:
+            log.warning("box key re-pinned by an operator", env=env, box_key=state.box_key)
         await self._keep([state])
         await self._carry_out(actions)
         return self.rotations.get(env) or state

@@ -58,23 +58,25 @@ class RotationDesk:
     def rotations(self) -> Rotations:
         return self.rotator.rotations
 
-    def offer(self, status: OnlineStatus) -> None:
-        """An online message, from the receive path: kept when it can matter, never waits."""
+    def offer(self, status: OnlineStatus) -> str | None:
+        """An online message, from the receive path: kept when it can matter, never waits.
+        Returns why its box key is not taken (not the pinned one), or None."""
         if not status.box_key:
             credential = self.rotations.get(status.env)
             if credential is None or not credential.rotating:
-                return  # a plain heartbeat: the hot path
+                return None  # a plain heartbeat: the hot path
         try:
             self._queue.put_nowait(status)
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("rotation queue full; online dropped", env=status.env, dropped=self.dropped)
+        return self.rotations.key_mismatch(status)
 
-    async def rotate(self, env: str) -> Credential:
+    async def rotate(self, env: str, *, repin: bool = False) -> Credential:
         """An operator's rotation of ``env``; a broker failure is an ``unavailable`` refusal."""
         async with self._lock:
             try:
-                return await self.rotator.rotate(env)
+                return await self.rotator.rotate(env, repin=repin)
             except ControllerError as exc:
                 raise RequestRefused("unavailable", f"rotation of {env} failed: {exc}") from exc
 
@@ -136,4 +138,5 @@ def with_credential(info: EnvInfo, rotations: Rotations) -> EnvInfo:
         rotation_state=credential.state or "",
         rotation_target=credential.target,
         rotation_started=credential.started,
+        box_key_mismatch=credential.key_mismatch,
     )

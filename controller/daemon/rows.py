@@ -109,11 +109,12 @@ ENVIRONMENT_SELECT: Final = (
 INVENTORY_SELECT: Final = "SELECT env, models, platform, updated FROM inventory"
 DEPLOYMENT_SELECT: Final = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments"
 CREDENTIAL_COLUMNS: Final = (
-    "env, generation, since, box_key, state, target, started, cause, sealed, sealed_to, sent_bdseq"
+    "env, generation, since, box_key, state, target, started, cause, sealed, sealed_to,"
+    " sent_bdseq, reported_key, reported_bdseq"
 )
 UPSERT_CREDENTIAL: Final = (
     f"INSERT OR REPLACE INTO credentials ({CREDENTIAL_COLUMNS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 CREDENTIAL_SELECT: Final = f"SELECT {CREDENTIAL_COLUMNS} FROM credentials"
 
@@ -123,12 +124,10 @@ def credential_row(credential: Credential) -> tuple[Any, ...]:
 
 
 def credential_from_row(row: Sequence[Any]) -> Credential:
-    env, generation, since, box_key, state, target, started, cause, sealed, sealed_to, bdseq = row
+    env, state = row[0], row[4]
     if state not in (None, "creating", "created", "sent", "removing"):
         raise StoreError(f"stored credential of {env!r} has an unknown rotation state {state!r}")
-    return Credential(
-        env, generation, since, box_key, state, target, started, cause, sealed, sealed_to, bdseq
-    )
+    return Credential(*row)
 
 
 def env_row(record: EnvRecord) -> tuple[Any, ...]:

@@ -144,6 +144,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         acked REAL
     );
     """,
+    # version 6: the box key each connection reported beside the pinned one (box_key, the
+    # first reported: rotation seals to it only; see core/rotation.py)
+    """
+    ALTER TABLE credentials ADD COLUMN reported_key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE credentials ADD COLUMN reported_bdseq INTEGER;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

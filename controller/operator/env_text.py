@@ -83,6 +83,11 @@ def _credential(info: EnvInfo, now: float) -> str:
     text = f"generation {info.credential_generation}{age}"
     if info.rotation_state:
         text += f"; rotating to {info.rotation_target} ({info.rotation_state})"
+    if info.box_key_mismatch:
+        text += (
+            "; the agent connected now reports a box key other than the pinned one (another"
+            f" runtime, or a reinstalled agent: edgeplane env rotate-credentials {info.id} --repin)"
+        )
     return text
 
 
