@@ -57,7 +57,7 @@ __all__ = ["CHECK_EVERY", "WARN_EVERY", "OperatorClient", "OperatorCredentials",
 
 WARN_EVERY: Final = 86400.0  # seconds between two warnings about one operator's old credential
 CHECK_EVERY: Final = 3600.0  # seconds between two looks at the operators' ages
-RETRY: Final = 10.0  # seconds before looking again after the broker did not answer
+RETRY: Final = 2.0  # fewest seconds between two looks (the broker did not answer)
 
 log: Final = structlog.get_logger("controller")
 T = TypeVar("T")
@@ -200,12 +200,14 @@ class OperatorCredentials:
 
     async def watch(self) -> None:
         """With ``rotate_after`` set: look at the operators' ages now and then, warn."""
-        if self.rotate_after is None:
+        rotate_after = self.rotate_after
+        if rotate_after is None:
             return
         while True:
             try:
-                self.warn_due(await self.listing())
-                wait = CHECK_EVERY
+                operators = await self.listing()
+                self.warn_due(operators)
+                wait = _next_look(operators, rotate_after)
             except RequestRefused as exc:
                 log.debug("could not look at the operators' credentials", error=exc.message)
                 wait = RETRY
@@ -242,6 +244,13 @@ class OperatorCredentials:
             pending=gens[-1].generation if len(gens) > 1 else 0,
             due=due,
         )
+
+
+def _next_look(operators: Iterable[OperatorInfo], rotate_after: float) -> float:
+    """Seconds until the next credential comes of age, at most :data:`CHECK_EVERY`
+    (operators come and go), at least :data:`RETRY`."""
+    coming = [rotate_after - i.age for i in operators if not i.due and i.age is not None]
+    return max(RETRY, min([CHECK_EVERY, *coming]))
 
 
 def _kind(name: str, admin_roles: set[str]) -> OperatorRole:
