@@ -172,6 +172,12 @@ async def test_an_operator_rotates_its_own_file_in_place(site: Site) -> None:
     assert connack(site, first) in REFUSED
     assert list(site.tmp.glob(".own.toml.*")) == []  # the atomic replace left nothing
 
+    # Only ops-c.2 is left, and the name is still taken: no environment may be ops-c.
+    create = ("env", "create", "ops-c", "--stage", "dev", "--location", "x", "--purpose", "y")
+    clash = await site.cli(*create, "--output", str(site.tmp / "env.toml"))
+    assert clash.code == 1, str(clash)
+    assert "client named 'ops-c' already" in clash.stderr
+
 
 async def test_a_confirmation_without_the_sealed_token_is_refused(site: Site) -> None:
     await site.start_controller()
