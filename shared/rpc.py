@@ -61,6 +61,9 @@ __all__ = [
     "OperatorInfo",
     "OperatorList",
     "OperatorRemove",
+    "OperatorRotate",
+    "OperatorRotateConfirm",
+    "OperatorRotated",
     "Reply",
     "Request",
     "SealedCredential",
@@ -241,6 +244,28 @@ class OperatorRemove(_Request, frozen=True, kw_only=True, tag="operator-remove")
     name: OperatorName
 
 
+class OperatorRotate(_Request, frozen=True, kw_only=True, tag="operator-rotate-credentials"):
+    """Result: :class:`OperatorRotated`: a new broker client ``name.N`` beside the old one
+    (same role), its password and a confirmation token sealed to ``seal_to``. Every older
+    credential keeps working until :class:`OperatorRotateConfirm`. Asked again, the
+    pending generation is replaced, except the one ``login`` (the user name the request's
+    connection logged in with) is using."""
+
+    name: OperatorName
+    seal_to: SealTo
+    login: ShortText = ""
+
+
+class OperatorRotateConfirm(_Request, frozen=True, kw_only=True, tag="operator-rotate-confirm"):
+    """Result: :class:`OperatorInfo`: ``generation`` works (the command logged in with
+    it), so every other generation of ``name`` is deleted. ``proof``: the token opened
+    from :attr:`OperatorRotated.sealed_proof`."""
+
+    name: OperatorName
+    generation: Count
+    proof: ShortText
+
+
 class CommandKeyRequest(_Request, frozen=True, kw_only=True, tag="command-key"):
     """Result: :class:`CommandKeyInfo`. ``action``: ``status`` (change nothing), ``rotate``
     (make a new command key and roll it out to every agent), ``finish`` (drop the old key
@@ -264,6 +289,8 @@ Request = (
     | OperatorAdd
     | OperatorList
     | OperatorRemove
+    | OperatorRotate
+    | OperatorRotateConfirm
     | CommandKeyRequest
 )
 
@@ -324,12 +351,31 @@ class EnvCreated(EnvInfo, frozen=True, kw_only=True):
 
 
 class OperatorInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """``generation``: of the credential in use (0: as added); ``since``: when it was made
+    (unix seconds, None: not recorded) and ``age`` by the controller's clock; ``pending``:
+    a rotated generation not yet confirmed (0: none); ``due``: older than the controller's
+    ``rotate_after``."""
+
     name: ShortText
     role: ShortText  # "admin" or "viewer"
+    generation: Count = 0
+    since: float | None = None
+    age: float | None = None
+    pending: Count = 0
+    due: bool = False
 
 
 class OperatorAdded(OperatorInfo, frozen=True, kw_only=True):
     credential: SealedCredential
+
+
+class OperatorRotated(OperatorInfo, frozen=True, kw_only=True):
+    """``credential``: the new generation ``rotated_to`` (user name ``name.N``);
+    ``sealed_proof``: the token :class:`OperatorRotateConfirm` carries, sealed likewise."""
+
+    rotated_to: Count
+    credential: SealedCredential
+    sealed_proof: Annotated[str, msgspec.Meta(max_length=512)]
 
 
 class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
@@ -402,6 +448,8 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     OperatorAdd: OperatorAdded,
     OperatorList: list[OperatorInfo],
     OperatorRemove: OperatorInfo,
+    OperatorRotate: OperatorRotated,
+    OperatorRotateConfirm: OperatorInfo,
     CommandKeyRequest: CommandKeyInfo,
 }
 

@@ -151,11 +151,15 @@ async def test_operators_are_added_listed_and_removed_and_a_viewer_only_reads(
     assert len(denied.stderr.strip().splitlines()) == 1
 
     listed = await site.cli("operator", "list")
-    assert listed.stdout.split() == ["NAME", "ROLE", "admin", "admin", "ops-view", "viewer"]
+    assert [line.split()[:3] for line in listed.stdout.splitlines()] == [
+        ["NAME", "ROLE", "GEN"],
+        ["admin", "admin", "0"],
+        ["ops-view", "viewer", "0"],
+    ]
     listed_json = json.loads((await site.cli("operator", "list", "--json")).stdout)
-    assert listed_json == [
-        {"name": "admin", "role": "admin"},
-        {"name": "ops-view", "role": "viewer"},
+    assert [(o["name"], o["role"], o["generation"]) for o in listed_json] == [
+        ("admin", "admin", 0),
+        ("ops-view", "viewer", 0),
     ]
 
     self_removal = await site.cli("operator", "remove", "admin")

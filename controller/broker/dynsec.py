@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -20,6 +21,7 @@ from edgeplane.controller.core.acl import (
     DEFAULT_ACCESS,
     Role,
     controller_role,
+    credential_note,
     operator_role,
 )
 from edgeplane.controller.errors import SiteInitError
@@ -89,25 +91,33 @@ def role_json(role: Role) -> dict[str, Any]:
     }
 
 
-def client_json(username: str, password: str, role: Role, textname: str) -> dict[str, Any]:
+def client_json(
+    username: str, password: str, role: Role, textname: str, textdescription: str = ""
+) -> dict[str, Any]:
+    described = {"textdescription": textdescription} if textdescription else {}
     return {
         "username": username,
         "textname": textname,
+        **described,
         "roles": [{"rolename": role.rolename}],
         **hash_password(password),
     }
 
 
-def site_dynsec(root: TopicRoot, controller_password: str, admin_password: str) -> dict[str, Any]:
+def site_dynsec(
+    root: TopicRoot, controller_password: str, admin_password: str, *, made: float | None = None
+) -> dict[str, Any]:
     """The plugin's whole first file: publish and subscribe denied by default, the
-    controller and the first operator (``admin``, role admin) with their roles."""
+    controller and the first operator (``admin``, role admin, its credential's age noted
+    from ``made``, now by default) with their roles."""
     controller = controller_role(root)
     admin = operator_role(root, ADMIN_USER, "admin")
+    note = credential_note(time.time() if made is None else made)
     return {
         "defaultACLAccess": dict(DEFAULT_ACCESS),
         "clients": [
             client_json(CONTROLLER_USER, controller_password, controller, "the controller"),
-            client_json(ADMIN_USER, admin_password, admin, "the first operator"),
+            client_json(ADMIN_USER, admin_password, admin, "the first operator", note),
         ],
         "groups": [],
         "roles": [role_json(controller), role_json(admin)],

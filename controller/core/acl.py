@@ -16,7 +16,9 @@ User names and client ids:
   N-th credential rotation (a rotation creates the new client beside the old one, and a
   dynamic-security user name has one password);
 - the controller: :data:`CONTROLLER_USER`;
-- an operator: its name (an env-id-like name), reply topic ``R/controller/reply/{name}``.
+- an operator: its name (an env-id-like name) when added, ``name.N`` after the N-th
+  credential rotation (the same role ``edgeplane-operator-{name}``); reply topic
+  ``R/controller/reply/{name}`` for every generation: the base name before the dot.
 """
 
 from __future__ import annotations
@@ -35,15 +37,19 @@ __all__ = [
     "DEFAULT_ACCESS",
     "Acl",
     "AclType",
+    "CredentialNote",
     "OperatorRole",
     "Role",
     "controller_role",
+    "credential_note",
     "env_generation",
     "env_role",
     "env_role_name",
     "env_username",
+    "operator_generation",
     "operator_role",
     "operator_role_name",
+    "operator_username",
 ]
 
 CONTROL_TOPIC: Final = "$CONTROL/dynamic-security/v1"
@@ -62,6 +68,9 @@ DEFAULT_ACCESS: Final = {
 }
 
 _GENERATION: Final = re.compile(r"^(?P<env>[^.]+)(?:\.(?P<n>[1-9][0-9]{0,8}))?$")
+_NOTE: Final = re.compile(
+    r"^edgeplane since=(?P<since>[0-9]+)(?: confirm=(?P<confirm>[0-9a-f]{64}))?$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +127,45 @@ def env_generation(username: str) -> tuple[str, int] | None:
     if match is None or username == CONTROLLER_USER or not is_env_id(match["env"]):
         return None
     return match["env"], int(match["n"] or 0)
+
+
+def operator_username(name: str, generation: int = 0) -> str:
+    """The broker user name of operator ``name``'s credential ``generation``: the same
+    scheme as an environment's (0: as added)."""
+    return env_username(name, generation)
+
+
+def operator_generation(username: str) -> tuple[str, int] | None:
+    """``(name, generation)`` of an operator-like user name, None for any other name."""
+    return env_generation(username)
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialNote:
+    """What an operator's broker client records of its credential, in the plugin's
+    ``textdescription``: when it was made and, for a rotated one, the SHA-256 (hex) of the
+    token that confirms it."""
+
+    since: float | None = None
+    confirm: str = ""
+
+    @property
+    def text(self) -> str:
+        since = "" if self.since is None else f"edgeplane since={int(self.since)}"
+        return f"{since} confirm={self.confirm}" if since and self.confirm else since
+
+    @classmethod
+    def parse(cls, text: object) -> CredentialNote:
+        """A note of the above form; an empty one for anything else (a client made
+        before notes were kept, or by hand)."""
+        match = _NOTE.match(text) if isinstance(text, str) else None
+        if match is None:
+            return cls()
+        return cls(float(match["since"]), match["confirm"] or "")
+
+
+def credential_note(since: float, confirm: str = "") -> str:
+    return CredentialNote(since, confirm).text
 
 
 def env_role(root: TopicRoot, env: str) -> Role:

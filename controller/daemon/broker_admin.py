@@ -114,7 +114,14 @@ class BrokerAdmin:
             await self.run({"command": "modifyRole", "rolename": role.rolename, "acls": body})
 
     async def create_client(
-        self, username: str, password: str, role: Role, *, clientid: str = "", textname: str = ""
+        self,
+        username: str,
+        password: str,
+        role: Role,
+        *,
+        clientid: str = "",
+        textname: str = "",
+        textdescription: str = "",
     ) -> None:
         command: Command = {
             "command": "createClient",
@@ -123,6 +130,8 @@ class BrokerAdmin:
             "textname": textname,
             "roles": [{"rolename": role.rolename}],
         }
+        if textdescription:
+            command["textdescription"] = textdescription
         if clientid:
             command["clientid"] = clientid
         await self.run(command)

@@ -5,7 +5,8 @@ saying so, and everything else works as before.
 
 Records: the broker's dynamic security plugin is the one record of who may log in. An
 operator is a client with a role named ``edgeplane-operator-{name}``; it is an admin when
-that role may publish requests. An environment's clients are named by
+that role may publish requests (one client per credential generation, ``name`` and
+``name.N``: :mod:`controller.daemon.operator_credentials`). An environment's clients are named by
 :func:`controller.core.acl.env_username` and carry ``edgeplane-env-{env}``.
 
 Passwords are 192 random bits, made here, sent to the broker inside ``$CONTROL`` (which the
@@ -25,6 +26,7 @@ import structlog
 
 from edgeplane.controller.core.acl import (
     CONTROLLER_USER,
+    credential_note,
     env_generation,
     env_role,
     env_role_name,
@@ -33,9 +35,11 @@ from edgeplane.controller.core.acl import (
 )
 from edgeplane.controller.core.operations import Effects, Operations
 from edgeplane.controller.core.presence import Presence
-from edgeplane.controller.daemon.broker_admin import BrokerAdmin
+from edgeplane.controller.daemon.broker_admin import NOT_FOUND, BrokerAdmin
+from edgeplane.controller.daemon.operator_credentials import OperatorCredentials, operator_of
 from edgeplane.controller.errors import BrokerAdminError, RequestRefused
 from edgeplane.controller.sealing import SealError, seal
+from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.rpc import (
     EnvCreate,
     EnvCreated,
@@ -79,8 +83,18 @@ class Identities:
         ca_pem: str = "",
         command_key: str = "",
         lockout_grace: float = LOCKOUT_GRACE,
+        clock: Clock | None = None,
+        rotate_after: float | None = None,
     ) -> None:
         self.admin = admin
+        self._clock = clock or SystemClock()
+        self._operator_credentials = (
+            None
+            if admin is None
+            else OperatorCredentials(
+                admin, root, self._clock, rotate_after=rotate_after, ca_pem=ca_pem
+            )
+        )
         self._root = root
         self._presence = presence
         self._ca_pem = ca_pem
@@ -95,6 +109,12 @@ class Identities:
     def env_clients(self) -> EnvClients:
         """The broker clients of environments, for credential rotation."""
         return EnvClients(self._admin(), self._root)
+
+    def operator_credentials(self) -> OperatorCredentials:
+        """Operators' credential generations, rotation and age."""
+        if self._operator_credentials is None:
+            raise RequestRefused("no-identities", NO_IDENTITIES)
+        return self._operator_credentials
 
     def _admin(self) -> BrokerAdmin:
         if self.admin is None:
@@ -196,23 +216,21 @@ class Identities:
         role = operator_role(self._root, name, request.role)
         await _translated(admin.create_role(role))
         await _translated(
-            admin.create_client(name, password, role, textname=f"operator ({request.role})")
+            admin.create_client(
+                name,
+                password,
+                role,
+                textname=f"operator ({request.role})",
+                textdescription=credential_note(self._clock.time()),
+            )
         )
         log.info("operator added", operator=name, role=request.role)
         credential = self._credential(name, sealed, for_agent=False)
         return OperatorAdded(name=name, role=request.role, credential=credential), Effects()
 
     async def operators(self) -> list[OperatorInfo]:
-        admin = self._admin()
-        clients, roles = await _translated(admin.clients()), await _translated(admin.roles())
-        admins = {r["rolename"] for r in roles if self._may_request(r)}
-        found: list[OperatorInfo] = []
-        for client in clients:
-            name = client.get("username", "")
-            if not isinstance(name, str) or _role_names(client) & {_role_of(name)} == set():
-                continue
-            found.append(OperatorInfo(name=name, role=_operator_kind(name, admins)))
-        return sorted(found, key=lambda info: info.name)
+        """Every operator once, with the generation and age of its credential."""
+        return await self.operator_credentials().listing()
 
     async def remove_operator(self, request: OperatorRemove, requester: str) -> OperatorInfo:
         admin = self._admin()
@@ -227,8 +245,13 @@ class Identities:
         admins = [info for info in everyone.values() if info.role == "admin"]
         if removed.role == "admin" and len(admins) == 1:
             raise RequestRefused("invalid", f"{request.name} is the last admin; add another first")
-        await _translated(admin.delete_client(request.name, operator_role_name(request.name)))
-        log.info("operator removed", operator=request.name)
+        generations = (await self.operator_credentials().generations()).get(request.name, [])
+        commands: list[dict[str, Any]] = [
+            {"command": "deleteClient", "username": g.username} for g in generations
+        ]
+        commands.append({"command": "deleteRole", "rolename": operator_role_name(request.name)})
+        await _translated(admin.run(*commands, tolerate=NOT_FOUND))
+        log.info("operator removed", operator=request.name, generations=len(generations))
         return removed
 
     def requester(self, response_topic: str) -> str:
@@ -243,19 +266,13 @@ class Identities:
         clients = await _translated(admin.clients())
         for client in clients:
             username = client.get("username")
-            if username == name or (isinstance(username, str) and _env_of(client) == name):
+            operator = operator_of(client)
+            taken = _env_of(client) == name or (operator is not None and operator.name == name)
+            if username == name or (isinstance(username, str) and taken):
                 raise RequestRefused(
                     "exists",
                     f"the broker has a client named {name!r} already; pick another {what} name",
                 )
-
-    def _may_request(self, role: dict[str, Any]) -> bool:
-        requests = self._root.requests()
-        return any(
-            acl.get("acltype") == "publishClientSend" and acl.get("topic") == requests
-            for acl in role.get("acls", [])
-            if isinstance(acl, dict)
-        )
 
     def _credential(
         self, username: str, sealed: str, *, for_agent: bool = True
@@ -312,17 +329,6 @@ def _role_names(client: dict[str, Any]) -> set[str]:
         if isinstance(roles, list)
         else set()
     )
-
-
-def _role_of(name: str) -> str:
-    try:
-        return operator_role_name(name)
-    except ValueError:
-        return ""
-
-
-def _operator_kind(name: str, admin_roles: set[str]) -> str:
-    return "admin" if operator_role_name(name) in admin_roles else "viewer"
 
 
 def _env_of(client: dict[str, Any]) -> str:

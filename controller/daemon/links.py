@@ -12,7 +12,8 @@
 ``requests-N`` a few workers answering operator requests, once the sync is done;
 ``rotation``   (under ``broker init``) credential rotation: what a restart interrupted,
                then the online messages that move a rotation on; ``rotation-ticker``
-               the automatic rotation after ``rotate_after``.
+               the automatic rotation after ``rotate_after``; ``operator-ages`` the
+               warnings about operators' credentials older than that.
 
 :class:`EventLink`, on the events connection: a persistent session (a fixed client id per
 topic root, clean start off), so the broker keeps the agents' events published while the
@@ -139,6 +140,9 @@ class PresenceLink:
             if self._rotation is not None:
                 workers.append(tasks.create_task(self._rotation.serve(), name="rotation"))
                 workers.append(tasks.create_task(self._rotation.tick(), name="rotation-ticker"))
+            if self._ids is not None:
+                ages = self._ids.operator_credentials().watch()
+                workers.append(tasks.create_task(ages, name="operator-ages"))
             publisher = tasks.create_task(self._publisher.run(connection), name="publisher")
             await stop.wait()
             await cancel_and_wait(workers)

@@ -43,6 +43,8 @@ from edgeplane.shared.rpc import (
     OperatorAdd,
     OperatorList,
     OperatorRemove,
+    OperatorRotate,
+    OperatorRotateConfirm,
     Reply,
     Request,
 )
@@ -153,6 +155,10 @@ class RequestHandler:
                 return await ids().operators(), Effects()
             case OperatorRemove():
                 return await ids().remove_operator(request, requester), Effects()
+            case OperatorRotate():
+                return await ids().operator_credentials().rotate(request), Effects()
+            case OperatorRotateConfirm():
+                return await ids().operator_credentials().confirm(request), Effects()
             case CommandKeyRequest(action=action):
                 if self._keys is None:
                     raise RequestRefused("unavailable", "this controller cannot rotate its key")

@@ -234,6 +234,8 @@ class PresenceService:
             ca_pem=_ca_pem(identity.ca_pem, identity.ca_file),
             lockout_grace=self.settings.lockout_grace,
             command_key=command_key,
+            clock=self._clock,
+            rotate_after=self.settings.rotate_after,
         )
 
 

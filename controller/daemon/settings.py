@@ -86,7 +86,8 @@ CONTROLLER_SETTINGS: Final = (
         common.positive_float,
         None,
         "under broker init: rotate an environment's broker credential on its own once it "
-        "is this many seconds old (unset: only when an operator asks)",
+        "is this many seconds old (unset: only when an operator asks); an operator's "
+        "credential that old is listed as due and warned about once a day",
     ),
     Setting(
         "command_key_file",

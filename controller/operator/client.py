@@ -109,9 +109,10 @@ class ControllerClient:
         self.root = root
         self.token = unique_client_id("edgeplane-cli")
         self._connection = Connection(url, self.token, timeout=connect_timeout)
-        # Under `broker init` an operator may read only the reply topic of its user name.
+        # Under `broker init` an operator may read only the reply topic of its name: the
+        # user name before the dot (`name.N` is its credential after N rotations).
         self._login = url.identity.username if url.identity else None
-        self._reply_topic = root.reply(self._login or self.token)
+        self._reply_topic = root.reply(self._login.partition(".")[0] if self._login else self.token)
         self._pending: dict[bytes, asyncio.Future[Reply]] = {}
         self._feeds: list[EventFeed] = []
         self._lost: BrokerUnavailable | None = None
