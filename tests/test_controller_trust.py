@@ -327,7 +327,8 @@ async def hostile_agent(system: System, env: str, after: int, *, reject: bool) -
         return
     check = Check(kind="secret", name="X\x1b]0;owned\x07", ok=True, detail=HOSTILE)
     stderr = f"first\n{HOSTILE}\nlast\x1b[0m"
-    finished = {"step": "s", "index": 0, "exit_code": 1, "duration": 0.1, "ok": False}
+    finished: dict[str, Any] = {"step": "s", "index": 0, "exit_code": 1, "duration": 0.1,
+                                "ok": False}  # fmt: skip
     await send(
         system,
         Accepted(seq=11, workflow="plain\x1b[2J", version="1\n2", **mine),

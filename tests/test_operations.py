@@ -22,6 +22,7 @@ from edgeplane.shared.messages import (
     CommandRejected,
     Deploy,
     EnvView,
+    Event,
     Expired,
     Failed,
     OfflineStatus,
@@ -93,9 +94,9 @@ def test_answers_to_the_commands_sent_to_an_environment_are_its_own_and_no_one_e
     refused = CommandRejected(env="edge-a", seq=2, dep=info.id, cmd=info.cmd, reason="no")
     assert world.ops.stranger(refused) == ""
     # the same ids, from B's own topic
-    from_b = [msgspec.structs.replace(ack, env="edge-b"),
-              msgspec.structs.replace(refused, env="edge-b"),
-              Expired(env="edge-b", seq=3, dep=info.id)]  # fmt: skip
+    from_b: list[Event] = [msgspec.structs.replace(ack, env="edge-b"),
+                           msgspec.structs.replace(refused, env="edge-b"),
+                           Expired(env="edge-b", seq=3, dep=info.id)]  # fmt: skip
     assert [world.ops.stranger(event) for event in from_b] == [
         f"no command {command.id!r} was sent to edge-b",
         f"no deployment {info.id!r} was sent to edge-b",
