@@ -1,6 +1,7 @@
-"""The controller trusts nothing it did not send: events of deployments it never sent, a
-preflight that checks less than the workflow requires, replies to topics that are not a
-requester's own, and retained views written by someone else. A real controller and
+"""The controller trusts nothing it did not send: events of deployments it never sent (or
+sent to another environment), a preflight that checks less than the workflow requires,
+replies to topics that are not a requester's own, retained views written by someone else,
+and text that would take over an operator's terminal. A real controller and
 broker; the agents are impersonated by hand, as an attacker would."""
 
 from __future__ import annotations
@@ -16,7 +17,21 @@ from paho.mqtt.properties import Properties
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import encode
-from edgeplane.shared.messages import Accepted, Deploy, Event, Preflight, Started, Succeeded
+from edgeplane.shared.messages import (
+    Accepted,
+    Ack,
+    Check,
+    CommandRejected,
+    Deploy,
+    Event,
+    Expired,
+    Failed,
+    Pong,
+    Preflight,
+    Started,
+    StepFinished,
+    Succeeded,
+)
 from edgeplane.shared.rpc import EnvList
 from edgeplane.shared.topics import TopicRoot
 from tests.support.asking import ask
@@ -107,6 +122,53 @@ async def test_events_of_a_deployment_never_sent_are_dropped_counted_and_never_s
         assert [(e["type"], e["seq"]) for e in logged] == [("accepted", 1), ("succeeded", 2)]
         log = (tmp_path / "controller-0.log").read_text()
         assert "no deployment 'd-made-up' was sent to edge-a" in log
+
+
+async def test_events_from_one_environment_naming_anothers_deployment_are_dropped(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller("--stats-interval", "0.3")
+        for env in ("edge-a", "edge-b"):
+            await system.create_env(env)
+            await fake_online(system, env)
+        plain = {"name": "plain", "version": "1", "steps": [{"name": "s", "run": ["true"]}]}
+        mark = system.probe.mark()
+        sent = await system.cli("deploy", str(system.workflow("plain", plain)), "--env", "edge-a")
+        assert sent.code == 0, str(sent)
+        deploy = await next_deploy(system, "edge-a", mark)
+        restart = await system.cli_json("env", "restart", "edge-a", "--no-wait")
+        mark = system.probe.mark()
+        # B, on its own events topic, answering for A's deployment and A's commands
+        by_b: dict[str, Any] = {"env": "edge-b", "src": "agent-b"}
+        await send(
+            system,
+            CommandRejected(seq=1, dep=deploy.dep, cmd=deploy.id, reason="forged by B", **by_b),
+            Expired(seq=2, dep=deploy.dep, reason="forged by B", **by_b),
+            Ack(seq=3, cmd=restart["cmd"], op="restart", ok=True, detail="forged by B", **by_b),
+            Pong(seq=4, cmd=deploy.id, **by_b),
+        )
+        await dropped(system, mark, unknown_deployment=4)
+        shown = await system.cli("deployments", "show", deploy.dep)
+        assert shown.code == 0, str(shown)
+        assert "forged by B" not in shown.stdout
+        assert (await system.show_deployment(deploy.dep))["state"] == "sent"
+        assert (await system.cli("events", "--env", "edge-b")).stdout == "no events\n"
+
+        # A's own answers to what was sent to A count
+        by_a: dict[str, Any] = {"env": "edge-a", "src": "agent-a"}
+        await send(
+            system,
+            Ack(seq=1, cmd=restart["cmd"], op="restart", ok=True, **by_a),
+            CommandRejected(seq=2, dep=deploy.dep, cmd=deploy.id, reason="not today", **by_a),
+        )
+        done = await system.wait_deployment(deploy.dep)
+        assert (done["state"], done["reason"]) == ("rejected", "not today")
+        logged = await system.logged_events("edge-a")
+        assert [(e["type"], e["seq"]) for e in logged] == [("ack", 1), ("rejected", 2)]
+        assert "rejected: not today" in (await system.cli("deployments", "show", deploy.dep)).stdout
+        log = (tmp_path / "controller-0.log").read_text()
+        assert f"no deployment '{deploy.dep}' was sent to edge-b" in log
 
 
 # --- 2. a preflight must cover what the workflow requires ----------------------------------------
@@ -239,3 +301,83 @@ async def test_a_view_wiped_or_forged_by_hand_is_put_back_by_the_controller(
             what="the ghost view cleared",
         )
         assert await retained_view(broker, root, "ghost") == b""
+
+
+# --- 5. what an environment writes reaches a terminal as text, never as control ------------------
+HOSTILE = "\x1b[2J\x1b[31mgone\x00\n2026-01-01 00:00:00  edge-b  d-1  succeeded in 1.0 s\r\u202e"
+FORGED_LINE = "2026-01-01 00:00:00  edge-b"
+
+
+def assert_terminal_safe(result: Any) -> None:
+    """Nothing in a command's output a terminal would obey, and no line made up by the
+    environment."""
+    for stream in (result.stdout, result.stderr):
+        for char in ("\x1b", "\x00", "\r", "\u202e", "\x9b"):
+            assert char not in stream, str(result)
+        assert not any(line.startswith(FORGED_LINE) for line in stream.splitlines()), str(result)
+
+
+async def hostile_agent(system: System, env: str, after: int, *, reject: bool) -> None:
+    """Answer the next deploy with events full of control characters: a refusal, or a
+    step that fails with such output."""
+    command = await next_deploy(system, env, after)
+    mine: dict[str, Any] = {"env": env, "src": "fake", "dep": command.dep, "cmd": command.id}
+    if reject:
+        await send(system, CommandRejected(seq=1, reason=HOSTILE, **mine))
+        return
+    check = Check(kind="secret", name="X\x1b]0;owned\x07", ok=True, detail=HOSTILE)
+    stderr = f"first\n{HOSTILE}\nlast\x1b[0m"
+    finished: dict[str, Any] = {"step": "s", "index": 0, "exit_code": 1, "duration": 0.1,
+                                "ok": False}  # fmt: skip
+    await send(
+        system,
+        Accepted(seq=11, workflow="plain\x1b[2J", version="1\n2", **mine),
+        Preflight(seq=12, ok=True, checks=[check], **mine),
+        StepFinished(seq=13, stderr=stderr, **finished, **mine),
+        Failed(seq=14, step="s", reason=HOSTILE, **mine),
+    )
+
+
+async def test_control_characters_in_events_never_reach_the_operators_terminal(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.create_env("edge-a")
+        await fake_online(system, "edge-a", models={"m\x1b[2J": [HOSTILE]})
+        plain = {"name": "plain", "version": "1", "steps": [{"name": "s", "run": ["true"]}]}
+        workflow = system.workflow("plain", plain)
+        mark = system.probe.mark()
+        agent = asyncio.create_task(hostile_agent(system, "edge-a", mark, reject=False))
+        waited = await system.deploy(workflow, "edge-a", "--wait")
+        await agent
+        assert waited.code == 1, str(waited)
+        assert_terminal_safe(waited)
+        assert "    stderr | 2026-01-01 00:00:00  edge-b" in waited.stdout  # indented, shown
+        failed = waited.stdout.split()[1]
+        mark = system.probe.mark()
+        agent = asyncio.create_task(hostile_agent(system, "edge-a", mark, reject=True))
+        sent = await system.cli("deploy", str(workflow), "--env", "edge-a")
+        await agent
+        rejected = sent.stdout.split()[1]
+        assert (await system.wait_deployment(rejected))["state"] == "rejected"
+
+        shown = await system.cli("deployments", "show", rejected)
+        assert_terminal_safe(shown)
+        assert "rejected: \\x1b[2J\\x1b[31mgone\\x00\\n2026-01-01" in shown.stdout
+        for argv in (
+            ("events", "--env", "edge-a"),
+            ("deployments", "show", failed),
+            ("deployments", "list"),
+            ("env", "show", "edge-a"),
+            ("env", "list"),
+            ("status",),
+        ):
+            result = await system.cli(*argv)
+            assert result.code == 0, str(result)
+            assert_terminal_safe(result)
+        # --json stays exact
+        logged = await system.logged_events("edge-a")
+        assert [e["reason"] for e in logged if e["type"] in ("failed", "rejected")] == [
+            HOSTILE, HOSTILE,
+        ]  # fmt: skip

@@ -23,6 +23,7 @@ from edgeplane.shared.messages import (
     Event,
     Expired,
     Failed,
+    Pong,
     Preflight,
     RolledBack,
     Running,
@@ -293,7 +294,7 @@ def test_a_preflight_that_says_ok_over_a_failed_check_is_a_failed_preflight() ->
     assert target == ("rejected", "preflight failed: secret TOKEN: missing")
 
 
-def test_only_progress_of_deployments_and_commands_the_controller_issued_is_its_own() -> None:
+def test_only_events_of_deployments_and_commands_the_controller_issued_are_its_own() -> None:
     done = deployment("succeeded", id="d-old", cmd="c-old")
     book = DeploymentBook(ManualClock(), [deployment()], issued=[("edge-a", "d-old", "c-old")])
     assert book.stranger(ev(Started, workflow="inspect", version="1.0")) == ""
@@ -304,9 +305,38 @@ def test_only_progress_of_deployments_and_commands_the_controller_issued_is_its_
     assert book.stranger(other_cmd) == "no command 'c-made-up' was sent to edge-a"
     elsewhere = Started(env="edge-b", seq=1, dep="d-1", workflow="i", version="1")
     assert book.stranger(elsewhere) == "no deployment 'd-1' was sent to edge-b"
-    # a refusal of a command we never sent is the agent's report of an attack: kept
-    assert book.stranger(CommandRejected(env="edge-a", seq=1, cmd="c-x", reason="unsigned")) == ""
-    assert book.stranger(Expired(env="edge-a", seq=1, dep="d-x", cmd="c-x")) == ""
+    # the agent's refusal of a command it could not authenticate names none: kept
+    assert book.stranger(CommandRejected(env="edge-a", seq=1, reason="unsigned: no key")) == ""
     # a deployment put in the book later is known from then on
     book.put(deployment("sent", id="d-new", cmd="c-new"))
     assert book.stranger(Running(env="edge-a", seq=1, dep="d-new", cmd="c-new")) == ""
+
+
+def test_refusals_expiries_acks_and_pongs_naming_what_was_never_sent_there_are_strangers() -> None:
+    book = DeploymentBook(ManualClock(), issued=[("edge-a", "d-a", "c-a")])
+    book.note_command("edge-a", "c-restart")
+    # B, on its own topic, naming A's deployment and commands
+    forged: list[Event] = [
+        CommandRejected(env="edge-b", seq=1, dep="d-a", reason="forged by B"),
+        CommandRejected(env="edge-b", seq=2, cmd="c-a", reason="forged by B"),
+        Expired(env="edge-b", seq=3, dep="d-a", cmd="c-a"),
+        Ack(env="edge-b", seq=4, cmd="c-restart", op="restart", ok=True),
+        Pong(env="edge-b", seq=5, cmd="c-restart"),
+    ]
+    assert [book.stranger(event) for event in forged] == [
+        "no deployment 'd-a' was sent to edge-b",
+        "no command 'c-a' was sent to edge-b",
+        "no deployment 'd-a' was sent to edge-b",
+        "no command 'c-restart' was sent to edge-b",
+        "no command 'c-restart' was sent to edge-b",
+    ]
+    # made up on A's own topic too
+    made_up = CommandRejected(env="edge-a", seq=6, dep="d-a", cmd="c-made-up", reason="x")
+    assert book.stranger(made_up) == "no command 'c-made-up' was sent to edge-a"
+    # A's own answers pass
+    mine: list[Event] = [
+        CommandRejected(env="edge-a", seq=7, dep="d-a", cmd="c-a", reason="preflight failed"),
+        Expired(env="edge-a", seq=8, dep="d-a", cmd="c-a"),
+        Ack(env="edge-a", seq=9, cmd="c-restart", op="restart", ok=True),
+    ]
+    assert [book.stranger(event) for event in mine] == ["", "", ""]

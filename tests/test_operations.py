@@ -17,9 +17,13 @@ from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.codec import COMMAND, EVENT
 from edgeplane.shared.messages import (
     Accepted,
+    Ack,
     Command,
+    CommandRejected,
     Deploy,
     EnvView,
+    Event,
+    Expired,
     Failed,
     OfflineStatus,
     OnlineStatus,
@@ -28,7 +32,7 @@ from edgeplane.shared.messages import (
     Succeeded,
     Update,
 )
-from edgeplane.shared.rpc import DeployRequest, EnvCreate, EnvRetire, EnvUpdate
+from edgeplane.shared.rpc import DeployRequest, EnvCreate, EnvRestart, EnvRetire, EnvUpdate
 from edgeplane.shared.topics import TopicRoot
 from edgeplane.shared.workflow import Requires, Step, Workflow
 
@@ -75,6 +79,32 @@ def test_an_unregistered_agents_events_are_logged_but_change_nothing() -> None:
     assert effects.writes.deployments == []
     assert world.ops.on_event(event) is None  # the second time: a duplicate
     assert world.ops.seen.duplicates == 1
+
+
+def test_answers_to_the_commands_sent_to_an_environment_are_its_own_and_no_one_elses() -> None:
+    world = World()
+    for env in ("edge-a", "edge-b"):
+        world.create(env)
+        world.online(env)
+    _, restart = world.ops.restart(EnvRestart(id="edge-a"))
+    [command] = commands(restart, "edge-a")
+    info, _ = world.ops.deploy(DeployRequest(env="edge-a", workflow=FLOW))
+    ack = Ack(env="edge-a", seq=1, cmd=command.id, op="restart", ok=True)
+    assert world.ops.stranger(ack) == ""
+    refused = CommandRejected(env="edge-a", seq=2, dep=info.id, cmd=info.cmd, reason="no")
+    assert world.ops.stranger(refused) == ""
+    # the same ids, from B's own topic
+    from_b: list[Event] = [msgspec.structs.replace(ack, env="edge-b"),
+                           msgspec.structs.replace(refused, env="edge-b"),
+                           Expired(env="edge-b", seq=3, dep=info.id)]  # fmt: skip
+    assert [world.ops.stranger(event) for event in from_b] == [
+        f"no command {command.id!r} was sent to edge-b",
+        f"no deployment {info.id!r} was sent to edge-b",
+        f"no deployment {info.id!r} was sent to edge-b",
+    ]
+    # a command sent by another path (the command keys' trust) is noted by it
+    world.ops.issued("edge-b", "c-trust")
+    assert world.ops.stranger(Ack(env="edge-b", seq=4, cmd="c-trust", op="trust", ok=True)) == ""
 
 
 def test_views_say_registered_and_a_retired_environment_has_none() -> None:

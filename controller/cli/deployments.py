@@ -142,7 +142,7 @@ def table(infos: list[DeploymentInfo]) -> str:
 
 def details(info: DeploymentInfo) -> str:
     from edgeplane.controller.operator.event_text import check_line, describe
-    from edgeplane.controller.operator.output import when
+    from edgeplane.controller.operator.output import visible, when
     from edgeplane.shared.messages import Preflight
 
     fields = [
@@ -159,7 +159,7 @@ def details(info: DeploymentInfo) -> str:
     if info.cmd:
         fields.append(("command", info.cmd))
     width = max(len(name) for name, _ in fields) + 1
-    lines = [f"{name + ':':<{width}} {value}" for name, value in fields]
+    lines = [f"{name + ':':<{width}} {visible(value)}" for name, value in fields]
     lines.append("events:" if info.events else "events:  none yet")
     for logged in info.events:
         stamp = time.strftime("%H:%M:%S", time.localtime(logged.at))

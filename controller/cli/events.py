@@ -206,7 +206,8 @@ def _print_entry(entry_id: int | None, at: float, event: Event, as_json: bool) -
 def event_line(at: float, event: Event) -> str:
     """``2026-11-27 08:01:02  edge-a  d-1f2e  step 1 inspect finished: exit 0 after 0.3 s``"""
     from edgeplane.controller.operator.event_text import describe
+    from edgeplane.controller.operator.output import visible
 
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
-    about = event.dep or event.cmd or "-"
+    about = visible(event.dep or event.cmd or "-")
     return f"{stamp}  {event.env}  {about}  {describe(event)}"

@@ -102,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except EdgeplaneError as exc:
-        print(f"edgeplane: {exc}", file=sys.stderr)
+        from edgeplane.controller.operator.output import visible
+
+        print(f"edgeplane: {visible(str(exc))}", file=sys.stderr)  # it may quote the wire
         return 2 if isinstance(exc, SettingsError) else 1
     except ModuleNotFoundError as exc:
         extra = EXTRA_OF_MODULE.get((exc.name or "").partition(".")[0])

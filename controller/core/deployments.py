@@ -57,11 +57,6 @@ __all__ = [
 
 SENT_GRACE: Final = 30.0  # seconds past a command's expiry before "sent" becomes "expired"
 REASON_LIMIT: Final = 256
-# Events that claim a deployment made progress on the target (not a refusal or an expiry).
-_PROGRESS: Final = (
-    Accepted, Preflight, Started, StepStarted, StepFinished, Succeeded, Running, Failed,
-    RolledBack, ServiceRestarted, Stopped,
-)  # fmt: skip
 _RANK: Final[dict[str, int]] = {"queued": 0, "sent": 1, "accepted": 2, "running": 3}
 _FINAL_RANK: Final = 4
 
@@ -185,7 +180,9 @@ def _target(deployment: Deployment, event: Event) -> tuple[DeploymentState, str]
 
 class DeploymentBook:
     """The deployments not yet in a terminal state, their command ids and deadlines; and
-    the ids of every deployment and deploy command ever issued (:meth:`stranger`)."""
+    the ids of every deployment ever issued and of every command issued (deploy commands
+    from the store, others since the start: :meth:`note_command`), per environment
+    (:meth:`stranger`)."""
 
     def __init__(
         self,
@@ -207,21 +204,26 @@ class DeploymentBook:
             self.put(deployment)
 
     def stranger(self, event: Event) -> str:
-        """Why ``event`` is of no deployment this controller sent ("" when it is, or when
-        it claims no progress): its (env, dep) or (env, cmd) was never issued. Refusals
-        and expiries pass: they report what the agent did not run."""
-        if not isinstance(event, _PROGRESS):
-            return ""
+        """Why ``event`` is of nothing this controller sent to its environment ("" when it
+        is, or when it names neither a deployment nor a command): its (env, dep) or (env,
+        cmd) was never issued. This holds for every event, refusals, expiries and acks too:
+        an agent's refusal of a command it could not authenticate names no command, so an
+        event naming one that was never sent to its environment is someone else's word."""
         if event.dep and (event.env, event.dep) not in self._issued_deps:
             return f"no deployment {event.dep!r} was sent to {event.env}"
         if event.cmd and (event.env, event.cmd) not in self._issued_cmds:
             return f"no command {event.cmd!r} was sent to {event.env}"
         return ""
 
+    def note_command(self, env: str, cmd: str) -> None:
+        """Command ``cmd`` was issued to ``env`` (any command, not only a deployment's): its
+        ``ack``, ``rejected`` or ``expired`` is the agent's own."""
+        self._issued_cmds.add((env, cmd))
+
     def _note_issued(self, env: str, dep: str, cmd: str) -> None:
         self._issued_deps.add((env, dep))
         if cmd:
-            self._issued_cmds.add((env, cmd))
+            self.note_command(env, cmd)
 
     def __len__(self) -> int:
         return len(self._active)

@@ -209,10 +209,15 @@ class Operations:
 
     # --- events ---------------------------------------------------------------------------
     def stranger(self, event: Event) -> str:
-        """Why ``event`` is of no deployment this controller sent ("" when it is): such an
-        event is dropped before it is logged, or even counted as seen (a forged ``seq``
-        must not hide the agent's real events)."""
+        """Why ``event`` names a deployment or a command this controller never sent to its
+        environment ("" when it does not): such an event is dropped before it is logged,
+        or even counted as seen (a forged ``seq`` must not hide the agent's real events)."""
         return self.book.stranger(event)
+
+    def issued(self, env: str, cmd: str) -> None:
+        """Command ``cmd`` went (or goes) to ``env`` by another path than :meth:`command`
+        (the command keys' ``trust`` and ``distrust``): its answers are the agent's own."""
+        self.book.note_command(env, cmd)
 
     def on_event(self, event: Event) -> Effects | None:
         """Log ``event`` once and move its deployment on; None for a duplicate."""
@@ -380,6 +385,7 @@ class Operations:
         if command.expires is None:
             command = replace(command, expires=self._clock.time() + ttl)
         command = replace(command, env=env)
+        self.book.note_command(env, command.id)
         topic, payload = self._root.cmd(env), encode(command)
         return Outgoing(topic, payload, False, expiry=max(1, round(ttl)), command=True)
 

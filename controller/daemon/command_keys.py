@@ -120,6 +120,9 @@ class KeyRotator:
         self._ops = operations
         self._presence = presence
         self._ttl = command_ttl
+        for agent in keys.rotations:  # sent before a restart: their acks are still awaited
+            if agent.cmd:
+                operations.issued(agent.env, agent.cmd)
 
     # --- the operator -------------------------------------------------------------------------
     def request(self, action: str) -> tuple[CommandKeyInfo, Effects]:
@@ -204,6 +207,7 @@ class KeyRotator:
     def _command(self, env: str, command: Trust | Distrust) -> Outgoing:
         """Like every command: it names its environment and expires; the publisher signs it."""
         unsigned = replace(command, env=env, expires=self._clock.time() + self._ttl)
+        self._ops.issued(env, command.id)
         expiry = max(1, round(self._ttl))
         return Outgoing(self._root.cmd(env), encode(unsigned), False, expiry=expiry, command=True)
 

@@ -193,7 +193,8 @@ class RequestHandler:
         deployment = await self._store.deployment(dep)
         if deployment is None:
             raise RequestRefused("not-found", f"no deployment {dep!r}")
-        events = await self._store.events(dep=dep, limit=SHOW_EVENTS)
+        # its own environment's only: another's naming it are forged (and were dropped)
+        events = await self._store.events(env=deployment.env, dep=dep, limit=SHOW_EVENTS)
         return deployment.info(_fitting(events))
 
 

@@ -18,8 +18,8 @@ from typing import Any, Final
 from edgeplane.controller.errors import BrokerUnavailable, NoControllerAnswer
 from edgeplane.controller.operator.client import ControllerClient, EventFeed
 from edgeplane.controller.operator.deploy_watch import DeploymentWatch, Outcome
-from edgeplane.controller.operator.event_text import check_line, describe, output_tail
-from edgeplane.controller.operator.output import print_json, when
+from edgeplane.controller.operator.event_text import check_line, describe, output_block
+from edgeplane.controller.operator.output import print_json, visible, when
 from edgeplane.controller.reconnect import Reconnect, Retry
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.broker_url import BrokerUrl
@@ -177,7 +177,7 @@ class DeployFollower:
     # output ------------------------------------------------------------------------------
     def _note(self, text: str) -> None:
         if not self.as_json:
-            print(f"({text})", flush=True)
+            print(f"({visible(text)})", flush=True)
 
     def _progress(self, event: Event) -> None:
         self.seen.append(event)
@@ -188,23 +188,22 @@ class DeployFollower:
             for check in event.checks:
                 print(f"  {check_line(check)}")
         if isinstance(event, StepFinished) and not event.ok:
-            for line in output_tail(event.stderr):
-                print(f"    stderr | {line}")
+            for line in output_block(event.stderr, "stderr"):
+                print(line)
         sys.stdout.flush()
 
     def _report(self, info: DeploymentInfo, outcome: Outcome | str) -> int:
         if isinstance(outcome, str):
             see = f"see: edgeplane deployments show {info.id}"
-            print(
-                f"edgeplane: deployment {info.id} to {info.env}: {outcome}; {see}", file=sys.stderr
-            )
+            told = visible(f"edgeplane: deployment {info.id} to {info.env}: {outcome}; {see}")
+            print(told, file=sys.stderr)
             return 1
         if self.as_json:
             print_json(_json_report(info, outcome, self.seen))
         elif outcome.ok:
-            print(_ending(info, outcome))
+            print(visible(_ending(info, outcome)))
         if not outcome.ok:
-            print(f"edgeplane: {_ending(info, outcome)}", file=sys.stderr)
+            print(f"edgeplane: {visible(_ending(info, outcome))}", file=sys.stderr)
         return 0 if outcome.ok else 1
 
 

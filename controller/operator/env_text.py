@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from edgeplane.controller.operator.output import ago, render_table, when
+from edgeplane.controller.operator.output import ago, render_table, visible, when
 
 if TYPE_CHECKING:
     from edgeplane.shared.rpc import EnvInfo
@@ -59,12 +59,12 @@ def env_details(info: EnvInfo, *, clock: Callable[[], float] = time.time) -> str
     if info.credential_generation is not None:
         fields.append(("credential", _credential(info, clock())))
     width = max(len(name) for name, _ in fields) + 1
-    return "\n".join(f"{name + ':':<{width}} {value}" for name, value in fields)
+    return "\n".join(f"{name + ':':<{width}} {visible(value)}" for name, value in fields)
 
 
 def labels_text(labels: dict[str, str]) -> str:
-    """``k1=v1,k2=v2``, sorted by name."""
-    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+    """``k1=v1,k2=v2``, sorted by name, shown by :func:`visible`."""
+    return visible(",".join(f"{key}={value}" for key, value in sorted(labels.items())))
 
 
 def _status(info: EnvInfo) -> str:

@@ -1,10 +1,15 @@
 """Events as people read them: one line each (``edgeplane events``, ``deploy --wait``,
-``deployments show``), and the preflight report one check per line."""
+``deployments show``), and the preflight report one check per line.
+
+Everything here is what an agent wrote: each line printed is shown by
+:func:`~edgeplane.controller.operator.output.visible` (control characters written out), so
+an event stays on its own line and cannot move the cursor or clear the screen."""
 
 from __future__ import annotations
 
 from typing import Final
 
+from edgeplane.controller.operator.output import visible
 from edgeplane.shared.messages import (
     Accepted,
     Ack,
@@ -25,13 +30,17 @@ from edgeplane.shared.messages import (
     Succeeded,
 )
 
-__all__ = ["check_line", "describe", "failed_checks", "output_tail"]
+__all__ = ["check_line", "describe", "failed_checks", "output_block", "output_tail"]
 
 TAIL_LINES: Final = 5  # lines of a failed step's stderr shown
 
 
 def describe(event: Event) -> str:
-    """What happened, in a few words (without the environment or time)."""
+    """What happened, in a few words (without the environment or time), on one line."""
+    return visible(_describe(event))
+
+
+def _describe(event: Event) -> str:
     match event:
         case Accepted():
             dry = " (dry run)" if event.dry_run else ""
@@ -98,7 +107,7 @@ def _step_outcome(event: StepFinished) -> str:
 def check_line(check: Check) -> str:
     verdict = "ok" if check.ok else "FAILED"
     detail = f": {check.detail}" if check.detail else ""
-    return f"{verdict:<6}  {check.kind} {check.name}{detail} ({check.ms:.0f} ms)"
+    return visible(f"{verdict:<6}  {check.kind} {check.name}{detail} ({check.ms:.0f} ms)")
 
 
 def failed_checks(preflight: Preflight) -> str:
@@ -111,6 +120,13 @@ def failed_checks(preflight: Preflight) -> str:
 
 
 def output_tail(text: str, lines: int = TAIL_LINES) -> list[str]:
-    """The last ``lines`` non-empty lines of a step's output."""
+    """The last ``lines`` non-empty lines of a step's output, as they are (a reason in
+    ``--json`` stays exact): shown by :func:`output_block`."""
     kept = [line for line in text.splitlines() if line.strip()]
     return kept[-lines:]
+
+
+def output_block(text: str, label: str, lines: int = TAIL_LINES) -> list[str]:
+    """The tail of a step's output to print: each line shown by :func:`visible` and
+    indented under ``label`` (``    stderr | ...``), so none looks like a line of ours."""
+    return [f"    {label} | {visible(line)}" for line in output_tail(text, lines)]
