@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import sys
@@ -105,6 +104,7 @@ async def _story(fleet: DemoFleet, broker_kind: BrokerKind, started: float) -> D
     from edgeplane.controller.demo.story import FleetWatch, tell
     from edgeplane.controller.mqtt import Connection, unique_client_id
     from edgeplane.controller.operator.client import ControllerClient
+    from edgeplane.controller.tasks import cancel_and_wait
     from edgeplane.shared.broker_url import BrokerUrl
 
     await fleet.start_broker(broker_kind)
@@ -121,9 +121,7 @@ async def _story(fleet: DemoFleet, broker_kind: BrokerKind, started: float) -> D
         try:
             return await tell(fleet, controller.call, watch, lambda text: _say(started, text))
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
 
 
 def _say(started: float, text: str) -> None:

@@ -149,15 +149,15 @@ async def _print_live(
     feed: EventFeed, seen: set[tuple[str, str, int]], args: argparse.Namespace, stop: asyncio.Event
 ) -> None:
     """Print new events until ``stop`` is set."""
+    from edgeplane.controller.tasks import cancel_and_wait
+
     stopped = asyncio.create_task(stop.wait())
     try:
         while True:
             arrived = asyncio.create_task(feed.next())
             await asyncio.wait({arrived, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if stopped.done():
-                arrived.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await arrived
+                await cancel_and_wait(arrived)
                 return
             _print_new(None, time.time(), arrived.result(), seen, args)
     finally:

@@ -40,6 +40,7 @@ from edgeplane.controller.errors import (
     RequestRefused,
 )
 from edgeplane.controller.mqtt import Connection, Message, unique_client_id
+from edgeplane.controller.tasks import cancel_and_wait
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.codec import EVENT, check_env, encode
 from edgeplane.shared.errors import DecodeError, InvalidTopic
@@ -258,6 +259,4 @@ def _op(request: Request) -> str:
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await cancel_and_wait(task)
