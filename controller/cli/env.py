@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -31,7 +30,7 @@ from edgeplane.controller.operator.args import (
     seconds_arg,
     short_text_arg,
 )
-from edgeplane.controller.operator.settings import load_operator_settings
+from edgeplane.controller.operator.session import Handler, run_handler
 
 if TYPE_CHECKING:
     from edgeplane.controller.operator.client import ControllerClient, EventFeed
@@ -46,7 +45,6 @@ ROTATION_WAIT: Final = 300.0  # default seconds rotate-credentials --wait follow
 ROTATION_POLL: Final = 1.0  # seconds between looks at the rotation's state
 
 # (the controller, the flags, the most seconds to wait for each of its answers) -> exit status
-Handler = Callable[["ControllerClient", argparse.Namespace, float], Awaitable[int]]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +72,7 @@ def _leaf(
     description = help_text[:1].upper() + help_text[1:] + "."
     parser = actions.add_parser(name, help=help_text, description=description)
     add_operator_flags(parser)
-    parser.set_defaults(handler=lambda args: _run(handler, args))
+    parser.set_defaults(handler=lambda args: run_handler(handler, args))
     return parser
 
 
@@ -89,20 +87,6 @@ def _add_ack_flags(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"most seconds to wait for the agent's ack (default {ACK_WAIT:g})",
     )
-
-
-def _run(handler: Handler, args: argparse.Namespace) -> int:
-    from edgeplane.controller.operator.client import ControllerClient
-
-    settings = load_operator_settings(args)
-
-    async def session() -> int:
-        async with ControllerClient(
-            settings.broker, settings.topic_root, connect_timeout=settings.timeout
-        ) as controller:
-            return await handler(controller, args, settings.timeout)
-
-    return asyncio.run(session())
 
 
 # --- create -------------------------------------------------------------------------------

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from edgeplane.controller.operator.args import add_operator_flags, add_output_flags, env_id_arg
+from edgeplane.controller.operator.session import Handler, run_handler
 from edgeplane.controller.operator.settings import load_operator_settings
 
 if TYPE_CHECKING:
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from edgeplane.shared.rpc import OperatorAdded, OperatorInfo, OperatorRotated
 
 __all__ = ["add_parser"]
-
-Handler = Callable[["ControllerClient", argparse.Namespace, float], Awaitable[int]]
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,22 +69,8 @@ def _leaf(
     description = help_text[:1].upper() + help_text[1:] + "."
     parser = actions.add_parser(name, help=help_text, description=description)
     add_operator_flags(parser)
-    parser.set_defaults(handler=lambda args: _run(handler, args))
+    parser.set_defaults(handler=lambda args: run_handler(handler, args))
     return parser
-
-
-def _run(handler: Handler, args: argparse.Namespace) -> int:
-    from edgeplane.controller.operator.client import ControllerClient
-
-    settings = load_operator_settings(args)
-
-    async def session() -> int:
-        async with ControllerClient(
-            settings.broker, settings.topic_root, connect_timeout=settings.timeout
-        ) as controller:
-            return await handler(controller, args, settings.timeout)
-
-    return asyncio.run(session())
 
 
 async def _add(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Awaitable
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -37,8 +36,8 @@ from edgeplane.controller.core.operations import Effects, Operations
 from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.daemon.broker_admin import NOT_FOUND, BrokerAdmin
 from edgeplane.controller.daemon.operator_credentials import OperatorCredentials, operator_of
+from edgeplane.controller.daemon.refusals import sealed, translated
 from edgeplane.controller.errors import BrokerAdminError, RequestRefused
-from edgeplane.controller.sealing import SealError, seal
 from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.rpc import (
     EnvCreate,
@@ -129,10 +128,10 @@ class Identities:
         env = ops.planned_id(request)
         await self._refuse_taken(admin, env, "environment")
         password = new_password()
-        sealed = _sealed(request.seal_to, password)
+        box = sealed(request.seal_to, password)
         role = env_role(self._root, env)
-        await _translated(admin.create_role(role))
-        await _translated(
+        await translated(admin.create_role(role))
+        await translated(
             admin.create_client(
                 env, password, role, clientid=env, textname=f"agent of environment {env}"
             )
@@ -140,7 +139,7 @@ class Identities:
         info, effects = ops.create(request)
         log.info("environment enrolled", env=env)
         fields = msgspec.structs.asdict(info)
-        return EnvCreated(**fields, credential=self._credential(env, sealed)), effects
+        return EnvCreated(**fields, credential=self._credential(env, box)), effects
 
     async def check_env_name(self, env: str) -> None:
         """Refuse an environment id that is the controller's or an operator's user name
@@ -212,10 +211,10 @@ class Identities:
             raise RequestRefused("exists", f"{name!r} is an environment's id; pick another name")
         await self._refuse_taken(admin, name, "operator")
         password = new_password()
-        sealed = _sealed(request.seal_to, password)
+        box = sealed(request.seal_to, password)
         role = operator_role(self._root, name, request.role)
-        await _translated(admin.create_role(role))
-        await _translated(
+        await translated(admin.create_role(role))
+        await translated(
             admin.create_client(
                 name,
                 password,
@@ -225,7 +224,7 @@ class Identities:
             )
         )
         log.info("operator added", operator=name, role=request.role)
-        credential = self._credential(name, sealed, for_agent=False)
+        credential = self._credential(name, box, for_agent=False)
         return OperatorAdded(name=name, role=request.role, credential=credential), Effects()
 
     async def operators(self) -> list[OperatorInfo]:
@@ -250,7 +249,7 @@ class Identities:
             {"command": "deleteClient", "username": g.username} for g in generations
         ]
         commands.append({"command": "deleteRole", "rolename": operator_role_name(request.name)})
-        await _translated(admin.run(*commands, tolerate=NOT_FOUND))
+        await translated(admin.run(*commands, tolerate=NOT_FOUND))
         log.info("operator removed", operator=request.name, generations=len(generations))
         return removed
 
@@ -263,7 +262,7 @@ class Identities:
     async def _refuse_taken(self, admin: BrokerAdmin, name: str, what: str) -> None:
         if name == CONTROLLER_USER:
             raise RequestRefused("invalid", f"{name!r} is the controller's own user name")
-        clients = await _translated(admin.clients())
+        clients = await translated(admin.clients())
         for client in clients:
             username = client.get("username")
             operator = operator_of(client)
@@ -305,21 +304,6 @@ class EnvClients:
 
     async def delete_client(self, username: str) -> None:
         await self._admin.delete_client(username)
-
-
-def _sealed(public_key: str, password: str) -> str:
-    try:
-        return seal(public_key, password)
-    except SealError as exc:
-        raise RequestRefused("invalid", f"seal_to: {exc}") from exc
-
-
-async def _translated(work: Awaitable[T]) -> T:
-    """The result of ``work``; a refusal of the broker as an ``unavailable`` reply."""
-    try:
-        return await work
-    except BrokerAdminError as exc:
-        raise RequestRefused("unavailable", str(exc)) from exc
 
 
 def _role_names(client: dict[str, Any]) -> set[str]:

@@ -25,7 +25,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -41,8 +41,8 @@ from edgeplane.controller.core.acl import (
     operator_username,
 )
 from edgeplane.controller.daemon.broker_admin import NOT_FOUND, BrokerAdmin
-from edgeplane.controller.errors import BrokerAdminError, RequestRefused
-from edgeplane.controller.sealing import SealError, seal
+from edgeplane.controller.daemon.refusals import sealed, translated
+from edgeplane.controller.errors import RequestRefused
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.rpc import (
     OperatorInfo,
@@ -107,7 +107,7 @@ class OperatorCredentials:
     async def generations(self) -> dict[str, list[OperatorClient]]:
         """Every operator's credentials, lowest generation (the one in use) first."""
         found: dict[str, list[OperatorClient]] = {}
-        for client in await _translated(self._admin.clients()):
+        for client in await translated(self._admin.clients()):
             operator = operator_of(client)
             if operator is not None:
                 found.setdefault(operator.name, []).append(operator)
@@ -125,13 +125,13 @@ class OperatorCredentials:
         gens = await self._of(name)
         kind = _kind(name, await self._admins())
         password, token = _token(), _token()
-        sealed, sealed_proof = _sealed(request.seal_to, password), _sealed(request.seal_to, token)
+        box, sealed_proof = sealed(request.seal_to, password), sealed(request.seal_to, token)
         stale = [g.username for g in gens[1:] if g.username != request.login]
         await self._delete(stale)
         target = gens[-1].generation + 1
         username = operator_username(name, target)
         note = credential_note(self._clock.time(), _digest(token))
-        await _translated(
+        await translated(
             self._admin.create_client(
                 username,
                 password,
@@ -146,7 +146,7 @@ class OperatorCredentials:
         made = OperatorClient(name, username, target, CredentialNote())
         info = self._info(name, kind, [*kept, made])
         credential = SealedCredential(
-            username=username, sealed_password=sealed, ca_pem=self._ca_pem, command_key=""
+            username=username, sealed_password=box, ca_pem=self._ca_pem, command_key=""
         )
         return OperatorRotated(
             **_fields(info), rotated_to=target, credential=credential, sealed_proof=sealed_proof
@@ -222,13 +222,13 @@ class OperatorCredentials:
 
     async def _admins(self) -> set[str]:
         requests = self._root.requests()
-        roles = await _translated(self._admin.roles())
+        roles = await translated(self._admin.roles())
         return {role["rolename"] for role in roles if _may_send(role, requests)}
 
     async def _delete(self, usernames: list[str]) -> None:
         if usernames:
             commands = [{"command": "deleteClient", "username": u} for u in usernames]
-            await _translated(self._admin.run(*commands, tolerate=NOT_FOUND))
+            await translated(self._admin.run(*commands, tolerate=NOT_FOUND))
 
     def _info(self, name: str, kind: str, gens: list[OperatorClient]) -> OperatorInfo:
         current = gens[0]
@@ -285,18 +285,3 @@ def _digest(token: str) -> str:
 
 def _fields(info: OperatorInfo) -> dict[str, Any]:
     return {field: getattr(info, field) for field in info.__struct_fields__}
-
-
-def _sealed(public_key: str, secret: str) -> str:
-    try:
-        return seal(public_key, secret)
-    except SealError as exc:
-        raise RequestRefused("invalid", f"seal_to: {exc}") from exc
-
-
-async def _translated(work: Awaitable[T]) -> T:
-    """The result of ``work``; a refusal of the broker as an ``unavailable`` reply."""
-    try:
-        return await work
-    except BrokerAdminError as exc:
-        raise RequestRefused("unavailable", str(exc)) from exc
