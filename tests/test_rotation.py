@@ -241,9 +241,7 @@ def test_automatic_rotation_is_off_by_default() -> None:
 
 
 # --- proof of possession: the claim of an online is not enough ------------------------------
-def test_an_online_claiming_the_new_generation_without_its_proof_keeps_the_old_credential() -> (
-    None
-):
+def test_a_claimed_new_generation_without_its_proof_keeps_the_old_credential() -> None:
     rotations = known()
     rotations.start("edge-a", "operator", NOW, ENROLLED)
     rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=None, proof=PROOF)
