@@ -14,6 +14,10 @@ broker last accepted (``working``). Each connection logs in with the newest not 
 refused in this run; a CONNACK refusing it moves on to the next, so an agent killed at any
 point of a rotation starts again with a credential that works. A pending credential the
 broker refused is dropped, and the same one sent again is not tried again.
+
+**Proof of possession.** A rotated credential comes with a proof (sealed with its password)
+that is kept with it and reported (``cred_proof``) only by a connection logged in with it:
+the controller ends a rotation on that proof, never on the generation an online claims.
 """
 
 from __future__ import annotations
@@ -123,17 +127,27 @@ def _read_box_key(path: Path) -> dict[str, str]:
     return {"private": data["private"], "public": data["public"]}
 
 
-def open_sealed(state_dir: Path, sealed: str) -> str:
-    """The password that ``sealed`` (base64) holds; ``ValueError`` saying why not."""
+def open_sealed(state_dir: Path, sealed: str) -> tuple[str, str]:
+    """The password and the proof of possession that ``sealed`` (base64) holds;
+    ``ValueError`` saying why not."""
     from nacl.exceptions import CryptoError
     from nacl.public import PrivateKey, SealedBox
 
     private = base64.b64decode(_read_box_key(state_dir / BOX_KEY_FILE)["private"])
     try:
         clear = SealedBox(PrivateKey(private)).decrypt(base64.b64decode(sealed, validate=True))
-        return clear.decode("utf-8")
     except (CryptoError, binascii.Error, ValueError) as exc:
         raise ValueError("the sealed password does not open with this agent's box key") from exc
+    try:
+        data = json.loads(clear.decode("utf-8"))
+        password, proof = data["password"], data["proof"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            "the sealed credential is not a JSON object with a password and a proof"
+        ) from exc
+    if not isinstance(password, str) or not isinstance(proof, str) or not proof:
+        raise ValueError("the sealed credential's password and proof must be non-empty strings")
+    return password, proof
 
 
 # --- logins ----------------------------------------------------------------------------------
@@ -141,6 +155,14 @@ class Login(msgspec.Struct, frozen=True):  # not a dataclass: the agent does wit
     username: str
     password: Password
     generation: int
+    # The proof of possession that came with a rotated credential (None: the enrolled one),
+    # reported while logged in with it; a Password so that no repr shows it before then.
+    proof: Password | None = None
+
+    @property
+    def reported_proof(self) -> str:
+        """What a connection logged in with this login reports as ``cred_proof``."""
+        return "" if self.proof is None else self.proof.reveal()
 
     @property
     def fingerprint(self) -> str:
@@ -229,10 +251,10 @@ class CredentialStore:
     def take(self, command: Credentials) -> CredentialOutcome:
         """A ``credentials`` command: the sealed password opened and kept as pending."""
         try:
-            password = open_sealed(self.state_dir, command.sealed)
+            password, proof = open_sealed(self.state_dir, command.sealed)
         except (ValueError, StateDirError) as exc:
             return CredentialOutcome(ok=False, switch=False, detail=str(exc))
-        login = Login(command.username, Password(password), command.generation)
+        login = Login(command.username, Password(password), command.generation, Password(proof))
         if login.fingerprint in self._refused:
             detail = f"the broker refused {command.username} before; not tried again"
             return CredentialOutcome(ok=False, switch=False, detail=detail)
@@ -282,6 +304,7 @@ def _login_data(login: Login | None) -> dict[str, Any] | None:
         "username": login.username,
         "password": login.password.reveal(),
         "generation": login.generation,
+        "proof": login.reported_proof,
     }
 
 
@@ -289,11 +312,14 @@ def _login_from(data: Any) -> Login | None:
     if data is None:
         return None
     username, password, generation = data["username"], data["password"], data["generation"]
+    proof = data.get("proof", "")  # absent from a file written before proofs
     if not isinstance(username, str) or not isinstance(password, str):
         raise TypeError("username and password must be strings")
+    if not isinstance(proof, str):
+        raise TypeError("proof must be a string")
     if not isinstance(generation, int) or generation < 0:
         raise ValueError(f"generation: {generation!r}")
-    return Login(username, Password(password), generation)
+    return Login(username, Password(password), generation, Password(proof) if proof else None)
 
 
 def _corrupt(path: Path, exc: BaseException) -> str:

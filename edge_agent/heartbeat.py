@@ -4,7 +4,8 @@ inventory source.
 The first online message of each connection carries the model inventory (``models``), the
 platform facts (``platform``) and the box key (``box_key``); later heartbeats carry
 ``models`` only when the inventory changed since it was last sent, and never ``platform``
-or ``box_key``: plain heartbeats stay small. ``cred_gen`` is in every one (when not 0).
+or ``box_key``: plain heartbeats stay small. ``cred_gen`` is in every one (when not 0), and
+``cred_proof`` too (when the login it names came with a proof).
 The inventory is looked at once per heartbeat (a directory listing)."""
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class HeartbeatBuilder:
         self._seq = 0
         self.box_key = ""  # the agent's public box key, sent in a connection's first online
         self.cred_gen = 0  # the credential generation the connection logged in with
+        self.cred_proof = ""  # the proof of possession that came with that credential
         self.taken_over_by = ""  # told once, in the next online message
 
     @property
@@ -117,6 +119,7 @@ class HeartbeatBuilder:
             platform=self._platform if first else None,
             box_key=self.box_key if first else "",
             cred_gen=self.cred_gen,
+            cred_proof=self.cred_proof,
             taken_over_by=self.taken_over_by,
         )
         self._seq += 1

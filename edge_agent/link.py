@@ -186,6 +186,7 @@ class BrokerLink:
         if self._login is not None:
             self.session.set_login(self._login.username, self._login.password.reveal())
             self.heartbeat.cred_gen = self._login.generation
+            self.heartbeat.cred_proof = self._login.reported_proof
 
     def retry(self, now: float, why: str, detail: str) -> None:
         """Connect again after the next backoff delay (the long one when locked out)."""

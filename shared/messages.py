@@ -115,6 +115,10 @@ class OnlineStatus(
     # credential this connection logged in with (0: the enrolled one; absent when 0).
     box_key: ShortText = ""
     cred_gen: Count = 0
+    # The proof of possession that came sealed with credential ``cred_gen`` (a random
+    # one-time value, hex), sent only by a connection logged in with it: a rotation ends on
+    # it, never on ``cred_gen`` alone. Absent for the enrolled credential.
+    cred_proof: ShortText = ""
     # In the first online message after another runtime took this agent's session over:
     # that runtime's boot id ("unknown" when the broker said so without naming it).
     taken_over_by: ShortText = ""
@@ -238,9 +242,11 @@ class Retire(_Command, frozen=True, kw_only=True, tag="retire"):
 
 class Credentials(_Command, frozen=True, kw_only=True, tag="credentials"):
     """A new broker credential, made beside the one in use: log in as ``username``
-    (``{env}.{generation}``) from now on. ``sealed`` is the base64 of the password sealed
-    to the agent's ``box_key`` (a libsodium sealed box, PyNaCl ``SealedBox``): only the
-    agent can read it. The agent keeps the previous credential until the new one works."""
+    (``{env}.{generation}``) from now on. ``sealed`` is the base64 of the JSON object
+    ``{"password": ..., "proof": ...}`` sealed to the agent's ``box_key`` (a libsodium
+    sealed box, PyNaCl ``SealedBox``): only the agent can read it. The agent keeps the
+    previous credential until the new one works, and reports ``proof`` (``cred_proof``)
+    while logged in with this one."""
 
     username: ShortText
     generation: Annotated[int, msgspec.Meta(ge=1, le=999_999_999)]

@@ -5,6 +5,7 @@ logging in again with a new credential or falling back when the broker refuses i
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import stat
@@ -39,10 +40,21 @@ from tests.support.scripted_agent import CMD, ENV, EVENTS, ROOT, NoOtherRuntime,
 BOOTSTRAP = Identity(username=ENV, password=Password("enrolled-password"))
 
 
-def sealed_to(state_dir: Path, password: str) -> str:
-    """What the controller sends: ``password`` sealed to the agent's public box key."""
+def sealed_to(state_dir: Path, password: str, proof: str) -> str:
+    """What the controller sends: ``password`` and ``proof`` sealed to the agent's public
+    box key."""
+    clear = json.dumps({"password": password, "proof": proof}).encode()
+    return sealed_bytes(state_dir, clear)
+
+
+def sealed_bytes(state_dir: Path, clear: bytes) -> str:
     public = base64.b64decode(ensure_box_key(state_dir))
-    return base64.b64encode(SealedBox(PublicKey(public)).encrypt(password.encode())).decode()
+    return base64.b64encode(SealedBox(PublicKey(public)).encrypt(clear)).decode()
+
+
+def proof_of(password: str) -> str:
+    """The proof the controller would have made with ``password`` (here: from it)."""
+    return hashlib.sha256(password.encode()).hexdigest()[:32]
 
 
 def credentials(
@@ -52,7 +64,7 @@ def credentials(
         id=cmd,
         username=f"{ENV}.{generation}",
         generation=generation,
-        sealed=sealed_to(state_dir, password),
+        sealed=sealed_to(state_dir, password, proof_of(password)),
     )
 
 
@@ -159,6 +171,38 @@ def test_a_password_sealed_to_another_key_is_refused(tmp_path: Path) -> None:
     assert "does not open with this agent's box key" in taken.detail
 
 
+def test_the_proof_is_kept_with_its_credential_and_reported_only_with_that_login(
+    tmp_path: Path,
+) -> None:
+    store = CredentialStore(tmp_path, ENV, BOOTSTRAP)
+    enrolled = store.choose()
+    assert enrolled is not None
+    assert enrolled.reported_proof == ""  # the enrolled credential has no proof
+    store.accepted(enrolled)
+    store.take(credentials(tmp_path, "new-password"))
+    restarted = CredentialStore(tmp_path, ENV, BOOTSTRAP)  # kept across a restart
+    newest, previous = restarted.candidates()
+    assert (newest.generation, newest.reported_proof) == (1, proof_of("new-password"))
+    assert (previous.generation, previous.reported_proof) == (0, "")
+    assert proof_of("new-password") not in repr(newest)  # no repr shows it
+    restarted.accepted(newest)
+    working = CredentialStore(tmp_path, ENV, BOOTSTRAP).choose()
+    assert working is not None
+    assert working.reported_proof == proof_of("new-password")
+
+
+def test_a_sealed_credential_without_a_proof_is_refused(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path, ENV, BOOTSTRAP)
+    for clear in (b"just-a-password", json.dumps({"password": "p"}).encode()):
+        command = Credentials(
+            id="c-1", username=f"{ENV}.1", generation=1, sealed=sealed_bytes(tmp_path, clear)
+        )
+        taken = store.take(command)
+        assert (taken.ok, taken.switch) == (False, False)
+        assert "a password and a proof" in taken.detail
+    assert [c.generation for c in store.candidates()] == [0]
+
+
 def test_a_damaged_credentials_file_is_named(tmp_path: Path) -> None:
     (tmp_path / CREDENTIALS_FILE).write_text('{"working": {"username": 3}}')
     with pytest.raises(StateDirError, match=r"credentials\.json.*corrupt"):
@@ -231,6 +275,8 @@ def test_the_agent_logs_in_again_with_a_new_credential_and_says_so(tmp_path: Pat
     first, second = onlines(broker)
     assert (first["box_key"], first.get("cred_gen", 0)) == (ensure_box_key(tmp_path), 0)
     assert second["cred_gen"] == 1
+    # the proof goes only with the login it came with
+    assert ("cred_proof" in first, second["cred_proof"]) == (False, proof_of("rotated-password"))
     acks = [p for _, p in broker.published(EVENTS) if p["type"] == "ack"]
     assert [(a["op"], a["ok"]) for a in acks] == [("credentials", True)]
     assert "rotated-password" not in json.dumps([d for _, _, d in broker.record])
@@ -249,6 +295,7 @@ def test_a_new_credential_the_broker_refuses_leaves_the_agent_online_with_the_ol
 
     assert broker.logins == [ENV, f"{ENV}.1", ENV]
     assert [o.get("cred_gen", 0) for o in onlines(broker)] == [0, 0]
+    assert not any("cred_proof" in o for o in onlines(broker))  # back on the old: no proof
 
 
 def _message(topic: str, payload: bytes) -> MessageIn:

@@ -22,15 +22,30 @@ NOW = 1_700_000_000.0
 ENROLLED = NOW - 1000
 KEY = "a" * 43 + "="
 OTHER_KEY = "b" * 43 + "="
+PROOF = "1" * 32
+PROOF2 = "2" * 32
 
 
 def ids() -> Iterator[str]:
     return (f"c-{n}" for n in itertools.count(1))
 
 
-def online(bdseq: int, cred_gen: int = 0, box_key: str = KEY, env: str = "edge-a") -> OnlineStatus:
+def online(
+    bdseq: int,
+    cred_gen: int = 0,
+    box_key: str = KEY,
+    env: str = "edge-a",
+    cred_proof: str = "",
+) -> OnlineStatus:
     return OnlineStatus(
-        env=env, bdseq=bdseq, seq=0, interval=10, boot="b1", box_key=box_key, cred_gen=cred_gen
+        env=env,
+        bdseq=bdseq,
+        seq=0,
+        interval=10,
+        boot="b1",
+        box_key=box_key,
+        cred_gen=cred_gen,
+        cred_proof=cred_proof,
     )
 
 
@@ -65,7 +80,7 @@ def test_a_rotation_with_the_agent_online_ends_with_only_the_new_client() -> Non
     assert state.state == "creating"
     assert actions == [CreateClient("edge-a", "edge-a.1", 1, KEY)]
 
-    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
+    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1, proof=PROOF)
     assert state.state == "sent"
     [send] = actions
     assert isinstance(send, SendCredentials)
@@ -73,25 +88,31 @@ def test_a_rotation_with_the_agent_online_ends_with_only_the_new_client() -> Non
     assert (send.command.sealed, send.command.box_key) == ("SEALED", KEY)
 
     # the agent reconnects with the new credential: only then does the old one go
-    changed, actions = rotations.on_online(online(2, cred_gen=1), ENROLLED)
+    changed, actions = rotations.on_online(online(2, cred_gen=1, cred_proof=PROOF), ENROLLED)
     assert changed is not None
     assert changed.state == "removing"
     assert actions == [DeleteClient("edge-a", "edge-a")]
 
     done = rotations.removed("edge-a", NOW + 5)
-    assert (done.generation, done.state, done.since, done.sealed) == (1, None, NOW, "")
+    assert (done.generation, done.state, done.since, done.sealed, done.proof) == (
+        1,
+        None,
+        NOW,
+        "",
+        "",
+    )
 
     _, actions = rotations.start("edge-a", "operator", NOW + 10, ENROLLED)
     assert actions == [CreateClient("edge-a", "edge-a.2", 2, KEY)]
-    rotations.created("edge-a", 2, "SEALED2", KEY, online_bdseq=2)
-    _, actions = rotations.on_online(online(3, cred_gen=2), ENROLLED)
+    rotations.created("edge-a", 2, "SEALED2", KEY, online_bdseq=2, proof=PROOF2)
+    _, actions = rotations.on_online(online(3, cred_gen=2, cred_proof=PROOF2), ENROLLED)
     assert actions == [DeleteClient("edge-a", "edge-a.1")]
 
 
 def test_an_agent_offline_gets_the_command_when_it_returns() -> None:
     rotations = known()
     rotations.start("edge-a", "operator", NOW, ENROLLED)
-    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=None)
+    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=None, proof=PROOF)
     assert (state.state, actions) == ("created", [])
     _, actions = rotations.on_online(online(5), ENROLLED)
     assert [type(a) for a in actions] == [SendCredentials]
@@ -110,7 +131,7 @@ def test_a_restart_makes_a_half_made_client_again_and_sends_on_the_next_online()
     after = Rotations(None, ids(), rows)
     assert after.resume() == [CreateClient("edge-a", "edge-a.1", 1, KEY)]
 
-    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1, proof=PROOF)
     after = Rotations(None, ids(), list(rotations))
     assert after.resume() == []
     # killed after sending: the same connection's next heartbeat sends it again (it may
@@ -122,8 +143,8 @@ def test_a_restart_makes_a_half_made_client_again_and_sends_on_the_next_online()
 def test_a_restart_while_removing_deletes_the_old_client_again() -> None:
     rotations = known()
     rotations.start("edge-a", "operator", NOW, ENROLLED)
-    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
-    rotations.on_online(online(2, cred_gen=1), ENROLLED)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1, proof=PROOF)
+    rotations.on_online(online(2, cred_gen=1, cred_proof=PROOF), ENROLLED)
     after = Rotations(None, ids(), list(rotations))
     assert after.resume() == [DeleteClient("edge-a", "edge-a")]
 
@@ -131,20 +152,20 @@ def test_a_restart_while_removing_deletes_the_old_client_again() -> None:
 def test_asking_again_makes_the_same_generation_again_with_a_new_password() -> None:
     rotations = known()
     rotations.start("edge-a", "operator", NOW, ENROLLED)
-    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1, proof=PROOF)
     state, actions = rotations.start("edge-a", "operator", NOW + 60, ENROLLED)
-    assert (state.state, state.target, state.sealed) == ("creating", 1, "")
+    assert (state.state, state.target, state.sealed, state.proof) == ("creating", 1, "", "")
     assert actions == [CreateClient("edge-a", "edge-a.1", 1, KEY)]
     # the first creation's late report changes nothing
     rotations.start("edge-a", "operator", NOW + 61, ENROLLED)
-    assert rotations.created("edge-a", 2, "LATE", KEY, None)[1] == []
+    assert rotations.created("edge-a", 2, "LATE", KEY, None, proof=PROOF2)[1] == []
 
 
 def test_once_the_new_credential_is_in_use_a_new_request_waits_for_the_removal() -> None:
     rotations = known()
     rotations.start("edge-a", "operator", NOW, ENROLLED)
-    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1)
-    rotations.on_online(online(2, cred_gen=1), ENROLLED)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1, proof=PROOF)
+    rotations.on_online(online(2, cred_gen=1, cred_proof=PROOF), ENROLLED)
     with pytest.raises(RequestRefused, match="being removed"):
         rotations.start("edge-a", "operator", NOW, ENROLLED)
 
@@ -152,7 +173,7 @@ def test_once_the_new_credential_is_in_use_a_new_request_waits_for_the_removal()
 def test_the_first_box_key_is_pinned_and_another_never_moves_it() -> None:
     rotations = known()
     rotations.start("edge-a", "operator", NOW, ENROLLED)
-    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=None)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=None, proof=PROOF)
     # someone with the environment's login reports a key of its own while the agent is away
     stranger = online(2, box_key=OTHER_KEY)
     reason = rotations.key_mismatch(stranger)
@@ -179,7 +200,7 @@ def test_a_rotation_seals_to_the_pinned_key_whatever_was_reported_last() -> None
     _, actions = rotations.start("edge-a", "operator", NOW, ENROLLED)
     assert actions == [CreateClient("edge-a", "edge-a.1", 1, KEY)]
     # the connection with the other key is online now: it is not sent there
-    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=2)
+    state, actions = rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=2, proof=PROOF)
     assert (state.state, actions) == ("created", [])
 
 
@@ -217,3 +238,61 @@ def test_automatic_rotation_is_off_by_default() -> None:
     rotations = known()
     assert rotations.due(NOW + 10**9, {"edge-a": ENROLLED}) == []
     assert rotations.next_due({"edge-a": ENROLLED}) is None
+
+
+# --- proof of possession: the claim of an online is not enough ------------------------------
+def test_a_claimed_new_generation_without_its_proof_keeps_the_old_credential() -> None:
+    rotations = known()
+    rotations.start("edge-a", "operator", NOW, ENROLLED)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=None, proof=PROOF)
+    # the agent is away; whoever holds the old (generation 0) login claims generation 1
+    for claim in (online(7, cred_gen=1), online(7, cred_gen=1, cred_proof="f" * 32)):
+        reason = rotations.proof_refused(claim)
+        assert reason is not None
+        assert all(words in reason for words in ("edge-a", "generation 1", "old credential"))
+        _, actions = rotations.on_online(claim, ENROLLED)
+        assert not any(isinstance(action, DeleteClient) for action in actions)
+        credential = rotations.get("edge-a")
+        assert credential is not None
+        assert (credential.generation, credential.target) == (0, 1)
+        assert credential.state in ("created", "sent")
+    # the real agent returns, gets the command, and switches: its proof ends the rotation
+    _, actions = rotations.on_online(online(8), ENROLLED)
+    assert [type(a) for a in actions] == [SendCredentials]
+    proven = online(9, cred_gen=1, cred_proof=PROOF)
+    assert rotations.proof_refused(proven) is None
+    _, actions = rotations.on_online(proven, ENROLLED)
+    assert actions == [DeleteClient("edge-a", "edge-a")]
+
+
+def test_a_rotation_asked_again_is_not_ended_by_the_earlier_passwords_session() -> None:
+    rotations = known()
+    rotations.start("edge-a", "operator", NOW, ENROLLED)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1, proof=PROOF)
+    # asked again while the agent switches: the same generation, a new password and proof
+    rotations.start("edge-a", "operator", NOW + 60, ENROLLED)
+    stale = online(2, cred_gen=1, cred_proof=PROOF)  # logged in with the first password
+    assert rotations.proof_refused(stale) is not None  # while the new client is being made
+    assert rotations.on_online(stale, ENROLLED)[1] == []
+    _, actions = rotations.created("edge-a", 1, "SEALED-B", KEY, online_bdseq=2, proof=PROOF2)
+    [send] = actions  # the new password goes to the connection online now
+    assert isinstance(send, SendCredentials)
+    assert send.command.sealed == "SEALED-B"
+    stale = online(3, cred_gen=1, cred_proof=PROOF)
+    assert rotations.proof_refused(stale) is not None
+    _, actions = rotations.on_online(stale, ENROLLED)
+    assert not any(isinstance(action, DeleteClient) for action in actions)
+    credential = rotations.get("edge-a")
+    assert credential is not None
+    assert (credential.generation, credential.state, credential.proof) == (0, "sent", PROOF2)
+    # the agent on the second password ends it
+    _, actions = rotations.on_online(online(4, cred_gen=1, cred_proof=PROOF2), ENROLLED)
+    assert actions == [DeleteClient("edge-a", "edge-a")]
+
+
+def test_no_proof_is_asked_of_an_online_not_claiming_the_new_generation() -> None:
+    rotations = known()
+    assert rotations.proof_refused(online(2, cred_gen=1)) is None  # no rotation under way
+    rotations.start("edge-a", "operator", NOW, ENROLLED)
+    rotations.created("edge-a", 1, "SEALED", KEY, online_bdseq=1, proof=PROOF)
+    assert rotations.proof_refused(online(2)) is None  # still on the old credential

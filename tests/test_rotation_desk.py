@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import itertools
 
+import msgspec
+
 from edgeplane.controller.core.rotation import Credential, Rotations
 from edgeplane.controller.daemon.rotation_desk import ROTATION_QUEUE, RotationDesk, with_credential
 from edgeplane.controller.operator.env_text import env_details
@@ -66,6 +68,17 @@ async def test_a_full_queue_drops_and_counts() -> None:
     for _ in range(ROTATION_QUEUE + 2):
         feed.offer(online("edge-n", box_key="K"))
     assert feed.dropped == 2
+
+
+def test_what_an_online_has_that_the_rotation_does_not_take_is_named_for_counting() -> None:
+    rotating = Credential("edge-r", box_key="K", state="sent", target=1, proof="P" * 32)
+    feed, _ = desk(rotating)
+    claim = msgspec.structs.replace(online("edge-r", box_key="K2"), cred_gen=1, cred_proof="x")
+    reasons = [reason for reason, _ in feed.offer(claim)]
+    assert reasons == ["box-key-mismatch", "bad-credential-proof"]
+    proven = msgspec.structs.replace(online("edge-r"), cred_gen=1, cred_proof="P" * 32)
+    assert feed.offer(proven) == []
+    assert feed.offer(online("edge-r")) == []  # still on the old credential: nothing claimed
 
 
 def test_env_show_says_generation_age_and_rotation() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
-from edgeplane.edge_agent.credentials import CREDENTIALS_FILE
+from edgeplane.edge_agent.credentials import BOX_KEY_FILE, CREDENTIALS_FILE
 from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc
 from tests.support.site import (
@@ -336,6 +336,62 @@ async def test_a_stolen_login_with_its_own_box_key_gets_nothing_and_the_agent_ke
 
     # The agent comes back, gets the credential sealed to its pinned key, and only then
     # is the stolen login removed.
+    await rotation.start_agent()
+    await rotation.online_on(1)
+    await rotation.ends_on(1)
+
+
+async def _logged(proc: Proc, text: str, timeout: float = WAIT) -> str:
+    """The first line of ``proc``'s log with ``text``, once it is there."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout
+    while True:
+        lines = [line for line in proc.output().splitlines() if text in line]
+        if lines:
+            return lines[0]
+        assert loop.time() < give_up, f"{text!r} not logged within {timeout} s"
+        await asyncio.sleep(0.2)  # polling a log file for a line it will have
+
+
+async def test_a_stolen_login_claiming_the_new_generation_does_not_end_the_rotation(
+    site: Site,
+) -> None:
+    rotation = await Rotation.enroll(site, "edge-claim")
+    env, root = rotation.env, site.root
+    await rotation.start_agent()
+    await rotation.online_on(0)  # its box key is pinned
+    await rotation.stop_agent()
+    out = await rotation.rotate()
+    assert out == "edge-claim: new credential generation 1 (created)\n"
+
+    # With the agent away, someone holding its old login claims it is on generation 1,
+    # with the agent's own (public) box key, but without the proof that came sealed with
+    # generation 1.
+    box_key = json.loads((rotation.state_dir / BOX_KEY_FILE).read_text())["public"]
+    with site.broker.client(rotation.old) as thief:
+        assert thief.subscribe(root.cmd(env)) == [1]
+        online = {
+            "status": "online",
+            "env": env,
+            "bdseq": 9999,
+            "seq": 0,
+            "interval": 30,
+            "boot": "thief",
+            "box_key": box_key,
+            "cred_gen": 1,
+        }
+        assert thief.publish(root.status(env), json.dumps(online), retain=True) == 0
+        # The controller took the online (counted, logged, and the pending command, sealed
+        # to the agent's key, sent on that connection) and did not end the rotation on it.
+        assert site.controller is not None
+        logged = await _logged(site.controller, '"reason": "bad-credential-proof"')
+        assert "claims credential generation 1 with no proof" in logged
+        await _logged(site.controller, '"event": "credentials sent"')
+        shown = await rotation.show()
+        assert (shown["credential_generation"], shown["rotation_state"]) == (0, "sent")
+    assert connack(site, rotation.old) == 0  # the old credential is still there
+
+    # The real agent returns on the old credential, gets generation 1 and ends the rotation.
     await rotation.start_agent()
     await rotation.online_on(1)
     await rotation.ends_on(1)

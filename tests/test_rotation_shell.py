@@ -14,7 +14,7 @@ import structlog
 from edgeplane.controller.core.rotation import Credential, Rotations
 from edgeplane.controller.daemon.rotation import CredentialRotator
 from edgeplane.controller.daemon.store import Store, open_store
-from edgeplane.edge_agent.credentials import CredentialStore, ensure_box_key
+from edgeplane.edge_agent.credentials import CredentialStore, Login, ensure_box_key
 from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.codec import encode
 from edgeplane.shared.identity import Identity, Password
@@ -67,21 +67,29 @@ class Controller:
         self.sent.append(command)
 
 
-def agent_online(state_dir: Path, bdseq: int, cred_gen: int) -> OnlineStatus:
+def agent_online(state_dir: Path, bdseq: int, login: Login | None = None) -> OnlineStatus:
+    """The agent's online on a connection logged in with ``login`` (None: the enrolled)."""
     box_key = ensure_box_key(state_dir)
     return OnlineStatus(
-        env=ENV, bdseq=bdseq, seq=0, interval=10, boot="b", box_key=box_key, cred_gen=cred_gen
+        env=ENV,
+        bdseq=bdseq,
+        seq=0,
+        interval=10,
+        boot="b",
+        box_key=box_key,
+        cred_gen=0 if login is None else login.generation,
+        cred_proof="" if login is None else login.reported_proof,
     )
 
 
-def agent_logs_in(agent: CredentialStore, broker: FakeBroker) -> int:
+def agent_logs_in(agent: CredentialStore, broker: FakeBroker) -> Login:
     """The agent connects as it would: newest login first, falling back when refused."""
     for _ in range(3):
         login = agent.choose()
         assert login is not None
         if broker.accepts(login.username, login.password.reveal()):
             agent.accepted(login)
-            return login.generation
+            return login
         agent.refused(login, "Not authorized")
     raise AssertionError("locked out")
 
@@ -99,14 +107,14 @@ async def test_rotation_with_the_agent_online(tmp_path: Path) -> None:
         async with open_store(tmp_path / "c.db") as store:
             controller = Controller(store, broker, [])
             controller.online = 1
-            await controller.rotator.on_online(agent_online(agent_dir, 1, 0))
+            await controller.rotator.on_online(agent_online(agent_dir, 1))
             state = await controller.rotator.rotate(ENV)
             assert (state.state, state.target) == ("sent", 1)
             [command] = controller.sent
             assert agent.take(command).switch
-            generation = agent_logs_in(agent, broker)
-            assert generation == 1
-            await controller.rotator.on_online(agent_online(agent_dir, 2, generation))
+            login = agent_logs_in(agent, broker)
+            assert login.generation == 1
+            await controller.rotator.on_online(agent_online(agent_dir, 2, login))
             done = controller.rotator.rotations.get(ENV)
             assert done is not None
             assert (done.generation, done.state) == (1, None)
@@ -119,6 +127,10 @@ async def test_rotation_with_the_agent_online(tmp_path: Path) -> None:
     assert password.encode() not in encode(command)
     assert password.encode() not in (tmp_path / "c.db").read_bytes()
     assert password not in repr(logs)
+    # the proof came sealed (never readable in the command) and is public only once used
+    assert len(login.reported_proof) == 32
+    assert login.reported_proof.encode() not in encode(command)
+    assert login.reported_proof not in repr(logs)
 
 
 async def test_rotation_with_the_agent_offline_ends_when_it_returns(tmp_path: Path) -> None:
@@ -126,7 +138,7 @@ async def test_rotation_with_the_agent_offline_ends_when_it_returns(tmp_path: Pa
     agent_dir = tmp_path / "agent"
     async with open_store(tmp_path / "c.db") as store:
         controller = Controller(store, broker, [])
-        await controller.rotator.on_online(agent_online(agent_dir, 1, 0))
+        await controller.rotator.on_online(agent_online(agent_dir, 1))
         controller.online = None  # gone before the request
         state = await controller.rotator.rotate(ENV)
         assert (state.state, controller.sent) == ("created", [])
@@ -144,26 +156,26 @@ async def test_a_controller_killed_after_creating_or_sending_resumes(tmp_path: P
     db = tmp_path / "c.db"
     async with open_store(db) as store:
         first = Controller(store, broker, [])
-        await first.rotator.on_online(agent_online(agent_dir, 1, 0))
+        await first.rotator.on_online(agent_online(agent_dir, 1))
         await first.rotator.rotate(ENV)  # offline: created, not sent
     # killed after creating: the next life sends it on the agent's next online
     async with open_store(db) as store:
         second = Controller(store, broker, await store.credentials())
         await second.rotator.resume()
-        await second.rotator.on_online(agent_online(agent_dir, 1, 0))
+        await second.rotator.on_online(agent_online(agent_dir, 1))
         [command] = second.sent
     # killed after sending, before the agent got it: sent again on the next online
     async with open_store(db) as store:
         third = Controller(store, broker, await store.credentials())
         await third.rotator.resume()
-        await third.rotator.on_online(agent_online(agent_dir, 1, 0))
+        await third.rotator.on_online(agent_online(agent_dir, 1))
         [again] = third.sent
         assert (again.sealed, again.generation) == (command.sealed, 1)
         agent.take(again)
         await third.rotator.on_online(agent_online(agent_dir, 2, agent_logs_in(agent, broker)))
     assert list(broker.clients) == [f"{ENV}.1"]
     # the agent restarted now still logs in (with the new credential)
-    assert agent_logs_in(CredentialStore(agent_dir, ENV, None), broker) == 1
+    assert agent_logs_in(CredentialStore(agent_dir, ENV, None), broker).generation == 1
 
 
 async def test_an_agent_killed_after_storing_the_new_credential_starts_with_it(
@@ -174,12 +186,12 @@ async def test_an_agent_killed_after_storing_the_new_credential_starts_with_it(
     async with open_store(tmp_path / "c.db") as store:
         controller = Controller(store, broker, [])
         controller.online = 1
-        await controller.rotator.on_online(agent_online(agent_dir, 1, 0))
+        await controller.rotator.on_online(agent_online(agent_dir, 1))
         await controller.rotator.rotate(ENV)
         agent.take(controller.sent[0])
         del agent  # killed before it logged in again
         restarted = bootstrap(tmp_path)
-        generation = agent_logs_in(restarted, broker)
-        assert generation == 1
-        await controller.rotator.on_online(agent_online(agent_dir, 2, generation))
+        login = agent_logs_in(restarted, broker)
+        assert login.generation == 1
+        await controller.rotator.on_online(agent_online(agent_dir, 2, login))
     assert list(broker.clients) == [f"{ENV}.1"]

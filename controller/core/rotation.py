@@ -8,15 +8,25 @@ a controller killed at any point takes up where it was (:meth:`Rotations.resume`
 
 ``creating``  the new broker client ``env.N+1`` is being made beside the old one (the
               shell makes a password, seals it to the agent's box key, creates the client);
-``created``   it exists, and only its *sealed* password is kept; the ``credentials``
-              command goes out when the agent is online (at once, or when it returns);
+``created``   it exists, and only its *sealed* password is kept (with its proof, below);
+              the ``credentials`` command goes out when the agent is online (at once, or
+              when it returns);
 ``sent``      the command went out on the agent's current connection; it is sent again on
               each new connection until the agent comes online with generation N+1;
-``removing``  the agent is online with N+1: the old client ``env.N`` is deleted.
+``removing``  the agent is online with N+1, proven: the old client ``env.N`` is deleted.
 
 Once the old client is gone the environment is idle again with generation N+1. The agent
 keeps its previous credential until the new one is accepted, so no state leaves it
 unable to connect.
+
+**Proof of possession.** An online message's ``cred_gen`` is only the agent's claim: whoever
+holds the old credential can claim N+1 while the agent is away, and deleting the old client
+on that claim would lock the agent out. So each new credential comes with a random *proof*,
+sealed with the password; only a connection that reports it (``cred_proof``, which the agent
+sends only while logged in with that credential) ends the rotation. Asked again, a rotation
+makes a new password and a new proof: an online of the earlier password's session does not
+end it either. A claim without the right proof changes nothing (:meth:`Rotations.proof_refused`
+names it, so that it is counted).
 
 **The pinned box key.** The first box key an environment's agent reports is pinned, and
 every new password is sealed to the pinned key only. Whoever holds a leaked credential and
@@ -30,6 +40,7 @@ agent): to the key of the environment's current connection.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -40,6 +51,7 @@ from edgeplane.shared.messages import Credentials, OnlineStatus
 
 __all__ = [
     "CAUSES",
+    "PROOF_REFUSED",
     "Action",
     "CreateClient",
     "Credential",
@@ -51,6 +63,8 @@ __all__ = [
     "fingerprint",
 ]
 
+PROOF_REFUSED: Final = "bad-credential-proof"  # the bad-input reason of a claim without proof
+
 RotationState = Literal["creating", "created", "sent", "removing"]
 RotationCause = Literal["operator", "age"]
 CAUSES: Final = ("operator", "age")
@@ -60,7 +74,8 @@ CAUSES: Final = ("operator", "age")
 class Credential:
     """One environment's broker credential, and the rotation under way (``state`` None:
     none). ``sealed`` is the new password sealed to ``sealed_to`` (the agent's box key,
-    base64): the clear password is never kept."""
+    base64): the clear password is never kept. ``proof`` is the new credential's proof
+    of possession (sealed with it): the online that reports it ends the rotation."""
 
     env: str
     generation: int = 0
@@ -75,6 +90,7 @@ class Credential:
     sent_bdseq: int | None = None  # the connection the command last went out on
     reported_key: str = ""  # the box key of the latest connection that reported one
     reported_bdseq: int | None = None  # that connection
+    proof: str = ""
 
     @property
     def rotating(self) -> bool:
@@ -181,6 +197,7 @@ class Rotations:
             sealed="",
             sealed_to="",
             sent_bdseq=None,
+            proof="",
         )
         return self._put(rotation), [self._create(rotation)]
 
@@ -234,14 +251,24 @@ class Rotations:
 
     # --- the shell's reports ------------------------------------------------------------------
     def created(
-        self, env: str, generation: int, sealed: str, sealed_to: str, online_bdseq: int | None
+        self,
+        env: str,
+        generation: int,
+        sealed: str,
+        sealed_to: str,
+        online_bdseq: int | None,
+        *,
+        proof: str,
     ) -> tuple[Credential, list[Action]]:
-        """The client of ``generation`` exists, its password ``sealed`` to ``sealed_to``.
-        ``online_bdseq``: the agent's current connection (None: it is not online)."""
+        """The client of ``generation`` exists, its password and ``proof`` ``sealed`` to
+        ``sealed_to``. ``online_bdseq``: the agent's current connection (None: it is not
+        online)."""
         current = self._require(env)
         if current.state != "creating" or current.target != generation:
             return current, []  # a stale report: a newer start took over
-        rotation = dataclasses.replace(current, state="created", sealed=sealed, sealed_to=sealed_to)
+        rotation = dataclasses.replace(
+            current, state="created", sealed=sealed, sealed_to=sealed_to, proof=proof
+        )
         stranger = rotation.key_mismatch and rotation.reported_bdseq == online_bdseq
         if online_bdseq is None or stranger:  # sent to the agent with the pinned key only
             return self._put(rotation), []
@@ -264,6 +291,7 @@ class Rotations:
                 sealed="",
                 sealed_to="",
                 sent_bdseq=None,
+                proof="",
             )
         )
 
@@ -273,8 +301,8 @@ class Rotations:
     ) -> tuple[Credential | None, list[Action]]:
         """An online message of ``message.env``'s agent: the first box key is pinned, a
         pending command is sent on a new connection that has not reported another key,
-        the new generation in use ends the rotation. Returns the credential when it
-        changed (to store), and what to do."""
+        the new generation in use, with its proof, ends the rotation. Returns the
+        credential when it changed (to store), and what to do."""
         env = message.env
         current = self._by_env.get(env)
         if current is None and not message.box_key:
@@ -283,15 +311,31 @@ class Rotations:
         # What is sealed to the pinned key is of no use to a connection with another key.
         stranger = updated.key_mismatch and updated.reported_bdseq == message.bdseq
         pending = updated.state in ("created", "sent") and updated.sent_bdseq != message.bdseq
-        if updated.rotating and message.cred_gen == updated.target:
-            if updated.state != "removing":
-                updated = self._put(dataclasses.replace(updated, state="removing"))
-                return updated, [self._delete(updated)]
-        elif pending and not stranger:
+        claimed = updated.rotating and message.cred_gen == updated.target
+        if claimed and updated.state in ("created", "sent") and _proven(updated, message):
+            updated = self._put(dataclasses.replace(updated, state="removing"))
+            return updated, [self._delete(updated)]
+        if pending and not stranger:
             return self._send(updated, message.bdseq)
         if updated == current:
             return None, []
         return self._put(updated), []
+
+    def proof_refused(self, message: OnlineStatus) -> str | None:
+        """Why ``message`` claims the generation being rolled out without its proof (it
+        changes nothing), or None."""
+        credential = self._by_env.get(message.env)
+        if credential is None or credential.state in (None, "removing"):
+            return None
+        if message.cred_gen != credential.target or _proven(credential, message):
+            return None
+        what = "a stale proof" if message.cred_proof else "no proof"
+        return (
+            f"environment {message.env}: connection bdseq {message.bdseq} claims credential "
+            f"generation {message.cred_gen} with {what} of it (the old credential in other "
+            "hands, or an earlier password of a rotation asked again): the old credential is "
+            "kept"
+        )
 
     # --- restart ------------------------------------------------------------------------------
     def resume(self) -> list[Action]:
@@ -356,6 +400,12 @@ def _reported(credential: Credential, message: OnlineStatus) -> Credential:
         reported_key=message.box_key,
         reported_bdseq=message.bdseq,
     )
+
+
+def _proven(credential: Credential, message: OnlineStatus) -> bool:
+    """``message`` reports the proof of ``credential``'s pending new credential."""
+    reported, stored = message.cred_proof.encode(), credential.proof.encode()
+    return bool(stored) and hmac.compare_digest(reported, stored)
 
 
 def fingerprint(box_key: str) -> str:

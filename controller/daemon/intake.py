@@ -50,11 +50,11 @@ class Intake:
         *,
         max_payload: int,
         keys: KeyRotator | None = None,
-        on_online: Callable[[OnlineStatus], str | None] | None = None,
+        on_online: Callable[[OnlineStatus], list[tuple[str, str]]] | None = None,
     ) -> None:
         self._root = root
         self._keys = keys
-        # Credential rotation's feed (never waits); says why a box key is not taken.
+        # Credential rotation's feed (never waits); says what in an online is not taken.
         self._on_online = on_online
         self._core = core
         self._ops = operations
@@ -100,11 +100,11 @@ class Intake:
         if judgement.stale:
             log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
         if self._on_online is not None and isinstance(status, OnlineStatus):
-            mismatch = self._on_online(status)
-            if mismatch is not None:
-                # The online counts (the broker let it in); its box key does not.
-                self.drop("box-key-mismatch", self._root.status(env), mismatch)
-                judgement.extend(self._core.conflict(env, KEY_CONFLICT))
+            # The online counts (the broker let it in); what the rotation refuses does not.
+            for reason, detail in self._on_online(status):
+                self.drop(reason, self._root.status(env), detail)
+                if reason == "box-key-mismatch":
+                    judgement.extend(self._core.conflict(env, KEY_CONFLICT))
         came_online = any(t.to_status == "online" for t in judgement.transitions)
         keys = None if self._keys is None else self._keys.on_status(status)
         if came_online or _reports_inventory(status):

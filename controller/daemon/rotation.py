@@ -6,12 +6,15 @@ The broker's clients are made through :class:`BrokerClients`, which the controll
 dynamic-security client provides (``createClient`` with the environment's role and client
 id, ``deleteClient``). A new password (256 random bits) lives only in this module's
 memory between being made and being given to the broker: what is stored and sent is the
-password sealed to the agent's box key (PyNaCl ``SealedBox``), which only the agent opens.
+password sealed to the agent's box key (PyNaCl ``SealedBox``), which only the agent opens,
+together with a new proof of possession (128 random bits; stored in clear, it opens
+nothing: it only ends the rotation when the agent reports it, see core/rotation.py).
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, Protocol
@@ -34,9 +37,10 @@ from edgeplane.controller.errors import ControllerError, RequestRefused
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.messages import Credentials, OnlineStatus
 
-__all__ = ["PASSWORD_BYTES", "BrokerClients", "CredentialRotator", "seal"]
+__all__ = ["PASSWORD_BYTES", "PROOF_BYTES", "BrokerClients", "CredentialRotator", "seal"]
 
 PASSWORD_BYTES: Final = 32
+PROOF_BYTES: Final = 16
 
 log: Final = structlog.get_logger("controller")
 
@@ -53,13 +57,13 @@ class BrokerClients(Protocol):
         ...
 
 
-def seal(password: str, box_key: str) -> str:
-    """``password`` sealed to the base64 X25519 public key ``box_key``, base64."""
+def seal(password: str, proof: str, box_key: str) -> str:
+    """``{"password": ..., "proof": ...}`` sealed to the base64 X25519 public key
+    ``box_key``, base64."""
     from nacl.public import PublicKey, SealedBox
 
-    sealed = SealedBox(PublicKey(base64.b64decode(box_key, validate=True))).encrypt(
-        password.encode("utf-8")
-    )
+    clear = json.dumps({"password": password, "proof": proof}).encode("utf-8")
+    sealed = SealedBox(PublicKey(base64.b64decode(box_key, validate=True))).encrypt(clear)
     return base64.b64encode(sealed).decode("ascii")
 
 
@@ -143,7 +147,8 @@ class CredentialRotator:
 
     async def _create(self, action: CreateClient) -> None:
         password = secrets.token_urlsafe(PASSWORD_BYTES)
-        sealed = seal(password, action.box_key)
+        proof = secrets.token_hex(PROOF_BYTES)
+        sealed = seal(password, proof, action.box_key)
         # A client half made by a controller killed earlier is made again from scratch.
         await self._clients.delete_client(action.username)
         await self._clients.create_client(
@@ -152,7 +157,12 @@ class CredentialRotator:
         del password
         log.info("new credential made", env=action.env, username=action.username)
         state, actions = self.rotations.created(
-            action.env, action.generation, sealed, action.box_key, self._online_bdseq(action.env)
+            action.env,
+            action.generation,
+            sealed,
+            action.box_key,
+            self._online_bdseq(action.env),
+            proof=proof,
         )
         await self._keep([state])
         await self._carry_out(actions)

@@ -21,15 +21,16 @@ import msgspec
 import structlog
 
 from edgeplane.controller.core.operations import Operations
-from edgeplane.controller.core.rotation import Credential, Rotations
+from edgeplane.controller.core.rotation import PROOF_REFUSED, Credential, Rotations
 from edgeplane.controller.daemon.rotation import CredentialRotator
 from edgeplane.controller.errors import ControllerError, RequestRefused
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.messages import OnlineStatus
 from edgeplane.shared.rpc import EnvInfo
 
-__all__ = ["ROTATION_QUEUE", "RotationDesk", "with_credential"]
+__all__ = ["KEY_MISMATCH", "ROTATION_QUEUE", "RotationDesk", "with_credential"]
 
+KEY_MISMATCH: Final = "box-key-mismatch"  # the bad-input reason of a box key not pinned
 ROTATION_QUEUE: Final = 1000  # online messages waiting for the rotator
 TICK_MIN: Final = 1.0  # seconds after rotating what was due before looking again
 TICK_MAX: Final = 60.0  # most seconds between looks: records come and go
@@ -58,19 +59,28 @@ class RotationDesk:
     def rotations(self) -> Rotations:
         return self.rotator.rotations
 
-    def offer(self, status: OnlineStatus) -> str | None:
+    def offer(self, status: OnlineStatus) -> list[tuple[str, str]]:
         """An online message, from the receive path: kept when it can matter, never waits.
-        Returns why its box key is not taken (not the pinned one), or None."""
+        Returns what in it is not taken, as (bad-input reason, why): a box key other than
+        the pinned one (``box-key-mismatch``), a claimed generation without its proof
+        (``bad-credential-proof``)."""
         if not status.box_key:
             credential = self.rotations.get(status.env)
             if credential is None or not credential.rotating:
-                return None  # a plain heartbeat: the hot path
+                return []  # a plain heartbeat: the hot path
         try:
             self._queue.put_nowait(status)
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("rotation queue full; online dropped", env=status.env, dropped=self.dropped)
-        return self.rotations.key_mismatch(status)
+        refused = []
+        mismatch = self.rotations.key_mismatch(status)
+        if mismatch is not None:
+            refused.append((KEY_MISMATCH, mismatch))
+        unproven = self.rotations.proof_refused(status)
+        if unproven is not None:
+            refused.append((PROOF_REFUSED, unproven))
+        return refused
 
     async def rotate(self, env: str, *, repin: bool = False) -> Credential:
         """An operator's rotation of ``env``; a broker failure is an ``unavailable`` refusal."""

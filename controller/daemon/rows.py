@@ -110,11 +110,11 @@ INVENTORY_SELECT: Final = "SELECT env, models, platform, updated FROM inventory"
 DEPLOYMENT_SELECT: Final = f"SELECT {DEPLOYMENT_COLUMNS} FROM deployments"
 CREDENTIAL_COLUMNS: Final = (
     "env, generation, since, box_key, state, target, started, cause, sealed, sealed_to,"
-    " sent_bdseq, reported_key, reported_bdseq"
+    " sent_bdseq, reported_key, reported_bdseq, proof"
 )
 UPSERT_CREDENTIAL: Final = (
     f"INSERT OR REPLACE INTO credentials ({CREDENTIAL_COLUMNS})"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 CREDENTIAL_SELECT: Final = f"SELECT {CREDENTIAL_COLUMNS} FROM credentials"
 

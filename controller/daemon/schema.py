@@ -150,6 +150,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE credentials ADD COLUMN reported_key TEXT NOT NULL DEFAULT '';
     ALTER TABLE credentials ADD COLUMN reported_bdseq INTEGER;
     """,
+    # version 7: the proof of possession of the pending new credential (a one-time value,
+    # not the password: only the online reporting it ends the rotation; see core/rotation.py)
+    """
+    ALTER TABLE credentials ADD COLUMN proof TEXT NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
