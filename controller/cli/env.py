@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 from edgeplane.controller.errors import ControllerError
 from edgeplane.controller.operator.args import (
-    add_operator_flags,
     add_output_flags,
     broker_url_arg,
     env_id_arg,
@@ -30,7 +29,7 @@ from edgeplane.controller.operator.args import (
     seconds_arg,
     short_text_arg,
 )
-from edgeplane.controller.operator.session import Handler, run_handler
+from edgeplane.controller.operator.session import add_leaf
 
 if TYPE_CHECKING:
     from edgeplane.controller.operator.client import ControllerClient, EventFeed
@@ -63,19 +62,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_rotate(actions)
 
 
-def _leaf(
-    actions: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    help_text: str,
-    handler: Handler,
-) -> argparse.ArgumentParser:
-    description = help_text[:1].upper() + help_text[1:] + "."
-    parser = actions.add_parser(name, help=help_text, description=description)
-    add_operator_flags(parser)
-    parser.set_defaults(handler=lambda args: run_handler(handler, args))
-    return parser
-
-
 def _add_ack_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-wait", action="store_true", help="send, do not wait for the agent's ack"
@@ -91,7 +77,7 @@ def _add_ack_flags(parser: argparse.ArgumentParser) -> None:
 
 # --- create -------------------------------------------------------------------------------
 def _add_create(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _leaf(actions, "create", "create an environment record and print its id", _create)
+    parser = add_leaf(actions, "create", "create an environment record and print its id", _create)
     parser.add_argument(
         "id",
         nargs="?",
@@ -203,7 +189,7 @@ def _without_credential(info: EnvCreated) -> EnvCreated:
 
 # --- list ---------------------------------------------------------------------------------
 def _add_list(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _leaf(actions, "list", "list environments", _list)
+    parser = add_leaf(actions, "list", "list environments", _list)
     parser.add_argument("--project", type=project_arg, help="only this project's environments")
     parser.add_argument("--all", action="store_true", help="retired environments too")
 
@@ -232,7 +218,7 @@ async def _list(controller: ControllerClient, args: argparse.Namespace, within: 
 
 # --- show ---------------------------------------------------------------------------------
 def _add_show(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _leaf(actions, "show", "show one environment: record, status, inventory", _show)
+    parser = add_leaf(actions, "show", "show one environment: record, status, inventory", _show)
     parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
 
 
@@ -251,7 +237,7 @@ async def _show(controller: ControllerClient, args: argparse.Namespace, within: 
 
 # --- update -------------------------------------------------------------------------------
 def _add_update(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _leaf(actions, "update", "change labels, or settings the agent applies", _update)
+    parser = add_leaf(actions, "update", "change labels, or settings the agent applies", _update)
     parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
     parser.add_argument(
         "--label",
@@ -321,7 +307,7 @@ async def _update(controller: ControllerClient, args: argparse.Namespace, within
 
 # --- restart ------------------------------------------------------------------------------
 def _add_restart(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _leaf(actions, "restart", "restart the running workflows (or one)", _restart)
+    parser = add_leaf(actions, "restart", "restart the running workflows (or one)", _restart)
     parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
     parser.add_argument("--workflow", default="", metavar="NAME", help="only this workflow")
     _add_ack_flags(parser)
@@ -348,7 +334,7 @@ async def _restart(controller: ControllerClient, args: argparse.Namespace, withi
 
 # --- retire -------------------------------------------------------------------------------
 def _add_retire(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _leaf(actions, "retire", "retire an environment: its agent stops for good", _retire)
+    parser = add_leaf(actions, "retire", "retire an environment: its agent stops for good", _retire)
     parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
     parser.add_argument("--yes", action="store_true", help="do not ask (stdin a terminal)")
     _add_ack_flags(parser)
@@ -386,7 +372,7 @@ def _confirm(env: str) -> bool:
 
 # --- rotate-credentials -------------------------------------------------------------------
 def _add_rotate(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _leaf(
+    parser = add_leaf(
         actions,
         "rotate-credentials",
         "give an environment's agent a new broker credential and remove the old one",

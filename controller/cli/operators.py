@@ -21,7 +21,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from edgeplane.controller.operator.args import add_operator_flags, add_output_flags, env_id_arg
-from edgeplane.controller.operator.session import Handler, run_handler
+from edgeplane.controller.operator.session import add_leaf
 from edgeplane.controller.operator.settings import load_operator_settings
 
 if TYPE_CHECKING:
@@ -41,12 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Add, list and remove the operators who may use this controller.",
     )
     actions = parser.add_subparsers(dest="operator_command", metavar="ACTION", required=True)
-    add = _leaf(actions, "add", "add an operator and write its settings file", _add)
+    add = add_leaf(actions, "add", "add an operator and write its settings file", _add)
     add.add_argument("name", metavar="NAME", type=env_id_arg, help="its user name")
     add.add_argument("--role", required=True, choices=["admin", "viewer"])
     add_output_flags(add, "the operator's settings file")
-    _leaf(actions, "list", "list the operators, their roles and credentials' ages", _list)
-    remove = _leaf(actions, "remove", "remove an operator: its password stops working", _remove)
+    add_leaf(actions, "list", "list the operators, their roles and credentials' ages", _list)
+    remove = add_leaf(actions, "remove", "remove an operator: its password stops working", _remove)
     remove.add_argument("name", metavar="NAME", type=env_id_arg, help="its user name")
     rotate = actions.add_parser(
         "rotate-credentials",
@@ -58,19 +58,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     rotate.add_argument("name", metavar="NAME", type=env_id_arg, help="its name")
     add_output_flags(rotate, "the operator's new settings file")
     rotate.set_defaults(handler=_rotate)
-
-
-def _leaf(
-    actions: argparse._SubParsersAction[argparse.ArgumentParser],
-    name: str,
-    help_text: str,
-    handler: Handler,
-) -> argparse.ArgumentParser:
-    description = help_text[:1].upper() + help_text[1:] + "."
-    parser = actions.add_parser(name, help=help_text, description=description)
-    add_operator_flags(parser)
-    parser.set_defaults(handler=lambda args: run_handler(handler, args))
-    return parser
 
 
 async def _add(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
