@@ -158,6 +158,14 @@ class ControllerStatus(msgspec.Struct, frozen=True):
     # "finished": the old key is dropped, agents are told to distrust it; "" none).
     command_key_ids: list[ShortText] = []
     command_key_rotation: ShortText = ""
+    # Who runs it and when this message was made: ``host`` (the controller's host name,
+    # named by a second controller that refuses to start beside it), ``at`` (unix seconds,
+    # controller clock, when this status was published; in the will, when the connection
+    # that carries it was made) and ``reason`` of an offline status: "shutdown" (a clean
+    # stop) or "connection-lost" (the will); "" while online.
+    host: ShortText = ""
+    at: UnixTime | None = None
+    reason: ShortText = ""
 
 
 # --- R/view/{env} ---------------------------------------------------------------------------
