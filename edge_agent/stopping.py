@@ -1,4 +1,4 @@
-"""A clean stop (SIGTERM, SIGINT): the workflows stop (services start again with the next
+"""A clean stop (SIGTERM, SIGINT, SIGHUP): the workflows stop (services start again with the next
 run), their ``stopped`` events go out if the connection allows, offline/shutdown is
 published and its PUBACK awaited (:data:`SHUTDOWN_WAIT` at most), then a normal
 DISCONNECT, so the broker discards the will.

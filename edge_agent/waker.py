@@ -8,6 +8,8 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from edgeplane.shared import signals
+
 __all__ = ["Waker", "stop_signals"]
 
 
@@ -44,8 +46,9 @@ class Waker:
 
 @contextmanager
 def stop_signals(on_stop: Callable[[], None]) -> Iterator[None]:
-    """Call ``on_stop`` on SIGTERM and SIGINT; restore the previous handlers on exit."""
-    signums = (signal.SIGTERM, signal.SIGINT)
+    """Call ``on_stop`` on SIGTERM, SIGINT and SIGHUP (unless ignored, see
+    :mod:`edgeplane.shared.signals`); restore the previous handlers on exit."""
+    signums = signals.stop_signals()
     previous = {signum: signal.getsignal(signum) for signum in signums}
     for signum in signums:
         signal.signal(signum, lambda _signum, _frame: on_stop())

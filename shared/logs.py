@@ -14,6 +14,10 @@ UTC, the bound context such as ``env`` and ``bdseq``, and the call's keyword fie
 
 Console output is ``timestamp [level] event key=value ...`` (keys sorted, colours at a
 terminal), as structlog's ``ConsoleRenderer`` draws it.
+
+Both write through a :class:`PipeSafeStream`: when the reader of stderr goes away (``| tee``
+ended by the Ctrl-C that stops us, a terminal hung up), logging goes quiet instead of
+raising into the code that logs, so a process keeps running, or stops cleanly, without it.
 """
 
 from __future__ import annotations
@@ -21,19 +25,22 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime
+import errno
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from types import TracebackType
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final, Literal, TextIO, TypeAlias, cast
 
 __all__ = [
     "ROOT_LOGGER",
     "EventFormatter",
     "EventLogger",
     "LogFormat",
+    "PipeSafeStream",
     "Redactor",
     "bind_context",
     "bound_context",
@@ -268,6 +275,58 @@ def _repr(value: Any) -> str:
     return repr(value)
 
 
+# --- the output stream -------------------------------------------------------------------------
+# The errors of a stream nobody reads any more: a closed pipe, a hung-up terminal.
+_READER_GONE: Final = frozenset({errno.EPIPE, errno.EIO, errno.ECONNRESET})
+
+
+class PipeSafeStream:
+    """A text stream (stderr, stdout) that never raises into its writer.
+
+    Once its reader is gone (:data:`_READER_GONE`), its file descriptor is pointed at
+    /dev/null: every later write, whoever makes it (a ``print``, the interpreter's flush at
+    exit, a library's logging), succeeds and goes nowhere. Any other write error loses the
+    one line it was writing."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_gone:
+            try:
+                self._stream.write(text)
+            except OSError as exc:
+                self._failed(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_gone:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._failed(exc)
+
+    def isatty(self) -> bool:
+        return not self.reader_gone and self._stream.isatty()
+
+    def _failed(self, exc: OSError) -> None:
+        if exc.errno not in _READER_GONE:
+            return
+        self.reader_gone = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            # io.UnsupportedOperation (no descriptor) is an OSError and a ValueError.
+            _discard_writes_to(self._stream.fileno())
+
+
+def _discard_writes_to(fd: int) -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 # --- configuration ---------------------------------------------------------------------------
 _structlog_levels = False  # set_level must reconfigure structlog too
 
@@ -276,7 +335,8 @@ def configure_stdlib_logging(fmt: LogFormat = "auto", level: str = "info") -> No
     """Configure the standard library loggers of edgeplane (under :data:`ROOT_LOGGER`):
     events at ``level`` and above to stderr, as JSON or console lines per ``fmt``."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler(sys.stderr)
+    stderr = PipeSafeStream(sys.stderr)
+    handler = logging.StreamHandler(stderr)
     handler.setFormatter(EventFormatter(as_json=use_json, colors=sys.stderr.isatty()))
     logger = logging.getLogger(ROOT_LOGGER)
     for old in list(logger.handlers):
@@ -286,7 +346,11 @@ def configure_stdlib_logging(fmt: LogFormat = "auto", level: str = "info") -> No
     logger.setLevel(_numeric(level))
     # Libraries that log through the standard library (paho, aiomqtt) go to stderr too,
     # at warning level so that their per-packet chatter stays out.
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(
+        handlers=[logging.StreamHandler(stderr)],
+        level=logging.WARNING,
+        format="%(name)s: %(message)s",
+    )
 
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, cache: bool = True) -> None:
@@ -313,7 +377,8 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", *, cache: bo
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_numeric(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # It prints to the stream (write and flush): all a PipeSafeStream has of TextIO.
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, PipeSafeStream(sys.stderr))),
         cache_logger_on_first_use=cache,
     )
     _structlog_levels = not cache

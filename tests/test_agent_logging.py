@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import structlog
 from edgeplane.shared import logs
 from edgeplane.shared.logs import (
     LogFormat,
+    PipeSafeStream,
     bind_context,
     bound_context,
     configure_logging,
@@ -148,3 +150,60 @@ def test_importing_the_logging_module_does_not_load_structlog() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+# --- a reader that went away ---------------------------------------------------------------------
+@pytest.fixture
+def closed_pipe() -> Iterator[io.TextIOWrapper]:
+    """The write end of a pipe whose reader is gone, as stderr is once ``| tee`` ended."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w", buffering=1) as stream:
+        yield stream
+
+
+def test_a_closed_pipe_makes_the_stream_quiet_for_every_writer(
+    closed_pipe: io.TextIOWrapper,
+) -> None:
+    with pytest.raises(BrokenPipeError):
+        os.write(closed_pipe.fileno(), b"x")
+    stream = PipeSafeStream(closed_pipe)
+    assert stream.write("a line\n") == len("a line\n")
+    stream.flush()
+    assert stream.reader_gone
+    # Its descriptor writes nowhere now, also for a print or the flush at exit.
+    assert os.write(closed_pipe.fileno(), b"x") == 1
+    print("after", file=closed_pipe, flush=True)
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        if "lost" in text:
+            raise OSError(28, "No space left on device")
+        return super().write(text)
+
+
+def test_another_write_error_loses_only_its_line() -> None:
+    disk = _FullDisk()
+    stream = PipeSafeStream(disk)
+    stream.write("lost line\n")
+    stream.write("kept line\n")
+    assert disk.getvalue() == "kept line\n"
+    assert not stream.reader_gone
+
+
+@pytest.mark.parametrize("front_end", ["structlog", "stdlib"])
+def test_logging_into_a_closed_pipe_neither_raises_nor_stops(
+    front_end: str, closed_pipe: io.TextIOWrapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stderr", closed_pipe)
+    if front_end == "structlog":
+        configure_logging("json", "info")
+        log: Any = structlog.get_logger("test")
+    else:
+        configure_stdlib_logging("json", "info")
+        log = get_logger("edgeplane.edge_agent.test")
+    log.info("stopping", phase="online")
+    log.info("stopped")
+    logging.getLogger("paho").warning("a library's line")
+    assert os.write(closed_pipe.fileno(), b"x") == 1, "stderr writes nowhere now"

@@ -15,7 +15,7 @@ from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.codec import STATUS
 from edgeplane.shared.messages import OnlineStatus
 from edgeplane.shared.topics import TopicRoot
-from tests.support.agent_procs import INTERVAL, start_agent, wait_online
+from tests.support.agent_procs import INTERVAL, start_agent, start_piped_agent, wait_online
 from tests.support.command_key import signed
 from tests.support.probe import Received, open_probe
 from tests.support.procs import Proc
@@ -115,17 +115,60 @@ async def test_sigterm_publishes_a_retained_shutdown_and_exits_0(
     assert retained == offline, "the shutdown stays retained, and no will follows it"
 
 
-async def test_sigint_stops_cleanly_too(
-    broker: MosquittoProcess, root: TopicRoot, procs: list[Proc], tmp_path: Path
+@pytest.mark.parametrize(
+    "signum",
+    [signal.SIGINT, signal.SIGHUP],
+    ids=["SIGINT (Ctrl-C)", "SIGHUP (the terminal closed)"],
+)
+async def test_sigint_and_sighup_stop_cleanly_too(
+    signum: signal.Signals,
+    broker: MosquittoProcess,
+    root: TopicRoot,
+    procs: list[Proc],
+    tmp_path: Path,
 ) -> None:
     env = "dev-lab-sigint"
     topic = root.status(env)
     async with open_probe(broker.url, topic) as probe:
         agent = await start_agent(procs, tmp_path, broker.url, root, env)
-        await wait_online(probe, topic)
-        agent.signal(signal.SIGINT)
+        online = await wait_online(probe, topic)
+        agent.signal(signum)
         assert await agent.wait() == 0
-        await probe.wait_json(topic, status="offline", reason="shutdown")
+    async with open_probe(broker.url, topic) as late:
+        retained = await late.wait_json(topic)
+    assert retained == {
+        "status": "offline",
+        "env": env,
+        "bdseq": online["bdseq"],
+        "reason": "shutdown",
+    }
+
+
+async def test_an_agent_whose_output_pipe_closed_runs_on_and_stops_cleanly(
+    broker: MosquittoProcess, root: TopicRoot, procs: list[Proc], tmp_path: Path
+) -> None:
+    """``edge-agent run 2>&1 | tee log`` with the tee gone: every log line after it fails
+    with EPIPE, which neither stops the agent nor spoils its clean stop."""
+    env = "dev-lab-closed-pipe"
+    topic = root.status(env)
+    async with open_probe(broker.url, topic) as probe:
+        agent = await start_piped_agent(
+            procs, tmp_path, broker.url, root, env, "--log-level", "debug"
+        )
+        await agent.read_until('"event": "online"')
+        online = await wait_online(probe, topic)
+        agent.close_reader()
+        # Every heartbeat is logged at debug level: these were logged into the closed pipe.
+        await wait_online(probe, topic, after=probe.mark(), seq=online["seq"] + 3)
+        assert agent.process.returncode is None
+        assert await agent.terminate() == 0
+        offline = await probe.wait_json(topic, status="offline")
+    assert offline == {
+        "status": "offline",
+        "env": env,
+        "bdseq": online["bdseq"],
+        "reason": "shutdown",
+    }
 
 
 async def test_kill_9_leaves_the_will_with_the_bdseq_of_the_last_online(

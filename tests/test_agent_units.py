@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from edgeplane.edge_agent import metrics
+from edgeplane.edge_agent import metrics, waker
 from edgeplane.edge_agent.config import (
     AgentConfig,
     Overrides,
@@ -36,6 +37,7 @@ from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.codec import STATUS, encode
 from edgeplane.shared.errors import SettingsError
 from edgeplane.shared.messages import OfflineStatus, OnlineStatus, Platform
+from edgeplane.shared.signals import stop_signals
 from edgeplane.shared.topics import TopicRoot
 
 # --- the bdseq file --------------------------------------------------------------------------
@@ -438,3 +440,16 @@ def test_a_retired_state_dir_keeps_only_the_marker_and_is_refused(tmp_path: Path
         f"environment dev-x was retired on 2023-11-14 22:13:20 UTC; remove "
         f"{tmp_path / 'retired'} to reuse this state dir"
     )
+
+
+def test_a_hangup_ignored_from_the_start_stays_ignored() -> None:
+    """``nohup edge-agent run &``: the closed terminal's SIGHUP must not stop the agent;
+    without nohup, SIGHUP stops it as SIGTERM does."""
+    assert signal.SIGHUP in stop_signals()
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert stop_signals() == (signal.SIGTERM, signal.SIGINT)
+        with waker.stop_signals(lambda: None):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)

@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 
 from edgeplane.controller.broker.choice import BrokerPlan, choose_broker
-from edgeplane.controller.broker.mosquitto import MosquittoProcess
+from edgeplane.controller.broker.mosquitto import MosquittoProcess, packaged_mosquitto_config
 from edgeplane.controller.broker.process import free_port, port_open
 from edgeplane.controller.broker.stack import DEFAULT_ENV_ID, NO_AUTH_WARNING
 from edgeplane.controller.broker.state_dir import default_state_dir
 from edgeplane.controller.errors import BrokerStartError
 from edgeplane.shared.topics import TopicRoot
 from tests.support.probe import open_probe
-from tests.support.procs import Proc, start_proc
+from tests.support.procs import Proc, start_piped_proc, start_proc
 from tests.support.sockets import LOOPBACK, listening
 
 
@@ -328,3 +328,64 @@ async def test_up_with_mosquitto_restarts_a_dead_broker_and_stops_on_ctrl_c(
     assert not port_open("127.0.0.1", port)
     assert not port_open("127.0.0.1", ws_port)
     assert (state_dir / "mosquitto" / "mosquitto.db").exists()  # saved on the clean stop
+
+
+# --- stopped through a broken pipe -----------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("own_broker", "signum"),
+    [(False, signal.SIGINT), (True, signal.SIGINT), (True, signal.SIGHUP)],
+    ids=["given broker, Ctrl-C", "its own mosquitto, Ctrl-C", "its own mosquitto, SSH closed"],
+)
+async def test_up_piped_into_a_tee_that_dies_still_stops_everything_cleanly(
+    own_broker: bool,
+    signum: signal.Signals,
+    broker: MosquittoProcess,
+    tmp_path: Path,
+    root: TopicRoot,
+    procs: list[Proc],
+) -> None:
+    """``edgeplane up 2>&1 | tee log``, then Ctrl-C (or the terminal closed): the signal
+    reaches up's whole process group, so tee is gone when up and its children write their
+    last lines. The agent's and the controller's goodbyes still reach the broker (the agent
+    stops first, the broker last) and persist in a broker up started."""
+    state_dir, port = tmp_path / "state", free_port()
+    where = ["--broker-kind", "mosquitto", "--port", str(port), "--ws-port", "0"]
+    up = await start_piped_proc(
+        "edgeplane.controller",
+        [
+            *("up", "--state-dir", str(state_dir), "--topic-root", str(root)),
+            *("--heartbeat-interval", "2", "--log-format", "json"),
+            *(where if own_broker else ["--broker", broker.url]),
+        ],
+        tmp_path / "up.log",
+        new_session=True,
+    )
+    procs.append(up)
+    await up.read_until("edgeplane is up")
+    url = _status(state_dir)["broker"]
+    agent_status, controller_status = root.status(DEFAULT_ENV_ID), root.controller_status()
+    async with open_probe(url, agent_status, controller_status) as probe:
+        online = await probe.wait_json(agent_status, timeout=30, status="online")
+        await probe.wait_json(controller_status, timeout=30, status="online")
+    up.close_reader()  # tee, ended by the Ctrl-C
+    os.killpg(up.pid, signum)
+    assert await up.wait(30) == 0
+    if own_broker:  # stopped with up: its persisted retained messages, read again
+        again = MosquittoProcess(packaged_mosquitto_config(), state_dir / "mosquitto", port=port)
+        with again:
+            agent, controller = await _retained(again.url, agent_status, controller_status)
+    else:
+        agent, controller = await _retained(broker.url, agent_status, controller_status)
+    assert agent == {
+        "status": "offline",
+        "env": DEFAULT_ENV_ID,
+        "bdseq": online["bdseq"],
+        "reason": "shutdown",
+    }
+    assert (controller["status"], controller["reason"]) == ("offline", "shutdown")
+
+
+async def _retained(url: str, *topics: str) -> list[dict[str, Any]]:
+    async with open_probe(url, *topics) as probe:
+        return [await probe.wait_json(topic) for topic in topics]

@@ -4,8 +4,12 @@ foreground until Ctrl-C or SIGTERM.
 
 The controller and the agent are children of ``up`` (see :mod:`.supervisor`), restarted
 when they exit on their own; one that exits with status 2 makes ``up`` stop everything and
-exit 1. A broker ``up`` started and that dies is restarted the same way. On Ctrl-C or
-SIGTERM: the agent, then the controller, then the broker ``up`` started; exit status 0.
+exit 1. A broker ``up`` started and that dies is restarted the same way. On Ctrl-C,
+SIGTERM or SIGHUP (a closed terminal): the agent, then the controller, then the broker
+``up`` started, so that their goodbyes reach the broker and persist; exit status 0. That
+holds when nobody reads ``up``'s output any more (``up | tee log``: the Ctrl-C ends ``tee``
+too): ``up`` and its children then write nowhere (see
+:class:`~edgeplane.shared.logs.PipeSafeStream`).
 ``up.json`` in the state directory says what runs meanwhile (see :mod:`.state_dir`).
 """
 
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,8 @@ from edgeplane.controller.broker.supervisor import ChildFailed, ChildProcess, Su
 from edgeplane.controller.command_key import load_command_key, public_key_file
 from edgeplane.controller.daemon.settings import COMMAND_KEY_FILE
 from edgeplane.shared.broker_url import BrokerUrl
+from edgeplane.shared.logs import PipeSafeStream
+from edgeplane.shared.signals import stop_signals
 from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["DEFAULT_ENV_ID", "NO_AUTH_WARNING", "LocalStack", "StackSettings", "run_local_stack"]
@@ -61,7 +66,12 @@ class StackSettings:
 
 def say(text: str) -> None:
     """A line for the person at the terminal (stdout), flushed at once."""
-    print(f"edgeplane up: {text}", flush=True)
+    _show(f"edgeplane up: {text}")
+
+
+def _show(text: str) -> None:
+    """``text`` on stdout, or nowhere once nobody reads it."""
+    print(text, file=PipeSafeStream(sys.stdout), flush=True)
 
 
 def run_local_stack(settings: StackSettings) -> int:
@@ -91,14 +101,15 @@ class LocalStack:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        signums = stop_signals()
+        for signum in signums:
             loop.add_signal_handler(signum, stop.set)
         try:
             async with self.supervisor:
                 return await self._run_until(stop)
         finally:
             self.state.remove_status()
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in signums:
                 loop.remove_signal_handler(signum)
 
     async def _run_until(self, stop: asyncio.Event) -> int:
@@ -110,7 +121,7 @@ class LocalStack:
         for child in self._children():
             await self.supervisor.start(child)
         self.write_status()
-        print(self.banner(), flush=True)
+        _show(self.banner())
         failure: str | None = None
         try:
             async with asyncio.TaskGroup() as group:

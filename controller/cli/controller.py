@@ -1,16 +1,17 @@
-"""``edgeplane controller run``: the controller daemon, in the foreground until SIGTERM/SIGINT."""
+"""``edgeplane controller run``: the controller daemon, in the foreground until SIGTERM,
+SIGINT or SIGHUP (see :mod:`edgeplane.shared.signals`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 from typing import TYPE_CHECKING
 
 from edgeplane.controller.cli import command_key
 from edgeplane.controller.daemon.settings import CONTROLLER_SETTINGS, load_settings
 from edgeplane.shared import settings as common
 from edgeplane.shared.errors import EdgeplaneError
+from edgeplane.shared.signals import stop_signals
 
 if TYPE_CHECKING:
     from edgeplane.controller.daemon.service import PresenceService
@@ -62,10 +63,11 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 async def _serve(service: PresenceService) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    signums = stop_signals()
+    for signum in signums:
         loop.add_signal_handler(signum, stop.set)
     try:
         await service.run(stop)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in signums:
             loop.remove_signal_handler(signum)

@@ -48,7 +48,8 @@ class StatusBeacon:
         self._keys = keys
 
     def will(self) -> Will:
-        return Will(self._topic, encode(self.status("offline")), qos=1, retain=True)
+        will = self.status("offline", reason="connection-lost")
+        return Will(self._topic, encode(will), qos=1, retain=True)
 
     async def birth(self, connection: Connection) -> None:
         payload = encode(self.status("online"))
@@ -56,7 +57,8 @@ class StatusBeacon:
 
     async def goodbye(self, connection: Connection) -> None:
         """Clean stop: the retained status says offline, with the last counts."""
-        await connection.publish(self._topic, encode(self.status("offline")), retain=True)
+        goodbye = self.status("offline", reason="shutdown")
+        await connection.publish(self._topic, encode(goodbye), retain=True)
 
     async def refresh(self, connection: Connection, every: float) -> None:
         """Publish the counters every ``every`` seconds, until cancelled."""
@@ -65,7 +67,7 @@ class StatusBeacon:
             await connection.publish(self._topic, encode(self.status("online")), retain=True)
             log.info("controller stats", **self.counters())
 
-    def status(self, state: Literal["online", "offline"]) -> ControllerStatus:
+    def status(self, state: Literal["online", "offline"], reason: str = "") -> ControllerStatus:
         return ControllerStatus(
             status=state,
             boot=self.boot,
@@ -80,6 +82,7 @@ class StatusBeacon:
             command_key_id=self._keys.current.key_id,
             command_key_ids=self._keys.key_ids,
             command_key_rotation=self._keys.state,
+            reason=reason,
         )
 
     def announcement(self) -> Outgoing:

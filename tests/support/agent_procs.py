@@ -9,9 +9,9 @@ from typing import Any
 from edgeplane.shared.topics import TopicRoot
 from tests.support.command_key import PUBLIC_KEY
 from tests.support.probe import Probe
-from tests.support.procs import Proc, start_proc
+from tests.support.procs import PipedProc, Proc, start_piped_proc, start_proc
 
-__all__ = ["INTERVAL", "start_agent", "wait_online"]
+__all__ = ["INTERVAL", "start_agent", "start_piped_agent", "wait_online"]
 
 INTERVAL = 0.5
 
@@ -29,8 +29,40 @@ async def start_agent(
 ) -> Proc:
     """``edge-agent run``; ``command_key``: the key it trusts (None: none, an agent never
     enrolled)."""
+    args = _run_args(tmp_path, broker, root, env, extra, state_dir, name, command_key)
+    proc = await start_proc("edgeplane.edge_agent", args, tmp_path / f"{name}.log")
+    procs.append(proc)
+    return proc
+
+
+async def start_piped_agent(
+    procs: list[Proc],
+    tmp_path: Path,
+    broker: str,
+    root: TopicRoot,
+    env: str,
+    *extra: str,
+    name: str = "agent",
+) -> PipedProc:
+    """``edge-agent run 2>&1 | ...``: its output into a pipe the test reads and may close."""
+    args = _run_args(tmp_path, broker, root, env, extra, None, name, PUBLIC_KEY)
+    proc = await start_piped_proc("edgeplane.edge_agent", args, tmp_path / f"{name}.log")
+    procs.append(proc)
+    return proc
+
+
+def _run_args(
+    tmp_path: Path,
+    broker: str,
+    root: TopicRoot,
+    env: str,
+    extra: tuple[str, ...],
+    state_dir: Path | None,
+    name: str,
+    command_key: str | None,
+) -> list[str]:
     key = [] if command_key is None else ["--command-key", command_key]
-    args = [
+    return [
         "run",
         "--env-id",
         env,
@@ -47,9 +79,6 @@ async def start_agent(
         *key,
         *extra,
     ]
-    proc = await start_proc("edgeplane.edge_agent", args, tmp_path / f"{name}.log")
-    procs.append(proc)
-    return proc
 
 
 async def wait_online(

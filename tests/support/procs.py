@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-__all__ = ["Proc", "start_proc"]
+__all__ = ["PipedProc", "Proc", "start_piped_proc", "start_proc"]
 
 
 class Proc:
@@ -61,6 +61,72 @@ class Proc:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGCONT)
             await self.process.wait()
+
+
+class PipedProc(Proc):
+    """A process whose stdout and stderr go into one pipe that the test reads, as with
+    ``2>&1 | tee``; what was read is kept in the log too. :meth:`close_reader` is the tee
+    that a Ctrl-C ended."""
+
+    def __init__(
+        self,
+        process: asyncio.subprocess.Process,
+        log: Path,
+        argv: list[str],
+        reader: asyncio.StreamReader,
+        transport: asyncio.ReadTransport,
+    ) -> None:
+        super().__init__(process, log, argv)
+        self._reader = reader
+        self._transport = transport
+
+    async def read_until(self, text: str, timeout: float = 30.0) -> None:
+        """Read the pipe line by line until a line holds ``text``."""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    line = await self._reader.readline()
+                    with self.log.open("ab") as kept:
+                        kept.write(line)
+                    if not line:
+                        raise AssertionError(f"no {text!r}: output ended\n{self.output()}")
+                    if text.encode() in line:
+                        return
+        except TimeoutError:
+            raise AssertionError(f"no {text!r} in {timeout}s:\n{self.output()[-3000:]}") from None
+
+    def close_reader(self) -> None:
+        """Nobody reads the pipe any more: the process's next write to it fails (EPIPE)."""
+        self._transport.close()
+
+    async def close(self) -> None:
+        self.close_reader()
+        await super().close()
+
+
+async def start_piped_proc(
+    module: str, args: list[str], log: Path, *, new_session: bool = False
+) -> PipedProc:
+    """Start ``python -m module args...`` with stdout and stderr into one pipe of ours;
+    ``new_session``: in a session (and process group) of its own, for ``os.killpg``."""
+    argv = [sys.executable, "-m", module, *args]
+    read_end, write_end = os.pipe()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=write_end,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=new_session,
+        )
+    finally:
+        os.close(write_end)
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", buffering=0)
+    )
+    return PipedProc(process, log, argv, reader, transport)
 
 
 async def start_proc(
