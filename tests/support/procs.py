@@ -117,7 +117,9 @@ async def start_piped_proc(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=write_end,
             stderr=write_end,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # Buffered, as at a user's shell: a line left in a buffer by a failed write
+            # is written again at exit, which must not fail either.
+            env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"},
             start_new_session=new_session,
         )
     finally:
