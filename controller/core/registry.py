@@ -160,7 +160,7 @@ def unknown_environment(env: str, known: Iterable[str]) -> str:
     """The one line for an id nobody knows, with the known id it is a near miss of."""
     close = difflib.get_close_matches(env, sorted(set(known)), n=1, cutoff=0.75)
     guess = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"no environment {env!r}{guess}; the known ones: edgeplane env list --all"
+    return f"no environment {env!r}{guess}; see: edgeplane env list --all"
 
 
 def _new_record(request: EnvCreate, now: float) -> Environment:
