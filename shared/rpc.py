@@ -46,6 +46,7 @@ __all__ = [
     "DeploymentState",
     "EnvCreate",
     "EnvCreated",
+    "EnvForget",
     "EnvInfo",
     "EnvList",
     "EnvRestart",
@@ -107,6 +108,7 @@ ErrorCode = Literal[
     "exists",  # an environment with that id exists already
     "retired",  # the environment is retired
     "offline",  # the environment is offline or was never seen
+    "online",  # its agent is connected now (env-forget: stop that agent first)
     "flapping",  # the environment is flapping
     "missing-model",  # a required model is not in the last reported inventory
     "unavailable",  # the controller cannot do it now (shutting down, database error)
@@ -172,6 +174,17 @@ class EnvRestart(_Request, frozen=True, kw_only=True, tag="env-restart"):
 class EnvRetire(_Request, frozen=True, kw_only=True, tag="env-retire"):
     """Result: :class:`EnvInfo` (retired). The agent, now or when it next connects, gets a
     ``retire`` command."""
+
+    id: ShortText
+
+
+class EnvForget(_Request, frozen=True, kw_only=True, tag="env-forget"):
+    """Result: :class:`EnvInfo`, as it was before. For an id without a record (an agent
+    started with a mistyped id): its view and retained status are cleared and the
+    controller keeps nothing of it (presence, inventory, events). For a retired one, its
+    leftovers: the retained status is cleared, its presence dropped; the record and its
+    history stay. Refused for an active record (retire it) and while its agent is
+    connected (code ``online``: it would come straight back)."""
 
     id: ShortText
 
@@ -281,6 +294,7 @@ Request = (
     | EnvUpdate
     | EnvRestart
     | EnvRetire
+    | EnvForget
     | EnvRotateCredentials
     | DeployRequest
     | DeploymentList
@@ -440,6 +454,7 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     EnvUpdate: EnvInfo,
     EnvRestart: dict[str, str],
     EnvRetire: EnvInfo,
+    EnvForget: EnvInfo,
     EnvRotateCredentials: EnvInfo,
     DeployRequest: DeploymentInfo,
     DeploymentList: list[DeploymentInfo],

@@ -20,7 +20,7 @@ from edgeplane.controller.broker.process import free_port
 from edgeplane.controller.operator.board import Board, render_json, render_table
 from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc
-from tests.support.system import CliResult, open_system
+from tests.support.system import CliResult, open_system, retained_now
 
 
 def one_error_line(result: CliResult) -> str:
@@ -307,6 +307,73 @@ async def test_an_agent_without_a_record_is_shown_unregistered(
         assert "online, unregistered since" in shown.stdout, str(shown)
         info = json.loads((await system.cli("env", "show", "stray-gw", "--json")).stdout)
         assert info["registered"] is False
+
+
+@pytest.mark.slow
+async def test_a_ghost_id_is_forgotten_and_a_controller_restart_does_not_bring_it_back(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    ghost = "dev-lab-visoin"  # an agent started with a mistyped id
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        agent = await system.start_agent(ghost)
+        connected = await system.cli("env", "forget", ghost)
+        assert connected.code == 1, str(connected)
+        assert "stop that agent" in one_error_line(connected)
+        registered = await system.cli("env", "forget", "default-cloud")
+        assert registered.code == 1, str(registered)
+        assert "retire it instead" in one_error_line(registered)
+
+        after = system.probe.mark()
+        assert await agent.proc.terminate() == 0
+        await system.probe.wait_json(root.view(ghost), after=after, status="offline", timeout=20)
+        [row] = [row for row in table(await system.cli("status")) if row[0] == ghost]
+        assert row[1] == "offline (unregistered)"
+        retire = await system.cli("env", "retire", ghost, "--yes")
+        assert retire.code == 1, str(retire)
+        assert f"edgeplane env forget {ghost}" in one_error_line(retire)
+        known = await system.cli("events", "--env", ghost)  # seen: a known id, until forgotten
+        assert known.code == 0, str(known)
+
+        forgot = await system.cli("env", "forget", ghost)
+        assert forgot.code == 0, str(forgot)
+        assert forgot.stdout.startswith(f"forgot {ghost}: its view and retained status are ")
+        assert ghost not in [row[0] for row in table(await system.cli("status"))]
+        assert await retained_now(broker, root.view(ghost), root.status(ghost)) == {}
+
+        assert system.controller is not None
+        assert await system.controller.terminate() == 0
+        await system.start_controller()
+        assert ghost not in [info["id"] for info in await system.cli_json("env", "list")]
+        assert ghost not in [row["env"] for row in await system.cli_json("status")]
+        assert await retained_now(broker, root.view(ghost), root.status(ghost)) == {}
+        for args in (["env", "show", ghost], ["events", "--env", ghost]):
+            gone = await system.cli(*args)
+            assert gone.code == 1, str(gone)
+            assert f"no environment {ghost!r}" in one_error_line(gone)
+
+
+@pytest.mark.slow
+async def test_an_unknown_environment_is_one_line_and_exit_1_for_show_deployments_and_events(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        for args in (
+            ["env", "show", "nope"],
+            ["deployments", "--env", "nope"],
+            ["deployments", "list", "--env", "nope", "--json"],
+            ["events", "--env", "nope"],
+            ["events", "--env", "nope", "--follow"],
+        ):
+            result = await system.cli(*args)
+            assert result.code == 1, str(result)
+            assert one_error_line(result).startswith("edgeplane: no environment 'nope'")
+            assert result.stdout == ""
+        near = await system.cli("deployments", "--env", "default-clod")
+        assert "(did you mean 'default-cloud'?)" in one_error_line(near)
+        known = await system.cli("deployments", "--env", "default-cloud")
+        assert (known.code, known.stdout) == (0, "no deployments\n"), str(known)
 
 
 @pytest.mark.slow

@@ -128,8 +128,11 @@ async def test_events_lists_the_log_oldest_first_as_text_and_json(
         assert lines[0].endswith("accepted two 1.0.0")
         assert lines[-1].split("  ")[-1].startswith("succeeded in ")
 
-        nothing = await system.cli("events", "--env", "edge-zz")
+        nothing = await system.cli("events", "--env", "default-cloud")  # no agent yet
         assert (nothing.code, nothing.stdout) == (0, "no events\n")
+        unknown = await system.cli("events", "--env", "edge-zz")
+        assert (unknown.code, unknown.stdout) == (1, ""), str(unknown)
+        assert unknown.stderr.startswith("edgeplane: no environment 'edge-zz'")
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.operations import Effects, Operations
 from edgeplane.controller.core.presence import Presence
+from edgeplane.controller.core.records import Forgotten
 from edgeplane.controller.errors import RequestRefused
 from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.codec import COMMAND, EVENT
@@ -32,7 +33,14 @@ from edgeplane.shared.messages import (
     Succeeded,
     Update,
 )
-from edgeplane.shared.rpc import DeployRequest, EnvCreate, EnvRestart, EnvRetire, EnvUpdate
+from edgeplane.shared.rpc import (
+    DeployRequest,
+    EnvCreate,
+    EnvForget,
+    EnvRestart,
+    EnvRetire,
+    EnvUpdate,
+)
 from edgeplane.shared.topics import TopicRoot
 from edgeplane.shared.workflow import Requires, Step, Workflow
 
@@ -222,3 +230,95 @@ def test_update_sends_settings_only_to_an_online_agent() -> None:
     world.offline("edge-a")
     with pytest.raises(RequestRefused, match="offline since"):
         world.ops.update(request)
+
+
+def refusal(call: Any, *args: Any) -> RequestRefused:
+    with pytest.raises(RequestRefused) as caught:
+        call(*args)
+    return caught.value
+
+
+def test_a_stopped_ghost_is_forgotten_entirely_its_retained_topics_cleared() -> None:
+    world = World()
+    world.online("ghost", models={"m": ["1"]})
+    world.ops.on_event(Accepted(env="ghost", seq=1, src="s", dep="d-x", workflow="w", version="1"))
+    world.offline("ghost")
+    info, effects = world.ops.forget(EnvForget(id="ghost"))
+    assert (info.id, info.registered, info.status) == ("ghost", False, "offline")
+    assert effects.writes.forgotten == [Forgotten("ghost", history=True)]
+    assert effects.writes.urgent
+    cleared = {(o.topic, o.payload, o.retain) for o in effects.outgoing}
+    assert cleared == {(ROOT.view("ghost"), b"", True), (ROOT.status("ghost"), b"", True)}
+    assert world.presence.get("ghost") is None
+    assert not world.ops.knows("ghost")
+    assert "ghost" not in world.ops.expected_views()
+    assert refusal(world.ops.env_info, "ghost").code == "not-found"
+    assert refusal(world.ops.forget, EnvForget(id="ghost")).code == "not-found"
+    # It comes back as new: its old event is not taken for a duplicate.
+    world.online("ghost")
+    event = Accepted(env="ghost", seq=1, src="s", dep="d-x", workflow="w", version="1")
+    assert world.ops.on_event(event) is not None
+
+
+def test_a_flood_of_forgotten_ghosts_leaves_nothing_in_memory() -> None:
+    world = World()
+    for number in range(200):
+        env = f"ghost-{number}"
+        world.online(env, models={"m": ["1"]})
+        world.ops.on_event(Accepted(env=env, seq=1, src="s", dep="d", workflow="w", version="1"))
+        world.offline(env)
+        world.ops.forget(EnvForget(id=env))
+    assert len(world.presence) == 0
+    assert len(world.ops.seen) == 0
+    assert world.presence.seconds_until_next() is None  # no deadline, flap or identity timer
+    assert world.ops.env_list() == []
+
+
+def test_forget_is_refused_for_an_active_record_and_for_a_connected_ghost() -> None:
+    world = World()
+    world.create("edge-a")
+    registered = refusal(world.ops.forget, EnvForget(id="edge-a"))
+    assert registered.code == "exists"
+    assert "edgeplane env retire edge-a" in registered.message
+    world.online("ghost")
+    connected = refusal(world.ops.forget, EnvForget(id="ghost"))
+    assert connected.code == "online"
+    assert "stop that agent" in connected.message
+    assert world.presence.get("ghost") is not None  # nothing was dropped
+
+
+def test_a_retired_environments_leftovers_are_forgotten_its_record_and_history_kept() -> None:
+    world = World()
+    world.create("edge-a")
+    world.online("edge-a")
+    world.offline("edge-a")
+    world.ops.retire(EnvRetire(id="edge-a"))
+    info, effects = world.ops.forget(EnvForget(id="edge-a"))
+    assert (info.registered, info.status) == (True, "retired")
+    assert effects.writes.forgotten == [Forgotten("edge-a", history=False)]
+    assert ROOT.status("edge-a") in {o.topic for o in effects.outgoing}
+    assert world.presence.get("edge-a") is None
+    assert world.ops.env_info("edge-a").retired is not None  # the record stays
+    world.ops.forget(EnvForget(id="edge-a"))  # again: nothing left, no harm
+
+
+def test_retiring_a_ghost_names_env_forget() -> None:
+    world = World()
+    world.online("ghost")
+    refused = refusal(world.ops.retire, EnvRetire(id="ghost"))
+    assert refused.code == "not-found"
+    assert "edgeplane env forget ghost" in refused.message
+    assert "no environment 'nope'" in refusal(world.ops.retire, EnvRetire(id="nope")).message
+
+
+def test_an_unknown_id_is_named_with_a_known_one_it_is_a_near_miss_of() -> None:
+    world = World()
+    world.create("prod-plant-vision")
+    world.online("stray-gw")
+    near = refusal(world.ops.env_info, "prod-plant-visoin")
+    assert near.code == "not-found"
+    assert near.message.startswith("no environment 'prod-plant-visoin' (did you mean "
+                                   "'prod-plant-vision'?)")  # fmt: skip
+    assert "did you mean 'stray-gw'" in refusal(world.ops.require_known, "stray-gv").message
+    assert "did you mean" not in refusal(world.ops.require_known, "nope").message
+    assert world.ops.knows("stray-gw")  # seen, without a record

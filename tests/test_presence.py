@@ -42,6 +42,9 @@ class ScriptedFlaps:
     def restore(self, env: str, transitions: Iterable[float], flapping: bool) -> None:
         self.restored[env] = (list(transitions), flapping)
 
+    def forget(self, env: str) -> None:
+        self.restored.pop(env, None)
+
 
 class ScriptedIdentity:
     def __init__(self) -> None:
@@ -71,6 +74,9 @@ class ScriptedIdentity:
 
     def restore(self, env: str, conflict: bool, at: float) -> None:
         self.restored.append((env, conflict, at))
+
+    def forget(self, env: str) -> None:
+        self.conflicts.discard(env)
 
 
 @pytest.fixture

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from edgeplane.shared.topics import TopicRoot
+from tests.support.controller import status_payload, will_payload
 from tests.support.procs import Proc
-from tests.support.site import Received, SiteBroker
-from tests.support.site_system import Site, is_online, read_toml
+from tests.support.site import DynsecAdmin, Received, SiteBroker
+from tests.support.site_system import Site, is_offline, is_online, read_toml
 from tests.support.system import write_secrets
 
 pytestmark = pytest.mark.slow
@@ -123,3 +124,37 @@ async def test_a_deploy_with_secrets_leaves_no_secret_and_no_credential_readable
         if value.encode() in text
     ]
     assert leaks == []
+
+
+async def test_a_ghost_is_forgotten_under_broker_init_and_stays_forgotten_after_a_restart(
+    site: Site,
+) -> None:
+    """The controller's identity may clear the ghost's retained status: otherwise the
+    restarted controller would learn the id again from it."""
+    ghost = "prod-hamburg-lnie"  # a client made by hand for a mistyped id, no record
+    await site.start_controller()
+    with DynsecAdmin(site.broker) as admin:
+        identity = admin.add_environment(ghost)
+    status = site.root.status(ghost)
+    with site.watch(site.root.all_views()) as views:
+        with site.broker.client(identity) as agent:
+            assert agent.publish(status, status_payload(ghost), retain=True) == 0
+            assert agent.publish(status, will_payload(ghost, reason="shutdown"), retain=True) == 0
+
+        def ghost_offline(message: Received) -> bool:
+            return message.topic == site.root.view(ghost) and is_offline(message)
+
+        await asyncio.to_thread(views.wait_for, ghost_offline, 20.0)
+        forgot = await site.cli("env", "forget", ghost, "--json")
+        assert forgot.code == 0, str(forgot)
+        assert json.loads(forgot.stdout)["registered"] is False
+        cleared = await asyncio.to_thread(
+            views.wait_for, lambda m: m.topic == site.root.view(ghost) and not m.payload, 20.0
+        )
+        assert cleared[-1].retain is False  # a live clear (no retained view is left)
+
+    await site.kill_controller()
+    await site.start_controller()
+    listed = await site.cli("env", "list", "--json")
+    assert listed.code == 0, str(listed)
+    assert ghost not in [info["id"] for info in json.loads(listed.stdout)]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.oplog import WINDOW, SeenEvents
-from edgeplane.controller.core.records import LogEntry, ReportedInventory, Writes
+from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
+from edgeplane.controller.core.records import Forgotten, LogEntry, ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
 from edgeplane.controller.daemon.schema import MIGRATIONS, SCHEMA_VERSION
 from edgeplane.controller.daemon.store import open_store
@@ -130,3 +131,34 @@ def test_seen_events_takes_gaps_filled_late_but_each_once() -> None:
     far = WINDOW + 10
     assert seen.first_time("e", "s", far)
     assert not seen.first_time("e", "s", 5)  # below the window: long stored
+
+
+async def test_a_forgotten_ghost_leaves_no_row_and_what_came_after_it_stays(
+    tmp_path: Path,
+) -> None:
+    def seen(env: str, status: str) -> Judgement:
+        record = EnvRecord(env, status, since=5.0, bdseq=1)  # type: ignore[arg-type]
+        transition = Transition(env, "unknown", status, "heartbeat", 5.0)  # type: ignore[arg-type]
+        return Judgement(records=[record], transitions=[transition])
+
+    def logged(env: str, seq: int) -> Writes:
+        event = Accepted(env=env, seq=seq, src="s", dep="d", workflow="w", version="1")
+        return Writes(events=[LogEntry(event, 1.0)])
+
+    db = tmp_path / "c.db"
+    async with open_store(db, linger=5.0) as store:
+        for item in (seen("ghost", "offline"), logged("ghost", 1), seen("retired-a", "offline")):
+            await store.submit(item)
+        await store.submit(Writes(inventory=[ReportedInventory("ghost", {}, None, 1.0)]))
+        # one batch: the forgets, then the ghost's agent straight back
+        await store.submit(Writes(forgotten=[Forgotten("ghost", history=True)]))
+        await store.submit(Writes(forgotten=[Forgotten("retired-a", history=False)]))
+        await store.submit(seen("ghost", "online"))
+        await store.flush()
+        assert store.batches == 1
+    async with open_store(db) as store:
+        assert [(r.env, r.status) for r in await store.envs()] == [("ghost", "online")]
+        assert [t.to_status for t in await store.transitions("ghost")] == ["online"]
+        assert await store.events(env="ghost") == []
+        assert await store.inventories() == []
+        assert len(await store.transitions("retired-a")) == 1  # a retired one's history stays

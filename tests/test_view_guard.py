@@ -37,3 +37,17 @@ def test_the_judgement_is_compared_not_the_last_heartbeat() -> None:
     assert not same_judgement(None, OURS)  # wiped
     assert not same_judgement(OURS, None)  # a view where there should be none
     assert same_judgement(None, None)
+
+
+def test_a_forgotten_environment_is_neither_corrected_nor_remembered() -> None:
+    clock = ManualClock()
+    guard = ViewGuard(clock, every=5.0)
+    guard.wrong("ghost")
+    assert guard.due() == ["ghost"]
+    guard.wrong("ghost")  # waits for its turn ...
+    guard.forget("ghost")  # ... until the id is forgotten
+    clock.advance(5.0)
+    assert guard.due() == []
+    assert len(guard) == 0
+    guard.wrong("ghost")  # seen again later: a first correction, at once
+    assert guard.due() == ["ghost"]

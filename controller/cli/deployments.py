@@ -3,7 +3,8 @@ deployments the controller knows, newest first, and one with its events.
 
 ``deployments`` alone lists. The flags may come before or after ``list``/``show``.
 
-Exit status: 0 shown; 1 not found, or no answer; 2 usage errors.
+Exit status: 0 shown; 1 not found (a deployment, or an ``--env`` the controller does not
+know), or no answer; 2 usage errors.
 """
 
 from __future__ import annotations

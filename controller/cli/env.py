@@ -1,10 +1,12 @@
-"""``edgeplane env create|list|show|update|restart|retire|rotate-credentials``: environment
-records, through the controller (MQTT request/response; never its database).
+"""``edgeplane env create|list|show|update|restart|retire|forget|rotate-credentials``:
+environment records, through the controller (MQTT request/response; never its database).
 
 ``update`` (with a heartbeat interval or config), ``restart`` and ``retire`` of an online
 environment send the agent a command; the command then waits for the agent's ``ack`` event
 and prints it (``--no-wait``: only send). ``retire`` asks for confirmation only when stdin
-is a terminal and ``--yes`` is not given; scripts and CI are never prompted.
+is a terminal and ``--yes`` is not given; scripts and CI are never prompted. ``forget``
+removes an id without a record (an agent started with a mistyped id) once its agent is
+stopped, or what a retired one left on the broker.
 
 Exit status: 0 done; 1 refused, failed, or no answer (one line on stderr); 2 usage errors.
 """
@@ -50,7 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "env",
         help="manage environment records",
-        description="Create, list, show, update, restart and retire environments.",
+        description="Create, list, show, update, restart, retire and forget environments.",
     )
     actions = parser.add_subparsers(dest="env_command", metavar="ACTION", required=True)
     _add_create(actions)
@@ -59,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_update(actions)
     _add_restart(actions)
     _add_retire(actions)
+    _add_forget(actions)
     _add_rotate(actions)
 
 
@@ -345,6 +348,11 @@ async def _retire(controller: ControllerClient, args: argparse.Namespace, within
     from edgeplane.shared.rpc import EnvRetire, EnvShow
 
     before: EnvInfo = await controller.call(EnvShow(id=args.id), within=within)
+    if not before.registered:
+        raise ControllerError(
+            f"{args.id} has no record, so nothing to retire (an agent connected with this "
+            f"id, unregistered); to remove it: edgeplane env forget {args.id}"
+        )
     if not args.yes and sys.stdin.isatty() and not _confirm(args.id):
         print("edgeplane: not retired", file=sys.stderr)
         return 1
@@ -368,6 +376,33 @@ async def _retire(controller: ControllerClient, args: argparse.Namespace, within
 def _confirm(env: str) -> bool:
     answer = input(f"retire {env}? its agent stops its workflows and will not start again [y/N] ")
     return answer.strip().lower() in ("y", "yes")
+
+
+# --- forget -------------------------------------------------------------------------------
+def _add_forget(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = add_leaf(
+        actions,
+        "forget",
+        "remove an id without a record (a mistyped agent id), or what a retired one left",
+        _forget,
+    )
+    parser.add_argument("id", metavar="ID", type=env_id_arg, help="the environment id")
+
+
+async def _forget(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
+    from edgeplane.controller.operator.output import print_json
+    from edgeplane.shared.rpc import EnvForget
+
+    info: EnvInfo = await controller.call(EnvForget(id=args.id), within=within)
+    if args.json:
+        print_json(info)
+    elif info.registered:
+        print(f"forgot what retired {info.id} left: its retained status is cleared "
+              "(its record and history stay)")  # fmt: skip
+    else:
+        print(f"forgot {info.id}: its view and retained status are cleared, and the "
+              "controller keeps nothing of it")  # fmt: skip
+    return 0
 
 
 # --- rotate-credentials -------------------------------------------------------------------

@@ -8,7 +8,12 @@ A connection lost while following is made again, and what was logged meanwhile p
 ``--json`` prints the log as one JSON array, or with ``--follow`` one JSON object per line
 (``id`` and ``at`` are null for events received live).
 
-Exit status: 0; 1 no answer or the connection was lost; 2 usage errors.
+An ``--env`` the controller does not know (no record, no agent seen under it, nothing
+logged) is an error, not an empty log: an unregistered agent's id is known until ``env
+forget``.
+
+Exit status: 0; 1 no answer, the connection was lost, or an unknown ``--env``; 2 usage
+errors.
 """
 
 from __future__ import annotations

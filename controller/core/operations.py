@@ -22,8 +22,8 @@ from edgeplane.controller.core.deployments import Deployment, DeploymentBook
 from edgeplane.controller.core.gate import Queue, Refuse, judge_deploy, offline_sentence
 from edgeplane.controller.core.oplog import SeenEvents
 from edgeplane.controller.core.presence import EnvRecord, Presence
-from edgeplane.controller.core.records import LogEntry, ReportedInventory, Writes
-from edgeplane.controller.core.registry import Environment, Registry
+from edgeplane.controller.core.records import Forgotten, LogEntry, ReportedInventory, Writes
+from edgeplane.controller.core.registry import Environment, Registry, unknown_environment
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.codec import encode
 from edgeplane.shared.errors import RequestRefused
@@ -47,6 +47,7 @@ from edgeplane.shared.rpc import (
     DeploymentInfo,
     DeployRequest,
     EnvCreate,
+    EnvForget,
     EnvInfo,
     EnvRestart,
     EnvRetire,
@@ -291,6 +292,12 @@ class Operations:
         return {"cmd": command.id}, Effects(outgoing=[self.command(request.id, command)])
 
     def retire(self, request: EnvRetire) -> tuple[EnvInfo, Effects]:
+        if request.id not in self.registry and self._presence.get(request.id) is not None:
+            raise RequestRefused(
+                "not-found",
+                f"{request.id!r} has no record, so nothing to retire (an agent connected with "
+                f"this id, unregistered); to remove it: edgeplane env forget {request.id}",
+            )
         record = self.registry.retire(request.id, self._clock.time())
         effects = Effects(writes=Writes(records=[record], urgent=True))
         effects.outgoing.append(Outgoing(self._root.view(record.id), b"", True))
@@ -301,6 +308,36 @@ class Operations:
             effects.writes.deployments.append(deployment)
             effects.extend(self._own_event(Stopped, deployment, reason=deployment.reason))
         return self.env_info(record.id), effects
+
+    def forget(self, request: EnvForget) -> tuple[EnvInfo, Effects]:
+        """Drop what is kept of an id without a record (a mistyped agent id), or the
+        leftovers of a retired one (its record and history stay): its presence, inventory
+        and, without a record, its events; its view and retained status are cleared."""
+        env = request.id
+        info = self.env_info(env)  # not-found for an id nobody knows
+        record = self.registry.get(env)
+        if record is not None and record.retired is None:
+            raise RequestRefused(
+                "exists",
+                f"environment {env!r} has a record (project {record.project!r}): retire it "
+                f"instead (edgeplane env retire {env}); forget is for an id without a "
+                "record, or what a retired one left",
+            )
+        presence = self._presence.get(env)
+        if presence is not None and presence.status == "online":
+            raise RequestRefused(
+                "online",
+                f"the agent of {env!r} is connected now and would come straight back: stop "
+                f"that agent (or fix its --env-id) first, then forget {env}",
+            )
+        self._presence.forget(env)
+        self._inventory.pop(env, None)
+        if record is None:
+            self.seen.forget(env)
+        writes = Writes(forgotten=[Forgotten(env, history=record is None)], urgent=True)
+        cleared = [Outgoing(self._root.view(env), b"", True)]
+        cleared.append(Outgoing(self._root.status(env), b"", True))
+        return info, Effects(writes=writes, outgoing=cleared)
 
     def deploy(self, request: DeployRequest) -> tuple[DeploymentInfo, Effects]:
         now = self._clock.time()
@@ -340,11 +377,22 @@ class Operations:
         return deployment.info(), effects
 
     # --- reading --------------------------------------------------------------------------
+    def knows(self, env: str) -> bool:
+        """Whether ``env`` has a record (retired ones too) or an agent seen under it."""
+        return env in self.registry or self._presence.get(env) is not None
+
+    def require_known(self, env: str) -> None:
+        """:class:`RequestRefused` ``not-found`` for an id :meth:`knows` not, naming a
+        known id close to it."""
+        if not self.knows(env):
+            known = [record.id for record in self.registry]
+            known += [presence.env for presence in self._presence.records()]
+            raise RequestRefused("not-found", unknown_environment(env, known))
+
     def env_info(self, env: str) -> EnvInfo:
+        self.require_known(env)
         record = self.registry.get(env)
         presence = self._presence.get(env)
-        if record is None and presence is None:
-            raise RequestRefused("not-found", f"no environment {env!r}")
         inventory = self._inventory.get(env)
         return EnvInfo(**_record_fields(env, record, presence), **_runtime_fields(
             record, presence, inventory

@@ -51,5 +51,10 @@ class SeenEvents:
             stream.recent = {number for number in stream.recent if number > floor}
         return True
 
+    def forget(self, env: str) -> None:
+        """Drop every stream of ``env`` (its events are deleted from the log too)."""
+        for key in [key for key in self._streams if key[0] == env]:
+            del self._streams[key]
+
     def __len__(self) -> int:
         return len(self._streams)

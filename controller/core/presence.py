@@ -53,6 +53,7 @@ class FlapTracker(Protocol):
     def expire(self, now: float) -> list[AlertEdge]: ...
     def next_deadline(self) -> float | None: ...
     def restore(self, env: str, transitions: Iterable[float], flapping: bool) -> None: ...
+    def forget(self, env: str) -> None: ...
 
 
 class IdentityTracker(Protocol):
@@ -66,6 +67,7 @@ class IdentityTracker(Protocol):
     def next_deadline(self) -> float | None: ...
     def in_conflict(self, env: str) -> bool: ...
     def restore(self, env: str, conflict: bool, at: float) -> None: ...
+    def forget(self, env: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -207,6 +209,15 @@ class Presence:
         for record in self._envs.values():
             if record.status == "online":
                 self._deadlines.set(record.env, mono + _timeout(record.interval))
+
+    def forget(self, env: str) -> EnvRecord | None:
+        """Drop everything known of ``env`` (its record, deadline, flap and identity state),
+        without a transition or an alert; the record as it was, None if there was none.
+        A status that arrives later starts it afresh."""
+        self._deadlines.cancel(env)
+        self._flaps.forget(env)
+        self._identity.forget(env)
+        return self._envs.pop(env, None)
 
     # --- judging ------------------------------------------------------------------------
     def on_status(

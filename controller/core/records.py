@@ -13,7 +13,7 @@ from edgeplane.controller.core.registry import Environment
 from edgeplane.controller.core.rotation import Credential
 from edgeplane.shared.messages import Event, Platform
 
-__all__ = ["LogEntry", "ReportedInventory", "Writes"]
+__all__ = ["Forgotten", "LogEntry", "ReportedInventory", "Writes"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,15 @@ class LogEntry:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Forgotten:
+    """An environment id whose rows go (``env forget``): its presence and inventory; with
+    ``history`` (an id that never had a record) also its transitions, alerts and events."""
+
+    env: str
+    history: bool
+
+
 @dataclass(slots=True)
 class Writes:
     """Rows other than presence: each list is written in one batch; ``urgent`` ends the
@@ -46,6 +55,8 @@ class Writes:
     credentials: list[Credential] = field(default_factory=list)
     key_rotation: list[KeyRotation] = field(default_factory=list)
     key_agents: list[AgentTrust] = field(default_factory=list)
+    # Deleted after everything before them in the store's queue, before what comes after.
+    forgotten: list[Forgotten] = field(default_factory=list)
     urgent: bool = False
 
     def extend(self, other: Writes) -> None:
@@ -56,6 +67,7 @@ class Writes:
         self.credentials.extend(other.credentials)
         self.key_rotation.extend(other.key_rotation)
         self.key_agents.extend(other.key_agents)
+        self.forgotten.extend(other.forgotten)
         self.urgent = self.urgent or other.urgent
 
     def __bool__(self) -> bool:
@@ -67,4 +79,5 @@ class Writes:
             or self.credentials
             or self.key_rotation
             or self.key_agents
+            or self.forgotten
         )

@@ -12,6 +12,7 @@ The :class:`Registry` only decides; the caller stores what its methods return.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -26,6 +27,7 @@ __all__ = [
     "Registry",
     "cloud_env_id",
     "no_such_environment",
+    "unknown_environment",
 ]
 
 DEFAULT_PROJECT: Final = "default"
@@ -152,6 +154,13 @@ def no_such_environment(env: str) -> str:
         f"no environment {env!r}; create it with: edgeplane env create {env} "
         "--stage dev --location LOCATION --purpose PURPOSE"
     )
+
+
+def unknown_environment(env: str, known: Iterable[str]) -> str:
+    """The one line for an id nobody knows, with the known id it is a near miss of."""
+    close = difflib.get_close_matches(env, sorted(set(known)), n=1, cutoff=0.75)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"no environment {env!r}{guess}; see: edgeplane env list --all"
 
 
 def _new_record(request: EnvCreate, now: float) -> Environment:

@@ -61,6 +61,11 @@ class ViewGuard:
         self.corrected += len(ready)
         return ready
 
+    def forget(self, env: str) -> None:
+        """Nothing more to correct or remember of ``env`` (an id the controller forgot)."""
+        self._pending.discard(env)
+        self._last.pop(env, None)
+
     def _allowed(self, env: str, now: float) -> bool:
         last = self._last.get(env)
         return last is None or now - last >= self._every

@@ -16,6 +16,7 @@ import msgspec
 import structlog
 
 from edgeplane.controller.core.operations import Effects, Operations
+from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.command_keys import KeyRotator
 from edgeplane.controller.daemon.identities import NO_IDENTITIES, Identities
 from edgeplane.controller.daemon.rotation_desk import RotationDesk, with_credential
@@ -30,6 +31,7 @@ from edgeplane.shared.rpc import (
     DeploymentShow,
     DeployRequest,
     EnvCreate,
+    EnvForget,
     EnvInfo,
     EnvList,
     EnvRestart,
@@ -76,8 +78,10 @@ class RequestHandler:
         identities: Identities | None = None,
         keys: KeyRotator | None = None,
         rotation: RotationDesk | None = None,
+        views: ViewGuard | None = None,
     ) -> None:
         self._ops = operations
+        self._views = views
         self._keys = keys
         self._store = store
         self._max_payload = max_payload
@@ -137,17 +141,28 @@ class RequestHandler:
                 if self._rotation is not None:
                     self._rotation.forget(env)
                 return retired
+            case EnvForget(id=env):
+                forgotten = ops.forget(request)
+                if self._views is not None:
+                    self._views.forget(env)
+                log.info("environment forgotten", env=env, registered=forgotten[0].registered)
+                return forgotten
             case EnvRotateCredentials(id=env, repin=repin):
                 return await self._rotate(env, repin), Effects()
             case DeployRequest():
                 return ops.deploy(request)
             case DeploymentList(env=env, limit=limit):
-                return await self._deployments(env, limit), Effects()
+                deployments = await self._deployments(env, limit)
+                if env and not deployments:
+                    ops.require_known(env)
+                return deployments, Effects()
             case DeploymentShow(id=dep):
                 return await self._deployment(dep), Effects()
             case EventList(env=env, dep=dep, after=after, limit=limit):
                 await self._store.flush()  # what was received so far is in the log
                 events = await self._store.events(env=env, dep=dep, after=after, limit=limit)
+                if env and not events and not after:
+                    ops.require_known(env)  # an id nobody knows is no empty log
                 return _fitting(events), Effects()
             case OperatorAdd():
                 return await ids().add_operator(request, ops)

@@ -28,10 +28,12 @@ __all__ = [
     "ENVIRONMENT_SELECT",
     "ENV_COLUMNS",
     "ENV_SELECT",
+    "HISTORY_TABLES",
     "INSERT_ALERT",
     "INSERT_EVENT",
     "INSERT_TRANSITION",
     "INVENTORY_SELECT",
+    "PRESENCE_TABLES",
     "TRANSITION_SELECT",
     "UPSERT_CREDENTIAL",
     "UPSERT_DEPLOYMENT",
@@ -90,6 +92,11 @@ UPSERT_DEPLOYMENT: Final = f"""
 INSERT_EVENT: Final = """
     INSERT OR IGNORE INTO oplog (env, src, seq, type, dep, at, body) VALUES (?, ?, ?, ?, ?, ?, ?)
 """
+
+# What `env forget` deletes of an id, by its `env` column: its presence always; its history
+# too when it never had a record (a retired environment keeps its history).
+PRESENCE_TABLES: Final = ("envs", "inventory")
+HISTORY_TABLES: Final = ("transitions", "alerts", "oplog")
 
 _json: Final = msgspec.json.Encoder()
 _models_decoder: Final = msgspec.json.Decoder(dict[str, list[str]])

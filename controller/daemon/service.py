@@ -164,6 +164,7 @@ class PresenceService:
             identities=identities,
             keys=rotator,
             rotation=rotation,
+            views=views,
         )
         desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop)
         await publisher.carry_out(None, operations.ensure_default())

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -34,7 +34,7 @@ from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
-from edgeplane.controller.core.records import ReportedInventory, Writes
+from edgeplane.controller.core.records import Forgotten, ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
 from edgeplane.controller.core.rotation import Credential
 from edgeplane.controller.daemon import key_rows, rows
@@ -116,6 +116,15 @@ class Store:
                 self._progress.notify_all()
 
     async def _write(self, items: Sequence[Judgement | Writes]) -> None:
+        try:
+            for part in _parts(items):
+                await self._write_part(part)
+            await self._db.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to the database {self.path}: {exc}") from exc
+        self.batches += 1
+
+    async def _write_part(self, items: Sequence[Judgement | Writes]) -> None:
         envs: dict[str, tuple[Any, ...]] = {}
         transitions: list[tuple[Any, ...]] = []
         alerts: list[tuple[Any, ...]] = []
@@ -128,19 +137,21 @@ class Store:
                 envs[record.env] = rows.env_row(record)
             transitions.extend(rows.transition_row(t) for t in item.transitions)
             alerts.extend(rows.alert_row(a) for a in item.alerts)
-        try:
-            if envs:
-                await self._db.executemany(rows.UPSERT_ENV, envs.values())
-            if transitions:
-                await self._db.executemany(rows.INSERT_TRANSITION, transitions)
-            if alerts:
-                await self._db.executemany(rows.INSERT_ALERT, alerts)
-            if other:
-                await self._write_other(other)
-            await self._db.commit()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot write to the database {self.path}: {exc}") from exc
-        self.batches += 1
+        if envs:
+            await self._db.executemany(rows.UPSERT_ENV, envs.values())
+        if transitions:
+            await self._db.executemany(rows.INSERT_TRANSITION, transitions)
+        if alerts:
+            await self._db.executemany(rows.INSERT_ALERT, alerts)
+        if other:
+            await self._write_other(other)
+        for forgotten in other.forgotten:
+            await self._forget(forgotten)
+
+    async def _forget(self, forgotten: Forgotten) -> None:
+        tables = rows.HISTORY_TABLES if forgotten.history else ()
+        for table in (*rows.PRESENCE_TABLES, *tables):
+            await self._db.execute(f"DELETE FROM {table} WHERE env = ?", (forgotten.env,))
 
     async def _write_other(self, writes: Writes) -> None:
         # The last version of each row in the batch wins; events keep their order.
@@ -326,6 +337,18 @@ async def open_store(
                     await asyncio.wait([writer])
     finally:
         await db.close()
+
+
+def _parts(items: Sequence[Judgement | Writes]) -> Iterator[Sequence[Judgement | Writes]]:
+    """``items`` cut after each one that forgets an environment: its rows go after what
+    came before it and before what comes after (an agent that came straight back)."""
+    start = 0
+    for end, item in enumerate(items, 1):
+        if isinstance(item, Writes) and item.forgotten:
+            yield items[start:end]
+            start = end
+    if start < len(items):
+        yield items[start:]
 
 
 def _is_urgent(item: Judgement | Writes) -> bool:
