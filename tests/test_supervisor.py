@@ -69,7 +69,8 @@ async def test_a_child_that_exits_is_restarted_and_status_2_ends_it(tmp_path: Pa
 async def test_a_controller_that_found_another_one_active_is_not_restarted(
     tmp_path: Path,
 ) -> None:
-    refused = child("controller", tmp_path, f"import sys; sys.exit({AnotherController.EXIT_STATUS})")
+    script = f"import sys; sys.exit({AnotherController.EXIT_STATUS})"
+    refused = child("controller", tmp_path, script)
     async with Supervisor(lambda _: None) as supervisor:
         await supervisor.start(refused)
         with pytest.raises(ChildFailed, match="another controller is active") as failed:
