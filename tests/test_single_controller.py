@@ -198,6 +198,9 @@ async def test_a_stray_status_over_the_running_controllers_is_put_right_at_once(
         controller = await start_controller(broker, root, tmp_path, procs, probe)
         await heartbeat(probe, root, "edge-1")
         await probe.wait_json(root.view("edge-1"), status="online")
+        # synchronised, its counts published: from here on only the stray makes it publish
+        await synchronised(probe, root, controller.boot)
+        await probe.wait_json(root.controller_status(), boot=controller.boot, online=1)
         mark = probe.mark()
         await probe.publish(root.controller_status(), stray, retain=True)
         started = time.monotonic()
@@ -208,6 +211,7 @@ async def test_a_stray_status_over_the_running_controllers_is_put_right_at_once(
         assert time.monotonic() - started < 3
     async with open_probe(broker.url, root.controller_status()) as late:
         found = await late.wait_for(lambda m: m.topic == root.controller_status())
+        assert found.retain
         assert json.loads(found.payload)["boot"] == controller.boot
         assert json.loads(found.payload)["status"] == "online"
     assert '"controller status overwritten; put right"' in controller.proc.output()
