@@ -40,7 +40,7 @@ __all__ = ["REQUEST_QUEUE", "REQUEST_WORKERS", "RequestDesk"]
 REQUEST_WORKERS: Final = 4
 REQUEST_QUEUE: Final = 1000
 RECENT_REQUESTS: Final = 4096  # correlation data remembered to run a re-delivery once
-PING_QUEUE: Final = 100  # pings not yet answered (more are dropped: the asker retries)
+PING_QUEUE: Final = 100  # pings not yet answered (more are dropped: no controller pings so often)
 PING_OP: Final = str(ControllerPing.__struct_config__.tag)
 
 log: Final = structlog.get_logger("controller")
