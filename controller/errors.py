@@ -8,6 +8,7 @@ EdgeplaneError
 │   ├── SiteInitError        ``broker init`` could not write a site's broker directory
 │   ├── StoreError           the SQLite database could not be opened or written
 │   ├── CommandKeyError      the command key file is unreadable, invalid or not private
+│   ├── AnotherController    another controller is active on the broker and topic root
 │   └── NoControllerAnswer   an operator command got no answer in time
 ├── BrokerUnavailable        the MQTT connection failed or was lost (shared.errors)
 └── RequestRefused           an operator request the controller refuses, ``code`` says why
@@ -16,9 +17,12 @@ EdgeplaneError
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from edgeplane.shared.errors import BrokerUnavailable, EdgeplaneError, RequestRefused
 
 __all__ = [
+    "AnotherController",
     "BrokerAdminError",
     "BrokerStartError",
     "BrokerUnavailable",
@@ -59,6 +63,14 @@ class StoreError(ControllerError):
 class CommandKeyError(ControllerError):
     """The key that signs commands cannot be used: unreadable, invalid, or readable by
     group or others."""
+
+
+class AnotherController(ControllerError):
+    """Another controller is alive on the same broker and topic root: this one refused to
+    start, or (both started at once) gave way to it. ``edgeplane controller run`` exits
+    with :attr:`EXIT_STATUS`."""
+
+    EXIT_STATUS: ClassVar[int] = 3
 
 
 class NoControllerAnswer(ControllerError):

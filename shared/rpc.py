@@ -19,6 +19,7 @@ import msgspec
 
 from edgeplane.shared.codec import MessageCodec
 from edgeplane.shared.messages import (
+    ControllerStatus,
     Count,
     EnvId,
     Event,
@@ -39,6 +40,7 @@ __all__ = [
     "TERMINAL_STATES",
     "CommandKeyInfo",
     "CommandKeyRequest",
+    "ControllerPing",
     "DeployRequest",
     "DeploymentInfo",
     "DeploymentList",
@@ -287,6 +289,14 @@ class CommandKeyRequest(_Request, frozen=True, kw_only=True, tag="command-key"):
     action: Literal["status", "rotate", "finish"] = "status"
 
 
+class ControllerPing(_Request, frozen=True, kw_only=True, tag="controller-ping"):
+    """Result: :class:`~edgeplane.shared.messages.ControllerStatus`, the answering
+    controller's own (online, its boot, host and since). Answered at once, before the
+    retained state is synchronised: a controller that is starting asks it when the
+    retained status of its topic root says another one is online, to learn whether that
+    one is alive (it answers) or died (nobody answers)."""
+
+
 Request = (
     EnvCreate
     | EnvList
@@ -306,6 +316,7 @@ Request = (
     | OperatorRotate
     | OperatorRotateConfirm
     | CommandKeyRequest
+    | ControllerPing
 )
 
 
@@ -466,6 +477,7 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     OperatorRotate: OperatorRotated,
     OperatorRotateConfirm: OperatorInfo,
     CommandKeyRequest: CommandKeyInfo,
+    ControllerPing: ControllerStatus,
 }
 
 # Codecs of the two rpc topics (here, not in shared.codec: the agent never needs them).

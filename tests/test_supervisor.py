@@ -1,5 +1,6 @@
 """The supervisor of ``edgeplane up`` and the demo, on small Python children: restarts with
-backoff, status 2 ends the run, the stop order, and SIGKILL for a child that will not stop."""
+backoff, status 2 (and a controller's 3) ends the run, the stop order, and SIGKILL for a
+child that will not stop."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgeplane.controller.broker.supervisor import ChildFailed, ChildProcess, Supervisor
+from edgeplane.controller.errors import AnotherController
 
 # Exits 1 on its first run and 2 on its second (a run counter in argv[1]).
 EXITS_1_THEN_2 = """
@@ -62,6 +64,19 @@ async def test_a_child_that_exits_is_restarted_and_status_2_ends_it(tmp_path: Pa
     assert restarts == [1]
     assert len(said) == 1
     assert "exited with status 1 unexpectedly: restarting it in" in said[0]
+
+
+async def test_a_controller_that_found_another_one_active_is_not_restarted(
+    tmp_path: Path,
+) -> None:
+    script = f"import sys; sys.exit({AnotherController.EXIT_STATUS})"
+    refused = child("controller", tmp_path, script)
+    async with Supervisor(lambda _: None) as supervisor:
+        await supervisor.start(refused)
+        with pytest.raises(ChildFailed, match="another controller is active") as failed:
+            await asyncio.wait_for(supervisor.keep_running(), 15)
+    assert "controller exited with status 3" in str(failed.value)
+    assert refused.restarts == 0
 
 
 async def test_children_stop_in_reverse_order_of_starting(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ the controller and agents.
 Children run in sessions of their own, so a Ctrl-C at the terminal reaches only the parent,
 which stops them in order: the children in reverse order of starting (SIGTERM, then SIGKILL
 after a grace period), then the broker. :meth:`Supervisor.keep_running` restarts what exits
-on its own, with capped, jittered backoff; a child that exits with status 2 (a bad setting:
-restarting cannot help) ends it with :class:`ChildFailed`.
+on its own, with capped, jittered backoff; a child that exits with status 2 (a bad setting)
+or 3 (a controller that found another one active on its broker and topic root):
+restarting cannot help, so it ends the run with :class:`ChildFailed`.
 """
 
 from __future__ import annotations
@@ -21,13 +22,18 @@ from types import TracebackType
 from typing import Final, Self
 
 from edgeplane.controller.broker.process import BrokerProcess
-from edgeplane.controller.errors import BrokerStartError, ControllerError
+from edgeplane.controller.errors import AnotherController, BrokerStartError, ControllerError
 from edgeplane.shared.backoff import Backoff
 
 __all__ = ["STOP_GRACE", "ChildFailed", "ChildProcess", "Supervisor", "exit_text"]
 
 STOP_GRACE: Final = 10.0  # seconds a child gets to stop cleanly before SIGKILL
 BAD_SETTING: Final = 2  # the exit status of a bad setting, which no restart can fix
+# Exit statuses no restart can fix, and what they mean.
+HOPELESS: Final = {
+    BAD_SETTING: "a bad setting",
+    AnotherController.EXIT_STATUS: "another controller is active on this broker and topic root",
+}
 STEADY: Final = 60.0  # seconds after which an exit is a new failure, not a crash loop
 BROKER_POLL: Final = 0.5  # seconds between looks at a started broker
 
@@ -173,10 +179,10 @@ class Supervisor:
         backoff = Backoff(initial=1.0, cap=30.0)
         while True:
             code = await child.wait()
-            if code == BAD_SETTING:
+            if code in HOPELESS:
                 raise ChildFailed(
-                    f"{child.name} exited with status 2 (a bad setting; see its message "
-                    "above): not restarting it"
+                    f"{child.name} exited with status {code} ({HOPELESS[code]}; see its "
+                    "message above): not restarting it"
                 )
             if time.monotonic() - child.started_at > STEADY:
                 backoff.reset()

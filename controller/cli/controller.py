@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from typing import TYPE_CHECKING
 
 from edgeplane.controller.cli import command_key
 from edgeplane.controller.daemon.settings import CONTROLLER_SETTINGS, load_settings
+from edgeplane.controller.errors import AnotherController
 from edgeplane.shared import settings as common
 from edgeplane.shared.errors import EdgeplaneError
 from edgeplane.shared.signals import stop_signals
@@ -44,7 +46,18 @@ def run_controller(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_format, settings.log_level)
     try:
-        asyncio.run(_serve(PresenceService(settings)))
+        _run(PresenceService(settings))
+    except AnotherController as exc:
+        from edgeplane.controller.operator.output import visible
+
+        print(f"edgeplane: {visible(str(exc))}", file=sys.stderr)  # it quotes the wire
+        return AnotherController.EXIT_STATUS
+    return 0
+
+
+def _run(service: PresenceService) -> None:
+    try:
+        asyncio.run(_serve(service))
     except BaseExceptionGroup as group:
         # A failure inside the task groups (the database, say): show it as the one-line
         # error it is, not as a group.
@@ -52,7 +65,6 @@ def run_controller(args: argparse.Namespace) -> int:
         if matched is None:
             raise
         raise _first(matched) from group
-    return 0
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

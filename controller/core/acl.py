@@ -185,7 +185,9 @@ def env_role(root: TopicRoot, env: str) -> Role:
 
 def controller_role(root: TopicRoot) -> Role:
     """The controller: commands out, views, alerts, its own status and replies out, the
-    broker's admin API; statuses, events, requests in, and the views it keeps right."""
+    broker's admin API; statuses, events, requests in, and the views it keeps right. And,
+    at its start, whether another controller is alive: a ping on the requests topic, the
+    answer on its own reply topic."""
     return Role(
         "edgeplane-controller",
         (
@@ -196,11 +198,13 @@ def controller_role(root: TopicRoot) -> Role:
             _send(f"{root}/alerts/+"),
             _send(f"{root}/controller/reply/+"),
             _send(CONTROL_TOPIC),
+            _send(root.requests()),
             _sub(root.all_status()),
             _sub(root.all_events()),
             _sub(root.requests()),
             _sub(root.all_views()),
             _sub(root.controller_status()),
+            _sub(root.reply(CONTROLLER_USER)),
             _sub(CONTROL_RESPONSE_TOPIC),
             # The plugin never lets the default access cover a $CONTROL topic: receiving
             # its responses must be granted (mosquitto 2.0.11 plugins/dynamic-security/acl.c).

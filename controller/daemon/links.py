@@ -8,8 +8,10 @@
 ``publisher``  the outbox, each item once the store committed what it shows;
 ``ticker``     time-driven judgements (heartbeat timeouts, flap and identity expiry) when
                the next one falls due, and views someone else wrote wrong, put right;
-``stats``      the retained controller status with its counters;
+``stats``      the retained controller status kept right: its counts, and put back when
+               something else overwrote it;
 ``requests-N`` a few workers answering operator requests, once the sync is done;
+``pings``      the answers to other controllers asking whether we are alive (at once);
 ``rotation``   (under ``broker init``) credential rotation: what a restart interrupted,
                then the online messages that move a rotation on; ``rotation-ticker``
                the automatic rotation after ``rotate_after``; ``operator-ages`` the
@@ -132,6 +134,7 @@ class PresenceLink:
                 tasks.create_task(self._tick(connection), name="ticker"),
                 tasks.create_task(self._refresh_status(connection), name="stats"),
                 tasks.create_task(self._sync_deadline(), name="sync-deadline"),
+                tasks.create_task(self._desk.answer_pings(connection), name="pings"),
             ]
             workers += [
                 tasks.create_task(self._desk.serve(), name=f"requests-{number}")
@@ -147,15 +150,17 @@ class PresenceLink:
             await stop.wait()
             await cancel_and_wait(workers)
             await self._store.flush()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(DRAIN_TIMEOUT):
-                    await self._publisher.drain()
+            if self._beacon.gave_way_to is None:  # else: the views are the other one's
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(DRAIN_TIMEOUT):
+                        await self._publisher.drain()
             await cancel_and_wait([publisher])
         await self._store.flush()
         await self._beacon.goodbye(connection)
 
     async def _receive(self, connection: Connection) -> None:
         requests = self._settings.topic_root.requests()
+        controller_status = self._settings.topic_root.controller_status()
         judge, carry_out, take_request = (
             self._intake.judge,
             self._publisher.carry_out,
@@ -166,6 +171,8 @@ class PresenceLink:
             if message.topic == requests:
                 await take_request(message)
                 continue
+            if message.topic == controller_status:
+                self._beacon.observe(message.payload, message.retained)  # then the sync's
             if admin is not None and message.topic == CONTROL_RESPONSE_TOPIC:
                 admin.take(message.payload)
                 continue
@@ -226,7 +233,7 @@ class PresenceLink:
             log.warning("views written by someone else put right", envs=due[:10], count=len(due))
 
     async def _refresh_status(self, connection: Connection) -> None:
-        await self._beacon.refresh(connection, self._settings.stats_interval)
+        await self._beacon.keep(connection, self._settings.stats_interval, self._sync.synced)
 
 
 def events_client_id(settings: ControllerSettings) -> str:

@@ -11,6 +11,8 @@ through the one reconnect loop (:class:`controller.reconnect.Reconnect`, capped 
 - :mod:`~edgeplane.controller.daemon.request_desk` takes operator requests off the
   receive path, :mod:`~edgeplane.controller.daemon.requests` answers them;
 - :mod:`~edgeplane.controller.daemon.beacon` is the controller's own retained status;
+- :mod:`~edgeplane.controller.daemon.rivals` makes sure, before anything, that no other
+  controller is alive on the broker and topic root (the beacon watches for one after);
 - :mod:`~edgeplane.controller.daemon.links` runs the work on each connection: the presence
   connection, and the events connection with its persistent session.
 """
@@ -41,11 +43,13 @@ from edgeplane.controller.daemon.links import DaemonParts, EventLink, PresenceLi
 from edgeplane.controller.daemon.publisher import Publisher
 from edgeplane.controller.daemon.request_desk import RequestDesk
 from edgeplane.controller.daemon.requests import RequestHandler
+from edgeplane.controller.daemon.rivals import find_rival, last_boot, remember_boot, rival_text
 from edgeplane.controller.daemon.rotation import CredentialRotator
 from edgeplane.controller.daemon.rotation_desk import RotationDesk
 from edgeplane.controller.daemon.settings import ControllerSettings
 from edgeplane.controller.daemon.store import Store, open_store
 from edgeplane.controller.daemon.sync import RetainedSync
+from edgeplane.controller.errors import AnotherController
 from edgeplane.controller.reconnect import Reconnect, Retry
 from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.command_signature import CommandSigner
@@ -71,11 +75,19 @@ class PresenceService:
         self.bad = BadInput(self._clock)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Raises :class:`AnotherController` when another controller is active on the
+        broker and topic root (found before we start, or started at the same moment)."""
         settings = self.settings
+        dead_birth = await find_rival(settings, last_boot(settings), stop)
+        if stop.is_set():
+            return
         async with open_store(settings.db_path) as store:
             keys = await self._command_keys(store)
             signer = keys.current
             parts = await self._assemble(store, keys)
+            parts.beacon.settle(dead_birth)
+            parts.beacon.on_give_way = stop.set
+            await asyncio.to_thread(remember_boot, settings, parts.beacon.boot)
             log.info(
                 "controller starting",
                 db=str(settings.db_path),
@@ -101,6 +113,8 @@ class PresenceService:
                 await _keep_presence(PresenceLink(parts), stop)
             await store.flush()
         log.info("controller stopped", **parts.beacon.counters())
+        if parts.beacon.gave_way_to is not None:
+            raise AnotherController(rival_text(settings, parts.beacon.gave_way_to, "started first"))
 
     async def _command_keys(self, store: Store) -> CommandKeys:
         """The command keys as the key files and the stored rotation left them."""
@@ -133,7 +147,7 @@ class PresenceService:
             controller_seq=await store.last_seq(CONTROLLER_SRC),
         )
         root = settings.topic_root
-        beacon = StatusBeacon(root, core, self.bad, operations, self.started, keys)
+        beacon = StatusBeacon(root, core, self.bad, operations, self.started, keys, clock)
         keys.announce = beacon.announcement
         rotator = KeyRotator(keys, root, clock, operations, core, settings.command_ttl)
         sync = RetainedSync(root, beacon.boot, settings.max_payload)
@@ -166,7 +180,7 @@ class PresenceService:
             rotation=rotation,
             views=views,
         )
-        desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop)
+        desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop, beacon.identity)
         await publisher.carry_out(None, operations.ensure_default())
         return DaemonParts(
             settings,
