@@ -25,7 +25,6 @@ from typing import Final
 import structlog
 
 from edgeplane.controller.core.badinput import BadInput
-from edgeplane.controller.core.deployments import REFOLD, Deployment, refold
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations, new_id
@@ -128,7 +127,7 @@ class PresenceService:
             command_ttl=settings.command_ttl,
             records=await store.records(),
             inventories=await store.inventories(),
-            deployments=await _open_deployments(store),
+            deployments=await store.open_deployments(),
             issued=await store.issued_deployments(),
             commands=await store.open_commands(),
             seen=await store.stream_heads(),
@@ -276,18 +275,3 @@ async def _keep_events(link: EventLink, stop: asyncio.Event) -> None:
 
     reconnect = Reconnect(stop=stop, on_retry=lost)
     await reconnect.run(link.connection, lambda connection: link.session(connection, stop))
-
-
-async def _open_deployments(store: Store) -> list[Deployment]:
-    """The deployments not final, as stored; one an older controller kept (the migration
-    marked it) is folded again from its logged events, once: the result is stored."""
-    found = await store.active_deployments()
-    refolded: dict[str, Deployment] = {}
-    for deployment in (d for d in found if d.last_seq == REFOLD):
-        logged = await store.events(env=deployment.env, dep=deployment.id, limit=100_000)
-        refolded[deployment.id] = refold(deployment, [(e.event, e.at) for e in logged])
-    if refolded:
-        writes = Writes(deployments=list(refolded.values()), urgent=True)
-        await store.wait_committed(await store.submit(writes))
-    current = (refolded.get(d.id, d) for d in found)
-    return [d for d in current if not d.final]

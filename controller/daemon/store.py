@@ -31,7 +31,7 @@ from typing import Any, Final
 import aiosqlite
 
 from edgeplane.controller.core.alerts import AlertEdge
-from edgeplane.controller.core.deployments import Deployment, OperatorCommand
+from edgeplane.controller.core.deployments import REFOLD, Deployment, OperatorCommand, refold
 from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
 from edgeplane.controller.core.records import ReportedInventory, Writes
@@ -237,6 +237,20 @@ class Store:
             " ('queued', 'sent', 'accepted', 'running', 'restarting') ORDER BY created, id"
         )
         return [rows.deployment_from_row(row) for row in found]
+
+    async def open_deployments(self) -> list[Deployment]:
+        """:meth:`active_deployments`, but one an older controller kept (the migration to
+        version 8 marked it) folded again from its logged events, once: that is stored."""
+        found = await self.active_deployments()
+        refolded: dict[str, Deployment] = {}
+        for deployment in (d for d in found if d.last_seq == REFOLD):
+            logged = await self.events(env=deployment.env, dep=deployment.id, limit=100_000)
+            refolded[deployment.id] = refold(deployment, [(e.event, e.at) for e in logged])
+        if refolded:
+            writes = Writes(deployments=[*refolded.values()], urgent=True)
+            await self.wait_committed(await self.submit(writes))
+        current = (refolded.get(d.id, d) for d in found)
+        return [d for d in current if not d.final]
 
     async def open_commands(self) -> list[OperatorCommand]:
         """The operator commands still pending, and the last one answered of each
