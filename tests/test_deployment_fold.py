@@ -315,3 +315,10 @@ def test_a_new_event_stream_of_the_agent_is_taken_in_its_own_order() -> None:
     world.take(world.agent(Stopped, "d-1", reason="agent stopping"))
     world.take(Agent(src="b2c4")(Running, "d-1"))
     assert world.state("d-1") == "running"
+
+
+def test_a_pending_command_restored_at_a_start_is_known_as_sent_there() -> None:
+    book = DeploymentBook(ManualClock(), commands=[restart()])
+    ack = Ack(env=ENV, seq=1, src="a1f3", cmd="c-restart", op="restart", ok=True)
+    assert book.stranger(ack) == ""
+    assert book.on_event(ack).commands[0].state == "done"

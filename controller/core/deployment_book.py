@@ -62,6 +62,7 @@ class DeploymentBook:
         for deployment in deployments:
             self.put(deployment)
         for command in commands:
+            self.note_command(command.env, command.id)
             self._keep_command(command)
 
     # --- whose events ---------------------------------------------------------------------
