@@ -38,8 +38,10 @@ __all__ = [
     "REQUEST_EXPIRY",
     "RESULT_TYPES",
     "TERMINAL_STATES",
+    "CommandInfo",
     "CommandKeyInfo",
     "CommandKeyRequest",
+    "CommandState",
     "ControllerPing",
     "DeployRequest",
     "DeploymentInfo",
@@ -99,10 +101,19 @@ DeploymentState = Literal[
     "expired",  # the TTL passed before it could be sent or started
     "stopped",  # replaced, restarted or retired while running
     "checked",  # a dry run whose preflight report is in
+    "restarting",  # stopped by an `env restart` that is still under way
 ]
 TERMINAL_STATES: Final = frozenset(
     {"succeeded", "failed", "rejected", "rolled-back", "expired", "stopped", "checked"}
 )
+CommandState = Literal[
+    "pending",  # sent, no answer yet
+    "done",  # acknowledged ok
+    "failed",  # acknowledged not ok (the detail says why)
+    "rejected",  # refused by the agent
+    "expired",  # the agent dropped it: it arrived after its expiry
+    "unanswered",  # no answer came before it expired (and a grace): its outcome is unknown
+]
 
 ErrorCode = Literal[
     "invalid",  # the request itself is wrong (its message says which field)
@@ -321,6 +332,22 @@ Request = (
 
 
 # --- results -------------------------------------------------------------------------------
+class CommandInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """An operator command sent to an environment (``restart``, ``update``, ``retire``) and
+    what the agent answered: ``state`` ``pending`` until its ``ack`` (``done`` or
+    ``failed``), ``rejected`` or ``expired`` event, or ``unanswered`` once it expired
+    without one. ``workflow``: a restart of that workflow only."""
+
+    id: ShortText
+    op: ShortText
+    state: CommandState
+    sent: UnixTime
+    expires: UnixTime
+    answered: UnixTime | None = None
+    detail: ShortText = ""
+    workflow: ShortText = ""
+
+
 class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     """An environment record and what the controller knows of its runtime."""
 
@@ -340,6 +367,10 @@ class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     models: dict[str, list[str]] = {}
     platform: Platform | None = None
     running: list[ShortText] = []  # deployments running there (ids)
+    restarting: list[ShortText] = []  # deployments stopped by a restart still under way
+    # The operator commands still pending there, then the last one answered (or expired
+    # unanswered), oldest first.
+    commands: list[CommandInfo] = []
     # False for an agent that connects as an environment with no record (then project,
     # stage, location and purpose are empty): it never receives commands.
     registered: bool = True

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from edgeplane.controller.core.deployment_book import DeploymentBook
 from edgeplane.controller.core.deployments import (
+    CONTROLLER_SRC,
     SENT_GRACE,
     Deployment,
-    DeploymentBook,
+    expiry_reason,
     next_state,
     unchecked,
 )
@@ -56,6 +58,23 @@ def deployment(state: Any = "sent", **fields: Any) -> Deployment:
 
 def ev(kind: type[Event], seq: int = 1, **fields: Any) -> Event:
     return kind(env="edge-a", seq=seq, src="agent", dep="d-1", **fields)
+
+
+def moves(book: DeploymentBook, event: Event) -> list[Deployment]:
+    """The deployments ``event`` moved, in their new state."""
+    return book.on_event(event).deployments
+
+
+def expire_due(book: DeploymentBook) -> list[Deployment]:
+    """What the controller does when deadlines pass: its own ``expired`` event for each
+    deployment due, folded like any other."""
+    due, _ = book.due()
+    expired: list[Deployment] = []
+    for seq, dep in enumerate(due, start=1):
+        own = Expired(env=dep.env, seq=seq, src=CONTROLLER_SRC, dep=dep.id, cmd=dep.cmd,
+                      reason=expiry_reason(dep))  # fmt: skip
+        expired += moves(book, own)
+    return expired
 
 
 def run_through(events: list[Event], start: Deployment | None = None) -> list[str]:
@@ -140,19 +159,19 @@ def test_the_book_follows_events_by_deployment_or_command_and_forgets_the_finish
     clock = ManualClock()
     book = DeploymentBook(clock, [deployment()])
     clock.advance(5)
-    [moved] = book.on_event(ev(Accepted, workflow="inspect", version="1.0"))
+    [moved] = moves(book, ev(Accepted, workflow="inspect", version="1.0"))
     assert (moved.state, moved.updated) == ("accepted", clock.time())
     by_cmd = Expired(env="edge-a", seq=2, src="agent", cmd="c-1", reason="too late")
-    [finished] = book.on_event(by_cmd)
+    [finished] = moves(book, by_cmd)
     assert finished.state == "expired"
     assert book.get("d-1") is None
-    assert book.on_event(ev(Running, seq=3)) == []
+    assert moves(book, ev(Running, seq=3)) == []
 
 
 def test_an_event_from_another_environment_does_not_move_it() -> None:
     book = DeploymentBook(ManualClock(), [deployment()])
     other = Accepted(env="edge-b", seq=1, src="agent", dep="d-1", workflow="i", version="1")
-    assert book.on_event(other) == []
+    assert moves(book, other) == []
     assert book.get("d-1") == deployment()
 
 
@@ -165,16 +184,16 @@ def test_queued_deployments_go_oldest_first_and_expire_at_their_ttl() -> None:
     assert [d.id for d in book.queued_for("edge-a")] == ["d-old", "d-young"]
     assert book.next_deadline() == 1050.0
     clock.advance(49)
-    assert book.expire_due() == []
+    assert expire_due(book) == []
     clock.advance(1)
-    expired = book.expire_due()
+    expired = expire_due(book)
     assert [(d.id, d.state) for d in expired] == [("d-old", "expired")]
     assert "did not come online" in expired[0].reason
     sent = book.mark_sent("d-young", "c-9", expires=1300.0)
     assert (sent.state, sent.cmd) == ("sent", "c-9")
     assert book.next_deadline() == 1300.0 + SENT_GRACE  # the command's expiry, then grace
     clock.advance(1300.0 + SENT_GRACE - clock.time())
-    late = book.expire_due()
+    late = expire_due(book)
     assert [(d.id, d.state) for d in late] == [("d-young", "expired")]
     assert "did not take the command" in late[0].reason
     assert [d.id for d in book] == ["d-b"]
@@ -185,14 +204,15 @@ def test_an_accepted_deployment_has_no_deadline() -> None:
     book = DeploymentBook(clock, [deployment(expires=1010.0)])
     book.on_event(ev(Accepted, workflow="i", version="1"))
     clock.advance(10_000)
-    assert book.expire_due() == []
+    assert expire_due(book) == []
     assert book.next_deadline() is None
 
 
-def test_retiring_stops_the_queued_ones() -> None:
+def test_the_controller_stopping_a_queued_one_is_final() -> None:
     book = DeploymentBook(ManualClock(), [deployment("queued", cmd="", expires=5e9)])
-    stopped = book.stop_queued("edge-a", "environment edge-a retired")
-    assert [(d.state, d.reason) for d in stopped] == [("stopped", "environment edge-a retired")]
+    own = Stopped(env="edge-a", seq=1, src=CONTROLLER_SRC, dep="d-1", reason="retired")
+    stopped = moves(book, own)
+    assert [(d.state, d.reason, d.final) for d in stopped] == [("stopped", "retired", True)]
     assert len(book) == 0
 
 
@@ -202,7 +222,7 @@ def rollback_book() -> tuple[ManualClock, DeploymentBook]:
     old = deployment("running", cmd="c-1")
     new = deployment("running", id="d-2", cmd="c-2")
     book = DeploymentBook(clock, [old, new])
-    [stopped] = book.on_event(ev(Stopped, seq=1, reason="replaced by d-2", by="d-2"))
+    [stopped] = moves(book, ev(Stopped, seq=1, reason="replaced by d-2", by="d-2"))
     assert stopped.state == "stopped"
     return clock, book
 
@@ -210,11 +230,12 @@ def rollback_book() -> tuple[ManualClock, DeploymentBook]:
 def test_a_failed_replacement_waits_for_the_rollback_which_restores_the_old_one() -> None:
     clock, book = rollback_book()
     failed = Failed(env="edge-a", seq=2, src="agent", dep="d-2", reason="exited 3", step="serve")
-    [held] = book.on_event(failed)
-    assert (held.id, held.state, held.reason) == ("d-2", "running", "step serve: exited 3")
+    [held] = moves(book, failed)
+    assert (held.id, held.state, held.reason) == ("d-2", "failed", "step serve: exited 3")
+    assert not held.final  # the rollback's outcome is still to come
     clock.advance(1)
     rolled = RolledBack(env="edge-a", seq=3, src="agent", dep="d-2", restored="d-1", version="1")
-    moved = book.on_event(rolled)
+    moved = moves(book, rolled)
     assert [(d.id, d.state) for d in moved] == [("d-2", "rolled-back"), ("d-1", "running")]
     assert "restored after d-2 failed" in moved[1].reason
     assert [d.id for d in book.in_state("edge-a", "running")] == ["d-1"]
@@ -224,7 +245,8 @@ def test_a_replacement_whose_rollback_fails_ends_failed_naming_both() -> None:
     _, book = rollback_book()
     book.on_event(Failed(env="edge-a", seq=2, src="agent", dep="d-2", reason="exited 3"))
     not_restored = Failed(env="edge-a", seq=3, src="agent", dep="d-1", reason="not restored: gone")
-    [ended] = book.on_event(not_restored)
+    old, ended = moves(book, not_restored)
+    assert (old.id, old.state, old.final) == ("d-1", "failed", True)
     assert (ended.id, ended.state) == ("d-2", "failed")
     assert ended.reason == "exited 3; d-1 not restored either: not restored: gone"
     assert book.get("d-2") is None
@@ -232,7 +254,7 @@ def test_a_replacement_whose_rollback_fails_ends_failed_naming_both() -> None:
 
 def test_a_failure_with_nothing_replaced_is_final_at_once() -> None:
     book = DeploymentBook(ManualClock(), [deployment("running")])
-    [ended] = book.on_event(ev(Failed, reason="exited 1"))
+    [ended] = moves(book, ev(Failed, reason="exited 1"))
     assert ended.state == "failed"
 
 

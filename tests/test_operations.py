@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from edgeplane.controller.core.deployments import SENT_GRACE
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.operations import Effects, Operations
@@ -322,3 +323,31 @@ def test_an_unknown_id_is_named_with_a_known_one_it_is_a_near_miss_of() -> None:
     assert "did you mean 'stray-gw'" in refusal(world.ops.require_known, "stray-gv").message
     assert "did you mean" not in refusal(world.ops.require_known, "nope").message
     assert world.ops.knows("stray-gw")  # seen, without a record
+
+
+def test_a_restart_is_pending_in_env_show_until_answered_or_unanswered_at_its_expiry() -> None:
+    world = World()
+    world.create("edge-a")
+    world.online("edge-a")
+    result, effects = world.ops.restart(EnvRestart(id="edge-a"))
+    [stored] = effects.writes.commands
+    assert (stored.id, stored.op, stored.state) == (result["cmd"], "restart", "pending")
+    start = world.clock.time()
+    [shown] = world.ops.env_info("edge-a").commands
+    assert (shown.state, shown.sent, shown.expires) == ("pending", start, start + 120)
+    world.clock.advance(120 + SENT_GRACE - 1)
+    assert world.ops.tick().outgoing == []
+    world.clock.advance(1)
+    effects = world.ops.tick()
+    [out] = effects.outgoing
+    told = EVENT.decode(out.payload)
+    assert isinstance(told, Expired)
+    assert (told.src, told.cmd, told.dep) == ("controller", result["cmd"], "")
+    [unanswered] = effects.writes.commands
+    assert unanswered.state == "unanswered"
+    [shown] = world.ops.env_info("edge-a").commands
+    assert (shown.state, shown.answered) == ("unanswered", start + 120 + SENT_GRACE)
+    late = Ack(env="edge-a", seq=1, src="a", cmd=result["cmd"], op="restart", ok=True)
+    answered_late = world.ops.on_event(late)
+    assert answered_late is not None
+    assert answered_late.writes.commands == []  # its verdict is in: the next events tell

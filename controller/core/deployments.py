@@ -1,8 +1,11 @@
-"""Deployments: their state machine, and the book of those still in progress (pure).
+"""Deployments and operator commands: their records, and the one fold that decides their
+state from their environment's events (pure).
 
-A deployment is created ``sent`` (published to an online environment) or ``queued``
-(``--when-online``: waiting for the environment's next online transition, at most its TTL).
-The agent's events move it on::
+Every state a deployment or an operator command (``restart``, ``update``, ``retire``) is in
+comes from :func:`fold`: the controller's own inputs (a deployment created, its command
+sent; a command issued) and then each event of the environment, in order. The book
+(:mod:`.deployment_book`) keeps what the fold says, the store writes it, ``deployments``,
+``env show`` and a restarted controller read it, so they cannot disagree. A deployment::
 
     queued -> sent -> accepted -> running -> succeeded | failed | rolled-back | stopped
                          |  \\-> rejected (bad command, failed preflight)
@@ -10,23 +13,37 @@ The agent's events move it on::
     queued -> expired (the TTL passed), sent -> expired (the agent dropped it, or never
     took it before the command's expiry)
 
-States only move forward: a duplicate or late event (the agent's outbox re-sends after a
-reconnect) never takes a deployment back, and a terminal state (``TERMINAL_STATES``) is
-final. Deadlines (a queue's TTL, a command's expiry) are wall-clock times, because they
-are stored and survive a controller restart; the book reads them from an injected clock.
+The agent stops a running workflow and may start it again: ``stopped`` by a restart (shown
+``restarting`` while that restart is under way) or by an agent stop is followed by
+``running`` (or ``failed``) when it comes back, and one stopped by a replacement (``by``)
+comes back when the replacement fails and is rolled back: the replacement is ``failed``
+until the agent says ``rolled-back`` (the old one ``running`` again) or that the old one
+could not be restored either. Such a deployment is *revivable*: not yet final. A stopped
+one is final once another deployment of its workflow runs there, or its environment is
+retired. ``succeeded``, ``rejected``, ``expired``, ``checked``, ``rolled-back`` and every
+other ``failed`` are final at once, and so is whatever the controller ends itself
+(``src`` ``controller``: a queue's TTL, a retired environment's queue).
+
+Events are QoS 1 and an agent re-sends its outbox after a reconnect, so one may come twice
+or after a newer one: an event of the agent's stream (``src``) whose ``seq`` is not above
+the last one folded into a deployment is old news and changes nothing.
+
+An operator command is ``pending`` until the agent answers (``ack``: ``done`` or
+``failed``; ``rejected``; ``expired``) or, when no answer came before its expiry (plus
+:data:`SENT_GRACE`), ``unanswered`` (the controller's own ``expired`` event). Deadlines are
+wall-clock times, because they are stored and survive a controller restart.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final
 
-from edgeplane.controller.core.timers import TimerHeap
-from edgeplane.shared.clock import Clock
 from edgeplane.shared.messages import (
     Accepted,
+    Ack,
     Check,
     CheckKind,
     CommandRejected,
@@ -43,22 +60,44 @@ from edgeplane.shared.messages import (
     Stopped,
     Succeeded,
 )
-from edgeplane.shared.rpc import TERMINAL_STATES, DeploymentInfo, DeploymentState, LoggedEvent
+from edgeplane.shared.rpc import (
+    CommandInfo,
+    CommandState,
+    DeploymentInfo,
+    DeploymentState,
+    LoggedEvent,
+)
 from edgeplane.shared.workflow import Requires, Workflow
 
 __all__ = [
+    "CONTROLLER_SRC",
+    "OPEN_STATES",
+    "REFOLD",
     "SENT_GRACE",
+    "Change",
     "Deployment",
-    "DeploymentBook",
+    "Ledger",
+    "OperatorCommand",
+    "expiry_reason",
+    "fold",
     "next_state",
+    "refold",
+    "replay",
+    "sent",
     "short",
     "unchecked",
 ]
 
-SENT_GRACE: Final = 30.0  # seconds past a command's expiry before "sent" becomes "expired"
+CONTROLLER_SRC: Final = "controller"  # the event stream of the controller's own events
+SENT_GRACE: Final = 30.0  # seconds past a command's expiry before it counts as unanswered
 REASON_LIMIT: Final = 256
-_RANK: Final[dict[str, int]] = {"queued": 0, "sent": 1, "accepted": 2, "running": 3}
-_FINAL_RANK: Final = 4
+OPEN_STATES: Final[frozenset[str]] = frozenset(
+    {"queued", "sent", "accepted", "running", "restarting"}
+)
+# The last_seq of a deployment that an older controller kept without the fold's marks (the
+# store's migration says which): its logged events are folded again at the start.
+REFOLD: Final = -2
+_NOT_STARTED: Final[frozenset[str]] = frozenset({"queued", "sent", "accepted"})
 
 
 def short(text: str, limit: int = REASON_LIMIT) -> str:
@@ -68,6 +107,10 @@ def short(text: str, limit: int = REASON_LIMIT) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
+    """One deployment as the fold left it. ``revivable``: stopped (or failed, waiting for
+    the rollback's outcome) but the agent may yet change it; ``replaced_by``: the deployment
+    whose start stopped this one; ``last_src``/``last_seq``: the agent event last folded in."""
+
     id: str
     env: str
     workflow: Workflow
@@ -79,10 +122,18 @@ class Deployment:
     expires: float | None = None  # queued: the TTL; sent: the command's expiry
     dry_run: bool = False
     when_online: bool = False
+    revivable: bool = False
+    replaced_by: str = ""
+    last_src: str = ""
+    last_seq: int = -1
 
     @property
     def final(self) -> bool:
-        return self.state in TERMINAL_STATES
+        return self.state not in OPEN_STATES and not self.revivable
+
+    @property
+    def awaiting_rollback(self) -> bool:
+        return self.state == "failed" and self.revivable
 
     def info(self, events: Iterable[LoggedEvent] = ()) -> DeploymentInfo:
         return DeploymentInfo(
@@ -101,8 +152,317 @@ class Deployment:
             events=list(events),
         )
 
-    def moved(self, state: DeploymentState, reason: str, now: float) -> Deployment:
-        return dataclasses.replace(self, state=state, reason=short(reason), updated=now)
+    def moved(
+        self, state: DeploymentState, reason: str, now: float, **changes: object
+    ) -> Deployment:
+        """In ``state`` for ``reason`` (``updated`` moves only when one of them changes)."""
+        reason = short(reason)
+        updated = self.updated if (state, reason) == (self.state, self.reason) else now
+        return dataclasses.replace(
+            self,
+            state=state,
+            reason=reason,
+            updated=updated,
+            **changes,  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorCommand:
+    """An operator command sent to an environment and what became of it."""
+
+    id: str
+    env: str
+    op: str  # restart, update, retire
+    sent: float
+    expires: float
+    workflow: str = ""  # a restart of this workflow only ("" every one)
+    state: CommandState = "pending"
+    detail: str = ""
+    answered: float | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.state == "pending"
+
+    def restarts(self, deployment: Deployment) -> bool:
+        """A restart under way that covers ``deployment``'s workflow."""
+        return (
+            self.op == "restart"
+            and self.pending
+            and self.workflow in ("", deployment.workflow.name)
+        )
+
+    def answered_with(self, state: CommandState, detail: str, now: float) -> OperatorCommand:
+        return dataclasses.replace(self, state=state, detail=short(detail), answered=now)
+
+    def info(self) -> CommandInfo:
+        return CommandInfo(
+            id=self.id,
+            op=self.op,
+            state=self.state,
+            sent=self.sent,
+            expires=self.expires,
+            answered=self.answered,
+            detail=self.detail,
+            workflow=self.workflow,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ledger:
+    """What the fold reads: one environment's deployments that are not final, and its
+    operator commands still pending, by id."""
+
+    deployments: Mapping[str, Deployment] = field(default_factory=dict)
+    commands: Mapping[str, OperatorCommand] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Change:
+    """What one event changed: deployments and commands in their new state, in order."""
+
+    deployments: list[Deployment] = field(default_factory=list)
+    commands: list[OperatorCommand] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.deployments or self.commands)
+
+
+# --- the controller's own inputs ---------------------------------------------------------
+def sent(deployment: Deployment, cmd: str, expires: float, now: float) -> Deployment:
+    """``deployment`` once its deploy command ``cmd`` (expiring at ``expires``) is out."""
+    return dataclasses.replace(deployment, state="sent", cmd=cmd, expires=expires, updated=now)
+
+
+def expiry_reason(deployment: Deployment) -> str:
+    """Why a queued or sent deployment whose time ran out is ``expired``."""
+    if deployment.state == "queued":
+        return (
+            f"environment {deployment.env} did not come online before the deployment's TTL ran out"
+        )
+    return f"the agent of {deployment.env} did not take the command before it expired"
+
+
+# --- the fold ---------------------------------------------------------------------------
+def fold(ledger: Ledger, event: Event, now: float) -> Change:
+    """What ``event`` (of ``ledger``'s environment, received at ``now``) changes."""
+    return _Fold(ledger, now).take(event)
+
+
+def next_state(deployment: Deployment, event: Event) -> tuple[DeploymentState, str] | None:
+    """The fold for ``deployment`` alone: the state and reason ``event`` moves it to, None
+    when it changes neither."""
+    change = fold(Ledger({deployment.id: deployment} if not deployment.final else {}), event, 0.0)
+    for moved in change.deployments:
+        if moved.id == deployment.id and (moved.state, moved.reason) != (
+            deployment.state,
+            deployment.reason,
+        ):
+            return moved.state, moved.reason
+    return None
+
+
+def replay(
+    deployments: Iterable[Deployment],
+    commands: Iterable[OperatorCommand],
+    events: Iterable[tuple[Event, float]],
+) -> tuple[dict[str, Deployment], dict[str, OperatorCommand]]:
+    """Every deployment and command after folding ``events`` (each with its receipt
+    time) in order, starting from ``deployments`` and ``commands``: the state re-derived
+    from an environment's log."""
+    all_deployments = {d.id: d for d in deployments}
+    all_commands = {c.id: c for c in commands}
+    for event, at in events:
+        ledger = Ledger(
+            {k: d for k, d in all_deployments.items() if not d.final and d.env == event.env},
+            {k: c for k, c in all_commands.items() if c.pending and c.env == event.env},
+        )
+        change = fold(ledger, event, at)
+        all_deployments.update((d.id, d) for d in change.deployments)
+        all_commands.update((c.id, c) for c in change.commands)
+    return all_deployments, all_commands
+
+
+def refold(deployment: Deployment, events: Iterable[tuple[Event, float]]) -> Deployment:
+    """``deployment`` with its own logged ``events`` folded again, in order."""
+    start = dataclasses.replace(deployment, last_src="", last_seq=-1)
+    folded, _ = replay([start], [], events)
+    return folded[deployment.id]
+
+
+class _Fold:
+    """One event folded into a ledger; ``take`` says what changed."""
+
+    def __init__(self, ledger: Ledger, now: float) -> None:
+        self._ledger = ledger
+        self._now = now
+        self._deployments: dict[str, Deployment] = {}
+        self._commands: dict[str, OperatorCommand] = {}
+
+    def take(self, event: Event) -> Change:
+        command = self._ledger.commands.get(event.cmd) if event.cmd else None
+        if command is not None and command.pending:
+            self._answer(command, event)
+        deployment = self._owner(event)
+        if deployment is not None and not _old_news(deployment, event):
+            self._move(deployment, event)
+        return Change(list(self._deployments.values()), list(self._commands.values()))
+
+    # --- reading and writing the working copy ----------------------------------------
+    def _get(self, dep: str) -> Deployment | None:
+        deployment = self._deployments.get(dep) or self._ledger.deployments.get(dep)
+        return None if deployment is None or deployment.final else deployment
+
+    def _open(self) -> list[Deployment]:
+        ids = dict.fromkeys([*self._ledger.deployments, *self._deployments])
+        return [d for d in map(self._get, ids) if d is not None]
+
+    def _pending(self) -> list[OperatorCommand]:
+        ids = dict.fromkeys([*self._ledger.commands, *self._commands])
+        found = (self._commands.get(i) or self._ledger.commands[i] for i in ids)
+        return [c for c in found if c.pending]
+
+    def _owner(self, event: Event) -> Deployment | None:
+        if event.dep:
+            return self._get(event.dep)
+        if event.cmd:
+            return next((d for d in self._open() if d.cmd == event.cmd), None)
+        return None
+
+    def _put(
+        self,
+        deployment: Deployment,
+        event: Event | None,
+        state: DeploymentState,
+        reason: str,
+        **changes: object,
+    ) -> None:
+        if event is not None and event.src != CONTROLLER_SRC:
+            changes.update(last_src=event.src, last_seq=max(event.seq, _seq_in(deployment, event)))
+        self._deployments[deployment.id] = deployment.moved(state, reason, self._now, **changes)
+
+    # --- a deployment's own events -------------------------------------------------------
+    def _move(self, deployment: Deployment, event: Event) -> None:
+        if deployment.awaiting_rollback and not isinstance(event, RolledBack):
+            return
+        not_started = deployment.state in _NOT_STARTED
+        match event:
+            case Accepted() if deployment.state in ("queued", "sent"):
+                self._put(deployment, event, "accepted", "")
+            case Preflight() if not_started:
+                verdict = _preflight_verdict(deployment, event)
+                state, reason = verdict or (deployment.state, deployment.reason)
+                self._put(deployment, event, state, reason)
+            case Started() | StepStarted() | StepFinished() | ServiceRestarted():
+                self._put(deployment, event, "running", "", revivable=False, replaced_by="")
+            case Running():
+                self._put(deployment, event, "running", "", revivable=False, replaced_by="")
+                self._supersede(deployment)
+            case Succeeded():
+                self._put(deployment, event, "succeeded", "", revivable=False)
+                self._supersede(deployment)
+            case Failed():
+                self._failed(deployment, event)
+            case RolledBack():
+                self._rolled_back(deployment, event)
+            case CommandRejected(reason=reason) if not_started:
+                self._put(deployment, event, "rejected", reason)
+            case Stopped():
+                self._stopped(deployment, event)
+            case Expired(reason=reason) if not_started:
+                self._put(deployment, event, "expired", reason or "expired before it could start")
+
+    def _stopped(self, deployment: Deployment, event: Stopped) -> None:
+        if event.src == CONTROLLER_SRC:  # the controller ended it: nothing can bring it back
+            self._put(deployment, event, "stopped", event.reason, revivable=False)
+            return
+        restarting = not event.by and any(c.restarts(deployment) for c in self._pending())
+        state: DeploymentState = "restarting" if restarting else "stopped"
+        self._put(deployment, event, state, event.reason, revivable=True, replaced_by=event.by)
+
+    def _failed(self, deployment: Deployment, event: Failed) -> None:
+        reason = _failure(event)
+        replacement = self._get(deployment.replaced_by) if deployment.replaced_by else None
+        if replacement is not None and replacement.awaiting_rollback:
+            # the one replaced could not be started again: both end failed
+            self._put(deployment, event, "failed", reason, revivable=False)
+            both = f"{replacement.reason}; {deployment.id} not restored either: {event.reason}"
+            self._put(replacement, event, "failed", both, revivable=False)
+            return
+        waiting = any(d.replaced_by == deployment.id and d.state == "stopped" for d in self._open())
+        self._put(deployment, event, "failed", reason, revivable=waiting)
+
+    def _rolled_back(self, deployment: Deployment, event: RolledBack) -> None:
+        detail = f"; {event.reason}" if event.reason else ""
+        reason = f"restored deployment {event.restored}{detail}"
+        self._put(deployment, event, "rolled-back", reason, revivable=False)
+        restored = self._get(event.restored)
+        if restored is not None and restored.replaced_by == deployment.id:
+            again = f"restored after {deployment.id} failed"
+            self._put(restored, event, "running", again, revivable=False, replaced_by="")
+
+    def _supersede(self, deployment: Deployment) -> None:
+        """Another deployment of this workflow runs now: stopped ones cannot come back."""
+        for other in self._open():
+            if (
+                other.id != deployment.id
+                and other.workflow.name == deployment.workflow.name
+                and other.state == "stopped"
+            ):
+                self._put(other, None, "stopped", other.reason, revivable=False)
+
+    # --- operator commands ----------------------------------------------------------------
+    def _answer(self, command: OperatorCommand, event: Event) -> None:
+        answer: tuple[CommandState, str]
+        match event:
+            case Ack(ok=ok, detail=detail):
+                answer = ("done" if ok else "failed", detail)
+            case CommandRejected(reason=reason):
+                answer = ("rejected", reason)
+            case Expired(reason=reason) if event.src == CONTROLLER_SRC:
+                answer = ("unanswered", reason)
+            case Expired(reason=reason):
+                answer = ("expired", reason)
+            case _:
+                return
+        state, detail = answer
+        answered = command.answered_with(state, detail, self._now)
+        self._commands[command.id] = answered
+        if answered.op == "retire" and answered.state == "done":
+            self._retired()
+        if answered.op == "restart":
+            self._restart_over(answered)
+
+    def _restart_over(self, command: OperatorCommand) -> None:
+        """Deployments a restart stopped that are not running again when it is over (no
+        other restart of theirs under way) are stopped."""
+        pending = self._pending()
+        for deployment in self._open():
+            if deployment.state != "restarting" or any(c.restarts(deployment) for c in pending):
+                continue
+            why = f"{deployment.reason}; not running again when restart {command.id} ended"
+            self._put(deployment, None, "stopped", f"{why} ({command.state})")
+
+    def _retired(self) -> None:
+        """The agent retired: it stopped everything, for good."""
+        for deployment in self._open():
+            if deployment.state in OPEN_STATES:
+                self._put(deployment, None, "stopped", "environment retired", revivable=False)
+            else:
+                self._put(deployment, None, deployment.state, deployment.reason, revivable=False)
+
+
+def _old_news(deployment: Deployment, event: Event) -> bool:
+    return (
+        event.src != CONTROLLER_SRC
+        and event.src == deployment.last_src
+        and event.seq <= deployment.last_seq
+    )
+
+
+def _seq_in(deployment: Deployment, event: Event) -> int:
+    return deployment.last_seq if event.src == deployment.last_src else -1
 
 
 def unchecked(requires: Requires, checks: Sequence[Check]) -> list[str]:
@@ -139,230 +499,5 @@ def _preflight_verdict(
     return ("rejected", summary) if summary else None
 
 
-def next_state(deployment: Deployment, event: Event) -> tuple[DeploymentState, str] | None:
-    """The state (and reason) ``event`` moves ``deployment`` to; None when it changes
-    nothing (not a deployment event, a duplicate, a late one, or the end was reached)."""
-    if deployment.final:
-        return None
-    target = _target(deployment, event)
-    if target is None:
-        return None
-    state, _ = target
-    rank = _FINAL_RANK if state in TERMINAL_STATES else _RANK[state]
-    if rank <= _RANK[deployment.state]:
-        return None
-    return target
-
-
-def _target(deployment: Deployment, event: Event) -> tuple[DeploymentState, str] | None:
-    match event:
-        case Accepted():
-            return "accepted", ""
-        case Preflight():
-            return _preflight_verdict(deployment, event)
-        case Started() | StepStarted() | StepFinished() | ServiceRestarted() | Running():
-            return "running", ""
-        case Succeeded():
-            return "succeeded", ""
-        case Failed():
-            return "failed", _failure(event)
-        case RolledBack(restored=restored, reason=reason):
-            detail = f"; {reason}" if reason else ""
-            return "rolled-back", f"restored deployment {restored}{detail}"
-        case CommandRejected(reason=reason):
-            return "rejected", reason
-        case Stopped(reason=reason):
-            return "stopped", reason
-        case Expired(reason=reason):
-            return "expired", reason or "expired before it could start"
-    return None
-
-
-class DeploymentBook:
-    """The deployments not yet in a terminal state, their command ids and deadlines; and
-    the ids of every deployment ever issued and of every command issued (deploy commands
-    from the store, others since the start: :meth:`note_command`), per environment
-    (:meth:`stranger`)."""
-
-    def __init__(
-        self,
-        clock: Clock,
-        deployments: Iterable[Deployment] = (),
-        issued: Iterable[tuple[str, str, str]] = (),
-    ) -> None:
-        self._clock = clock
-        self._active: dict[str, Deployment] = {}
-        self._by_cmd: dict[str, str] = {}
-        self._deadlines = TimerHeap()
-        # replacement id -> the deployment it stopped, while a rollback may still come
-        self._replaced: dict[str, Deployment] = {}
-        self._issued_deps: set[tuple[str, str]] = set()  # (env, dep)
-        self._issued_cmds: set[tuple[str, str]] = set()  # (env, cmd)
-        for env, dep, cmd in issued:
-            self._note_issued(env, dep, cmd)
-        for deployment in deployments:
-            self.put(deployment)
-
-    def stranger(self, event: Event) -> str:
-        """Why ``event`` is of nothing this controller sent to its environment ("" when it
-        is, or when it names neither a deployment nor a command): its (env, dep) or (env,
-        cmd) was never issued. This holds for every event, refusals, expiries and acks too:
-        an agent's refusal of a command it could not authenticate names no command, so an
-        event naming one that was never sent to its environment is someone else's word."""
-        if event.dep and (event.env, event.dep) not in self._issued_deps:
-            return f"no deployment {event.dep!r} was sent to {event.env}"
-        if event.cmd and (event.env, event.cmd) not in self._issued_cmds:
-            return f"no command {event.cmd!r} was sent to {event.env}"
-        return ""
-
-    def note_command(self, env: str, cmd: str) -> None:
-        """Command ``cmd`` was issued to ``env`` (any command, not only a deployment's): its
-        ``ack``, ``rejected`` or ``expired`` is the agent's own."""
-        self._issued_cmds.add((env, cmd))
-
-    def _note_issued(self, env: str, dep: str, cmd: str) -> None:
-        self._issued_deps.add((env, dep))
-        if cmd:
-            self.note_command(env, cmd)
-
-    def __len__(self) -> int:
-        return len(self._active)
-
-    def __iter__(self) -> Iterator[Deployment]:
-        return iter(list(self._active.values()))
-
-    def get(self, dep: str) -> Deployment | None:
-        return self._active.get(dep)
-
-    def put(self, deployment: Deployment) -> Deployment:
-        """Track ``deployment`` (or stop tracking it, once it is final)."""
-        self._note_issued(deployment.env, deployment.id, deployment.cmd)
-        if deployment.final:
-            self._forget(deployment)
-            return deployment
-        self._active[deployment.id] = deployment
-        if deployment.cmd:
-            self._by_cmd[deployment.cmd] = deployment.id
-        self._deadlines.set(deployment.id, _deadline(deployment))
-        return deployment
-
-    # --- what events do -----------------------------------------------------------------
-    def on_event(self, event: Event) -> list[Deployment]:
-        """The deployments ``event`` moved (each now in its new state); empty for none.
-
-        A replacement that fails is not over yet: the agent restores the deployment it
-        replaced, and then says ``rolled-back`` (the replaced one runs again) or that the
-        old one could not be restored either (the replacement ``failed``).
-        """
-        now = self._clock.time()
-        match event:
-            case Failed(dep=dep) if (new := self._restoring(dep)) is not None:
-                del self._replaced[new.id]
-                reason = f"{new.reason}; {dep} not restored either: {event.reason}"
-                return [self.put(new.moved("failed", reason, now))]
-            case Failed(dep=dep) if dep in self._replaced and dep in self._active:
-                new = self._active[dep]  # held: the rollback's outcome ends it
-                return [self.put(new.moved(new.state, _failure(event), now))]
-            case RolledBack(dep=dep, restored=restored):
-                replaced = self._replaced.pop(dep, None)
-                moved = self._move(event, now)
-                if replaced is not None and replaced.id == restored:
-                    restored_again = replaced.moved("running", f"restored after {dep} failed", now)
-                    moved.append(self.put(restored_again))
-                return moved
-            case Stopped(by=by) if by:
-                moved = self._move(event, now)
-                self._replaced.update((by, d) for d in moved if d.state == "stopped")
-                return moved
-            case Running(dep=dep) | Succeeded(dep=dep):
-                self._replaced.pop(dep, None)  # the replacement is up: no rollback to come
-        return self._move(event, now)
-
-    def _move(self, event: Event, now: float) -> list[Deployment]:
-        deployment = self._owner(event)
-        if deployment is None:
-            return []
-        target = next_state(deployment, event)
-        if target is None:
-            return []
-        state, reason = target
-        return [self.put(deployment.moved(state, reason, now))]
-
-    def _restoring(self, dep: str) -> Deployment | None:
-        """The replacement whose rollback was to restore ``dep``, if one is waiting."""
-        for new_id, replaced in self._replaced.items():
-            if replaced.id == dep and new_id in self._active:
-                return self._active[new_id]
-        return None
-
-    def _owner(self, event: Event) -> Deployment | None:
-        dep = event.dep or self._by_cmd.get(event.cmd, "")
-        deployment = self._active.get(dep)
-        if deployment is None or deployment.env != event.env:
-            return None
-        return deployment
-
-    # --- the queue ----------------------------------------------------------------------
-    def queued_for(self, env: str) -> list[Deployment]:
-        """``env``'s queued deployments, oldest first."""
-        queued = [d for d in self._active.values() if d.env == env and d.state == "queued"]
-        return sorted(queued, key=lambda d: (d.created, d.id))
-
-    def mark_sent(self, dep: str, cmd: str, expires: float) -> Deployment:
-        deployment = self._active[dep]
-        sent = dataclasses.replace(
-            deployment, state="sent", cmd=cmd, expires=expires, updated=self._clock.time()
-        )
-        return self.put(sent)
-
-    def in_state(self, env: str, *states: DeploymentState) -> list[Deployment]:
-        return [d for d in self._active.values() if d.env == env and d.state in states]
-
-    def stop_queued(self, env: str, reason: str) -> list[Deployment]:
-        """End ``env``'s queued deployments (its environment was retired)."""
-        now = self._clock.time()
-        return [self.put(d.moved("stopped", reason, now)) for d in self.queued_for(env)]
-
-    # --- time ---------------------------------------------------------------------------
-    def next_deadline(self) -> float | None:
-        return self._deadlines.next_deadline()
-
-    def expire_due(self) -> list[Deployment]:
-        """Deployments whose time is up, now ``expired``: queued past their TTL, or sent
-        and never taken by the agent before the command's expiry (plus a grace)."""
-        now = self._clock.time()
-        expired: list[Deployment] = []
-        for dep in self._deadlines.pop_due(now):
-            deployment = self._active.get(dep)
-            if deployment is None or deployment.state not in ("queued", "sent"):
-                continue
-            expired.append(self.put(deployment.moved("expired", _expiry_reason(deployment), now)))
-        return expired
-
-    def _forget(self, deployment: Deployment) -> None:
-        self._active.pop(deployment.id, None)
-        self._replaced.pop(deployment.id, None)
-        self._by_cmd.pop(deployment.cmd, None)
-        self._deadlines.cancel(deployment.id)
-
-
 def _failure(event: Failed) -> str:
     return f"step {event.step}: {event.reason}" if event.step else event.reason
-
-
-def _deadline(deployment: Deployment) -> float | None:
-    if deployment.expires is None:
-        return None
-    if deployment.state == "queued":
-        return deployment.expires
-    if deployment.state == "sent":
-        return deployment.expires + SENT_GRACE
-    return None
-
-
-def _expiry_reason(deployment: Deployment) -> str:
-    if deployment.state == "queued":
-        return (
-            f"environment {deployment.env} did not come online before the deployment's TTL ran out"
-        )
-    return f"the agent of {deployment.env} did not take the command before it expired"

@@ -16,9 +16,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
-from edgeplane.controller.core.deployments import Deployment, DeploymentBook
+from edgeplane.controller.core.deployment_book import DeploymentBook
+from edgeplane.controller.core.deployments import (
+    CONTROLLER_SRC,
+    Change,
+    Deployment,
+    OperatorCommand,
+    expiry_reason,
+)
 from edgeplane.controller.core.gate import Queue, Refuse, judge_deploy, offline_sentence
 from edgeplane.controller.core.oplog import SeenEvents
 from edgeplane.controller.core.presence import EnvRecord, Presence
@@ -57,7 +64,7 @@ from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["CONTROLLER_SRC", "Effects", "Operations", "Outgoing", "new_id"]
 
-CONTROLLER_SRC: Final = "controller"  # the event stream of the controller's own events
+_OwnKind = type[Expired] | type[Stopped] | type[Failed]  # the controller's own events
 
 
 def new_id(prefix: str) -> str:
@@ -101,6 +108,7 @@ class Operations:
         inventories: Iterable[ReportedInventory] = (),
         deployments: Iterable[Deployment] = (),
         issued: Iterable[tuple[str, str, str]] = (),
+        commands: Iterable[OperatorCommand] = (),
         seen: Iterable[tuple[str, str, int]] = (),
         controller_seq: int = 0,
     ) -> None:
@@ -110,7 +118,7 @@ class Operations:
         self._command_ttl = command_ttl
         self.registry = Registry(records)
         self._inventory: dict[str, ReportedInventory] = {i.env: i for i in inventories}
-        self.book = DeploymentBook(clock, deployments, issued)
+        self.book = DeploymentBook(clock, deployments, issued, commands)
         self.seen = SeenEvents(seen)
         self._seq = controller_seq
 
@@ -202,7 +210,7 @@ class Operations:
         if record is None:
             return effects  # unregistered: never any command
         if record.retired is not None:
-            effects.outgoing.append(self.command(env, Retire(id=new_id("c"))))
+            effects.extend(self._operator_command(env, Retire(id=new_id("c"))))
             return effects
         for deployment in self.book.queued_for(env):
             effects.extend(self._send(deployment))
@@ -227,10 +235,10 @@ class Operations:
         effects = Effects()
         effects.writes.events.append(LogEntry(event, self._clock.time()))
         if event.env in self.registry:  # an unregistered agent's events change nothing
-            moved = self.book.on_event(event)
-            effects.writes.deployments.extend(moved)
+            change = self.book.on_event(event)
+            _write_change(effects, change)
             if isinstance(event, Preflight):
-                effects.extend(self._judged_preflight(moved))
+                effects.extend(self._judged_preflight(change.deployments))
         return effects
 
     def _judged_preflight(self, moved: Sequence[Deployment]) -> Effects:
@@ -239,7 +247,7 @@ class Operations:
         effects = Effects()
         for deployment in moved:
             if deployment.state == "failed":
-                effects.extend(self._own_event(Failed, deployment, reason=deployment.reason))
+                effects.extend(self._deployment_event(Failed, deployment, deployment.reason))
         return effects
 
     # --- time -----------------------------------------------------------------------------
@@ -248,11 +256,16 @@ class Operations:
         return self.book.next_deadline()
 
     def tick(self) -> Effects:
-        """Deployments whose time ran out: ``expired``, told with an ``expired`` event."""
+        """Deployments whose time ran out (``expired``) and commands that got no answer
+        before theirs did (``unanswered``), each told with an ``expired`` event of the
+        controller's own, which the fold takes like the agent's."""
         effects = Effects(writes=Writes(urgent=True))
-        for deployment in self.book.expire_due():
-            effects.writes.deployments.append(deployment)
-            effects.extend(self._own_event(Expired, deployment, reason=deployment.reason))
+        deployments, commands = self.book.due()
+        for deployment in deployments:
+            effects.extend(self._deployment_event(Expired, deployment, expiry_reason(deployment)))
+        for command in commands:
+            reason = f"no answer from the agent to {command.op} before the command expired"
+            effects.extend(self._own_event(Expired, command.env, cmd=command.id, reason=reason))
         return effects
 
     # --- requests -------------------------------------------------------------------------
@@ -282,14 +295,14 @@ class Operations:
                 config=dict(request.config),
                 labels=dict(record.labels),
             )
-            effects.outgoing.append(self.command(request.id, command))
+            effects.extend(self._operator_command(request.id, command))
         return self.env_info(request.id), effects
 
     def restart(self, request: EnvRestart) -> tuple[dict[str, str], Effects]:
         self.registry.require(request.id)
         self._require_online(request.id, "restart")
         command = Restart(id=new_id("c"), workflow=request.workflow)
-        return {"cmd": command.id}, Effects(outgoing=[self.command(request.id, command)])
+        return {"cmd": command.id}, self._operator_command(request.id, command)
 
     def retire(self, request: EnvRetire) -> tuple[EnvInfo, Effects]:
         if request.id not in self.registry and self._presence.get(request.id) is not None:
@@ -303,10 +316,10 @@ class Operations:
         effects.outgoing.append(Outgoing(self._root.view(record.id), b"", True))
         presence = self._presence.get(record.id)
         if presence is not None and presence.status == "online":
-            effects.outgoing.append(self.command(record.id, Retire(id=new_id("c"))))
-        for deployment in self.book.stop_queued(record.id, f"environment {record.id} retired"):
-            effects.writes.deployments.append(deployment)
-            effects.extend(self._own_event(Stopped, deployment, reason=deployment.reason))
+            effects.extend(self._operator_command(record.id, Retire(id=new_id("c"))))
+        for deployment in self.book.queued_for(record.id):
+            reason = f"environment {record.id} retired"
+            effects.extend(self._deployment_event(Stopped, deployment, reason))
         return self.env_info(record.id), effects
 
     def forget(self, request: EnvForget) -> tuple[EnvInfo, Effects]:
@@ -394,9 +407,13 @@ class Operations:
         record = self.registry.get(env)
         presence = self._presence.get(env)
         inventory = self._inventory.get(env)
-        return EnvInfo(**_record_fields(env, record, presence), **_runtime_fields(
-            record, presence, inventory
-        ), running=[d.id for d in self.book.in_state(env, "running")])  # fmt: skip
+        return EnvInfo(
+            **_record_fields(env, record, presence),
+            **_runtime_fields(record, presence, inventory),
+            running=[d.id for d in self.book.in_state(env, "running")],
+            restarting=[d.id for d in self.book.in_state(env, "restarting")],
+            commands=[c.info() for c in self.book.commands_of(env)],
+        )
 
     def env_list(self, project: str = "", include_retired: bool = False) -> list[EnvInfo]:
         envs = {record.id for record in self.registry}
@@ -437,32 +454,41 @@ class Operations:
         topic, payload = self._root.cmd(env), encode(command)
         return Outgoing(topic, payload, False, expiry=max(1, round(ttl)), command=True)
 
+    def _operator_command(self, env: str, command: Restart | Update | Retire) -> Effects:
+        """``command`` for ``env``, kept as pending until the agent answers it."""
+        outgoing = self.command(env, command)
+        now = self._clock.time()
+        op = str(type(command).__struct_config__.tag)
+        workflow = command.workflow if isinstance(command, Restart) else ""
+        issued = self.book.issue(
+            OperatorCommand(command.id, env, op, now, now + self._command_ttl, workflow)
+        )
+        return Effects(writes=Writes(commands=[issued], urgent=True), outgoing=[outgoing])
+
     def _require_online(self, env: str, what: str) -> None:
         presence = self._presence.get(env)
         if presence is None or presence.status != "online":
             raise RequestRefused("offline", f"{offline_sentence(env, presence)}; cannot {what}")
 
-    def _own_event(
-        self,
-        kind: type[Expired] | type[Stopped] | type[Failed],
-        deployment: Deployment,
-        **fields: Any,
-    ) -> Effects:
-        """An event of the controller's own stream, logged and published like an agent's."""
+    def _deployment_event(self, kind: _OwnKind, deployment: Deployment, reason: str) -> Effects:
+        fields = {"cmd": deployment.cmd, "dep": deployment.id, "reason": reason}
+        return self._own_event(kind, deployment.env, **fields)
+
+    def _own_event(self, kind: _OwnKind, env: str, **fields: Any) -> Effects:
+        """An event of the controller's own stream: logged, folded and published like an
+        agent's."""
         self._seq += 1
         now = self._clock.time()
-        event = kind(
-            env=deployment.env,
-            seq=self._seq,
-            src=CONTROLLER_SRC,
-            ts=now,
-            cmd=deployment.cmd,
-            dep=deployment.id,
-            **fields,
-        )
+        event = kind(env=env, seq=self._seq, src=CONTROLLER_SRC, ts=now, **fields)
         effects = Effects(writes=Writes(events=[LogEntry(event, now)], urgent=True))
-        effects.outgoing.append(Outgoing(self._root.events(deployment.env), encode(event), False))
+        _write_change(effects, self.book.on_event(event))
+        effects.outgoing.append(Outgoing(self._root.events(env), encode(event), False))
         return effects
+
+
+def _write_change(effects: Effects, change: Change) -> None:
+    effects.writes.deployments.extend(change.deployments)
+    effects.writes.commands.extend(change.commands)
 
 
 def _unknown_view(record: Environment) -> EnvView:

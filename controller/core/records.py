@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from edgeplane.controller.core.deployments import Deployment
+from edgeplane.controller.core.deployments import Deployment, OperatorCommand
 from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.registry import Environment
 from edgeplane.controller.core.rotation import Credential
@@ -51,6 +51,7 @@ class Writes:
     records: list[Environment] = field(default_factory=list)
     inventory: list[ReportedInventory] = field(default_factory=list)
     deployments: list[Deployment] = field(default_factory=list)
+    commands: list[OperatorCommand] = field(default_factory=list)
     events: list[LogEntry] = field(default_factory=list)
     credentials: list[Credential] = field(default_factory=list)
     key_rotation: list[KeyRotation] = field(default_factory=list)
@@ -63,6 +64,7 @@ class Writes:
         self.records.extend(other.records)
         self.inventory.extend(other.inventory)
         self.deployments.extend(other.deployments)
+        self.commands.extend(other.commands)
         self.events.extend(other.events)
         self.credentials.extend(other.credentials)
         self.key_rotation.extend(other.key_rotation)
@@ -75,6 +77,7 @@ class Writes:
             self.records
             or self.inventory
             or self.deployments
+            or self.commands
             or self.events
             or self.credentials
             or self.key_rotation

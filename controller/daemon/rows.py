@@ -10,7 +10,7 @@ from typing import Any, Final
 import msgspec
 
 from edgeplane.controller.core.alerts import AlertEdge
-from edgeplane.controller.core.deployments import Deployment
+from edgeplane.controller.core.deployments import Deployment, OperatorCommand
 from edgeplane.controller.core.presence import EnvRecord, Transition
 from edgeplane.controller.core.records import LogEntry, ReportedInventory
 from edgeplane.controller.core.registry import Environment
@@ -22,6 +22,7 @@ from edgeplane.shared.workflow import Workflow
 
 __all__ = [
     "ALERT_SELECT",
+    "COMMAND_SELECT",
     "CREDENTIAL_SELECT",
     "DEPLOYMENT_COLUMNS",
     "DEPLOYMENT_SELECT",
@@ -35,6 +36,7 @@ __all__ = [
     "INVENTORY_SELECT",
     "PRESENCE_TABLES",
     "TRANSITION_SELECT",
+    "UPSERT_COMMAND",
     "UPSERT_CREDENTIAL",
     "UPSERT_DEPLOYMENT",
     "UPSERT_ENV",
@@ -42,6 +44,8 @@ __all__ = [
     "UPSERT_INVENTORY",
     "alert_from_row",
     "alert_row",
+    "command_from_row",
+    "command_row",
     "credential_from_row",
     "credential_row",
     "deployment_from_row",
@@ -83,12 +87,20 @@ UPSERT_INVENTORY: Final = (
 )
 DEPLOYMENT_COLUMNS: Final = (
     "id, env, workflow, version, kind, spec, state, reason, created, updated, expires,"
-    " dry_run, when_online, cmd"
+    " dry_run, when_online, cmd, revivable, replaced_by, last_src, last_seq"
 )
 UPSERT_DEPLOYMENT: Final = f"""
     INSERT OR REPLACE INTO deployments ({DEPLOYMENT_COLUMNS})
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
+COMMAND_COLUMNS: Final = "id, env, op, sent, expires, workflow, state, detail, answered"
+UPSERT_COMMAND: Final = (
+    f"INSERT OR REPLACE INTO commands ({COMMAND_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+COMMAND_SELECT: Final = f"SELECT {COMMAND_COLUMNS} FROM commands"
+_COMMAND_STATES: Final = frozenset(
+    {"pending", "done", "failed", "rejected", "expired", "unanswered"}
+)
 INSERT_EVENT: Final = """
     INSERT OR IGNORE INTO oplog (env, src, seq, type, dep, at, body) VALUES (?, ?, ?, ?, ?, ?, ?)
 """
@@ -227,11 +239,13 @@ def deployment_row(d: Deployment) -> tuple[Any, ...]:
     return (
         d.id, d.env, d.workflow.name, d.workflow.version, d.workflow.kind, spec, d.state,
         d.reason, d.created, d.updated, d.expires, int(d.dry_run), int(d.when_online), d.cmd,
+        int(d.revivable), d.replaced_by, d.last_src, d.last_seq,
     )  # fmt: skip
 
 
 def deployment_from_row(row: Sequence[Any]) -> Deployment:
-    dep, env, _, _, _, spec, state, reason, created, updated, expires, dry, online, cmd = row
+    dep, env, _, _, _, spec, state, reason, created, updated, expires, dry, online, cmd = row[:14]
+    revivable, replaced_by, last_src, last_seq = row[14:]
     return Deployment(
         id=dep,
         env=env,
@@ -244,7 +258,22 @@ def deployment_from_row(row: Sequence[Any]) -> Deployment:
         expires=expires,
         dry_run=bool(dry),
         when_online=bool(online),
+        revivable=bool(revivable),
+        replaced_by=replaced_by,
+        last_src=last_src,
+        last_seq=last_seq,
     )
+
+
+def command_row(c: OperatorCommand) -> tuple[Any, ...]:
+    return (c.id, c.env, c.op, c.sent, c.expires, c.workflow, c.state, c.detail, c.answered)
+
+
+def command_from_row(row: Sequence[Any]) -> OperatorCommand:
+    cmd, env, op, sent, expires, workflow, state, detail, answered = row
+    if state not in _COMMAND_STATES:
+        raise StoreError(f"stored command {cmd!r} has an unknown state {state!r}")
+    return OperatorCommand(cmd, env, op, sent, expires, workflow, state, detail, answered)
 
 
 def event_row(entry: LogEntry) -> tuple[Any, ...]:

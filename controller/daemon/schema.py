@@ -155,6 +155,33 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE credentials ADD COLUMN proof TEXT NOT NULL DEFAULT '';
     """,
+    # version 8: what the deployment fold keeps (core/deployments.py): whether a stopped
+    # deployment may yet come back, what replaced it, the last agent event folded in; and
+    # the operator commands sent to environments with what the agents answered. A stopped
+    # service of an environment not retired, stopped by a restart or an agent stop, may come
+    # back: it is revivable, and its logged events are folded again at the next start.
+    """
+    ALTER TABLE deployments ADD COLUMN revivable INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deployments ADD COLUMN replaced_by TEXT NOT NULL DEFAULT '';
+    ALTER TABLE deployments ADD COLUMN last_src TEXT NOT NULL DEFAULT '';
+    ALTER TABLE deployments ADD COLUMN last_seq INTEGER NOT NULL DEFAULT -1;
+    UPDATE deployments SET revivable = 1, last_seq = -2
+        WHERE state = 'stopped' AND reason IN ('restart requested', 'agent stopping')
+        AND env NOT IN (SELECT id FROM records WHERE retired IS NOT NULL);
+    CREATE INDEX deployments_open ON deployments (revivable, state);
+    CREATE TABLE commands (
+        id TEXT PRIMARY KEY,
+        env TEXT NOT NULL,
+        op TEXT NOT NULL,
+        sent REAL NOT NULL,
+        expires REAL NOT NULL,
+        workflow TEXT NOT NULL DEFAULT '',
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        answered REAL
+    );
+    CREATE INDEX commands_by_env ON commands (env, state, answered);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -141,8 +141,9 @@ class PresenceService:
             command_ttl=settings.command_ttl,
             records=await store.records(),
             inventories=await store.inventories(),
-            deployments=await store.active_deployments(),
+            deployments=await store.open_deployments(),
             issued=await store.issued_deployments(),
+            commands=await store.open_commands(),
             seen=await store.stream_heads(),
             controller_seq=await store.last_seq(CONTROLLER_SRC),
         )

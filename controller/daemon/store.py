@@ -31,7 +31,7 @@ from typing import Any, Final
 import aiosqlite
 
 from edgeplane.controller.core.alerts import AlertEdge
-from edgeplane.controller.core.deployments import Deployment
+from edgeplane.controller.core.deployments import REFOLD, Deployment, OperatorCommand, refold
 from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
 from edgeplane.controller.core.records import Forgotten, ReportedInventory, Writes
@@ -164,6 +164,9 @@ class Store:
             await self._db.executemany(rows.UPSERT_INVENTORY, inventory.values())
         if deployments:
             await self._db.executemany(rows.UPSERT_DEPLOYMENT, deployments.values())
+        commands = {c.id: rows.command_row(c) for c in writes.commands}
+        if commands:
+            await self._db.executemany(rows.UPSERT_COMMAND, commands.values())
         if writes.events:
             await self._db.executemany(rows.INSERT_EVENT, map(rows.event_row, writes.events))
         credentials = {c.env: rows.credential_row(c) for c in writes.credentials}
@@ -239,12 +242,43 @@ class Store:
         return [rows.inventory_from_row(row) for row in found]
 
     async def active_deployments(self) -> list[Deployment]:
-        """Deployments not yet at an end (queued or in flight), oldest first."""
+        """Deployments not final (queued, in flight, or stopped but revivable), oldest first."""
         found = await self._query(
-            f"{rows.DEPLOYMENT_SELECT} WHERE state IN"
-            " ('queued', 'sent', 'accepted', 'running') ORDER BY created, id"
+            f"{rows.DEPLOYMENT_SELECT} WHERE revivable = 1 OR state IN"
+            " ('queued', 'sent', 'accepted', 'running', 'restarting') ORDER BY created, id"
         )
         return [rows.deployment_from_row(row) for row in found]
+
+    async def open_deployments(self) -> list[Deployment]:
+        """:meth:`active_deployments`, but one an older controller kept (the migration to
+        version 8 marked it) folded again from its logged events, once: that is stored."""
+        found = await self.active_deployments()
+        refolded: dict[str, Deployment] = {}
+        for deployment in (d for d in found if d.last_seq == REFOLD):
+            logged = await self.events(env=deployment.env, dep=deployment.id, limit=100_000)
+            refolded[deployment.id] = refold(deployment, [(e.event, e.at) for e in logged])
+        if refolded:
+            writes = Writes(deployments=[*refolded.values()], urgent=True)
+            await self.wait_committed(await self.submit(writes))
+        current = (refolded.get(d.id, d) for d in found)
+        return [d for d in current if not d.final]
+
+    async def open_commands(self) -> list[OperatorCommand]:
+        """The operator commands still pending, and the last one answered of each
+        environment (oldest first)."""
+        found = await self._query(
+            f"{rows.COMMAND_SELECT} WHERE state = 'pending' UNION ALL"
+            f" SELECT * FROM ({rows.COMMAND_SELECT} AS c WHERE state != 'pending' AND id ="
+            " (SELECT id FROM commands WHERE env = c.env AND state != 'pending'"
+            "  ORDER BY answered DESC, id DESC LIMIT 1))"
+        )
+        commands = [rows.command_from_row(row) for row in found]
+        return sorted(commands, key=lambda c: (c.sent, c.id))
+
+    async def commands(self, env: str = "") -> list[OperatorCommand]:
+        """Operator commands, oldest first (all, or one environment's)."""
+        found = await self._of_env(rows.COMMAND_SELECT, env or None)
+        return sorted(map(rows.command_from_row, found), key=lambda c: (c.sent, c.id))
 
     async def issued_deployments(self) -> list[tuple[str, str, str]]:
         """(env, id, cmd) of every deployment ever created."""

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 from edgeplane.controller.operator.output import ago, render_table, visible, when
 
 if TYPE_CHECKING:
-    from edgeplane.shared.rpc import EnvInfo
+    from edgeplane.shared.rpc import CommandInfo, EnvInfo
 
-__all__ = ["env_details", "env_table", "labels_text"]
+__all__ = ["command_text", "env_details", "env_table", "labels_text"]
 
 
 def env_table(infos: list[EnvInfo], *, clock: Callable[[], float] = time.time) -> str:
@@ -56,6 +56,9 @@ def env_details(info: EnvInfo, *, clock: Callable[[], float] = time.time) -> str
     fields.append(("models", models or "none reported"))
     fields.append(("platform", _platform(info)))
     fields.append(("running", ", ".join(info.running) or "nothing"))
+    if info.restarting:
+        fields.append(("restarting", ", ".join(info.restarting)))
+    fields += [("command", command_text(command, clock())) for command in info.commands]
     if info.credential_generation is not None:
         fields.append(("credential", _credential(info, clock())))
     width = max(len(name) for name, _ in fields) + 1
@@ -74,6 +77,19 @@ def _status(info: EnvInfo) -> str:
     if not info.registered:
         marks.append("unregistered")
     return ", ".join(marks)
+
+
+def command_text(command: CommandInfo, now: float) -> str:
+    """``restart c-61b04e9d2a: pending, sent 3s ago, expires in 1m`` or, once answered,
+    ``restart c-61b04e9d2a: done 12s ago: restarted: camera-service``."""
+    scope = f" of {command.workflow}" if command.workflow else ""
+    head = f"{command.op}{scope} {command.id}"
+    if command.state == "pending":
+        sent, expires = ago(now - command.sent), ago(now - command.expires)
+        return f"{head}: pending, sent {sent}, expires {expires}"
+    answered = "" if command.answered is None else f" {ago(now - command.answered)}"
+    detail = f": {command.detail}" if command.detail else ""
+    return f"{head}: {command.state}{answered}{detail}"
 
 
 def _credential(info: EnvInfo, now: float) -> str:
