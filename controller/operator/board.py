@@ -16,21 +16,29 @@ retained with an MQTT 5 message expiry of ``max(1, ceil(3 x interval))`` seconds
 broker hands a new subscriber the *remaining* expiry, so ``age = full expiry - remaining``,
 by the broker's clock (no clock of ours is compared with a payload's). Mosquitto counts it
 right (to within a second: it counts whole seconds). rumqttd, the embedded broker, does
-not: every delivery of a retained message takes the message's whole age off its stored
-expiry again (measured: a 30 s expiry read once a second gave 30, 29, 27, 24, 20, 15 ...),
-so its remaining expiry says how often the message was read, not how old it is.
+not: for every topic filter any client subscribes, matching the message or not, it takes
+the message's whole age (whole seconds) off the stored expiry again (measured: a 30 s
+expiry read once a second gave 30, 29, 27, 24, 20, 15 ...), so its remaining expiry says
+how often anyone subscribed, not how old the message is.
 
-The board tells the two apart without trusting anyone's clock: it subscribes to the status
-topics under two equal filters (``R/env/+/status`` and ``R/+/+/status``), so the broker
-sends each retained status twice, at once. A broker that counts right sends the same
-remaining expiry twice (give or take the seconds between the copies); one that takes the
-age off at every delivery sends the second copy with ``floor(age)`` seconds less, which is
-the age itself. Once any environment's two copies differ by more than the seconds between
-them plus one, the broker is known to consume its expiry, and every age on this board is
-read from the difference (``floor(age) + 0.5``: within half a second); until then from the
-remaining expiry. (On such a broker, ages under 2 s give no evidence; an age read from the
-expiry then is too high by at most the seconds that earlier readers took off it.) The twin
-filter is dropped once the retained messages are in (``watch``), so live heartbeats come once.
+The board tells the two apart without trusting anyone's clock: its first two filters are
+two equal ones of the status topics (``R/env/+/status`` and ``R/+/+/status``), so the
+broker sends each retained status twice, at once. A broker that counts right sends the same
+remaining expiry twice (give or take the seconds between the copies); rumqttd sends the
+second copy with ``floor(age)`` seconds less (one filter's take), which is the age itself.
+Once any environment's two copies differ by more than the seconds between them plus one,
+the broker is known to consume its expiry, and every age on this board is read from the
+difference (``floor(age) + 0.5``: within half a second); until then from the remaining
+expiry of the first copy. That leaves one case: on rumqttd, an age between 1 and 2 s gives
+no evidence, and its expiry is too high by one second for every filter another client
+subscribed in that second. (A retained status that rumqttd's takes have used up is gone
+until the next heartbeat; its row falls back to the view's ``last_seen``.) The twin filter
+is dropped once the retained messages are in (``watch``), so live heartbeats come once.
+
+Why not another source: a send time in the heartbeat would need the agent's clock to
+agree with the operator's (gateways drift) and 16 more bytes in a message held to 160
+(it is at 154); the view's ``last_seen`` moves only when the controller re-publishes the
+view, at a transition.
 
 A live heartbeat (not retained) is 0 s old when it arrives. Without an expiry (an offline
 will, or a broker that drops it) the view's ``last_seen`` is used instead.
@@ -373,12 +381,13 @@ async def _subscribed(
         url, unique_client_id("edgeplane-status"), timeout=connect_timeout
     ) as connection:
         # QoS 0: a reader needs no acknowledgements, and the broker then streams a
-        # fleet's retained messages without waiting on an in-flight window.
+        # fleet's retained messages without waiting on an in-flight window. The twin
+        # status filters come first and together: rumqttd takes a retained message's age
+        # off its expiry for every filter subscribed (even one it does not match), so the
+        # first copy is as fresh as can be and the two differ by exactly one filter's take.
         views = root.all_views() if env is None else root.view(env)
-        await connection.subscribe(
-            *(Subscription(topic, qos=0) for topic in (root.controller_status(), views)),
-            *(Subscription(topic, qos=0) for topic in _status_filters(root, env)),
-        )
+        filters = (*_status_filters(root, env), root.controller_status(), views)
+        await connection.subscribe(*(Subscription(topic, qos=0) for topic in filters))
         yield connection
 
 
