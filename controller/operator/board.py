@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Final, Self
 
-from edgeplane.controller.mqtt import Connection, Subscription, unique_client_id
+from edgeplane.controller.mqtt import Connection, ConnectionState, Subscription, unique_client_id
 from edgeplane.controller.operator.output import ago, when
 from edgeplane.controller.operator.output import render_table as table
 from edgeplane.controller.reconnect import Reconnect, Retry
@@ -70,7 +70,7 @@ from edgeplane.controller.tasks import cancel_and_wait
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.codec import CONTROLLER_STATUS, STATUS, VIEW, check_env
-from edgeplane.shared.errors import DecodeError, InvalidTopic
+from edgeplane.shared.errors import BrokerUnavailable, DecodeError, InvalidTopic
 from edgeplane.shared.messages import (
     AgentStatus,
     ControllerStatus,
@@ -96,6 +96,7 @@ STALE_EXIT: Final = 3  # exit status of a command that showed stale views (contr
 QUIET: Final = 0.5  # seconds without a retained message: the broker has sent them all
 FIRST_FRAME_WAIT: Final = 15.0  # watch: the most seconds to wait for the retained burst
 EXPIRY_FACTOR: Final = 3  # an online status expires after this many intervals (the agent's)
+UNSUBSCRIBE_WAIT: Final = 5.0  # seconds for the broker to acknowledge the twin's end
 RETRY_PAUSE: Final = 1.0  # watch: seconds before the first attempt to connect again ...
 RETRY_PAUSE_CAP: Final = 5.0  # ... doubling up to this
 
@@ -461,6 +462,16 @@ class _Feed:
             raise RuntimeError("the board's connection ended")  # pragma: no cover
 
 
+async def _drop_twin(connection: Connection, root: TopicRoot) -> None:
+    """Unsubscribe the twin status filter (live heartbeats then come once). Only a saving:
+    a broker slow to acknowledge it costs nothing but the second copies."""
+    try:
+        await connection.unsubscribe(_status_filters(root, None)[1], ack_timeout=UNSUBSCRIBE_WAIT)
+    except BrokerUnavailable:
+        if connection.state is not ConnectionState.CONNECTED:
+            raise
+
+
 async def collect_board(
     url: BrokerUrl,
     root: TopicRoot,
@@ -508,7 +519,7 @@ async def follow_board(
         loop = asyncio.get_running_loop()
         async with _Feed(connection, Board(root)) as feed:
             await feed.settled(QUIET, loop.time() + FIRST_FRAME_WAIT)
-            await connection.unsubscribe(_status_filters(root, None)[1])
+            await _drop_twin(connection, root)
             reconnect.settled()
             while True:
                 on_change(feed.board)
