@@ -7,8 +7,9 @@ and prints it (``--no-wait``: only send). ``retire`` asks for confirmation only 
 is a terminal and ``--yes`` is not given; scripts and CI are never prompted.
 
 ``show`` with the controller not online (its retained status says offline, or there is
-none) prints what the broker retains instead: the stale view, or the agent's own status
-where it contradicts the view, marked stale (see ``edgeplane status``), and exits 3.
+none) prints what the broker retains of the environment instead, when it holds its view:
+the stale view, or the agent's own status where it contradicts the view, marked stale (see
+``edgeplane status``), and exits 3. Without a view it asks the controller all the same.
 
 Exit status: 0 done; 1 refused, failed, or no answer (one line on stderr); 2 usage errors;
 3 ``show``: the controller is not online, the view shown is stale.
@@ -243,7 +244,7 @@ async def _show(controller: ControllerClient, args: argparse.Namespace, within: 
         wait_at_most=within,
         enough=lambda board: board.controller_online,
     )
-    if board.stale:
+    if board.stale and len(board):  # else ask anyway: a controller may still answer
         return _show_stale(board, args)
     info: EnvInfo = await controller.call(EnvShow(id=args.id), within=within)
     if args.json:
@@ -259,13 +260,11 @@ def _show_stale(board: Board, args: argparse.Namespace) -> int:
     from edgeplane.controller.operator.output import print_json
 
     print(f"edgeplane: {stale_note(board)}", file=sys.stderr, flush=True)
-    rows = board.rows()
-    if not rows:
-        print(f"edgeplane: the broker holds no view of {args.id}", file=sys.stderr)
-    elif args.json:
-        print_json(render_row(rows[0]))
+    (row,) = board.rows()
+    if args.json:
+        print_json(render_row(row))
     else:
-        print(stale_env_details(rows[0]))
+        print(stale_env_details(row))
     return STALE_EXIT
 
 
