@@ -246,6 +246,14 @@ class Connection:
             raise self._lost(exc) from exc
         return [code if isinstance(code, int) else code.value for code in granted]
 
+    async def unsubscribe(self, *topics: str, ack_timeout: float | None = None) -> None:
+        """Unsubscribe from each topic filter (one UNSUBSCRIBE for all)."""
+        client = self._connected()
+        try:
+            await client.unsubscribe(list(topics), timeout=ack_timeout)
+        except aiomqtt.MqttError as exc:
+            raise self._lost(exc) from exc
+
     def __aiter__(self) -> Self:
         return self
 

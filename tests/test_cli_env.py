@@ -405,6 +405,7 @@ async def test_retire_at_a_terminal_asks_first_and_no_keeps_the_environment(
 def test_the_status_board_marks_unregistered_agents_in_table_and_json() -> None:
     board_root = TopicRoot("edgeplane/v1")
     board = Board(board_root, clock=lambda: 100.0)
+    assert board.take(board_root.controller_status(), b'{"status":"online"}', True, None)
     stray = b'{"env":"stray","status":"online","since":90.0,"registered":false}'
     known = b'{"env":"known","status":"offline","since":80.0}'
     assert board.take(board_root.view("stray"), stray, True, None)

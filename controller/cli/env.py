@@ -8,7 +8,13 @@ is a terminal and ``--yes`` is not given; scripts and CI are never prompted. ``f
 removes an id without a record (an agent started with a mistyped id) once its agent is
 stopped, or what a retired one left on the broker.
 
-Exit status: 0 done; 1 refused, failed, or no answer (one line on stderr); 2 usage errors.
+``show`` with the controller not online (its retained status says offline, or there is
+none) prints what the broker retains of the environment instead, when it holds its view:
+the stale view, or the agent's own status where it contradicts the view, marked stale (see
+``edgeplane status``), and exits 3. Without a view it asks the controller all the same.
+
+Exit status: 0 done; 1 refused, failed, or no answer (one line on stderr); 2 usage errors;
+3 ``show``: the controller is not online, the view shown is stale.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from edgeplane.controller.operator.args import (
 from edgeplane.controller.operator.session import add_leaf
 
 if TYPE_CHECKING:
+    from edgeplane.controller.operator.board import Board
     from edgeplane.controller.operator.client import ControllerClient, EventFeed
     from edgeplane.controller.sealing import EphemeralKey
     from edgeplane.shared.messages import Event
@@ -226,16 +233,42 @@ def _add_show(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 async def _show(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
+    """The controller's record; with the controller not online, what the broker retains
+    (the stale view, the agent's own status), marked stale, exit status 3."""
+    from edgeplane.controller.operator.board import collect_board
     from edgeplane.controller.operator.env_text import env_details
     from edgeplane.controller.operator.output import print_json
     from edgeplane.shared.rpc import EnvShow
 
+    board = await collect_board(
+        controller.url,
+        controller.root,
+        env=args.id,
+        wait_at_most=within,
+        enough=lambda board: board.controller_online,
+    )
+    if board.stale and len(board):  # else ask anyway: a controller may still answer
+        return _show_stale(board, args)
     info: EnvInfo = await controller.call(EnvShow(id=args.id), within=within)
     if args.json:
         print_json(info)
     else:
         print(env_details(info))
     return 0
+
+
+def _show_stale(board: Board, args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.board import STALE_EXIT, render_row, stale_note
+    from edgeplane.controller.operator.env_text import stale_env_details
+    from edgeplane.controller.operator.output import print_json
+
+    print(f"edgeplane: {stale_note(board)}", file=sys.stderr, flush=True)
+    (row,) = board.rows()
+    if args.json:
+        print_json(render_row(row))
+    else:
+        print(stale_env_details(row))
+    return STALE_EXIT
 
 
 # --- update -------------------------------------------------------------------------------

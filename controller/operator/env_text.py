@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 from edgeplane.controller.operator.output import ago, render_table, visible, when
 
 if TYPE_CHECKING:
+    from edgeplane.controller.operator.board import Row
     from edgeplane.shared.rpc import CommandInfo, EnvInfo
 
-__all__ = ["command_text", "env_details", "env_table", "labels_text"]
+__all__ = ["command_text", "env_details", "env_table", "labels_text", "stale_env_details"]
 
 
 def env_table(infos: list[EnvInfo], *, clock: Callable[[], float] = time.time) -> str:
@@ -61,6 +62,21 @@ def env_details(info: EnvInfo, *, clock: Callable[[], float] = time.time) -> str
     fields += [("command", command_text(command, clock())) for command in info.commands]
     if info.credential_generation is not None:
         fields.append(("credential", _credential(info, clock())))
+    width = max(len(name) for name, _ in fields) + 1
+    return "\n".join(f"{name + ':':<{width}} {visible(value)}" for name, value in fields)
+
+
+def stale_env_details(row: Row, *, clock: Callable[[], float] = time.time) -> str:
+    """``env show`` without the controller: what the broker retains of one environment."""
+    status = row.shown_status + (f": {row.reason}" if row.reason else "")
+    since = "" if row.since is None else f" since {when(row.since, clock=clock)}"
+    fields = [
+        ("id", row.env),
+        ("status", status + since),
+        ("heartbeat", "never" if row.heartbeat_age is None else ago(row.heartbeat_age)),
+        ("flapping", "yes" if row.flapping else "no"),
+        ("record", "not shown: only the controller has it"),
+    ]
     width = max(len(name) for name, _ in fields) + 1
     return "\n".join(f"{name + ':':<{width}} {visible(value)}" for name, value in fields)
 

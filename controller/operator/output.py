@@ -2,7 +2,9 @@
 
 Exit status of every operator command: 0 on success; 1 when it failed (no broker, no
 controller, a refusal, a failed deployment), with one line on stderr; 2 for usage errors
-(bad flags or arguments, a bad workflow file), also one line on stderr.
+(bad flags or arguments, a bad workflow file), also one line on stderr; 3 for
+``status`` and ``env show`` when the views they show are stale (the controller is not
+online; ``board.STALE_EXIT``).
 
 Every text that came off the wire (what an agent, or anyone who can publish, wrote) goes
 through :func:`visible` before it reaches a terminal: control characters are shown, never
