@@ -78,11 +78,11 @@ class PresenceService:
         """Raises :class:`AnotherController` when another controller is active on the
         broker and topic root (found before we start, or started at the same moment)."""
         settings = self.settings
-        dead_birth = await find_rival(settings, last_boot(settings), stop)
-        if stop.is_set():
-            return
         async with open_store(settings.db_path) as store:
-            keys = await self._command_keys(store)
+            keys = await self._command_keys(store)  # a bad key file is refused first
+            dead_birth = await find_rival(settings, last_boot(settings), stop)
+            if stop.is_set():
+                return
             signer = keys.current
             parts = await self._assemble(store, keys)
             parts.beacon.settle(dead_birth)
