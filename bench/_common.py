@@ -41,11 +41,9 @@ from edgeplane.shared.topics import TopicRoot
 __all__ = [
     "BENCH_DIR",
     "BENCH_SIGNER",
-    "FLEET_SHARE",
     "RESULTS_DIR",
     "BenchUnavailable",
     "Controller",
-    "FleetGroup",
     "FleetWorker",
     "RealAgent",
     "Report",
@@ -448,73 +446,6 @@ class FleetWorker:
         return answer
 
 
-FLEET_SHARE: Final = 10_000  # agents in one fleet process (a socket each) for a FleetGroup
-MAX_FLEET_PROCESSES: Final = 4
-
-
-class FleetGroup:
-    """``count`` simulated agents over as many fleet processes as it takes, at most
-    ``share`` each (one socket per agent, within the open-files limit), driven as
-    one fleet: index ``i`` is agent ``i`` of the whole group. The first process's agents are
-    ``{prefix}-NNNNN``, the next ones' ``{prefix}{k}-NNNNN``."""
-
-    def __init__(
-        self,
-        broker: str,
-        root: TopicRoot,
-        count: int,
-        interval: float,
-        logs: Path,
-        prefix: str,
-        share: int = FLEET_SHARE,
-    ) -> None:
-        self.count = count
-        self.share = share
-        self.workers = [
-            FleetWorker(
-                broker,
-                root,
-                min(share, count - start),
-                interval,
-                logs / f"fleet-{k}.log",
-                prefix=prefix if k == 0 else f"{prefix}{k}",
-            )
-            for k, start in enumerate(range(0, count, share))
-        ]
-
-    def env(self, index: int) -> str:
-        worker, local = divmod(index, self.share)
-        return self.workers[worker].env(local)
-
-    async def __aenter__(self) -> FleetGroup:
-        for worker in self.workers:
-            await worker.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.gather(*(worker.__aexit__(*exc) for worker in self.workers))
-
-    async def call(
-        self, op: str, timeout: float = 120.0, ids: Sequence[int] | None = None
-    ) -> dict[str, Any]:
-        """One command to every process (``ids`` each to its own); the answers merged:
-        ``t`` stamps by environment, ``online`` summed, ``seconds`` the longest."""
-        calls = []
-        for k, worker in enumerate(self.workers):
-            if ids is None:
-                calls.append(worker.call(op, timeout))
-                continue
-            mine = [i - k * self.share for i in ids if i // self.share == k]
-            if mine:
-                calls.append(worker.call(op, timeout, ids=mine))
-        merged: dict[str, Any] = {"t": {}}
-        for answer in await asyncio.gather(*calls):
-            merged["t"].update(answer.get("t", {}))
-            merged["online"] = merged.get("online", 0) + answer.get("online", 0)
-            merged["seconds"] = max(merged.get("seconds", 0.0), answer.get("seconds", 0.0))
-        return merged
-
-
 # --- the observer ------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Seen:
@@ -637,29 +568,17 @@ def run_main(
         count = int(getattr(args, "count", 1))
         if count < 1:
             raise BenchUnavailable(f"--count must be at least 1, not {count}")
-        _check_fleet_fits(count, int(getattr(args, "fleet_share", count)), limit)
+        if count + SPARE_FILES > limit:
+            raise BenchUnavailable(
+                f"--count {count} needs {count + SPARE_FILES} open files in the fleet process, "
+                f"but a process may open at most {limit} here"
+            )
         report: Report = asyncio.run(bench(args))
     except BenchUnavailable as exc:
         print(f"bench {name} could not run: {exc}", file=sys.stderr, flush=True)
         return 1
     report.write(args.out)
     return 0
-
-
-def _check_fleet_fits(count: int, share: int, limit: int) -> None:
-    """A fleet of ``count`` in processes of ``share`` agents must fit the open-files limit."""
-    processes = -(-count // share)
-    if processes > MAX_FLEET_PROCESSES:
-        raise BenchUnavailable(
-            f"--count {count} needs {processes} fleet processes of {share} agents,"
-            f" more than the {MAX_FLEET_PROCESSES} this machine is given"
-        )
-    share = min(share, count)
-    if share + SPARE_FILES > limit:
-        raise BenchUnavailable(
-            f"--count {count} needs {share + SPARE_FILES} open files in the fleet process, "
-            f"but a process may open at most {limit} here"
-        )
 
 
 def sample_process(pid: int) -> tuple[int, float]:

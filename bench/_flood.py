@@ -27,7 +27,16 @@ from edgeplane.shared.codec import encode
 from edgeplane.shared.messages import OfflineStatus, OnlineStatus, Pong
 from edgeplane.shared.topics import TopicRoot
 
-__all__ = ["MARKER", "main"]
+__all__ = [
+    "MARKER",
+    "connect_packet",
+    "env_name",
+    "events",
+    "heartbeat",
+    "main",
+    "publish_packet",
+    "read_exactly",
+]
 
 MARKER: Final = "bench-marker"
 BASE_BDSEQ: Final = 1_000
@@ -58,14 +67,16 @@ def publish_packet(topic: str, payload: bytes, packet_id: int, *, retain: bool =
     return header + _length(len(body)) + body
 
 
-def heartbeat(env: str, bdseq: int, seq: int) -> bytes:
+def heartbeat(
+    env: str, bdseq: int, seq: int, interval: float = 10.0, boot: str = "benchflood"
+) -> bytes:
     return encode(
         OnlineStatus(
             env=env,
             bdseq=bdseq,
             seq=seq,
-            interval=10.0,
-            boot="benchflood",
+            interval=interval,
+            boot=boot,
             cpu=12.5,
             mem=40.1,
             disk=55.0,
@@ -115,12 +126,12 @@ def publish(url: BrokerUrl, packets: list[bytes]) -> dict[str, float]:
     sock = socket.create_connection((url.host, url.port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(connect_packet(f"bench-flood-{time.time_ns()}"))
-    if len(_read(sock, 4)) != 4:
+    if len(read_exactly(sock, 4)) != 4:
         raise SystemExit("bench._flood: no CONNACK")
     acked: dict[str, float] = {}
 
     def read_acks() -> None:
-        _read(sock, 4 * len(packets))
+        read_exactly(sock, 4 * len(packets))
         acked["t"] = time.monotonic()
 
     reader = threading.Thread(target=read_acks, daemon=True)
@@ -135,7 +146,7 @@ def publish(url: BrokerUrl, packets: list[bytes]) -> dict[str, float]:
     return {"t0": t0, "t_sent": t_sent, "t_acked": acked.get("t", float("nan"))}
 
 
-def _read(sock: socket.socket, n: int) -> bytes:
+def read_exactly(sock: socket.socket, n: int) -> bytes:
     chunks, got = [], 0
     while got < n:
         chunk = sock.recv(min(1 << 20, n - got))
