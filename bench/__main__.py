@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bench import agent_footprint, deploy_fanout, detection, ingest, restart
+from bench import agent_footprint, backlog, deploy_fanout, detection, ingest, restart
 from bench._common import Report, add_common_arguments, machine, run_main
 
 __all__ = ["BENCHES", "main"]
@@ -25,6 +25,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, Report]]] 
     "detection": detection.run,
     "agent_footprint": agent_footprint.run,
     "restart": restart.run,
+    "backlog": backlog.run,
     "deploy_fanout": deploy_fanout.run,
 }
 # Fleet sizes when --count is not given: the benchmarks' goals are stated for these.
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         "detection": detection.add_arguments,
         "agent_footprint": agent_footprint.add_arguments,
         "restart": restart.add_arguments,
+        "backlog": backlog.add_arguments,
         "deploy_fanout": deploy_fanout.add_arguments,
     }
     for name in args.only or list(BENCHES):

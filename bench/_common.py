@@ -47,6 +47,7 @@ __all__ = [
     "FleetWorker",
     "RealAgent",
     "Report",
+    "RssSampler",
     "ViewObserver",
     "add_common_arguments",
     "bench_broker",
@@ -310,6 +311,51 @@ class Controller:
             raise BenchUnavailable(f"the controller exited; its log ends:\n{tail}")
 
 
+class RssSampler:
+    """A process's RSS sampled every ``every`` seconds while the block runs (psutil, in the
+    driver): the peak, and the series, to see memory over a catch-up."""
+
+    def __init__(self, pid: int, every: float = 0.1) -> None:
+        self.pid = pid
+        self.every = every
+        self.samples: list[tuple[float, int]] = []  # (monotonic time, RSS bytes)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def peak(self) -> int:
+        return max((rss for _, rss in self.samples), default=0)
+
+    def peak_between(self, start: float, end: float) -> int:
+        return max((rss for t, rss in self.samples if start <= t <= end), default=0)
+
+    async def __aenter__(self) -> RssSampler:
+        self._task = asyncio.create_task(self._run(), name="rss-sampler")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        try:
+            process = psutil.Process(self.pid)
+            while True:
+                self.samples.append((time.monotonic(), process.memory_info().rss))
+                await asyncio.sleep(self.every)
+        except psutil.Error:
+            return  # the process ended
+
+    def series(self, start: float, step: float = 1.0) -> list[tuple[float, float]]:
+        """(seconds since ``start``, MB) at most one sample per ``step`` seconds."""
+        out: list[tuple[float, float]] = []
+        for t, rss in self.samples:
+            if t >= start and (not out or t - start - out[-1][0] >= step):
+                out.append((round(t - start, 1), round(rss / 2**20, 1)))
+        return out
+
+
 # --- the fleet worker ------------------------------------------------------------------------
 class FleetWorker:
     """``python -m bench._fleet`` (edge_agent.simulator.fleet.Fleet in its own process), driven
@@ -487,9 +533,11 @@ class ViewObserver:
     def online_count(self) -> int:
         return sum(1 for seen in self.latest.values() if seen.status == "online")
 
-    def first_after(self, env: str, status: str, after: float) -> Seen | None:
+    def first_after(
+        self, env: str, status: str, after: float, reason: str | None = None
+    ) -> Seen | None:
         for seen in self.by_env.get(env, ()):
-            if seen.status == status and seen.t >= after:
+            if seen.status == status and seen.t >= after and reason in (None, seen.reason):
                 return seen
         return None
 

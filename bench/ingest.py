@@ -39,6 +39,7 @@ from bench._common import (
     Controller,
     FleetWorker,
     Report,
+    RssSampler,
     ViewObserver,
     add_common_arguments,
     bench_broker,
@@ -56,6 +57,9 @@ __all__ = ["add_arguments", "main", "run"]
 RATIO_GOAL = 0.7
 LAG_P99_GOAL_MS = 100.0
 RSS_GOAL_MB = 150.0
+# The sentinel's reason: a flood longer than 3 x the marker's interval to work off also
+# turns the marker offline by silence ("timeout"), which must not count as the end.
+SENTINEL = "shutdown"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,6 +186,8 @@ async def throughput(
     controller_rates: list[float] = []
     publisher_rates: list[float] = []
     cpu: dict[str, list[float]] = {"broker_bare": [], "bare": [], "broker_ctl": [], "ctl": []}
+    peaks: list[int] = []  # the controller's RSS, sampled every 0.1 s through the flood
+    hwm: list[int] = []  # its VmHWM after the flood (warm-up and start-up included)
     timeout = 60 + flood / 1000
     async with ViewObserver(broker, root).running() as observer:
         for rnd in range(rounds):
@@ -206,34 +212,40 @@ async def throughput(
             controller = Controller(broker, root, work / f"ingest-{rnd}.db", work / "ctl.log")
             controller.start()
             try:
-                began = time.monotonic()
-                await _flood(broker, root, "warm", envs, flood, rnd)
-                await observer.wait_until(
-                    lambda b=began: observer.first_after(MARKER, "online", b) is not None,
-                    timeout,
-                    "controller: the marker online after the warm-up",
-                )
-                controller.check_alive()
-                before = _cpu(broker_pid), _cpu(controller.pid)
-                sent = await _flood(broker, root, "flood", envs, flood, rnd)
-                t0 = sent["t0"]
-                t_done = await observer.wait_until(
-                    lambda t0=t0: observer.first_after(MARKER, "offline", t0) is not None,
-                    timeout,
-                    "controller: the marker offline after the flood",
-                )
-                seen = observer.first_after(MARKER, "offline", t0)
-                took = (seen.t if seen else t_done) - t0
-                controller_rates.append(flood / took)
-                cpu["broker_ctl"].append(100 * (_cpu(broker_pid) - before[0]) / took)
-                cpu["ctl"].append(100 * (_cpu(controller.pid) - before[1]) / took)
-                rss, _ = controller.sample()
+                async with RssSampler(controller.pid) as sampler:
+                    began = time.monotonic()
+                    await _flood(broker, root, "warm", envs, flood, rnd)
+                    await observer.wait_until(
+                        lambda b=began: observer.first_after(MARKER, "online", b) is not None,
+                        timeout,
+                        "controller: the marker online after the warm-up",
+                    )
+                    controller.check_alive()
+                    before = _cpu(broker_pid), _cpu(controller.pid)
+                    sent = await _flood(broker, root, "flood", envs, flood, rnd)
+                    t0 = sent["t0"]
+                    t_done = await observer.wait_until(
+                        lambda t0=t0: (
+                            observer.first_after(MARKER, "offline", t0, SENTINEL) is not None
+                        ),
+                        timeout,
+                        "controller: the marker offline after the flood",
+                    )
+                    seen = observer.first_after(MARKER, "offline", t0, SENTINEL)
+                    took = (seen.t if seen else t_done) - t0
+                    controller_rates.append(flood / took)
+                    cpu["broker_ctl"].append(100 * (_cpu(broker_pid) - before[0]) / took)
+                    cpu["ctl"].append(100 * (_cpu(controller.pid) - before[1]) / took)
+                    rss, _ = controller.sample()
+                    peaks.append(max(sampler.peak_between(t0, time.monotonic()), rss))
+                    hwm.append(controller.peak_rss())
             finally:
                 controller.stop()
             print(
                 f"  round {rnd + 1}: bare {bare_rates[-1]:,.0f} msg/s, controller "
                 f"{controller_rates[-1]:,.0f} msg/s, broker took {publisher_rates[-1]:,.0f} msg/s,"
-                f" controller RSS {rss / 2**20:.1f} MB; CPU % of a core: bare "
+                f" controller RSS {rss / 2**20:.1f} MB after, {peaks[-1] / 2**20:.1f} MB peak;"
+                f" CPU % of a core: bare "
                 f"{cpu['bare'][-1]:.0f} (broker {cpu['broker_bare'][-1]:.0f}), controller "
                 f"{cpu['ctl'][-1]:.0f} (broker {cpu['broker_ctl'][-1]:.0f})",
                 flush=True,
@@ -246,9 +258,18 @@ async def throughput(
     report.note(
         "cpu_percent_of_core_during_flood", {k: statistics.median(v) for k, v in cpu.items()}
     )
+    report.note("controller_rss_peak_in_flood_mb", [round(p / 2**20, 1) for p in peaks])
+    report.note("controller_vmhwm_mb", [round(p / 2**20, 1) for p in hwm])
     ratio = controller_rate / bare_rate
     report.note("controller_over_bare", ratio)
     report.goal("ingest ratio controller/bare", ratio, RATIO_GOAL, "x", higher_is_better=True)
+    report.goal(
+        "controller peak RSS in the flood",
+        max(hwm) / 2**20,
+        RSS_GOAL_MB,
+        "MB",
+        higher_is_better=False,
+    )
 
 
 # --- status lag ----------------------------------------------------------------------------

@@ -22,6 +22,16 @@ A connection that is kept goes through the one reconnect loop,
 The receive path costs one small object per message: messages go straight from paho's
 callback into the connection's queue as :class:`Message` (no aiomqtt ``Message`` and
 ``Topic`` in between), and iteration takes what is queued without a task or a wait.
+
+The queue is bounded by not reading: once :data:`READ_PAUSE_AT` messages wait in it, the
+socket is left unread until the reader has taken it down to :data:`READ_RESUME_AT`. TCP
+then stops the broker, which keeps the rest: not yet sent, so not yet acknowledged (paho
+acknowledges a QoS 1 message when it reads it), under its own queue limits, and in a
+persistent session across a reconnect. Two bounds that were not taken: aiomqtt's
+``max_queued_incoming_messages`` drops what does not fit in its queue after paho
+acknowledged it (lost for good); and acknowledging by hand with a small MQTT 5 Receive
+Maximum does not bound it on mosquitto 2.0.11, which sends up to a whole window more for
+every PUBACK (measured: 1,800 unacknowledged with a Receive Maximum of 10).
 """
 
 from __future__ import annotations
@@ -55,6 +65,8 @@ __all__ = [
 ]
 
 FAIR_SHARE: Final = 64  # messages taken without yielding to the event loop
+READ_PAUSE_AT: Final = 2_000  # messages queued, not yet taken: stop reading the socket
+READ_RESUME_AT: Final = 1_000  # ... and read it again once the reader is down to this
 
 
 def unique_client_id(prefix: str) -> str:
@@ -173,8 +185,14 @@ class Connection:
 
     @property
     def backlog(self) -> int:
-        """Messages received and not yet taken."""
+        """Messages received and not yet taken (at most about :data:`READ_PAUSE_AT`)."""
         return 0 if self._client is None else self._client.incoming.qsize()
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether the socket is left unread until the reader takes more (the broker holds
+        back the rest)."""
+        return self._client is not None and self._client.reading_paused
 
     async def __aenter__(self) -> Self:
         if self._state not in (ConnectionState.NEW, ConnectionState.CLOSED):
@@ -320,6 +338,8 @@ class _Client(aiomqtt.Client):
         super().__init__(*args, **kwargs)
         self.incoming: asyncio.Queue[Message | asyncio.Future[None]] = asyncio.Queue()
         self._taken = 0  # messages taken in a row without yielding
+        self._fd = -1  # the socket being read
+        self.reading_paused = False
 
     @property
     def lost(self) -> bool:
@@ -329,6 +349,41 @@ class _Client(aiomqtt.Client):
         await super().__aenter__()
         self._disconnected.add_done_callback(self._note_loss)
         return self
+
+    # --- reading the socket, paused while the queue is full ------------------------------
+    def _on_socket_open(self, client: paho.mqtt.client.Client, userdata: Any, sock: Any) -> None:
+        super()._on_socket_open(client, userdata, sock)  # its reader, from paho's thread
+        # ... which ours replaces: the same reading, but it can be paused.
+        self._loop.call_soon_threadsafe(self._read_socket, sock.fileno())
+
+    def _read_socket(self, fd: int) -> None:
+        self._fd, self.reading_paused = fd, False
+        self._loop.add_reader(fd, self._read)
+
+    def _read(self) -> None:
+        """aiomqtt's reader: everything readable now (TLS may hold decoded bytes back)."""
+        client = self._client
+        try:
+            while not self.reading_paused:
+                client.loop_read()
+                pending = getattr(client.socket(), "pending", None)
+                if pending is None or pending() <= 0:
+                    break
+        except Exception as exc:  # e.g. a broken pipe: the connection is gone
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+
+    def _pause_reading(self) -> None:
+        # Not for long: the reader is taking messages. (Unread for a whole keepalive, paho
+        # would miss the PINGRESP and drop the connection; the reconnect loop takes over.)
+        self.reading_paused = True
+        self._loop.remove_reader(self._fd)
+
+    def _resume_reading(self) -> None:
+        self.reading_paused = False
+        if self._client.socket() is not None:
+            self._loop.add_reader(self._fd, self._read)
+            self._loop.call_soon(self._read)  # bytes TLS decoded already wake no reader
 
     def _note_loss(self, disconnected: asyncio.Future[None]) -> None:
         if not disconnected.cancelled():
@@ -341,9 +396,10 @@ class _Client(aiomqtt.Client):
         payload = message.payload  # bytes from paho's decoder; typed wider
         if type(payload) is not bytes:
             payload = bytes(payload)
-        self.incoming.put_nowait(
-            Message(message.topic, payload, message.retain, message.properties)
-        )
+        incoming = self.incoming
+        incoming.put_nowait(Message(message.topic, payload, message.retain, message.properties))
+        if incoming.qsize() >= READ_PAUSE_AT and not self.reading_paused:
+            self._pause_reading()
 
     async def next_message(self, url: BrokerUrl) -> Message:
         incoming = self.incoming
@@ -354,6 +410,8 @@ class _Client(aiomqtt.Client):
             elif self._taken < FAIR_SHARE:
                 self._taken += 1
                 item = incoming.get_nowait()  # no await: a backlog is taken at full speed
+                if self.reading_paused and incoming.qsize() <= READ_RESUME_AT:
+                    self._resume_reading()
             else:
                 self._taken = 0
                 await asyncio.sleep(0)  # ... but the other tasks get their turn now and then

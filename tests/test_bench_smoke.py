@@ -18,7 +18,9 @@ BENCHES = {
     "ingest": ["--count", "20", "--quick", "--flood", "500", "--seconds", "2"],
     "detection": ["--count", "20", "--quick", "--kills", "3", "--real", "1", "--frozen", "2"],
     "agent_footprint": ["--quick", "--seconds", "2", "--agent-from", "checkout"],
-    "restart": ["--count", "20", "--quick", "--change", "2", "--watch", "1"],
+    # with paced heartbeats beyond the fleet: how 30,000 environments are run
+    "restart": ["--count", "20", "--quick", "--change", "2", "--watch", "1", "--paced", "30"],
+    "backlog": ["--count", "20", "--events", "500"],
     "deploy_fanout": ["--count", "5", "--burst", "500"],
 }
 

@@ -11,6 +11,8 @@ from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.controller.broker.process import free_port
 from edgeplane.controller.errors import BrokerUnavailable
 from edgeplane.controller.mqtt import (
+    READ_PAUSE_AT,
+    READ_RESUME_AT,
     Connection,
     ConnectionState,
     Message,
@@ -33,6 +35,10 @@ async def next_message(connection: Connection, within: float = 5.0) -> Message:
 
 def state(connection: Connection) -> ConnectionState:
     return connection.state  # (a function: the state changes under the type checker's eyes)
+
+
+def paused(connection: Connection) -> bool:
+    return connection.reading_paused
 
 
 async def take_all(connection: Connection, into: list[int]) -> None:
@@ -145,3 +151,29 @@ async def test_a_connection_taken_over_is_lost_and_its_will_published(
                 await next_message(first)
             assert state(first) is ConnectionState.LOST
         await watcher.publish(topic, b"", retain=True)
+
+
+async def test_a_reader_behind_holds_a_bounded_queue_and_loses_nothing(
+    broker: MosquittoProcess, root: TopicRoot
+) -> None:
+    """A flood faster than the reader: the connection stops reading the socket at
+    READ_PAUSE_AT queued messages (the broker keeps the rest), reads again once the reader
+    took it down to READ_RESUME_AT, and the reader gets every message, in order."""
+    sent = 3 * READ_PAUSE_AT
+    async with connection(broker) as reader, connection(broker) as sender:
+        await reader.subscribe(root.all_alerts())
+        for start in range(0, sent, 200):
+            batch = range(start, start + 200)
+            await asyncio.gather(*(sender.publish(root.alerts("a"), b"%d" % n) for n in batch))
+        await wait_until(lambda: paused(reader), "reading paused")
+        most = 0
+        for _ in range(10):  # it stays paused while nobody takes anything
+            await asyncio.sleep(0.05)
+            most = max(most, reader.backlog)
+        assert READ_PAUSE_AT <= most < READ_PAUSE_AT + 200
+        assert paused(reader)
+        taken = [int((await next_message(reader)).payload) for _ in range(most - READ_RESUME_AT)]
+        assert not paused(reader)
+        while len(taken) < sent:
+            taken.append(int((await next_message(reader)).payload))
+    assert taken == list(range(sent))

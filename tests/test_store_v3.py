@@ -3,7 +3,9 @@ the migration from version 2, and the in-memory dedupe of event streams."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
+import tracemalloc
 from pathlib import Path
 
 from edgeplane.controller.core.deployments import Deployment
@@ -162,3 +164,33 @@ async def test_a_forgotten_ghost_leaves_no_row_and_what_came_after_it_stays(
         assert await store.events(env="ghost") == []
         assert await store.inventories() == []
         assert len(await store.transitions("retired-a")) == 1  # a retired one's history stays
+
+
+def test_seen_events_agrees_with_remembering_every_number() -> None:
+    """Re-sent, reordered and far-behind numbers, against a model that keeps them all."""
+    rng = random.Random(9)
+    seen, every, high = SeenEvents([("e", "s", 50)]), set(range(51)), 50
+    for _ in range(20_000):
+        seq = max(1, high + rng.choice((1, 1, 2, 40, -1, -3, -100, -WINDOW, -WINDOW - 5)))
+        new = seq not in every and seq > high - WINDOW
+        assert seen.first_time("e", "s", seq) is new, (seq, high)
+        every.add(seq)
+        high = max(high, seq)
+
+
+def test_seen_events_stay_small_however_many_events_a_stream_brought() -> None:
+    """What the dedupe holds for 500 agents' streams after 120 events each (a backlog
+    worked off): a few hundred bytes a stream, not a record of every number."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        seen = SeenEvents()
+        for seq in range(1, 121):
+            for env in range(500):
+                seen.first_time(f"edge-{env}", "outbox", seq)
+        held = sum(
+            stat.size_diff for stat in tracemalloc.take_snapshot().compare_to(before, "filename")
+        )
+    finally:
+        tracemalloc.stop()
+    assert held < 500 * 600, f"{held / 500:.0f} bytes a stream"
