@@ -158,7 +158,9 @@ def test_waves_run_one_after_the_other_with_the_bake_between() -> None:
     assert h.sent == ["a"]
     h.later(0.1)
     assert h.sent == ["a", "b"]
-    h.finish("b", "running")
+    h.finish("b", "running")  # a job under way: not done yet
+    assert h.target("b") == "sent"
+    h.finish("b", "succeeded")
     h.later(10)
     assert h.sent == ["a", "b", "c", "d"]
     h.finish("c", "succeeded")

@@ -63,6 +63,15 @@ ACTIVE_STATES: Final[frozenset[str]] = frozenset(
     {"running", "paused", "awaiting-approval", "rolling-back"}
 )
 _SUCCESS: Final = frozenset({"running", "succeeded"})
+
+
+def _succeeded(deployment: Deployment) -> bool:
+    """A job that succeeded, or a service that runs (a job running is still under way)."""
+    if deployment.workflow.kind == "service":
+        return deployment.state in _SUCCESS
+    return deployment.state == "succeeded"
+
+
 _FAILURE: Final = frozenset({"failed", "rejected", "rolled-back", "stopped", "checked", "expired"})
 
 
@@ -228,7 +237,7 @@ class RolloutRun:
         if target.state != "sent" or deployment.id != target.dep:
             return False
         state = deployment.state
-        if state in _SUCCESS:
+        if _succeeded(deployment):
             self._finish(target, "succeeded", "", now)
         elif state == "expired" and not deployment.cmd:
             self._finish(target, "not-deployed", "offline until the target timeout", now)
@@ -241,7 +250,7 @@ class RolloutRun:
     def _observe_rollback(self, target: Target, deployment: Deployment, now: float) -> bool:
         if target.rollback_state != "sent":
             return False
-        if deployment.state in _SUCCESS:
+        if _succeeded(deployment):
             target.rollback_state = "done"
             target.state = "rolled-back"
             target.reason = f"returned to {deployment.workflow.version} ({target.previous})"
