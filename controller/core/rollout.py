@@ -4,7 +4,7 @@ next one starts, when the rollout aborts, and what a rollback deploys again.
 The shell (``controller/daemon/rollout_desk.py``) feeds a :class:`RolloutRun` the
 deployments of its targets as they change (:meth:`RolloutRun.observe`) and asks it, on
 every change and when a deadline falls due, what to do now (:meth:`RolloutRun.step`,
-with the time of an injected clock). The run answers with a :class:`Step`: the targets to
+with the time of an injected clock). The run answers with a :class:`RolloutStep`: the targets to
 deploy (each one's action is "deploy the rollout's workflow", the same gate and preflight
 as a single deployment), the rollbacks to deploy, an alert to raise or clear. What
 changed is taken with :meth:`RolloutRun.changes`, to be stored before anything is sent.
@@ -46,11 +46,11 @@ from edgeplane.shared.workflow import Workflow
 __all__ = [
     "ACTIVE_STATES",
     "FINAL_TARGET_STATES",
-    "Alert",
+    "RolloutAlert",
     "RolloutRecord",
     "RolloutRun",
     "RolloutSettings",
-    "Step",
+    "RolloutStep",
     "Target",
     "Wave",
     "new_run",
@@ -151,20 +151,20 @@ class RolloutRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class Alert:
+class RolloutAlert:
     env: str
     state: str  # raised, cleared
     detail: str
 
 
 @dataclass(slots=True)
-class Step:
+class RolloutStep:
     """What to do now: targets to deploy (env ids), rollbacks to deploy (env -> the
     deployment to deploy again), an alert edge."""
 
     send: list[str] = field(default_factory=list)
     rollback: dict[str, str] = field(default_factory=dict)
-    alert: Alert | None = None
+    alert: RolloutAlert | None = None
 
 
 class RolloutRun:
@@ -370,8 +370,8 @@ class RolloutRun:
             deadlines.append(wave.bake_until)
         return min(deadlines, default=None)
 
-    def step(self, now: float) -> Step:
-        step = Step()
+    def step(self, now: float) -> RolloutStep:
+        step = RolloutStep()
         if not self.active:
             return step
         self._time_out(now)
@@ -405,7 +405,7 @@ class RolloutRun:
                 state = "" if deployment is None else f" (deployment {deployment.state})"
                 self._finish(target, "timed-out", why + state, now)
 
-    def _abort(self, why: str, now: float) -> Alert:
+    def _abort(self, why: str, now: float) -> RolloutAlert:
         record = self.record
         for wave in record.waves:
             if wave.state == "baking":
@@ -416,7 +416,7 @@ class RolloutRun:
         failed.sort(key=lambda t: (t.finished or 0.0, t.env))
         env = failed[-1].env if failed else min(self.targets, default="")
         record.alert_env = env
-        return Alert(env, "raised", f"rollout {record.id} aborted: {why}")
+        return RolloutAlert(env, "raised", f"rollout {record.id} aborted: {why}")
 
     def _start_wave(self, index: int, now: float) -> None:
         wave = self.record.waves[index]
@@ -424,7 +424,7 @@ class RolloutRun:
         self.record.current = index
         self._touch(now)
 
-    def _advance(self, now: float, step: Step) -> None:
+    def _advance(self, now: float, step: RolloutStep) -> None:
         record = self.record
         wave = self._wave()
         targets = self._of_wave(wave.index)
@@ -458,7 +458,7 @@ class RolloutRun:
             self._start_wave(record.current, now)
             self._advance(now, step)
 
-    def _roll_back(self, now: float, step: Step) -> None:
+    def _roll_back(self, now: float, step: RolloutStep) -> None:
         """Every target the rollout changed goes back to what ran there before; the rest
         of the rollout waits for those still in flight."""
         waiting = False
@@ -481,7 +481,7 @@ class RolloutRun:
         if self.record.alert_env:
             env, self.record.alert_env = self.record.alert_env, ""
             detail = f"rollout {self.id}: rollback over"
-            step.alert = Alert(env, "cleared", detail)
+            step.alert = RolloutAlert(env, "cleared", detail)
         bad = [t.env for t in self.targets.values() if t.rollback_state == "failed"]
         if bad:
             why = f"{self.record.reason}; rollback failed on {len(bad)}: {', '.join(bad[:5])}"

@@ -32,7 +32,13 @@ from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.operations import Effects, Operations, new_id
 from edgeplane.controller.core.presence import Judgement
 from edgeplane.controller.core.records import Writes
-from edgeplane.controller.core.rollout import Alert, RolloutRun, RolloutSettings, Step, new_run
+from edgeplane.controller.core.rollout import (
+    RolloutAlert,
+    RolloutRun,
+    RolloutSettings,
+    RolloutStep,
+    new_run,
+)
 from edgeplane.controller.core.rollout_plan import (
     check_selector,
     matches,
@@ -170,7 +176,7 @@ class RolloutDesk:
                 return
 
     def _send(
-        self, run: RolloutRun, step: Step, previous: dict[str, str], effects: Effects
+        self, run: RolloutRun, step: RolloutStep, previous: dict[str, str], effects: Effects
     ) -> bool:
         moved = False
         timeout = run.record.settings.target_timeout
@@ -217,7 +223,7 @@ class RolloutDesk:
                 moved = run.observe(deployment, now) or moved
         return moved
 
-    def _alert(self, alert: Alert) -> Judgement:
+    def _alert(self, alert: RolloutAlert) -> Judgement:
         state: AlertState = "raised" if alert.state == "raised" else "cleared"
         edge = AlertEdge(alert.env, ALERT_KIND, state, self._clock.time(), alert.detail[:256])
         return Judgement(alerts=[edge])
