@@ -265,6 +265,18 @@ class RolloutRun:
         self._touch(now, target)
         return True
 
+    def may_send(self, env: str) -> bool:
+        """Whether ``env`` may be sent now (a step said so, and nothing changed since: no
+        abort, no pause in between)."""
+        target = self.targets.get(env)
+        return self.record.state == "running" and target is not None and target.state == "pending"
+
+    def may_roll_back(self, env: str) -> bool:
+        target = self.targets.get(env)
+        return (
+            self.record.state == "rolling-back" and target is not None and not target.rollback_state
+        )
+
     def sent(self, env: str, dep: str, previous: str, now: float) -> None:
         """``env``'s deployment ``dep`` is made (in the same writes as this change)."""
         target = self.targets[env]

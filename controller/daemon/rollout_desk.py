@@ -181,6 +181,8 @@ class RolloutDesk:
         moved = False
         timeout = run.record.settings.target_timeout
         for env in step.send:
+            if not run.may_send(env):  # a failure or a pause came while we looked up
+                continue
             now = self._clock.time()
             request = DeployRequest(
                 env=env, workflow=run.record.workflow, when_online=True, ttl=timeout
@@ -203,6 +205,8 @@ class RolloutDesk:
         moved = False
         timeout = run.record.settings.target_timeout
         for env, previous in rollbacks.items():
+            if not run.may_roll_back(env):
+                continue
             now = self._clock.time()
             if previous is None:
                 run.rollback_refused(env, "the previous deployment is not in the store", now)
