@@ -192,6 +192,19 @@ def test_the_threshold_aborts_at_once_and_sends_nothing_more() -> None:
     assert h.target("c") == "pending"
 
 
+def test_targets_in_flight_at_the_abort_still_end() -> None:
+    h = Harness(["a", "b", "c"], waves=("100%",), max_failures="0", target_timeout=5.0)
+    h.step()
+    h.finish("a", "rejected")
+    assert h.state == "aborted"
+    assert not h.run.settled
+    h.finish("b", "succeeded")
+    h.later(5)
+    assert (h.target("b"), h.target("c")) == ("succeeded", "timed-out")
+    assert h.run.settled
+    assert h.run.next_deadline() is None
+
+
 def test_min_executed_holds_the_judgement_back() -> None:
     h = Harness(["a", "b", "c"], waves=("100%",), min_executed=2, max_failures="10%")
     h.step()

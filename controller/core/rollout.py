@@ -187,6 +187,12 @@ class RolloutRun:
     def active(self) -> bool:
         return self.record.state in ACTIVE_STATES
 
+    @property
+    def settled(self) -> bool:
+        """Over, and nothing of it in flight any more (an aborted rollout's targets that
+        were sent still end: succeeded, failed or timed out)."""
+        return not self.active and not any(t.state == "sent" for t in self.targets.values())
+
     def _index(self, target: Target) -> None:
         for dep in (target.dep, target.rollback):
             if dep:
@@ -370,7 +376,7 @@ class RolloutRun:
     # --- deciding -------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
         """When :meth:`step` has something to do without any other input."""
-        if not self.active:
+        if self.settled:
             return None
         deadlines = [
             t.started + self.record.settings.target_timeout
@@ -378,15 +384,17 @@ class RolloutRun:
             if t.state == "sent" and t.started is not None
         ]
         wave = self._wave()
-        if wave.state == "baking" and wave.bake_until is not None:
+        if self.active and wave.state == "baking" and wave.bake_until is not None:
             deadlines.append(wave.bake_until)
         return min(deadlines, default=None)
 
     def step(self, now: float) -> RolloutStep:
         step = RolloutStep()
-        if not self.active:
+        if self.settled:
             return step
         self._time_out(now)
+        if not self.active:
+            return step
         if self.record.state != "rolling-back":
             failures, finished = self.tally()
             settings = self.record.settings

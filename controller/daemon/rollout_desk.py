@@ -87,7 +87,7 @@ class RolloutDesk:
             targets = await self._store.rollout_targets(record.id)
             run = RolloutRun(record, targets)
             self._runs[record.id] = run
-            if not run.active:
+            if run.settled:
                 continue
             for dep in run.deployments():
                 deployment = self._ops.book.get(dep) or await self._store.deployment(dep)
@@ -108,7 +108,7 @@ class RolloutDesk:
             return
         now = self._clock.time()
         for run in self._runs.values():
-            if not run.active:
+            if run.settled:
                 continue
             for deployment in writes.deployments:
                 if run.watches(deployment.id) and run.observe(deployment, now):
@@ -134,8 +134,8 @@ class RolloutDesk:
 
     async def _turn(self) -> None:
         joined, self._joined = self._joined, False
-        for run in [r for r in self._runs.values() if r.active]:
-            if joined:
+        for run in [r for r in self._runs.values() if not r.settled]:
+            if joined and run.active:
                 self._join(run)
             try:
                 await self._advance(run)
