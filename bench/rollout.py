@@ -129,7 +129,8 @@ async def _until_over(
     deadline = time.monotonic() + timeout
     while True:
         controller.check_alive()
-        (info,) = [r for r in await client.call(RolloutList(limit=5), 30) if r.id == rollout]
+        listed: list[RolloutInfo] = await client.call(RolloutList(limit=5), 30)
+        (info,) = [r for r in listed if r.id == rollout]
         if info.state in ("succeeded", "aborted", "failed"):
             return info
         if time.monotonic() > deadline:

@@ -197,7 +197,8 @@ def test_targets_in_flight_at_the_abort_still_end() -> None:
     h.step()
     h.finish("a", "rejected")
     assert h.state == "aborted"
-    assert not h.run.settled
+    in_flight = not h.run.settled
+    assert in_flight
     h.finish("b", "succeeded")
     h.later(5)
     assert (h.target("b"), h.target("c")) == ("succeeded", "timed-out")
