@@ -240,7 +240,7 @@ async def _aborting(
     latency = None
     if alerts.alert is not None and len(alerts.rejected) >= MIN_EXECUTED:
         latency = alerts.alert - sorted(alerts.rejected)[MIN_EXECUTED - 1]
-    report.note("failures before the abort", shown.failures)
+    report.note("failures counted when shown", shown.failures)
     report.goal("abort latency", latency, ABORT_GOAL, "s", higher_is_better=False)
 
 
