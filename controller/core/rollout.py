@@ -148,6 +148,9 @@ class RolloutRecord:
     reason: str = ""
     current: int = 0
     alert_env: str = ""  # the environment its alert was raised on ("" none)
+    # What each target gets: "deploy" (the workflow). Room for "undeploy" (take the
+    # workflow of that name off each target), which the desk would send instead.
+    action: str = "deploy"
 
 
 @dataclass(frozen=True, slots=True)

@@ -184,6 +184,10 @@ class RolloutDesk:
             if not run.may_send(env):  # a failure or a pause came while we looked up
                 continue
             now = self._clock.time()
+            if run.record.action != "deploy":  # "undeploy" comes with its operation
+                run.refused(env, f"this controller cannot {run.record.action}", now)
+                moved = True
+                continue
             request = DeployRequest(
                 env=env, workflow=run.record.workflow, when_online=True, ttl=timeout
             )
