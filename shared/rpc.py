@@ -590,8 +590,10 @@ class WaveInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
     """A rollout, its settings, waves and (for ``rollout-show`` and ``rollout-start``)
-    its targets. ``counts``: targets by state; ``failures``: those counted toward
-    ``max_failures`` (failed, timed-out, and not-deployed unless ``skip_offline``)."""
+    its targets, by wave and id (the first 2,000: ``total`` says how many there are, each
+    wave's ``size`` how many it holds). ``counts``: targets by state; ``failures``: those
+    counted toward ``max_failures`` (failed, timed-out, and not-deployed unless
+    ``skip_offline``)."""
 
     id: ShortText
     workflow: ShortText

@@ -46,6 +46,7 @@ from edgeplane.shared.workflow import Workflow
 __all__ = [
     "ACTIVE_STATES",
     "FINAL_TARGET_STATES",
+    "MAX_TARGETS_SHOWN",
     "RolloutAlert",
     "RolloutRecord",
     "RolloutRun",
@@ -56,6 +57,7 @@ __all__ = [
     "new_run",
 ]
 
+MAX_TARGETS_SHOWN: Final = 2000  # targets in one RolloutInfo (the reply size limit)
 FINAL_TARGET_STATES: Final[frozenset[str]] = frozenset(
     {"succeeded", "failed", "timed-out", "not-deployed", "rolled-back"}
 )
@@ -523,7 +525,9 @@ class RolloutRun:
         )
 
     # --- reading --------------------------------------------------------------------------
-    def info(self, *, with_targets: bool = True) -> RolloutInfo:
+    def info(self, *, with_targets: bool = True, limit: int = MAX_TARGETS_SHOWN) -> RolloutInfo:
+        """The rollout for the operator: its targets by wave and id, at most ``limit`` of
+        them (a reply has a size limit; ``total`` says how many there are)."""
         record, settings = self.record, self.record.settings
         counts: dict[str, int] = {}
         for target in self.targets.values():
@@ -567,7 +571,7 @@ class RolloutRun:
             failures=failures,
             finished=finished,
             total=len(self.targets),
-            targets=[t.info() for t in targets] if with_targets else [],
+            targets=[t.info() for t in targets[:limit]] if with_targets else [],
         )
 
 

@@ -46,9 +46,12 @@ def plan_text(info: RolloutInfo) -> str:
         + ("; approve each wave" if info.approve_each_wave else "")
         + ("; offline targets not counted" if info.skip_offline else ""),
     ]
-    for index, targets in _by_wave(info).items():
-        envs = ", ".join(t.env for t in targets)
-        lines.append(f"  wave {index + 1} ({len(targets)}): {envs}")
+    targets = _by_wave(info)
+    for wave in info.waves:
+        shown = targets.get(wave.index, [])
+        envs = ", ".join(t.env for t in shown)
+        more = f" and {wave.size - len(shown)} more" if wave.size > len(shown) else ""
+        lines.append(f"  wave {wave.index + 1} ({wave.size}): {envs}{more}")
     return "\n".join(lines)
 
 
@@ -75,7 +78,9 @@ def status_text(info: RolloutInfo, *, now: float | None = None) -> str:
         for target in mine:
             detail = f"  {visible(target.reason)}" if target.reason else ""
             dep = f" {target.dep}" if target.dep else ""
-            lines.append(f"    {target.env:<32} {target.state:<12}{dep}{detail}")
+            lines.append(f"    {target.env:<32} {target.state:<12}{dep}{detail}".rstrip())
+        if wave.size > len(mine):
+            lines.append(f"    ... and {wave.size - len(mine)} more")
     return "\n".join(lines)
 
 
