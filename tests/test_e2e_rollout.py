@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -129,6 +130,10 @@ async def test_a_rollout_goes_wave_by_wave_to_the_selected_environments_only(
         for env in by_env:
             assert len(deploys(system, env)) == 1, env  # each exactly once
         assert deploys(system, "ro-other") == []
+        as_json = await system.cli("rollout", "status", rollout, "--follow", "--json")
+        assert as_json.code == 0, str(as_json)
+        (line,) = as_json.stdout.splitlines()  # one object per change: it is over already
+        assert json.loads(line)["state"] == "succeeded"
         listed = await system.cli("rollout", "list")
         assert rollout in listed.stdout
         assert "succeeded" in listed.stdout

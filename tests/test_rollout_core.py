@@ -128,8 +128,7 @@ class Harness:
         for env in step.rollback:
             self.rollbacks.append(env)
             self.run.rollback_sent(env, f"r-{env}", now)
-        if step.alert:
-            self.alerts.append((step.alert.env, step.alert.state))
+        self.alerts.extend((alert.env, alert.state) for alert in step.alerts)
 
     def finish(self, env: str, state: str, **kw: str) -> None:
         self.run.observe(deployment(f"d-{env}", env, state, **kw), self.clock.time())
@@ -232,6 +231,14 @@ def test_rollback_returns_the_changed_targets_to_their_previous_deployment() -> 
     assert h.target("a") == "rolled-back"
     assert h.state == "aborted"
     assert h.alerts == [("c", "raised"), ("c", "cleared")]
+
+
+def test_an_abort_with_nothing_to_roll_back_raises_and_clears_its_alert() -> None:
+    h = Harness(["a"], waves=("100%",), max_failures="0", rollback_on_abort=True)
+    h.step()
+    h.finish("a", "rejected")
+    assert h.state == "aborted"
+    assert h.alerts == [("a", "raised"), ("a", "cleared")]
 
 
 def test_offline_targets_are_not_deployed_and_count_unless_skipped() -> None:

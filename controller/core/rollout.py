@@ -6,7 +6,7 @@ deployments of its targets as they change (:meth:`RolloutRun.observe`) and asks 
 every change and when a deadline falls due, what to do now (:meth:`RolloutRun.step`,
 with the time of an injected clock). The run answers with a :class:`RolloutStep`: the targets to
 deploy (each one's action is "deploy the rollout's workflow", the same gate and preflight
-as a single deployment), the rollbacks to deploy, an alert to raise or clear. What
+as a single deployment), the rollbacks to deploy, alerts to raise or clear. What
 changed is taken with :meth:`RolloutRun.changes`, to be stored before anything is sent.
 
 States. A target: ``pending`` -> ``sent`` -> ``succeeded`` | ``failed`` | ``timed-out``
@@ -165,11 +165,12 @@ class RolloutAlert:
 @dataclass(slots=True)
 class RolloutStep:
     """What to do now: targets to deploy (env ids), rollbacks to deploy (env -> the
-    deployment to deploy again), an alert edge."""
+    deployment to deploy again), alert edges (in order: an abort with nothing to roll
+    back raises and clears in one step)."""
 
     send: list[str] = field(default_factory=list)
     rollback: dict[str, str] = field(default_factory=dict)
-    alert: RolloutAlert | None = None
+    alerts: list[RolloutAlert] = field(default_factory=list)
 
 
 class RolloutRun:
@@ -408,7 +409,7 @@ class RolloutRun:
                     f"{failures} of {finished} finished targets failed, over --max-failures "
                     f"{settings.max_failures}"
                 )
-                step.alert = self._abort(why, now)
+                step.alerts.append(self._abort(why, now))
         if self.record.state == "running":
             self._advance(now, step)
         if self.record.state == "rolling-back":
@@ -506,7 +507,7 @@ class RolloutRun:
         if self.record.alert_env:
             env, self.record.alert_env = self.record.alert_env, ""
             detail = f"rollout {self.id}: rollback over"
-            step.alert = RolloutAlert(env, "cleared", detail)
+            step.alerts.append(RolloutAlert(env, "cleared", detail))
         bad = [t.env for t in self.targets.values() if t.rollback_state == "failed"]
         if bad:
             why = f"{self.record.reason}; rollback failed on {len(bad)}: {', '.join(bad[:5])}"

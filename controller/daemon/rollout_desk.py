@@ -167,8 +167,8 @@ class RolloutDesk:
             if record is not None:
                 effects.writes.rollouts.append(record)
             effects.writes.rollout_targets.extend(targets)
-            judgement = self._alert(step.alert) if step.alert else None
-            if judgement is not None:
+            judgement = self._alerts(step.alerts) if step.alerts else None
+            if any(alert.state == "raised" for alert in step.alerts):
                 log.warning("rollout aborted", rollout=run.id, reason=run.record.reason)
             if effects.writes or effects.outgoing or judgement is not None:
                 await self._publisher.carry_out(judgement, effects)
@@ -231,10 +231,13 @@ class RolloutDesk:
                 moved = run.observe(deployment, now) or moved
         return moved
 
-    def _alert(self, alert: RolloutAlert) -> Judgement:
-        state: AlertState = "raised" if alert.state == "raised" else "cleared"
-        edge = AlertEdge(alert.env, ALERT_KIND, state, self._clock.time(), alert.detail[:256])
-        return Judgement(alerts=[edge])
+    def _alerts(self, alerts: list[RolloutAlert]) -> Judgement:
+        edges = []
+        for alert in alerts:
+            state: AlertState = "raised" if alert.state == "raised" else "cleared"
+            at = self._clock.time()
+            edges.append(AlertEdge(alert.env, ALERT_KIND, state, at, alert.detail[:256]))
+        return Judgement(alerts=edges)
 
     # --- requests -------------------------------------------------------------------------
     def start(self, request: RolloutStart) -> tuple[RolloutInfo, Effects]:
