@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -313,7 +314,9 @@ async def _status(controller: ControllerClient, args: argparse.Namespace, within
             if before is None or info != before:
                 print(json_safe(msgspec.json.encode(info).decode()), flush=True)
         elif live:
-            text = status_text(info)
+            rows = shutil.get_terminal_size().lines
+            per_wave = max(1, (rows - 4 - 2 * len(info.waves)) // max(1, len(info.waves)))
+            text = status_text(info, per_wave=per_wave)
             if drawn:
                 sys.stdout.write(f"\x1b[{drawn}F\x1b[J")
             sys.stdout.write(text + "\n")

@@ -55,8 +55,13 @@ def plan_text(info: RolloutInfo) -> str:
     return "\n".join(lines)
 
 
-def status_text(info: RolloutInfo, *, now: float | None = None) -> str:
-    """A rollout's state, each wave with a progress bar, and each target's state."""
+_ORDER: Final = {"failed": 0, "timed-out": 1, "not-deployed": 2, "sent": 3, "rolled-back": 4}
+
+
+def status_text(info: RolloutInfo, *, now: float | None = None, per_wave: int | None = None) -> str:
+    """A rollout's state, each wave with a progress bar, and each target's state; with
+    ``per_wave``, at most that many targets of each wave (failures and those in flight
+    first), so that a live view fits a terminal."""
     now = time.time() if now is None else now
     state = info.state + (f": {visible(info.reason)}" if info.reason else "")
     lines = [
@@ -75,12 +80,15 @@ def status_text(info: RolloutInfo, *, now: float | None = None) -> str:
         lines.append(
             f"wave {wave.index + 1}  {wave.state:<17} {progress_bar(done, len(mine), 20)}{extra}"
         )
-        for target in mine:
+        shown = mine
+        if per_wave is not None and len(mine) > per_wave:
+            shown = sorted(mine, key=lambda t: (_ORDER.get(t.state, 9), t.env))[:per_wave]
+        for target in shown:
             detail = f"  {visible(target.reason)}" if target.reason else ""
             dep = f" {target.dep}" if target.dep else ""
             lines.append(f"    {target.env:<32} {target.state:<12}{dep}{detail}".rstrip())
-        if wave.size > len(mine):
-            lines.append(f"    ... and {wave.size - len(mine)} more")
+        if wave.size > len(shown):
+            lines.append(f"    ... and {wave.size - len(shown)} more")
     return "\n".join(lines)
 
 
