@@ -34,6 +34,7 @@ from edgeplane.controller.core.deployments import Deployment
 from edgeplane.controller.core.rollout_plan import Threshold, parse_threshold
 from edgeplane.shared.errors import RequestRefused
 from edgeplane.shared.rpc import (
+    TERMINAL_STATES,
     RolloutInfo,
     RolloutState,
     TargetInfo,
@@ -74,7 +75,9 @@ def _succeeded(deployment: Deployment) -> bool:
     return deployment.state == "succeeded"
 
 
-_FAILURE: Final = frozenset({"failed", "rejected", "rolled-back", "stopped", "checked", "expired"})
+# Every end a deployment may come to but success (a state added later, such as a
+# cancellation, counts too): failed, rejected, rolled-back, stopped, checked, expired.
+_FAILURE: Final = TERMINAL_STATES - {"succeeded"}
 
 
 @dataclass(frozen=True, slots=True)
