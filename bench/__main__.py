@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from bench import agent_footprint, backlog, deploy_fanout, detection, ingest, restart
+from bench import agent_footprint, backlog, deploy_fanout, detection, ingest, restart, rollout
 from bench._common import Report, add_common_arguments, machine, run_main
 
 __all__ = ["BENCHES", "main"]
@@ -27,9 +27,13 @@ BENCHES: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, Report]]] 
     "restart": restart.run,
     "backlog": backlog.run,
     "deploy_fanout": deploy_fanout.run,
+    "rollout": rollout.run,
 }
 # Fleet sizes when --count is not given: the benchmarks' goals are stated for these.
-DEFAULT_COUNTS: dict[str, int] = {"deploy_fanout": deploy_fanout.GOAL_COUNT}
+DEFAULT_COUNTS: dict[str, int] = {
+    "deploy_fanout": deploy_fanout.GOAL_COUNT,
+    "rollout": rollout.GOAL_COUNT,
+}
 FULL_SCALE = 10_000
 
 
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         "restart": restart.add_arguments,
         "backlog": backlog.add_arguments,
         "deploy_fanout": deploy_fanout.add_arguments,
+        "rollout": rollout.add_arguments,
     }
     for name in args.only or list(BENCHES):
         merged = argparse.Namespace(**{**vars(_defaults(adders[name])), **vars(args)})

@@ -77,7 +77,7 @@ CheckKind = Literal["model", "datasource", "bucket", "secret", "endpoint"]
 OfflineReason = Literal["connection-lost", "shutdown", "retired"]
 ViewStatus = Literal["online", "offline", "unknown", "retired"]
 AlertState = Literal["raised", "cleared"]
-AlertKind = Literal["flapping", "identity-conflict"]
+AlertKind = Literal["flapping", "identity-conflict", "rollout-aborted"]
 
 
 class Platform(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -71,7 +71,17 @@ __all__ = [
     "OperatorRotated",
     "Reply",
     "Request",
+    "RolloutAction",
+    "RolloutInfo",
+    "RolloutList",
+    "RolloutShow",
+    "RolloutStart",
+    "RolloutState",
     "SealedCredential",
+    "TargetInfo",
+    "TargetState",
+    "WaveInfo",
+    "WaveState",
 ]
 
 REQUEST_EXPIRY: Final = 10  # seconds: the MQTT 5 message expiry of a request
@@ -127,6 +137,28 @@ ErrorCode = Literal[
     "unavailable",  # the controller cannot do it now (shutting down, database error)
     "too-large",  # the result would not fit in one reply: ask for fewer (limit)
     "no-identities",  # the broker has no identities the controller administers (no broker init)
+    "no-match",  # a rollout's selector matches no environment
+    "conflict",  # the request does not fit the state it names (resume a running rollout)
+]
+
+RolloutState = Literal[
+    "running",  # waves go out
+    "paused",  # by the operator: nothing more is sent until resume
+    "awaiting-approval",  # --approve-each-wave: the next wave waits for rollout approve
+    "rolling-back",  # aborted with --rollback-on-abort: the changed targets go back
+    "aborted",  # the failures went over --max-failures, or the operator aborted it
+    "succeeded",  # every wave done within --max-failures
+    "failed",  # aborted, and the rollback could not restore every target
+]
+WaveState = Literal["pending", "running", "baking", "awaiting-approval", "done"]
+TargetState = Literal[
+    "pending",  # not sent yet
+    "sent",  # its deployment is out (or queued for an offline target)
+    "succeeded",  # the job succeeded, or the service runs
+    "failed",  # refused by the gate, failed preflight, failed
+    "timed-out",  # not done within --target-timeout
+    "not-deployed",  # offline until --target-timeout: never sent
+    "rolled-back",  # changed, then returned to what ran there before
 ]
 
 
@@ -308,6 +340,50 @@ class ControllerPing(_Request, frozen=True, kw_only=True, tag="controller-ping")
     one is alive (it answers) or died (nobody answers)."""
 
 
+class RolloutStart(_Request, frozen=True, kw_only=True, tag="rollout-start"):
+    """Result: :class:`RolloutInfo` with its plan (every target, by wave). ``selector``
+    matches environment records (stage, location, purpose, project, else a label); one
+    matching nothing is refused with code ``no-match``. ``waves``: cumulative counts
+    (``"5"``) or shares (``"10%"``); ``max_failures``: a count or a share of the targets
+    finished. ``dry_run``: nothing is stored; the first wave's targets get a dry-run
+    deployment each (their ids in the targets' ``dep``) and the plan comes back."""
+
+    workflow: Workflow
+    selector: dict[Label, LabelValue]
+    waves: list[ShortText] = msgspec.field(default_factory=lambda: ["1", "10%", "50%", "100%"])
+    max_failures: ShortText = "10%"
+    min_executed: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 1
+    bake: Annotated[float, msgspec.Meta(ge=0, le=7 * 86_400)] = 60.0
+    target_timeout: Annotated[float, msgspec.Meta(gt=0, le=30 * 86_400)] = 300.0
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 50
+    rollback_on_abort: bool = False
+    approve_each_wave: bool = False
+    skip_offline: bool = False
+    dry_run: bool = False
+
+
+class RolloutList(_Request, frozen=True, kw_only=True, tag="rollout-list"):
+    """Result: ``list[RolloutInfo]`` without targets, newest first."""
+
+    limit: Limit = 50
+
+
+class RolloutShow(_Request, frozen=True, kw_only=True, tag="rollout-show"):
+    """Result: :class:`RolloutInfo` with its waves and every target."""
+
+    id: ShortText
+
+
+class RolloutAction(_Request, frozen=True, kw_only=True, tag="rollout-action"):
+    """Result: :class:`RolloutInfo`. ``pause``: nothing more is sent; ``resume``: go on;
+    ``abort``: stop for good (rolling back with ``rollback_on_abort``); ``approve``: start
+    the wave that waits for approval. One that does not fit the state is refused with code
+    ``conflict``."""
+
+    id: ShortText
+    action: Literal["pause", "resume", "abort", "approve"]
+
+
 Request = (
     EnvCreate
     | EnvList
@@ -328,6 +404,10 @@ Request = (
     | OperatorRotateConfirm
     | CommandKeyRequest
     | ControllerPing
+    | RolloutStart
+    | RolloutList
+    | RolloutShow
+    | RolloutAction
 )
 
 
@@ -479,6 +559,69 @@ class CommandKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
     lost: list[ShortText] = []
 
 
+class TargetInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One environment of a rollout. ``dep``: its deployment (the rollout's only one
+    there); ``previous``: the deployment of the same workflow that ran there before (what a
+    rollback deploys again); ``rollback``: the rollback's deployment, ``rollback_state``
+    ``sent``, ``done``, ``failed`` or ``none`` (nothing ran there before)."""
+
+    env: EnvId
+    wave: Count
+    state: TargetState
+    dep: ShortText = ""
+    reason: ShortText = ""
+    started: UnixTime | None = None
+    finished: UnixTime | None = None
+    previous: ShortText = ""
+    rollback: ShortText = ""
+    rollback_state: ShortText = ""
+
+
+class WaveInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One wave: ``size`` targets; ``bake_until``: when its bake ends (baking)."""
+
+    index: Count
+    state: WaveState
+    size: Count
+    started: UnixTime | None = None
+    finished: UnixTime | None = None
+    bake_until: UnixTime | None = None
+
+
+class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A rollout, its settings, waves and (for ``rollout-show`` and ``rollout-start``)
+    its targets, by wave and id (the first 2,000: ``total`` says how many there are, each
+    wave's ``size`` how many it holds). ``counts``: targets by state; ``failures``: those
+    counted toward ``max_failures`` (failed, timed-out, and not-deployed unless
+    ``skip_offline``)."""
+
+    id: ShortText
+    workflow: ShortText
+    version: ShortText
+    selector: dict[str, str]
+    state: RolloutState
+    reason: ShortText = ""
+    created: UnixTime
+    updated: UnixTime
+    waves_spec: list[ShortText] = []
+    max_failures: ShortText = ""
+    min_executed: Count = 1
+    bake: float = 0.0
+    target_timeout: float = 0.0
+    concurrency: Count = 1
+    rollback_on_abort: bool = False
+    approve_each_wave: bool = False
+    skip_offline: bool = False
+    dry_run: bool = False
+    wave: Count = 0  # the wave under way (index)
+    waves: list[WaveInfo] = []
+    counts: dict[str, int] = {}
+    failures: Count = 0
+    finished: Count = 0
+    total: Count = 0
+    targets: list[TargetInfo] = []
+
+
 class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The answer to one request. ``ok`` false: ``code`` and ``error`` (one sentence for
     people) say why, and ``result`` may hold details."""
@@ -509,6 +652,10 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     OperatorRotateConfirm: OperatorInfo,
     CommandKeyRequest: CommandKeyInfo,
     ControllerPing: ControllerStatus,
+    RolloutStart: RolloutInfo,
+    RolloutList: list[RolloutInfo],
+    RolloutShow: RolloutInfo,
+    RolloutAction: RolloutInfo,
 }
 
 # Codecs of the two rpc topics (here, not in shared.codec: the agent never needs them).

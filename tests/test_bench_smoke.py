@@ -22,6 +22,7 @@ BENCHES = {
     "restart": ["--count", "20", "--quick", "--change", "2", "--watch", "1", "--paced", "30"],
     "backlog": ["--count", "20", "--events", "500"],
     "deploy_fanout": ["--count", "5", "--burst", "500"],
+    "rollout": ["--count", "40", "--bake", "0.5"],
 }
 
 

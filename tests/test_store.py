@@ -113,7 +113,14 @@ async def test_an_older_schema_is_migrated_keeping_its_rows(tmp_path: Path) -> N
         conn.execute("DROP INDEX transitions_by_time")
         conn.execute("DROP INDEX alerts_by_env")
         tables = ("records", "inventory", "deployments", "oplog", "credentials")  # 3, 4
-        for table in (*tables, "key_rotation", "key_agents", "commands"):  # 5, 8
+        for table in (
+            *tables,
+            "key_rotation",
+            "key_agents",
+            "commands",
+            "rollouts",
+            "rollout_targets",
+        ):  # 5, 8, 9
             conn.execute(f"DROP TABLE {table}")
         conn.execute("PRAGMA user_version = 1")
     async with open_store(db) as store:

@@ -27,6 +27,7 @@ from edgeplane.controller.cli import (
     env,
     events,
     operators,
+    rollout,
     status,
     up,
     watch,
@@ -86,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_parser(commands)
     deploy.add_parser(commands)
     deployments.add_parser(commands)
+    rollout.add_parser(commands)
     events.add_parser(commands)
     demo.add_parser(commands)
     broker.add_parser(commands)

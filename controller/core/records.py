@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from edgeplane.controller.core.deployments import Deployment, OperatorCommand
 from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.registry import Environment
+from edgeplane.controller.core.rollout import RolloutRecord, Target
 from edgeplane.controller.core.rotation import Credential
 from edgeplane.shared.messages import Event, Platform
 
@@ -56,6 +57,8 @@ class Writes:
     credentials: list[Credential] = field(default_factory=list)
     key_rotation: list[KeyRotation] = field(default_factory=list)
     key_agents: list[AgentTrust] = field(default_factory=list)
+    rollouts: list[RolloutRecord] = field(default_factory=list)
+    rollout_targets: list[Target] = field(default_factory=list)
     # Deleted after everything before them in the store's queue, before what comes after.
     forgotten: list[Forgotten] = field(default_factory=list)
     urgent: bool = False
@@ -69,6 +72,8 @@ class Writes:
         self.credentials.extend(other.credentials)
         self.key_rotation.extend(other.key_rotation)
         self.key_agents.extend(other.key_agents)
+        self.rollouts.extend(other.rollouts)
+        self.rollout_targets.extend(other.rollout_targets)
         self.forgotten.extend(other.forgotten)
         self.urgent = self.urgent or other.urgent
 
@@ -82,5 +87,7 @@ class Writes:
             or self.credentials
             or self.key_rotation
             or self.key_agents
+            or self.rollouts
+            or self.rollout_targets
             or self.forgotten
         )

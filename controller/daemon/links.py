@@ -12,6 +12,7 @@
                something else overwrote it;
 ``requests-N`` a few workers answering operator requests, once the sync is done;
 ``pings``      the answers to other controllers asking whether we are alive (at once);
+``rollouts``   the rollouts' runner: fed by their deployments' changes and a timer;
 ``rotation``   (under ``broker init``) credential rotation: what a restart interrupted,
                then the online messages that move a rotation on; ``rotation-ticker``
                the automatic rotation after ``rotate_after``; ``operator-ages`` the
@@ -44,6 +45,7 @@ from edgeplane.controller.daemon.identities import Identities
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.publisher import PUBLISH_WINDOW, Publisher
 from edgeplane.controller.daemon.request_desk import REQUEST_WORKERS, RequestDesk
+from edgeplane.controller.daemon.rollout_desk import RolloutDesk
 from edgeplane.controller.daemon.rotation_desk import RotationDesk
 from edgeplane.controller.daemon.settings import ControllerSettings
 from edgeplane.controller.daemon.store import Store
@@ -82,6 +84,7 @@ class DaemonParts:
     views: ViewGuard
     identities: Identities | None = None  # None: the broker has none (no broker init)
     rotation: RotationDesk | None = None  # credential rotation, with identities only
+    rollouts: RolloutDesk | None = None  # the rollouts' runner
 
 
 class PresenceLink:
@@ -100,6 +103,7 @@ class PresenceLink:
         self._admin = None if parts.identities is None else parts.identities.admin
         self._views = parts.views
         self._rotation = parts.rotation
+        self._rollouts = parts.rollouts
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -143,6 +147,8 @@ class PresenceLink:
             if self._rotation is not None:
                 workers.append(tasks.create_task(self._rotation.serve(), name="rotation"))
                 workers.append(tasks.create_task(self._rotation.tick(), name="rotation-ticker"))
+            if self._rollouts is not None:
+                workers.append(tasks.create_task(self._rollouts.serve(), name="rollouts"))
             if self._ids is not None:
                 ages = self._ids.operator_credentials().watch()
                 workers.append(tasks.create_task(ages, name="operator-ages"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import structlog
@@ -58,6 +58,8 @@ class Publisher:
         self._outbox: asyncio.Queue[tuple[int, Outgoing]] = asyncio.Queue(OUTBOX_SIZE)
         self._unsent: list[Outgoing] = []  # taken from the outbox, not yet acknowledged
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
+        # Told every batch of effects carried out (the rollouts follow their deployments).
+        self.watchers: list[Callable[[Effects], None]] = []
 
     async def carry_out(self, judgement: Judgement | None, effects: Effects | None) -> int:
         """Store, then (once committed) publish; returns the store number to wait for."""
@@ -67,6 +69,8 @@ class Publisher:
             await self._queue_judged(number, judgement)
             _log_judgement(judgement)
         if effects is not None:
+            for watcher in self.watchers:
+                watcher(effects)
             if effects.writes:
                 number = await self._store.submit(effects.writes)
             for item in effects.outgoing:

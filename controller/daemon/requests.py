@@ -19,6 +19,7 @@ from edgeplane.controller.core.operations import Effects, Operations
 from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.command_keys import KeyRotator
 from edgeplane.controller.daemon.identities import NO_IDENTITIES, Identities
+from edgeplane.controller.daemon.rollout_desk import RolloutDesk
 from edgeplane.controller.daemon.rotation_desk import RotationDesk, with_credential
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.errors import RequestRefused, StoreError
@@ -49,6 +50,10 @@ from edgeplane.shared.rpc import (
     OperatorRotateConfirm,
     Reply,
     Request,
+    RolloutAction,
+    RolloutList,
+    RolloutShow,
+    RolloutStart,
 )
 
 __all__ = ["RequestHandler", "failed"]
@@ -56,7 +61,16 @@ __all__ = ["RequestHandler", "failed"]
 ERROR_LIMIT: Final = 2048
 SHOW_EVENTS: Final = 1000  # events in a deployment-show
 
-_READS: Final = (EnvList, EnvShow, DeploymentList, DeploymentShow, EventList, OperatorList)
+_READS: Final = (
+    EnvList,
+    EnvShow,
+    DeploymentList,
+    DeploymentShow,
+    EventList,
+    OperatorList,
+    RolloutList,
+    RolloutShow,
+)
 
 log = structlog.get_logger("edgeplane.controller.daemon.requests")
 _encoder: Final = msgspec.json.Encoder()
@@ -79,8 +93,10 @@ class RequestHandler:
         keys: KeyRotator | None = None,
         rotation: RotationDesk | None = None,
         views: ViewGuard | None = None,
+        rollouts: RolloutDesk | None = None,
     ) -> None:
         self._ops = operations
+        self._rollouts = rollouts
         self._views = views
         self._keys = keys
         self._store = store
@@ -174,11 +190,24 @@ class RequestHandler:
                 return await ids().operator_credentials().rotate(request), Effects()
             case OperatorRotateConfirm():
                 return await ids().operator_credentials().confirm(request), Effects()
+            case RolloutStart():
+                return self._rollout_desk().start(request)
+            case RolloutList(limit=limit):
+                return self._rollout_desk().list(limit), Effects()
+            case RolloutShow(id=rollout):
+                return self._rollout_desk().show(rollout), Effects()
+            case RolloutAction(id=rollout, action=action):
+                return self._rollout_desk().act(rollout, action)
             case CommandKeyRequest(action=action):
                 if self._keys is None:
                     raise RequestRefused("unavailable", "this controller cannot rotate its key")
                 return self._keys.request(action)
         raise RequestRefused("invalid", f"unknown request {_op(request)!r}")
+
+    def _rollout_desk(self) -> RolloutDesk:
+        if self._rollouts is None:
+            raise RequestRefused("unavailable", "this controller runs no rollouts")
+        return self._rollouts
 
     async def _rotate(self, env: str, repin: bool) -> EnvInfo:
         self._identities()

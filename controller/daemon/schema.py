@@ -182,6 +182,27 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     );
     CREATE INDEX commands_by_env ON commands (env, state, answered);
     """,
+    # version 9: rollouts (core/rollout.py) and their targets, one per rollout and
+    # environment (a target's one deployment is in its row, written with that deployment)
+    """
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX rollouts_by_state ON rollouts (state);
+    CREATE TABLE rollout_targets (
+        rollout TEXT NOT NULL,
+        env TEXT NOT NULL,
+        wave INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        dep TEXT NOT NULL DEFAULT '',
+        body TEXT NOT NULL,
+        PRIMARY KEY (rollout, env)
+    );
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

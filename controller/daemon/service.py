@@ -44,6 +44,7 @@ from edgeplane.controller.daemon.publisher import Publisher
 from edgeplane.controller.daemon.request_desk import RequestDesk
 from edgeplane.controller.daemon.requests import RequestHandler
 from edgeplane.controller.daemon.rivals import find_rival, last_boot, remember_boot, rival_text
+from edgeplane.controller.daemon.rollout_desk import RolloutDesk
 from edgeplane.controller.daemon.rotation import CredentialRotator
 from edgeplane.controller.daemon.rotation_desk import RotationDesk
 from edgeplane.controller.daemon.settings import ControllerSettings
@@ -172,6 +173,9 @@ class PresenceService:
             identities.command_key = signer.public_key_b64  # new bootstrap files: the new key
 
         keys.on_new_current = enrol_with
+        rollouts = RolloutDesk(operations, store, publisher, clock, sync.synced)
+        await rollouts.restore()
+        publisher.watchers.append(rollouts.note)
         handler = RequestHandler(
             operations,
             store,
@@ -180,6 +184,7 @@ class PresenceService:
             keys=rotator,
             rotation=rotation,
             views=views,
+            rollouts=rollouts,
         )
         desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop, beacon.identity)
         await publisher.carry_out(None, operations.ensure_default())
@@ -197,6 +202,7 @@ class PresenceService:
             views,
             identities if identities.enabled else None,
             rotation,
+            rollouts,
         )
 
     async def _rotation(

@@ -36,8 +36,9 @@ from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
 from edgeplane.controller.core.records import Forgotten, ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
+from edgeplane.controller.core.rollout import RolloutRecord, Target
 from edgeplane.controller.core.rotation import Credential
-from edgeplane.controller.daemon import key_rows, rows
+from edgeplane.controller.daemon import key_rows, rollout_rows, rows
 from edgeplane.controller.daemon.schema import prepare
 from edgeplane.controller.errors import StoreError
 from edgeplane.shared.rpc import LoggedEvent
@@ -173,6 +174,12 @@ class Store:
         if credentials:
             await self._db.executemany(rows.UPSERT_CREDENTIAL, credentials.values())
         await self._write_key_rotation(writes)
+        rollouts = {r.id: rollout_rows.rollout_row(r) for r in writes.rollouts}
+        if rollouts:
+            await self._db.executemany(rollout_rows.UPSERT_ROLLOUT, rollouts.values())
+        targets = {(t.rollout, t.env): rollout_rows.target_row(t) for t in writes.rollout_targets}
+        if targets:
+            await self._db.executemany(rollout_rows.UPSERT_TARGET, targets.values())
 
     async def _write_key_rotation(self, writes: Writes) -> None:
         if writes.key_rotation:
@@ -313,6 +320,28 @@ class Store:
             (*args, limit),
         )
         return [rows.logged_event_from_row(row) for row in found]
+
+    async def rollouts(self) -> list[RolloutRecord]:
+        """Every rollout, oldest first."""
+        found = await self._query(f"{rollout_rows.ROLLOUT_SELECT} ORDER BY created, id")
+        return [rollout_rows.rollout_from_row(row) for row in found]
+
+    async def rollout_targets(self, rollout: str) -> list[Target]:
+        found = await self._query(
+            f"{rollout_rows.TARGET_SELECT} WHERE rollout = ? ORDER BY wave, env", (rollout,)
+        )
+        return [rollout_rows.target_from_row(row) for row in found]
+
+    async def previous_deployment(self, env: str, workflow: str, before: float) -> str:
+        """The newest deployment of ``workflow`` (by name) that ran or succeeded on
+        ``env`` before ``before`` (not a dry run), or "": what a rollback restores."""
+        found = await self._query(
+            "SELECT id FROM deployments WHERE env = ? AND workflow = ? AND dry_run = 0"
+            " AND state IN ('running', 'succeeded', 'restarting') AND created < ?"
+            " ORDER BY created DESC, id DESC LIMIT 1",
+            (env, workflow, before),
+        )
+        return str(found[0][0]) if found else ""
 
     async def stream_heads(self) -> list[tuple[str, str, int]]:
         """(env, src, highest seq) of every event stream in the log."""

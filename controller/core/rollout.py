@@ -1,0 +1,603 @@
+"""A rollout's state machine (pure): which targets to send, when a wave is done, when the
+next one starts, when the rollout aborts, and what a rollback deploys again.
+
+The shell (``controller/daemon/rollout_desk.py``) feeds a :class:`RolloutRun` the
+deployments of its targets as they change (:meth:`RolloutRun.observe`) and asks it, on
+every change and when a deadline falls due, what to do now (:meth:`RolloutRun.step`,
+with the time of an injected clock). The run answers with a :class:`RolloutStep`: the targets to
+deploy (each one's action is "deploy the rollout's workflow", the same gate and preflight
+as a single deployment), the rollbacks to deploy, alerts to raise or clear. What
+changed is taken with :meth:`RolloutRun.changes`, to be stored before anything is sent.
+
+States. A target: ``pending`` -> ``sent`` -> ``succeeded`` | ``failed`` | ``timed-out``
+| ``not-deployed`` (offline until the target timeout: queued, never sent), and a
+succeeded one may end ``rolled-back``. A wave: ``pending`` -> ``running`` -> ``baking``
+(every target finished; ``bake`` seconds) -> ``done``, or ``awaiting-approval`` before it
+runs (``approve_each_wave``). The rollout: ``running``, ``paused``,
+``awaiting-approval``, then ``succeeded``, or ``aborted`` (the failures went over the
+threshold: at once, on the change that crossed it; or the operator), through
+``rolling-back`` with ``rollback_on_abort``; ``failed`` when the rollback could not
+restore every target.
+
+The failures counted toward ``max_failures`` are the targets failed, timed out and (unless
+``skip_offline``) not deployed, judged once ``min_executed`` targets finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from edgeplane.controller.core.deployments import Deployment
+from edgeplane.controller.core.rollout_plan import Threshold, parse_threshold
+from edgeplane.shared.errors import RequestRefused
+from edgeplane.shared.rpc import (
+    TERMINAL_STATES,
+    RolloutInfo,
+    RolloutState,
+    TargetInfo,
+    TargetState,
+    WaveInfo,
+    WaveState,
+)
+from edgeplane.shared.workflow import Workflow
+
+__all__ = [
+    "ACTIVE_STATES",
+    "FINAL_TARGET_STATES",
+    "MAX_TARGETS_SHOWN",
+    "RolloutAlert",
+    "RolloutRecord",
+    "RolloutRun",
+    "RolloutSettings",
+    "RolloutStep",
+    "Target",
+    "Wave",
+    "new_run",
+]
+
+MAX_TARGETS_SHOWN: Final = 2000  # targets in one RolloutInfo (the reply size limit)
+FINAL_TARGET_STATES: Final[frozenset[str]] = frozenset(
+    {"succeeded", "failed", "timed-out", "not-deployed", "rolled-back"}
+)
+ACTIVE_STATES: Final[frozenset[str]] = frozenset(
+    {"running", "paused", "awaiting-approval", "rolling-back"}
+)
+_SUCCESS: Final = frozenset({"running", "succeeded"})
+
+
+def _succeeded(deployment: Deployment) -> bool:
+    """A job that succeeded, or a service that runs (a job running is still under way)."""
+    if deployment.workflow.kind == "service":
+        return deployment.state in _SUCCESS
+    return deployment.state == "succeeded"
+
+
+# Every end a deployment may come to but success (a state added later, such as a
+# cancellation, counts too): failed, rejected, rolled-back, stopped, checked, expired.
+_FAILURE: Final = TERMINAL_STATES - {"succeeded"}
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSettings:
+    waves: tuple[str, ...]
+    max_failures: str = "10%"
+    min_executed: int = 1
+    bake: float = 60.0
+    target_timeout: float = 300.0
+    concurrency: int = 50
+    rollback_on_abort: bool = False
+    approve_each_wave: bool = False
+    skip_offline: bool = False
+
+
+@dataclass(slots=True)
+class Wave:
+    index: int
+    state: WaveState = "pending"
+    started: float | None = None
+    finished: float | None = None
+    bake_until: float | None = None
+
+
+@dataclass(slots=True)
+class Target:
+    """One environment of a rollout; ``dep`` its one deployment, ``previous`` the
+    deployment of the same workflow that ran there before it."""
+
+    rollout: str
+    env: str
+    wave: int
+    state: TargetState = "pending"
+    dep: str = ""
+    reason: str = ""
+    started: float | None = None
+    finished: float | None = None
+    previous: str = ""
+    rollback: str = ""
+    rollback_state: str = ""  # "", sent, done, failed, none
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_TARGET_STATES
+
+    def info(self) -> TargetInfo:
+        return TargetInfo(
+            env=self.env,
+            wave=self.wave,
+            state=self.state,
+            dep=self.dep,
+            reason=self.reason[:256],
+            started=self.started,
+            finished=self.finished,
+            previous=self.previous,
+            rollback=self.rollback,
+            rollback_state=self.rollback_state,
+        )
+
+
+@dataclass(slots=True)
+class RolloutRecord:
+    """What is stored of a rollout besides its targets."""
+
+    id: str
+    workflow: Workflow
+    selector: dict[str, str]
+    settings: RolloutSettings
+    created: float
+    updated: float
+    waves: list[Wave]
+    state: RolloutState = "running"
+    reason: str = ""
+    current: int = 0
+    alert_env: str = ""  # the environment its alert was raised on ("" none)
+    # What each target gets: "deploy" (the workflow). Room for "undeploy" (take the
+    # workflow of that name off each target), which the desk would send instead.
+    action: str = "deploy"
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutAlert:
+    env: str
+    state: str  # raised, cleared
+    detail: str
+
+
+@dataclass(slots=True)
+class RolloutStep:
+    """What to do now: targets to deploy (env ids), rollbacks to deploy (env -> the
+    deployment to deploy again), alert edges (in order: an abort with nothing to roll
+    back raises and clears in one step)."""
+
+    send: list[str] = field(default_factory=list)
+    rollback: dict[str, str] = field(default_factory=dict)
+    alerts: list[RolloutAlert] = field(default_factory=list)
+
+
+class RolloutRun:
+    def __init__(self, record: RolloutRecord, targets: Iterable[Target]) -> None:
+        self.record = record
+        self.targets: dict[str, Target] = {t.env: t for t in targets}
+        self._threshold: Threshold = parse_threshold(record.settings.max_failures)
+        self._deps: dict[str, Deployment] = {}  # the targets' deployments as last seen
+        self._by_dep: dict[str, str] = {}  # deployment id -> env (the target's or rollback)
+        for target in self.targets.values():
+            self._index(target)
+        self._changed: dict[str, Target] = {}
+        self._record_changed = False
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def active(self) -> bool:
+        return self.record.state in ACTIVE_STATES
+
+    @property
+    def settled(self) -> bool:
+        """Over, and nothing of it in flight any more (an aborted rollout's targets that
+        were sent still end: succeeded, failed or timed out)."""
+        return not self.active and not any(t.state == "sent" for t in self.targets.values())
+
+    def _index(self, target: Target) -> None:
+        for dep in (target.dep, target.rollback):
+            if dep:
+                self._by_dep[dep] = target.env
+
+    def watches(self, dep: str) -> bool:
+        return dep in self._by_dep
+
+    def deployments(self) -> list[str]:
+        """The deployments whose changes matter (targets in flight, rollbacks)."""
+        found = [t.dep for t in self.targets.values() if t.dep]
+        return found + [t.rollback for t in self.targets.values() if t.rollback]
+
+    # --- what changed, for the store ------------------------------------------------------
+    def changes(self) -> tuple[RolloutRecord | None, list[Target]]:
+        record = dataclasses.replace(self.record) if self._record_changed else None
+        targets = [dataclasses.replace(t) for t in self._changed.values()]
+        self._changed.clear()
+        self._record_changed = False
+        return record, targets
+
+    def mark_all_changed(self) -> None:
+        """Everything is to be stored (a new rollout)."""
+        self._record_changed = True
+        self._changed.update(self.targets)
+
+    def _touch(self, now: float, target: Target | None = None) -> None:
+        if target is not None:
+            self._changed[target.env] = target
+        self.record.updated = now
+        self._record_changed = True
+
+    def _set_state(self, state: RolloutState, reason: str, now: float) -> None:
+        self.record.state = state
+        self.record.reason = reason
+        self._touch(now)
+
+    # --- inputs ---------------------------------------------------------------------------
+    def observe(self, deployment: Deployment, now: float) -> bool:
+        """A deployment of this rollout as it is now; whether a target moved."""
+        env = self._by_dep.get(deployment.id)
+        if env is None:
+            return False
+        self._deps[deployment.id] = deployment
+        target = self.targets[env]
+        if deployment.id == target.rollback:
+            return self._observe_rollback(target, deployment, now)
+        if target.state != "sent" or deployment.id != target.dep:
+            return False
+        state = deployment.state
+        if _succeeded(deployment):
+            self._finish(target, "succeeded", "", now)
+        elif state == "expired" and not deployment.cmd:
+            self._finish(target, "not-deployed", "offline until the target timeout", now)
+        elif state in _FAILURE:
+            self._finish(target, "failed", f"{state}: {deployment.reason}".rstrip(": "), now)
+        else:
+            return False
+        return True
+
+    def _observe_rollback(self, target: Target, deployment: Deployment, now: float) -> bool:
+        if target.rollback_state != "sent":
+            return False
+        if _succeeded(deployment):
+            target.rollback_state = "done"
+            target.state = "rolled-back"
+            target.reason = f"returned to {deployment.workflow.version} ({target.previous})"
+        elif deployment.state == "expired" and not deployment.cmd:
+            target.rollback_state = "failed"
+            target.reason = "rollback: offline until the target timeout"
+        elif deployment.state in _FAILURE:
+            target.rollback_state = "failed"
+            target.reason = f"rollback {deployment.state}: {deployment.reason}"
+        else:
+            return False
+        self._touch(now, target)
+        return True
+
+    def may_send(self, env: str) -> bool:
+        """Whether ``env`` may be sent now (a step said so, and nothing changed since: no
+        abort, no pause in between)."""
+        target = self.targets.get(env)
+        return self.record.state == "running" and target is not None and target.state == "pending"
+
+    def may_roll_back(self, env: str) -> bool:
+        target = self.targets.get(env)
+        return (
+            self.record.state == "rolling-back" and target is not None and not target.rollback_state
+        )
+
+    def sent(self, env: str, dep: str, previous: str, now: float) -> None:
+        """``env``'s deployment ``dep`` is made (in the same writes as this change)."""
+        target = self.targets[env]
+        target.state, target.dep, target.previous, target.started = "sent", dep, previous, now
+        self._index(target)
+        self._touch(now, target)
+
+    def refused(self, env: str, reason: str, now: float) -> None:
+        """The gate refused ``env``'s deployment: a failure like any other."""
+        target = self.targets[env]
+        target.started = now
+        self._finish(target, "failed", f"refused: {reason}", now)
+
+    def rollback_sent(self, env: str, dep: str, now: float) -> None:
+        target = self.targets[env]
+        target.rollback, target.rollback_state = dep, "sent"
+        self._index(target)
+        self._touch(now, target)
+
+    def rollback_refused(self, env: str, reason: str, now: float) -> None:
+        target = self.targets[env]
+        target.rollback_state = "failed"
+        target.reason = f"rollback refused: {reason}"
+        self._touch(now, target)
+
+    def add(self, env: str, now: float) -> bool:
+        """An environment that matches the selector and joined while the rollout runs: it
+        goes into the last wave (not once the rollout is over or aborting)."""
+        if env in self.targets or self.record.state not in (
+            "running",
+            "paused",
+            "awaiting-approval",
+        ):
+            return False
+        target = Target(self.id, env, len(self.record.waves) - 1)
+        self.targets[env] = target
+        self._touch(now, target)
+        return True
+
+    def _finish(self, target: Target, state: TargetState, reason: str, now: float) -> None:
+        target.state, target.reason, target.finished = state, reason, now
+        self._touch(now, target)
+
+    # --- the operator ---------------------------------------------------------------------
+    def act(self, action: str, now: float) -> None:
+        state = self.record.state
+        if action == "pause":
+            if state not in ("running", "awaiting-approval"):
+                raise self._conflict(action)
+            self._set_state("paused", "paused by the operator", now)
+        elif action == "resume":
+            if state != "paused":
+                raise self._conflict(action)
+            waiting = self._wave().state == "awaiting-approval"
+            self._set_state("awaiting-approval" if waiting else "running", "", now)
+        elif action == "approve":
+            if state != "awaiting-approval":
+                raise self._conflict(action)
+            self._start_wave(self.record.current, now)
+            self._set_state("running", "", now)
+        elif action == "abort":
+            if state not in ("running", "paused", "awaiting-approval"):
+                raise self._conflict(action)
+            self._abort("aborted by the operator", now)
+            self.record.alert_env = ""  # the operator's own choice: no alert
+        else:
+            raise RequestRefused("invalid", f"unknown rollout action {action!r}")
+
+    def _conflict(self, action: str) -> RequestRefused:
+        return RequestRefused(
+            "conflict", f"rollout {self.id} is {self.record.state}: cannot {action} it"
+        )
+
+    # --- counting -------------------------------------------------------------------------
+    def _is_failure(self, target: Target) -> bool:
+        if target.state in ("failed", "timed-out"):
+            return True
+        return target.state == "not-deployed" and not self.record.settings.skip_offline
+
+    def tally(self) -> tuple[int, int]:
+        """(failures, finished) over every target."""
+        finished = [t for t in self.targets.values() if t.final]
+        return sum(1 for t in finished if self._is_failure(t)), len(finished)
+
+    def _wave(self) -> Wave:
+        return self.record.waves[self.record.current]
+
+    def _of_wave(self, index: int) -> list[Target]:
+        return [t for t in self.targets.values() if t.wave == index]
+
+    # --- deciding -------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        """When :meth:`step` has something to do without any other input."""
+        if self.settled:
+            return None
+        deadlines = [
+            t.started + self.record.settings.target_timeout
+            for t in self.targets.values()
+            if t.state == "sent" and t.started is not None
+        ]
+        wave = self._wave()
+        if self.active and wave.state == "baking" and wave.bake_until is not None:
+            deadlines.append(wave.bake_until)
+        return min(deadlines, default=None)
+
+    def step(self, now: float) -> RolloutStep:
+        step = RolloutStep()
+        if self.settled:
+            return step
+        self._time_out(now)
+        if not self.active:
+            return step
+        if self.record.state != "rolling-back":
+            failures, finished = self.tally()
+            settings = self.record.settings
+            if finished >= settings.min_executed and self._threshold.exceeded(failures, finished):
+                why = (
+                    f"{failures} of {finished} finished targets failed, over --max-failures "
+                    f"{settings.max_failures}"
+                )
+                step.alerts.append(self._abort(why, now))
+        if self.record.state == "running":
+            self._advance(now, step)
+        if self.record.state == "rolling-back":
+            self._roll_back(now, step)
+        return step
+
+    def _time_out(self, now: float) -> None:
+        timeout = self.record.settings.target_timeout
+        for target in self.targets.values():
+            if target.state != "sent" or target.started is None:
+                continue
+            if now < target.started + timeout:
+                continue
+            deployment = self._deps.get(target.dep)
+            if deployment is not None and deployment.state == "queued":
+                self._finish(target, "not-deployed", "offline until the target timeout", now)
+            else:
+                why = f"not done within --target-timeout {timeout:g}s"
+                state = "" if deployment is None else f" (deployment {deployment.state})"
+                self._finish(target, "timed-out", why + state, now)
+
+    def _abort(self, why: str, now: float) -> RolloutAlert:
+        record = self.record
+        for wave in record.waves:
+            if wave.state == "baking":
+                wave.state, wave.finished = "done", now
+        rolling = record.settings.rollback_on_abort
+        self._set_state("rolling-back" if rolling else "aborted", why, now)
+        failed = [t for t in self.targets.values() if self._is_failure(t)]
+        failed.sort(key=lambda t: (t.finished or 0.0, t.env))
+        env = failed[-1].env if failed else min(self.targets, default="")
+        record.alert_env = env
+        return RolloutAlert(env, "raised", f"rollout {record.id} aborted: {why}")
+
+    def _start_wave(self, index: int, now: float) -> None:
+        wave = self.record.waves[index]
+        wave.state, wave.started = "running", now
+        self.record.current = index
+        self._touch(now)
+
+    def _advance(self, now: float, step: RolloutStep) -> None:
+        record = self.record
+        wave = self._wave()
+        targets = self._of_wave(wave.index)
+        if wave.state == "pending":
+            self._start_wave(wave.index, now)
+        if wave.state == "baking" and any(not t.final for t in targets):
+            wave.state, wave.bake_until = "running", None  # one joined: bake it again after
+            self._touch(now)
+        if wave.state == "running":
+            if all(t.final for t in targets):
+                wave.state = "baking"
+                wave.bake_until = now + record.settings.bake
+                self._touch(now)
+            else:
+                in_flight = sum(1 for t in targets if t.state == "sent")
+                room = max(0, record.settings.concurrency - in_flight)
+                pending = sorted(t.env for t in targets if t.state == "pending")
+                step.send.extend(pending[:room])
+                return
+        if wave.state == "baking" and wave.bake_until is not None and now >= wave.bake_until:
+            wave.state, wave.finished = "done", now
+            self._touch(now)
+            if wave.index + 1 >= len(record.waves):
+                self._set_state("succeeded", "", now)
+                return
+            record.current = wave.index + 1
+            if record.settings.approve_each_wave:
+                record.waves[record.current].state = "awaiting-approval"
+                self._set_state("awaiting-approval", f"wave {record.current + 1} waits", now)
+                return
+            self._start_wave(record.current, now)
+            self._advance(now, step)
+
+    def _roll_back(self, now: float, step: RolloutStep) -> None:
+        """Every target the rollout changed goes back to what ran there before; the rest
+        of the rollout waits for those still in flight."""
+        waiting = False
+        for target in sorted(self.targets.values(), key=lambda t: t.env):
+            if target.state == "sent":
+                waiting = True  # it may yet change the target: wait for its end
+                continue
+            if not self._changed_it(target) or target.rollback_state:
+                waiting = waiting or target.rollback_state == "sent"
+                continue
+            if not target.previous:
+                target.rollback_state = "none"
+                target.reason = "nothing to roll back to (nothing of this workflow ran here before)"
+                self._touch(now, target)
+                continue
+            step.rollback[target.env] = target.previous
+            waiting = True
+        if waiting:
+            return
+        if self.record.alert_env:
+            env, self.record.alert_env = self.record.alert_env, ""
+            detail = f"rollout {self.id}: rollback over"
+            step.alerts.append(RolloutAlert(env, "cleared", detail))
+        bad = [t.env for t in self.targets.values() if t.rollback_state == "failed"]
+        if bad:
+            why = f"{self.record.reason}; rollback failed on {len(bad)}: {', '.join(bad[:5])}"
+            self._set_state("failed", why, now)
+        else:
+            self._set_state("aborted", f"{self.record.reason}; rolled back", now)
+
+    def _changed_it(self, target: Target) -> bool:
+        if target.state == "succeeded":
+            return True
+        deployment = self._deps.get(target.dep)
+        return (
+            target.state == "timed-out"
+            and deployment is not None
+            and (deployment.state in _SUCCESS)
+        )
+
+    # --- reading --------------------------------------------------------------------------
+    def info(self, *, with_targets: bool = True, limit: int = MAX_TARGETS_SHOWN) -> RolloutInfo:
+        """The rollout for the operator: its targets by wave and id, at most ``limit`` of
+        them (a reply has a size limit; ``total`` says how many there are)."""
+        record, settings = self.record, self.record.settings
+        counts: dict[str, int] = {}
+        for target in self.targets.values():
+            counts[target.state] = counts.get(target.state, 0) + 1
+        failures, finished = self.tally()
+        sizes = {w.index: 0 for w in record.waves}
+        for target in self.targets.values():
+            sizes[target.wave] = sizes.get(target.wave, 0) + 1
+        targets = sorted(self.targets.values(), key=lambda t: (t.wave, t.env))
+        return RolloutInfo(
+            id=record.id,
+            workflow=record.workflow.name,
+            version=record.workflow.version,
+            selector=dict(record.selector),
+            state=record.state,
+            reason=record.reason[:256],
+            created=record.created,
+            updated=record.updated,
+            waves_spec=list(settings.waves),
+            max_failures=settings.max_failures,
+            min_executed=settings.min_executed,
+            bake=settings.bake,
+            target_timeout=settings.target_timeout,
+            concurrency=settings.concurrency,
+            rollback_on_abort=settings.rollback_on_abort,
+            approve_each_wave=settings.approve_each_wave,
+            skip_offline=settings.skip_offline,
+            wave=record.current,
+            waves=[
+                WaveInfo(
+                    index=w.index,
+                    state=w.state,
+                    size=sizes.get(w.index, 0),
+                    started=w.started,
+                    finished=w.finished,
+                    bake_until=w.bake_until,
+                )
+                for w in record.waves
+            ],
+            counts=counts,
+            failures=failures,
+            finished=finished,
+            total=len(self.targets),
+            targets=[t.info() for t in targets[:limit]] if with_targets else [],
+        )
+
+
+def new_run(
+    rollout: str,
+    workflow: Workflow,
+    selector: Mapping[str, str],
+    settings: RolloutSettings,
+    waves: list[list[str]],
+    now: float,
+) -> RolloutRun:
+    """A new rollout over ``waves`` (each wave's environment ids), nothing sent yet."""
+    record = RolloutRecord(
+        id=rollout,
+        workflow=workflow,
+        selector=dict(selector),
+        settings=settings,
+        created=now,
+        updated=now,
+        waves=[Wave(index) for index in range(len(waves))],
+    )
+    targets = [Target(rollout, env, index) for index, envs in enumerate(waves) for env in envs]
+    run = RolloutRun(record, targets)
+    run.mark_all_changed()
+    return run
