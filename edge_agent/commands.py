@@ -22,7 +22,9 @@ durable too):
 - past its ``expires`` on arrival: an ``expired`` event, and it does not run;
 - ``ping``: a ``pong``; ``deploy``: handed to the executor, which reports every phase;
   ``update``: applied by the agent's callback and acknowledged (``ack``, op ``update``);
-  ``restart``: handed to the executor, which acknowledges it; ``retire``: handed to the
+  ``restart``: handed to the executor, which acknowledges it; ``cancel``: handed to the
+  executor, which answers ``cancelled`` for each deployment it stopped (or ``rejected``
+  when nothing of it runs here); ``retire``: handed to the
   agent's retirement, after which every other command is rejected; ``credentials``: a
   rotated broker credential, kept by the agent's callback and acknowledged (``ack``, op
   ``credentials``), after which the agent logs in again with it; ``trust`` and
@@ -50,6 +52,7 @@ from edgeplane.shared.errors import CommandRefused, DecodeError
 from edgeplane.shared.logs import get_logger
 from edgeplane.shared.messages import (
     Ack,
+    Cancel,
     Command,
     CommandRejected,
     Credentials,
@@ -81,7 +84,7 @@ __all__ = [
 ]
 
 KNOWN_COMMANDS: Final = frozenset(
-    {"ping", "deploy", "update", "restart", "retire", "credentials", "trust", "distrust"}
+    {"ping", "deploy", "update", "restart", "retire", "credentials", "trust", "distrust", "cancel"}
 )
 LOG_EVERY: Final = 60.0  # seconds between two log lines about one rejection reason
 _SHORT_TEXT: Final = 256
@@ -112,6 +115,8 @@ class Execution(Protocol):
     def submit(self, command: Deploy) -> None: ...
 
     def restart(self, workflow: str = "", cmd_id: str = "") -> None: ...
+
+    def cancel(self, dep: str, workflow: str = "", cmd_id: str = "") -> None: ...
 
 
 class KeyStore(Protocol):
@@ -307,6 +312,8 @@ class CommandHandler:
                 return [self._credentials(command)]
             case Trust() | Distrust():
                 return [self._key_change(command)]
+            case Cancel():
+                return self._cancel(command)
 
     def _deploy(self, command: Deploy) -> list[Event]:
         if self.executor is None:
@@ -334,6 +341,17 @@ class CommandHandler:
             detail = _short(f"not restarted: {exc}")
             return [self._sink.emit(Ack, cmd=command.id, op="restart", ok=False, detail=detail)]
         return []  # the executor acknowledges it
+
+    def _cancel(self, command: Cancel) -> list[Event]:
+        if not command.dep and not command.workflow:
+            return [self._refuse(command, "a cancel must name a deployment or a workflow")]
+        if self.executor is None:
+            return [self._refuse(command, "this agent runs no workflows")]
+        try:
+            self.executor.cancel(command.dep, command.workflow, command.id)
+        except AgentError as exc:
+            return [self._refuse(command, f"not cancelled: {exc}")]
+        return []  # the executor answers: cancelled, or rejected
 
     def _credentials(self, command: Credentials) -> Event:
         if self._on_credentials is None:

@@ -22,6 +22,8 @@ __all__ = [
     "Alert",
     "AlertKind",
     "AlertState",
+    "Cancel",
+    "Cancelled",
     "Check",
     "CheckKind",
     "Command",
@@ -37,6 +39,7 @@ __all__ = [
     "OfflineReason",
     "OfflineStatus",
     "OnlineStatus",
+    "Overridden",
     "Ping",
     "Platform",
     "Pong",
@@ -243,6 +246,19 @@ class Restart(_Command, frozen=True, kw_only=True, tag="restart"):
     workflow: ShortText = ""
 
 
+class Cancel(_Command, frozen=True, kw_only=True, tag="cancel"):
+    """Stop deployment ``dep`` for good: one still queued in the agent or in its preflight
+    never starts, a running job is stopped (its process group killed), a running service is
+    stopped and removed from what the agent starts again at boot. With ``workflow`` (an
+    ``undeploy``), whatever runs of that workflow is stopped and removed, whichever its
+    deployment (``dep`` is then the one the controller believes runs, or empty). The agent
+    confirms each deployment it stopped with a ``cancelled`` event naming this command
+    (``cmd``) and the deployment (``dep``); when nothing matches it answers ``rejected``."""
+
+    dep: ShortText = ""
+    workflow: ShortText = ""
+
+
 class Retire(_Command, frozen=True, kw_only=True, tag="retire"):
     """Stop every workflow, publish offline/retired, clear the retained status, wipe the
     credentials and exit; the agent refuses to start again for this environment."""
@@ -278,7 +294,7 @@ class Distrust(_Command, frozen=True, kw_only=True, tag="distrust"):
     key: ShortText
 
 
-Command = Ping | Deploy | Update | Restart | Retire | Credentials | Trust | Distrust
+Command = Ping | Deploy | Update | Restart | Retire | Credentials | Trust | Distrust | Cancel
 
 
 class SignedCommand(msgspec.Struct, frozen=True, tag="signed", tag_field="type"):
@@ -412,6 +428,24 @@ class Stopped(_Event, frozen=True, kw_only=True, tag="stopped"):
     by: ShortText = ""  # the deployment that replaced it (it is restored if that one fails)
 
 
+class Cancelled(_Event, frozen=True, kw_only=True, tag="cancelled"):
+    """A deployment stopped for good at the operator's word (``deployments cancel``,
+    ``undeploy``): by the agent, answering the ``cancel`` command ``cmd``, or, for one still
+    queued in the controller, by the controller itself (``src`` ``controller``). Nothing
+    brings it back: a service is no longer started again at the agent's boot."""
+
+    reason: ShortText = ""
+
+
+class Overridden(_Event, frozen=True, kw_only=True, tag="overridden"):
+    """The controller's own record (``src`` ``controller``) of a deployment sent past a
+    refusal of its gate at the operator's word (``deploy --force --reason``): ``check`` is
+    the refusal overridden (``flapping``), ``reason`` the operator's."""
+
+    check: ShortText
+    reason: ShortText = ""
+
+
 class Expired(_Event, frozen=True, kw_only=True, tag="expired"):
     """A command dropped unrun because its time was up (on the agent), or a queued
     deployment whose environment did not come online within its TTL (the controller)."""
@@ -442,6 +476,8 @@ Event = (
     | RolledBack
     | ServiceRestarted
     | Stopped
+    | Cancelled
+    | Overridden
     | Expired
     | Ack
 )

@@ -38,12 +38,14 @@ __all__ = [
     "REQUEST_EXPIRY",
     "RESULT_TYPES",
     "TERMINAL_STATES",
+    "CancelResult",
     "CommandInfo",
     "CommandKeyInfo",
     "CommandKeyRequest",
     "CommandState",
     "ControllerPing",
     "DeployRequest",
+    "DeploymentCancel",
     "DeploymentInfo",
     "DeploymentList",
     "DeploymentShow",
@@ -80,6 +82,7 @@ __all__ = [
     "SealedCredential",
     "TargetInfo",
     "TargetState",
+    "UndeployRequest",
     "WaveInfo",
     "WaveState",
 ]
@@ -112,9 +115,10 @@ DeploymentState = Literal[
     "stopped",  # replaced, restarted or retired while running
     "checked",  # a dry run whose preflight report is in
     "restarting",  # stopped by an `env restart` that is still under way
+    "cancelled",  # stopped for good at the operator's word (deployments cancel, undeploy)
 ]
 TERMINAL_STATES: Final = frozenset(
-    {"succeeded", "failed", "rejected", "rolled-back", "expired", "stopped", "checked"}
+    {"succeeded", "failed", "rejected", "rolled-back", "expired", "stopped", "checked", "cancelled"}
 )
 CommandState = Literal[
     "pending",  # sent, no answer yet
@@ -139,6 +143,8 @@ ErrorCode = Literal[
     "no-identities",  # the broker has no identities the controller administers (no broker init)
     "no-match",  # a rollout's selector matches no environment
     "conflict",  # the request does not fit the state it names (resume a running rollout)
+    "final",  # the deployment has ended already: nothing to cancel
+    "not-running",  # undeploy: the workflow does not run there
 ]
 
 RolloutState = Literal[
@@ -256,6 +262,31 @@ class DeployRequest(_Request, frozen=True, kw_only=True, tag="deploy"):
     when_online: bool = False
     ttl: Ttl = 3600.0  # how long a --when-online deployment may wait
     dry_run: bool = False
+    # Send past the gate's flapping refusal (never past retired, unknown or offline);
+    # ``reason`` is required with it and recorded with the deployment.
+    force: bool = False
+    reason: ShortText = ""
+
+
+class DeploymentCancel(_Request, frozen=True, kw_only=True, tag="deployment-cancel"):
+    """Result: :class:`CancelResult`. A deployment still queued in the controller ends
+    ``cancelled`` at once (no command); one sent, accepted, running or restarting gets a
+    ``cancel`` command, and ends ``cancelled`` when the agent confirms (a ``cancelled``
+    event). Refused: ``not-found`` (no such deployment), ``final`` (it has ended already),
+    ``offline`` (its environment's agent is not connected, so it cannot be stopped)."""
+
+    id: ShortText
+
+
+class UndeployRequest(_Request, frozen=True, kw_only=True, tag="undeploy"):
+    """Result: :class:`CancelResult`. Stop ``workflow`` on ``env`` and remove it from what
+    the agent starts again at boot: the deployment running it gets a ``cancel`` command
+    naming the workflow, and ends ``cancelled`` when the agent confirms. Refused:
+    ``not-found`` (no such environment), ``not-running`` (the workflow does not run
+    there), ``offline``, ``retired``."""
+
+    env: ShortText
+    workflow: ShortText
 
 
 class DeploymentList(_Request, frozen=True, kw_only=True, tag="deployment-list"):
@@ -396,6 +427,8 @@ Request = (
     | DeployRequest
     | DeploymentList
     | DeploymentShow
+    | DeploymentCancel
+    | UndeployRequest
     | EventList
     | OperatorAdd
     | OperatorList
@@ -537,6 +570,19 @@ class DeploymentInfo(msgspec.Struct, frozen=True, kw_only=True):
     dry_run: bool = False
     cmd: ShortText = ""  # the id of the deploy command
     events: list[LoggedEvent] = []  # filled by deployment-show only
+    # The gate's refusal the operator overrode (deploy --force --reason), and why:
+    # "flapping: REASON" ("" none).
+    forced: ShortText = ""
+
+
+class CancelResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to ``deployment-cancel`` and ``undeploy``: the deployment as it is now
+    (``cancelled`` already when the controller ended it itself), and ``cmd``, the id of the
+    ``cancel`` command sent to the agent ("" when none was needed), whose ``cancelled``
+    event (or ``rejected``) ends it."""
+
+    deployment: DeploymentInfo
+    cmd: ShortText = ""
 
 
 class CommandKeyInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -644,6 +690,8 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     DeployRequest: DeploymentInfo,
     DeploymentList: list[DeploymentInfo],
     DeploymentShow: DeploymentInfo,
+    DeploymentCancel: CancelResult,
+    UndeployRequest: CancelResult,
     EventList: list[LoggedEvent],
     OperatorAdd: OperatorAdded,
     OperatorList: list[OperatorInfo],

@@ -21,6 +21,7 @@ from edgeplane.controller.operator.deploy_watch import DeploymentWatch, Outcome
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.messages import (
     Accepted,
+    Cancelled,
     Check,
     CommandRejected,
     Event,
@@ -165,6 +166,12 @@ def test_a_failed_step_is_named_with_the_last_line_of_its_stderr() -> None:
             Outcome("rolled-back", False, "did not start; restored d-0 (1.3)"),
         ),
         (Running(seq=1, **mine), Outcome("running", False, "a job ran on")),
+        (
+            Cancelled(
+                seq=1, cmd="c-9", reason="cancelled during step 'x'", env="edge-a", dep="d-1"
+            ),
+            Outcome("cancelled", False, "cancelled during step 'x'"),
+        ),
     ],
 )
 def test_every_other_end_is_a_failure_with_its_cause(event: Event, expected: Outcome) -> None:

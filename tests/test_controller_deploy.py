@@ -318,3 +318,51 @@ async def test_a_deployment_in_flight_is_followed_across_a_controller_restart(
         command = command_of(await next_command(probe, root, "edge-q", mark))
         assert isinstance(command, Deploy)
         assert (command.dep, command.dry_run) == (queued["id"], True)
+
+
+@pytest.mark.slow
+async def test_force_with_a_reason_deploys_to_a_flapping_environment_recorded_for_good(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    flags = ("--flap-window", "60", "--flap-high", "4", "--flap-low", "1")
+    async with everything(broker, root) as probe:
+        first = await start_controller(broker, root, tmp_path, procs, probe, *flags)
+        await create(probe, root, "edge-flappy")
+        for bdseq in range(3):
+            await online(probe, root, "edge-flappy", bdseq=bdseq)
+            await will(probe, root, "edge-flappy", bdseq=bdseq)
+        await probe.wait_json(root.alerts("edge-flappy"), state="raised")
+        # flapping and offline: --force is no way past offline
+        offline = await ask(probe, root, deploy("edge-flappy", force=True, reason="urgent"))
+        assert (offline.ok, offline.code) == (False, "offline")
+        mark = probe.mark()
+        await online(probe, root, "edge-flappy", bdseq=3, models={"defect-detector": ["2.2"]})
+        await probe.wait_json(root.view("edge-flappy"), after=mark, status="online", flapping=True)
+
+        refused = await ask(probe, root, deploy("edge-flappy"))
+        assert (refused.ok, refused.code) == (False, "flapping")
+        no_reason = await ask(probe, root, deploy("edge-flappy", force=True))
+        assert (no_reason.ok, no_reason.code) == (False, "invalid")
+        assert "a reason is required" in no_reason.error
+
+        mark = probe.mark()
+        sent = await ask_ok(
+            probe, root, deploy("edge-flappy", force=True, reason="camera driver hotfix")
+        )
+        assert (sent["state"], sent["forced"]) == ("sent", "flapping: camera driver hotfix")
+        command = command_of(await next_command(probe, root, "edge-flappy", mark))
+        assert isinstance(command, Deploy)
+        assert command.dep == sent["id"]
+        own = await probe.wait_json(root.events("edge-flappy"), after=mark, type="overridden")
+        assert (own["src"], own["dep"], own["check"], own["reason"]) == (
+            "controller", sent["id"], "flapping", "camera driver hotfix"
+        )  # fmt: skip
+        shown = await ask_ok(probe, root, DeploymentShow(id=sent["id"]))
+        assert shown["forced"] == "flapping: camera driver hotfix"
+        assert [e["event"]["type"] for e in shown["events"]] == ["overridden"]
+
+        # the record keeps it across a restart of the controller (the store's column)
+        assert await first.proc.terminate() == 0
+        await start_controller(broker, root, tmp_path, procs, probe, *flags, db=first.db)
+        again = await ask_ok(probe, root, DeploymentShow(id=sent["id"]))
+        assert again["forced"] == "flapping: camera driver hotfix"

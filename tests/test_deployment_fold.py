@@ -23,10 +23,12 @@ from edgeplane.shared.clock import ManualClock
 from edgeplane.shared.messages import (
     Accepted,
     Ack,
+    Cancelled,
     CommandRejected,
     Event,
     Expired,
     Failed,
+    Overridden,
     Preflight,
     RolledBack,
     Running,
@@ -214,6 +216,81 @@ def test_a_deployment_the_controller_stopped_is_final_at_once() -> None:
     world = World(deployment("d-1", "queued", cmd=""))
     world.take(Stopped(env=ENV, seq=1, src=CONTROLLER_SRC, dep="d-1", reason="retired"))
     assert world.states() == {}
+
+
+# --- cancel and undeploy -----------------------------------------------------------------
+def cancel(cmd: str = "c-cancel", op: str = "cancel", workflow: str = "camera") -> OperatorCommand:
+    return OperatorCommand(cmd, ENV, op, 100.0, 400.0, workflow)
+
+
+def test_a_queued_deployment_the_controller_cancels_is_cancelled_for_good() -> None:
+    world = World(deployment("d-1", "queued", cmd=""))
+    own = Cancelled(env=ENV, seq=1, src=CONTROLLER_SRC, dep="d-1", reason="cancelled by you")
+    change = world.book.on_event(own)
+    assert [(d.id, d.state, d.reason, d.final) for d in change.deployments] == [
+        ("d-1", "cancelled", "cancelled by you", True)
+    ]
+    assert world.states() == {}
+
+
+@pytest.mark.parametrize("state", ["sent", "accepted", "running", "restarting"])
+def test_the_agents_cancelled_ends_the_deployment_and_answers_the_cancel(state: str) -> None:
+    world = World(deployment("d-1", state), commands=[cancel()])
+    world.take(world.agent(Cancelled, "d-1", cmd="c-cancel", reason="cancelled by the operator"))
+    assert world.states() == {}  # final
+    command = world.command()
+    assert (command.op, command.state) == ("cancel", "done")
+    assert command.detail == "d-1 cancelled by the operator"
+
+
+def test_a_cancelled_service_stopped_with_its_agent_does_not_come_back() -> None:
+    world = World(deployment("d-1"), commands=[cancel(op="undeploy")])
+    agent = world.agent
+    world.take(agent(Stopped, "d-1", reason="agent stopping"))
+    assert world.state("d-1") == "stopped"  # revivable: the agent would resume it
+    world.take(agent(Cancelled, "d-1", cmd="c-cancel", reason="undeployed"))
+    assert world.state("d-1") == "final"
+    world.take(agent(Running, "d-1"))  # a late word of it changes nothing
+    assert world.states() == {}
+
+
+def test_a_cancel_the_agent_refuses_leaves_the_deployment_as_it_was() -> None:
+    world = World(deployment("d-1", workflow=JOB), commands=[cancel()])
+    agent = world.agent
+    world.take(agent(Succeeded, "d-1"))
+    world.take(agent(CommandRejected, cmd="c-cancel", reason="not cancelled: it ended"))
+    assert world.command().state == "rejected"
+    assert world.state("d-1") == "final"  # succeeded, as the agent said first
+
+
+def test_a_cancelled_replacement_gives_the_old_service_back() -> None:
+    world = World(deployment("d-1"), deployment("d-2", "sent"), commands=[cancel()])
+    agent = world.agent
+    world.take(
+        agent(Accepted, "d-2", workflow="camera", version="2.0"),
+        agent(Started, "d-2", workflow="camera", version="2.0"),
+        agent(Stopped, "d-1", reason="replaced by d-2", by="d-2"),
+        agent(Cancelled, "d-2", cmd="c-cancel", reason="cancelled during step 'prepare'"),
+        agent(Running, "d-1"),
+    )
+    assert world.states() == {"d-1": "running"}
+
+
+def test_a_cancel_with_no_answer_is_unanswered_and_the_deployment_runs_on() -> None:
+    world = World(deployment("d-1"), commands=[cancel()])
+    world.clock.advance(400.0 + SENT_GRACE - world.clock.time())
+    _, [due] = world.book.due()
+    world.take(Expired(env=ENV, seq=1, src=CONTROLLER_SRC, cmd=due.id, reason="no answer"))
+    assert world.command().state == "unanswered"
+    assert world.state("d-1") == "running"
+
+
+def test_the_controllers_overridden_record_changes_no_state() -> None:
+    world = World(deployment("d-1", "sent"))
+    own = Overridden(env=ENV, seq=1, src=CONTROLLER_SRC, dep="d-1", cmd="c-d-1",
+                     check="flapping", reason="hotfix")  # fmt: skip
+    assert not world.book.on_event(own)
+    assert world.state("d-1") == "sent"
 
 
 # --- replacement and rollback ------------------------------------------------------------

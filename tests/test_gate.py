@@ -92,6 +92,52 @@ def test_when_online_queues_with_the_ttl(presence: EnvRecord | None) -> None:
     assert judge(presence=presence, when_online=True, ttl=90.0) == Queue(NOW + 90.0)
 
 
+FLAPPING = EnvRecord("edge-a", "online", since=NOW, last_seen=NOW, flapping=True)
+
+
+def test_force_sends_to_a_flapping_environment_and_names_the_refusal_overridden() -> None:
+    assert judge(presence=FLAPPING, force=True) == Send(overridden="flapping")
+    flapping_offline = EnvRecord("edge-a", "offline", since=NOW, last_seen=NOW - 30, flapping=True)
+    queued = judge(presence=flapping_offline, force=True, when_online=True, ttl=60.0)
+    assert queued == Queue(NOW + 60.0, overridden="flapping")
+
+
+def test_force_on_a_steady_environment_overrides_nothing() -> None:
+    assert judge(force=True) == Send()
+
+
+@pytest.mark.parametrize(
+    ("record", "presence", "code"),
+    [
+        (None, None, "not-found"),
+        (Environment("edge-a", "default", "prod", "p", "v", created=NOW, retired=NOW), ONLINE,
+         "retired"),
+        (RECORD, OFFLINE, "offline"),
+        (RECORD, None, "offline"),
+        (RECORD, EnvRecord("edge-a", "offline", since=NOW, last_seen=NOW - 30, flapping=True),
+         "offline"),
+    ],
+)  # fmt: skip
+def test_force_never_overrides_unknown_retired_or_offline(
+    record: Environment | None, presence: EnvRecord | None, code: str
+) -> None:
+    decision = judge(record=record, presence=presence, force=True)
+    assert isinstance(decision, Refuse)
+    assert decision.code == code
+
+
+def test_force_does_not_override_a_missing_model() -> None:
+    decision = judge(presence=FLAPPING, models={}, flow=workflow(("m", ">=1")), force=True)
+    assert isinstance(decision, Refuse)
+    assert decision.code == "missing-model"
+
+
+def test_the_flapping_refusal_says_how_to_force_it() -> None:
+    decision = judge(presence=FLAPPING)
+    assert isinstance(decision, Refuse)
+    assert "(or --force --reason TEXT)" in decision.message
+
+
 def test_a_flapping_environment_is_refused_online_or_not() -> None:
     flapping = EnvRecord("edge-a", "online", since=NOW, last_seen=NOW, flapping=True)
     for when_online in (False, True):

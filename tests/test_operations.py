@@ -20,6 +20,8 @@ from edgeplane.shared.codec import COMMAND, EVENT
 from edgeplane.shared.messages import (
     Accepted,
     Ack,
+    Cancel,
+    Cancelled,
     Command,
     CommandRejected,
     Deploy,
@@ -29,8 +31,10 @@ from edgeplane.shared.messages import (
     Failed,
     OfflineStatus,
     OnlineStatus,
+    Overridden,
     Preflight,
     Retire,
+    Running,
     Succeeded,
     Update,
 )
@@ -351,3 +355,124 @@ def test_a_restart_is_pending_in_env_show_until_answered_or_unanswered_at_its_ex
     answered_late = world.ops.on_event(late)
     assert answered_late is not None
     assert answered_late.writes.commands == []  # its verdict is in: the next events tell
+
+
+# --- taking back, forcing ---------------------------------------------------------------
+SERVICE = Workflow(
+    name="camera", version="1.0", kind="service", steps=[Step(name="serve", run=["x"])]
+)
+
+
+def make_flapping(world: World, env: str) -> None:
+    bdseq = 0
+    while not (record := world.presence.get(env)) or not record.flapping:
+        bdseq += 1
+        world.clock.advance(1)
+        world.online(env, bdseq=bdseq)
+        world.clock.advance(1)
+        world.offline(env, bdseq=bdseq)
+    world.clock.advance(1)
+    world.online(env, bdseq=bdseq + 1)
+
+
+def test_force_with_a_reason_sends_to_a_flapping_environment_and_records_it() -> None:
+    world = World()
+    world.create("edge-a")
+    make_flapping(world, "edge-a")
+    with pytest.raises(RequestRefused) as refused:
+        world.ops.deploy(DeployRequest(env="edge-a", workflow=FLOW))
+    assert refused.value.code == "flapping"
+    with pytest.raises(RequestRefused) as no_reason:
+        world.ops.deploy(DeployRequest(env="edge-a", workflow=FLOW, force=True, reason="  "))
+    assert no_reason.value.code == "invalid"
+
+    request = DeployRequest(env="edge-a", workflow=FLOW, force=True, reason="line stopped")
+    info, effects = world.ops.deploy(request)
+    assert (info.state, info.forced) == ("sent", "flapping: line stopped")
+    assert [type(c).__name__ for c in commands(effects, "edge-a")] == ["Deploy"]
+    [own] = [entry.event for entry in effects.writes.events]
+    assert isinstance(own, Overridden)
+    assert (own.src, own.dep, own.cmd, own.check, own.reason) == (
+        "controller",
+        info.id,
+        info.cmd,
+        "flapping",
+        "line stopped",
+    )
+    assert effects.writes.deployments[-1].forced == "flapping: line stopped"
+    published = [o for o in effects.outgoing if o.topic == ROOT.events("edge-a")]
+    assert [EVENT.decode(o.payload) for o in published] == [own]
+
+
+def test_force_on_a_steady_environment_records_no_override() -> None:
+    world = World()
+    world.create("edge-a")
+    world.online("edge-a")
+    info, effects = world.ops.deploy(
+        DeployRequest(env="edge-a", workflow=FLOW, force=True, reason="just in case")
+    )
+    assert info.forced == ""
+    assert effects.writes.events == []
+
+
+def test_cancel_of_a_queued_deployment_ends_it_at_once_without_a_command() -> None:
+    world = World()
+    world.create("edge-a")
+    queued, _ = world.ops.deploy(DeployRequest(env="edge-a", workflow=FLOW, when_online=True))
+    result, effects = world.ops.cancel(queued.id)
+    assert (result.cmd, result.deployment.state) == ("", "cancelled")
+    assert commands(effects, "edge-a") == []
+    assert world.ops.book.get(queued.id) is None
+    assert commands(world.online("edge-a"), "edge-a") == []  # never sent
+
+
+def test_cancel_of_a_running_deployment_sends_a_cancel_and_ends_on_the_agents_word() -> None:
+    world = World()
+    world.create("edge-a")
+    world.online("edge-a")
+    info, _ = world.ops.deploy(DeployRequest(env="edge-a", workflow=SERVICE))
+    world.ops.on_event(Running(env="edge-a", seq=1, src="a", dep=info.id, cmd=info.cmd))
+    result, effects = world.ops.cancel(info.id)
+    [command] = commands(effects, "edge-a")
+    assert isinstance(command, Cancel)
+    assert (command.id, command.dep, command.workflow) == (result.cmd, info.id, "")
+    assert result.deployment.state == "running"
+    assert [c.op for c in world.ops.env_info("edge-a").commands] == ["cancel"]
+    world.ops.on_event(
+        Cancelled(env="edge-a", seq=2, src="a", dep=info.id, cmd=result.cmd, reason="stopped")
+    )
+    shown = world.ops.env_info("edge-a")
+    assert shown.running == []
+    assert [(c.op, c.state) for c in shown.commands] == [("cancel", "done")]
+
+
+def test_cancel_needs_the_agent_online() -> None:
+    world = World()
+    world.create("edge-a")
+    world.online("edge-a")
+    info, _ = world.ops.deploy(DeployRequest(env="edge-a", workflow=FLOW))
+    world.offline("edge-a")
+    with pytest.raises(RequestRefused) as refused:
+        world.ops.cancel(info.id)
+    assert refused.value.code == "offline"
+    assert "cannot cancel" in refused.value.message
+
+
+def test_undeploy_names_the_workflow_to_the_agent_and_refuses_one_not_running() -> None:
+    world = World()
+    world.create("edge-a")
+    world.online("edge-a")
+    with pytest.raises(RequestRefused) as nothing:
+        world.ops.undeploy("edge-a", "camera")
+    assert nothing.value.code == "not-running"
+    info, _ = world.ops.deploy(DeployRequest(env="edge-a", workflow=SERVICE))
+    world.ops.on_event(Running(env="edge-a", seq=1, src="a", dep=info.id, cmd=info.cmd))
+    result, effects = world.ops.undeploy("edge-a", "camera")
+    [command] = commands(effects, "edge-a")
+    assert isinstance(command, Cancel)
+    assert (command.dep, command.workflow) == (info.id, "camera")
+    assert result.deployment.id == info.id
+    assert [c.op for c in world.ops.env_info("edge-a").commands] == ["undeploy"]
+    with pytest.raises(RequestRefused) as unknown:
+        world.ops.undeploy("edge-zz", "camera")
+    assert unknown.value.code == "not-found"

@@ -16,9 +16,11 @@ from edgeplane.controller.operator.env_text import env_details, env_table
 from edgeplane.controller.operator.event_text import check_line, describe, output_block
 from edgeplane.controller.operator.output import json_safe, render_table, to_json, visible
 from edgeplane.shared.messages import (
+    Cancelled,
     Check,
     CommandRejected,
     Failed,
+    Overridden,
     Platform,
     Preflight,
     StepFinished,
@@ -153,3 +155,20 @@ def test_env_show_and_list_show_what_the_agent_reported() -> None:
 def test_the_status_table_shows_a_written_view_reason() -> None:
     row = Row("edge-a", "offline", 1.0, False, HOSTILE, None)
     assert_safe(board_table([row], now=2.0), 2)
+
+
+def test_deployments_show_names_a_forced_deployment_and_its_overridden_record() -> None:
+    own = Overridden(env="edge-a", seq=1, src="controller", dep="d-1", cmd="c-1",
+                     check="flapping", reason="camera driver hotfix")  # fmt: skip
+    info = DeploymentInfo(
+        id="d-1", env="edge-a", workflow="w", version="1", state="sent", created=0.0,
+        updated=0.0, cmd="c-1", forced="flapping: camera driver hotfix",
+        events=[LoggedEvent(id=1, at=0.0, event=own)],
+    )  # fmt: skip
+    lines = details(info).splitlines()
+    assert "forced:   flapping: camera driver hotfix" in lines
+    assert lines[-1].endswith(
+        "sent past the flapping refusal at the operator's word: camera driver hotfix"
+    )
+    cancelled = Cancelled(env="edge-a", seq=2, dep="d-1", cmd="c-2", reason="cancelled, say")
+    assert describe(cancelled) == "cancelled: cancelled, say"

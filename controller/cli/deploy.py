@@ -1,14 +1,17 @@
-"""``edgeplane deploy FILE --env ID``: send a workflow to an environment, and with
-``--wait`` follow it to its end.
+"""``edgeplane deploy FILE --env ID [--env ID]...``: send a workflow to one environment
+or several (one deployment each, shown together), and with ``--wait`` follow them to their
+end. ``--force --reason TEXT`` sends past a flapping environment's refusal (only that
+one), and the controller records the override with the deployment.
 
 The file is loaded and checked here first: a bad file is one line naming the file, the
 field and what was expected, exit status 2, and nothing is sent. The events topic of the
 environment is subscribed before the request goes out, so no event can be missed.
 
 Exit status: 0 when the deployment was sent or queued (without ``--wait``), succeeded (a
-job), is running (a service) or passed its preflight (``--dry-run``); 1 for a refusal, a
-failure, a failed check, or when the end could not be learned; 2 for usage errors and bad
-workflow files.
+job), is running (a service) or passed its preflight (``--dry-run``), each of them when
+there are several; 1 for a refusal, a failure, a failed check, or when the end could not
+be learned (of any of them); 2 for usage errors (an ``--env`` given twice, ``--force``
+without ``--reason``) and bad workflow files.
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeplane.controller.operator.args import add_operator_flags, env_id_arg, seconds_arg
+from edgeplane.controller.operator.args import (
+    add_operator_flags,
+    env_id_arg,
+    seconds_arg,
+    short_text_arg,
+)
 from edgeplane.controller.operator.settings import load_operator_settings
 from edgeplane.shared.errors import SettingsError
 
@@ -42,7 +50,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "with --wait, follow it to its end. --dry-run runs only the agent's preflight.",
     )
     parser.add_argument("file", type=Path, metavar="FILE", help="the workflow file")
-    parser.add_argument("--env", required=True, type=env_id_arg, help="the environment id")
+    parser.add_argument(
+        "--env",
+        required=True,
+        action="append",
+        type=env_id_arg,
+        metavar="ID",
+        help="the environment id; repeat for several (one deployment each)",
+    )
     parser.add_argument(
         "--wait", action="store_true", help="show progress; exit 0 only when it succeeded"
     )
@@ -66,6 +81,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="SECONDS",
         help="most seconds to follow it (default: the steps' timeouts + 60, + the TTL)",
     )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="send to a flapping environment all the same (only that refusal); needs --reason",
+    )
+    parser.add_argument(
+        "--reason",
+        type=short_text_arg,
+        metavar="TEXT",
+        help="why --force: recorded with the deployment and in the operations log",
+    )
     add_operator_flags(parser)
     parser.set_defaults(handler=deploy)
 
@@ -78,6 +104,17 @@ def deploy(args: argparse.Namespace) -> int:
 
     if args.ttl is not None and not args.when_online:
         raise SettingsError("--ttl: only with --when-online (how long it may stay queued)")
+    envs: list[str] = args.env
+    repeated = sorted({env for env in envs if envs.count(env) > 1})
+    if repeated:
+        raise SettingsError(
+            f"--env {', '.join(repeated)}: given more than once (each environment gets one "
+            "deployment)"
+        )
+    if args.force and not args.reason:
+        raise SettingsError("--force: needs --reason TEXT (the override is recorded)")
+    if args.reason and not args.force:
+        raise SettingsError("--reason: only with --force (why the gate is overridden)")
     settings = load_operator_settings(args)
     try:
         loaded = read_workflow_file(args.file)
@@ -86,17 +123,35 @@ def deploy(args: argparse.Namespace) -> int:
         return 2
     for warning in loaded.warnings:
         print(f"edgeplane: warning: {warning}", file=sys.stderr)
-    request = DeployRequest(
-        env=args.env,
-        workflow=loaded.workflow,
-        when_online=args.when_online,
-        dry_run=args.dry_run,
-        **({"ttl": args.ttl} if args.ttl is not None else {}),
-    )
+    requests = [
+        DeployRequest(
+            env=env,
+            workflow=loaded.workflow,
+            when_online=args.when_online,
+            dry_run=args.dry_run,
+            force=args.force,
+            reason=args.reason or "",
+            **({"ttl": args.ttl} if args.ttl is not None else {}),
+        )
+        for env in envs
+    ]
     follow = args.wait or args.dry_run
-    wait_for = args.wait_timeout or _default_wait(request)
+    wait_for = args.wait_timeout or _default_wait(requests[0])
+    if len(requests) > 1:
+        from edgeplane.controller.operator.deploy_many import deploy_many
+
+        many = deploy_many(
+            settings.broker,
+            settings.topic_root,
+            settings.timeout,
+            args.json,
+            requests,
+            follow=follow,
+            wait_for=wait_for,
+        )
+        return asyncio.run(many)
     follower = DeployFollower(settings.broker, settings.topic_root, settings.timeout, args.json)
-    return asyncio.run(follower.run(request, follow=follow, wait_for=wait_for))
+    return asyncio.run(follower.run(requests[0], follow=follow, wait_for=wait_for))
 
 
 def _default_wait(request: DeployRequest) -> float:

@@ -1,10 +1,12 @@
-"""``edgeplane deployments [list] [--env ID] [--limit N]`` and ``deployments show ID``: the
-deployments the controller knows, newest first, and one with its events.
+"""``edgeplane deployments [list] [--env ID] [--limit N]``, ``deployments show ID`` and
+``deployments cancel ID``: the deployments the controller knows, newest first, one with its
+events, and taking one back (:mod:`controller.operator.take_back`).
 
 ``deployments`` alone lists. The flags may come before or after ``list``/``show``.
 
-Exit status: 0 shown; 1 not found (a deployment, or an ``--env`` the controller does not
-know), or no answer; 2 usage errors.
+Exit status: 0 shown (cancelled); 1 not found (a deployment, or an ``--env`` the controller
+does not know), refused (a deployment that has ended already), not cancelled by the agent,
+or no answer; 2 usage errors.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from edgeplane.controller.operator.args import add_operator_flags, env_id_arg
+from edgeplane.controller.operator.args import add_operator_flags, env_id_arg, seconds_arg
 from edgeplane.controller.operator.settings import load_operator_settings
 from edgeplane.shared import settings as common
 
 if TYPE_CHECKING:
+    from edgeplane.controller.operator.client import ControllerClient
     from edgeplane.shared.rpc import DeploymentInfo, DeploymentList, DeploymentShow
 
 __all__ = ["add_parser"]
@@ -36,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_list_flags(parser)
     add_operator_flags(parser)
     parser.set_defaults(handler=list_deployments)
-    actions = parser.add_subparsers(dest="deployments_command", metavar="[list | show]")
+    actions = parser.add_subparsers(dest="deployments_command", metavar="[list | show | cancel]")
     listing = actions.add_parser(
         "list",
         help="list deployments, newest first (the default)",
@@ -54,6 +57,26 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     show.add_argument("id", nargs="?", metavar="ID", help="the deployment id (required)")
     add_operator_flags(show, inherited=True)
     show.set_defaults(handler=show_deployment, parser=show)
+    cancel = actions.add_parser(
+        "cancel",
+        help="take a deployment back: drop it if queued, stop it if running",
+        description="Cancel a deployment: one still queued (--when-online) is dropped; a "
+        "running job or service is stopped by its agent (a service is no longer started "
+        "at boot). It ends cancelled.",
+    )
+    cancel.add_argument("id", nargs="?", metavar="ID", help="the deployment id (required)")
+    cancel.add_argument(
+        "--no-wait", action="store_true", help="send, do not wait for the agent's answer"
+    )
+    cancel.add_argument(
+        "--wait-timeout",
+        type=seconds_arg(86_400),
+        default=None,
+        metavar="SECONDS",
+        help="most seconds to wait for the agent's answer (default 15)",
+    )
+    add_operator_flags(cancel, inherited=True)
+    cancel.set_defaults(handler=cancel_deployment, parser=cancel)
 
 
 def _add_list_flags(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
@@ -111,6 +134,31 @@ def show_deployment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cancel_deployment(args: argparse.Namespace) -> int:
+    from edgeplane.controller.operator.session import run_handler
+
+    if args.id is None:
+        args.parser.error("expected 'cancel ID': the id of the deployment to cancel")
+    if args.env is not None or args.limit is not None:
+        args.parser.error("--env and --limit are for 'deployments list'")
+    if args.no_wait and args.wait_timeout is not None:
+        args.parser.error("--wait-timeout: not with --no-wait")
+    return run_handler(_cancel, args)
+
+
+async def _cancel(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
+    from edgeplane.controller.operator.take_back import ANSWER_WAIT, take_back
+    from edgeplane.shared.rpc import DeploymentCancel, DeploymentShow
+
+    # its environment first: its events are followed before the cancel goes out
+    info: DeploymentInfo = await controller.call(DeploymentShow(id=args.id), within=within)
+    wait = None if args.no_wait else (args.wait_timeout or ANSWER_WAIT)
+    request = DeploymentCancel(id=args.id)
+    return await take_back(
+        controller, request, info.env, wait=wait, within=within, as_json=args.json
+    )
+
+
 def _ask(args: argparse.Namespace, request: DeploymentList | DeploymentShow) -> Any:
     from edgeplane.controller.operator.client import ask
 
@@ -159,6 +207,8 @@ def details(info: DeploymentInfo) -> str:
         fields.append(("expires", when(info.expires)))
     if info.cmd:
         fields.append(("command", info.cmd))
+    if info.forced:
+        fields.append(("forced", info.forced))
     width = max(len(name) for name, _ in fields) + 1
     lines = [f"{name + ':':<{width}} {visible(value)}" for name, value in fields]
     lines.append("events:" if info.events else "events:  none yet")

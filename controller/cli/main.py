@@ -29,6 +29,7 @@ from edgeplane.controller.cli import (
     operators,
     rollout,
     status,
+    undeploy,
     up,
     watch,
 )
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_parser(commands)
     deployments.add_parser(commands)
     rollout.add_parser(commands)
+    undeploy.add_parser(commands)
     events.add_parser(commands)
     demo.add_parser(commands)
     broker.add_parser(commands)

@@ -12,6 +12,8 @@ sent; a command issued) and then each event of the environment, in order. The bo
                          \\-> checked (a dry run's preflight report)
     queued -> expired (the TTL passed), sent -> expired (the agent dropped it, or never
     took it before the command's expiry)
+    queued | sent | accepted | running | restarting -> cancelled (deployments cancel,
+    undeploy: the controller's own ``cancelled`` for a queued one, the agent's otherwise)
 
 The agent stops a running workflow and may start it again: ``stopped`` by a restart (shown
 ``restarting`` while that restart is under way) or by an agent stop is followed by
@@ -22,16 +24,19 @@ could not be restored either. Such a deployment is *revivable*: not yet final. A
 one is final once another deployment of its workflow runs there, or its environment is
 retired. ``succeeded``, ``rejected``, ``expired``, ``checked``, ``rolled-back`` and every
 other ``failed`` are final at once, and so is whatever the controller ends itself
-(``src`` ``controller``: a queue's TTL, a retired environment's queue).
+(``src`` ``controller``: a queue's TTL, a retired environment's queue). ``cancelled`` is
+final too, whoever says it: a cancelled deployment never comes back (the agent no longer
+starts it again at boot).
 
 Events are QoS 1 and an agent re-sends its outbox after a reconnect, so one may come twice
 or after a newer one: an event of the agent's stream (``src``) whose ``seq`` is not above
 the last one folded into a deployment is old news and changes nothing.
 
 An operator command is ``pending`` until the agent answers (``ack``: ``done`` or
-``failed``; ``rejected``; ``expired``) or, when no answer came before its expiry (plus
-:data:`SENT_GRACE`), ``unanswered`` (the controller's own ``expired`` event). Deadlines are
-wall-clock times, because they are stored and survive a controller restart.
+``failed``; a ``cancel`` command's ``cancelled``: ``done``; ``rejected``; ``expired``) or,
+when no answer came before its expiry (plus :data:`SENT_GRACE`), ``unanswered`` (the
+controller's own ``expired`` event). Deadlines are wall-clock times, because they are
+stored and survive a controller restart.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from typing import Final
 from edgeplane.shared.messages import (
     Accepted,
     Ack,
+    Cancelled,
     Check,
     CheckKind,
     CommandRejected,
@@ -126,6 +132,7 @@ class Deployment:
     replaced_by: str = ""
     last_src: str = ""
     last_seq: int = -1
+    forced: str = ""  # the gate refusal overridden at the operator's word, and why
 
     @property
     def final(self) -> bool:
@@ -150,6 +157,7 @@ class Deployment:
             dry_run=self.dry_run,
             cmd=self.cmd,
             events=list(events),
+            forced=short(self.forced),
         )
 
     def moved(
@@ -372,6 +380,9 @@ class _Fold:
                 self._stopped(deployment, event)
             case Expired(reason=reason) if not_started:
                 self._put(deployment, event, "expired", reason or "expired before it could start")
+            case Cancelled(reason=reason):
+                why = reason or "cancelled"
+                self._put(deployment, event, "cancelled", why, revivable=False, replaced_by="")
 
     def _stopped(self, deployment: Deployment, event: Stopped) -> None:
         if event.src == CONTROLLER_SRC:  # the controller ended it: nothing can bring it back
@@ -418,6 +429,8 @@ class _Fold:
         match event:
             case Ack(ok=ok, detail=detail):
                 answer = ("done" if ok else "failed", detail)
+            case Cancelled(reason=reason):
+                answer = ("done", f"{event.dep} {reason}".strip() if event.dep else reason)
             case CommandRejected(reason=reason):
                 answer = ("rejected", reason)
             case Expired(reason=reason) if event.src == CONTROLLER_SRC:

@@ -8,6 +8,10 @@ inventory the agent last reported. Everything the controller cannot see (datasou
 buckets, secrets, endpoints) is the agent's preflight.
 
 A dry run skips the model check: its point is the agent's full preflight report.
+
+``force`` (``deploy --force --reason``) overrides the flapping refusal only, never an
+unknown, retired or offline environment nor a missing model: the decision then names the
+check it overrode (``overridden``), for the deployment's record.
 """
 
 from __future__ import annotations
@@ -37,7 +41,9 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Publish the deploy command now."""
+    """Publish the deploy command now. ``overridden``: the refusal forced past ("" none)."""
+
+    overridden: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +51,7 @@ class Queue:
     """Keep it until the environment's next online transition, or ``expires``."""
 
     expires: float
+    overridden: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +74,10 @@ def judge_deploy(
     dry_run: bool,
     ttl: float,
     now: float,
+    force: bool = False,
 ) -> Decision:
     """Decide on one deploy request. ``models`` is the last reported inventory (None: the
-    agent never reported one)."""
+    agent never reported one); ``force``: send past a flapping environment's refusal."""
     if record is None:
         if presence is not None:
             return Refuse(
@@ -81,15 +89,18 @@ def judge_deploy(
         return Refuse("not-found", no_such_environment(env))
     if record.retired is not None:
         return Refuse("retired", f"environment {env!r} was retired at {iso_time(record.retired)}")
+    overridden = ""
     if presence is not None and presence.flapping:
-        return Refuse(
-            "flapping",
-            f"environment {env!r} is flapping (going online and offline repeatedly); "
-            "deploy when it is steady again",
-        )
+        if not force:
+            return Refuse(
+                "flapping",
+                f"environment {env!r} is flapping (going online and offline repeatedly); "
+                "deploy when it is steady again (or --force --reason TEXT)",
+            )
+        overridden = "flapping"
     if presence is None or presence.status != "online":
         if when_online:
-            return Queue(now + ttl)
+            return Queue(now + ttl, overridden)
         return Refuse(
             "offline", offline_sentence(env, presence) + "; add --when-online to queue it"
         )
@@ -100,7 +111,7 @@ def judge_deploy(
             return Refuse("invalid", f"workflow requires.models: {exc}")
         if missing:
             return Refuse("missing-model", "; ".join(missing))
-    return Send()
+    return Send(overridden)
 
 
 def offline_sentence(env: str, presence: EnvRecord | None) -> str:

@@ -35,6 +35,8 @@ from edgeplane.shared.clock import Clock
 from edgeplane.shared.codec import encode
 from edgeplane.shared.errors import RequestRefused
 from edgeplane.shared.messages import (
+    Cancel,
+    Cancelled,
     Command,
     Deploy,
     EnvView,
@@ -43,6 +45,7 @@ from edgeplane.shared.messages import (
     Failed,
     OfflineStatus,
     OnlineStatus,
+    Overridden,
     Preflight,
     Restart,
     Retire,
@@ -51,7 +54,9 @@ from edgeplane.shared.messages import (
     replace,
 )
 from edgeplane.shared.rpc import (
+    CancelResult,
     DeploymentInfo,
+    DeploymentState,
     DeployRequest,
     EnvCreate,
     EnvForget,
@@ -64,7 +69,17 @@ from edgeplane.shared.topics import TopicRoot
 
 __all__ = ["CONTROLLER_SRC", "Effects", "Operations", "Outgoing", "new_id"]
 
-_OwnKind = type[Expired] | type[Stopped] | type[Failed]  # the controller's own events
+# the controller's own events
+_OwnKind = type[Expired] | type[Stopped] | type[Failed] | type[Cancelled] | type[Overridden]
+# what the agent may still be running, or about to run, of a deployment not final
+_ON_THE_AGENT: tuple[DeploymentState, ...] = (
+    "sent",
+    "accepted",
+    "running",
+    "restarting",
+    "stopped",
+    "failed",
+)
 
 
 def new_id(prefix: str) -> str:
@@ -354,6 +369,11 @@ class Operations:
 
     def deploy(self, request: DeployRequest) -> tuple[DeploymentInfo, Effects]:
         now = self._clock.time()
+        reason = request.reason.strip()
+        if request.force and not reason:
+            raise RequestRefused(
+                "invalid", "force: a reason is required (--reason TEXT); the override is recorded"
+            )
         inventory = self._inventory.get(request.env)
         decision = judge_deploy(
             request.env,
@@ -365,9 +385,11 @@ class Operations:
             dry_run=request.dry_run,
             ttl=request.ttl,
             now=now,
+            force=request.force,
         )
         if isinstance(decision, Refuse):
             raise RequestRefused(decision.code, decision.message)
+        overridden = decision.overridden
         deployment = Deployment(
             id=new_id("d"),
             env=request.env,
@@ -379,6 +401,7 @@ class Operations:
             expires=decision.expires if isinstance(decision, Queue) else None,
             dry_run=request.dry_run,
             when_online=request.when_online,
+            forced=f"{overridden}: {reason}" if overridden else "",
         )
         if isinstance(decision, Queue):
             self.book.put(deployment)
@@ -387,7 +410,72 @@ class Operations:
             self.book.put(deployment)
             effects = self._send(deployment)
             deployment = effects.writes.deployments[-1]
+        if overridden:
+            fields = {"dep": deployment.id, "cmd": deployment.cmd, "check": overridden}
+            effects.extend(self._own_event(Overridden, deployment.env, **fields, reason=reason))
         return deployment.info(), effects
+
+    def cancel(self, dep: str) -> tuple[CancelResult, Effects]:
+        """Take deployment ``dep`` back: one still queued here ends ``cancelled`` at once
+        (the controller's own ``cancelled`` event); for any other that is not final the
+        agent gets a ``cancel`` command (kept as an operator command, op ``cancel``, until
+        it answers) and the deployment ends ``cancelled`` on the agent's ``cancelled``.
+        :class:`RequestRefused`: ``not-found`` for a deployment not in progress (the
+        caller tells a final one from an unknown one), ``offline``."""
+        deployment = self.book.get(dep)
+        if deployment is None:
+            raise RequestRefused("not-found", f"no deployment {dep!r} in progress")
+        if deployment.state == "queued":
+            why = "cancelled by the operator before it was sent"
+            effects = self._deployment_event(Cancelled, deployment, why)
+            return CancelResult(deployment=effects.writes.deployments[-1].info()), effects
+        self._require_online(deployment.env, f"cancel {dep} (its agent must stop it)")
+        command = Cancel(id=new_id("c"), dep=dep)
+        effects = self._operator_command(deployment.env, command, workflow=deployment.workflow.name)
+        return CancelResult(deployment=deployment.info(), cmd=command.id), effects
+
+    def undeploy(self, env: str, workflow: str) -> tuple[CancelResult, Effects]:
+        """Take workflow ``workflow`` off ``env``: its deployments still queued here end
+        ``cancelled`` at once; the agent gets one ``cancel`` command naming the workflow
+        (op ``undeploy``), stops whatever runs of it, removes it from what it starts again
+        at boot, and confirms each deployment it stopped with a ``cancelled`` event. The
+        result is the newest such deployment, and the command's id ("" when only queued
+        ones were cancelled). :class:`RequestRefused`: ``not-found`` (no environment),
+        ``retired``, ``not-running`` (nothing of the workflow runs or waits there),
+        ``offline`` (something runs there but the agent is not connected)."""
+        record = self.registry.require(env)
+        if record.retired is not None:
+            raise RequestRefused("retired", f"environment {env!r} was retired: nothing runs there")
+        mine = sorted(
+            (
+                d
+                for d in self.book.in_state(env, *_ON_THE_AGENT, "queued")
+                if d.workflow.name == workflow and not d.dry_run
+            ),
+            key=lambda d: (d.created, d.id),
+        )
+        on_agent = [d for d in mine if d.state != "queued"]
+        if not mine:
+            raise RequestRefused(
+                "not-running",
+                f"workflow {workflow!r} does not run on {env} (no deployment of it is running, "
+                f"starting or queued there); see: edgeplane env show {env}",
+            )
+        if on_agent:
+            self._require_online(env, f"undeploy {workflow} (its agent must stop it)")
+        effects = Effects(writes=Writes(urgent=True))
+        cancelled: list[Deployment] = []
+        for deployment in (d for d in mine if d.state == "queued"):
+            why = "undeployed by the operator before it was sent"
+            ended = self._deployment_event(Cancelled, deployment, why)
+            cancelled.append(ended.writes.deployments[-1])
+            effects.extend(ended)
+        if not on_agent:
+            return CancelResult(deployment=cancelled[-1].info()), effects
+        result = on_agent[-1]
+        command = Cancel(id=new_id("c"), dep=result.id, workflow=workflow)
+        effects.extend(self._operator_command(env, command, op="undeploy", workflow=workflow))
+        return CancelResult(deployment=result.info(), cmd=command.id), effects
 
     # --- reading --------------------------------------------------------------------------
     def knows(self, env: str) -> bool:
@@ -454,12 +542,20 @@ class Operations:
         topic, payload = self._root.cmd(env), encode(command)
         return Outgoing(topic, payload, False, expiry=max(1, round(ttl)), command=True)
 
-    def _operator_command(self, env: str, command: Restart | Update | Retire) -> Effects:
-        """``command`` for ``env``, kept as pending until the agent answers it."""
+    def _operator_command(
+        self,
+        env: str,
+        command: Restart | Update | Retire | Cancel,
+        *,
+        op: str = "",
+        workflow: str = "",
+    ) -> Effects:
+        """``command`` for ``env``, kept as pending until the agent answers it (``op`` and
+        ``workflow``: what ``env show`` names it by, when not the command's own)."""
         outgoing = self.command(env, command)
         now = self._clock.time()
-        op = str(type(command).__struct_config__.tag)
-        workflow = command.workflow if isinstance(command, Restart) else ""
+        op = op or str(type(command).__struct_config__.tag)
+        workflow = workflow or (command.workflow if isinstance(command, Restart) else "")
         issued = self.book.issue(
             OperatorCommand(command.id, env, op, now, now + self._command_ttl, workflow)
         )

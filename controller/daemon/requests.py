@@ -28,6 +28,7 @@ from edgeplane.shared.rpc import (
     MAX_REPLY,
     REQUEST,
     CommandKeyRequest,
+    DeploymentCancel,
     DeploymentList,
     DeploymentShow,
     DeployRequest,
@@ -54,6 +55,7 @@ from edgeplane.shared.rpc import (
     RolloutList,
     RolloutShow,
     RolloutStart,
+    UndeployRequest,
 )
 
 __all__ = ["RequestHandler", "failed"]
@@ -166,7 +168,20 @@ class RequestHandler:
             case EnvRotateCredentials(id=env, repin=repin):
                 return await self._rotate(env, repin), Effects()
             case DeployRequest():
-                return ops.deploy(request)
+                result, effects = ops.deploy(request)
+                if result.forced:
+                    log.warning(
+                        "deployment forced past the gate",
+                        dep=result.id,
+                        env=result.env,
+                        forced=result.forced,
+                    )
+                return result, effects
+            case DeploymentCancel(id=dep):
+                await self._cancellable(dep)
+                return ops.cancel(dep)
+            case UndeployRequest(env=env, workflow=workflow):
+                return ops.undeploy(env, workflow)
             case DeploymentList(env=env, limit=limit):
                 deployments = await self._deployments(env, limit)
                 if env and not deployments:
@@ -227,6 +242,21 @@ class RequestHandler:
         if self._ids is None or not self._ids.enabled:
             raise RequestRefused("no-identities", NO_IDENTITIES)
         return self._ids
+
+    async def _cancellable(self, dep: str) -> None:
+        """:class:`RequestRefused` for a deployment that is not in progress: unknown
+        (``not-found``) or ended (``final``)."""
+        if self._ops.book.get(dep) is not None:
+            return
+        await self._store.flush()
+        deployment = await self._store.deployment(dep)
+        if deployment is None:
+            raise RequestRefused("not-found", f"no deployment {dep!r}")
+        why = f": {deployment.reason}" if deployment.reason else ""
+        raise RequestRefused(
+            "final",
+            f"deployment {dep} has ended already ({deployment.state}{why}): nothing to cancel",
+        )
 
     async def _deployments(self, env: str, limit: int) -> list[Any]:
         await self._store.flush()

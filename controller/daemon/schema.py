@@ -203,6 +203,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (rollout, env)
     );
     """,
+    # version 10: the gate refusal a deployment was forced past, and the operator's reason
+    # (deploy --force --reason)
+    """
+    ALTER TABLE deployments ADD COLUMN forced TEXT NOT NULL DEFAULT '';
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

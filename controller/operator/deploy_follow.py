@@ -39,11 +39,23 @@ class DeployFollower:
     """One ``deploy`` run: send the request, then (with ``follow``) follow the deployment
     across lost connections, report how it ended and return the exit status."""
 
-    def __init__(self, url: BrokerUrl, root: TopicRoot, timeout: float, as_json: bool) -> None:
+    def __init__(
+        self,
+        url: BrokerUrl,
+        root: TopicRoot,
+        timeout: float,
+        as_json: bool,
+        *,
+        collect: bool = False,
+    ) -> None:
+        """``collect``: keep the ``--json`` report in :attr:`report` instead of printing it
+        (``deploy`` to several environments prints them together)."""
         self.url = url
         self.root = root
         self.timeout = timeout
         self.as_json = as_json
+        self.collect = collect
+        self.report: dict[str, Any] | None = None
         self.seen: list[Event] = []
         self._seen_keys: set[tuple[str, int]] = set()
         self._sent: DeploymentInfo | None = None  # the controller's answer to the request
@@ -120,6 +132,10 @@ class DeployFollower:
             print(f" (expires {when(info.expires)})" if info.expires else "")
         else:
             print(f"{what} {info.id} sent to {info.env}", flush=True)
+        if info.forced:
+            check, _, reason = info.forced.partition(": ")
+            told = f"{what} {info.id}: the {check} refusal overridden, recorded: {reason}"
+            print(visible(told), flush=True)
 
     # following ---------------------------------------------------------------------------
     async def _from_feed(
@@ -197,9 +213,12 @@ class DeployFollower:
             see = f"see: edgeplane deployments show {info.id}"
             told = visible(f"edgeplane: deployment {info.id} to {info.env}: {outcome}; {see}")
             print(told, file=sys.stderr)
+            self.report = _json_report(info, Outcome("unknown", False, outcome), self.seen)
             return 1
+        self.report = _json_report(info, outcome, self.seen)
         if self.as_json:
-            print_json(_json_report(info, outcome, self.seen))
+            if not self.collect:
+                print_json(self.report)
         elif outcome.ok:
             print(visible(_ending(info, outcome)))
         if not outcome.ok:

@@ -4,7 +4,7 @@ and when it is over, with the cause of a failure named. Pure: events in, outcome
 The end, as the command reports it:
 
 - a job: ``succeeded`` (exit 0), or ``failed`` / ``rejected`` / ``rolled-back`` /
-  ``expired`` / ``stopped`` (exit 1);
+  ``expired`` / ``stopped`` / ``cancelled`` (exit 1);
 - a service: ``running`` (exit 0) once its last step is up, or one of the failures;
 - a dry run: ``checked``, ok when every preflight check passed.
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from edgeplane.controller.core.deployments import unchecked
 from edgeplane.controller.operator.event_text import failed_checks, output_tail
 from edgeplane.shared.messages import (
+    Cancelled,
     CommandRejected,
     Event,
     Expired,
@@ -101,6 +102,8 @@ class DeploymentWatch:
                 return Outcome("expired", False, event.reason or "its time ran out")
             case Stopped():
                 return Outcome("stopped", False, event.reason)
+            case Cancelled():
+                return Outcome("cancelled", False, event.reason or "cancelled")
         return None
 
     def _take_replaced(self, event: Event) -> Outcome | None:

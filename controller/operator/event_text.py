@@ -13,11 +13,13 @@ from edgeplane.controller.operator.output import visible
 from edgeplane.shared.messages import (
     Accepted,
     Ack,
+    Cancelled,
     Check,
     CommandRejected,
     Event,
     Expired,
     Failed,
+    Overridden,
     Pong,
     Preflight,
     RolledBack,
@@ -69,6 +71,11 @@ def _describe(event: Event) -> str:
             return f"service step {event.step} restarted{code} (restart {event.restarts})"
         case Stopped():
             return f"stopped: {event.reason}"
+        case Cancelled():
+            return f"cancelled: {event.reason}" if event.reason else "cancelled"
+        case Overridden():
+            reason = f": {event.reason}" if event.reason else ""
+            return f"sent past the {event.check} refusal at the operator's word{reason}"
         case Expired():
             return f"expired: {event.reason}" if event.reason else "expired"
         case CommandRejected():

@@ -11,12 +11,19 @@ Deploying workflow W while an earlier deployment of W runs as a service stops th
 (``stopped``, "replaced by <dep>") before the new one's steps; when the new one fails to
 start (a step fails, or the service dies within its first grace) the old one is started
 again: ``failed`` then ``rolled-back``.
+
+A ``cancel`` command (:mod:`.canceller`) marks a deployment the worker has not started
+yet, or stops the job's step: the worker then reports ``cancelled`` (naming the cancel
+command) instead of going on, and a service it replaced is started again (``running``),
+unless the cancel was an undeploy of the whole workflow. A cancel that came too late (the
+deployment ended first) is answered ``rejected``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,11 +38,18 @@ from edgeplane.edge_agent.execution.preflight import (
 )
 from edgeplane.edge_agent.execution.runner import StepResult
 from edgeplane.edge_agent.execution.workdirs import Workdirs
-from edgeplane.edge_agent.execution.workload import Interrupted, Job, Service, Workload
+from edgeplane.edge_agent.execution.workload import (
+    CancelMark,
+    Interrupted,
+    Job,
+    Service,
+    Workload,
+)
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.logs import get_logger
 from edgeplane.shared.messages import (
     Accepted,
+    Cancelled,
     CommandRejected,
     Deploy,
     Expired,
@@ -60,6 +74,13 @@ log = get_logger(__name__)
 Failure = tuple[str, str]  # (reason, step) of a deployment that failed
 
 
+@dataclass(frozen=True)
+class _Cancelled:
+    """The steps ended because of a cancel (reported already)."""
+
+    mark: CancelMark
+
+
 class Deployer:
     def __init__(
         self,
@@ -81,6 +102,15 @@ class Deployer:
         self._clock = clock
 
     def deploy(self, cmd: Deploy) -> None:
+        try:
+            self._deploy(cmd)
+        finally:
+            late = self._workload.settle(cmd.dep)
+            if late is not None:
+                reason = f"deployment {cmd.dep} ended before it could be cancelled"
+                self._emit(CommandRejected, cmd=late.cmd, reason=reason)
+
+    def _deploy(self, cmd: Deploy) -> None:
         ids = {"cmd": cmd.id, "dep": cmd.dep}
         workflow = cmd.workflow
         if not self._checked_before_start(cmd):
@@ -89,7 +119,8 @@ class Deployer:
         job = self._workload.new_job(cmd.dep, cmd.id, workflow.name)
         refusal, old = self._workload.start_job(job)
         if refusal:
-            self._emit(CommandRejected, **ids, reason=clip(refusal))
+            if not self._cancelled(cmd, "before it started"):
+                self._emit(CommandRejected, **ids, reason=clip(refusal))
             return
         self._emit(Started, **ids, workflow=workflow.name, version=workflow.version)
         if old is not None:
@@ -99,12 +130,33 @@ class Deployer:
             )
             self._workload.save()
         failure = self._run_steps(cmd, job, workdir)
+        if isinstance(failure, _Cancelled):
+            if old is not None and not failure.mark.undeploy:
+                self._restore(old)
+            return
         if failure is None:
             return
         reason, step = failure
         self._emit(Failed, **ids, reason=clip(reason), step=step)
         if old is not None:
             self._roll_back(cmd, old, reason)
+
+    def _cancelled(self, cmd: Deploy, when: str) -> CancelMark | None:
+        """Report ``cancelled`` when a cancel came for ``cmd``'s deployment (its mark)."""
+        mark = self._workload.take_cancel(cmd.dep)
+        if mark is not None:
+            what = "undeployed" if mark.undeploy else "cancelled"
+            reason = f"{what} by the operator {when}"
+            self._emit(Cancelled, cmd=mark.cmd, dep=cmd.dep, reason=reason)
+        return mark
+
+    def _restore(self, old: Service) -> None:
+        """The service ``old``, stopped for a deployment that was cancelled, runs again."""
+        problem = self._keeper.start_again(old.dep, old.cmd, old.workflow)
+        if problem:
+            self._emit(Failed, cmd=old.cmd, dep=old.dep, reason=clip(f"not restored: {problem}"))
+        else:
+            self._emit(Running, cmd=old.cmd, dep=old.dep)
 
     def _checked_before_start(self, cmd: Deploy) -> bool:
         """Refusal, expiry, acceptance and preflight: True when the steps may start."""
@@ -114,7 +166,7 @@ class Deployer:
         if refusal:
             self._emit(CommandRejected, **ids, reason=clip(refusal))
             return False
-        if self._expired(cmd, "before it was taken"):
+        if self._cancelled(cmd, "before it started") or self._expired(cmd, "before it was taken"):
             return False
         self._emit(
             Accepted, **ids, workflow=workflow.name, version=workflow.version, dry_run=cmd.dry_run
@@ -126,6 +178,8 @@ class Deployer:
             return False
         if not ok:
             self._emit(CommandRejected, **ids, reason=summarize_failures(checks))
+            return False
+        if self._cancelled(cmd, "after its preflight, before its steps"):
             return False
         return not self._expired(cmd, "before its steps could start")
 
@@ -147,9 +201,10 @@ class Deployer:
         return True
 
     # the steps --------------------------------------------------------------------------------
-    def _run_steps(self, cmd: Deploy, job: Job, workdir: Path) -> Failure | None:
-        """Run the steps; None when the job succeeded or the service is up, else
-        ``(reason, step)`` of the failure. A restart request runs them again."""
+    def _run_steps(self, cmd: Deploy, job: Job, workdir: Path) -> Failure | _Cancelled | None:
+        """Run the steps; None when the job succeeded or the service is up (or it was
+        stopped), the cancel when one stopped it, else ``(reason, step)`` of the failure. A
+        restart request runs them again."""
         workflow = cmd.workflow
         ids = {"cmd": cmd.id, "dep": cmd.dep}
         service = workflow.kind == "service"
@@ -164,6 +219,9 @@ class Deployer:
                 break
             except Interrupted:
                 stop_reason = job.end_interruption()
+                mark = self._cancelled(cmd, f"during step {job.step!r}") if stop_reason else None
+                if mark is not None:
+                    return _Cancelled(mark)
                 self._emit(Stopped, **ids, reason=clip(stop_reason or "restart requested"))
                 if stop_reason:
                     return None
@@ -187,7 +245,7 @@ class Deployer:
         self._emit(StepFinished, **ids, **finished_fields(step, index, result))
         return result
 
-    def _start_service(self, cmd: Deploy, job: Job, workdir: Path) -> Failure | None:
+    def _start_service(self, cmd: Deploy, job: Job, workdir: Path) -> Failure | _Cancelled | None:
         workflow = cmd.workflow
         index = len(workflow.steps) - 1
         step = workflow.steps[index]
@@ -198,6 +256,9 @@ class Deployer:
         result = supervisor.start()
         job.end_service()
         if result is not None and result.stopped and job.stop_reason:
+            mark = self._cancelled(cmd, "while its service was starting")
+            if mark is not None:
+                return _Cancelled(mark)
             self._emit(Stopped, **ids, reason=clip(job.stop_reason))
             return None
         if result is not None:
@@ -205,7 +266,9 @@ class Deployer:
             return f"failed to start: step {step.name!r} {result.describe()}", step.name
         if self._keeper.register(Service(cmd.dep, cmd.id, workflow, workdir, supervisor)):
             self._emit(Running, **ids)
-        return None
+            return None
+        mark = self._cancelled(cmd, "as its service started")
+        return None if mark is None else _Cancelled(mark)
 
     def _roll_back(self, cmd: Deploy, old: Service, reason: str) -> None:
         """Start the service ``old`` (stopped for ``cmd``) again."""

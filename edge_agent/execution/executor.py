@@ -8,6 +8,7 @@ and the deployment's ``dep``. The parts, one job each:
 - :mod:`.deployer`: one deployment, from ``accepted`` to ``succeeded``, ``running`` (a
   service), ``failed`` or ``rolled-back``;
 - :mod:`.restarter`: the ``restart`` command;
+- :mod:`.canceller`: the ``cancel`` command (a deployment, or a workflow, taken back);
 - :mod:`.keeper`: services kept running (one per workflow), started again in their working
   directory (:mod:`.workdirs`);
 - :mod:`.launcher`: the process of a step, with the environment it sees;
@@ -35,6 +36,7 @@ from typing import Final, Self
 
 from edgeplane.edge_agent.errors import AgentError, ModelsDirError
 from edgeplane.edge_agent.events import EventSink
+from edgeplane.edge_agent.execution.canceller import Canceller
 from edgeplane.edge_agent.execution.deployer import Deployer
 from edgeplane.edge_agent.execution.keeper import ServiceKeeper
 from edgeplane.edge_agent.execution.launcher import StepLauncher
@@ -131,6 +133,8 @@ class Executor:
             clock=clock,
         )
         self._restarter = Restarter(self._workload, self._keeper, sink)
+        self._recovered = threading.Event()  # set once the worker carried on from the record
+        self._canceller = Canceller(self._workload, sink, self._recovered)
         self._queue: queue.Queue[object] = queue.Queue()
         self._closed = False  # the worker is told to end: nothing queued would run
         self._thread: threading.Thread | None = None
@@ -156,6 +160,7 @@ class Executor:
             reason = clip(f"not run: {self._workload.closing or 'the executor is closed'}")
             self.sink.emit(CommandRejected, cmd=cmd.id, dep=cmd.dep, reason=reason)
             return
+        self._workload.submitted(cmd.dep, cmd.workflow.name, cmd.dry_run)
         self._queue.put(cmd)
 
     def running(self) -> list[str]:
@@ -166,6 +171,12 @@ class Executor:
         """Restart the running services (only those of ``workflow`` if given) and run the
         current job of that workflow again; ``ack`` (op ``restart``) when done."""
         self._restarter.restart(workflow, cmd_id)
+
+    def cancel(self, dep: str, workflow: str = "", cmd_id: str = "") -> None:
+        """Take deployment ``dep`` (or, with ``workflow``, everything of that workflow) back
+        for good: stopped, never started again here; ``cancelled`` for each deployment
+        stopped, ``rejected`` when nothing matched (both naming ``cmd_id``)."""
+        self._canceller.cancel(dep, workflow, cmd_id)
 
     def stop_all(self, reason: str, timeout: float = 10.0, *, resume: bool = True) -> None:
         """Stop every workflow (``stopped`` with ``reason`` for each) and refuse further
@@ -202,7 +213,10 @@ class Executor:
     # --- the worker -------------------------------------------------------------------------
     def _work(self) -> None:
         carry_on = functools.partial(recover, self._record, self._workload, self._keeper, self.sink)
-        self._guarded(carry_on, cmd="", dep="")
+        try:
+            self._guarded(carry_on, cmd="", dep="")
+        finally:
+            self._recovered.set()
         while True:
             item = self._queue.get()
             if item is _CLOSE:

@@ -15,7 +15,7 @@ from edgeplane.edge_agent.execution.preflight import clip
 from edgeplane.edge_agent.execution.runner import StepProcess
 from edgeplane.edge_agent.execution.services import ServiceSupervisor
 from edgeplane.edge_agent.execution.workdirs import Workdirs
-from edgeplane.edge_agent.execution.workload import Job, Service, Workload
+from edgeplane.edge_agent.execution.workload import CANCELLED, Job, Service, Workload
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.messages import ServiceRestarted, Stopped
@@ -96,7 +96,8 @@ class ServiceKeeper:
 
     def register(self, service: Service) -> bool:
         """Add a service that is up to those running; when stop_all came meanwhile, stop
-        it (and keep it to resume, if stop_all said so) and say False."""
+        it (and keep it to resume, if stop_all said so) and say False; likewise when a
+        cancel marked it (the canceller's mark says so, and is reported by the caller)."""
         displaced, closing = self._workload.register(service)
         if displaced is not None:
             displaced.supervisor.stop()
@@ -104,7 +105,8 @@ class ServiceKeeper:
             self._emit(Stopped, cmd=displaced.cmd, dep=displaced.dep, reason=reason, by=service.dep)
         if closing:
             service.supervisor.stop()
-            self._emit(Stopped, cmd=service.cmd, dep=service.dep, reason=clip(closing))
+            if closing != CANCELLED:  # a cancelled one is reported by whoever cancels it
+                self._emit(Stopped, cmd=service.cmd, dep=service.dep, reason=clip(closing))
         self._workload.save()
         return not closing
 

@@ -51,6 +51,9 @@ class OnDemandExecutor:
     def restart(self, workflow: str = "", cmd_id: str = "") -> None:
         self._executor().restart(workflow, cmd_id)  # it answers with the ack itself
 
+    def cancel(self, dep: str, workflow: str = "", cmd_id: str = "") -> None:
+        self._executor().cancel(dep, workflow, cmd_id)  # it answers itself
+
     def running(self) -> list[str]:
         real = self._real
         return [] if real is None else real.running()

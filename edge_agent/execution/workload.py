@@ -10,13 +10,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from edgeplane.edge_agent.execution.record import JobRecord, Record, RecordFile, ServiceRecord
 from edgeplane.edge_agent.execution.runner import StepProcess
 from edgeplane.edge_agent.execution.services import ServiceSupervisor
 from edgeplane.shared.workflow import Workflow
 
-__all__ = ["Interrupted", "Job", "Service", "Workload"]
+__all__ = ["CANCELLED", "CancelMark", "Cancellation", "Interrupted", "Job", "Service", "Workload"]
+
+CANCELLED: Final = "cancelled"  # why register did not keep a service a cancel marked
 
 
 @dataclass
@@ -31,6 +34,33 @@ class Service:
 
     def record(self, pgid: int | None = None) -> ServiceRecord:
         return ServiceRecord(self.dep, self.cmd, self.workflow, pgid)
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    """What a ``cancel`` command found (:meth:`Workload.cancel`): the services taken out
+    (to stop and report), the services that were only kept to resume at the next start
+    (forgotten now: to report), the job's step process to stop (the deployer reports the
+    job), and the deployments marked for the worker to cancel (queued, in preflight, the
+    job)."""
+
+    services: list[Service]
+    resumed: list[ServiceRecord]
+    process: StepProcess | None
+    marked: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.resumed or self.marked)
+
+
+@dataclass(frozen=True)
+class CancelMark:
+    """A deployment to cancel when the worker next looks: by the ``cancel`` command
+    ``cmd``; ``undeploy``: the whole workflow goes (an earlier service it replaced is not
+    started again)."""
+
+    cmd: str
+    undeploy: bool = False
 
 
 class Interrupted(Exception):
@@ -115,6 +145,10 @@ class Workload:
         self._job: Job | None = None
         self._closing = ""  # why new deployments are refused (set by close)
         self._resume_on_stop = True  # what close said about the services it stopped
+        # Deployments submitted, not yet a job (queued for the worker, or in preflight):
+        # dep -> (workflow, dry run); and the cancel marks the worker reads, by dep.
+        self._pending: dict[str, tuple[str, bool]] = {}
+        self._cancels: dict[str, CancelMark] = {}
 
     @property
     def closing(self) -> str:
@@ -147,11 +181,14 @@ class Workload:
         return ""
 
     def start_job(self, job: Job) -> tuple[str, Service | None]:
-        """Make ``job`` the one running; ("not run: why", None) when closing, else ("",
-        the service of the same workflow it replaces, taken out)."""
+        """Make ``job`` the one running; ("not run: why", None) when closing or cancelled,
+        else ("", the service of the same workflow it replaces, taken out)."""
         with self.lock:
+            self._pending.pop(job.dep, None)
             if self._closing:
                 return f"not run: {self._closing}", None
+            if job.dep in self._cancels:
+                return "not run: cancelled", None
             self._job = job
             self._resume.pop(job.workflow, None)
             return "", self._services.pop(job.workflow, None)
@@ -160,6 +197,56 @@ class Workload:
         with self.lock:
             job, self._job = self._job, None
             return job
+
+    # cancelling ---------------------------------------------------------------------------
+    def submitted(self, dep: str, workflow: str, dry_run: bool) -> None:
+        """Deployment ``dep`` is queued for the worker (a cancel may find it there)."""
+        with self.lock:
+            self._pending[dep] = (workflow, dry_run)
+
+    def settle(self, dep: str) -> CancelMark | None:
+        """The worker is done with ``dep``: no longer pending; its cancel mark, if one came
+        that nobody acted on (the deployment ended first)."""
+        with self.lock:
+            self._pending.pop(dep, None)
+            return self._cancels.pop(dep, None)
+
+    def take_cancel(self, dep: str) -> CancelMark | None:
+        """The cancel mark of ``dep`` (taken: the caller reports it), None when none came."""
+        with self.lock:
+            return self._cancels.pop(dep, None)
+
+    def cancel(self, dep: str, workflow: str, cmd: str, reason: str) -> Cancellation:
+        """Everything of deployment ``dep``, or (``workflow`` given) of that workflow:
+        services are taken out and no longer resumed at the next start, the job is marked
+        stopped for ``reason``, deployments not yet started are marked cancelled."""
+        mark = CancelMark(cmd, undeploy=bool(workflow))
+
+        def matches(of_dep: str, of_workflow: str) -> bool:
+            return (bool(dep) and of_dep == dep) or (bool(workflow) and of_workflow == workflow)
+
+        with self.lock:
+            services = [s for name, s in self._services.items() if matches(s.dep, name)]
+            for service in services:
+                del self._services[service.workflow.name]
+            resumed = [r for name, r in self._resume.items() if matches(r.dep, name)]
+            for record in resumed:
+                del self._resume[record.workflow.name]
+            marked: list[str] = []
+            process = None
+            job = self._job
+            taken = {service.dep for service in services}
+            if job is not None and matches(job.dep, job.workflow) and job.dep not in taken:
+                self._cancels[job.dep] = mark
+                marked.append(job.dep)
+                process = job.stop(reason)
+            for pending, (of_workflow, dry_run) in self._pending.items():
+                if (dep and pending == dep) or (
+                    workflow and of_workflow == workflow and not dry_run
+                ):
+                    self._cancels[pending] = mark
+                    marked.append(pending)
+            return Cancellation(services, resumed, process, marked)
 
     def restart_targets(self, workflow: str) -> tuple[list[Service], Job | None]:
         """The services (of ``workflow``, or all) and the job that a restart runs again."""
@@ -191,9 +278,12 @@ class Workload:
 
     def register(self, service: Service) -> tuple[Service | None, str]:
         """Add a service that is up; (the service of its workflow it displaced, "") — or,
-        once closing, (None, why): then it is only kept to resume, if close said so."""
+        once closing, (None, why): then it is only kept to resume, if close said so; or,
+        when a cancel marked it meanwhile, (None, :data:`CANCELLED`): not kept at all."""
         name = service.workflow.name
         with self.lock:
+            if service.dep in self._cancels:
+                return None, CANCELLED
             closing = self._closing
             if closing:
                 if self._resume_on_stop:
