@@ -377,9 +377,13 @@ class RolloutStart(_Request, frozen=True, kw_only=True, tag="rollout-start"):
     matching nothing is refused with code ``no-match``. ``waves``: cumulative counts
     (``"5"``) or shares (``"10%"``); ``max_failures``: a count or a share of the targets
     finished. ``dry_run``: nothing is stored; the first wave's targets get a dry-run
-    deployment each (their ids in the targets' ``dep``) and the plan comes back."""
+    deployment each (their ids in the targets' ``dep``) and the plan comes back.
+    Exactly one of ``workflow`` (deploy it) and ``undeploy`` (a workflow's name: take it
+    off every target, as ``undeploy`` does; a target where it does not run is done as it
+    is) is given."""
 
-    workflow: Workflow
+    workflow: Workflow | None = None
+    undeploy: ShortText = ""
     selector: dict[Label, LabelValue]
     waves: list[ShortText] = msgspec.field(default_factory=lambda: ["1", "10%", "50%", "100%"])
     max_failures: ShortText = "10%"
@@ -643,9 +647,10 @@ class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
 
     id: ShortText
     workflow: ShortText
-    version: ShortText
+    version: ShortText  # "" for an undeploy rollout
     selector: dict[str, str]
     state: RolloutState
+    action: Literal["deploy", "undeploy"] = "deploy"
     reason: ShortText = ""
     created: UnixTime
     updated: UnixTime

@@ -351,3 +351,79 @@ async def test_dry_run_prints_the_plan_and_the_first_waves_preflight(
         assert listed == []  # nothing stored
         assert all(c.get("dry_run") for c in deploys(system, "ro-d-00000"))
         assert deploys(system, "ro-d-00001") == []
+
+
+def sleeper(system: System) -> Path:
+    data = {
+        "name": "rollout-sleeper",
+        "version": "1.0.0",
+        "kind": "service",
+        "steps": [{"name": "serve", "run": [PY, "-c", "import time; time.sleep(600)"]}],
+    }
+    return system.workflow("rollout-sleeper", data)
+
+
+async def test_an_undeploy_rollout_takes_the_service_off_the_selected_environments_only(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.create_env("ro-u-idle", "--label", "ring=teal")  # nothing runs there
+        async with fleet(system, "ro-u", 4, "--label", "ring=teal"):
+            others = ("--selector", "ring=teal", "--waves", "100%", "--bake", "0")
+            deployed = await start(system, sleeper(system), *others)
+            await wait_rollout(
+                system, deployed["id"], lambda s: s["counts"].get("succeeded") == 4, "running"
+            )
+            idle_dep = targets(await status(system, deployed["id"]))["ro-u-idle"]["dep"]
+            await system.cli_json("rollout", "abort", deployed["id"])  # ro-u-idle stays queued
+            await system.create_env("ro-u-none", "--label", "ring=teal")  # nothing ever
+            kept = "ro-u-00003"
+            await system.cli("env", "update", kept, "--label", "ring=kept")
+            planned = await system.cli(
+                "rollout", "start", "--undeploy", "rollout-sleeper", "--selector", "ring=teal",
+                "--waves", "1,100%", "--bake", "0",
+            )  # fmt: skip
+            assert planned.code == 0, str(planned)
+            assert "undeploy rollout-sleeper to 5 environment(s)" in planned.stdout
+            rollout = planned.stdout.split("started rollout ")[1].split(":")[0]
+            shown = await wait_rollout(
+                system, rollout, lambda s: s["state"] == "succeeded", "succeeded"
+            )
+            by_env = targets(shown)
+            assert set(by_env) == {
+                "ro-u-00000",
+                "ro-u-00001",
+                "ro-u-00002",
+                "ro-u-idle",
+                "ro-u-none",
+            }
+            assert {t["state"] for t in by_env.values()} == {"succeeded"}
+            assert by_env["ro-u-none"]["reason"] == "nothing of it ran here"
+            assert (await system.show_deployment(idle_dep))["state"] == "cancelled"
+            assert shown["action"] == "undeploy"
+            for env in ("ro-u-00000", "ro-u-00001", "ro-u-00002"):
+                cancels = [c for c in system.commands(env) if c.get("type") == "cancel"]
+                assert len(cancels) == 1, env  # each exactly once
+                assert (await env_running(system, env)) == [], env
+            assert [c for c in system.commands(kept) if c.get("type") == "cancel"] == []
+            assert len(await env_running(system, kept)) == 1  # not selected: still runs
+            listed = await system.cli("rollout", "list")
+            assert "(undeploy)" in listed.stdout
+
+
+async def env_running(system: System, env: str) -> list[str]:
+    shown: dict[str, Any] = await system.cli_json("env", "show", env)
+    running: list[str] = shown["running"]
+    return running
+
+
+async def test_rollout_start_takes_a_file_or_undeploy_but_not_both(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        workflow = job(system, "1.0.0")
+        for args in ([str(workflow), "--undeploy", "x"], []):
+            result = await system.cli("rollout", "start", *args, "--selector", "a=b")
+            assert result.code == 2, str(result)
+            assert "give a workflow FILE to deploy, or --undeploy NAME" in result.stderr

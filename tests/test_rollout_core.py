@@ -300,3 +300,46 @@ def test_changes_say_what_to_store() -> None:
     record, targets = h.run.changes()
     assert [t.env for t in targets] == ["a"]
     assert targets[0].dep == "d-a"
+
+
+# --- undeploy rollouts --------------------------------------------------------------------
+def undeploy_run(envs: list[str], **kw: object) -> RolloutRun:
+    settings = RolloutSettings(**{"waves": ("100%",), "bake": 0.0, **kw})  # type: ignore[arg-type]
+    return new_run("r-u", "app", {"stage": "prod"}, settings, plan_waves(envs, settings.waves), 0.0)
+
+
+def test_an_undeploy_target_succeeds_once_what_it_took_back_ended() -> None:
+    run = undeploy_run(["a", "b"])
+    assert run.info().action == "undeploy"
+    assert (run.info().workflow, run.info().version) == ("app", "")
+    assert run.step(0.0).send == ["a", "b"]
+    run.sent("a", "d-a", "d-a", 0.0)
+    run.nothing_to_do("b", "nothing of it ran here", 0.0)
+    assert not run.observe(deployment("d-a", "a", "running"), 0.0)  # still runs: not yet
+    assert run.observe(deployment("d-a", "a", "cancelled"), 1.0)
+    run.step(1.0)
+    assert run.record.state == "succeeded"
+    assert run.targets["b"].previous == ""
+
+
+def test_an_offline_undeploy_target_waits_in_place_then_is_not_deployed() -> None:
+    run = undeploy_run(["a", "b", "c"], concurrency=2, target_timeout=5.0)
+    assert run.step(0.0).send == ["a", "b"]
+    run.waiting("a", "waiting for its agent to come online", 0.0)
+    run.sent("b", "d-b", "d-b", 0.0)
+    assert run.step(1.0).send == ["a"]  # tried again, and holding its place: c waits
+    assert run.next_deadline() == 5.0
+    run.step(5.0)
+    assert run.targets["a"].state == "not-deployed"
+    assert run.record.state == "aborted"  # an offline target counts (no --skip-offline)
+
+
+def test_an_aborted_undeploy_rollout_deploys_again_what_it_stopped() -> None:
+    run = undeploy_run(["a", "b"], max_failures="0", rollback_on_abort=True)
+    run.step(0.0)
+    run.sent("a", "d-a", "d-a", 0.0)
+    run.observe(deployment("d-a", "a", "cancelled"), 0.0)
+    run.refused("b", "retired", 0.0)
+    step = run.step(1.0)
+    assert run.record.state == "rolling-back"
+    assert step.rollback == {"a": "d-a"}

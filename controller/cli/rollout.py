@@ -3,6 +3,9 @@ environment a selector matches, wave by wave, through the controller.
 
 ``start FILE --selector K=V[,K=V...]`` prints the plan (each wave's environments, by id)
 and the rollout's id; the controller then runs it, also when this command has exited.
+``start --undeploy NAME --selector ...`` (instead of FILE) takes workflow NAME off every
+target, wave by wave, as ``edgeplane undeploy`` does; with ``--rollback-on-abort`` an
+abort deploys again what it stopped.
 ``--dry-run`` stores nothing: it prints the plan, sends the first wave's preflight (a
 dry-run deployment each) and prints each result (exit 1 when one did not pass).
 ``status ID`` shows each wave and each target, ``--follow`` live until the rollout ends
@@ -122,7 +125,15 @@ def _threshold(value: str) -> str:
 
 def _add_start(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = add_leaf(actions, "start", "start a rollout of a workflow file", _start)
-    parser.add_argument("file", type=Path, metavar="FILE", help="the workflow file")
+    parser.add_argument(
+        "file", type=Path, nargs="?", metavar="FILE", help="the workflow file to deploy"
+    )
+    parser.add_argument(
+        "--undeploy",
+        metavar="NAME",
+        default="",
+        help="instead of FILE: stop workflow NAME and take it off every target",
+    )
     parser.add_argument(
         "--selector",
         required=True,
@@ -202,15 +213,26 @@ async def _start(controller: ControllerClient, args: argparse.Namespace, within:
     from edgeplane.shared.errors import WorkflowFileError
     from edgeplane.shared.rpc import RolloutStart
 
-    try:
-        loaded = read_workflow_file(args.file)
-    except WorkflowFileError as exc:
-        print(f"edgeplane: {exc}", file=sys.stderr)
+    if (args.file is None) == (not args.undeploy):
+        print(
+            "edgeplane: rollout start: give a workflow FILE to deploy, or --undeploy NAME "
+            "(one of the two)",
+            file=sys.stderr,
+        )
         return 2
-    for warning in loaded.warnings:
-        print(f"edgeplane: warning: {warning}", file=sys.stderr)
+    workflow = None
+    if args.file is not None:
+        try:
+            loaded = read_workflow_file(args.file)
+        except WorkflowFileError as exc:
+            print(f"edgeplane: {exc}", file=sys.stderr)
+            return 2
+        for warning in loaded.warnings:
+            print(f"edgeplane: warning: {warning}", file=sys.stderr)
+        workflow = loaded.workflow
     request = RolloutStart(
-        workflow=loaded.workflow,
+        workflow=workflow,
+        undeploy=args.undeploy,
         selector=args.selector,
         waves=list(args.waves),
         max_failures=args.max_failures,
@@ -230,6 +252,12 @@ async def _start(controller: ControllerClient, args: argparse.Namespace, within:
         else:
             print(plan_text(info))
             print(f"started rollout {info.id}: edgeplane rollout status {info.id} --follow")
+        return 0
+    if args.undeploy:  # nothing to check beforehand: the plan is all
+        if args.json:
+            print_json({"plan": info, "preflight": []})
+        else:
+            print(plan_text(info))
         return 0
     if not args.json:
         print(plan_text(info), flush=True)

@@ -5,8 +5,9 @@ The shell (``controller/daemon/rollout_desk.py``) feeds a :class:`RolloutRun` th
 deployments of its targets as they change (:meth:`RolloutRun.observe`) and asks it, on
 every change and when a deadline falls due, what to do now (:meth:`RolloutRun.step`,
 with the time of an injected clock). The run answers with a :class:`RolloutStep`: the targets to
-deploy (each one's action is "deploy the rollout's workflow", the same gate and preflight
-as a single deployment), the rollbacks to deploy, alerts to raise or clear. What
+send (each one's action is "deploy the rollout's workflow", the same gate and preflight
+as a single deployment, or for an undeploy rollout "take the workflow of that name off",
+as ``edgeplane undeploy`` does), the rollbacks to deploy, alerts to raise or clear. What
 changed is taken with :meth:`RolloutRun.changes`, to be stored before anything is sent.
 
 States. A target: ``pending`` -> ``sent`` -> ``succeeded`` | ``failed`` | ``timed-out``
@@ -21,6 +22,11 @@ restore every target.
 
 The failures counted toward ``max_failures`` are the targets failed, timed out and (unless
 ``skip_offline``) not deployed, judged once ``min_executed`` targets finished.
+
+An undeploy rollout: a target succeeds once the deployment it took back has ended (its
+agent's ``cancelled``), or at once where nothing of the workflow runs or waits; one whose
+agent is offline stays ``pending``, tried again on every step, until the agent is back or
+the target timeout ends it ``not-deployed``. Its rollback deploys again what it stopped.
 """
 
 from __future__ import annotations
@@ -143,7 +149,7 @@ class RolloutRecord:
     """What is stored of a rollout besides its targets."""
 
     id: str
-    workflow: Workflow
+    workflow: Workflow | None  # None: an undeploy rollout (``undeploy`` names the workflow)
     selector: dict[str, str]
     settings: RolloutSettings
     created: float
@@ -153,9 +159,14 @@ class RolloutRecord:
     reason: str = ""
     current: int = 0
     alert_env: str = ""  # the environment its alert was raised on ("" none)
-    # What each target gets: "deploy" (the workflow). Room for "undeploy" (take the
-    # workflow of that name off each target), which the desk would send instead.
+    # What each target gets: "deploy" (the workflow), or "undeploy" (the workflow named
+    # ``undeploy`` is stopped and taken off the target).
     action: str = "deploy"
+    undeploy: str = ""
+
+    @property
+    def workflow_name(self) -> str:
+        return self.workflow.name if self.workflow is not None else self.undeploy
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,6 +263,8 @@ class RolloutRun:
         if target.state != "sent" or deployment.id != target.dep:
             return False
         state = deployment.state
+        if self.record.action == "undeploy":
+            return self._observe_undeploy(target, deployment, now)
         if _succeeded(deployment):
             self._finish(target, "succeeded", "", now)
         elif state == "expired" and not deployment.cmd:
@@ -260,6 +273,16 @@ class RolloutRun:
             self._finish(target, "failed", f"{state}: {deployment.reason}".rstrip(": "), now)
         else:
             return False
+        return True
+
+    def _observe_undeploy(self, target: Target, deployment: Deployment, now: float) -> bool:
+        """An undeploy succeeded once the deployment it took back has ended: cancelled by
+        its agent, or ended by itself on the way (either way nothing of it runs)."""
+        state = deployment.state
+        if state not in TERMINAL_STATES:
+            return False
+        why = "" if state == "cancelled" else f"it ended {state} before it was stopped"
+        self._finish(target, "succeeded", why, now)
         return True
 
     def _observe_rollback(self, target: Target, deployment: Deployment, now: float) -> bool:
@@ -304,6 +327,23 @@ class RolloutRun:
         target = self.targets[env]
         target.started = now
         self._finish(target, "failed", f"refused: {reason}", now)
+
+    def nothing_to_do(self, env: str, reason: str, now: float) -> None:
+        """An undeploy target where nothing of the workflow runs: done as it is, and
+        nothing to roll back."""
+        target = self.targets[env]
+        target.started = target.started if target.started is not None else now
+        target.previous = ""
+        self._finish(target, "succeeded", reason, now)
+
+    def waiting(self, env: str, reason: str, now: float) -> None:
+        """An undeploy target whose agent is offline: it stays pending (tried again on
+        every step) until it comes back or ``target_timeout`` after the first try."""
+        target = self.targets[env]
+        if target.started is None or target.reason != reason:
+            target.started = target.started if target.started is not None else now
+            target.reason = reason
+            self._touch(now, target)
 
     def rollback_sent(self, env: str, dep: str, now: float) -> None:
         target = self.targets[env]
@@ -390,7 +430,7 @@ class RolloutRun:
         deadlines = [
             t.started + self.record.settings.target_timeout
             for t in self.targets.values()
-            if t.state == "sent" and t.started is not None
+            if t.state in ("sent", "pending") and t.started is not None
         ]
         wave = self._wave()
         if self.active and wave.state == "baking" and wave.bake_until is not None:
@@ -422,9 +462,12 @@ class RolloutRun:
     def _time_out(self, now: float) -> None:
         timeout = self.record.settings.target_timeout
         for target in self.targets.values():
-            if target.state != "sent" or target.started is None:
+            if target.state not in ("sent", "pending") or target.started is None:
                 continue
             if now < target.started + timeout:
+                continue
+            if target.state == "pending":  # an undeploy target whose agent stayed away
+                self._finish(target, "not-deployed", "offline until the target timeout", now)
                 continue
             deployment = self._deps.get(target.dep)
             if deployment is not None and deployment.state == "queued":
@@ -468,10 +511,17 @@ class RolloutRun:
                 wave.bake_until = now + record.settings.bake
                 self._touch(now)
             else:
-                in_flight = sum(1 for t in targets if t.state == "sent")
+                # an undeploy target waiting for its agent is tried again on every step
+                # and holds its place, as a queued deployment to an offline one does
+                waiting = sorted(
+                    t.env for t in targets if t.state == "pending" and t.started is not None
+                )
+                in_flight = sum(1 for t in targets if t.state == "sent") + len(waiting)
                 room = max(0, record.settings.concurrency - in_flight)
-                pending = sorted(t.env for t in targets if t.state == "pending")
-                step.send.extend(pending[:room])
+                pending = sorted(
+                    t.env for t in targets if t.state == "pending" and t.started is None
+                )
+                step.send.extend(waiting + pending[:room])
                 return
         if wave.state == "baking" and wave.bake_until is not None and now >= wave.bake_until:
             wave.state, wave.finished = "done", now
@@ -522,11 +572,11 @@ class RolloutRun:
         if target.state == "succeeded":
             return True
         deployment = self._deps.get(target.dep)
-        return (
-            target.state == "timed-out"
-            and deployment is not None
-            and (deployment.state in _SUCCESS)
-        )
+        if target.state != "timed-out" or deployment is None:
+            return False
+        if self.record.action == "undeploy":
+            return deployment.state in TERMINAL_STATES
+        return deployment.state in _SUCCESS
 
     # --- reading --------------------------------------------------------------------------
     def info(self, *, with_targets: bool = True, limit: int = MAX_TARGETS_SHOWN) -> RolloutInfo:
@@ -543,8 +593,9 @@ class RolloutRun:
         targets = sorted(self.targets.values(), key=lambda t: (t.wave, t.env))
         return RolloutInfo(
             id=record.id,
-            workflow=record.workflow.name,
-            version=record.workflow.version,
+            workflow=record.workflow_name,
+            version="" if record.workflow is None else record.workflow.version,
+            action="undeploy" if record.action == "undeploy" else "deploy",
             selector=dict(record.selector),
             state=record.state,
             reason=record.reason[:256],
@@ -581,21 +632,25 @@ class RolloutRun:
 
 def new_run(
     rollout: str,
-    workflow: Workflow,
+    workflow: Workflow | str,
     selector: Mapping[str, str],
     settings: RolloutSettings,
     waves: list[list[str]],
     now: float,
 ) -> RolloutRun:
-    """A new rollout over ``waves`` (each wave's environment ids), nothing sent yet."""
+    """A new rollout over ``waves`` (each wave's environment ids), nothing sent yet: of
+    ``workflow``, or (a name) taking the workflow of that name off every target."""
+    undeploy = workflow if isinstance(workflow, str) else ""
     record = RolloutRecord(
         id=rollout,
-        workflow=workflow,
+        workflow=None if isinstance(workflow, str) else workflow,
         selector=dict(selector),
         settings=settings,
         created=now,
         updated=now,
         waves=[Wave(index) for index in range(len(waves))],
+        action="undeploy" if undeploy else "deploy",
+        undeploy=undeploy,
     )
     targets = [Target(rollout, env, index) for index, envs in enumerate(waves) for env in envs]
     run = RolloutRun(record, targets)

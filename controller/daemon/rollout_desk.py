@@ -7,6 +7,8 @@ judged the moment it is folded, not on a poll), when an environment record is wr
 that matches joins the last wave) and when a deadline falls due (a bake, a target
 timeout). Each turn asks the core what to do and does it: a target's deployment is made
 through :meth:`Operations.deploy <edgeplane.controller.core.operations.Operations.deploy>`
+(an undeploy rollout's through :meth:`Operations.undeploy`, tried again while the agent
+is offline)
 (the same gate and preflight as a single deployment, ``when_online`` with the target
 timeout as its TTL, so an offline target waits), and stored in the same writes as the
 target that names it: a controller killed at any point finds either both or neither, so
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Iterable
 from typing import Final
 
@@ -53,11 +56,13 @@ from edgeplane.shared.clock import Clock
 from edgeplane.shared.errors import RequestRefused
 from edgeplane.shared.messages import AlertState
 from edgeplane.shared.rpc import DeployRequest, RolloutInfo, RolloutStart
+from edgeplane.shared.workflow import Workflow
 
 __all__ = ["ALERT_KIND", "RolloutDesk"]
 
 ALERT_KIND: Final = "rollout-aborted"
 IDLE_WAIT: Final = 1.0  # seconds between turns when nothing wakes the desk
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # shared.workflow.Name
 
 log: Final = structlog.get_logger("controller")
 
@@ -154,8 +159,9 @@ class RolloutDesk:
             now = self._clock.time()
             step = run.step(now)
             previous = {
-                env: await self._store.previous_deployment(env, run.record.workflow.name, now)
+                env: await self._store.previous_deployment(env, run.record.workflow_name, now)
                 for env in step.send
+                if run.record.action == "deploy"
             }
             rollbacks = {
                 env: await self._store.deployment(dep) for env, dep in step.rollback.items()
@@ -184,13 +190,11 @@ class RolloutDesk:
             if not run.may_send(env):  # a failure or a pause came while we looked up
                 continue
             now = self._clock.time()
-            if run.record.action != "deploy":  # "undeploy" comes with its operation
-                run.refused(env, f"this controller cannot {run.record.action}", now)
-                moved = True
+            workflow = run.record.workflow
+            if workflow is None:
+                moved = self._undeploy(run, env, effects) or moved
                 continue
-            request = DeployRequest(
-                env=env, workflow=run.record.workflow, when_online=True, ttl=timeout
-            )
+            request = DeployRequest(env=env, workflow=workflow, when_online=True, ttl=timeout)
             try:
                 info, made = self._ops.deploy(request)
             except RequestRefused as exc:
@@ -201,6 +205,29 @@ class RolloutDesk:
             effects.extend(made)
             for deployment in made.writes.deployments:
                 moved = run.observe(deployment, now) or moved
+        return moved
+
+    def _undeploy(self, run: RolloutRun, env: str, effects: Effects) -> bool:
+        """Take the rollout's workflow off ``env`` as ``edgeplane undeploy`` does; what it
+        stops is what a rollback deploys again."""
+        now = self._clock.time()
+        try:
+            result, made = self._ops.undeploy(env, run.record.undeploy)
+        except RequestRefused as exc:
+            if exc.code == "not-running":
+                run.nothing_to_do(env, "nothing of it ran here", now)
+            elif exc.code == "offline":
+                run.waiting(env, "waiting for its agent to come online", now)
+                return False
+            else:
+                run.refused(env, exc.message, now)
+            return True
+        stopped = result.deployment.id if result.cmd else ""
+        run.sent(env, result.deployment.id, stopped, now)
+        effects.extend(made)
+        moved = True
+        for deployment in made.writes.deployments:
+            moved = run.observe(deployment, now) or moved
         return moved
 
     def _roll_back(
@@ -241,6 +268,7 @@ class RolloutDesk:
 
     # --- requests -------------------------------------------------------------------------
     def start(self, request: RolloutStart) -> tuple[RolloutInfo, Effects]:
+        subject = _subject(request)
         selector = check_selector(request.selector)
         waves = parse_waves(request.waves)
         parse_threshold(request.max_failures)
@@ -265,8 +293,8 @@ class RolloutDesk:
         now = self._clock.time()
         planned = plan_waves(envs, waves)
         if request.dry_run:
-            return self._dry_run(request, selector, settings, planned)
-        run = new_run(new_id("r"), request.workflow, selector, settings, planned, now)
+            return self._dry_run(subject, selector, settings, planned)
+        run = new_run(new_id("r"), subject, selector, settings, planned, now)
         self._runs[run.id] = run
         log.info("rollout started", rollout=run.id, targets=len(envs), waves=len(planned))
         self._wake.set()
@@ -274,20 +302,22 @@ class RolloutDesk:
 
     def _dry_run(
         self,
-        request: RolloutStart,
+        subject: Workflow | str,
         selector: dict[str, str],
         settings: RolloutSettings,
         planned: list[list[str]],
     ) -> tuple[RolloutInfo, Effects]:
         """The plan, and a dry-run deployment (the preflight) for each target of the first
-        wave; nothing of the rollout is stored."""
+        wave (an undeploy has no preflight: the plan only); nothing of it is stored."""
         now = self._clock.time()
-        run = new_run("dry-run", request.workflow, selector, settings, planned, now)
+        run = new_run("dry-run", subject, selector, settings, planned, now)
         effects = Effects()
+        if isinstance(subject, str):
+            return _as_dry_run(run.info()), effects
         for env in planned[0]:
             try:
                 deployed, made = self._ops.deploy(
-                    DeployRequest(env=env, workflow=request.workflow, dry_run=True)
+                    DeployRequest(env=env, workflow=subject, dry_run=True)
                 )
             except RequestRefused as exc:
                 run.refused(env, exc.message, now)
@@ -327,6 +357,20 @@ class RolloutDesk:
     @property
     def runs(self) -> Iterable[RolloutRun]:
         return self._runs.values()
+
+
+def _subject(request: RolloutStart) -> Workflow | str:
+    """The workflow to deploy, or the name of the one to take off."""
+    if request.workflow is not None and request.undeploy:
+        raise RequestRefused("invalid", "a rollout deploys a workflow or undeploys one, not both")
+    if request.workflow is not None:
+        return request.workflow
+    name = request.undeploy.strip()
+    if not name:
+        raise RequestRefused("invalid", "a rollout needs a workflow (FILE) or --undeploy NAME")
+    if not _NAME.fullmatch(name):
+        raise RequestRefused("invalid", f"--undeploy {name!r} is not a workflow name")
+    return name
 
 
 def _as_dry_run(info: RolloutInfo) -> RolloutInfo:

@@ -33,12 +33,17 @@ def _by_wave(info: RolloutInfo) -> dict[int, list[TargetInfo]]:
     return waves
 
 
+def _subject(info: RolloutInfo) -> str:
+    if info.action == "undeploy":
+        return f"undeploy {info.workflow}"
+    return f"{info.workflow} {info.version}"
+
+
 def plan_text(info: RolloutInfo) -> str:
     """The plan: which environments each wave takes, in the order they go."""
     head = "dry run of a rollout" if info.dry_run else f"rollout {info.id}"
     lines = [
-        f"{head}: {info.workflow} {info.version} to {info.total} environment(s) matching "
-        f"{_selector(info)}",
+        f"{head}: {_subject(info)} to {info.total} environment(s) matching {_selector(info)}",
         f"  waves {','.join(info.waves_spec)}; max failures {info.max_failures} (after "
         f"{info.min_executed} finished); bake {info.bake:g}s; target timeout "
         f"{info.target_timeout:g}s; concurrency {info.concurrency}"
@@ -65,7 +70,7 @@ def status_text(info: RolloutInfo, *, now: float | None = None, per_wave: int | 
     now = time.time() if now is None else now
     state = info.state + (f": {visible(info.reason)}" if info.reason else "")
     lines = [
-        f"rollout {info.id}  {info.workflow} {info.version}  {_selector(info)}",
+        f"rollout {info.id}  {_subject(info)}  {_selector(info)}",
         f"state: {state}",
         f"progress: {progress_bar(info.finished, info.total)}  failures {info.failures} "
         f"(max {info.max_failures})",
@@ -101,7 +106,7 @@ def rollout_table(infos: list[RolloutInfo]) -> str:
         (
             info.id,
             info.workflow,
-            info.version,
+            info.version or ("(undeploy)" if info.action == "undeploy" else ""),
             info.state,
             f"{info.wave + 1}/{len(info.waves)}",
             f"{info.finished}/{info.total}",
