@@ -32,6 +32,10 @@ persistent session across a reconnect. Two bounds that were not taken: aiomqtt's
 acknowledged it (lost for good); and acknowledging by hand with a small MQTT 5 Receive
 Maximum does not bound it on mosquitto 2.0.11, which sends up to a whole window more for
 every PUBACK (measured: 1,800 unacknowledged with a Receive Maximum of 10).
+
+Acknowledging by hand (``manual_ack``) is kept for safety instead: the events connection
+acknowledges an event once what it changed is committed, so a crash between receipt and
+commit loses nothing (the broker sends it again; the store keeps it once).
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class Message:
     """One received message. ``topic``, ``payload`` and ``retained`` are plain attributes;
     the MQTT 5 properties are read when asked for (most messages never are)."""
 
-    __slots__ = ("_properties", "payload", "retained", "topic")
+    __slots__ = ("_properties", "connection", "mid", "payload", "qos", "retained", "topic")
 
     def __init__(
         self,
@@ -86,11 +90,19 @@ class Message:
         payload: bytes,
         retained: bool = False,
         properties: Properties | None = None,
+        *,
+        qos: int = 0,
+        mid: int = 0,
+        connection: int = 0,
     ) -> None:
         self.topic: Final = topic
         self.payload: Final = payload
         self.retained: Final = retained
         self._properties: Final = properties
+        # what Connection.ack needs: the packet id, and which connection it came on
+        self.qos: Final = qos
+        self.mid: Final = mid
+        self.connection: Final = connection
 
     @property
     def expiry_left(self) -> int | None:
@@ -150,6 +162,11 @@ class Connection:
     ``clean_start=False`` and ``session_expiry`` seconds the broker keeps the session
     (subscriptions and QoS 1 messages) while the connection is down.
 
+    ``manual_ack=True``: a QoS 1 message is acknowledged only by :meth:`ack` (in the order
+    received), so that one taken but not yet safe is sent again after a crash or a lost
+    connection; one received on an earlier connection is not acknowledged (the broker
+    sends it again).
+
     ``async with`` connects; leaving disconnects cleanly. Entering again reconnects (what
     was received and not yet taken stays queued); entering it twice at once is an error.
     """
@@ -165,8 +182,10 @@ class Connection:
         clean_start: bool | None = None,
         session_expiry: int | None = None,
         warn_pending_above: int = 10,
+        manual_ack: bool = False,
     ) -> None:
         self.url = url
+        self._manual_ack = manual_ack
         self.client_id = client_id
         self._will = will
         self._keepalive = keepalive
@@ -272,6 +291,13 @@ class Connection:
         except aiomqtt.MqttError as exc:
             raise self._lost(exc) from exc
 
+    def ack(self, message: Message) -> None:
+        """Acknowledge ``message`` (``manual_ack`` only): now, if it came on this
+        connection and it is still up; else not at all (the broker sends it again)."""
+        client = self._client
+        if client is not None and self._manual_ack:
+            client.acknowledge(message)
+
     def __aiter__(self) -> Self:
         return self
 
@@ -325,6 +351,8 @@ class Connection:
             # goal is met without it (docs/performance.md).
         )
         client.pending_calls_threshold = self._warn_pending_above
+        if self._manual_ack:
+            client.manual_ack()
         return client
 
 
@@ -340,15 +368,24 @@ class _Client(aiomqtt.Client):
         self._taken = 0  # messages taken in a row without yielding
         self._fd = -1  # the socket being read
         self.reading_paused = False
+        self.connection = 0  # counts the connections made: a message's mid is of its own
 
     @property
     def lost(self) -> bool:
         return self._disconnected.done()
 
     async def __aenter__(self) -> Self:
+        self.connection += 1
         await super().__aenter__()
         self._disconnected.add_done_callback(self._note_loss)
         return self
+
+    def manual_ack(self) -> None:
+        self._client.manual_ack_set(True)
+
+    def acknowledge(self, message: Message) -> None:
+        if message.qos and message.connection == self.connection and not self.lost:
+            self._client.ack(message.mid, message.qos)
 
     # --- reading the socket, paused while the queue is full ------------------------------
     def _on_socket_open(self, client: paho.mqtt.client.Client, userdata: Any, sock: Any) -> None:
@@ -397,7 +434,17 @@ class _Client(aiomqtt.Client):
         if type(payload) is not bytes:
             payload = bytes(payload)
         incoming = self.incoming
-        incoming.put_nowait(Message(message.topic, payload, message.retain, message.properties))
+        incoming.put_nowait(
+            Message(
+                message.topic,
+                payload,
+                message.retain,
+                message.properties,
+                qos=message.qos,
+                mid=message.mid,
+                connection=self.connection,
+            )
+        )
         if incoming.qsize() >= READ_PAUSE_AT and not self.reading_paused:
             self._pause_reading()
 

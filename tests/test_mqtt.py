@@ -177,3 +177,36 @@ async def test_a_reader_behind_holds_a_bounded_queue_and_loses_nothing(
         while len(taken) < sent:
             taken.append(int((await next_message(reader)).payload))
     assert taken == list(range(sent))
+
+
+async def test_with_manual_ack_what_was_not_acknowledged_comes_again_and_nothing_else(
+    broker: MosquittoProcess, root: TopicRoot
+) -> None:
+    """The events session's guarantee: a message taken but not acknowledged (the
+    controller died before it was stored) is sent again on the next connection; one
+    acknowledged is not."""
+    url = BrokerUrl.parse(broker.url)
+    client_id = unique_client_id("test")
+
+    def session() -> Connection:
+        return Connection(url, client_id, clean_start=False, session_expiry=60, manual_ack=True)
+
+    reader = session()
+    async with reader:
+        await reader.subscribe(root.all_events())
+        async with connection(broker) as sender:
+            for n in range(4):
+                await sender.publish(root.events("a"), str(n).encode())
+        taken = [await next_message(reader) for _ in range(4)]
+        assert [int(m.payload) for m in taken] == [0, 1, 2, 3]
+        for message in taken[:2]:
+            reader.ack(message)
+    async with reader:  # the same client id, its session kept
+        again = [await next_message(reader) for _ in range(2)]
+        assert [int(m.payload) for m in again] == [2, 3]
+        reader.ack(taken[2])  # of the connection before: not acknowledged now
+        for message in again:
+            reader.ack(message)
+    async with session() as last:
+        with pytest.raises(TimeoutError):
+            await next_message(last, within=1.0)  # nothing left: waiting is the test

@@ -21,12 +21,14 @@
 :class:`EventLink`, on the events connection: a persistent session (a fixed client id per
 topic root, clean start off), so the broker keeps the agents' events published while the
 controller is down or cut off, and a deployment in flight is followed to its end across a
-controller restart.
+controller restart. Each event is acknowledged only once what it changed is
+committed (``acks``), so one received just before a crash is sent again, not lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import secrets
@@ -51,7 +53,7 @@ from edgeplane.controller.daemon.settings import ControllerSettings
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.daemon.sync import SYNC_TIMEOUT, RetainedSync
 from edgeplane.controller.errors import StoreError
-from edgeplane.controller.mqtt import Connection, unique_client_id
+from edgeplane.controller.mqtt import Connection, Message, unique_client_id
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.clock import Clock
 
@@ -268,11 +270,16 @@ def events_client_id(settings: ControllerSettings) -> str:
 
 
 class EventLink:
+    """The events session. An event is acknowledged to the broker only once what it
+    changed is committed (:class:`CommittedAcks`): a controller killed at any moment finds
+    it stored, or gets it again from its session."""
+
     def __init__(self, parts: DaemonParts) -> None:
         self._settings = parts.settings
         self._client_id = events_client_id(parts.settings)
         self._intake = parts.intake
         self._publisher = parts.publisher
+        self._store = parts.store
 
     def connection(self) -> Connection:
         return Connection(
@@ -280,18 +287,55 @@ class EventLink:
             self._client_id,
             clean_start=False,
             session_expiry=EVENT_SESSION_EXPIRY,
+            manual_ack=True,
         )
 
     async def session(self, connection: Connection, stop: asyncio.Event) -> None:
         await connection.subscribe(self._settings.topic_root.all_events())
-        await until_stopped(self._receive(connection), stop)
+        acks = CommittedAcks(connection, self._store)
+        await until_stopped(self._receive(connection, acks), stop, acks.run())
+        await self._store.flush()
+        acks.send_committed()  # what this session took and stored: not sent again
 
-    async def _receive(self, connection: Connection) -> None:
-        judge, carry_out = self._intake.judge, self._publisher.carry_out
+    async def _receive(self, connection: Connection, acks: CommittedAcks) -> None:
+        judge, carry_out, store = self._intake.judge, self._publisher.carry_out, self._store
         async for message in connection:
             taken = judge(message.topic, message.payload, message.retained)
+            number = store.submitted  # nothing of its own: after what came before it
             if taken is not None:
-                await carry_out(taken.judgement, taken.effects)
+                number = max(number, await carry_out(taken.judgement, taken.effects))
+            acks.after(message, number)
+
+
+class CommittedAcks:
+    """Acknowledges each message, in the order received, once the store has committed the
+    writes numbered up to what it changed."""
+
+    def __init__(self, connection: Connection, store: Store) -> None:
+        self._connection = connection
+        self._store = store
+        self._pending: collections.deque[tuple[Message, int]] = collections.deque()
+        self._more = asyncio.Event()
+
+    def after(self, message: Message, number: int) -> None:
+        self._pending.append((message, number))
+        self._more.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._more.wait()
+            self._more.clear()
+            while self._pending:
+                number = self._pending[0][1]
+                if self._store.committed < number:
+                    self._store.hurry()
+                    await self._store.wait_committed(number)
+                self.send_committed()
+
+    def send_committed(self) -> None:
+        pending, committed, ack = self._pending, self._store.committed, self._connection.ack
+        while pending and pending[0][1] <= committed:
+            ack(pending.popleft()[0])
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
@@ -304,13 +348,21 @@ async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
         _, pending = await asyncio.wait(pending, timeout=0.5)
 
 
-async def until_stopped(work: Coroutine[Any, Any, None], stop: asyncio.Event) -> None:
-    """Run ``work`` until it ends (its exception propagates) or ``stop`` is set."""
-    task = asyncio.create_task(work)
-    stopping = asyncio.create_task(stop.wait())
+async def until_stopped(
+    work: Coroutine[Any, Any, None],
+    stop: asyncio.Event,
+    helper: Coroutine[Any, Any, None] | None = None,
+) -> None:
+    """Run ``work`` (and ``helper`` beside it) until one ends (its exception propagates)
+    or ``stop`` is set."""
+    task = asyncio.create_task(work, name="receiver")
+    running = [task, asyncio.create_task(stop.wait(), name="stop")]
+    if helper is not None:
+        running.append(asyncio.create_task(helper, name="acks"))
     try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        await cancel_and_wait([task, stopping])
-    if not task.cancelled():
-        task.result()
+        await cancel_and_wait(running)
+    for done in running:
+        if not done.cancelled():
+            done.result()

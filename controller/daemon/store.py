@@ -78,6 +78,15 @@ class Store:
     def committed(self) -> int:
         return self._committed
 
+    @property
+    def submitted(self) -> int:
+        """The number of the last item submitted (what a wait for "all so far" waits for)."""
+        return self._submitted
+
+    def hurry(self) -> None:
+        """Commit what is queued without lingering for more (someone waits for it)."""
+        self._urgent.set()
+
     async def wait_committed(self, number: int) -> None:
         """Wait until the judgement numbered ``number`` (and all before it) is committed."""
         if self._committed >= number:
