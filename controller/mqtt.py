@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, NamedTuple, Self
 
 import aiomqtt
 import paho.mqtt.client
@@ -63,6 +63,7 @@ __all__ = [
     "Connection",
     "ConnectionState",
     "Message",
+    "Receipt",
     "Subscription",
     "Will",
     "unique_client_id",
@@ -105,6 +106,12 @@ class Message:
         self.connection: Final = connection
 
     @property
+    def receipt(self) -> Receipt:
+        """What :meth:`Connection.ack` takes: small, so that many may wait (a message's
+        MQTT 5 properties alone take some 6 KB)."""
+        return Receipt(self.connection, self.mid, self.qos)
+
+    @property
     def expiry_left(self) -> int | None:
         """The remaining message expiry, seconds (the broker counts it down while it holds a
         retained message); None without one."""
@@ -123,6 +130,14 @@ class Message:
 
     def __repr__(self) -> str:
         return f"Message({self.topic!r}, {self.payload[:60]!r}, retained={self.retained})"
+
+
+class Receipt(NamedTuple):
+    """A received message as its acknowledgement names it."""
+
+    connection: int
+    mid: int
+    qos: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,12 +306,13 @@ class Connection:
         except aiomqtt.MqttError as exc:
             raise self._lost(exc) from exc
 
-    def ack(self, message: Message) -> None:
-        """Acknowledge ``message`` (``manual_ack`` only): now, if it came on this
-        connection and it is still up; else not at all (the broker sends it again)."""
+    def ack(self, receipt: Receipt) -> None:
+        """Acknowledge a message by its :attr:`Message.receipt` (``manual_ack`` only): now,
+        if it came on this connection and it is still up; else not at all (the broker
+        sends it again)."""
         client = self._client
         if client is not None and self._manual_ack:
-            client.acknowledge(message)
+            client.acknowledge(receipt)
 
     def __aiter__(self) -> Self:
         return self
@@ -383,9 +399,10 @@ class _Client(aiomqtt.Client):
     def manual_ack(self) -> None:
         self._client.manual_ack_set(True)
 
-    def acknowledge(self, message: Message) -> None:
-        if message.qos and message.connection == self.connection and not self.lost:
-            self._client.ack(message.mid, message.qos)
+    def acknowledge(self, receipt: Receipt) -> None:
+        connection, mid, qos = receipt
+        if qos and connection == self.connection and not self.lost:
+            self._client.ack(mid, qos)
 
     # --- reading the socket, paused while the queue is full ------------------------------
     def _on_socket_open(self, client: paho.mqtt.client.Client, userdata: Any, sock: Any) -> None:

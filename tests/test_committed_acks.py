@@ -9,7 +9,7 @@ from pathlib import Path
 from edgeplane.controller.core.records import Writes
 from edgeplane.controller.daemon.links import CommittedAcks
 from edgeplane.controller.daemon.store import Store, open_store
-from edgeplane.controller.mqtt import Message
+from edgeplane.controller.mqtt import Message, Receipt
 from tests.support.system import wait_until
 
 
@@ -19,10 +19,10 @@ class Acknowledged:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.seen: list[tuple[bytes, int]] = []
+        self.seen: list[tuple[int, int]] = []
 
-    def ack(self, message: Message) -> None:
-        self.seen.append((message.payload, self.store.committed))
+    def ack(self, receipt: Receipt) -> None:
+        self.seen.append((receipt.mid, self.store.committed))
 
 
 async def test_each_message_is_acknowledged_in_order_after_its_writes_are_committed(
@@ -34,13 +34,13 @@ async def test_each_message_is_acknowledged_in_order_after_its_writes_are_commit
         runner = asyncio.create_task(acks.run())
         try:
             first = await store.submit(Writes())  # not urgent: it waits for company
-            acks.after(Message("t", b"1"), first)
-            acks.after(Message("t", b"2"), store.submitted)  # nothing of its own
+            acks.after(Message("t", b"", qos=1, mid=1), first)
+            acks.after(Message("t", b"", qos=1, mid=2), store.submitted)  # nothing of its own
             second = await store.submit(Writes())
-            acks.after(Message("t", b"3"), second)
+            acks.after(Message("t", b"", qos=1, mid=3), second)
             await wait_until(lambda: len(acked.seen) == 3, "all three acknowledged", 5.0)
         finally:
             runner.cancel()
-    assert [payload for payload, _ in acked.seen] == [b"1", b"2", b"3"]
+    assert [mid for mid, _ in acked.seen] == [1, 2, 3]
     assert all(committed >= number for (_, committed), number in
                zip(acked.seen, [first, first, second], strict=True))  # fmt: skip

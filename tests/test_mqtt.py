@@ -200,13 +200,13 @@ async def test_with_manual_ack_what_was_not_acknowledged_comes_again_and_nothing
         taken = [await next_message(reader) for _ in range(4)]
         assert [int(m.payload) for m in taken] == [0, 1, 2, 3]
         for message in taken[:2]:
-            reader.ack(message)
+            reader.ack(message.receipt)
     async with reader:  # the same client id, its session kept
         again = [await next_message(reader) for _ in range(2)]
         assert [int(m.payload) for m in again] == [2, 3]
-        reader.ack(taken[2])  # of the connection before: not acknowledged now
+        reader.ack(taken[2].receipt)  # of the connection before: not acknowledged now
         for message in again:
-            reader.ack(message)
+            reader.ack(message.receipt)
     async with session() as last:
         with pytest.raises(TimeoutError):
             await next_message(last, within=1.0)  # nothing left: waiting is the test

@@ -53,7 +53,7 @@ from edgeplane.controller.daemon.settings import ControllerSettings
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.daemon.sync import SYNC_TIMEOUT, RetainedSync
 from edgeplane.controller.errors import StoreError
-from edgeplane.controller.mqtt import Connection, Message, unique_client_id
+from edgeplane.controller.mqtt import Connection, Message, Receipt, unique_client_id
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.clock import Clock
 
@@ -314,11 +314,11 @@ class CommittedAcks:
     def __init__(self, connection: Connection, store: Store) -> None:
         self._connection = connection
         self._store = store
-        self._pending: collections.deque[tuple[Message, int]] = collections.deque()
+        self._pending: collections.deque[tuple[Receipt, int]] = collections.deque()
         self._more = asyncio.Event()
 
     def after(self, message: Message, number: int) -> None:
-        self._pending.append((message, number))
+        self._pending.append((message.receipt, number))
         self._more.set()
 
     async def run(self) -> None:
