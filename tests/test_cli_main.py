@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgeplane.controller.broker.process import free_port
-from edgeplane.controller.cli.main import main
+from edgeplane.controller.cli.main import build_parser, main, take_flags_before_command
 
 COMMANDS = ("up", "controller", "status", "watch", "env", "deploy", "deployments", "events", "demo")
 HELPS = [
@@ -203,3 +203,37 @@ def test_a_command_needing_the_extra_says_which_to_install(
     assert err.count("\n") == 1, err
     assert err.startswith(f"edgeplane: {command} needs the controller extra")
     assert err.endswith(": pip install 'edgeplane[controller]'\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["undeploy", "cam", "--env", "a-b-c", "--env", "d-e-f"], "--env"),
+        (["deployments", "--env", "a-b-c", "--env", "d-e-f"], "--env"),
+        (["events", "--dep", "d-1", "--dep", "d-2"], "--dep"),
+    ],
+)
+def test_a_one_value_flag_given_twice_is_a_usage_error_not_the_last_one(
+    capsys: pytest.CaptureFixture[str], argv: list[str], flag: str
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert f"argument {flag}: given twice" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--json", "deployments"], ["--json", "env", "show", "a-b-c"], ["--json", "status"]],
+)
+def test_json_before_the_command_is_the_commands(argv: list[str]) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    take_flags_before_command(parser, args)
+    assert args.json is True
+
+
+def test_json_before_a_command_without_it_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "--json", "demo")
+    assert (code, out) == (2, "")
+    assert "--json does not apply to edgeplane demo" in err

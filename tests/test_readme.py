@@ -258,7 +258,7 @@ def test_every_command_shown_parses(
     try:
         parsed = parser.parse_args(args)
         if program == "edgeplane":
-            edgeplane_cli._take_flags_before_command(parser, parsed)
+            edgeplane_cli.take_flags_before_command(parser, parsed)
     except SystemExit as exc:
         pytest.fail(f"{doc}: {shlex.join(argv)}: exit {exc.code}: {capsys.readouterr().err}")
 

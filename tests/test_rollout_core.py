@@ -343,3 +343,51 @@ def test_an_aborted_undeploy_rollout_deploys_again_what_it_stopped() -> None:
     step = run.step(1.0)
     assert run.record.state == "rolling-back"
     assert step.rollback == {"a": "d-a"}
+
+
+# --- services, and an abort's queued deployments -----------------------------------------
+SERVICE = Workflow(name="svc", version="2.0.0", kind="service", steps=[Step(name="s", run=["x"])])
+
+
+def target_state(run: RolloutRun, env: str) -> str:
+    return run.targets[env].state
+
+
+def service_deployment(dep: str, env: str, state: str, *, up: bool = False) -> Deployment:
+    return Deployment(dep, env, SERVICE, state, 0.0, 0.0, "c-1", up=up)  # type: ignore[arg-type]
+
+
+def test_a_service_succeeds_once_it_runs_and_fails_if_it_dies_while_the_rollout_goes_on() -> None:
+    settings = RolloutSettings(waves=("1", "100%"), bake=10.0, max_failures="0")
+    run = new_run("r-s", SERVICE, {"stage": "prod"}, settings, [["a"], ["b"]], 0.0)
+    assert run.step(0.0).send == ["a"]
+    run.sent("a", "d-a", "", 0.0)
+    assert not run.observe(service_deployment("d-a", "a", "running"), 0.1)  # only started
+    assert target_state(run, "a") == "sent"
+    assert run.observe(service_deployment("d-a", "a", "running", up=True), 0.2)
+    assert target_state(run, "a") == "succeeded"
+    run.step(0.2)
+    assert run.record.waves[0].state == "baking"
+    assert run.observe(service_deployment("d-a", "a", "rolled-back"), 3.0)  # died in the bake
+    assert target_state(run, "a") == "failed"
+    assert "rolled-back after it ran" in run.targets["a"].reason
+    assert run.step(3.0).send == []
+    assert run.record.state == "aborted"
+    assert run.targets["b"].state == "pending"
+
+
+def test_an_abort_drops_the_deployments_still_queued_for_offline_targets() -> None:
+    settings = RolloutSettings(waves=("100%",), max_failures="0")
+    run = new_run("r-q", WORKFLOW, {"stage": "prod"}, settings, [["a", "b"]], 0.0)
+    run.step(0.0)
+    run.sent("a", "d-a", "", 0.0)
+    run.sent("b", "d-b", "", 0.0)
+    run.observe(deployment("d-b", "b", "queued", cmd=""), 0.0)  # b is offline
+    run.observe(deployment("d-a", "a", "failed"), 1.0)
+    assert run.step(1.0).drop == ["d-b"]
+    assert run.record.state == "aborted"
+    assert run.step(1.5).drop == []  # once
+    run.observe(deployment("d-b", "b", "cancelled", cmd=""), 1.5)
+    assert run.targets["b"].state == "not-deployed"
+    assert "queued deployment was dropped" in run.targets["b"].reason
+    assert run.settled

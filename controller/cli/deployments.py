@@ -16,7 +16,12 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Final
 
-from edgeplane.controller.operator.args import add_operator_flags, env_id_arg, seconds_arg
+from edgeplane.controller.operator.args import (
+    StoreOnce,
+    add_operator_flags,
+    env_id_arg,
+    seconds_arg,
+)
 from edgeplane.controller.operator.settings import load_operator_settings
 from edgeplane.shared import settings as common
 
@@ -82,7 +87,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def _add_list_flags(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
     absent = argparse.SUPPRESS if inherited else None
     parser.add_argument(
-        "--env", type=env_id_arg, default=absent, metavar="ID", help="only this environment's"
+        "--env",
+        type=env_id_arg,
+        default=absent,
+        action=StoreOnce,
+        metavar="ID",
+        help="only this environment's",
     )
     parser.add_argument(
         "--limit",

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
-from edgeplane.controller.operator.args import add_operator_flags, env_id_arg
+from edgeplane.controller.operator.args import StoreOnce, add_operator_flags, env_id_arg
 from edgeplane.controller.operator.settings import load_operator_settings
 
 if TYPE_CHECKING:
@@ -50,8 +50,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Print the controller's operations log, oldest first; with --follow, "
         "then new events as they arrive, until Ctrl-C.",
     )
-    parser.add_argument("--env", type=env_id_arg, help="only this environment's events")
-    parser.add_argument("--dep", default="", metavar="ID", help="only this deployment's events")
+    parser.add_argument(
+        "--env", type=env_id_arg, action=StoreOnce, help="only this environment's events"
+    )
+    parser.add_argument(
+        "--dep", default="", action=StoreOnce, metavar="ID", help="only this deployment's events"
+    )
     parser.add_argument("--follow", "-f", action="store_true", help="then print new events")
     add_operator_flags(parser)
     parser.set_defaults(handler=events)

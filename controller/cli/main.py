@@ -36,7 +36,7 @@ from edgeplane.controller.cli import (
 from edgeplane.shared import __version__
 from edgeplane.shared.errors import EdgeplaneError, SettingsError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "take_flags_before_command"]
 
 # dest, flag, metavar, help: flags taken before the command, for the command to resolve.
 COMMON_FLAGS: Final = (
@@ -45,6 +45,8 @@ COMMON_FLAGS: Final = (
     ("timeout", "--timeout", "SECONDS", "seconds to wait for the controller or the views"),
     ("config", "--config", "FILE", "TOML file of the command's settings"),
 )
+
+JSON_HELP: Final = "print JSON instead of text"
 
 # Top-level module -> the extra that installs it.
 EXTRA_OF_MODULE: Final = {
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, flag, metavar, text in COMMON_FLAGS:
         shared.add_argument(flag, dest=f"before_{name}", metavar=metavar, help=text)
+    shared.add_argument(
+        "--json", dest="before_json", action="store_true", default=None, help=JSON_HELP
+    )
     # Subparsers are of the parser's own class (argparse's default), so they too report
     # usage errors in one line.
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -100,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _take_flags_before_command(parser, args)
+    take_flags_before_command(parser, args)
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
@@ -124,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _take_flags_before_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def take_flags_before_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Hand a common flag given before the command to the command, which takes it as its
     own (None: not given); refuse it for a command without that flag."""
     for name, flag, _, _ in COMMON_FLAGS:
@@ -138,6 +143,13 @@ def _take_flags_before_command(parser: argparse.ArgumentParser, args: argparse.N
             )
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.before_json:
+        if not hasattr(args, "json"):
+            command = _command(args)
+            parser.exit(
+                2, f"edgeplane: --json does not apply to {command} (see {command} --help)\n"
+            )
+        args.json = True
 
 
 def _command(args: argparse.Namespace) -> str:

@@ -13,6 +13,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from edgeplane.controller.operator.args import (
+    StoreOnce,
     add_operator_flags,
     env_id_arg,
     seconds_arg,
@@ -34,7 +35,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument("workflow", type=short_text_arg, metavar="WORKFLOW", help="its name")
     parser.add_argument(
-        "--env", required=True, type=env_id_arg, metavar="ID", help="the environment id"
+        "--env",
+        required=True,
+        type=env_id_arg,
+        action=StoreOnce,
+        metavar="ID",
+        help="the environment id",
     )
     parser.add_argument(
         "--no-wait", action="store_true", help="send, do not wait for the agent's answer"

@@ -133,6 +133,7 @@ class Deployment:
     last_src: str = ""
     last_seq: int = -1
     forced: str = ""  # the gate refusal overridden at the operator's word, and why
+    up: bool = False  # a service: its agent said it runs (``running``), not only started
 
     @property
     def final(self) -> bool:
@@ -365,7 +366,9 @@ class _Fold:
             case Started() | StepStarted() | StepFinished() | ServiceRestarted():
                 self._put(deployment, event, "running", "", revivable=False, replaced_by="")
             case Running():
-                self._put(deployment, event, "running", "", revivable=False, replaced_by="")
+                self._put(
+                    deployment, event, "running", "", revivable=False, replaced_by="", up=True
+                )
                 self._supersede(deployment)
             case Succeeded():
                 self._put(deployment, event, "succeeded", "", revivable=False)

@@ -415,7 +415,7 @@ class Operations:
             effects.extend(self._own_event(Overridden, deployment.env, **fields, reason=reason))
         return deployment.info(), effects
 
-    def cancel(self, dep: str) -> tuple[CancelResult, Effects]:
+    def cancel(self, dep: str, *, why: str = "") -> tuple[CancelResult, Effects]:
         """Take deployment ``dep`` back: one still queued here ends ``cancelled`` at once
         (the controller's own ``cancelled`` event); for any other that is not final the
         agent gets a ``cancel`` command (kept as an operator command, op ``cancel``, until
@@ -426,7 +426,7 @@ class Operations:
         if deployment is None:
             raise RequestRefused("not-found", f"no deployment {dep!r} in progress")
         if deployment.state == "queued":
-            why = "cancelled by the operator before it was sent"
+            why = why or "cancelled by the operator before it was sent"
             effects = self._deployment_event(Cancelled, deployment, why)
             return CancelResult(deployment=effects.writes.deployments[-1].info()), effects
         self._require_online(deployment.env, f"cancel {dep} (its agent must stop it)")

@@ -75,10 +75,14 @@ _SUCCESS: Final = frozenset({"running", "succeeded"})
 
 
 def _succeeded(deployment: Deployment) -> bool:
-    """A job that succeeded, or a service that runs (a job running is still under way)."""
+    """A job that succeeded, or a service its agent says runs (one only started, or a job
+    running, is still under way)."""
     if deployment.workflow.kind == "service":
-        return deployment.state in _SUCCESS
+        return deployment.state == "succeeded" or (deployment.state == "running" and deployment.up)
     return deployment.state == "succeeded"
+
+
+_STILL_OPEN: Final = frozenset({"running", "paused", "awaiting-approval"})
 
 
 # Every end a deployment may come to but success (a state added later, such as a
@@ -180,11 +184,13 @@ class RolloutAlert:
 class RolloutStep:
     """What to do now: targets to deploy (env ids), rollbacks to deploy (env -> the
     deployment to deploy again), alert edges (in order: an abort with nothing to roll
-    back raises and clears in one step)."""
+    back raises and clears in one step), and, once it is aborted, the deployments still
+    queued for offline targets, to take back (nothing more is sent)."""
 
     send: list[str] = field(default_factory=list)
     rollback: dict[str, str] = field(default_factory=dict)
     alerts: list[RolloutAlert] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)  # queued deployments to take back
 
 
 class RolloutRun:
@@ -198,6 +204,7 @@ class RolloutRun:
             self._index(target)
         self._changed: dict[str, Target] = {}
         self._record_changed = False
+        self._dropped: set[str] = set()  # queued deployments the shell was told to drop
 
     @property
     def id(self) -> str:
@@ -260,19 +267,38 @@ class RolloutRun:
         target = self.targets[env]
         if deployment.id == target.rollback:
             return self._observe_rollback(target, deployment, now)
-        if target.state != "sent" or deployment.id != target.dep:
+        if deployment.id != target.dep:
             return False
         state = deployment.state
+        if target.state == "succeeded" and not target.rollback_state:
+            return self._observe_after_success(target, deployment, now)
+        if target.state != "sent":
+            return False
         if self.record.action == "undeploy":
             return self._observe_undeploy(target, deployment, now)
         if _succeeded(deployment):
             self._finish(target, "succeeded", "", now)
-        elif state == "expired" and not deployment.cmd:
-            self._finish(target, "not-deployed", "offline until the target timeout", now)
+        elif state in ("expired", "cancelled") and not deployment.cmd:
+            why = "offline until the target timeout"
+            if state == "cancelled":
+                why = "offline when the rollout ended: its queued deployment was dropped"
+            self._finish(target, "not-deployed", why, now)
         elif state in _FAILURE:
             self._finish(target, "failed", f"{state}: {deployment.reason}".rstrip(": "), now)
         else:
             return False
+        return True
+
+    def _observe_after_success(self, target: Target, deployment: Deployment, now: float) -> bool:
+        """A service that ran, and failed while the rollout goes on (in its bake, or
+        while later waves run): a failure after all. Once the rollout is over, or when it
+        is the rollout's own rollback that replaced it, it stays as it was."""
+        if self.record.action != "deploy" or self.record.state not in _STILL_OPEN:
+            return False
+        if deployment.state not in ("failed", "rolled-back"):
+            return False
+        why = f"{deployment.state} after it ran: {deployment.reason}".rstrip(": ")
+        self._finish(target, "failed", why, now)
         return True
 
     def _observe_undeploy(self, target: Target, deployment: Deployment, now: float) -> bool:
@@ -442,8 +468,13 @@ class RolloutRun:
         if self.settled:
             return step
         self._time_out(now)
-        if not self.active:
-            return step
+        if self.active:
+            self._judge(now, step)
+        if self.record.state not in _STILL_OPEN:
+            step.drop = self._queued_to_drop()
+        return step
+
+    def _judge(self, now: float, step: RolloutStep) -> None:
         if self.record.state != "rolling-back":
             failures, finished = self.tally()
             settings = self.record.settings
@@ -457,7 +488,17 @@ class RolloutRun:
             self._advance(now, step)
         if self.record.state == "rolling-back":
             self._roll_back(now, step)
-        return step
+
+    def _queued_to_drop(self) -> list[str]:
+        found = []
+        for target in self.targets.values():
+            deployment = self._deps.get(target.dep)
+            if target.state != "sent" or deployment is None or deployment.state != "queued":
+                continue
+            if target.dep not in self._dropped:
+                self._dropped.add(target.dep)
+                found.append(target.dep)
+        return sorted(found)
 
     def _time_out(self, now: float) -> None:
         timeout = self.record.settings.target_timeout

@@ -167,7 +167,8 @@ class RolloutDesk:
                 env: await self._store.deployment(dep) for env, dep in step.rollback.items()
             }
             effects = Effects(writes=Writes(urgent=True))
-            moved = self._send(run, step, previous, effects)
+            moved = self._drop(run, step.drop, effects)
+            moved = self._send(run, step, previous, effects) or moved
             moved = self._roll_back(run, rollbacks, effects) or moved
             record, targets = run.changes()
             if record is not None:
@@ -202,6 +203,23 @@ class RolloutDesk:
                 moved = True
                 continue
             run.sent(env, info.id, previous.get(env, ""), now)
+            effects.extend(made)
+            for deployment in made.writes.deployments:
+                moved = run.observe(deployment, now) or moved
+        return moved
+
+    def _drop(self, run: RolloutRun, deps: list[str], effects: Effects) -> bool:
+        """An aborted rollout's deployments still queued for offline targets: taken back
+        (``cancelled``, never sent), so that nothing of it reaches them later."""
+        moved = False
+        now = self._clock.time()
+        for dep in deps:
+            try:
+                why = f"dropped before it was sent: rollout {run.id} is {run.record.state}"
+                _, made = self._ops.cancel(dep, why=why)
+            except RequestRefused as exc:  # sent or ended meanwhile: it goes its own way
+                log.info("rollout: queued deployment not dropped", dep=dep, why=exc.message)
+                continue
             effects.extend(made)
             for deployment in made.writes.deployments:
                 moved = run.observe(deployment, now) or moved

@@ -208,6 +208,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE deployments ADD COLUMN forced TEXT NOT NULL DEFAULT '';
     """,
+    # version 11: whether a service's agent said it runs (not only that it started); the
+    # services running before are taken as up
+    """
+    ALTER TABLE deployments ADD COLUMN up INTEGER NOT NULL DEFAULT 0;
+    UPDATE deployments SET up = 1 WHERE kind = 'service' AND state = 'running';
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -20,6 +20,7 @@ from edgeplane.shared.ids import validate_env_id
 from edgeplane.shared.settings import Setting
 
 __all__ = [
+    "StoreOnce",
     "add_json_flag",
     "add_operator_flags",
     "add_output_flags",
@@ -71,6 +72,24 @@ def broker_url_arg(value: str) -> BrokerUrl:
         return BrokerUrl.parse(value)
     except InvalidBrokerUrl as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class StoreOnce(argparse.Action):
+    """A flag that takes one value: given twice, a usage error naming it (argparse would
+    keep the last one and drop the others without a word)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        seen = f"_given_{self.dest}"
+        if getattr(namespace, seen, False):
+            parser.error(f"argument {option_string}: given twice (this command takes one)")
+        setattr(namespace, seen, True)
+        setattr(namespace, self.dest, values)
 
 
 def env_id_arg(value: str) -> str:
