@@ -90,7 +90,7 @@ def missed_in_window(beats: list[Beat], now: float) -> int:
         if before.bdseq == after.bdseq:
             missed += _spread(before.at, after.at, after.seq - before.seq - 1, start)
         else:
-            missed += _silent(before.at, after.at, before.interval, start)
+            missed += _silent(before.at, after.at, before.interval, start, arrived=True)
     last = beats[-1]
     return missed + _silent(last.at, now, last.interval, start)
 
@@ -107,10 +107,14 @@ def _spread(first: float, last: float, count: int, start: float) -> int:
     return max(0, count - lowest + 1)
 
 
-def _silent(first: float, last: float, interval: float, start: float) -> int:
+def _silent(
+    first: float, last: float, interval: float, start: float, *, arrived: bool = False
+) -> int:
     """The heartbeats due every ``interval`` after ``first`` that had not come by ``last``
-    (each given :data:`SLACK`), counting those due at or after ``start``."""
-    due = math.floor((last - first) / interval - SLACK)
+    (each given :data:`SLACK`), counting those due at or after ``start``. ``arrived``: one
+    came at ``last`` (the next connection's first), standing for the last one due."""
+    late = (last - first) / interval - SLACK
+    due = math.ceil(late) - 1 if arrived else math.floor(late)
     if due <= 0:
         return 0
     lowest = max(1, math.ceil((start - first) / interval))
