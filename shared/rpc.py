@@ -145,6 +145,10 @@ ErrorCode = Literal[
     "conflict",  # the request does not fit the state it names (resume a running rollout)
     "final",  # the deployment has ended already: nothing to cancel
     "not-running",  # undeploy: the workflow does not run there
+    # a critical workflow: the environment is flapping or missed heartbeats lately
+    "unsteady",
+    # a critical workflow: no passing dry run of this version there, recent enough
+    "not-validated",
 ]
 
 RolloutState = Literal[
@@ -266,6 +270,10 @@ class DeployRequest(_Request, frozen=True, kw_only=True, tag="deploy"):
     # ``reason`` is required with it and recorded with the deployment.
     force: bool = False
     reason: ShortText = ""
+    # A dry run of the same workflow goes first; this deployment waits for it (``queued``,
+    # its ``validation`` naming the dry run), is sent when it passes and ends ``failed``
+    # naming the validation when it does not. Not with ``dry_run``.
+    validate_first: bool = False
 
 
 class DeploymentCancel(_Request, frozen=True, kw_only=True, tag="deployment-cancel"):
@@ -395,6 +403,8 @@ class RolloutStart(_Request, frozen=True, kw_only=True, tag="rollout-start"):
     approve_each_wave: bool = False
     skip_offline: bool = False
     dry_run: bool = False
+    # Each target's deployment waits for a dry run of its own (DeployRequest.validate_first).
+    validate_first: bool = False
 
 
 class RolloutList(_Request, frozen=True, kw_only=True, tag="rollout-list"):
@@ -502,6 +512,11 @@ class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     # The latest connection reported a box key other than the pinned one (another runtime
     # with this identity, or a reinstalled agent: env rotate-credentials ID --repin).
     box_key_mismatch: bool = False
+    # Heartbeats missed in the last 5 intervals (gaps in ``seq``, silence; None: no
+    # heartbeat seen since the controller started), and whether the environment is
+    # steady: online, not flapping, none missed (what a critical workflow needs).
+    missed_heartbeats: Count | None = None
+    steady: bool = False
 
 
 class SealedCredential(msgspec.Struct, frozen=True, kw_only=True):
@@ -577,6 +592,10 @@ class DeploymentInfo(msgspec.Struct, frozen=True, kw_only=True):
     # The gate's refusal the operator overrode (deploy --force --reason), and why:
     # "flapping: REASON" ("" none).
     forced: ShortText = ""
+    # The dry run that validated it (a critical workflow, or --validate-first), or the one
+    # it waits for while ``queued`` with ``waiting`` ("" none).
+    validation: ShortText = ""
+    waiting: bool = False
 
 
 class CancelResult(msgspec.Struct, frozen=True, kw_only=True):

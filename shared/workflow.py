@@ -10,6 +10,8 @@ Every ``requires`` list may be empty or absent::
     name: vision-inspect
     version: 1.4.0
     kind: job                      # or "service": the last step keeps running
+    critical: false                # true: sent only to a steady environment that passed
+                                   # a dry run of this version lately (docs/operations.md)
     requires:
       models: [{name: defect-detector, version: ">=2.1,<3"}]
       datasources: [{name: line-camera, url: "tcp://10.0.0.5:554"}]
@@ -104,3 +106,7 @@ class Workflow(msgspec.Struct, frozen=True, omit_defaults=True):
     steps: Annotated[list[Step], msgspec.Meta(min_length=1, max_length=64)]
     kind: WorkflowKind = "job"
     requires: Requires = Requires()
+    # Sent (alone or in a rollout) only to an environment that is online with a steady
+    # heartbeat and passed a dry run of this name and version within the controller's
+    # --validation-max-age (docs/operations.md, Critical workflows). The agent ignores it.
+    critical: bool = False

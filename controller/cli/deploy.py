@@ -1,7 +1,9 @@
 """``edgeplane deploy FILE --env ID [--env ID]...``: send a workflow to one environment
 or several (one deployment each, shown together), and with ``--wait`` follow them to their
 end. ``--force --reason TEXT`` sends past a flapping environment's refusal (only that
-one), and the controller records the override with the deployment.
+one), and the controller records the override with the deployment. ``--validate-first``
+sends a dry run first; the deployment waits for it and follows only if it passes (what a
+``critical: true`` workflow needs when it has no recent passing dry run there).
 
 The file is loaded and checked here first: a bad file is one line naming the file, the
 field and what was expected, exit status 2, and nothing is sent. The events topic of the
@@ -92,6 +94,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="TEXT",
         help="why --force: recorded with the deployment and in the operations log",
     )
+    parser.add_argument(
+        "--validate-first",
+        action="store_true",
+        help="send a dry run first; the deployment follows only if it passes (each --env its own)",
+    )
     add_operator_flags(parser)
     parser.set_defaults(handler=deploy)
 
@@ -113,6 +120,8 @@ def deploy(args: argparse.Namespace) -> int:
         )
     if args.force and not args.reason:
         raise SettingsError("--force: needs --reason TEXT (the override is recorded)")
+    if args.validate_first and args.dry_run:
+        raise SettingsError("--validate-first: not with --dry-run (the dry run is the validation)")
     if args.reason and not args.force:
         raise SettingsError("--reason: only with --force (why the gate is overridden)")
     settings = load_operator_settings(args)
@@ -131,6 +140,7 @@ def deploy(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             force=args.force,
             reason=args.reason or "",
+            validate_first=args.validate_first,
             **({"ttl": args.ttl} if args.ttl is not None else {}),
         )
         for env in envs
@@ -157,7 +167,9 @@ def deploy(args: argparse.Namespace) -> int:
 def _default_wait(request: DeployRequest) -> float:
     if request.dry_run:
         return DRY_RUN_WAIT + (request.ttl if request.when_online else 0)
-    return _steps_time(request.workflow) + MARGIN + (request.ttl if request.when_online else 0)
+    first = DRY_RUN_WAIT if request.validate_first else 0.0
+    queued = request.ttl if request.when_online else 0.0
+    return first + _steps_time(request.workflow) + MARGIN + queued
 
 
 def _steps_time(workflow: Workflow) -> float:

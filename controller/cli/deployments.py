@@ -219,6 +219,9 @@ def details(info: DeploymentInfo) -> str:
         fields.append(("command", info.cmd))
     if info.forced:
         fields.append(("forced", info.forced))
+    if info.validation:
+        verb = "waits for dry run" if info.waiting else "dry run"
+        fields.append(("validation", f"{verb} {info.validation}"))
     width = max(len(name) for name, _ in fields) + 1
     lines = [f"{name + ':':<{width}} {visible(value)}" for name, value in fields]
     lines.append("events:" if info.events else "events:  none yet")

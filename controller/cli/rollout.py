@@ -204,6 +204,11 @@ def _add_start(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         action="store_true",
         help="print the plan and the first wave's preflight; store and deploy nothing",
     )
+    parser.add_argument(
+        "--validate-first",
+        action="store_true",
+        help="each target gets a dry run first; its deployment follows only if it passes",
+    )
 
 
 async def _start(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
@@ -244,6 +249,7 @@ async def _start(controller: ControllerClient, args: argparse.Namespace, within:
         approve_each_wave=args.approve_each_wave,
         skip_offline=args.skip_offline,
         dry_run=args.dry_run,
+        validate_first=args.validate_first,
     )
     info: RolloutInfo = await controller.call(request, within=within)
     if not args.dry_run:

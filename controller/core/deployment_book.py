@@ -121,8 +121,20 @@ class DeploymentBook:
         return [d for d in found if d.state in states]
 
     def queued_for(self, env: str) -> list[Deployment]:
-        """``env``'s queued deployments, oldest first."""
-        return sorted(self.in_state(env, "queued"), key=lambda d: (d.created, d.id))
+        """``env``'s deployments queued for its coming online, oldest first (not those
+        waiting for their validation: :meth:`waiting_for`)."""
+        queued = (d for d in self.in_state(env, "queued") if not d.waiting)
+        return sorted(queued, key=lambda d: (d.created, d.id))
+
+    def waiting_for(self, dep: str) -> list[Deployment]:
+        """The deployments waiting for dry run ``dep`` (their validation), oldest first."""
+        waiting = (d for d in self._active.values() if d.waiting and d.after == dep)
+        return sorted(waiting, key=lambda d: (d.created, d.id))
+
+    def waiting(self) -> list[Deployment]:
+        """Every deployment waiting for its validation, oldest first."""
+        waiting = (d for d in self._active.values() if d.waiting)
+        return sorted(waiting, key=lambda d: (d.created, d.id))
 
     # --- operator commands ----------------------------------------------------------------
     def issue(self, command: OperatorCommand) -> OperatorCommand:
@@ -198,8 +210,8 @@ class DeploymentBook:
 
 
 def _deadline(deployment: Deployment) -> float | None:
-    if deployment.expires is None:
-        return None
+    if deployment.expires is None or deployment.waiting:
+        return None  # a waiting one's TTL starts to count once its validation passed
     if deployment.state == "queued":
         return deployment.expires
     if deployment.state == "sent":

@@ -78,6 +78,7 @@ from edgeplane.shared.workflow import Requires, Workflow
 __all__ = [
     "CONTROLLER_SRC",
     "OPEN_STATES",
+    "PREFLIGHT_PASSED",
     "REFOLD",
     "SENT_GRACE",
     "Change",
@@ -103,6 +104,7 @@ OPEN_STATES: Final[frozenset[str]] = frozenset(
 # The last_seq of a deployment that an older controller kept without the fold's marks (the
 # store's migration says which): its logged events are folded again at the start.
 REFOLD: Final = -2
+PREFLIGHT_PASSED: Final = "preflight passed"  # a dry run's reason when every check passed
 _NOT_STARTED: Final[frozenset[str]] = frozenset({"queued", "sent", "accepted"})
 
 
@@ -133,11 +135,23 @@ class Deployment:
     last_src: str = ""
     last_seq: int = -1
     forced: str = ""  # the gate refusal overridden at the operator's word, and why
+    after: str = ""  # queued: waits for this dry run (--validate-first) before it is sent
+    validation: str = ""  # the dry run that validated it
     up: bool = False  # a service: its agent said it runs (``running``), not only started
 
     @property
     def final(self) -> bool:
         return self.state not in OPEN_STATES and not self.revivable
+
+    @property
+    def waiting(self) -> bool:
+        """Queued behind its validation (the dry run ``after``), not for its environment."""
+        return self.state == "queued" and bool(self.after)
+
+    @property
+    def passed(self) -> bool:
+        """A dry run whose preflight report came in with every check passed."""
+        return self.dry_run and self.state == "checked" and self.reason == PREFLIGHT_PASSED
 
     @property
     def awaiting_rollback(self) -> bool:
@@ -159,6 +173,8 @@ class Deployment:
             cmd=self.cmd,
             events=list(events),
             forced=short(self.forced),
+            validation=self.after or self.validation,
+            waiting=self.waiting,
         )
 
     def moved(
@@ -509,7 +525,7 @@ def _preflight_verdict(
         problems.append("preflight failed")
     summary = "; ".join(problems)
     if deployment.dry_run or event.dry_run:
-        return "checked", summary or "preflight passed"
+        return "checked", summary or PREFLIGHT_PASSED
     if missing:
         return "failed", summary
     return ("rejected", summary) if summary else None

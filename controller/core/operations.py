@@ -13,11 +13,13 @@ events (``src`` ``controller``). Presence is read from the presence core.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from edgeplane.controller.core.critical import DEFAULT_MAX_AGE, judge_critical, steady
 from edgeplane.controller.core.deployment_book import DeploymentBook
 from edgeplane.controller.core.deployments import (
     CONTROLLER_SRC,
@@ -66,6 +68,7 @@ from edgeplane.shared.rpc import (
     EnvUpdate,
 )
 from edgeplane.shared.topics import TopicRoot
+from edgeplane.shared.workflow import Workflow
 
 __all__ = ["CONTROLLER_SRC", "Effects", "Operations", "Outgoing", "new_id"]
 
@@ -126,7 +129,12 @@ class Operations:
         commands: Iterable[OperatorCommand] = (),
         seen: Iterable[tuple[str, str, int]] = (),
         controller_seq: int = 0,
+        validation_max_age: float = DEFAULT_MAX_AGE,
+        dry_runs: Iterable[Deployment] = (),
     ) -> None:
+        """``dry_runs``: finished dry runs, the latest of each environment, workflow and
+        version (what validates a critical workflow) and those that deployments waiting
+        for their validation name."""
         self._root = root
         self._clock = clock
         self._presence = presence
@@ -136,6 +144,12 @@ class Operations:
         self.book = DeploymentBook(clock, deployments, issued, commands)
         self.seen = SeenEvents(seen)
         self._seq = controller_seq
+        self._max_age = validation_max_age
+        # (env, workflow name) -> version -> the latest finished dry run of it
+        self._validations: dict[tuple[str, str], dict[str, Deployment]] = {}
+        self._restored_dry_runs = {d.id: d for d in dry_runs}
+        for dry_run in self._restored_dry_runs.values():
+            self._note_dry_run(dry_run)
 
     # --- start ----------------------------------------------------------------------------
     def ensure_default(self) -> Effects:
@@ -147,10 +161,27 @@ class Operations:
         """Queued deployments of environments that are online now (they came online while
         the controller was away) go out."""
         effects = Effects()
-        for env in sorted({d.env for d in self.book if d.state == "queued"}):
+        for env in sorted({d.env for d in self.book if d.state == "queued" and not d.waiting}):
             presence = self._presence.get(env)
             if presence is not None and presence.status == "online":
                 effects.extend(self._came_online(env))
+        effects.extend(self._resume_waiting())
+        return effects
+
+    def _resume_waiting(self) -> Effects:
+        """Deployments waiting for a dry run that ended while nobody carried it over (it
+        is final in the store): released or failed now."""
+        effects = Effects()
+        for waiting in self.book.waiting():
+            if self.book.get(waiting.after) is not None:
+                continue  # still under way: its end releases it
+            dry_run = self._restored_dry_runs.get(waiting.after)
+            if dry_run is None:
+                why = f"its validation {waiting.after} ended without a result kept"
+                effects.extend(self._deployment_event(Failed, waiting, why))
+            else:
+                effects.extend(self._release(waiting, dry_run))
+        self._restored_dry_runs.clear()
         return effects
 
     # --- views ----------------------------------------------------------------------------
@@ -254,6 +285,7 @@ class Operations:
             _write_change(effects, change)
             if isinstance(event, Preflight):
                 effects.extend(self._judged_preflight(change.deployments))
+            effects.extend(self._dry_runs_ended(change.deployments))
         return effects
 
     def _judged_preflight(self, moved: Sequence[Deployment]) -> Effects:
@@ -332,7 +364,8 @@ class Operations:
         presence = self._presence.get(record.id)
         if presence is not None and presence.status == "online":
             effects.extend(self._operator_command(record.id, Retire(id=new_id("c"))))
-        for deployment in self.book.queued_for(record.id):
+        waiting = [d for d in self.book.waiting() if d.env == record.id]
+        for deployment in [*self.book.queued_for(record.id), *waiting]:
             reason = f"environment {record.id} retired"
             effects.extend(self._deployment_event(Stopped, deployment, reason))
         return self.env_info(record.id), effects
@@ -368,11 +401,18 @@ class Operations:
         return info, Effects(writes=writes, outgoing=cleared)
 
     def deploy(self, request: DeployRequest) -> tuple[DeploymentInfo, Effects]:
+        """Send, queue or refuse one deployment (the gate, then a critical workflow's
+        checks: :meth:`critical_refusal`); with ``validate_first`` its dry run goes out
+        first and it waits for it."""
         now = self._clock.time()
         reason = request.reason.strip()
         if request.force and not reason:
             raise RequestRefused(
                 "invalid", "force: a reason is required (--reason TEXT); the override is recorded"
+            )
+        if request.validate_first and request.dry_run:
+            raise RequestRefused(
+                "invalid", "validate_first: a dry run is the validation itself (drop one of them)"
             )
         inventory = self._inventory.get(request.env)
         decision = judge_deploy(
@@ -389,6 +429,15 @@ class Operations:
         )
         if isinstance(decision, Refuse):
             raise RequestRefused(decision.code, decision.message)
+        validation = ""
+        if request.workflow.critical and not request.dry_run:
+            refusal = self.critical_refusal(
+                request.env, request.workflow, validated=not request.validate_first
+            )
+            if refusal is not None:
+                raise RequestRefused(refusal.code, refusal.message)
+            if not request.validate_first:
+                validation = self._latest_validation(request.env, request.workflow)
         overridden = decision.overridden
         deployment = Deployment(
             id=new_id("d"),
@@ -402,8 +451,12 @@ class Operations:
             dry_run=request.dry_run,
             when_online=request.when_online,
             forced=f"{overridden}: {reason}" if overridden else "",
+            validation=validation,
         )
-        if isinstance(decision, Queue):
+        if request.validate_first:
+            effects = self._validate_first(request, deployment)
+            deployment = effects.writes.deployments[-1]
+        elif isinstance(decision, Queue):
             self.book.put(deployment)
             effects = Effects(writes=Writes(deployments=[deployment], urgent=True))
         else:
@@ -414,6 +467,102 @@ class Operations:
             fields = {"dep": deployment.id, "cmd": deployment.cmd, "check": overridden}
             effects.extend(self._own_event(Overridden, deployment.env, **fields, reason=reason))
         return deployment.info(), effects
+
+    def _validate_first(self, request: DeployRequest, deployment: Deployment) -> Effects:
+        """The dry run of ``request``'s workflow, sent (or queued) now, and ``deployment``
+        waiting for it: both written in one batch, the dry run first."""
+        forced = bool(deployment.forced)
+        dry_request = replace(
+            request,
+            dry_run=True,
+            validate_first=False,
+            force=forced,
+            reason=request.reason if forced else "",
+        )
+        dry_run, effects = self.deploy(dry_request)
+        waiting = dataclasses.replace(
+            deployment,
+            after=dry_run.id,
+            expires=(self._clock.time() + request.ttl) if request.when_online else None,
+            reason=f"waiting for its validation, dry run {dry_run.id}",
+        )
+        self.book.put(waiting)
+        effects.writes.deployments.append(waiting)
+        return effects
+
+    def critical_refusal(
+        self, env: str, workflow: Workflow, *, validated: bool = True
+    ) -> Refuse | None:
+        """Why critical ``workflow`` may not go to ``env`` now (None: it may): not online,
+        flapping, heartbeats missed lately, or (``validated``) no passing dry run of its
+        version there within the validation max age (:mod:`.critical`)."""
+        found = self._validations.get((env, workflow.name), {}) if validated else None
+        return judge_critical(
+            env,
+            workflow,
+            self._presence.get(env),
+            self._presence.missed_heartbeats(env),
+            None if found is None else list(found.values()),
+            now=self._clock.time(),
+            max_age=self._max_age,
+        )
+
+    def _latest_validation(self, env: str, workflow: Workflow) -> str:
+        found = self._validations.get((env, workflow.name), {}).get(workflow.version)
+        return "" if found is None else found.id
+
+    def _note_dry_run(self, deployment: Deployment) -> None:
+        versions = self._validations.setdefault((deployment.env, deployment.workflow.name), {})
+        known = versions.get(deployment.workflow.version)
+        if known is None or (known.updated, known.id) <= (deployment.updated, deployment.id):
+            versions[deployment.workflow.version] = deployment
+
+    def _dry_runs_ended(self, moved: Sequence[Deployment]) -> Effects:
+        """Dry runs that just ended: kept as the latest validation of their version, and
+        the deployments waiting for them released (or failed)."""
+        effects = Effects()
+        for dry_run in moved:
+            if dry_run.dry_run and dry_run.final:
+                self._note_dry_run(dry_run)
+                for waiting in self.book.waiting_for(dry_run.id):
+                    effects.extend(self._release(waiting, dry_run))
+        return effects
+
+    def _release(self, waiting: Deployment, dry_run: Deployment) -> Effects:
+        """``waiting``'s validation ``dry_run`` ended: it is sent (or queued for its
+        environment) when the dry run passed and the gate and the critical checks still
+        allow it, else it ends ``failed`` naming the validation."""
+        if not dry_run.passed:
+            why = f"validation {dry_run.id} did not pass ({dry_run.state}: {dry_run.reason})"
+            return self._deployment_event(Failed, waiting, why)
+        released = dataclasses.replace(waiting, after="", validation=dry_run.id, reason="")
+        now = self._clock.time()
+        inventory = self._inventory.get(waiting.env)
+        ttl = max(1.0, (waiting.expires or now + self._command_ttl) - now)
+        decision = judge_deploy(
+            waiting.env,
+            self.registry.get(waiting.env),
+            self._presence.get(waiting.env),
+            None if inventory is None else inventory.models,
+            waiting.workflow,
+            when_online=waiting.when_online,
+            dry_run=False,
+            ttl=ttl,
+            now=now,
+            force=bool(waiting.forced),
+        )
+        refusal: Refuse | None = decision if isinstance(decision, Refuse) else None
+        if refusal is None and waiting.workflow.critical:
+            refusal = self.critical_refusal(waiting.env, waiting.workflow)
+        if refusal is not None:
+            why = f"validation {dry_run.id} passed, but: {refusal.message}"
+            return self._deployment_event(Failed, waiting, why)
+        if isinstance(decision, Queue):
+            queued = dataclasses.replace(released, expires=decision.expires)
+            self.book.put(queued)
+            return Effects(writes=Writes(deployments=[queued], urgent=True))
+        self.book.put(released)
+        return self._send(released)
 
     def cancel(self, dep: str, *, why: str = "") -> tuple[CancelResult, Effects]:
         """Take deployment ``dep`` back: one still queued here ends ``cancelled`` at once
@@ -495,8 +644,11 @@ class Operations:
         record = self.registry.get(env)
         presence = self._presence.get(env)
         inventory = self._inventory.get(env)
+        missed = self._presence.missed_heartbeats(env)
         return EnvInfo(
             **_record_fields(env, record, presence),
+            missed_heartbeats=missed,
+            steady=steady(presence, missed),
             **_runtime_fields(record, presence, inventory),
             running=[d.id for d in self.book.in_state(env, "running")],
             restarting=[d.id for d in self.book.in_state(env, "restarting")],
@@ -577,8 +729,10 @@ class Operations:
         now = self._clock.time()
         event = kind(env=env, seq=self._seq, src=CONTROLLER_SRC, ts=now, **fields)
         effects = Effects(writes=Writes(events=[LogEntry(event, now)], urgent=True))
-        _write_change(effects, self.book.on_event(event))
+        change = self.book.on_event(event)
+        _write_change(effects, change)
         effects.outgoing.append(Outgoing(self._root.events(env), encode(event), False))
+        effects.extend(self._dry_runs_ended(change.deployments))
         return effects
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 from edgeplane.controller.core.alerts import AlertEdge
+from edgeplane.controller.core.heartbeats import HeartbeatLog
 from edgeplane.controller.core.timers import TimerHeap
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.messages import EnvView, OfflineStatus, OnlineStatus, ViewStatus
@@ -160,6 +161,7 @@ class Presence:
         self._identity = identity
         self._envs: dict[str, EnvRecord] = {}
         self._deadlines = TimerHeap()
+        self._beats = HeartbeatLog()
         self.stale = 0  # offline messages ignored as stale
 
     # --- reading ------------------------------------------------------------------------
@@ -174,6 +176,11 @@ class Presence:
 
     def online_count(self) -> int:
         return sum(1 for record in self._envs.values() if record.status == "online")
+
+    def missed_heartbeats(self, env: str) -> int | None:
+        """Heartbeats of ``env`` missed in the last 5 intervals (:mod:`.heartbeats`); None
+        when none was received since the controller last started listening."""
+        return self._beats.missed(env, self._clock.time())
 
     def heartbeat_deadline(self, env: str) -> float | None:
         """The monotonic time at which ``env`` times out, if it is online."""
@@ -204,7 +211,9 @@ class Presence:
 
     def rearm(self) -> None:
         """Fresh heartbeat deadlines for every online environment (after a restart or a
-        reconnect to the broker: silence while we could not listen proves nothing)."""
+        reconnect to the broker: silence while we could not listen proves nothing, and
+        neither do the heartbeats missed meanwhile: their log starts afresh)."""
+        self._beats.reset()
         mono = self._clock.monotonic()
         for record in self._envs.values():
             if record.status == "online":
@@ -215,6 +224,7 @@ class Presence:
         without a transition or an alert; the record as it was, None if there was none.
         A status that arrives later starts it afresh."""
         self._deadlines.cancel(env)
+        self._beats.forget(env)
         self._flaps.forget(env)
         self._identity.forget(env)
         return self._envs.pop(env, None)
@@ -236,6 +246,7 @@ class Presence:
         elif retained and record.bdseq == message.bdseq and record.seq == message.seq:
             # The very heartbeat we judged already, delivered again on (re)subscription.
             return judgement
+        self._beats.observe(message.env, message.bdseq, message.seq, message.interval, now)
         record.last_seen = now
         record.bdseq = message.bdseq
         record.seq = message.seq

@@ -101,6 +101,7 @@ class RolloutSettings:
     rollback_on_abort: bool = False
     approve_each_wave: bool = False
     skip_offline: bool = False
+    validate_first: bool = False  # each target's deployment waits for a dry run of its own
 
 
 @dataclass(slots=True)

@@ -195,10 +195,16 @@ class RolloutDesk:
             if workflow is None:
                 moved = self._undeploy(run, env, effects) or moved
                 continue
-            request = DeployRequest(env=env, workflow=workflow, when_online=True, ttl=timeout)
+            request = DeployRequest(
+                env=env,
+                workflow=workflow,
+                when_online=True,
+                ttl=timeout,
+                validate_first=run.record.settings.validate_first,
+            )
             try:
                 info, made = self._ops.deploy(request)
-            except RequestRefused as exc:
+            except RequestRefused as exc:  # the gate's, or a critical workflow's checks
                 run.refused(env, exc.message, now)
                 moved = True
                 continue
@@ -307,6 +313,7 @@ class RolloutDesk:
             rollback_on_abort=request.rollback_on_abort,
             approve_each_wave=request.approve_each_wave,
             skip_offline=request.skip_offline,
+            validate_first=request.validate_first and not request.dry_run,
         )
         now = self._clock.time()
         planned = plan_waves(envs, waves)

@@ -87,11 +87,12 @@ UPSERT_INVENTORY: Final = (
 )
 DEPLOYMENT_COLUMNS: Final = (
     "id, env, workflow, version, kind, spec, state, reason, created, updated, expires,"
-    " dry_run, when_online, cmd, revivable, replaced_by, last_src, last_seq, forced, up"
+    " dry_run, when_online, cmd, revivable, replaced_by, last_src, last_seq, forced,"
+    " after_dep, validation, up"
 )
 UPSERT_DEPLOYMENT: Final = f"""
     INSERT OR REPLACE INTO deployments ({DEPLOYMENT_COLUMNS})
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 COMMAND_COLUMNS: Final = "id, env, op, sent, expires, workflow, state, detail, answered"
 UPSERT_COMMAND: Final = (
@@ -239,13 +240,14 @@ def deployment_row(d: Deployment) -> tuple[Any, ...]:
     return (
         d.id, d.env, d.workflow.name, d.workflow.version, d.workflow.kind, spec, d.state,
         d.reason, d.created, d.updated, d.expires, int(d.dry_run), int(d.when_online), d.cmd,
-        int(d.revivable), d.replaced_by, d.last_src, d.last_seq, d.forced, int(d.up),
+        int(d.revivable), d.replaced_by, d.last_src, d.last_seq, d.forced, d.after, d.validation,
+        int(d.up),
     )  # fmt: skip
 
 
 def deployment_from_row(row: Sequence[Any]) -> Deployment:
     dep, env, _, _, _, spec, state, reason, created, updated, expires, dry, online, cmd = row[:14]
-    revivable, replaced_by, last_src, last_seq, forced, up = row[14:20]
+    revivable, replaced_by, last_src, last_seq, forced, after, validation, up = row[14:22]
     return Deployment(
         id=dep,
         env=env,
@@ -263,6 +265,8 @@ def deployment_from_row(row: Sequence[Any]) -> Deployment:
         last_src=last_src,
         last_seq=last_seq,
         forced=forced,
+        after=after,
+        validation=validation,
         up=bool(up),
     )
 

@@ -208,7 +208,17 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     ALTER TABLE deployments ADD COLUMN forced TEXT NOT NULL DEFAULT '';
     """,
-    # version 11: whether a service's agent said it runs (not only that it started); the
+    # version 11: critical workflows (core/critical.py): the dry run a deployment waits for
+    # (deploy --validate-first) and the one that validated it; the latest dry runs of each
+    # environment and workflow found at the start
+    """
+    ALTER TABLE deployments ADD COLUMN after_dep TEXT NOT NULL DEFAULT '';
+    ALTER TABLE deployments ADD COLUMN validation TEXT NOT NULL DEFAULT '';
+    CREATE INDEX deployments_dry_runs ON deployments (env, workflow, version, updated)
+        WHERE dry_run = 1;
+    CREATE INDEX deployments_waiting ON deployments (after_dep) WHERE after_dep != '';
+    """,
+    # version 12: whether a service's agent said it runs (not only that it started); the
     # services running before are taken as up
     """
     ALTER TABLE deployments ADD COLUMN up INTEGER NOT NULL DEFAULT 0;

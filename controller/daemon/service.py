@@ -147,6 +147,8 @@ class PresenceService:
             commands=await store.open_commands(),
             seen=await store.stream_heads(),
             controller_seq=await store.last_seq(CONTROLLER_SRC),
+            validation_max_age=settings.validation_max_age,
+            dry_runs=await store.dry_runs(),
         )
         root = settings.topic_root
         beacon = StatusBeacon(root, core, self.bad, operations, self.started, keys, clock)

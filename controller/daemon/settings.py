@@ -76,6 +76,12 @@ CONTROLLER_SETTINGS: Final = (
     Setting("stats_interval", common.positive_float, 60.0, "seconds between status updates"),
     Setting("command_ttl", common.positive_float, 300.0, "seconds a command may wait for an agent"),
     Setting(
+        "validation_max_age",
+        common.positive_float,
+        3600.0,
+        "seconds a passing dry run validates a critical workflow's version on its environment",
+    ),
+    Setting(
         "lockout_grace",
         common.positive_float,
         35.0,
@@ -115,6 +121,7 @@ class ControllerSettings:
     max_payload: int = DEFAULT_MAX_PAYLOAD
     stats_interval: float = 60.0
     command_ttl: float = 300.0
+    validation_max_age: float = 3600.0
     lockout_grace: float = 35.0
     rotate_after: float | None = None
     command_key_file: Path | None = None

@@ -279,6 +279,24 @@ class Store:
         current = (refolded.get(d.id, d) for d in found)
         return [d for d in current if not d.final]
 
+    async def dry_runs(self) -> list[Deployment]:
+        """The finished dry runs a critical workflow's validation may rest on: the latest
+        of each environment, workflow and version; and those that deployments waiting
+        for their validation name (whatever became of them)."""
+        latest = await self._query(
+            f"{rows.DEPLOYMENT_SELECT} AS d WHERE dry_run = 1"
+            " AND state NOT IN ('queued', 'sent', 'accepted') AND id = (SELECT id FROM"
+            " deployments WHERE env = d.env AND workflow = d.workflow AND version = d.version"
+            " AND dry_run = 1 AND state NOT IN ('queued', 'sent', 'accepted')"
+            " ORDER BY updated DESC, id DESC LIMIT 1)"
+        )
+        awaited = await self._query(
+            f"{rows.DEPLOYMENT_SELECT} WHERE id IN (SELECT after_dep FROM deployments"
+            " WHERE after_dep != '' AND state = 'queued')"
+        )
+        found = {row[0]: rows.deployment_from_row(row) for row in [*latest, *awaited]}
+        return list(found.values())
+
     async def open_commands(self) -> list[OperatorCommand]:
         """The operator commands still pending, and the last one answered of each
         environment (oldest first)."""

@@ -127,7 +127,10 @@ class DeployFollower:
                 print_json(info)
             return
         what = "dry run" if info.dry_run else "deployment"
-        if info.state == "queued":
+        if info.waiting:
+            told = f"{what} {info.id} waits for its validation, dry run {info.validation}"
+            print(visible(told), flush=True)
+        elif info.state == "queued":
             print(f"{what} {info.id} queued until {info.env} comes online", end="")
             print(f" (expires {when(info.expires)})" if info.expires else "")
         else:
@@ -158,7 +161,13 @@ class DeployFollower:
                 outcome = watch.take(event)
                 if outcome is not None:
                     return outcome
+            elif self._validating(event) and self._first_time(event):
+                self._progress(event)  # the dry run it waits for: shown, not followed
         return None
+
+    def _validating(self, event: Event) -> bool:
+        sent = self._sent
+        return sent is not None and bool(sent.validation) and event.dep == sent.validation
 
     async def _catch_up(self, ctl: ControllerClient, watch: DeploymentWatch) -> Outcome | None:
         """Print what was missed while disconnected (from the controller's record); the

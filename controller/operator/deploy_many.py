@@ -125,6 +125,8 @@ def _table(requests: list[DeployRequest], answers: list[DeploymentInfo | Request
     for request, answer in zip(requests, answers, strict=True):
         if isinstance(answer, RequestRefused):
             rows.append((request.env, "-", "refused", answer.message))
+        elif answer.waiting:
+            rows.append((answer.env, answer.id, "queued", f"after validation {answer.validation}"))
         elif answer.state == "queued":
             rows.append(
                 (answer.env, answer.id, "queued", f"until online, expires {when(answer.expires)}")

@@ -12,7 +12,14 @@ if TYPE_CHECKING:
     from edgeplane.controller.operator.board import Row
     from edgeplane.shared.rpc import CommandInfo, EnvInfo
 
-__all__ = ["command_text", "env_details", "env_table", "labels_text", "stale_env_details"]
+__all__ = [
+    "command_text",
+    "env_details",
+    "env_table",
+    "labels_text",
+    "stale_env_details",
+    "steady_text",
+]
 
 
 def env_table(infos: list[EnvInfo], *, clock: Callable[[], float] = time.time) -> str:
@@ -51,6 +58,7 @@ def env_details(info: EnvInfo, *, clock: Callable[[], float] = time.time) -> str
     heard = "never" if info.last_seen is None else ago(clock() - info.last_seen)
     every = f", every {info.interval:g} s" if info.interval else ""
     fields.append(("heartbeat", f"{heard}{every}"))
+    fields.append(("steady", steady_text(info)))
     models = "; ".join(
         f"{name} {', '.join(versions)}" for name, versions in sorted(info.models.items())
     )
@@ -93,6 +101,21 @@ def _status(info: EnvInfo) -> str:
     if not info.registered:
         marks.append("unregistered")
     return ", ".join(marks)
+
+
+def steady_text(info: EnvInfo) -> str:
+    """``yes``, or ``no`` and why (what a critical workflow needs: online, not flapping, no
+    heartbeat missed in the last 5 intervals)."""
+    if info.steady:
+        return "yes (no heartbeat missed in the last 5 intervals)"
+    if info.status != "online":
+        return f"no ({info.status})"
+    if info.flapping:
+        return "no (flapping)"
+    if info.missed_heartbeats is None:
+        return "no (no heartbeat seen since the controller started listening)"
+    plural = "" if info.missed_heartbeats == 1 else "s"
+    return f"no ({info.missed_heartbeats} heartbeat{plural} missed in the last 5 intervals)"
 
 
 def command_text(command: CommandInfo, now: float) -> str:
