@@ -153,6 +153,20 @@ async def test_events_pages_through_a_long_log(
                 break
             await asyncio.sleep(0.3)  # polling a query: the log has no push for "stored"
         assert [entry["event"]["seq"] for entry in logged] == list(range(1, 451))
+        # into a reader that stops after one line (`| head -1`): a quiet exit, no traceback
+        argv = [PY, "-m", "edgeplane.controller", "events", "--env", "edge-p"]
+        argv += ["--broker", system.broker.url, "--topic-root", str(root)]
+        reader, writer = os.pipe()
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=writer, stderr=asyncio.subprocess.PIPE
+        )
+        os.close(writer)
+        with os.fdopen(reader, "rb") as head:
+            assert head.readline()  # the first line, then the pipe is closed
+        assert process.stderr is not None
+        err = await asyncio.wait_for(process.stderr.read(), 30)
+        assert await asyncio.wait_for(process.wait(), 30) == 141
+        assert err == b""
 
 
 @asynccontextmanager

@@ -230,6 +230,11 @@ async def test_pause_resume_and_approve(
                 system, rollout, lambda s: s["state"] == "awaiting-approval", "awaiting approval"
             )
             assert deploys(system, "ro-p-00001") == []
+            rival = await system.cli(
+                "rollout", "start", "--undeploy", "rollout-app", "--selector", "ring=amber"
+            )
+            assert rival.code == 1, str(rival)
+            assert f"rollout {rollout} of rollout-app is awaiting-approval on 3" in rival.stderr
             paused = await system.cli("rollout", "pause", rollout)
             assert paused.code == 0, str(paused)
             assert "paused" in paused.stdout
@@ -427,3 +432,6 @@ async def test_rollout_start_takes_a_file_or_undeploy_but_not_both(
             result = await system.cli("rollout", "start", *args, "--selector", "a=b")
             assert result.code == 2, str(result)
             assert "give a workflow FILE to deploy, or --undeploy NAME" in result.stderr
+        bad = await system.cli("rollout", "start", "--undeploy", "Bad Name!", "--selector", "a=b")
+        assert bad.code == 2, str(bad)
+        assert "'Bad Name!' is not a workflow name" in bad.stderr

@@ -14,6 +14,7 @@ may come before the command as well as after it, for the commands that take them
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Final, NoReturn
@@ -47,6 +48,7 @@ COMMON_FLAGS: Final = (
 )
 
 JSON_HELP: Final = "print JSON instead of text"
+SIGPIPE_EXIT: Final = 128 + 13  # as a shell reports a command killed by SIGPIPE
 
 # Top-level module -> the extra that installs it.
 EXTRA_OF_MODULE: Final = {
@@ -110,6 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `edgeplane events | head`: the reader has what it wanted
+        _quiet_stdout()
+        return SIGPIPE_EXIT
     except EdgeplaneError as exc:
         from edgeplane.controller.operator.output import visible
 
@@ -150,6 +155,14 @@ def take_flags_before_command(parser: argparse.ArgumentParser, args: argparse.Na
                 2, f"edgeplane: --json does not apply to {command} (see {command} --help)\n"
             )
         args.json = True
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what could not be
+    written raises no second BrokenPipeError on the way out."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _command(args: argparse.Namespace) -> str:

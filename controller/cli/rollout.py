@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shutil
 import sys
 import time
@@ -123,6 +124,14 @@ def _threshold(value: str) -> str:
         raise argparse.ArgumentTypeError(exc.message.removeprefix("--max-failures: ")) from None
 
 
+def _workflow_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):  # shared.workflow.Name
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a workflow name (letters, digits, '.', '_', '-'; at most 64)"
+        )
+    return value
+
+
 def _add_start(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = add_leaf(actions, "start", "start a rollout of a workflow file", _start)
     parser.add_argument(
@@ -131,7 +140,7 @@ def _add_start(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.add_argument(
         "--undeploy",
         metavar="NAME",
-        default="",
+        type=_workflow_name,
         help="instead of FILE: stop workflow NAME and take it off every target",
     )
     parser.add_argument(
@@ -218,7 +227,7 @@ async def _start(controller: ControllerClient, args: argparse.Namespace, within:
     from edgeplane.shared.errors import WorkflowFileError
     from edgeplane.shared.rpc import RolloutStart
 
-    if (args.file is None) == (not args.undeploy):
+    if (args.file is None) == (args.undeploy is None):
         print(
             "edgeplane: rollout start: give a workflow FILE to deploy, or --undeploy NAME "
             "(one of the two)",
@@ -237,7 +246,7 @@ async def _start(controller: ControllerClient, args: argparse.Namespace, within:
         workflow = loaded.workflow
     request = RolloutStart(
         workflow=workflow,
-        undeploy=args.undeploy,
+        undeploy=args.undeploy or "",
         selector=args.selector,
         waves=list(args.waves),
         max_failures=args.max_failures,

@@ -604,11 +604,14 @@ class RolloutRun:
             detail = f"rollout {self.id}: rollback over"
             step.alerts.append(RolloutAlert(env, "cleared", detail))
         bad = [t.env for t in self.targets.values() if t.rollback_state == "failed"]
+        done = sum(1 for t in self.targets.values() if t.rollback_state == "done")
         if bad:
             why = f"{self.record.reason}; rollback failed on {len(bad)}: {', '.join(bad[:5])}"
             self._set_state("failed", why, now)
+        elif done:
+            self._set_state("aborted", f"{self.record.reason}; {done} rolled back", now)
         else:
-            self._set_state("aborted", f"{self.record.reason}; rolled back", now)
+            self._set_state("aborted", f"{self.record.reason}; nothing to roll back", now)
 
     def _changed_it(self, target: Target) -> bool:
         if target.state == "succeeded":

@@ -315,6 +315,7 @@ class RolloutDesk:
             skip_offline=request.skip_offline,
             validate_first=request.validate_first and not request.dry_run,
         )
+        self._refuse_overlap(subject, envs)
         now = self._clock.time()
         planned = plan_waves(envs, waves)
         if request.dry_run:
@@ -324,6 +325,22 @@ class RolloutDesk:
         log.info("rollout started", rollout=run.id, targets=len(envs), waves=len(planned))
         self._wake.set()
         return run.info(), self._stored(run)
+
+    def _refuse_overlap(self, subject: Workflow | str, envs: list[str]) -> None:
+        """Two rollouts of one workflow on the same environments would undo each other
+        (an undeploy behind a deploy waiting for approval): refused while one is active."""
+        name = subject if isinstance(subject, str) else subject.name
+        for run in self._runs.values():
+            if not run.active or run.record.workflow_name != name:
+                continue
+            shared = [env for env in envs if env in run.targets]
+            if shared:
+                raise RequestRefused(
+                    "conflict",
+                    f"rollout {run.id} of {name} is {run.record.state} on {len(shared)} of "
+                    f"these environments ({', '.join(shared[:3])}"
+                    f"{', ...' if len(shared) > 3 else ''}): let it end, or abort it first",
+                )
 
     def _dry_run(
         self,
@@ -345,7 +362,13 @@ class RolloutDesk:
                     DeployRequest(env=env, workflow=subject, dry_run=True)
                 )
             except RequestRefused as exc:
-                run.refused(env, exc.message, now)
+                why = exc.message
+                if exc.code == "offline":  # the rollout would queue it, as the gate says not
+                    why = (
+                        f"{env} is offline: the rollout would wait for it up to "
+                        f"--target-timeout ({settings.target_timeout:g}s); no preflight now"
+                    )
+                run.refused(env, why, now)
                 continue
             run.sent(env, deployed.id, "", now)
             effects.extend(made)
