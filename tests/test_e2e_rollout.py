@@ -435,3 +435,44 @@ async def test_rollout_start_takes_a_file_or_undeploy_but_not_both(
         bad = await system.cli("rollout", "start", "--undeploy", "Bad Name!", "--selector", "a=b")
         assert bad.code == 2, str(bad)
         assert "'Bad Name!' is not a workflow name" in bad.stderr
+
+
+async def test_a_service_that_fails_to_start_is_a_failure_and_an_abort_drops_queued_targets(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        await system.create_env("ro-f-offline", "--label", "ring=rust")  # no agent ever
+        async with fleet(system, "ro-f", 2, "--label", "ring=rust"):
+            broken = system.workflow(
+                "broken-svc",
+                {
+                    "name": "broken-svc",
+                    "version": "1.0.0",
+                    "kind": "service",
+                    "steps": [
+                        {"name": "prepare", "run": [PY, "-c", "raise SystemExit(1)"]},
+                        {"name": "serve", "run": [PY, "-c", "import time; time.sleep(600)"]},
+                    ],
+                },
+            )
+            started = await start(
+                system, broken, "--selector", "ring=rust", "--waves", "100%", "--bake", "30",
+                "--max-failures", "0", "--target-timeout", "120",
+            )  # fmt: skip
+            rollout = started["id"]
+            shown = await wait_rollout(
+                system, rollout, lambda s: s["state"] == "aborted" and s["counts"].get(
+                    "not-deployed") == 1, "aborted, the queued target dropped", timeout=60
+            )  # fmt: skip
+        by_env = targets(shown)
+        assert by_env["ro-f-00000"]["state"] == "failed", by_env
+        assert (
+            "prepare" in by_env["ro-f-00000"]["reason"]
+            or "failed" in by_env["ro-f-00000"]["reason"]
+        )
+        assert "queued deployment was dropped" in by_env["ro-f-offline"]["reason"]
+        dropped = await system.show_deployment(by_env["ro-f-offline"]["dep"])
+        assert dropped["state"] == "cancelled"
+        assert f"rollout {rollout} is aborted" in dropped["reason"]
+        assert deploys(system, "ro-f-offline") == []  # never sent, and never will be
