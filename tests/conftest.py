@@ -14,6 +14,7 @@ from edgeplane.shared.topics import TopicRoot
 from tests.support.procs import Proc, kill_strays
 
 if TYPE_CHECKING:
+    from tests.support.execution import Executors
     from tests.support.site import SiteBroker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,3 +89,14 @@ def pytest_runtest_makereport(
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def executors(tmp_path: Path) -> Iterator[Executors]:
+    """Agent executors over ``tmp_path`` (tests/support/execution.py), each closed at the end."""
+    from tests.support.execution import Executors
+
+    made = Executors(tmp_path)
+    yield made
+    for executor in made.made:
+        executor.close(timeout=10)

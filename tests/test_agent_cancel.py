@@ -6,10 +6,7 @@ is answered ``rejected`` naming the command and no deployment."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from edgeplane.shared.messages import (
     Cancelled,
@@ -29,14 +26,6 @@ from tests.support.execution import (
     wait_for_file,
     workflow,
 )
-
-
-@pytest.fixture
-def executors(tmp_path: Path) -> Iterator[Executors]:
-    made = Executors(tmp_path)
-    yield made
-    for executor in made.made:
-        executor.close(timeout=10)
 
 
 def service(name: str = "svc", version: str = "1.0", pre: str = "") -> Workflow:

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -43,14 +42,6 @@ from tests.support.execution import (
     wait_for_file,
     workflow,
 )
-
-
-@pytest.fixture
-def executors(tmp_path: Path) -> Iterator[Executors]:
-    made = Executors(tmp_path)
-    yield made
-    for executor in made.made:
-        executor.close(timeout=10)
 
 
 def starts(executors: Executors, dep: str, count: int = 1) -> list[int]:

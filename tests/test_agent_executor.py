@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,6 @@ from edgeplane.shared.messages import (
 )
 from edgeplane.shared.workflow import BucketNeed, DatasourceNeed, ModelNeed, Requires, Step
 from tests.support.execution import Executors, deploy, py, workflow
-
-
-@pytest.fixture
-def executors(tmp_path: Path) -> Iterator[Executors]:
-    made = Executors(tmp_path)
-    yield made
-    for executor in made.made:
-        executor.close(timeout=10)
 
 
 def test_a_passing_deploy_writes_into_its_bucket(executors: Executors, tmp_path: Path) -> None:

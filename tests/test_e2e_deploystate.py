@@ -6,13 +6,10 @@ answer. Real controller and agent processes, the CLI as subprocesses, a real bro
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import re
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
+from tests.support.pids import pid_dir, pids
 from tests.support.procs import Proc
 from tests.support.system import Agent, System, alive, open_system, wait_until, write_script
 
@@ -33,24 +31,6 @@ parent = os.getppid()
 while os.getppid() == parent:  # orphaned (the agent killed): stop, leave nothing behind
     time.sleep(0.1)
 """
-
-
-def pids(out: Path) -> list[int]:
-    found = out / "pids"
-    return [int(line) for line in found.read_text().split()] if found.exists() else []
-
-
-@contextlib.contextmanager
-def service_dir(tmp_path: Path) -> Iterator[Path]:
-    """Where the test's services write their pids; whatever is left is killed at the end."""
-    out = tmp_path / "service-out"
-    out.mkdir()
-    try:
-        yield out
-    finally:
-        for pid in pids(out):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def service(
@@ -110,7 +90,7 @@ async def user_view(system: System, env: str) -> Any:
 async def test_env_restart_of_a_running_service_shows_it_running_again(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:
-    with service_dir(tmp_path) as out:
+    with pid_dir(tmp_path, "service-out") as out:
         async with open_system(broker, root, tmp_path, procs) as system:
             dep, _ = await running_service(system, "edge-rs", out)
             mark = system.probe.mark()
@@ -137,7 +117,7 @@ async def test_env_restart_of_a_running_service_shows_it_running_again(
 async def test_env_update_leaves_the_running_service_running_and_says_the_update_done(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:
-    with service_dir(tmp_path) as out:
+    with pid_dir(tmp_path, "service-out") as out:
         async with open_system(broker, root, tmp_path, procs) as system:
             dep, _ = await running_service(system, "edge-up", out)
             updated = await system.cli("env", "update", "edge-up", "--set", "log_level=debug")
@@ -154,7 +134,7 @@ async def test_env_update_leaves_the_running_service_running_and_says_the_update
 async def test_retire_shows_the_service_stopped_and_nothing_running(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:
-    with service_dir(tmp_path) as out:
+    with pid_dir(tmp_path, "service-out") as out:
         async with open_system(broker, root, tmp_path, procs) as system:
             dep, agent = await running_service(system, "edge-rt", out)
             retired = await system.cli("env", "retire", "edge-rt")
@@ -172,7 +152,7 @@ async def test_retire_shows_the_service_stopped_and_nothing_running(
 async def test_a_controller_killed_between_env_restart_and_the_answer_shows_it_right(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:
-    with service_dir(tmp_path) as out:
+    with pid_dir(tmp_path, "service-out") as out:
         async with open_system(broker, root, tmp_path, procs) as system:
             dep, _ = await running_service(system, "edge-kl", out)
             mark = system.probe.mark()
@@ -204,7 +184,7 @@ async def test_a_controller_killed_between_env_restart_and_the_answer_shows_it_r
 async def test_a_rollback_across_a_controller_kill_shows_the_old_version_running(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:
-    with service_dir(tmp_path) as out:
+    with pid_dir(tmp_path, "service-out") as out:
         async with open_system(broker, root, tmp_path, procs) as system:
             dep1, _ = await running_service(system, "edge-rb", out)
             dies = service(system, out, "2.0.0", [PY, "-c", "import sys; sys.exit(3)"])

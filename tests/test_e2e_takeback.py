@@ -6,12 +6,8 @@ show``) is what runs on the target."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +15,7 @@ import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
+from tests.support.pids import pid_dir, pids
 from tests.support.procs import Proc
 from tests.support.system import System, alive, open_system, wait_until, write_script
 
@@ -33,24 +30,6 @@ parent = os.getppid()
 while os.getppid() == parent:
     time.sleep(0.1)
 """
-
-
-def pids(out: Path) -> list[int]:
-    found = out / "pids"
-    return [int(line) for line in found.read_text().split()] if found.exists() else []
-
-
-@contextlib.contextmanager
-def pid_dir(tmp_path: Path) -> Iterator[Path]:
-    """Where the test's processes write their pids; whatever is left is killed at the end."""
-    out = tmp_path / "out"
-    out.mkdir()
-    try:
-        yield out
-    finally:
-        for pid in pids(out):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def service(system: System, out: Path, name: str = "camera-service") -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,8 +104,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 def deploy(args: argparse.Namespace) -> int:
     from edgeplane.controller.operator.deploy_follow import DeployFollower
-    from edgeplane.controller.operator.workflow_file import read_workflow_file
-    from edgeplane.shared.errors import WorkflowFileError
+    from edgeplane.controller.operator.workflow_file import read_for_command
     from edgeplane.shared.rpc import DeployRequest
 
     if args.ttl is not None and not args.when_online:
@@ -125,17 +123,13 @@ def deploy(args: argparse.Namespace) -> int:
     if args.reason and not args.force:
         raise SettingsError("--reason: only with --force (why the gate is overridden)")
     settings = load_operator_settings(args)
-    try:
-        loaded = read_workflow_file(args.file)
-    except WorkflowFileError as exc:
-        print(f"edgeplane: {exc}", file=sys.stderr)
+    workflow = read_for_command(args.file)
+    if workflow is None:
         return 2
-    for warning in loaded.warnings:
-        print(f"edgeplane: warning: {warning}", file=sys.stderr)
     requests = [
         DeployRequest(
             env=env,
-            workflow=loaded.workflow,
+            workflow=workflow,
             when_online=args.when_online,
             dry_run=args.dry_run,
             force=args.force,

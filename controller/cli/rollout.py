@@ -223,8 +223,7 @@ def _add_start(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 async def _start(controller: ControllerClient, args: argparse.Namespace, within: float) -> int:
     from edgeplane.controller.operator.output import print_json
     from edgeplane.controller.operator.rollout_text import plan_text
-    from edgeplane.controller.operator.workflow_file import read_workflow_file
-    from edgeplane.shared.errors import WorkflowFileError
+    from edgeplane.controller.operator.workflow_file import read_for_command
     from edgeplane.shared.rpc import RolloutStart
 
     if (args.file is None) == (args.undeploy is None):
@@ -236,14 +235,9 @@ async def _start(controller: ControllerClient, args: argparse.Namespace, within:
         return 2
     workflow = None
     if args.file is not None:
-        try:
-            loaded = read_workflow_file(args.file)
-        except WorkflowFileError as exc:
-            print(f"edgeplane: {exc}", file=sys.stderr)
+        workflow = read_for_command(args.file)
+        if workflow is None:
             return 2
-        for warning in loaded.warnings:
-            print(f"edgeplane: warning: {warning}", file=sys.stderr)
-        workflow = loaded.workflow
     request = RolloutStart(
         workflow=workflow,
         undeploy=args.undeploy or "",

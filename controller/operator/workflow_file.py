@@ -23,6 +23,7 @@ import difflib
 import functools
 import json
 import re
+import sys
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +37,13 @@ from edgeplane.shared.errors import InvalidVersionSpec, WorkflowFileError
 from edgeplane.shared.versions import check_specifier, is_version
 from edgeplane.shared.workflow import Workflow
 
-__all__ = ["MAX_FILE_SIZE", "WorkflowFile", "load_workflow", "read_workflow_file"]
+__all__ = [
+    "MAX_FILE_SIZE",
+    "WorkflowFile",
+    "load_workflow",
+    "read_for_command",
+    "read_workflow_file",
+]
 
 MAX_FILE_SIZE: Final = 256 * 1024
 
@@ -73,6 +80,19 @@ def read_workflow_file(path: str | Path) -> WorkflowFile:
         raise WorkflowFileError(name, problem, _render(where)) from None
     _check_semantics(workflow, name)
     return WorkflowFile(path, workflow, tuple(_warnings(workflow, name)))
+
+
+def read_for_command(path: str | Path) -> Workflow | None:
+    """What ``deploy`` and ``rollout start`` read: the workflow, its warnings printed on
+    stderr; None when the file is wrong, said in one line (the command exits 2)."""
+    try:
+        loaded = read_workflow_file(path)
+    except WorkflowFileError as exc:
+        print(f"edgeplane: {exc}", file=sys.stderr)
+        return None
+    for warning in loaded.warnings:
+        print(f"edgeplane: warning: {warning}", file=sys.stderr)
+    return loaded.workflow
 
 
 # --- reading and parsing ------------------------------------------------------------------
