@@ -494,6 +494,7 @@ class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     models: dict[str, list[str]] = {}
     platform: Platform | None = None
     running: list[ShortText] = []  # deployments running there (ids)
+    running_workflows: list[ShortText] = []  # what each of them runs: "name version"
     restarting: list[ShortText] = []  # deployments stopped by a restart still under way
     # The operator commands still pending there, then the last one answered (or expired
     # unanswered), oldest first.

@@ -645,12 +645,14 @@ class Operations:
         presence = self._presence.get(env)
         inventory = self._inventory.get(env)
         missed = self._presence.missed_heartbeats(env)
+        running = self.book.in_state(env, "running")
         return EnvInfo(
             **_record_fields(env, record, presence),
             missed_heartbeats=missed,
             steady=steady(presence, missed),
             **_runtime_fields(record, presence, inventory),
-            running=[d.id for d in self.book.in_state(env, "running")],
+            running=[d.id for d in running],
+            running_workflows=[f"{d.workflow.name} {d.workflow.version}" for d in running],
             restarting=[d.id for d in self.book.in_state(env, "restarting")],
             commands=[c.info() for c in self.book.commands_of(env)],
         )

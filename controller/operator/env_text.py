@@ -64,7 +64,7 @@ def env_details(info: EnvInfo, *, clock: Callable[[], float] = time.time) -> str
     )
     fields.append(("models", models or "none reported"))
     fields.append(("platform", _platform(info)))
-    fields.append(("running", ", ".join(info.running) or "nothing"))
+    fields.append(("running", _running(info)))
     if info.restarting:
         fields.append(("restarting", ", ".join(info.restarting)))
     fields += [("command", command_text(command, clock())) for command in info.commands]
@@ -157,3 +157,13 @@ def _platform(info: EnvInfo) -> str:
         parts.append(f"agent {platform.agent}")
     parts.append("GPU" if platform.gpu else "no GPU")
     return ", ".join(part for part in parts if part)
+
+
+def _running(info: EnvInfo) -> str:
+    """``d-5ad1fbe30a (cam 1.0.0), ...``: each deployment with what it runs."""
+    if not info.running:
+        return "nothing"
+    names = info.running_workflows
+    if len(names) != len(info.running):  # a controller older than the field
+        return ", ".join(info.running)
+    return ", ".join(f"{dep} ({name})" for dep, name in zip(info.running, names, strict=True))
