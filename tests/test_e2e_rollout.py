@@ -476,3 +476,39 @@ async def test_a_service_that_fails_to_start_is_a_failure_and_an_abort_drops_que
         assert dropped["state"] == "cancelled"
         assert f"rollout {rollout} is aborted" in dropped["reason"]
         assert deploys(system, "ro-f-offline") == []  # never sent, and never will be
+
+
+async def test_a_critical_rollout_is_refused_unvalidated_and_goes_with_validate_first(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        critical = system.workflow(
+            "rollout-interlock",
+            {
+                "name": "rollout-interlock",
+                "version": "1.0.0",
+                "critical": True,
+                "steps": [{"name": "arm", "run": [PY, "-c", "print('armed')"]}],
+            },
+        )
+        async with fleet(system, "ro-c", 2, "--label", "ring=iron"):
+            flags = ("--selector", "ring=iron", "--waves", "100%", "--bake", "0")
+            refused = await start(system, critical, *flags)
+            shown = await wait_rollout(
+                system, refused["id"], lambda s: s["state"] == "aborted", "aborted"
+            )
+            for target in shown["targets"]:
+                assert target["state"] == "failed"
+                assert "validation missing" in target["reason"], target
+            assert all(deploys(system, f"ro-c-0000{i}") == [] for i in range(2))
+
+            validated = await start(system, critical, *flags, "--validate-first")
+            shown = await wait_rollout(
+                system, validated["id"], lambda s: s["state"] == "succeeded", "succeeded"
+            )
+        for target in shown["targets"]:
+            deployment = await system.show_deployment(target["dep"])
+            assert deployment["state"] == "succeeded"
+            dry = await system.show_deployment(deployment["validation"])
+            assert (dry["dry_run"], dry["state"]) == (True, "checked")
