@@ -133,6 +133,9 @@ async def test_events_lists_the_log_oldest_first_as_text_and_json(
         unknown = await system.cli("events", "--env", "edge-zz")
         assert (unknown.code, unknown.stdout) == (1, ""), str(unknown)
         assert unknown.stderr.startswith("edgeplane: no environment 'edge-zz'")
+        no_dep = await system.cli("events", "--dep", "d-0000000000")
+        assert (no_dep.code, no_dep.stdout) == (1, ""), str(no_dep)
+        assert no_dep.stderr.strip() == "edgeplane: no deployment 'd-0000000000'"
 
 
 @pytest.mark.slow
