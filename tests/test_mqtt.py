@@ -4,6 +4,7 @@ carries, the connection's lifecycle, and that every failure is a BrokerUnavailab
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -210,3 +211,54 @@ async def test_with_manual_ack_what_was_not_acknowledged_comes_again_and_nothing
     async with session() as last:
         with pytest.raises(TimeoutError):
             await next_message(last, within=1.0)  # nothing left: waiting is the test
+
+
+def _publish_properties(**values: object) -> bytes:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    made = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(made, name, value)
+    packed: bytes = made.pack()  # type: ignore[no-untyped-call]
+    return packed
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"MessageExpiryInterval": 29},
+        {"ResponseTopic": "a/b", "CorrelationData": b"\x00\x01"},
+        {"PayloadFormatIndicator": 1, "ContentType": "application/json"},
+        {"UserProperty": [("a", "1"), ("b", "2")], "SubscriptionIdentifier": [7, 300]},
+        {"TopicAlias": 3, "MessageExpiryInterval": 2**31},
+    ],
+)
+def test_received_properties_decode_as_paho_decodes_them(values: dict[str, object]) -> None:
+    """controller/mqtt.py decodes a received PUBLISH's properties its cheaper way: the
+    same attributes, the same length read, the same refusal of a duplicate."""
+    from paho.mqtt import _packet
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    received: Any = vars(_packet)["Properties"]  # what paho's decoder makes
+    assert received is not Properties  # ours is installed
+    packed = _publish_properties(**values) + b"payload"
+    ours, our_length = received(PacketTypes.PUBLISH).unpack(packed)
+    theirs, their_length = Properties(PacketTypes.PUBLISH).unpack(packed)  # type: ignore[no-untyped-call]
+    assert our_length == their_length
+    assert ours.json() == theirs.json()
+    for name in values:
+        assert getattr(ours, name) == getattr(theirs, name)
+
+
+def test_a_property_given_twice_is_refused_as_paho_refuses_it() -> None:
+    from paho.mqtt import _packet
+    from paho.mqtt.exception import MQTTException
+    from paho.mqtt.packettypes import PacketTypes
+
+    once = _publish_properties(MessageExpiryInterval=5)
+    twice = bytes([2 * (len(once) - 1)]) + once[1:] + once[1:]
+    with pytest.raises(MQTTException, match="more than once"):
+        vars(_packet)["Properties"](PacketTypes.PUBLISH).unpack(twice)

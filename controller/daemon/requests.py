@@ -194,9 +194,9 @@ class RequestHandler:
                 events = await self._store.events(env=env, dep=dep, after=after, limit=limit)
                 if env and not events and not after:
                     ops.require_known(env)  # an id nobody knows is no empty log
-                if dep and not events and not after and ops.book.get(dep) is None:
-                    if await self._store.deployment(dep) is None:
-                        raise RequestRefused("not-found", f"no deployment {dep!r}")
+                unknown = dep and not events and not after and ops.book.get(dep) is None
+                if unknown and await self._store.deployment(dep) is None:
+                    raise RequestRefused("not-found", f"no deployment {dep!r}")
                 return _fitting(events), Effects()
             case OperatorAdd():
                 return await ids().add_operator(request, ops)
