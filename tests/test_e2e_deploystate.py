@@ -107,7 +107,9 @@ async def test_env_restart_of_a_running_service_shows_it_running_again(
             )
             assert deployment_state(shown) == ([dep], [])
             text = await system.cli("env", "show", "edge-rs")
-            assert re.search(rf"^running: +{dep}$", text.stdout, re.MULTILINE), str(text)
+            assert re.search(
+                rf"^running: +{dep} \(camera-service 1\.0\.0\)$", text.stdout, re.MULTILINE
+            ), str(text)
             assert re.search(r"^command: +restart c-\S+: done", text.stdout, re.MULTILINE), text
             listed = await system.cli("deployments")
             assert re.search(rf"^{dep} .* running ", listed.stdout, re.MULTILINE), str(listed)
