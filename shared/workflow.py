@@ -24,6 +24,7 @@ Every ``requires`` list may be empty or absent::
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -38,14 +39,21 @@ __all__ = [
     "Step",
     "Workflow",
     "WorkflowKind",
+    "is_name",
 ]
 
 DEFAULT_STEP_TIMEOUT: Final = 600.0
 
 # Names people give things: workflows, steps, models, datasources, buckets, endpoints.
-Name = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-]
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=f"^{_NAME.pattern}$")]
+
+
+def is_name(value: str) -> bool:
+    """Whether ``value`` is a :data:`Name` (a workflow's, say)."""
+    return len(value) <= 64 and _NAME.fullmatch(value) is not None
+
+
 # A secret's name is also the name of the environment variable a step sees it as.
 SecretName = Annotated[
     str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")

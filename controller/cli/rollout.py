@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import shutil
 import sys
 import time
@@ -125,7 +124,9 @@ def _threshold(value: str) -> str:
 
 
 def _workflow_name(value: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):  # shared.workflow.Name
+    from edgeplane.shared.workflow import is_name
+
+    if not is_name(value):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a workflow name (letters, digits, '.', '_', '-'; at most 64)"
         )

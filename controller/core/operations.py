@@ -28,7 +28,13 @@ from edgeplane.controller.core.deployments import (
     OperatorCommand,
     expiry_reason,
 )
-from edgeplane.controller.core.gate import Queue, Refuse, judge_deploy, offline_sentence
+from edgeplane.controller.core.gate import (
+    Decision,
+    Queue,
+    Refuse,
+    judge_deploy,
+    offline_sentence,
+)
 from edgeplane.controller.core.oplog import SeenEvents
 from edgeplane.controller.core.presence import EnvRecord, Presence
 from edgeplane.controller.core.records import Forgotten, LogEntry, ReportedInventory, Writes
@@ -414,17 +420,12 @@ class Operations:
             raise RequestRefused(
                 "invalid", "validate_first: a dry run is the validation itself (drop one of them)"
             )
-        inventory = self._inventory.get(request.env)
-        decision = judge_deploy(
+        decision = self._gate(
             request.env,
-            self.registry.get(request.env),
-            self._presence.get(request.env),
-            None if inventory is None else inventory.models,
             request.workflow,
             when_online=request.when_online,
             dry_run=request.dry_run,
             ttl=request.ttl,
-            now=now,
             force=request.force,
         )
         if isinstance(decision, Refuse):
@@ -528,6 +529,31 @@ class Operations:
                     effects.extend(self._release(waiting, dry_run))
         return effects
 
+    def _gate(
+        self,
+        env: str,
+        workflow: Workflow,
+        *,
+        when_online: bool,
+        dry_run: bool,
+        ttl: float,
+        force: bool,
+    ) -> Decision:
+        """The gate's decision on ``workflow`` for ``env`` as it is known now."""
+        inventory = self._inventory.get(env)
+        return judge_deploy(
+            env,
+            self.registry.get(env),
+            self._presence.get(env),
+            None if inventory is None else inventory.models,
+            workflow,
+            when_online=when_online,
+            dry_run=dry_run,
+            ttl=ttl,
+            now=self._clock.time(),
+            force=force,
+        )
+
     def _release(self, waiting: Deployment, dry_run: Deployment) -> Effects:
         """``waiting``'s validation ``dry_run`` ended: it is sent (or queued for its
         environment) when the dry run passed and the gate and the critical checks still
@@ -537,18 +563,13 @@ class Operations:
             return self._deployment_event(Failed, waiting, why)
         released = dataclasses.replace(waiting, after="", validation=dry_run.id, reason="")
         now = self._clock.time()
-        inventory = self._inventory.get(waiting.env)
         ttl = max(1.0, (waiting.expires or now + self._command_ttl) - now)
-        decision = judge_deploy(
+        decision = self._gate(
             waiting.env,
-            self.registry.get(waiting.env),
-            self._presence.get(waiting.env),
-            None if inventory is None else inventory.models,
             waiting.workflow,
             when_online=waiting.when_online,
             dry_run=False,
             ttl=ttl,
-            now=now,
             force=bool(waiting.forced),
         )
         refusal: Refuse | None = decision if isinstance(decision, Refuse) else None

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Iterable
 from typing import Final
 
@@ -56,13 +55,12 @@ from edgeplane.shared.clock import Clock
 from edgeplane.shared.errors import RequestRefused
 from edgeplane.shared.messages import AlertState
 from edgeplane.shared.rpc import DeployRequest, RolloutInfo, RolloutStart
-from edgeplane.shared.workflow import Workflow
+from edgeplane.shared.workflow import Workflow, is_name
 
 __all__ = ["ALERT_KIND", "RolloutDesk"]
 
 ALERT_KIND: Final = "rollout-aborted"
 IDLE_WAIT: Final = 1.0  # seconds between turns when nothing wakes the desk
-_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # shared.workflow.Name
 
 log: Final = structlog.get_logger("controller")
 
@@ -416,7 +414,7 @@ def _subject(request: RolloutStart) -> Workflow | str:
     name = request.undeploy.strip()
     if not name:
         raise RequestRefused("invalid", "a rollout needs a workflow (FILE) or --undeploy NAME")
-    if not _NAME.fullmatch(name):
+    if not is_name(name):
         raise RequestRefused("invalid", f"--undeploy {name!r} is not a workflow name")
     return name
 
