@@ -100,7 +100,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; the simulator's flags are loaded only when ``command`` is ``simulate``,
     so that ``edge-agent run`` never imports it."""
     parser = _Parser(prog=PROG, description="The edgeplane agent of one runtime target.")
-    if command in ("run", "simulate"):
+    if command in ("run", "simulate", "doctor"):
         # Unknown flags after a command are reported by this parser, not the command's.
         parser.help_hint = f"{PROG} {command} --help"
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
@@ -113,6 +113,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     config.add_arguments(run)
     run.set_defaults(handler=_run)
+    doctor = commands.add_parser(
+        "doctor",
+        help="check this gateway in the documented order: process, network, credentials, "
+        "resources, workflows",
+        description="Check what the agent needs, in the documented troubleshooting order, "
+        "with the settings of `edge-agent run` (flags, EDGEPLANE_* variables, --config). "
+        "Exit status 1 when a check failed. It never takes over a running agent's session.",
+    )
+    config.add_arguments(doctor)
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument(
+        "--bundle",
+        metavar="FILE",
+        default=None,
+        help="also write FILE, a tar.gz (mode 0600) for support: the report, the settings "
+        "with every secret removed, the outbox's size, versions",
+    )
+    doctor.set_defaults(handler=_doctor)
     simulate = commands.add_parser(
         "simulate", help="run many simulated agents from one process (benchmarks)"
     )
@@ -130,6 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     # Imported here: `edge-agent --help` and `simulate` do not pay for paho and psutil.
     from edgeplane.edge_agent.agent import Agent
     from edgeplane.edge_agent.credentials import ensure_box_key
+    from edgeplane.edge_agent.instance_lock import hold_agent_lock
     from edgeplane.edge_agent.outbox import Outbox
     from edgeplane.edge_agent.secrets import load_secrets
     from edgeplane.edge_agent.state import BdseqStore, OverridesStore, check_not_retired
@@ -141,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
     secrets = None if settings.secrets_file is None else load_secrets(settings.secrets_file)
     try:
         store = BdseqStore(settings.state_dir)
+        lock = hold_agent_lock(settings.state_dir, settings.env_id)  # held until exit
         overrides = OverridesStore(settings.state_dir)
         in_force = config.with_overrides(settings, overrides.load())
         outbox = Outbox(settings.state_dir, settings.env_id)
@@ -165,6 +185,7 @@ def _run(args: argparse.Namespace) -> int:
             return agent.run()
     finally:
         waker.close()
+        lock.release()
 
 
 def _executor_factory(
@@ -193,6 +214,14 @@ def _executor_factory(
         return OnDemandExecutor(create, needed_now=record.exists())
 
     return build
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    settings = config.load_config(args)
+    # Imported here: the running agent never loads the doctor.
+    from edgeplane.edge_agent.doctor.command import run_doctor
+
+    return run_doctor(settings, as_json=args.json, bundle=args.bundle)
 
 
 def _simulate(args: argparse.Namespace) -> int:

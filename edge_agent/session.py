@@ -34,8 +34,10 @@ __all__ = [
     "MessageIn",
     "MqttSession",
     "Published",
+    "LoginProbe",
     "SessionEvent",
     "Subscribed",
+    "probe_login",
 ]
 
 SESSION_TAKEN_OVER = 0x8E  # DISCONNECT reason: another client connected with our client id
@@ -49,6 +51,7 @@ class ConnectRefused(msgspec.Struct, frozen=True):
     """The broker answered CONNECT with a failure; a :class:`Disconnected` follows."""
 
     reason: str
+    code: int = 0  # the CONNACK's MQTT 5 reason code (134: bad user name or password)
 
 
 class Disconnected(msgspec.Struct, frozen=True):
@@ -222,7 +225,7 @@ class MqttSession:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            self._events.append(ConnectRefused(str(reason_code)))
+            self._events.append(ConnectRefused(str(reason_code), reason_code.value))
         else:
             self._connected = True
             self._events.append(Connected())
@@ -271,6 +274,76 @@ class MqttSession:
         except UnicodeDecodeError:
             return  # not a topic we subscribed to: the broker checks topic names are UTF-8
         self._events.append(MessageIn(topic, bytes(message.payload), bool(message.retain)))
+
+
+class LoginProbe(msgspec.Struct, frozen=True):
+    """What one trial connection saw: ``answered`` False when no CONNACK came in time;
+    ``refused`` the CONNACK's reason when it was a failure ("" when accepted); ``round_trip``
+    the seconds from SUBSCRIBE to its SUBACK (None when not connected)."""
+
+    answered: bool
+    refused: str = ""
+    code: int = 0
+    connect_seconds: float = 0.0
+    round_trip: float | None = None
+
+
+def probe_login(
+    client_id: str, broker: BrokerUrl, topic: str, timeout: float, clock: Any = None
+) -> LoginProbe:
+    """CONNECT as ``client_id`` (clean start, no will), SUBSCRIBE ``topic`` and time its
+    SUBACK, then DISCONNECT; never publishes. For ``edge-agent doctor``, which must use a
+    client id other than the agent's, so that no running agent is taken over.
+    :class:`BrokerUnavailable` when the connection cannot be opened."""
+    import time
+
+    monotonic = time.monotonic if clock is None else clock
+    started = monotonic()
+    deadline = started + timeout
+    session = MqttSession(client_id, broker, keepalive=max(5, int(timeout) * 2))
+    session.connect()
+    try:
+        answer = _await(session, deadline, monotonic, (Connected, ConnectRefused, Disconnected))
+        connected_at = monotonic() - started
+        if answer is None:
+            return LoginProbe(answered=False, connect_seconds=connected_at)
+        if not isinstance(answer, Connected):
+            refused = answer if isinstance(answer, ConnectRefused) else None
+            return LoginProbe(
+                answered=refused is not None,
+                refused=refused.reason if refused else "",
+                code=refused.code if refused else 0,
+                connect_seconds=connected_at,
+            )
+        sent = monotonic()
+        mid = session.subscribe(topic)
+        acked = _await(session, deadline, monotonic, (Subscribed,), mid)
+        rtt = None if acked is None else monotonic() - sent
+        return LoginProbe(answered=True, connect_seconds=connected_at, round_trip=rtt)
+    finally:
+        if session.has_socket:
+            session.disconnect()
+            _await(session, min(deadline, monotonic() + 1.0), monotonic, (Disconnected,))
+
+
+def _await(
+    session: MqttSession,
+    deadline: float,
+    monotonic: Any,
+    kinds: tuple[type, ...],
+    mid: int | None = None,
+) -> SessionEvent | None:
+    """The first event of one of ``kinds`` (a :class:`Subscribed` with ``mid``, if given)
+    before ``deadline``; None at the deadline or when the connection is gone."""
+    while (left := deadline - monotonic()) > 0:
+        for event in session.poll(min(left, 0.5)):
+            if isinstance(event, kinds) and (mid is None or getattr(event, "mid", mid) == mid):
+                return event
+            if isinstance(event, Disconnected):
+                return None
+        if not session.has_socket:
+            return None
+    return None
 
 
 def _describe(exc: BaseException) -> str:
