@@ -94,5 +94,7 @@ def _read(fd: int) -> LockHolder:
         data = json.loads(os.pread(fd, MAX_LOCK_TEXT, 0))
         if isinstance(data, dict):
             pid, env = data.get("pid"), data.get("env")
-            return LockHolder(pid if isinstance(pid, int) else 0, env if isinstance(env, str) else "")
+            return LockHolder(
+                pid if isinstance(pid, int) else 0, env if isinstance(env, str) else ""
+            )
     return LockHolder(0, "")

@@ -71,9 +71,7 @@ class StateDirFinding:
 def judge_state_dir(found: StateDirFinding) -> CheckResult:
     where = repr(found.path)
     if found.retired:
-        return result(
-            "process", "state-dir", "fail", found.retired, "use a fresh state directory"
-        )
+        return result("process", "state-dir", "fail", found.retired, "use a fresh state directory")
     if found.exists and found.writable:
         return result("process", "state-dir", "pass", f"state directory {where} is writable")
     if not found.exists and found.writable:
@@ -227,9 +225,7 @@ def judge_cert(name: str, area: str, subject: str, expires: float, now: float) -
     """A certificate's expiry: FAIL once expired, WARN within :data:`CERT_WARN_DAYS`."""
     days = (expires - now) / _DAY
     if days <= 0:
-        return result(
-            area, name, "fail", f"{subject} expired {-days:.0f} day(s) ago", "renew it"
-        )
+        return result(area, name, "fail", f"{subject} expired {-days:.0f} day(s) ago", "renew it")
     state: CheckState = "warn" if days < CERT_WARN_DAYS else "pass"
     return result(area, name, state, f"{subject} valid for {days:.0f} more day(s)")
 

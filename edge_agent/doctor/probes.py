@@ -80,7 +80,9 @@ def outbox_finding(state_dir: Path) -> c.OutboxFinding:
             rows, first = db.execute("SELECT count(*), min(seq) FROM events").fetchone()
             oldest = None
             if first is not None:
-                (payload,) = db.execute("SELECT payload FROM events WHERE seq = ?", (first,)).fetchone()
+                (payload,) = db.execute(
+                    "SELECT payload FROM events WHERE seq = ?", (first,)
+                ).fetchone()
                 oldest = _event_time(payload)
         finally:
             db.close()
@@ -161,7 +163,9 @@ class Probes:
                 f"cannot connect to {broker.host}:{broker.port}: {reason}",
                 "is the broker running, on this port, and does a firewall let this gateway in?",
             )
-        return c.result("network", "tcp", "pass", f"{broker.host}:{broker.port} accepts connections")
+        return c.result(
+            "network", "tcp", "pass", f"{broker.host}:{broker.port} accepts connections"
+        )
 
     def tls(self) -> CheckResult:
         broker = self.settings.broker
@@ -170,7 +174,9 @@ class Probes:
         try:
             context = self.identity.tls_context()
             with (
-                socket.create_connection((broker.host, broker.port), timeout=NETWORK_TIMEOUT) as raw,
+                socket.create_connection(
+                    (broker.host, broker.port), timeout=NETWORK_TIMEOUT
+                ) as raw,
                 context.wrap_socket(raw, server_hostname=broker.host) as tls,
             ):
                 cert = tls.getpeercert() or {}
@@ -192,9 +198,7 @@ class Probes:
         if expires is None:
             return c.result("network", "tls", "pass", f"{version}, certificate verified")
         judged = c.judge_cert("tls", "network", "the broker's certificate", expires, self._clock())
-        return msgspec.structs.replace(
-            judged, reason=f"{version}, verified; {judged.reason}"[:500]
-        )
+        return msgspec.structs.replace(judged, reason=f"{version}, verified; {judged.reason}"[:500])
 
     def mqtt_connect(self) -> CheckResult:
         return c.judge_mqtt_connect(self.login(), NETWORK_TIMEOUT)
@@ -233,7 +237,9 @@ class Probes:
         try:
             probe = probe_login(client_id, self.settings.broker, topic, NETWORK_TIMEOUT)
         except BrokerUnavailable as exc:
-            return c.LoginFinding(answered=False, client_id=client_id, refused="", not_tried=str(exc))
+            return c.LoginFinding(
+                answered=False, client_id=client_id, refused="", not_tried=str(exc)
+            )
         return c.LoginFinding(
             answered=probe.answered,
             client_id=client_id,
@@ -300,9 +306,7 @@ class Probes:
         if soft <= 0:
             return c.result("resources", "open-files", "pass", f"{whose}: {used} open, no limit")
         checked = c.judge_percent("open-files", f"open files of {whose}", used / soft * 100)
-        return msgspec.structs.replace(
-            checked, reason=f"{checked.reason} ({used} of {soft})"[:500]
-        )
+        return msgspec.structs.replace(checked, reason=f"{checked.reason} ({used} of {soft})"[:500])
 
 
 def certificate_expiry(path: Path) -> float | None:
