@@ -22,7 +22,7 @@ from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.controller.broker.process import free_port
 from edgeplane.edge_agent.cli import main
 from edgeplane.edge_agent.doctor.checks import LockFinding, judge_cert, judge_lock
-from edgeplane.edge_agent.doctor.runner import Step, run_steps
+from edgeplane.edge_agent.doctor.runner import DoctorStep, run_steps
 from edgeplane.edge_agent.errors import StateDirError
 from edgeplane.edge_agent.instance_lock import LockHolder, hold_agent_lock, lock_holder
 from edgeplane.shared.checkup import CheckResult, Report
@@ -60,7 +60,9 @@ def test_a_bad_flag_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
         main(["doctor", "--env-id", "dev-lab-doc", "--frobnicate"])
     assert exited.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--frobnicate" in err and "doctor --help" in err
+    assert err.count("\n") == 1
+    assert "--frobnicate" in err
+    assert "doctor --help" in err
 
 
 def test_a_bundle_path_that_is_a_directory_is_refused_at_once(
@@ -83,10 +85,10 @@ def test_a_hung_check_is_cut_off_and_what_depends_on_it_skipped() -> None:
         return CheckResult(area="resources", name="cpu", state="pass", reason="fine")
 
     steps = [
-        Step("network", "tcp", hangs),
-        Step("network", "tls", passes, after=("network/tcp",)),
-        Step("network", "mqtt-connect", passes, after=("network/tls",)),
-        Step("resources", "cpu", passes),
+        DoctorStep("network", "tcp", hangs),
+        DoctorStep("network", "tls", passes, after=("network/tcp",)),
+        DoctorStep("network", "mqtt-connect", passes, after=("network/tls",)),
+        DoctorStep("resources", "cpu", passes),
     ]
     report = run_steps("dev-lab-doc", steps, limit=0.2, now=5.0)
     release.set()
@@ -108,7 +110,8 @@ def test_the_lock_held_by_this_identity_is_reported_and_by_another_fails() -> No
     mine = judge_lock(LockFinding(True, 42, "dev-lab-doc"), "dev-lab-doc")
     assert (mine.state, mine.reason) == ("pass", "the agent of dev-lab-doc runs now (pid 42)")
     other = judge_lock(LockFinding(True, 43, "dev-lab-other"), "dev-lab-doc")
-    assert other.state == "fail" and "pid 43, environment dev-lab-other" in other.reason
+    assert other.state == "fail"
+    assert "pid 43, environment dev-lab-other" in other.reason
 
 
 def test_a_second_agent_on_a_locked_state_dir_is_refused(tmp_path: Path) -> None:
@@ -135,7 +138,8 @@ def test_a_closed_broker_port_fails_the_network_and_skips_the_credentials(
     assert "Connection refused" in checks["network/tcp"].reason
     assert checks["credentials/login"].state == "skip"
     assert checks["credentials/login"].reason == "skipped: network/tcp failed"
-    assert report.cause == "network/tcp" and report.hint
+    assert report.cause == "network/tcp"
+    assert report.hint
     assert [c.area for c in report.checks] == sorted(
         (c.area for c in report.checks),
         key=["process", "network", "credentials", "resources", "compatibility"].index,
@@ -171,16 +175,20 @@ def test_an_installed_workflow_missing_its_model_fails_compatibility(
     (tmp_path / "state" / "executor.json").write_text(json.dumps(record))
     code, report, _ = doctor(capsys, *args, "--models-dir", str(models))
     check = by_key(report)["compatibility/workflow inspect"]
-    assert code == 1 and check.state == "fail"
+    assert code == 1
+    assert check.state == "fail"
     assert "model detector" in check.reason
 
 
 # --- a site broker made by `edgeplane broker init` -------------------------------------------
-def site_args(tmp_path: Path, site: SiteBroker, env: str, password: str) -> list[str]:
+def site_args(
+    tmp_path: Path, site: SiteBroker, env: str, password: str, *, ca: bool = True
+) -> list[str]:
     config = tmp_path / "agent.toml"
+    ca_line = f'ca_file = "{site.ca_file}"\n' if ca else ""  # without: the system's CAs
     config.write_text(
         f'env_id = "{env}"\nbroker = "{site.url}"\nusername = "{env}"\n'
-        f'password = "{password}"\nca_file = "{site.ca_file}"\n'
+        f'password = "{password}"\n{ca_line}'
         f'topic_root = "{site.root.value}"\ncommand_key = "{PUBLIC_KEY}"\n'
     )
     config.chmod(0o600)
@@ -194,7 +202,8 @@ def test_a_healthy_gateway_passes(
 ) -> None:
     with DynsecAdmin(site_broker) as admin:
         agent = admin.add_environment("dev-lab-doc-ok")
-    code, report, _ = doctor(capsys, *site_args(tmp_path, site_broker, "dev-lab-doc-ok", agent.password))
+    args = site_args(tmp_path, site_broker, "dev-lab-doc-ok", agent.password)
+    code, report, _ = doctor(capsys, *args)
     checks = by_key(report)
     assert code == 0, report
     for key in ("process/state-dir", "process/agent", "process/outbox", "network/dns",
@@ -220,6 +229,38 @@ def test_a_wrong_password_fails_the_credentials_naming_the_connack(
     assert report.cause == "credentials/login"
 
 
+def test_a_broker_certificate_from_another_ca_fails_the_tls_check(
+    tmp_path: Path, site_broker: SiteBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = site_args(tmp_path, site_broker, "dev-lab-doc-ca", "any", ca=False)
+    code, report, _ = doctor(capsys, *args)
+    tls = by_key(report)["network/tls"]
+    assert code == 1
+    assert tls.state == "fail"
+    assert tls.reason.startswith("the broker's certificate is not trusted: ")
+    assert by_key(report)["credentials/login"].reason == "skipped: network/tls failed"
+    assert report.cause == "network/tls"
+
+
+def test_on_a_broker_binding_client_ids_a_running_agents_id_is_never_tried(
+    tmp_path: Path, site_broker: SiteBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = "dev-lab-doc-bound"
+    with DynsecAdmin(site_broker) as admin:
+        agent = admin.add_environment(env)
+    args = site_args(tmp_path, site_broker, env, agent.password)
+    lock = hold_agent_lock(tmp_path / "state", env)  # as a running agent holds it
+    try:
+        code, report, _ = doctor(capsys, *args)
+    finally:
+        lock.release()
+    checks = by_key(report)
+    assert checks["network/mqtt-connect"].facts["client_id"].startswith(f"{env}-doctor-")
+    assert checks["credentials/login"].state == "warn"
+    assert f"the agent's ({env}) is not tried" in checks["credentials/login"].reason
+    assert code == 0
+
+
 # --- a running agent ------------------------------------------------------------------------
 async def test_the_doctor_never_takes_over_a_running_agent(
     tmp_path: Path,
@@ -240,13 +281,13 @@ async def test_the_doctor_never_takes_over_a_running_agent(
         code, report, _ = await asyncio.to_thread(doctor, capsys, *args)
         after = await wait_online(probe, status, after=probe.mark())  # still heartbeating
         seen = [json.loads(m.payload) for m in probe.on(status)[mark:]]
+    assert all(message["status"] == "online" for message in seen)  # no will, no offline
+    assert after["bdseq"] == online["bdseq"]  # the same connection: never reconnected
     checks = by_key(report)
     assert "runs now (pid" in checks["process/agent"].reason
     assert checks["network/mqtt-connect"].facts["client_id"].startswith(f"{env}-doctor-")
     assert checks["credentials/login"].state == "pass"
     assert code == 0, report
-    assert all(message["status"] == "online" for message in seen)  # no will, no offline
-    assert after["bdseq"] == online["bdseq"]  # the same connection: never reconnected
 
 
 # --- the bundle -----------------------------------------------------------------------------
@@ -276,7 +317,8 @@ def test_the_bundle_holds_the_report_and_no_secret(
     report = msgspec.json.decode(members["report.json"], type=Report)
     assert report.subject == "dev-lab-doc-bundle"
     settings: dict[str, Any] = json.loads(members["settings.json"])
-    assert settings["password"] == "<redacted>" and settings["command_key"] == "<redacted>"
+    assert settings["password"] == "<redacted>"
+    assert settings["command_key"] == "<redacted>"
     assert "stderr" in members["LOG.txt"].decode()
     assert json.loads(members["outbox.json"])["rows"] == 0
     assert by_key(report)["compatibility/secrets-file"].reason == "1 secret(s): CAMERA_TOKEN"

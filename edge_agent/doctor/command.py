@@ -11,40 +11,40 @@ import msgspec
 from edgeplane.edge_agent.config import AgentConfig
 from edgeplane.edge_agent.doctor.installed import secrets_file_check, workflow_checks
 from edgeplane.edge_agent.doctor.probes import Probes
-from edgeplane.edge_agent.doctor.runner import Step, run_steps
+from edgeplane.edge_agent.doctor.runner import DoctorStep, run_steps
 from edgeplane.shared.checkup import Report, exit_status, render_text
 from edgeplane.shared.errors import SettingsError
 
 __all__ = ["doctor_steps", "run_doctor"]
 
 
-def doctor_steps(settings: AgentConfig) -> list[Step]:
+def doctor_steps(settings: AgentConfig) -> list[DoctorStep]:
     """Every check, in the order of the source document, with what each depends on."""
     p = Probes(settings)
     steps = [
-        Step("process", "state-dir", p.state_dir),
-        Step("process", "agent", p.agent, after=("process/state-dir",)),
-        Step("process", "outbox", p.outbox, after=("process/state-dir",)),
-        Step("network", "dns", p.dns),
-        Step("network", "tcp", p.tcp, after=("network/dns",)),
-        Step("network", "tls", p.tls, after=("network/tcp",)),
-        Step("network", "mqtt-connect", p.mqtt_connect, after=("network/tcp", "network/tls")),
-        Step("network", "round-trip", p.round_trip, after=("network/mqtt-connect",)),
-        Step("credentials", "login", p.credentials_login, after=("network/mqtt-connect",)),
+        DoctorStep("process", "state-dir", p.state_dir),
+        DoctorStep("process", "agent", p.agent, after=("process/state-dir",)),
+        DoctorStep("process", "outbox", p.outbox, after=("process/state-dir",)),
+        DoctorStep("network", "dns", p.dns),
+        DoctorStep("network", "tcp", p.tcp, after=("network/dns",)),
+        DoctorStep("network", "tls", p.tls, after=("network/tcp",)),
+        DoctorStep("network", "mqtt-connect", p.mqtt_connect, after=("network/tcp", "network/tls")),
+        DoctorStep("network", "round-trip", p.round_trip, after=("network/mqtt-connect",)),
+        DoctorStep("credentials", "login", p.credentials_login, after=("network/mqtt-connect",)),
     ]
     identity = settings.broker.identity
     if identity is not None and identity.cert_file is not None:
-        steps.append(Step("credentials", "client-cert", p.client_cert))
+        steps.append(DoctorStep("credentials", "client-cert", p.client_cert))
     steps += [
-        Step("credentials", "command-key", p.command_key),
-        Step("resources", "cpu", p.cpu),
-        Step("resources", "memory", p.memory),
-        Step("resources", "disk", p.disk),
-        Step("resources", "open-files", p.open_files),
-        Step("compatibility", "secrets-file", lambda: secrets_file_check(settings)),
+        DoctorStep("credentials", "command-key", p.command_key),
+        DoctorStep("resources", "cpu", p.cpu),
+        DoctorStep("resources", "memory", p.memory),
+        DoctorStep("resources", "disk", p.disk),
+        DoctorStep("resources", "open-files", p.open_files),
+        DoctorStep("compatibility", "secrets-file", lambda: secrets_file_check(settings)),
     ]
     steps += [
-        Step("compatibility", name, check, after=("compatibility/secrets-file",))
+        DoctorStep("compatibility", name, check, after=("compatibility/secrets-file",))
         for name, check in workflow_checks(settings)
     ]
     return steps

@@ -11,13 +11,13 @@ from typing import Final
 
 from edgeplane.shared.checkup import CheckResult, Report, likely_cause, skipped_after
 
-__all__ = ["CHECK_LIMIT", "Step", "run_steps"]
+__all__ = ["CHECK_LIMIT", "DoctorStep", "run_steps"]
 
 CHECK_LIMIT: Final = 10.0  # seconds per check
 
 
 @dataclass(frozen=True, slots=True)
-class Step:
+class DoctorStep:
     """One check: ``run`` does it and returns its result; ``after`` the names of the checks
     (``area/name``) it depends on."""
 
@@ -32,7 +32,11 @@ class Step:
 
 
 def run_steps(
-    subject: str, steps: Sequence[Step], *, limit: float = CHECK_LIMIT, now: float | None = None
+    subject: str,
+    steps: Sequence[DoctorStep],
+    *,
+    limit: float = CHECK_LIMIT,
+    now: float | None = None,
 ) -> Report:
     """Every step in order, then the report with the likely cause and its hint."""
     at = time.time() if now is None else now
@@ -59,7 +63,7 @@ def run_steps(
     )
 
 
-def run_one(step: Step, limit: float) -> CheckResult:
+def run_one(step: DoctorStep, limit: float) -> CheckResult:
     """``step.run()`` in a daemon thread; a result saying so when it raised, or did not end
     within ``limit`` seconds (the thread is left behind: the doctor exits soon after)."""
     box: list[CheckResult] = []
