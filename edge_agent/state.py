@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from edgeplane.edge_agent.config import Overrides, default_state_dir
 from edgeplane.edge_agent.errors import EnvironmentRetired, StateDirError
+from edgeplane.edge_agent.instance_lock import LOCK_FILE
 
 __all__ = [
     "BDSEQ_FILE",
@@ -166,13 +167,16 @@ def check_not_retired(state_dir: Path) -> None:
 
 
 def retire_state_dir(state_dir: Path, env: str, paths: list[Path], now: float) -> Path:
-    """Write the retired marker, then delete the bdseq, the overrides and ``paths`` (files
-    or directories: the outbox, the executor's record and working directories)."""
+    """Write the retired marker, then delete the bdseq, the overrides, the agent's lock and
+    ``paths`` (files or directories: the outbox, the executor's record and working
+    directories)."""
     marker = state_dir / RETIRED_FILE
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
     data = {"env": env, "retired_at": stamp, "ts": now}
     write_atomically(marker, json.dumps(data).encode("utf-8") + b"\n")
-    for path in [state_dir / BDSEQ_FILE, state_dir / OVERRIDES_FILE, *paths]:
+    # The lock goes too: the process holding it keeps its hold until it exits.
+    own = [state_dir / BDSEQ_FILE, state_dir / OVERRIDES_FILE, state_dir / LOCK_FILE]
+    for path in [*own, *paths]:
         if path.is_dir() and not path.is_symlink():
             import shutil  # once, at the end of an environment's life
 

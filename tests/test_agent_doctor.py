@@ -126,6 +126,21 @@ def test_a_second_agent_on_a_locked_state_dir_is_refused(tmp_path: Path) -> None
     assert lock_holder(tmp_path) is None
 
 
+def test_edge_agent_run_refuses_a_state_dir_another_agent_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lock = hold_agent_lock(tmp_path, "dev-lab-doc")
+    try:
+        code = main(["run", "--env-id", "dev-lab-doc", "--state-dir", str(tmp_path)])
+    finally:
+        lock.release()
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"edge-agent: --state-dir: state directory {str(tmp_path)!r} is in use by another "
+        f"agent (pid {os.getpid()}, environment dev-lab-doc)\n"
+    )
+
+
 # --- on the gateway ---------------------------------------------------------------------
 def test_a_closed_broker_port_fails_the_network_and_skips_the_credentials(
     tmp_path: Path, root: TopicRoot, capsys: pytest.CaptureFixture[str]
