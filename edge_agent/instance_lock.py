@@ -12,9 +12,8 @@ import contextlib
 import fcntl
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from edgeplane.edge_agent.errors import StateDirError
 
@@ -24,8 +23,7 @@ LOCK_FILE: Final = "agent.lock"
 MAX_LOCK_TEXT: Final = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class LockHolder:
+class LockHolder(NamedTuple):
     """The process holding the lock, as it wrote itself down (pid 0, env "": unreadable)."""
 
     pid: int

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import select
+import time
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -289,14 +291,16 @@ class LoginProbe(msgspec.Struct, frozen=True):
 
 
 def probe_login(
-    client_id: str, broker: BrokerUrl, topic: str, timeout: float, clock: Any = None
+    client_id: str,
+    broker: BrokerUrl,
+    topic: str,
+    timeout: float,
+    clock: Callable[[], float] | None = None,
 ) -> LoginProbe:
     """CONNECT as ``client_id`` (clean start, no will), SUBSCRIBE ``topic`` and time its
     SUBACK, then DISCONNECT; never publishes. For ``edge-agent doctor``, which must use a
     client id other than the agent's, so that no running agent is taken over.
     :class:`BrokerUnavailable` when the connection cannot be opened."""
-    import time
-
     monotonic = time.monotonic if clock is None else clock
     started = monotonic()
     deadline = started + timeout
@@ -329,7 +333,7 @@ def probe_login(
 def _await(
     session: MqttSession,
     deadline: float,
-    monotonic: Any,
+    monotonic: Callable[[], float],
     kinds: tuple[type, ...],
     mid: int | None = None,
 ) -> SessionEvent | None:

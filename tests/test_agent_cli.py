@@ -149,7 +149,11 @@ async def test_settings_reach_the_running_agent_flag_over_env_over_file(
 # What an agent never loads: the controller's dependencies, structlog (and asyncio, which
 # structlog and the simulator's MQTT client need), the controller and the simulator.
 NEVER_IN_THE_AGENT = ("aiomqtt", "aiosqlite", "structlog", "yaml", "asyncio")
-NEVER_IN_THE_AGENT_PACKAGES = ("edgeplane.controller", "edgeplane.edge_agent.simulator")
+NEVER_IN_THE_AGENT_PACKAGES = (
+    "edgeplane.controller",
+    "edgeplane.edge_agent.simulator",
+    "edgeplane.edge_agent.doctor",
+)
 
 
 def test_the_agent_never_imports_what_it_does_not_need(
