@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import select
-import time
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
