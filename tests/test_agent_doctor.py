@@ -21,11 +21,21 @@ import pytest
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.controller.broker.process import free_port
 from edgeplane.edge_agent.cli import main
-from edgeplane.edge_agent.doctor.checks import LockFinding, judge_cert, judge_lock
+from edgeplane.edge_agent.doctor.checks import (
+    LockFinding,
+    judge_cert,
+    judge_lock,
+    judge_outbox,
+    judge_percent,
+)
+from edgeplane.edge_agent.doctor.probes import outbox_finding
 from edgeplane.edge_agent.doctor.runner import DoctorStep, run_steps
 from edgeplane.edge_agent.errors import StateDirError
 from edgeplane.edge_agent.instance_lock import LockHolder, hold_agent_lock, lock_holder
+from edgeplane.edge_agent.outbox import Outbox
 from edgeplane.shared.checkup import CheckResult, Report
+from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.messages import Pong
 from edgeplane.shared.topics import TopicRoot
 from tests.support.agent_procs import start_agent, wait_online
 from tests.support.command_key import PUBLIC_KEY
@@ -112,6 +122,39 @@ def test_the_lock_held_by_this_identity_is_reported_and_by_another_fails() -> No
     other = judge_lock(LockFinding(True, 43, "dev-lab-other"), "dev-lab-doc")
     assert other.state == "fail"
     assert "pid 43, environment dev-lab-other" in other.reason
+
+
+def test_resource_thresholds_warn_at_90_and_fail_at_98_percent() -> None:
+    assert judge_percent("disk", "disk", 89.9).state == "pass"
+    assert judge_percent("disk", "disk", 90.0).state == "warn"
+    assert judge_percent("disk", "disk", 98.0).state == "fail"
+    assert judge_percent("cpu", "cpu", 100.0, can_fail=False).state == "warn"
+    assert judge_percent("memory", "memory", None).reason == "memory could not be measured"
+
+
+def test_the_outbox_is_read_without_the_agent_s_help(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path, "dev-lab-doc", clock=ManualClock(1000.0))
+    outbox.emit(Pong, cmd="c-1")
+    outbox.emit(Pong, cmd="c-2")
+    found = outbox_finding(tmp_path)  # while the agent keeps it open
+    outbox.close()
+    assert (found.rows, found.oldest) == (2, 1000.0)
+    assert found.size > 0
+    check = judge_outbox(found, now=1060.0)
+    assert check.reason.startswith("the outbox opens: 2 event(s) waiting, the oldest 60 s old")
+
+
+def test_the_text_report_names_the_likely_cause(
+    tmp_path: Path, root: TopicRoot, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = f"mqtt://127.0.0.1:{free_port()}"
+    code = main(["doctor", *base_args(tmp_path, broker, root, "dev-lab-doc")])
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert lines[0].startswith("PASS  1. process/state-dir: ")
+    assert any(line.startswith("FAIL  2. network/tcp: cannot connect to ") for line in lines)
+    assert lines[-2].startswith("likely cause: network/tcp: cannot connect to 127.0.0.1:")
+    assert lines[-1].startswith("hint: is the broker running")
 
 
 def test_a_second_agent_on_a_locked_state_dir_is_refused(tmp_path: Path) -> None:
