@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Final, NamedTuple
 
@@ -21,6 +22,8 @@ __all__ = ["LOCK_FILE", "AgentLock", "LockHolder", "hold_agent_lock", "lock_hold
 
 LOCK_FILE: Final = "agent.lock"
 MAX_LOCK_TEXT: Final = 4096
+TRIES: Final = 3
+RETRY_GAP: Final = 0.05  # seconds
 
 
 class LockHolder(NamedTuple):
@@ -52,7 +55,7 @@ def hold_agent_lock(state_dir: Path, env: str) -> AgentLock:
     except OSError as exc:
         raise StateDirError(f"cannot open {str(path)!r}: {exc.strerror}") from exc
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _take(fd)
     except OSError as exc:
         holder = _read(fd)
         os.close(fd)
@@ -63,6 +66,18 @@ def hold_agent_lock(state_dir: Path, env: str) -> AgentLock:
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "env": env}).encode("utf-8"), 0)
     return AgentLock(fd, path)
+
+
+def _take(fd: int) -> None:
+    """The exclusive lock, tried a few times: a doctor looking holds it for an instant."""
+    for attempt in range(TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except OSError:
+            if attempt == TRIES - 1:
+                raise
+            time.sleep(RETRY_GAP)
 
 
 def lock_holder(state_dir: Path) -> LockHolder | None:

@@ -106,6 +106,10 @@ def judge_lock(found: LockFinding, env: str) -> CheckResult:
             "process", "agent", "pass", f"no agent runs on this state directory now ({env})"
         )
     pid = found.pid or "?"
+    if not found.env:  # an agent starting this instant has not written itself down yet
+        return result(
+            "process", "agent", "warn", f"the state directory is locked by pid {pid}, unnamed"
+        )
     if found.env == env:
         return result(
             "process", "agent", "pass", f"the agent of {env} runs now (pid {pid})", pid=pid
