@@ -1,8 +1,11 @@
-"""``edge-agent``: the runtime agent (``run``) and the fleet simulator (``simulate``).
+"""``edge-agent``: the runtime agent (``run``), its checks (``doctor``) and the fleet
+simulator (``simulate``).
 
 Exit status: 0 after a clean stop (or a retirement), 2 for a bad flag, setting, config file,
 secrets file or state directory (one line on stderr naming it), 1 for any other refusal,
-such as a state directory whose environment was retired.
+such as a state directory whose environment was retired. ``edge-agent doctor``: 0 when no
+check failed, 1 when one did, 2 for a bad flag or setting (its own module:
+:mod:`edge_agent.doctor`, never loaded by ``run``).
 """
 
 from __future__ import annotations
