@@ -60,6 +60,8 @@ class Publisher:
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
         # Told every batch of effects carried out (the rollouts follow their deployments).
         self.watchers: list[Callable[[Effects], None]] = []
+        # Told every alert edge published (the webhook); each must return at once.
+        self.alert_watchers: list[Callable[[AlertEdge], None]] = []
 
     async def carry_out(self, judgement: Judgement | None, effects: Effects | None) -> int:
         """Store, then (once committed) publish; returns the store number to wait for."""
@@ -106,6 +108,8 @@ class Publisher:
             await self._outbox.put((number, self._view(view)))
         for edge in judgement.alerts:
             await self._outbox.put((number, self._alert(edge)))
+            for watcher in self.alert_watchers:
+                watcher(edge)
 
     def _view(self, view: EnvView) -> Outgoing:
         return Outgoing(self._root.view(view.env), encode(view), True)
