@@ -36,6 +36,7 @@ from edgeplane.controller.tasks import cancel_and_wait
 from edgeplane.shared import __version__
 
 __all__ = [
+    "DRAIN_TIMEOUT",
     "QUEUE_SIZE",
     "USER_AGENT",
     "Notifier",
@@ -45,6 +46,7 @@ __all__ = [
 QUEUE_SIZE: Final = 1000
 USER_AGENT: Final = f"edgeplane-controller/{__version__}"
 ANSWER_LIMIT: Final = 8192  # bytes of a status line we read at most
+DRAIN_TIMEOUT: Final = 2.0  # seconds a clean stop gives what is queued
 
 log: Final = structlog.get_logger("controller")
 _json: Final = msgspec.json.Encoder()
@@ -80,6 +82,8 @@ class Notifier:
         self._policy = policy or RetryPolicy()
         self._queue: NoticeQueue[_Queued] = NoticeQueue(queue_size)
         self._more = asyncio.Event()
+        self._idle = asyncio.Event()  # nothing queued, nothing being tried
+        self._idle.set()
         self._worker: asyncio.Task[None] | None = None
         self._sent = 0
         self._failed = 0
@@ -100,6 +104,10 @@ class Notifier:
         tb: TracebackType | None,
     ) -> None:
         if self._worker is not None:
+            # A clean stop: what is queued gets a short while to go out, no more.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await self._idle.wait()
             await cancel_and_wait(self._worker)
         counts = self.counts
         log.info(
@@ -128,12 +136,14 @@ class Notifier:
                 type=dropped.what,
                 dropped=self._queue.dropped,
             )
+        self._idle.clear()
         self._more.set()
 
     async def _work(self) -> None:
         while True:
             queued = self._queue.take()
             if queued is None:
+                self._idle.set()
                 self._more.clear()
                 await self._more.wait()
                 continue
