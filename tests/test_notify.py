@@ -59,7 +59,12 @@ def test_retry_delays_double_up_to_the_cap_jittered() -> None:
 def test_alert_notice_body() -> None:
     edge = AlertEdge("dev-a", "flapping", "raised", 12.5, "x" * 300)
     notice = alert_notice(edge)
-    assert (notice.kind, notice.state, notice.env, notice.ts) == ("flapping", "raised", "dev-a", 12.5)
+    assert (notice.kind, notice.state, notice.env, notice.ts) == (
+        "flapping",
+        "raised",
+        "dev-a",
+        12.5,
+    )
     assert len(notice.detail) == 256
 
 
@@ -88,7 +93,8 @@ async def test_a_notice_is_posted_as_json_with_basic_auth_and_user_agent() -> No
         async with Notifier(hook.url(login="ops:s3cret"), policy=FAST) as notifier:
             notifier.notify(alert_notice(edge))
             [got] = await hook.wait_received()
-            await _until(lambda: notifier.counts.sent == 1)
+            await asyncio.wait_for(notifier.settled(), 10)
+        assert notifier.counts.sent == 1
     assert got.path == "/hook"
     assert got.body == {"type": "alert", "kind": "identity-conflict", "state": "raised",
                         "env": "dev-a", "ts": 100.0, "detail": "two boots"}  # fmt: skip
@@ -102,7 +108,7 @@ async def test_500_then_200_is_delivered_after_a_retry() -> None:
         async with Notifier(hook.url(), policy=FAST) as notifier:
             notifier.notify({"type": "incident", "id": "i-1"})  # any body goes
             [got] = await hook.wait_received()
-            await _until(lambda: notifier.counts.sent == 1)
+            await asyncio.wait_for(notifier.settled(), 10)
         assert got.body == {"type": "incident", "id": "i-1"}
         assert hook.tries == 3
         assert (notifier.counts.sent, notifier.counts.failed) == (1, 0)
@@ -113,10 +119,12 @@ async def test_a_4xx_is_given_up_at_once_counted_and_logged() -> None:
         async with Notifier(hook.url(login="u:pw-secret"), policy=FAST) as notifier:
             notifier.notify({"type": "alert"})
             await hook.wait_tries(1)
-            await _until(lambda: notifier.counts.failed == 1)
+            await asyncio.wait_for(notifier.settled(), 10)
         assert hook.tries == 1
+        assert notifier.counts.failed == 1
     [line] = [e for e in logs if e["event"] == "webhook notice given up"]
-    assert line["status"] == 404 and line["tries"] == 1
+    assert line["status"] == 404
+    assert line["tries"] == 1
     assert "pw-secret" not in repr(logs)
 
 
@@ -126,10 +134,12 @@ async def test_a_dead_endpoint_is_given_up_after_bounded_tries_never_raising() -
         async with Notifier(f"http://user:topsecret@127.0.0.1:{port}/h", policy=FAST) as notifier:
             for n in range(3):
                 notifier.notify({"type": "alert", "n": n})
-            await _until(lambda: notifier.counts.failed == 3)
+            await asyncio.wait_for(notifier.settled(), 10)
         assert notifier.counts.sent == 0
+        assert notifier.counts.failed == 3
     given_up = [e for e in logs if e["event"] == "webhook notice given up"]
-    assert len(given_up) == 3 and all(e["tries"] == 3 for e in given_up)
+    assert len(given_up) == 3
+    assert all(e["tries"] == 3 for e in given_up)
     assert given_up[0]["url"] == f"http://127.0.0.1:{port}/h"
     assert "topsecret" not in repr(logs)
 
@@ -155,14 +165,9 @@ async def test_a_server_slower_than_the_timeout_is_a_failed_try() -> None:
         policy = RetryPolicy(max_tries=1)
         async with Notifier(hook.url(), timeout=0.2, policy=policy) as notifier:
             notifier.notify({"type": "alert"})
-            await _until(lambda: notifier.counts.failed == 1)
-
-
-async def _until(done: object, timeout: float = 10.0) -> None:
-    assert callable(done)
-    async with asyncio.timeout(timeout):
-        while not done():
-            await asyncio.sleep(0.01)
+            await asyncio.wait_for(notifier.settled(), 10)
+        assert notifier.counts.failed == 1
+        assert hook.tries == 1
 
 
 def _free_port() -> int:

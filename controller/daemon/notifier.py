@@ -88,6 +88,10 @@ class Notifier:
         self._sent = 0
         self._failed = 0
 
+    async def settled(self) -> None:
+        """Wait until nothing is queued or being tried (each notice sent or given up)."""
+        await self._idle.wait()
+
     @property
     def counts(self) -> NotifyCounts:
         return NotifyCounts(self._sent, self._failed, self._queue.dropped)
@@ -107,7 +111,7 @@ class Notifier:
             # A clean stop: what is queued gets a short while to go out, no more.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(DRAIN_TIMEOUT):
-                    await self._idle.wait()
+                    await self.settled()
             await cancel_and_wait(self._worker)
         counts = self.counts
         log.info(

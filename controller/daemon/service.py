@@ -31,7 +31,7 @@ import structlog
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
-from edgeplane.controller.core.notices import alert_notice
+from edgeplane.controller.core.notices import RetryPolicy, alert_notice
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations, new_id
 from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.core.records import Writes
@@ -132,7 +132,8 @@ class PresenceService:
         url = self.settings.notify_url
         if url is None:
             return contextlib.nullcontext(None)
-        notifier = Notifier(url, timeout=self.settings.notify_timeout)
+        policy = RetryPolicy(max_tries=self.settings.notify_tries)
+        notifier = Notifier(url, timeout=self.settings.notify_timeout, policy=policy)
         parts.publisher.alert_watchers.append(lambda edge: notifier.notify(alert_notice(edge)))
         parts.beacon.notify_counts = lambda: astuple(notifier.counts)
         return notifier

@@ -129,6 +129,13 @@ CONTROLLER_SETTINGS: Final = (
     ),
     Setting("notify_timeout", common.positive_float, 5.0, "seconds one webhook POST may take"),
     Setting(
+        "notify_tries",
+        common.positive_int,
+        6,
+        "webhook: tries of one notice (connection errors, 5xx and 429 are tried again with "
+        "backoff, for 5 minutes at most) before it is given up",
+    ),
+    Setting(
         "retention",
         retention_age,
         30 * 86_400.0,
@@ -173,6 +180,7 @@ class ControllerSettings:
     command_key_file: Path | None = None
     notify_url: str | None = None
     notify_timeout: float = 5.0
+    notify_tries: int = 6
     retention: float | None = 30 * 86_400.0
     retention_per_env: int | None = 10_000
     retention_every: float = 300.0

@@ -74,7 +74,7 @@ def webhook(answers: list[int] | None = None, delay: float = 0.0) -> Iterator[Ho
     hook = Hook(answers=list(answers or []), delay=delay)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             raw = self.rfile.read(length)
             status = hook.answer()
@@ -86,7 +86,7 @@ def webhook(answers: list[int] | None = None, delay: float = 0.0) -> Iterator[Ho
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
