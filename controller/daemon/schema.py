@@ -226,8 +226,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # retention (part "notify"): the history tables found by time, for pruning by age
     """
-    CREATE INDEX oplog_by_time ON oplog (at);
-    CREATE INDEX alerts_by_time ON alerts (at);
+    CREATE INDEX IF NOT EXISTS oplog_by_time ON oplog (at);
+    CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (at);
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
