@@ -30,6 +30,7 @@ __all__ = ["CONTROLLER_SETTINGS", "ControllerSettings", "default_db_path", "load
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 DEFAULT_TOPIC_ROOT: Final = TopicRoot()
 COMMAND_KEY_FILE: Final = "command-key"
+DEFAULT_RETENTION: Final = "30d"  # as --help shows it; converted in load_settings
 
 
 def default_db_path() -> Path:
@@ -138,7 +139,7 @@ CONTROLLER_SETTINGS: Final = (
     Setting(
         "retention",
         retention_age,
-        30 * 86_400.0,
+        DEFAULT_RETENTION,
         "prune events, transitions and alerts older than this (30d, 12h, 90m, seconds; "
         "0 or off: keep them for ever)",
     ),
@@ -210,6 +211,8 @@ def load_settings(
     given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
     config_file = given.get("config") or environ.get("EDGEPLANE_CONFIG") or None
     values = attach(common.resolve(CONTROLLER_SETTINGS, given, environ, config_file))
+    if values["retention"] == DEFAULT_RETENTION:
+        values["retention"] = retention_age(DEFAULT_RETENTION)
     settings = ControllerSettings(**values)
     if settings.flap_low >= settings.flap_high:
         raise SettingsError(
