@@ -24,7 +24,7 @@ __all__ = [
     "DETAIL_LIMIT",
     "NoticeQueue",
     "RetryPolicy",
-    "Verdict",
+    "TryVerdict",
     "alert_notice",
     "check_notify_url",
     "public_url",
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 DETAIL_LIMIT: Final = 256
-Verdict = Literal["sent", "retry", "give-up"]
+TryVerdict = Literal["sent", "retry", "give-up"]
 T = TypeVar("T")
 
 
@@ -84,7 +84,7 @@ class RetryPolicy:
     def backoff(self, rng: random.Random | None = None) -> Backoff:
         return Backoff(self.initial, self.cap, rng=rng)
 
-    def verdict(self, status: int | None, tries: int, age: float, delay: float) -> Verdict:
+    def verdict(self, status: int | None, tries: int, age: float, delay: float) -> TryVerdict:
         """After try number ``tries`` answered ``status`` (None: no answer at all, a
         connection error or time-out), ``age`` seconds after the notice was queued, with
         the next try ``delay`` seconds away."""
