@@ -31,7 +31,7 @@ import structlog
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
-from edgeplane.controller.core.notices import RetryPolicy, alert_notice
+from edgeplane.controller.core.notices import RetryPolicy
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations, new_id
 from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.core.records import Writes
@@ -134,7 +134,7 @@ class PresenceService:
             return contextlib.nullcontext(None)
         policy = RetryPolicy(max_tries=self.settings.notify_tries)
         notifier = Notifier(url, timeout=self.settings.notify_timeout, policy=policy)
-        parts.publisher.alert_watchers.append(lambda edge: notifier.notify(alert_notice(edge)))
+        parts.publisher.notify = notifier.notify
         parts.beacon.notify_counts = lambda: astuple(notifier.counts)
         return notifier
 
