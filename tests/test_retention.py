@@ -198,3 +198,17 @@ async def test_pruning_goes_in_bounded_batches_between_the_writers_commits(
     assert oplog(db, "e1") == [("agent", 10**6, "")]
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM envs").fetchone()[0] == 5
+
+
+def test_the_settings_file_takes_the_webhook_and_retention(tmp_path: Path) -> None:
+    config = tmp_path / "controller.toml"
+    config.write_text(
+        'notify_url = "https://hooks.example.com/edgeplane"\nnotify_tries = 3\n'
+        'retention = "7d"\nretention_per_env = 0\n'
+    )
+    settings = load_settings({"config": str(config)}, environ={})
+    assert settings.notify_url == "https://hooks.example.com/edgeplane"
+    assert settings.notify_tries == 3
+    assert (settings.retention, settings.retention_per_env) == (7 * DAY, None)
+    config.write_text("retention = 3600\n")  # a TOML number: seconds
+    assert load_settings({"config": str(config)}, environ={}).retention == 3600
