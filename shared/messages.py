@@ -169,6 +169,11 @@ class ControllerStatus(msgspec.Struct, frozen=True):
     host: ShortText = ""
     at: UnixTime | None = None
     reason: ShortText = ""
+    # The webhook (--notify-url) since start: notices sent, given up (out of tries or
+    # refused), and dropped from its full queue before a try. Zeros without a webhook.
+    notify_sent: Count = 0
+    notify_failed: Count = 0
+    notify_dropped: Count = 0
 
 
 # --- R/view/{env} ---------------------------------------------------------------------------

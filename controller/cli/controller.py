@@ -29,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="judge who is online and publish the views",
         description="Run the controller: judge presence, publish R/view/{env} and alerts.",
     )
-    common.add_flags(run, CONTROLLER_SETTINGS)
+    metavars = {"notify_url": "URL", "retention": "DURATION", "retention_per_env": "COUNT"}
+    common.add_flags(run, CONTROLLER_SETTINGS, metavars=metavars)
     run.add_argument(
         "--config", metavar="FILE", default=None, help="TOML file of settings; env EDGEPLANE_CONFIG"
     )

@@ -71,6 +71,8 @@ class StatusBeacon:
         self._shown = (-1, -1)  # the counts last published
         self.gave_way_to: ControllerStatus | None = None  # the controller that stays
         self.on_give_way: Callable[[], None] = lambda: None
+        # The webhook's (sent, failed, dropped) counters; zeros without one.
+        self.notify_counts: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
 
     def settle(self, dead_birth: bytes | None) -> None:
         """The retained birth of a controller found dead before we started: it means
@@ -154,6 +156,7 @@ class StatusBeacon:
             self._overwritten.set()
 
     def status(self, state: Literal["online", "offline"], reason: str = "") -> ControllerStatus:
+        sent, failed, dropped = self.notify_counts()
         return ControllerStatus(
             status=state,
             boot=self.boot,
@@ -171,6 +174,9 @@ class StatusBeacon:
             host=self.host,
             at=self._clock.time(),
             reason=reason,
+            notify_sent=sent,
+            notify_failed=failed,
+            notify_dropped=dropped,
         )
 
     def identity(self) -> ControllerStatus:
@@ -182,12 +188,16 @@ class StatusBeacon:
         return Outgoing(self._topic, encode(self.status("online")), True)
 
     def counters(self) -> dict[str, object]:
+        sent, failed, dropped = self.notify_counts()
         return {
             "envs": len(self._core),
             "online": self._core.online_count(),
             "stale": self._core.stale,
             "dropped": self._bad.counts,
             "duplicates": self._ops.seen.duplicates,
+            "notify_sent": sent,
+            "notify_failed": failed,
+            "notify_dropped": dropped,
         }
 
     def _counts(self) -> tuple[int, int]:

@@ -15,9 +15,11 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Final
 
+import msgspec
 import structlog
 
 from edgeplane.controller.core.alerts import AlertEdge
+from edgeplane.controller.core.notices import alert_notice
 from edgeplane.controller.core.operations import Effects, Operations, Outgoing
 from edgeplane.controller.core.presence import Judgement, Transition
 from edgeplane.controller.daemon.command_keys import CommandKeys
@@ -60,6 +62,9 @@ class Publisher:
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
         # Told every batch of effects carried out (the rollouts follow their deployments).
         self.watchers: list[Callable[[Effects], None]] = []
+        # The webhook (daemon/notifier.py): given a notice for every alert edge published;
+        # returns at once, never raises. Nothing without --notify-url.
+        self.notify: Callable[[msgspec.Struct], None] = _no_webhook
 
     async def carry_out(self, judgement: Judgement | None, effects: Effects | None) -> int:
         """Store, then (once committed) publish; returns the store number to wait for."""
@@ -106,6 +111,7 @@ class Publisher:
             await self._outbox.put((number, self._view(view)))
         for edge in judgement.alerts:
             await self._outbox.put((number, self._alert(edge)))
+            self.notify(alert_notice(edge))
 
     def _view(self, view: EnvView) -> Outgoing:
         return Outgoing(self._root.view(view.env), encode(view), True)
@@ -154,6 +160,10 @@ class Publisher:
     def _take_unsent(self) -> Iterator[Outgoing]:
         unsent, self._unsent = self._unsent, []
         return iter(unsent)
+
+
+def _no_webhook(notice: msgspec.Struct) -> None:
+    pass
 
 
 def _log_judgement(judgement: Judgement) -> None:

@@ -224,6 +224,11 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE deployments ADD COLUMN up INTEGER NOT NULL DEFAULT 0;
     UPDATE deployments SET up = 1 WHERE kind = 'service' AND state = 'running';
     """,
+    # retention (part "notify"): the history tables found by time, for pruning by age
+    """
+    CREATE INDEX IF NOT EXISTS oplog_by_time ON oplog (at);
+    CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (at);
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

@@ -20,7 +20,9 @@ through the one reconnect loop (:class:`controller.reconnect.Reconnect`, capped 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+from dataclasses import astuple
 from pathlib import Path
 from typing import Final
 
@@ -29,9 +31,11 @@ import structlog
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
+from edgeplane.controller.core.notices import RetryPolicy
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations, new_id
 from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.core.records import Writes
+from edgeplane.controller.core.retention import Retention
 from edgeplane.controller.core.rotation import Rotations
 from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.beacon import StatusBeacon
@@ -40,9 +44,11 @@ from edgeplane.controller.daemon.command_keys import CommandKeys, KeyRotator, op
 from edgeplane.controller.daemon.identities import Identities
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.links import DaemonParts, EventLink, PresenceLink
+from edgeplane.controller.daemon.notifier import Notifier
 from edgeplane.controller.daemon.publisher import Publisher
 from edgeplane.controller.daemon.request_desk import RequestDesk
 from edgeplane.controller.daemon.requests import RequestHandler
+from edgeplane.controller.daemon.retention import Pruner
 from edgeplane.controller.daemon.rivals import find_rival, last_boot, remember_boot, rival_text
 from edgeplane.controller.daemon.rollout_desk import RolloutDesk
 from edgeplane.controller.daemon.rotation import CredentialRotator
@@ -52,6 +58,7 @@ from edgeplane.controller.daemon.store import Store, open_store
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.controller.errors import AnotherController
 from edgeplane.controller.reconnect import Reconnect, Retry
+from edgeplane.controller.tasks import cancel_and_wait
 from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.command_signature import CommandSigner
 from edgeplane.shared.messages import Credentials
@@ -109,13 +116,32 @@ class PresenceService:
                 f"command_key = {signer.public_key_b64!r} in its settings file "
                 f"(or --command-key {signer.public_key_b64})",
             )
-            async with asyncio.TaskGroup() as tasks:
+            async with self._notifier(parts), asyncio.TaskGroup() as tasks:
+                pruner = self._pruner(store)
                 tasks.create_task(_keep_events(EventLink(parts), stop), name="events")
+                retention = tasks.create_task(pruner.run(), name="retention")
                 await _keep_presence(PresenceLink(parts), stop)
+                await cancel_and_wait(retention)
             await store.flush()
         log.info("controller stopped", **parts.beacon.counters())
         if parts.beacon.gave_way_to is not None:
             raise AnotherController(rival_text(settings, parts.beacon.gave_way_to, "started first"))
+
+    def _notifier(self, parts: DaemonParts) -> contextlib.AbstractAsyncContextManager[object]:
+        """The webhook, fed every alert edge published; nothing without ``--notify-url``."""
+        url = self.settings.notify_url
+        if url is None:
+            return contextlib.nullcontext(None)
+        policy = RetryPolicy(max_tries=self.settings.notify_tries)
+        notifier = Notifier(url, timeout=self.settings.notify_timeout, policy=policy)
+        parts.publisher.notify = notifier.notify
+        parts.beacon.notify_counts = lambda: astuple(notifier.counts)
+        return notifier
+
+    def _pruner(self, store: Store) -> Pruner:
+        settings = self.settings
+        retention = Retention(settings.retention, settings.retention_per_env, settings.flap_window)
+        return Pruner(store, retention, self._clock, every=settings.retention_every)
 
     async def _command_keys(self, store: Store) -> CommandKeys:
         """The command keys as the key files and the stored rotation left them."""

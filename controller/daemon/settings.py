@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from edgeplane.controller.core.notices import check_notify_url
+from edgeplane.controller.core.retention import parse_age
 from edgeplane.shared import settings as common
 from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
 from edgeplane.shared.codec import DEFAULT_MAX_PAYLOAD
@@ -28,6 +30,7 @@ __all__ = ["CONTROLLER_SETTINGS", "ControllerSettings", "default_db_path", "load
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 DEFAULT_TOPIC_ROOT: Final = TopicRoot()
 COMMAND_KEY_FILE: Final = "command-key"
+DEFAULT_RETENTION: Final = "30d"  # as --help shows it; converted in load_settings
 
 
 def default_db_path() -> Path:
@@ -54,6 +57,22 @@ def payload_limit(value: Any) -> int:
     if number > 256 * 1024 * 1024:
         raise ValueError(f"expected at most 268435456 bytes (the MQTT limit), got {value!r}")
     return number
+
+
+def notify_url(value: Any) -> str:
+    return check_notify_url(common.text(value))
+
+
+def retention_age(value: Any) -> float | None:
+    """A duration (``30d``, ``12h``, ``90m``, ``45s``, or seconds); ``0`` or ``off``: none."""
+    return parse_age(value if isinstance(value, str) else str(value))
+
+
+def retention_count(value: Any) -> int | None:
+    """A whole number >= 0, or ``off``; ``0`` or ``off``: no limit."""
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return None
+    return whole_number(value) or None
 
 
 Setting = common.Setting
@@ -102,6 +121,41 @@ CONTROLLER_SETTINGS: Final = (
         "the Ed25519 key that signs every command, made (mode 0600) if missing (default: "
         "command-key beside the database; in memory for a :memory: database)",
     ),
+    Setting(
+        "notify_url",
+        notify_url,
+        None,
+        "webhook: POST a JSON body for every alert edge to this http:// or https:// URL "
+        "(user:password in it is sent as basic authentication, never logged)",
+    ),
+    Setting("notify_timeout", common.positive_float, 5.0, "seconds one webhook POST may take"),
+    Setting(
+        "notify_tries",
+        common.positive_int,
+        6,
+        "webhook: tries of one notice (connection errors, 5xx and 429 are tried again with "
+        "backoff, for 5 minutes at most) before it is given up",
+    ),
+    Setting(
+        "retention",
+        retention_age,
+        DEFAULT_RETENTION,
+        "prune events, transitions and alerts older than this (30d, 12h, 90m, seconds; "
+        "0 or off: keep them for ever)",
+    ),
+    Setting(
+        "retention_per_env",
+        retention_count,
+        10_000,
+        "keep at most this many of each environment's events, transitions and alerts, the "
+        "newest (0 or off: no limit)",
+    ),
+    Setting(
+        "retention_every",
+        common.positive_float,
+        300.0,
+        "seconds between two rounds of pruning",
+    ),
     Setting("log_format", common.choice("auto", "console", "json"), "auto", "log format"),
     Setting("log_level", common.choice(*LOG_LEVELS), "info", "log level"),
     *IDENTITY_SETTINGS,
@@ -125,6 +179,12 @@ class ControllerSettings:
     lockout_grace: float = 35.0
     rotate_after: float | None = None
     command_key_file: Path | None = None
+    notify_url: str | None = None
+    notify_timeout: float = 5.0
+    notify_tries: int = 6
+    retention: float | None = 30 * 86_400.0
+    retention_per_env: int | None = 10_000
+    retention_every: float = 300.0
     log_format: LogFormat = "auto"
     log_level: str = "info"
 
@@ -151,6 +211,8 @@ def load_settings(
     given = vars(flags) if isinstance(flags, argparse.Namespace) else dict(flags)
     config_file = given.get("config") or environ.get("EDGEPLANE_CONFIG") or None
     values = attach(common.resolve(CONTROLLER_SETTINGS, given, environ, config_file))
+    if values["retention"] == DEFAULT_RETENTION:
+        values["retention"] = retention_age(DEFAULT_RETENTION)
     settings = ControllerSettings(**values)
     if settings.flap_low >= settings.flap_high:
         raise SettingsError(

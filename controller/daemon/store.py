@@ -24,7 +24,8 @@ import asyncio
 import contextlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,6 +47,15 @@ from edgeplane.shared.rpc import LoggedEvent
 __all__ = ["Store", "open_store"]
 
 _CLOSE: Final = object()  # the writer's stop signal, queued after everything else
+
+
+@dataclass(frozen=True, slots=True)
+class _Delete:
+    """One bounded DELETE, run by the writer in a transaction of its own."""
+
+    sql: str
+    params: Mapping[str, Any]
+    done: asyncio.Future[int]
 
 
 class Store:
@@ -118,12 +128,37 @@ class Store:
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             items = [item for item in batch if isinstance(item, Judgement | Writes)]
-            closing = len(items) != len(batch)
+            closing = any(item is _CLOSE for item in batch)
             if items:
                 await self._write(items)
             async with self._progress:
                 self._committed += len(items)
                 self._progress.notify_all()
+            for delete in (item for item in batch if isinstance(item, _Delete)):
+                await self._delete(delete, closing)
+
+    async def delete_batch(self, sql: str, params: Mapping[str, Any]) -> int:
+        """Run ``sql`` (a DELETE bounded by its own LIMIT) between two of the writer's
+        batches, in a transaction of its own, so it never mixes with them; returns the
+        rows deleted (0 once the store is closing)."""
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Delete(sql, params, done))
+        self._urgent.set()  # no lingering: the DELETE is short and someone waits for it
+        return await done
+
+    async def _delete(self, delete: _Delete, closing: bool) -> None:
+        if delete.done.done():
+            return  # its caller is gone
+        if closing:
+            delete.done.set_result(0)
+            return
+        try:
+            cursor = await self._db.execute(delete.sql, delete.params)
+            await self._db.commit()
+        except sqlite3.Error as exc:
+            delete.done.set_exception(StoreError(f"cannot prune {self.path}: {exc}"))
+            return
+        delete.done.set_result(max(cursor.rowcount, 0))
 
     async def _write(self, items: Sequence[Judgement | Writes]) -> None:
         try:
@@ -379,6 +414,14 @@ class Store:
         """The highest sequence number stored for the event stream ``src`` (0: none)."""
         found = await self._query("SELECT MAX(seq) FROM oplog WHERE src = ?", (src,))
         return int(found[0][0] or 0) if found else 0
+
+    async def counts_by_env(self, table: str, above: int) -> dict[str, int]:
+        """The rows of each environment in the history ``table``, for those with more
+        than ``above``."""
+        found = await self._query(
+            f"SELECT env, COUNT(*) FROM {table} GROUP BY env HAVING COUNT(*) > ?", (above,)
+        )
+        return {str(row[0]): int(row[1]) for row in found}
 
     async def _query(self, query: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         try:
