@@ -179,3 +179,28 @@ async def test_unknown_and_retired_environments_get_one_line(
         assert answer.stderr.strip().endswith(
             "environment 'edge-old' is retired: nothing to diagnose"
         )
+
+
+@pytest.mark.slow
+async def test_an_agent_that_does_not_answer_fails_the_round_trip_and_blocks_no_one(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        agent = await system.online("edge-mute", interval=20.0)
+        agent.proc.freeze()  # connected and online for the controller, but silent
+        try:
+            diagnosis = asyncio.create_task(
+                system.cli("env", "diagnose", "edge-mute", "--timeout", "4")
+            )
+            listed = await system.cli("env", "list")  # answered while the ping waits
+            assert listed.code == 0, str(listed)
+            assert not diagnosis.done()
+            result = await diagnosis
+        finally:
+            agent.proc.thaw()
+        assert result.code == 1, str(result)
+        assert "FAIL  2. network/round-trip: no answer to the ping within 4 s" in result.stdout
+        assert "SKIP  3. credentials/command-key: skipped: network/round-trip failed" in (
+            result.stdout
+        )
+        assert "likely cause: network/round-trip" in result.stdout

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # The agent refused a command for one of these reasons: it does not trust our key.
-UNAUTHENTICATED: Final = ("bad-signature", "untrusted-key", "unknown-key", "unsigned",
+UNAUTHENTICATED: Final = ("bad-signature", "unknown-key", "unsigned",
                           "no-command-key")  # fmt: skip
 
 

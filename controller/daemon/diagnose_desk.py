@@ -161,6 +161,10 @@ class Diagnoser:
         )
         return diagnose(facts)
 
+    def forget(self, env: str) -> None:
+        """``env`` is forgotten: its figures go too."""
+        self._metrics.forget(env)
+
     def _link_missed(self, env: str) -> int | None:
         """The link-quality figure: heartbeats missed in the last intervals. (The one spot
         to read the hour-long missed share and reconnects per hour from, once they exist.)"""

@@ -173,6 +173,8 @@ class RequestHandler:
                 forgotten = ops.forget(request)
                 if self._views is not None:
                     self._views.forget(env)
+                if self._diagnoser is not None:
+                    self._diagnoser.forget(env)
                 log.info("environment forgotten", env=env, registered=forgotten[0].registered)
                 return forgotten
             case EnvRotateCredentials(id=env, repin=repin):
