@@ -14,6 +14,7 @@ import pytest
 
 from edgeplane.controller.broker.mosquitto import MosquittoProcess
 from edgeplane.shared.topics import TopicRoot
+from tests.support.command_key import OTHER_SIGNER
 from tests.support.pids import pid_dir, pids
 from tests.support.procs import Proc
 from tests.support.system import System, open_system, wait_until, write_script
@@ -204,3 +205,21 @@ async def test_an_agent_that_does_not_answer_fails_the_round_trip_and_blocks_no_
             result.stdout
         )
         assert "likely cause: network/round-trip" in result.stdout
+
+
+@pytest.mark.slow
+async def test_an_agent_that_does_not_trust_the_command_key_is_named(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        other_key = OTHER_SIGNER.public_key_b64  # the agent trusts this one only
+        await system.online("edge-key", interval=20.0, extra=["--command-key", other_key])
+        result = await system.cli("env", "diagnose", "edge-key")
+        assert result.code == 1, str(result)
+        assert "PASS  2. network/round-trip: ping answered (refused)" in result.stdout
+        assert (
+            "FAIL  3. credentials/command-key: the agent refused the signed ping: unknown-key"
+            in (result.stdout)
+        )
+        assert "likely cause: credentials/command-key" in result.stdout
+        assert "hint: the agent does not trust this controller's command key" in result.stdout

@@ -187,8 +187,8 @@ class Diagnoser:
         answer = self._waiters.expect(info.id, ping.id)
         sent = self._clock.monotonic()
         try:
-            await self._publisher.send(self._ops.command(info.id, ping))
             async with asyncio.timeout(limit):
+                await self._publisher.send(self._ops.command(info.id, ping))
                 got = await answer
         except TimeoutError:
             log.info("diagnosis ping unanswered", env=info.id, cmd=ping.id, limit=limit)
