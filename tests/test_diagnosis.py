@@ -252,3 +252,13 @@ def test_an_old_reader_decodes_a_new_pong_and_a_new_reader_an_old_one() -> None:
     assert isinstance(from_old_agent, Pong)
     assert from_old_agent.processes == []
     assert from_old_agent.executor is False
+
+
+def test_an_agent_without_a_record_is_not_pinged_and_the_record_is_the_hint() -> None:
+    why = "the environment has no record: the controller sends it no commands"
+    report = diagnose(facts(info=info(registered=False), ping=PingOutcome("not-sent", detail=why)))
+    trip = check(report, "network", "round-trip")
+    assert trip.state == "fail"
+    assert trip.reason == f"no ping sent: {why}"
+    assert report.cause == "network/round-trip"
+    assert report.hint.startswith(f"create its record: edgeplane env create {ENV}")

@@ -220,8 +220,12 @@ def _round_trip(facts: DiagnosisFacts) -> CheckResult:
     ping, limit = facts.ping, facts.limit
     ms = ping.round_trip * 1000
     if ping.answer == "not-sent":
+        env = facts.info.id
+        hint = "" if facts.info.registered else (
+            f"create its record: edgeplane env create {env} --stage S --location L --purpose P"
+        )  # fmt: skip
         return _result("network", "round-trip", "fail", f"no ping sent: {ping.detail}",
-                       limit=limit)  # fmt: skip
+                       hint=hint, limit=limit)  # fmt: skip
     if ping.answer == "none":
         return _result(
             "network", "round-trip", "fail",
