@@ -114,17 +114,14 @@ def diagnose(facts: DiagnosisFacts) -> Report:
     """Every check in order, a dependent one skipped after a failure; the likely cause."""
     checks: list[CheckResult] = []
     for area, name, needs, judge in _CHECKS:
-        failed = next((c for c in checks if f"{c.area}/{c.name}" in needs and c.state == "fail"),
-                      None)  # fmt: skip
-        skipped = next((c for c in checks if f"{c.area}/{c.name}" in needs and c.state == "skip"),
-                       None)  # fmt: skip
-        if failed is not None:
-            checks.append(skipped_after(failed, area, name, facts.limit))
-        elif skipped is not None:
-            checks.append(_result(area, name, "skip", f"skipped: {skipped.area}/{skipped.name} "
-                                  "was skipped", limit=facts.limit))  # fmt: skip
-        else:
+        blocker = _blocker(checks, needs)
+        if blocker is None:
             checks.append(judge(facts))
+        elif blocker.state == "fail":
+            checks.append(skipped_after(blocker, area, name, facts.limit))
+        else:
+            why = f"skipped: {blocker.area}/{blocker.name} was skipped"
+            checks.append(_result(area, name, "skip", why, limit=facts.limit))
     cause = likely_cause(checks)
     return Report(
         subject=facts.info.id,
@@ -133,6 +130,13 @@ def diagnose(facts: DiagnosisFacts) -> Report:
         cause="" if cause is None else f"{cause.area}/{cause.name}",
         hint="" if cause is None else cause.hint,
     )
+
+
+def _blocker(done: list[CheckResult], needs: tuple[str, ...]) -> CheckResult | None:
+    """The first check of ``needs`` that failed (else was skipped): what stops this one."""
+    needed = [check for check in done if f"{check.area}/{check.name}" in needs]
+    failed = [check for check in needed if check.state == "fail"]
+    return next(iter(failed or [c for c in needed if c.state == "skip"]), None)
 
 
 def _result(
