@@ -66,6 +66,7 @@ from edgeplane.shared.messages import (
     Retire,
     Trust,
     Update,
+    WorkflowProcess,
 )
 
 if TYPE_CHECKING:
@@ -117,6 +118,13 @@ class Execution(Protocol):
     def restart(self, workflow: str = "", cmd_id: str = "") -> None: ...
 
     def cancel(self, dep: str, workflow: str = "", cmd_id: str = "") -> None: ...
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the real executor is loaded (:meth:`processes` never loads it)."""
+        ...
+
+    def processes(self) -> list[WorkflowProcess]: ...
 
 
 class KeyStore(Protocol):
@@ -299,7 +307,7 @@ class CommandHandler:
         log.info("command", cmd=command.id, type=_type_of(command))
         match command:
             case Ping():
-                return [self._sink.emit(Pong, cmd=command.id)]
+                return [self._pong(command)]
             case Deploy():
                 return self._deploy(command)
             case Update():
@@ -314,6 +322,14 @@ class CommandHandler:
                 return [self._key_change(command)]
             case Cancel():
                 return self._cancel(command)
+
+    def _pong(self, command: Ping) -> Event:
+        """The answer to a ping, with the workflows running (none, and the executor left
+        unloaded, when it was never loaded)."""
+        executor = self.executor
+        if executor is None or not executor.loaded:
+            return self._sink.emit(Pong, cmd=command.id)
+        return self._sink.emit(Pong, cmd=command.id, processes=executor.processes(), executor=True)
 
     def _deploy(self, command: Deploy) -> list[Event]:
         if self.executor is None:

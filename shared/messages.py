@@ -58,6 +58,7 @@ __all__ = [
     "Trust",
     "Update",
     "ViewStatus",
+    "WorkflowProcess",
     "replace",
 ]
 
@@ -330,8 +331,25 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_d
     dep: ShortText = ""
 
 
+class WorkflowProcess(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One workflow the agent runs, as its ``pong`` reports it: ``kind`` ``job`` (the one
+    the worker runs now) or ``service`` (kept running); ``running``: its process is up now
+    (a service between two starts is not); ``restarts``: a service's restarts so far."""
+
+    workflow: ShortText
+    dep: ShortText = ""
+    kind: Literal["job", "service"] = "job"
+    running: bool = True
+    restarts: Count = 0
+
+
 class Pong(_Event, frozen=True, kw_only=True, tag="pong"):
-    """The answer to a ``ping``."""
+    """The answer to a ``ping``. ``processes``: the workflows the agent runs now (empty
+    when it never loaded its executor, or runs nothing; added later, so old agents send
+    none); ``executor``: whether its executor is loaded."""
+
+    processes: list[WorkflowProcess] = []
+    executor: bool = False
 
 
 class CommandRejected(_Event, frozen=True, kw_only=True, tag="rejected"):

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
+from edgeplane.shared.checkup import Report
 from edgeplane.shared.codec import MessageCodec
 from edgeplane.shared.messages import (
     ControllerStatus,
@@ -52,6 +53,7 @@ __all__ = [
     "DeploymentState",
     "EnvCreate",
     "EnvCreated",
+    "EnvDiagnose",
     "EnvForget",
     "EnvInfo",
     "EnvList",
@@ -379,6 +381,16 @@ class ControllerPing(_Request, frozen=True, kw_only=True, tag="controller-ping")
     one is alive (it answers) or died (nobody answers)."""
 
 
+class EnvDiagnose(_Request, frozen=True, kw_only=True, tag="env-diagnose"):
+    """Result: :class:`~edgeplane.shared.checkup.Report`, the checks of environment ``id``
+    in the documented troubleshooting order (process, network, credentials, resources,
+    compatibility). ``timeout``: the time limit of each check, seconds (the ping's answer
+    is waited for that long); the whole request takes at most a few times it."""
+
+    id: ShortText
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+
+
 class RolloutStart(_Request, frozen=True, kw_only=True, tag="rollout-start"):
     """Result: :class:`RolloutInfo` with its plan (every target, by wave). ``selector``
     matches environment records (stage, location, purpose, project, else a label); one
@@ -451,6 +463,7 @@ Request = (
     | OperatorRotateConfirm
     | CommandKeyRequest
     | ControllerPing
+    | EnvDiagnose
     | RolloutStart
     | RolloutList
     | RolloutShow
@@ -725,6 +738,7 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     OperatorRotateConfirm: OperatorInfo,
     CommandKeyRequest: CommandKeyInfo,
     ControllerPing: ControllerStatus,
+    EnvDiagnose: Report,
     RolloutStart: RolloutInfo,
     RolloutList: list[RolloutInfo],
     RolloutShow: RolloutInfo,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,7 @@ from edgeplane.shared.messages import (
     Pong,
     Retire,
     Update,
+    WorkflowProcess,
     replace,
 )
 from edgeplane.shared.workflow import Step, Workflow
@@ -50,6 +52,12 @@ class RecordingExecutor:
 
     def restart(self, workflow: str = "", cmd_id: str = "") -> None:
         self.restarts.append((workflow, cmd_id))
+
+    loaded = False
+    running: list[WorkflowProcess] = []  # what processes() says once loaded
+
+    def processes(self) -> list[WorkflowProcess]:
+        return self.running
 
 
 @pytest.fixture
@@ -277,6 +285,23 @@ def test_a_command_not_authentic_for_this_agent_is_refused_and_names_no_command(
     assert isinstance(pong, Pong), "the id of a refused command is not taken"
 
 
+def test_a_pong_says_what_runs_once_the_executor_is_loaded(
+    outbox: Outbox, clock: ManualClock
+) -> None:
+    executor = RecordingExecutor()
+    executor.running = [WorkflowProcess(workflow="wf", dep="d-1", kind="service", restarts=2)]
+    handler = handler_for(outbox, clock, executor=executor)
+    (pong,) = handler.handle(seal(Ping(id="c-1")))
+    assert isinstance(pong, Pong)
+    assert (pong.processes, pong.executor) == ([], False)  # never loaded: not asked
+    executor.loaded = True
+    (pong,) = handler.handle(seal(Ping(id="c-2")))
+    assert isinstance(pong, Pong)
+    assert pong.executor is True
+    assert pong.processes == executor.running
+    assert sent(outbox)[-1] == pong
+
+
 def test_an_agent_without_a_command_key_runs_nothing_and_says_how_to_enrol(
     outbox: Outbox, clock: ManualClock
 ) -> None:
@@ -308,3 +333,15 @@ def test_a_command_id_is_kept_until_its_command_expires(tmp_path: Path, clock: M
     assert isinstance(event, CommandRejected)
     assert event.reason.startswith("replayed")
     assert not outbox.seen("c-0"), "ids of expired commands beyond the newest 10 are forgotten"
+
+
+def test_asking_what_runs_does_not_load_the_executor() -> None:
+    from edgeplane.edge_agent.execution.ondemand import OnDemandExecutor
+
+    def never() -> Any:
+        raise AssertionError("the executor was loaded to answer a ping")
+
+    stand_in = OnDemandExecutor(never, needed_now=False)
+    stand_in.start()
+    assert stand_in.processes() == []
+    assert not stand_in.loaded

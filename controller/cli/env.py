@@ -1,4 +1,5 @@
-"""``edgeplane env create|list|show|update|restart|retire|forget|rotate-credentials``:
+"""``edgeplane env create|list|show|update|restart|retire|forget|rotate-credentials``
+(and ``diagnose``, in :mod:`.diagnose`):
 environment records, through the controller (MQTT request/response; never its database).
 
 ``update`` (with a heartbeat interval or config), ``restart`` and ``retire`` of an online
@@ -25,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from edgeplane.controller.cli.diagnose import add_diagnose
 from edgeplane.controller.errors import ControllerError
 from edgeplane.controller.operator.args import (
     add_output_flags,
@@ -59,7 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "env",
         help="manage environment records",
-        description="Create, list, show, update, restart, retire and forget environments.",
+        description="Create, list, show, update, restart, retire, forget and diagnose "
+        "environments.",
     )
     actions = parser.add_subparsers(dest="env_command", metavar="ACTION", required=True)
     _add_create(actions)
@@ -70,6 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_retire(actions)
     _add_forget(actions)
     _add_rotate(actions)
+    add_diagnose(actions)
 
 
 def _add_ack_flags(parser: argparse.ArgumentParser) -> None:

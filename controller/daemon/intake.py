@@ -22,7 +22,7 @@ from edgeplane.controller.daemon.command_keys import KeyRotator
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.shared.codec import EVENT, STATUS, check_env
 from edgeplane.shared.errors import DecodeError, InvalidTopic
-from edgeplane.shared.messages import AgentStatus, OnlineStatus
+from edgeplane.shared.messages import AgentStatus, Event, OnlineStatus
 from edgeplane.shared.topics import TopicKind, TopicRoot
 
 __all__ = ["Intake", "Taken"]
@@ -51,11 +51,16 @@ class Intake:
         max_payload: int,
         keys: KeyRotator | None = None,
         on_online: Callable[[OnlineStatus], list[tuple[str, str]]] | None = None,
+        on_heartbeat: Callable[[OnlineStatus], None] | None = None,
+        on_answer: Callable[[Event], None] | None = None,
     ) -> None:
         self._root = root
         self._keys = keys
         # Credential rotation's feed (never waits); says what in an online is not taken.
         self._on_online = on_online
+        # env diagnose's feeds (never wait): every online's figures, every event logged.
+        self._on_heartbeat = on_heartbeat
+        self._on_answer = on_answer
         self._core = core
         self._ops = operations
         self._sync = sync
@@ -97,6 +102,8 @@ class Intake:
         status = STATUS.decode(payload, limit=self._limit)
         check_env(status.env, env)
         judgement = self._core.on_status(status, retained=retained)
+        if self._on_heartbeat is not None and isinstance(status, OnlineStatus):
+            self._on_heartbeat(status)
         if judgement.stale:
             log.debug("stale offline ignored", env=status.env, bdseq=status.bdseq)
         if self._on_online is not None and isinstance(status, OnlineStatus):
@@ -147,6 +154,8 @@ class Intake:
         keys = None if self._keys is None else self._keys.on_event(event)
         if keys is not None:
             effects.extend(keys)
+        if self._on_answer is not None:
+            self._on_answer(event)
         return Taken(None, effects)
 
 

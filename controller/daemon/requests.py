@@ -18,6 +18,7 @@ import structlog
 from edgeplane.controller.core.operations import Effects, Operations
 from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.command_keys import KeyRotator
+from edgeplane.controller.daemon.diagnose_desk import Diagnoser
 from edgeplane.controller.daemon.identities import NO_IDENTITIES, Identities
 from edgeplane.controller.daemon.rollout_desk import RolloutDesk
 from edgeplane.controller.daemon.rotation_desk import RotationDesk, with_credential
@@ -33,6 +34,7 @@ from edgeplane.shared.rpc import (
     DeploymentShow,
     DeployRequest,
     EnvCreate,
+    EnvDiagnose,
     EnvForget,
     EnvInfo,
     EnvList,
@@ -64,6 +66,7 @@ ERROR_LIMIT: Final = 2048
 SHOW_EVENTS: Final = 1000  # events in a deployment-show
 
 _READS: Final = (
+    EnvDiagnose,
     EnvList,
     EnvShow,
     DeploymentList,
@@ -96,8 +99,10 @@ class RequestHandler:
         rotation: RotationDesk | None = None,
         views: ViewGuard | None = None,
         rollouts: RolloutDesk | None = None,
+        diagnoser: Diagnoser | None = None,
     ) -> None:
         self._ops = operations
+        self._diagnoser = diagnoser
         self._rollouts = rollouts
         self._views = views
         self._keys = keys
@@ -148,6 +153,11 @@ class RequestHandler:
                 return [self._credential(info) for info in page], Effects()
             case EnvShow(id=env):
                 return self._credential(ops.env_info(env)), Effects()
+            case EnvDiagnose(id=env):
+                if self._diagnoser is None:
+                    raise RequestRefused("unavailable", "this controller cannot diagnose")
+                info = self._credential(ops.env_info(env))
+                return await self._diagnoser.diagnose(request, info), Effects()
             case EnvUpdate():
                 return ops.update(request)
             case EnvRestart():
@@ -163,6 +173,8 @@ class RequestHandler:
                 forgotten = ops.forget(request)
                 if self._views is not None:
                     self._views.forget(env)
+                if self._diagnoser is not None:
+                    self._diagnoser.forget(env)
                 log.info("environment forgotten", env=env, registered=forgotten[0].registered)
                 return forgotten
             case EnvRotateCredentials(id=env, repin=repin):

@@ -41,6 +41,7 @@ from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.beacon import StatusBeacon
 from edgeplane.controller.daemon.broker_admin import BrokerAdmin
 from edgeplane.controller.daemon.command_keys import CommandKeys, KeyRotator, open_command_keys
+from edgeplane.controller.daemon.diagnose_desk import Diagnoser, LastMetrics, PongWaiters
 from edgeplane.controller.daemon.identities import Identities
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.links import DaemonParts, EventLink, PresenceLink
@@ -185,6 +186,7 @@ class PresenceService:
         views = ViewGuard(clock)
         identities = self._identities(keys.current.public_key_b64)
         rotation = await self._rotation(store, operations, publisher, sync, identities)
+        waiters, metrics = PongWaiters(clock), LastMetrics()
         intake = Intake(
             settings.topic_root,
             core,
@@ -195,6 +197,18 @@ class PresenceService:
             max_payload=settings.max_payload,
             keys=rotator,
             on_online=None if rotation is None else rotation.offer,
+            on_heartbeat=metrics.note,
+            on_answer=waiters.deliver,
+        )
+        diagnoser = Diagnoser(
+            operations,
+            core,
+            publisher,
+            clock,
+            waiters=waiters,
+            metrics=metrics,
+            key_of=lambda env: keys.signer_for(env).key_id,
+            rotate_after=settings.rotate_after,
         )
 
         def enrol_with(signer: CommandSigner) -> None:
@@ -213,6 +227,7 @@ class PresenceService:
             rotation=rotation,
             views=views,
             rollouts=rollouts,
+            diagnoser=diagnoser,
         )
         desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop, beacon.identity)
         await publisher.carry_out(None, operations.ensure_default())

@@ -53,7 +53,7 @@ from edgeplane.edge_agent.secrets import Secrets
 from edgeplane.shared.backoff import Backoff
 from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.logs import get_logger
-from edgeplane.shared.messages import CommandRejected, Deploy, Failed, Stopped
+from edgeplane.shared.messages import CommandRejected, Deploy, Failed, Stopped, WorkflowProcess
 
 __all__ = ["KEEP_PER_WORKFLOW", "STATE_FILE", "Executor", "ExecutorOptions"]
 
@@ -166,6 +166,14 @@ class Executor:
     def running(self) -> list[str]:
         """The deployment ids running now: services, and the job the worker runs."""
         return self._workload.running()
+
+    @property
+    def loaded(self) -> bool:
+        return True  # this is the real one
+
+    def processes(self) -> list[WorkflowProcess]:
+        """The workflows running now, as a ``pong`` reports them."""
+        return self._workload.processes()
 
     def restart(self, workflow: str = "", cmd_id: str = "") -> None:
         """Restart the running services (only those of ``workflow`` if given) and run the

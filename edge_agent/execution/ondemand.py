@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from edgeplane.edge_agent.agent import AgentExecutor
-    from edgeplane.shared.messages import Deploy
+    from edgeplane.shared.messages import Deploy, WorkflowProcess
 
 __all__ = ["OnDemandExecutor"]
 
@@ -57,6 +57,11 @@ class OnDemandExecutor:
     def running(self) -> list[str]:
         real = self._real
         return [] if real is None else real.running()
+
+    def processes(self) -> list[WorkflowProcess]:
+        """What runs now (none when the executor was never loaded: it is not loaded for it)."""
+        real = self._real
+        return [] if real is None else real.processes()
 
     def stop_all(self, reason: str, timeout: float = 10.0, *, resume: bool = True) -> None:
         with self._lock:

@@ -162,6 +162,12 @@ class StepProcess:
         """The process group (the first process's pid), None before or without a start."""
         return self._process.pid if self._process is not None else None
 
+    @property
+    def alive(self) -> bool:
+        """Whether its first process runs now (started, not yet ended)."""
+        process = self._process
+        return process is not None and process.poll() is None
+
     def start(self) -> bool:
         """Start the step; False when it could not be started (``wait`` says why)."""
         self._started_at = self._clock.monotonic()

@@ -66,6 +66,12 @@ class ServiceSupervisor:
         process = self._process  # one read: no lock, so hooks may ask from any thread
         return process.pgid if process is not None else None
 
+    @property
+    def running(self) -> bool:
+        """Whether its process runs now (not between an exit and the next start)."""
+        process = self._process
+        return process is not None and process.alive
+
     def start(self) -> StepResult | None:
         """Start the service and wait out its grace. None: it is up, and kept running from
         now on; a result: it ended within the grace (failed to start, or was stopped)."""

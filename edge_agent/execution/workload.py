@@ -15,6 +15,7 @@ from typing import Final
 from edgeplane.edge_agent.execution.record import JobRecord, Record, RecordFile, ServiceRecord
 from edgeplane.edge_agent.execution.runner import StepProcess
 from edgeplane.edge_agent.execution.services import ServiceSupervisor
+from edgeplane.shared.messages import WorkflowProcess
 from edgeplane.shared.workflow import Workflow
 
 __all__ = ["CANCELLED", "CancelMark", "Cancellation", "Interrupted", "Job", "Service", "Workload"]
@@ -165,6 +166,24 @@ class Workload:
             if self._job is not None:
                 deps.append(self._job.dep)
             return deps
+
+    def processes(self) -> list[WorkflowProcess]:
+        """What runs now, as a ``pong`` reports it: each service, then the job."""
+        with self.lock:
+            found = [
+                WorkflowProcess(
+                    workflow=name,
+                    dep=service.dep,
+                    kind="service",
+                    running=service.supervisor.running,
+                    restarts=service.supervisor.restarts,
+                )
+                for name, service in self._services.items()
+            ]
+            job = self._job
+            if job is not None:
+                found.append(WorkflowProcess(workflow=job.workflow, dep=job.dep, kind="job"))
+            return found
 
     def in_use(self) -> set[str]:
         """Deployments whose working directories must stay: running or to resume."""
