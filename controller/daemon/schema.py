@@ -224,6 +224,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE deployments ADD COLUMN up INTEGER NOT NULL DEFAULT 0;
     UPDATE deployments SET up = 1 WHERE kind = 'service' AND state = 'running';
     """,
+    # pressure (issue 11, link quality): the link figures last shown in each environment's
+    # view (core/link_quality.py), so a restart re-publishes no view whose figures it kept
+    """
+    ALTER TABLE envs ADD COLUMN missed_pct REAL;
+    ALTER TABLE envs ADD COLUMN reconnects_1h INTEGER;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
