@@ -45,10 +45,12 @@ class LinkFigures(NamedTuple):
     reconnects: int
 
     def same_as(self, other: LinkFigures | None) -> bool:
-        """No material change: the same whole percent and the same reconnect count."""
+        """No material change: the same whole percent and the same reconnect count
+        (against nothing shown yet, a perfect link is no news)."""
+        if other is None:
+            return round(self.missed_pct) == 0 and self.reconnects == 0
         return (
-            other is not None
-            and round(self.missed_pct) == round(other.missed_pct)
+            round(self.missed_pct) == round(other.missed_pct)
             and self.reconnects == other.reconnects
         )
 
