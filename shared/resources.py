@@ -33,9 +33,7 @@ def threshold_percent(value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"expected a percentage above 0 and at most 100, got {value!r}"
-        ) from None
+        raise ValueError(f"expected a percentage above 0 and at most 100, got {value!r}") from None
     if not 0 < number <= 100:
         raise ValueError(f"expected a percentage above 0 and at most 100, got {value!r}")
     return number

@@ -453,7 +453,8 @@ def test_any_sequence_keeps_the_judgement_consistent(
         record = core.get("edge-1")
         if record is not None:
             assert record.status == status
-            assert shown is not None and (record.status, record.flapping) == shown[:2]
+            assert shown is not None
+            assert (record.status, record.flapping) == shown[:2]
             assert (core.heartbeat_deadline("edge-1") is not None) == (status == "online")
         if judgement.stale:
             assert not judgement

@@ -132,9 +132,12 @@ def test_presence_keeps_an_episode_offline_restores_it_and_forgets_it() -> None:
     assert record is not None
     again = Presence(clock, FlapDetector(), IdentityWatch())
     again.restore([record], pressure={ENV: ["disk"]})
-    assert again.get(ENV) is not None and again.get(ENV).pressure == ("disk",)  # type: ignore[union-attr]
+    restored = again.get(ENV)
+    assert restored is not None
+    assert restored.pressure == ("disk",)
     raised = [a for seq in range(3) for a in again.on_status(online(seq, 97.0, bdseq=2)).alerts]
     assert raised == []  # restored: not raised twice
     again.forget(ENV)
     judged = again.on_status(online(0, 97.0, bdseq=3))
-    assert judged.alerts == [] and judged.records[-1].pressure == ()
+    assert judged.alerts == []
+    assert judged.records[-1].pressure == ()

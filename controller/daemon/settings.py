@@ -153,7 +153,11 @@ class ControllerSettings:
     @property
     def thresholds(self) -> dict[Resource, float]:
         """The pressure thresholds by the heartbeat's field names."""
-        return {"cpu": self.cpu_threshold, "mem": self.memory_threshold, "disk": self.disk_threshold}
+        return {
+            "cpu": self.cpu_threshold,
+            "mem": self.memory_threshold,
+            "disk": self.disk_threshold,
+        }
 
     @property
     def db_path(self) -> Path:
