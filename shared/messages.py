@@ -199,7 +199,7 @@ class EnvView(msgspec.Struct, frozen=True):
     registered: bool = True
     # The resources under pressure (an open cpu-, memory- or disk-pressure episode), by the
     # heartbeat's field names: "cpu", "mem", "disk".
-    pressure: tuple[ShortText, ...] = ()
+    pressure: list[ShortText] = []
     # Link quality: the share of heartbeats missed over the last hour (percent, from seq
     # gaps and silences) and the reconnects in it; None until measured.
     missed_pct: Percent | None = None

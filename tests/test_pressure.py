@@ -108,7 +108,7 @@ def test_presence_raises_stores_and_shows_the_episode_once() -> None:
     clock.advance(10)
     judged = core.on_status(online(2, 97.0))
     assert [(a.kind, a.state) for a in judged.alerts] == [("disk-pressure", "raised")]
-    assert [v.pressure for v in judged.views] == [("disk",)]
+    assert [v.pressure for v in judged.views] == [["disk"]]
     assert judged.records[-1].pressure == ("disk",)
     clock.advance(10)
     assert not core.on_status(online(3, 97.0)).views  # a plain heartbeat publishes nothing
@@ -116,7 +116,7 @@ def test_presence_raises_stores_and_shows_the_episode_once() -> None:
         clock.advance(10)
         judged = core.on_status(online(seq, 50.0))
     assert [(a.kind, a.state) for a in judged.alerts] == [("disk-pressure", "cleared")]
-    assert [v.pressure for v in judged.views] == [()]
+    assert [v.pressure for v in judged.views] == [[]]
 
 
 def test_presence_keeps_an_episode_offline_restores_it_and_forgets_it() -> None:
@@ -127,7 +127,7 @@ def test_presence_keeps_an_episode_offline_restores_it_and_forgets_it() -> None:
     clock.advance(100)
     judged = core.tick()  # timed out: offline, the episode stays
     assert judged.views[-1].status == "offline"
-    assert judged.views[-1].pressure == ("disk",)
+    assert judged.views[-1].pressure == ["disk"]
     record = core.get(ENV)
     assert record is not None
     again = Presence(clock, FlapDetector(), IdentityWatch())

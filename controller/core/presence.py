@@ -100,7 +100,7 @@ class EnvRecord:
             reason=self.reason,
             last_seen=self.last_seen,
             interval=self.interval,
-            pressure=self.pressure,
+            pressure=list(self.pressure),
             missed_pct=None if self.link is None else self.link.missed_pct,
             reconnects_1h=None if self.link is None else self.link.reconnects,
         )

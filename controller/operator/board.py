@@ -253,7 +253,7 @@ class Board:
                     stale=stale,
                     view_status=view.status,
                     stale_since=stale_since,
-                    pressure=view.pressure,
+                    pressure=tuple(view.pressure),
                     missed_pct=view.missed_pct,
                     reconnects_1h=view.reconnects_1h,
                 )
