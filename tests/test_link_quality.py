@@ -147,3 +147,17 @@ def test_presence_counts_a_return_after_offline_as_a_reconnect() -> None:
     clock.advance(5)
     back = core.on_status(online(1, bdseq=2))
     assert [(v.status, v.reconnects_1h) for v in back.views] == [("online", 1)]
+
+
+def test_restored_figures_stand_for_the_hour_before_and_fade_out() -> None:
+    link = LinkQuality()
+    link.restore(ENV, LinkFigures(12.3, 2), T0)
+    assert link.figures(ENV, T0) == LinkFigures(12.3, 2)
+    steady(link, range(6), start=T0 + 5.0)  # the first heartbeats after the restart
+    kept = link.refresh(ENV, T0 + 56.0, LinkFigures(12.3, 2))
+    assert kept is None  # no material change: no view re-published
+    steady(link, range(6, 6 * 70), start=T0 + 5.0)  # 70 perfect minutes later
+    assert link.figures(ENV, T0 + 70 * 60.0) == LinkFigures(0.0, 0)
+    perfect = LinkQuality()
+    perfect.restore(ENV, LinkFigures(0.2, 0), T0)  # a perfect link needs no seed
+    assert perfect.figures(ENV, T0) is None

@@ -14,6 +14,10 @@ small integers), and the last heartbeat's ``bdseq``, ``seq``, ``interval`` and t
   or the first one after the environment was judged offline (counted once).
 - After the controller could not listen (a restart, a lost broker connection: :meth:`pause`)
   the next heartbeat starts afresh: the silence meanwhile proves nothing.
+- A restart loses the buckets: :meth:`restore` stands the figures last shown in for the hour
+  before (as :data:`SEED_WEIGHT` heartbeats and the reconnects, spread over its buckets), so
+  a restarted controller shows the same figures and they fade out within the hour as the
+  real ones come in, instead of dropping to zero (and re-publishing every such view).
 
 New figures are worth a view only when they changed materially (the whole percent or the
 reconnect count), and at most once per :data:`PUBLISH_EVERY` seconds per environment
@@ -35,6 +39,7 @@ BUCKETS: Final = 60  # an hour of one-minute buckets
 PUBLISH_EVERY: Final = 60.0  # seconds between two link-figure views of one environment
 SLACK: Final = 0.5  # of an interval: a heartbeat this late is not missed yet
 _RECEIVED, _MISSED, _RECONNECTS = 0, 1, 2
+SEED_WEIGHT: Final = 1000  # heartbeats a restored figure stands for (0.1 % steps: exact)
 _EMPTY: Final = array("I", bytes(4 * 3 * BUCKETS))
 
 
@@ -133,6 +138,18 @@ class LinkQuality:
         link.published = now
         return fresh
 
+    def restore(self, env: str, shown: LinkFigures, at: float) -> None:
+        """After a restart: ``env``'s figures last shown stand for the hour up to ``at``.
+        A perfect link needs nothing (the fresh count agrees with it)."""
+        if shown.same_as(None):
+            return
+        link = self._envs[env] = _Link(head=_minute(at))
+        missed = min(SEED_WEIGHT, round(shown.missed_pct * SEED_WEIGHT / 100))
+        _seed(link, _RECEIVED, SEED_WEIGHT - missed)
+        _seed(link, _MISSED, missed)
+        _seed(link, _RECONNECTS, shown.reconnects)
+        link.received, link.missed, link.reconnects = SEED_WEIGHT - missed, missed, shown.reconnects
+
     def pause(self) -> None:
         """The controller could not listen: each environment's next heartbeat starts a
         new stretch (no gap counted across the pause); the hour's buckets stay."""
@@ -162,6 +179,14 @@ def _advance(link: _Link, minute: int) -> None:
         link.reconnects -= counts[base + _RECONNECTS]
         counts[base] = counts[base + 1] = counts[base + 2] = 0
     link.head = minute
+
+
+def _seed(link: _Link, column: int, total: int) -> None:
+    """Spread ``total`` evenly over the hour's buckets (the remainder in the newest)."""
+    share, rest = divmod(total, BUCKETS)
+    for age in range(BUCKETS):
+        minute = link.head - age
+        link.counts[(minute % BUCKETS) * 3 + column] += share + (1 if age < rest else 0)
 
 
 def _due_between(first: float, last: float, interval: float, *, arrived: bool = False) -> int:

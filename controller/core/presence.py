@@ -223,6 +223,8 @@ class Presence:
             record = stored.snapshot()
             self._envs[record.env] = record
             self._pressure.restore(record.env, pressure.get(record.env, ()))
+            if record.link is not None:
+                self._link.restore(record.env, record.link, now)
             record.pressure = self._pressure.active(record.env)
             recent = recent_transitions.get(record.env, ())
             if recent or record.flapping:  # a steady environment has nothing to restore
