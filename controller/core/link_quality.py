@@ -132,6 +132,10 @@ class LinkQuality:
         link = self._envs.get(env)
         if link is None or now - link.published < self._every:
             return None
+        if shown is not None and link.missed == 0 and link.bdseq is not None:
+            # the usual heartbeat of a good link: its figures as shown, or it is news
+            if shown.reconnects == link.reconnects and round(shown.missed_pct) == 0:
+                return None
         fresh = self.figures(env, now)
         if fresh is None or fresh.same_as(shown):
             return None

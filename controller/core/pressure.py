@@ -86,10 +86,13 @@ class PressureWatch:
             gauges = self._envs[env] = (_Gauge(), _Gauge(), _Gauge())
         edges: list[AlertEdge] = []
         for value, gauge, limits in zip((cpu, mem, disk), gauges, self._limits, strict=True):
-            if value is not None:
-                edge = _step(env, gauge, value, at, *limits)
-                if edge is not None:
-                    edges.append(edge)
+            if value is None:
+                continue
+            if not gauge.raised and not gauge.streak and value < limits[1]:
+                continue  # the usual heartbeat: nothing to count
+            edge = _step(env, gauge, value, at, *limits)
+            if edge is not None:
+                edges.append(edge)
         return edges
 
     def restore(self, env: str, resources: Iterable[str]) -> None:
