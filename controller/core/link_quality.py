@@ -132,10 +132,8 @@ class LinkQuality:
         link = self._envs.get(env)
         if link is None or now - link.published < self._every:
             return None
-        if shown is not None and link.missed == 0 and link.bdseq is not None:
-            # the usual heartbeat of a good link: its figures as shown, or it is news
-            if shown.reconnects == link.reconnects and round(shown.missed_pct) == 0:
-                return None
+        if _unchanged_good_link(link, shown):
+            return None
         fresh = self.figures(env, now)
         if fresh is None or fresh.same_as(shown):
             return None
@@ -165,6 +163,18 @@ class LinkQuality:
 
     def __len__(self) -> int:
         return len(self._envs)
+
+
+def _unchanged_good_link(link: _Link, shown: LinkFigures | None) -> bool:
+    """The usual heartbeat of a good link, just observed: nothing missed in the hour (and
+    no silence: one just came), the reconnects as shown. Spares the figure's tuple."""
+    return (
+        shown is not None
+        and link.missed == 0
+        and link.bdseq is not None
+        and shown.reconnects == link.reconnects
+        and round(shown.missed_pct) == 0
+    )
 
 
 def _minute(at: float) -> int:
