@@ -13,6 +13,11 @@ The rules (the contract's, judged by the controller's own clock at receipt):
 - an ``offline`` with any other bdseq is stale: ignored and counted;
 - no heartbeat for more than 3 x the declared interval: offline (``heartbeat-timeout``).
 
+Each heartbeat also goes past :mod:`.pressure` (cpu, memory, disk against thresholds: the
+view's ``pressure`` and the pressure alert edges) and :mod:`.link_quality` (the view's
+``missed_pct`` and ``reconnects_1h``, re-published only when they change materially, at
+most once a minute); a plain heartbeat that changes neither publishes nothing.
+
 Deadlines use the monotonic clock; what is stored and shown uses wall time. A message that
 arrives as a *retained* message was published while the controller was not listening (down
 or disconnected): a transition it causes is marked ``during_downtime``.
