@@ -81,7 +81,14 @@ CheckKind = Literal["model", "datasource", "bucket", "secret", "endpoint"]
 OfflineReason = Literal["connection-lost", "shutdown", "retired"]
 ViewStatus = Literal["online", "offline", "unknown", "retired"]
 AlertState = Literal["raised", "cleared"]
-AlertKind = Literal["flapping", "identity-conflict", "rollout-aborted"]
+AlertKind = Literal[
+    "flapping",
+    "identity-conflict",
+    "rollout-aborted",
+    "cpu-pressure",
+    "memory-pressure",
+    "disk-pressure",
+]
 
 
 class Platform(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -196,6 +203,13 @@ class EnvView(msgspec.Struct, frozen=True):
     # False for an agent that connects as an environment with no record: it is shown as
     # "unregistered" and never receives commands.
     registered: bool = True
+    # The resources under pressure (an open cpu-, memory- or disk-pressure episode), by the
+    # heartbeat's field names: "cpu", "mem", "disk".
+    pressure: list[ShortText] = []
+    # Link quality: the share of heartbeats missed over the last hour (percent, from seq
+    # gaps and silences) and the reconnects in it; None until measured.
+    missed_pct: Percent | None = None
+    reconnects_1h: Count | None = None
 
 
 # --- R/alerts/{env} -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from edgeplane.shared.messages import (
     Count,
     EnvId,
     Event,
+    Percent,
     Platform,
     Seconds,
     ShortText,
@@ -531,6 +532,11 @@ class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     # steady: online, not flapping, none missed (what a critical workflow needs).
     missed_heartbeats: Count | None = None
     steady: bool = False
+    # Open pressure episodes (resources by the heartbeat's names: cpu, mem, disk) and the
+    # link quality over the last hour (as in the view; None: not measured yet).
+    pressure: list[ShortText] = []
+    missed_pct: Percent | None = None
+    reconnects_1h: Count | None = None
 
 
 class SealedCredential(msgspec.Struct, frozen=True, kw_only=True):

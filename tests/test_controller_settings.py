@@ -9,6 +9,7 @@ import pytest
 from edgeplane.controller.daemon.settings import ControllerSettings, default_db_path, load_settings
 from edgeplane.shared.broker_url import BrokerUrl
 from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.resources import DEFAULT_THRESHOLDS
 from edgeplane.shared.topics import TopicRoot
 
 
@@ -57,6 +58,9 @@ def test_config_file_can_come_from_the_environment(tmp_path: Path) -> None:
         ({"topic_root": "a/+/b"}, "--topic-root"),
         ({"log_format": "xml"}, "--log-format"),
         ({"log_level": "loud"}, "--log-level"),
+        ({"cpu_threshold": "0"}, "--cpu-threshold"),
+        ({"memory_threshold": "100.1"}, "--memory-threshold"),
+        ({"disk_threshold": "full"}, "--disk-threshold"),
     ],
 )
 def test_bad_values_name_the_setting(flags: dict[str, str], named: str) -> None:
@@ -79,3 +83,16 @@ def test_unknown_key_in_the_file_is_refused(tmp_path: Path) -> None:
 
 def test_flap_low_zero_is_allowed() -> None:
     assert load_settings({"flap_low": "0"}, environ={}).flap_low == 0
+
+
+def test_pressure_thresholds_default_to_the_shared_ones_and_come_from_anywhere(
+    tmp_path: Path,
+) -> None:
+    assert load_settings({}, environ={}).thresholds == DEFAULT_THRESHOLDS
+    config = tmp_path / "c.toml"
+    config.write_text("disk_threshold = 80\n")
+    environ = {"EDGEPLANE_MEMORY_THRESHOLD": "75.5", "EDGEPLANE_CONFIG": str(config)}
+    settings = load_settings({"cpu_threshold": "100"}, environ=environ)
+    assert settings.thresholds == {"cpu": 100.0, "mem": 75.5, "disk": 80.0}
+    with pytest.raises(SettingsError, match="EDGEPLANE_DISK_THRESHOLD"):
+        load_settings({}, environ={"EDGEPLANE_DISK_THRESHOLD": "-3"})

@@ -264,7 +264,8 @@ def test_online_boots_go_to_the_identity_watch(
     core.on_status(online(seq=1, boot="a"))
     judgement = core.on_status(online(bdseq=2, boot="b"))
     assert judgement.alerts == [raised]
-    assert judgement.views == []
+    # no view for the conflict; only the link figure: a new connection, a reconnect
+    assert [(v.status, v.reconnects_1h) for v in judgement.views] == [("online", 1)]
     assert [boot for _, boot, _ in identity.observed] == ["a", "a", "b"]
     record = core.get("edge-1")
     assert record is not None
@@ -425,7 +426,7 @@ def test_any_sequence_keeps_the_judgement_consistent(
     clock = ManualClock()
     core = Presence(clock, FlapDetector(window=60, high=4, low=1), IdentityWatch(60, 20))
     status = "unknown"
-    shown: tuple[str, bool] | None = None  # the last view published
+    shown: tuple[object, ...] | None = None  # the last view published
     raised: dict[str, int] = {"flapping": 0, "identity-conflict": 0}
     seq = 0
     for kind, value, extra in steps:
@@ -446,12 +447,14 @@ def test_any_sequence_keeps_the_judgement_consistent(
             raised[edge.kind] += 1 if edge.state == "raised" else -1
             assert raised[edge.kind] in (0, 1)
         for view in judgement.views:  # a view goes out only for a change people see
-            assert (view.status, view.flapping) != shown
-            shown = (view.status, view.flapping)
+            seen = (view.status, view.flapping, view.missed_pct, view.reconnects_1h)
+            assert seen != shown
+            shown = seen
         record = core.get("edge-1")
         if record is not None:
             assert record.status == status
-            assert (record.status, record.flapping) == shown
+            assert shown is not None
+            assert (record.status, record.flapping) == shown[:2]
             assert (core.heartbeat_deadline("edge-1") is not None) == (status == "online")
         if judgement.stale:
             assert not judgement

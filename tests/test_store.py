@@ -122,6 +122,8 @@ async def test_an_older_schema_is_migrated_keeping_its_rows(tmp_path: Path) -> N
             "rollout_targets",
         ):  # 5, 8, 9
             conn.execute(f"DROP TABLE {table}")
+        for column in ("missed_pct", "reconnects_1h"):  # the link figures' migration
+            conn.execute(f"ALTER TABLE envs DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 1")
     async with open_store(db) as store:
         assert [r.env for r in await store.envs()] == ["kept"]

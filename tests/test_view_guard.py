@@ -34,6 +34,10 @@ def test_a_wrong_view_is_corrected_at_once_then_at_most_once_per_interval() -> N
 def test_the_judgement_is_compared_not_the_last_heartbeat() -> None:
     assert same_judgement(msgspec.structs.replace(OURS, last_seen=99.0), OURS)
     assert not same_judgement(msgspec.structs.replace(OURS, status="offline"), OURS)
+    # pressure and the link figures are judgements too (a restart restores them)
+    assert not same_judgement(msgspec.structs.replace(OURS, pressure=["disk"]), OURS)
+    assert not same_judgement(msgspec.structs.replace(OURS, missed_pct=12.5), OURS)
+    assert not same_judgement(msgspec.structs.replace(OURS, reconnects_1h=2), OURS)
     assert not same_judgement(None, OURS)  # wiped
     assert not same_judgement(OURS, None)  # a view where there should be none
     assert same_judgement(None, None)

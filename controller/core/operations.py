@@ -676,7 +676,19 @@ class Operations:
             running_workflows=[f"{d.workflow.name} {d.workflow.version}" for d in running],
             restarting=[d.id for d in self.book.in_state(env, "restarting")],
             commands=[c.info() for c in self.book.commands_of(env)],
+            **self._link_fields(env, presence),
         )
+
+    def _link_fields(self, env: str, presence: EnvRecord | None) -> dict[str, Any]:
+        """Open pressure episodes, and the link quality now (fresher than the view's)."""
+        if presence is None:
+            return {}
+        link = self._presence.link_figures(env) or presence.link
+        return {
+            "pressure": list(presence.pressure),
+            "missed_pct": None if link is None else link.missed_pct,
+            "reconnects_1h": None if link is None else link.reconnects,
+        }
 
     def env_list(self, project: str = "", include_retired: bool = False) -> list[EnvInfo]:
         envs = {record.id for record in self.registry}

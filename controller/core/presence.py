@@ -13,6 +13,11 @@ The rules (the contract's, judged by the controller's own clock at receipt):
 - an ``offline`` with any other bdseq is stale: ignored and counted;
 - no heartbeat for more than 3 x the declared interval: offline (``heartbeat-timeout``).
 
+Each heartbeat also goes past :mod:`.pressure` (cpu, memory, disk against thresholds: the
+view's ``pressure`` and the pressure alert edges) and :mod:`.link_quality` (the view's
+``missed_pct`` and ``reconnects_1h``, re-published only when they change materially, at
+most once a minute); a plain heartbeat that changes neither publishes nothing.
+
 Deadlines use the monotonic clock; what is stored and shown uses wall time. A message that
 arrives as a *retained* message was published while the controller was not listening (down
 or disconnected): a transition it causes is marked ``during_downtime``.
@@ -27,6 +32,8 @@ from typing import Final, Protocol
 
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.heartbeats import HeartbeatLog
+from edgeplane.controller.core.link_quality import LinkFigures, LinkQuality
+from edgeplane.controller.core.pressure import PressureWatch
 from edgeplane.controller.core.timers import TimerHeap
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.messages import EnvView, OfflineStatus, OnlineStatus, ViewStatus
@@ -86,6 +93,8 @@ class EnvRecord:
     interval: float | None = None
     flapping: bool = False
     conflict: bool = False
+    pressure: tuple[str, ...] = ()  # resources with an open pressure episode
+    link: LinkFigures | None = None  # the link quality figures last shown
 
     def view(self) -> EnvView:
         return EnvView(
@@ -96,6 +105,9 @@ class EnvRecord:
             reason=self.reason,
             last_seen=self.last_seen,
             interval=self.interval,
+            pressure=list(self.pressure),
+            missed_pct=None if self.link is None else self.link.missed_pct,
+            reconnects_1h=None if self.link is None else self.link.reconnects,
         )
 
     def snapshot(self) -> EnvRecord:
@@ -111,6 +123,8 @@ class EnvRecord:
             self.interval,
             self.flapping,
             self.conflict,
+            self.pressure,
+            self.link,
         )
 
 
@@ -155,10 +169,14 @@ class Presence:
         clock: Clock,
         flaps: FlapTracker,
         identity: IdentityTracker,
+        pressure: PressureWatch | None = None,
+        link: LinkQuality | None = None,
     ) -> None:
         self._clock = clock
         self._flaps = flaps
         self._identity = identity
+        self._pressure = pressure or PressureWatch()
+        self._link = link or LinkQuality()
         self._envs: dict[str, EnvRecord] = {}
         self._deadlines = TimerHeap()
         self._beats = HeartbeatLog()
@@ -182,6 +200,10 @@ class Presence:
         when none was received since the controller last started listening."""
         return self._beats.missed(env, self._clock.time())
 
+    def link_figures(self, env: str) -> LinkFigures | None:
+        """``env``'s link quality over the last hour, now (:mod:`.link_quality`)."""
+        return self._link.figures(env, self._clock.time())
+
     def heartbeat_deadline(self, env: str) -> float | None:
         """The monotonic time at which ``env`` times out, if it is online."""
         return self._deadlines.deadline(env)
@@ -191,17 +213,24 @@ class Presence:
         self,
         records: Iterable[EnvRecord],
         recent_transitions: Mapping[str, Sequence[float]] | None = None,
+        pressure: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         """Take back the stored state after a restart, without any transition or alert.
 
         Online environments get a fresh deadline of 3 x interval from now: their retained
-        status (or next heartbeat) confirms them, or they time out.
+        status (or next heartbeat) confirms them, or they time out. ``pressure``: the
+        resources of each environment whose pressure episode is open (raised, not cleared).
         """
         recent_transitions = recent_transitions or {}
+        pressure = pressure or {}
         now = self._clock.time()
         for stored in records:
             record = stored.snapshot()
             self._envs[record.env] = record
+            self._pressure.restore(record.env, pressure.get(record.env, ()))
+            if record.link is not None:
+                self._link.restore(record.env, record.link, now)
+            record.pressure = self._pressure.active(record.env)
             recent = recent_transitions.get(record.env, ())
             if recent or record.flapping:  # a steady environment has nothing to restore
                 self._flaps.restore(record.env, recent, record.flapping)
@@ -214,6 +243,7 @@ class Presence:
         reconnect to the broker: silence while we could not listen proves nothing, and
         neither do the heartbeats missed meanwhile: their log starts afresh)."""
         self._beats.reset()
+        self._link.pause()
         mono = self._clock.monotonic()
         for record in self._envs.values():
             if record.status == "online":
@@ -225,6 +255,8 @@ class Presence:
         A status that arrives later starts it afresh."""
         self._deadlines.cancel(env)
         self._beats.forget(env)
+        self._link.forget(env)
+        self._pressure.forget(env)
         self._flaps.forget(env)
         self._identity.forget(env)
         return self._envs.pop(env, None)
@@ -247,6 +279,10 @@ class Presence:
             # The very heartbeat we judged already, delivered again on (re)subscription.
             return judgement
         self._beats.observe(message.env, message.bdseq, message.seq, message.interval, now)
+        came_back = record.status == "offline"
+        self._link.observe(
+            message.env, message.bdseq, message.seq, message.interval, now, came_back=came_back
+        )
         record.last_seen = now
         record.bdseq = message.bdseq
         record.seq = message.seq
@@ -254,10 +290,32 @@ class Presence:
         record.interval = message.interval
         self._deadlines.set(message.env, self._clock.monotonic() + _timeout(message.interval))
         self._observe_boot(record, now, judgement, message.taken_over_by)
+        shown = self._judge_resources(record, message, now, judgement)
         if record.status != "online":
             self._transition(record, "online", HEARTBEAT, now, retained, judgement)
+        elif shown or self._refresh_link(record, now):
+            judgement.views.append(record.view())
         judgement.records.append(record.snapshot())
         return judgement
+
+    def _judge_resources(
+        self, record: EnvRecord, message: OnlineStatus, now: float, judgement: Judgement
+    ) -> bool:
+        """The pressure edges of one heartbeat; whether the view changed."""
+        edges = self._pressure.observe(record.env, message.cpu, message.mem, message.disk, now)
+        if not edges:
+            return False
+        judgement.alerts.extend(edges)
+        record.pressure = self._pressure.active(record.env)
+        return True
+
+    def _refresh_link(self, record: EnvRecord, now: float) -> bool:
+        """Whether the link figures changed materially (at most one look per minute)."""
+        fresh = self._link.refresh(record.env, now, record.link)
+        if fresh is None:
+            return False
+        record.link = fresh
+        return True
 
     def _on_offline(self, message: OfflineStatus, retained: bool) -> Judgement:
         judgement = Judgement()
@@ -329,6 +387,7 @@ class Presence:
         record.status = to_status
         record.since = now
         record.reason = reason
+        record.link = self._link.figures(record.env, now) or record.link
         if from_status in _PRESENCE and to_status in _PRESENCE:
             edge = self._flaps.record(record.env, now)
             if edge is not None:

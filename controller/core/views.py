@@ -27,14 +27,21 @@ def same_judgement(held: EnvView | None, ours: EnvView | None) -> bool:
     heartbeat and is not re-published for that alone); None: no view, or ours is none."""
     if held is None or ours is None:
         return held is None and ours is None
+    return _judged(held) == _judged(ours)
+
+
+def _judged(view: EnvView) -> tuple[object, ...]:
     return (
-        held.status,
-        held.since,
-        held.flapping,
-        held.reason,
-        held.interval,
-        held.registered,
-    ) == (ours.status, ours.since, ours.flapping, ours.reason, ours.interval, ours.registered)
+        view.status,
+        view.since,
+        view.flapping,
+        view.reason,
+        view.interval,
+        view.registered,
+        view.pressure,
+        view.missed_pct,
+        view.reconnects_1h,
+    )
 
 
 class ViewGuard:

@@ -11,6 +11,7 @@ import msgspec
 
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.deployments import Deployment, OperatorCommand
+from edgeplane.controller.core.link_quality import LinkFigures
 from edgeplane.controller.core.presence import EnvRecord, Transition
 from edgeplane.controller.core.records import LogEntry, ReportedInventory
 from edgeplane.controller.core.registry import Environment
@@ -63,15 +64,17 @@ __all__ = [
 ]
 
 ENV_COLUMNS: Final = (
-    "env, status, since, reason, last_seen, bdseq, seq, boot, interval, flapping, conflict"
+    "env, status, since, reason, last_seen, bdseq, seq, boot, interval, flapping, conflict,"
+    " missed_pct, reconnects_1h"
 )
 UPSERT_ENV: Final = f"""
-    INSERT INTO envs ({ENV_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    INSERT INTO envs ({ENV_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (env) DO UPDATE SET
         status = excluded.status, since = excluded.since, reason = excluded.reason,
         last_seen = excluded.last_seen, bdseq = excluded.bdseq, seq = excluded.seq,
         boot = excluded.boot, interval = excluded.interval, flapping = excluded.flapping,
-        conflict = excluded.conflict
+        conflict = excluded.conflict, missed_pct = excluded.missed_pct,
+        reconnects_1h = excluded.reconnects_1h
 """
 INSERT_TRANSITION: Final = """
     INSERT INTO transitions (env, from_status, to_status, reason, at, during_downtime)
@@ -163,14 +166,18 @@ def env_row(record: EnvRecord) -> tuple[Any, ...]:
         record.interval,
         int(record.flapping),
         int(record.conflict),
+        None if record.link is None else record.link.missed_pct,
+        None if record.link is None else record.link.reconnects,
     )
 
 
 def env_record_from_row(row: Sequence[Any]) -> EnvRecord:
-    env, status, since, reason, last_seen, bdseq, seq, boot, interval, flapping, conflict = row
+    env, status, since, reason, last_seen, bdseq, seq, boot, interval, flapping, conflict = row[:11]
+    missed_pct, reconnects = row[11:13]
+    link = None if missed_pct is None else LinkFigures(missed_pct, reconnects or 0)
     return EnvRecord(
         env, status, since, reason, last_seen, bdseq, seq, boot, interval, bool(flapping),
-        bool(conflict),
+        bool(conflict), link=link,
     )  # fmt: skip
 
 

@@ -224,10 +224,16 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE deployments ADD COLUMN up INTEGER NOT NULL DEFAULT 0;
     UPDATE deployments SET up = 1 WHERE kind = 'service' AND state = 'running';
     """,
-    # retention (part "notify"): the history tables found by time, for pruning by age
+    # version 13: the history tables found by time, for pruning by age
     """
     CREATE INDEX IF NOT EXISTS oplog_by_time ON oplog (at);
     CREATE INDEX IF NOT EXISTS alerts_by_time ON alerts (at);
+    """,
+    # version 14: the link figures last shown in each environment's
+    # view (core/link_quality.py), so a restart re-publishes no view whose figures it kept
+    """
+    ALTER TABLE envs ADD COLUMN missed_pct REAL;
+    ALTER TABLE envs ADD COLUMN reconnects_1h INTEGER;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

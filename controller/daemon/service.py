@@ -34,6 +34,7 @@ from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.notices import RetryPolicy
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations, new_id
 from edgeplane.controller.core.presence import Presence
+from edgeplane.controller.core.pressure import PressureWatch
 from edgeplane.controller.core.records import Writes
 from edgeplane.controller.core.retention import Retention
 from edgeplane.controller.core.rotation import Rotations
@@ -80,6 +81,7 @@ class PresenceService:
             self._clock,
             FlapDetector(settings.flap_window, settings.flap_high, settings.flap_low),
             IdentityWatch(settings.identity_window, settings.identity_quiet),
+            PressureWatch(settings.thresholds),
         )
         self.bad = BadInput(self._clock)
 
@@ -161,7 +163,7 @@ class PresenceService:
         the default cloud environment, made sure of."""
         settings, clock, core = self.settings, self._clock, self.core
         records, recent = await store.load(transitions_since=clock.time() - settings.flap_window)
-        core.restore(records, recent)
+        core.restore(records, recent, await store.open_pressure())
         operations = Operations(
             settings.topic_root,
             clock,

@@ -20,6 +20,7 @@ from edgeplane.shared.broker_url import DEFAULT_BROKER, BrokerUrl
 from edgeplane.shared.codec import DEFAULT_MAX_PAYLOAD
 from edgeplane.shared.errors import SettingsError
 from edgeplane.shared.identity import IDENTITY_SETTINGS, attach
+from edgeplane.shared.resources import DEFAULT_THRESHOLDS, Resource, threshold_percent
 from edgeplane.shared.topics import TopicRoot
 
 if TYPE_CHECKING:  # shared.logs imports structlog: not for `edgeplane --help`
@@ -91,6 +92,24 @@ CONTROLLER_SETTINGS: Final = (
     Setting("flap_low", whole_number, 2, "transitions in the window that clear flapping"),
     Setting("identity_window", common.positive_float, 600.0, "identity-conflict window, s"),
     Setting("identity_quiet", common.positive_float, 300.0, "quiet time that clears a conflict"),
+    Setting(
+        "cpu_threshold",
+        threshold_percent,
+        DEFAULT_THRESHOLDS["cpu"],
+        "cpu percent that raises cpu-pressure after 3 heartbeats in a row (0 < x <= 100)",
+    ),
+    Setting(
+        "memory_threshold",
+        threshold_percent,
+        DEFAULT_THRESHOLDS["mem"],
+        "memory percent that raises memory-pressure after 3 heartbeats in a row",
+    ),
+    Setting(
+        "disk_threshold",
+        threshold_percent,
+        DEFAULT_THRESHOLDS["disk"],
+        "disk percent that raises disk-pressure after 3 heartbeats in a row",
+    ),
     Setting("max_payload", payload_limit, DEFAULT_MAX_PAYLOAD, "largest accepted payload, bytes"),
     Setting("stats_interval", common.positive_float, 60.0, "seconds between status updates"),
     Setting("command_ttl", common.positive_float, 300.0, "seconds a command may wait for an agent"),
@@ -172,6 +191,9 @@ class ControllerSettings:
     flap_low: int = 2
     identity_window: float = 600.0
     identity_quiet: float = 300.0
+    cpu_threshold: float = DEFAULT_THRESHOLDS["cpu"]
+    memory_threshold: float = DEFAULT_THRESHOLDS["mem"]
+    disk_threshold: float = DEFAULT_THRESHOLDS["disk"]
     max_payload: int = DEFAULT_MAX_PAYLOAD
     stats_interval: float = 60.0
     command_ttl: float = 300.0
@@ -187,6 +209,15 @@ class ControllerSettings:
     retention_every: float = 300.0
     log_format: LogFormat = "auto"
     log_level: str = "info"
+
+    @property
+    def thresholds(self) -> dict[Resource, float]:
+        """The pressure thresholds by the heartbeat's field names."""
+        return {
+            "cpu": self.cpu_threshold,
+            "mem": self.memory_threshold,
+            "disk": self.disk_threshold,
+        }
 
     @property
     def db_path(self) -> Path:

@@ -42,6 +42,7 @@ from edgeplane.controller.core.rotation import Credential
 from edgeplane.controller.daemon import key_rows, rollout_rows, rows
 from edgeplane.controller.daemon.schema import prepare
 from edgeplane.controller.errors import StoreError
+from edgeplane.shared.resources import PRESSURE_KINDS
 from edgeplane.shared.rpc import LoggedEvent
 
 __all__ = ["Store", "open_store"]
@@ -267,6 +268,22 @@ class Store:
         """Stored transitions, oldest first (all, or one environment's)."""
         found = await self._of_env(rows.TRANSITION_SELECT, env)
         return [rows.transition_from_row(row) for row in found]
+
+    async def open_pressure(self) -> dict[str, list[str]]:
+        """Per environment, the resources whose latest pressure edge is ``raised`` (what the
+        pressure watch restores)."""
+        resource_of = {kind: resource for resource, kind in PRESSURE_KINDS.items()}
+        marks = ", ".join("?" * len(resource_of))
+        found = await self._query(
+            "SELECT env, kind, state, max(rowid) FROM alerts"
+            f" WHERE kind IN ({marks}) GROUP BY env, kind",
+            tuple(resource_of),
+        )
+        episodes: dict[str, list[str]] = {}
+        for env, kind, state, _ in found:
+            if state == "raised":
+                episodes.setdefault(env, []).append(resource_of[kind])
+        return episodes
 
     async def alerts(self, env: str | None = None) -> list[AlertEdge]:
         """Stored alert edges, oldest first (all, or one environment's)."""

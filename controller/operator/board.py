@@ -63,6 +63,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 from edgeplane.controller.mqtt import Connection, ConnectionState, Subscription, unique_client_id
+from edgeplane.controller.operator.env_text import link_text
 from edgeplane.controller.operator.output import ago, when
 from edgeplane.controller.operator.output import render_table as table
 from edgeplane.controller.reconnect import Reconnect, Retry
@@ -113,6 +114,9 @@ class Row:
     stale: bool = False  # the controller is not online: the view is as of when it stopped
     view_status: str = ""  # what the view says ("" : as ``status``)
     stale_since: float | None = None  # when the controller stopped, when known
+    pressure: tuple[str, ...] = ()  # resources with an open pressure episode
+    missed_pct: float | None = None  # link quality over the last hour (None: unmeasured)
+    reconnects_1h: int | None = None
 
     @property
     def shown_status(self) -> str:
@@ -249,6 +253,9 @@ class Board:
                     stale=stale,
                     view_status=view.status,
                     stale_since=stale_since,
+                    pressure=tuple(view.pressure),
+                    missed_pct=view.missed_pct,
+                    reconnects_1h=view.reconnects_1h,
                 )
             )
         return rows
@@ -338,6 +345,9 @@ def render_row(row: Row) -> dict[str, Any]:
         "stale": row.stale,
         "view_status": row.view_status or row.status,
         "stale_since": row.stale_since,
+        "pressure": list(row.pressure),
+        "missed_pct": row.missed_pct,
+        "reconnects_1h": row.reconnects_1h,
     }
 
 
@@ -349,7 +359,7 @@ def render_table(rows: list[Row], now: float | None = None) -> str:
     if not rows:
         return "no environments known (no retained views under this topic root)"
     now = time.time() if now is None else now
-    header = ("ENV", "STATUS", "SINCE", "FLAPPING", "LAST HEARTBEAT", "REASON")
+    header = ("ENV", "STATUS", "SINCE", "FLAPPING", "LAST HEARTBEAT", "LINK", "PRESSURE", "REASON")
     lines = [
         (
             row.env,
@@ -357,6 +367,8 @@ def render_table(rows: list[Row], now: float | None = None) -> str:
             "-" if row.since is None else ago(max(0.0, now - row.since)),
             "yes" if row.flapping else "no",
             "never" if row.heartbeat_age is None else ago(row.heartbeat_age),
+            link_text(row.missed_pct, row.reconnects_1h, short=True),
+            ",".join(row.pressure) or "-",
             row.reason,
         )
         for row in rows

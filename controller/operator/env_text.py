@@ -17,6 +17,8 @@ __all__ = [
     "env_details",
     "env_table",
     "labels_text",
+    "link_text",
+    "pressure_text",
     "stale_env_details",
     "steady_text",
 ]
@@ -59,6 +61,8 @@ def env_details(info: EnvInfo, *, clock: Callable[[], float] = time.time) -> str
     every = f", every {info.interval:g} s" if info.interval else ""
     fields.append(("heartbeat", f"{heard}{every}"))
     fields.append(("steady", steady_text(info)))
+    fields.append(("link", link_text(info.missed_pct, info.reconnects_1h)))
+    fields.append(("pressure", pressure_text(info.pressure)))
     models = "; ".join(
         f"{name} {', '.join(versions)}" for name, versions in sorted(info.models.items())
     )
@@ -83,10 +87,29 @@ def stale_env_details(row: Row, *, clock: Callable[[], float] = time.time) -> st
         ("status", status + since),
         ("heartbeat", "never" if row.heartbeat_age is None else ago(row.heartbeat_age)),
         ("flapping", "yes" if row.flapping else "no"),
+        ("link", link_text(row.missed_pct, row.reconnects_1h)),
+        ("pressure", pressure_text(row.pressure)),
         ("record", "not shown: only the controller has it"),
     ]
     width = max(len(name) for name, _ in fields) + 1
     return "\n".join(f"{name + ':':<{width}} {visible(value)}" for name, value in fields)
+
+
+def link_text(missed_pct: float | None, reconnects: int | None, *, short: bool = False) -> str:
+    """Link quality over the last hour: ``2.5% missed, 1 reconnect`` (``short``, for the
+    status table: ``2.5%, 1 reconn.``); ``-`` (``not measured yet``) when unknown."""
+    if missed_pct is None:
+        return "-" if short else "not measured yet"
+    count = reconnects or 0
+    if short:
+        return f"{missed_pct:g}%, {count} reconn."
+    plural = "" if count == 1 else "s"
+    return f"{missed_pct:g}% of heartbeats missed, {count} reconnect{plural} in the last hour"
+
+
+def pressure_text(resources: tuple[str, ...] | list[str]) -> str:
+    """``disk, mem over threshold`` (open pressure episodes) or ``none``."""
+    return f"{', '.join(resources)} over threshold" if resources else "none"
 
 
 def labels_text(labels: dict[str, str]) -> str:
