@@ -14,6 +14,7 @@ from edgeplane.controller.core.diagnosis import (
     DiagnosisFacts,
     Metrics,
     PingOutcome,
+    Thresholds,
     diagnose,
 )
 from edgeplane.shared.checkup import ORDER, CheckResult, Report, exit_status, render_text
@@ -139,6 +140,22 @@ def test_link_quality_by_the_heartbeats_missed(missed: int, state: str) -> None:
     link = check(diagnose(facts(link_missed=missed)), "network", "link")
     assert link.state == state
     assert f"{missed} heartbeats missed in the last 50 s" == link.reason
+
+
+def test_the_link_check_shows_the_hour_as_status_does() -> None:
+    link = check(diagnose(facts(link_missed=0, link_hour=(2.5, 3))), "network", "link")
+    assert link.state == "pass"
+    assert link.reason == (
+        "0 heartbeats missed in the last 50 s; last hour: 2.5 % missed, 3 reconnect(s)"
+    )
+    assert link.facts["reconnects_1h"] == "3"
+
+
+def test_resource_thresholds_are_the_controllers_settings() -> None:
+    lenient = Thresholds(disk=99.0)
+    assert check(diagnose(facts(metrics=Metrics(disk=97.0))), "resources", "disk").state == "fail"
+    report = diagnose(facts(metrics=Metrics(disk=97.0), thresholds=lenient))
+    assert check(report, "resources", "disk").state == "warn"
 
 
 def test_a_ping_refused_as_unauthenticated_fails_the_command_key() -> None:

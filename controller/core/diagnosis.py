@@ -3,7 +3,8 @@
 The checks run in the documented troubleshooting order (:data:`shared.checkup.ORDER`):
 process, network, credentials, resources, compatibility. A check that depends on a
 failed one is skipped and says so; the first failure is the likely cause, with a hint of
-what to do. Thresholds come from one place, :data:`THRESHOLDS` (the daemon passes it).
+what to do. Thresholds: :class:`Thresholds`, with the resource defaults of
+:mod:`shared.resources`; the daemon passes the controller's own settings.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from edgeplane.controller.core.gate import iso_time, missing_models
 from edgeplane.shared.checkup import CheckResult, CheckState, Report, likely_cause, skipped_after
 from edgeplane.shared.errors import InvalidVersionSpec
 from edgeplane.shared.messages import WorkflowProcess
+from edgeplane.shared.resources import DEFAULT_THRESHOLDS
 from edgeplane.shared.rpc import EnvInfo
 from edgeplane.shared.workflow import Workflow
 
@@ -42,9 +44,9 @@ class Thresholds:
     FAIL from ``missed_fail``. ``late_factor``: a heartbeat older than this many intervals
     is late (WARN; the presence core calls it offline at 3)."""
 
-    cpu: float = 90.0
-    mem: float = 90.0
-    disk: float = 90.0
+    cpu: float = DEFAULT_THRESHOLDS["cpu"]
+    mem: float = DEFAULT_THRESHOLDS["mem"]
+    disk: float = DEFAULT_THRESHOLDS["disk"]
     warn_margin: float = 5.0
     round_trip_warn: float = 1.0
     missed_warn: int = 1
@@ -103,6 +105,7 @@ class DiagnosisFacts:
     metrics: Metrics | None = None
     link_missed: int | None = None
     link_window: float = 0.0
+    link_hour: tuple[float, int] | None = None  # (percent missed, reconnects) over the hour
     deployed: tuple[DeployedWorkflow, ...] = ()
     refused: int | None = None
     rotate_after: float | None = None
@@ -258,6 +261,10 @@ def _link(facts: DiagnosisFacts) -> CheckResult:
                        "no heartbeat received since the controller started")  # fmt: skip
     window = f"in the last {facts.link_window:.0f} s"
     figures = {"missed": str(missed), "window": f"{facts.link_window:.0f}"}
+    if facts.link_hour is not None:
+        pct, reconnects = facts.link_hour
+        window += f"; last hour: {pct:.1f} % missed, {reconnects} reconnect(s)"
+        figures |= {"missed_pct_1h": f"{pct:.1f}", "reconnects_1h": str(reconnects)}
     if missed >= limits.missed_fail:
         return _result("network", "link", "fail", f"{missed} heartbeats missed {window}",
                        hint="the link drops messages: check the network between the agent "

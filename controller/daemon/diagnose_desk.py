@@ -153,6 +153,7 @@ class Diagnoser:
             reason="" if presence is None else presence.reason,
             metrics=self._metrics.get(env),
             link_missed=self._link_missed(env),
+            link_hour=self._link_hour(env),
             link_window=WINDOW_INTERVALS * (info.interval or 0.0),
             deployed=self._deployed(env),
             rotate_after=self._rotate_after,
@@ -166,9 +167,13 @@ class Diagnoser:
         self._metrics.forget(env)
 
     def _link_missed(self, env: str) -> int | None:
-        """The link-quality figure: heartbeats missed in the last intervals. (The one spot
-        to read the hour-long missed share and reconnects per hour from, once they exist.)"""
+        """Heartbeats missed in the last intervals: what the link check judges by."""
         return self._presence.missed_heartbeats(env)
+
+    def _link_hour(self, env: str) -> tuple[float, int] | None:
+        """The link quality over the last hour, as the view shows it."""
+        figures = self._presence.link_figures(env)
+        return None if figures is None else (figures.missed_pct, figures.reconnects)
 
     def _deployed(self, env: str) -> tuple[DeployedWorkflow, ...]:
         return tuple(

@@ -29,6 +29,7 @@ from typing import Final
 import structlog
 
 from edgeplane.controller.core.badinput import BadInput
+from edgeplane.controller.core.diagnosis import Thresholds
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
 from edgeplane.controller.core.notices import RetryPolicy
@@ -211,6 +212,11 @@ class PresenceService:
             metrics=metrics,
             key_of=lambda env: keys.signer_for(env).key_id,
             rotate_after=settings.rotate_after,
+            thresholds=Thresholds(
+                cpu=settings.cpu_threshold,
+                mem=settings.memory_threshold,
+                disk=settings.disk_threshold,
+            ),
         )
 
         def enrol_with(signer: CommandSigner) -> None:
