@@ -18,9 +18,12 @@ from typing import Final
 import structlog
 
 from edgeplane.controller.core.alerts import AlertEdge
+from edgeplane.controller.core.incidents import IncidentEdge
 from edgeplane.controller.core.operations import Effects, Operations, Outgoing
 from edgeplane.controller.core.presence import Judgement, Transition
+from edgeplane.controller.core.records import Writes
 from edgeplane.controller.daemon.command_keys import CommandKeys
+from edgeplane.controller.daemon.incident_desk import IncidentDesk
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.controller.mqtt import Connection
@@ -60,10 +63,15 @@ class Publisher:
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
         # Told every batch of effects carried out (the rollouts follow their deployments).
         self.watchers: list[Callable[[Effects], None]] = []
+        # The incidents' desk: told everything carried out, its rows stored after it.
+        self.incidents: IncidentDesk | None = None
 
     async def carry_out(self, judgement: Judgement | None, effects: Effects | None) -> int:
         """Store, then (once committed) publish; returns the store number to wait for."""
         number = 0
+        edges, clear = (
+            ([], []) if self.incidents is None else self.incidents.take(judgement, effects)
+        )
         if judgement:
             number = await self._store.submit(judgement)
             await self._queue_judged(number, judgement)
@@ -75,6 +83,13 @@ class Publisher:
                 number = await self._store.submit(effects.writes)
             for item in effects.outgoing:
                 await self._outbox.put((number, self._signed(item)))
+        if edges and self.incidents is not None:
+            writes = Writes(incidents=[edge.incident for edge in edges], urgent=True)
+            number = await self._store.submit(writes)
+            self.incidents.queue_notices(number, edges)
+            _log_incidents(edges)
+        for item in clear:
+            await self._outbox.put((number, item))
         return number
 
     async def send(self, item: Outgoing, after: int = 0) -> None:
@@ -106,6 +121,7 @@ class Publisher:
             await self._outbox.put((number, self._view(view)))
         for edge in judgement.alerts:
             await self._outbox.put((number, self._alert(edge)))
+            await self._outbox.put((number, self._alert_state(edge)))
 
     def _view(self, view: EnvView) -> Outgoing:
         return Outgoing(self._root.view(view.env), encode(view), True)
@@ -115,6 +131,13 @@ class Publisher:
             kind=edge.kind, state=edge.state, env=edge.env, ts=edge.at, detail=edge.detail[:256]
         )
         return Outgoing(self._root.alerts(edge.env), encode(alert), False)
+
+    def _alert_state(self, edge: AlertEdge) -> Outgoing:
+        """The same edge, retained per environment and kind: a late subscriber sees it."""
+        alert = Alert(
+            kind=edge.kind, state=edge.state, env=edge.env, ts=edge.at, detail=edge.detail[:256]
+        )
+        return Outgoing(self._root.alert_state(edge.env, edge.kind), encode(alert), True)
 
     # --- on a connection ------------------------------------------------------------------
     async def run(self, connection: Connection) -> None:
@@ -161,6 +184,21 @@ def _log_judgement(judgement: Judgement) -> None:
         _log_transition(transition)
     for edge in judgement.alerts:
         log.warning("alert", env=edge.env, kind=edge.kind, state=edge.state, detail=edge.detail)
+
+
+def _log_incidents(edges: list[IncidentEdge]) -> None:
+    for edge in edges:
+        if edge.edge == "repeated":
+            continue  # counted on the incident; a flood of repeats is not a flood of lines
+        incident = edge.incident
+        log.warning(
+            "incident " + edge.edge,
+            incident=incident.id,
+            env=incident.env,
+            kind=incident.kind,
+            severity=incident.severity,
+            detail=incident.detail,
+        )
 
 
 def _log_transition(transition: Transition) -> None:

@@ -29,6 +29,7 @@ import structlog
 from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
+from edgeplane.controller.core.incidents import IncidentBook
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations, new_id
 from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.core.records import Writes
@@ -38,6 +39,7 @@ from edgeplane.controller.daemon.beacon import StatusBeacon
 from edgeplane.controller.daemon.broker_admin import BrokerAdmin
 from edgeplane.controller.daemon.command_keys import CommandKeys, KeyRotator, open_command_keys
 from edgeplane.controller.daemon.identities import Identities
+from edgeplane.controller.daemon.incident_desk import IncidentDesk
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.links import DaemonParts, EventLink, PresenceLink
 from edgeplane.controller.daemon.publisher import Publisher
@@ -178,6 +180,9 @@ class PresenceService:
         rollouts = RolloutDesk(operations, store, publisher, clock, sync.synced)
         await rollouts.restore()
         publisher.watchers.append(rollouts.note)
+        book = IncidentBook(clock, await store.open_incidents())
+        incidents = IncidentDesk(root, clock, book, store, core)
+        publisher.incidents = incidents
         handler = RequestHandler(
             operations,
             store,
@@ -187,6 +192,7 @@ class PresenceService:
             rotation=rotation,
             views=views,
             rollouts=rollouts,
+            incidents=incidents,
         )
         desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop, beacon.identity)
         await publisher.carry_out(None, operations.ensure_default())
@@ -205,6 +211,7 @@ class PresenceService:
             identities if identities.enabled else None,
             rotation,
             rollouts,
+            incidents,
         )
 
     async def _rotation(
