@@ -190,6 +190,8 @@ class EnvView(msgspec.Struct, frozen=True):
     # False for an agent that connects as an environment with no record: it is shown as
     # "unregistered" and never receives commands.
     registered: bool = True
+    # The operations log's incidents of this environment not resolved yet.
+    open_incidents: Count = 0
 
 
 # --- R/alerts/{env} -------------------------------------------------------------------------

@@ -66,7 +66,6 @@ __all__ = [
     "IncidentAck",
     "IncidentInfo",
     "IncidentList",
-    "IncidentNotice",
     "IncidentResolve",
     "IncidentShow",
     "IncidentStep",
@@ -792,14 +791,6 @@ class IncidentInfo(msgspec.Struct, frozen=True, kw_only=True):
     detail: ShortText = ""
     count: Count = 1
     timeline: list[IncidentStep] = []
-
-
-class IncidentNotice(msgspec.Struct, frozen=True, kw_only=True):
-    """One edge of an incident, once it is committed (a notification's body): ``edge``
-    opened, repeated, acknowledged or resolved, and the incident after it."""
-
-    edge: ShortText
-    incident: IncidentInfo
 
 
 class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -53,8 +54,8 @@ __all__ = [
     "IncidentBook",
     "IncidentEdge",
     "IncidentState",
+    "IncidentStepRecord",
     "Severity",
-    "Step",
     "severity_of",
 ]
 
@@ -90,7 +91,7 @@ def severity_of(kind: str) -> Severity:
 
 
 @dataclass(frozen=True, slots=True)
-class Step:
+class IncidentStepRecord:
     """One transition of an incident: ``state`` is the edge (opened, repeated,
     acknowledged, resolved); ``by`` the operator, or ``controller``."""
 
@@ -111,7 +112,7 @@ class Incident:
     updated: float
     detail: str
     count: int = 1
-    timeline: tuple[Step, ...] = ()
+    timeline: tuple[IncidentStepRecord, ...] = ()
 
     @property
     def open(self) -> bool:
@@ -143,9 +144,10 @@ class IncidentBook:
         self._clock = clock
         self._new_id = new_id
         self._open: dict[tuple[str, str], Incident] = {}
+        self._counts: Counter[str] = Counter()  # env -> incidents open
         for incident in open_incidents:
             if incident.open:
-                self._open[(incident.env, incident.kind)] = incident
+                self._keep("opened", incident)
 
     # --- what is open -----------------------------------------------------------------------
     def get(self, incident_id: str) -> Incident | None:
@@ -154,6 +156,9 @@ class IncidentBook:
 
     def open_in(self, env: str) -> list[Incident]:
         return sorted((i for i in self._open.values() if i.env == env), key=lambda i: i.opened)
+
+    def open_count(self, env: str) -> int:
+        return self._counts.get(env, 0)
 
     def is_open(self, env: str, kind: str) -> bool:
         return (env, kind) in self._open
@@ -169,12 +174,12 @@ class IncidentBook:
         if current is None:
             incident = Incident(
                 self._new_id(), env, kind, severity_of(kind), "open", now, now, detail[:256],
-                timeline=(Step("opened", now, detail[:256]),),
+                timeline=(IncidentStepRecord("opened", now, detail[:256]),),
             )  # fmt: skip
             return self._keep("opened", incident)
         timeline = current.timeline
         if len(timeline) < MAX_STEPS:
-            timeline = (*timeline, Step("repeated", now, detail[:256]))
+            timeline = (*timeline, IncidentStepRecord("repeated", now, detail[:256]))
         repeated = dataclasses.replace(
             current, updated=now, detail=detail[:256], count=current.count + 1, timeline=timeline
         )
@@ -193,7 +198,7 @@ class IncidentBook:
         if current is None:
             return None
         now = self._clock.time()
-        step = Step("acknowledged", now, note[:256], by)
+        step = IncidentStepRecord("acknowledged", now, note[:256], by)
         acked = dataclasses.replace(
             current, state="acknowledged", updated=now, timeline=(*current.timeline, step)
         )
@@ -274,7 +279,7 @@ class IncidentBook:
 
     def _resolved(self, current: Incident, note: str, by: str, at: float | None) -> IncidentEdge:
         now = self._clock.time() if at is None else at
-        step = Step("resolved", now, note[:256], by)
+        step = IncidentStepRecord("resolved", now, note[:256], by)
         resolved = dataclasses.replace(
             current, state="resolved", updated=now, timeline=(*current.timeline, step)
         )
@@ -282,10 +287,15 @@ class IncidentBook:
 
     def _keep(self, edge: EdgeName, incident: Incident) -> IncidentEdge:
         key = (incident.env, incident.kind)
+        was_open = key in self._open
         if incident.open:
             self._open[key] = incident
-        else:
-            self._open.pop(key, None)
+            self._counts[incident.env] += 0 if was_open else 1
+        elif was_open:
+            del self._open[key]
+            self._counts[incident.env] -= 1
+            if not self._counts[incident.env]:
+                del self._counts[incident.env]
         return IncidentEdge(edge, incident)
 
 

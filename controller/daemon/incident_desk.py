@@ -9,7 +9,7 @@ heartbeat log is asked only after a gap in ``seq`` or while an incident of misse
 heartbeats is open) and changes nothing.
 
 **The notification seam**: every incident edge (opened, repeated, acknowledged, resolved)
-is handed, as a :class:`~edgeplane.shared.rpc.IncidentNotice`, to each callable in
+is handed, as a :class:`IncidentNotice`, to each callable in
 :attr:`IncidentDesk.sinks`, once the store has committed it (:meth:`serve`, a task of the
 presence link). A sink must not block (a notifier queues the body and returns).
 """
@@ -20,6 +20,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Final, get_args
 
+import msgspec
 import structlog
 
 from edgeplane.controller.core.incidents import CONTROLLER, Incident, IncidentBook, IncidentEdge
@@ -29,14 +30,22 @@ from edgeplane.controller.core.records import Writes
 from edgeplane.controller.daemon.store import Store
 from edgeplane.shared.clock import Clock
 from edgeplane.shared.messages import AlertKind
-from edgeplane.shared.rpc import IncidentInfo, IncidentNotice, IncidentStep
+from edgeplane.shared.rpc import IncidentInfo, IncidentStep
 from edgeplane.shared.topics import TopicRoot
 
-__all__ = ["NOTICES_QUEUED", "IncidentDesk", "incident_info"]
+__all__ = ["NOTICES_QUEUED", "IncidentDesk", "IncidentNotice", "incident_info"]
 
 NOTICES_QUEUED: Final = 10_000  # edges waiting for their commit; more are dropped, logged
 
 log = structlog.get_logger("controller")
+
+
+class IncidentNotice(msgspec.Struct, frozen=True, kw_only=True):
+    """One edge of an incident, once it is committed (a notification's body): ``edge``
+    opened, repeated, acknowledged or resolved, and the incident after it."""
+
+    edge: str
+    incident: IncidentInfo
 
 
 def incident_info(incident: Incident) -> IncidentInfo:

@@ -7,7 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final, get_args
 
-from edgeplane.controller.core.incidents import EdgeName, Incident, IncidentState, Severity, Step
+from edgeplane.controller.core.incidents import (
+    EdgeName,
+    Incident,
+    IncidentState,
+    IncidentStepRecord,
+    Severity,
+)
 from edgeplane.controller.errors import StoreError
 
 __all__ = [
@@ -52,7 +58,7 @@ def step_rows(incident: Incident) -> list[tuple[Any, ...]]:
     ]
 
 
-def incident_from_row(row: Sequence[Any], timeline: Sequence[Step] = ()) -> Incident:
+def incident_from_row(row: Sequence[Any], timeline: Sequence[IncidentStepRecord] = ()) -> Incident:
     state, severity = row[4], row[3]
     if state not in _STATES or severity not in _SEVERITIES:
         raise StoreError(f"stored incident {row[0]!r} has state {state!r}, severity {severity!r}")
@@ -61,8 +67,8 @@ def incident_from_row(row: Sequence[Any], timeline: Sequence[Step] = ()) -> Inci
     )
 
 
-def step_from_row(row: Sequence[Any]) -> Step:
+def step_from_row(row: Sequence[Any]) -> IncidentStepRecord:
     """A row of :data:`STEP_SELECT` (its first column, the incident, is not part of it)."""
     if row[1] not in _EDGES:
         raise StoreError(f"stored step of incident {row[0]!r} has state {row[1]!r}")
-    return Step(row[1], row[2], row[3], row[4])
+    return IncidentStepRecord(row[1], row[2], row[3], row[4])

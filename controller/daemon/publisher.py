@@ -88,6 +88,8 @@ class Publisher:
             number = await self._store.submit(writes)
             self.incidents.queue_notices(number, edges)
             _log_incidents(edges)
+            shown = {view.env for view in judgement.views} if judgement else set()
+            await self._queue_counted(number, edges, shown)
         for item in clear:
             await self._outbox.put((number, item))
         return number
@@ -122,6 +124,16 @@ class Publisher:
         for edge in judgement.alerts:
             await self._outbox.put((number, self._alert(edge)))
             await self._outbox.put((number, self._alert_state(edge)))
+
+    async def _queue_counted(self, number: int, edges: list[IncidentEdge], shown: set[str]) -> None:
+        """The views of environments whose count of open incidents changed (``shown``:
+        those whose view goes out anyway)."""
+        changed = {e.incident.env for e in edges if e.edge in ("opened", "resolved")} - shown
+        for env in sorted(changed):
+            view = self._ops.expected_view(env)
+            if view is not None:
+                self._sync.note_sent(env)
+                await self._outbox.put((number, self._view(view)))
 
     def _view(self, view: EnvView) -> Outgoing:
         return Outgoing(self._root.view(view.env), encode(view), True)

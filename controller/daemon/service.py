@@ -183,6 +183,7 @@ class PresenceService:
         book = IncidentBook(clock, await store.open_incidents())
         incidents = IncidentDesk(root, clock, book, store, core)
         publisher.incidents = incidents
+        operations.open_incidents = book.open_count
         handler = RequestHandler(
             operations,
             store,

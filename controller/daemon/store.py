@@ -32,7 +32,7 @@ import aiosqlite
 
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.deployments import REFOLD, Deployment, OperatorCommand, refold
-from edgeplane.controller.core.incidents import Incident, Step
+from edgeplane.controller.core.incidents import Incident, IncidentStepRecord
 from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
 from edgeplane.controller.core.records import Forgotten, ReportedInventory, Writes
@@ -423,7 +423,7 @@ class Store:
         if not found:
             return []
         ids = [row[0] for row in found]
-        steps: dict[str, list[Step]] = {}
+        steps: dict[str, list[IncidentStepRecord]] = {}
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ", ".join("?" * len(chunk))

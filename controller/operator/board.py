@@ -113,6 +113,7 @@ class Row:
     stale: bool = False  # the controller is not online: the view is as of when it stopped
     view_status: str = ""  # what the view says ("" : as ``status``)
     stale_since: float | None = None  # when the controller stopped, when known
+    incidents: int = 0  # the view's count of open incidents
 
     @property
     def shown_status(self) -> str:
@@ -249,6 +250,7 @@ class Board:
                     stale=stale,
                     view_status=view.status,
                     stale_since=stale_since,
+                    incidents=view.open_incidents,
                 )
             )
         return rows
@@ -338,6 +340,7 @@ def render_row(row: Row) -> dict[str, Any]:
         "stale": row.stale,
         "view_status": row.view_status or row.status,
         "stale_since": row.stale_since,
+        "open_incidents": row.incidents,
     }
 
 
@@ -349,13 +352,14 @@ def render_table(rows: list[Row], now: float | None = None) -> str:
     if not rows:
         return "no environments known (no retained views under this topic root)"
     now = time.time() if now is None else now
-    header = ("ENV", "STATUS", "SINCE", "FLAPPING", "LAST HEARTBEAT", "REASON")
+    header = ("ENV", "STATUS", "SINCE", "FLAPPING", "INCIDENTS", "LAST HEARTBEAT", "REASON")
     lines = [
         (
             row.env,
             row.shown_status,
             "-" if row.since is None else ago(max(0.0, now - row.since)),
             "yes" if row.flapping else "no",
+            str(row.incidents) if row.incidents else "-",
             "never" if row.heartbeat_age is None else ago(row.heartbeat_age),
             row.reason,
         )
