@@ -155,13 +155,16 @@ class IncidentDesk:
 
     # --- inside ------------------------------------------------------------------------------
     def _beat(self, env: str, bdseq: int, seq: int) -> list[IncidentEdge]:
+        """A heartbeat of ``env``: the heartbeat log is asked after a gap in ``seq`` of
+        one connection, or while an incident of missed heartbeats is open. A new
+        connection is no gap (its silence before was an offline, or a reconnect)."""
         last = self._beats.get(env)
         self._beats[env] = (bdseq, seq)
-        in_order = last is not None and last == (bdseq, seq - 1)
-        if in_order and not self.book.is_open(env, "heartbeats-missed"):
+        if last is None or last[0] != bdseq or seq <= last[1]:
+            return []  # the first seen since the start, a new connection, a duplicate
+        steady = seq == last[1] + 1
+        if steady and not self.book.is_open(env, "heartbeats-missed"):
             return []  # the hot path: the next heartbeat of a steady connection
-        if last is None or last == (bdseq, seq):
-            return []  # the first seen since the start, or the same one again
         now = self._clock.time()
         return self.book.on_missed(env, self._presence.missed_heartbeats(env), now)
 

@@ -203,7 +203,8 @@ def _log_incidents(edges: list[IncidentEdge]) -> None:
         if edge.edge == "repeated":
             continue  # counted on the incident; a flood of repeats is not a flood of lines
         incident = edge.incident
-        log.warning(
+        emit = log.warning if edge.edge == "opened" else log.info
+        emit(
             "incident " + edge.edge,
             incident=incident.id,
             env=incident.env,
