@@ -129,7 +129,7 @@ def test_an_operator_resolves_and_a_resolved_one_cannot_be_acted_on() -> None:
 def test_alerts_of_any_kind_open_and_clear() -> None:
     incidents = book()
     for kind in ("flapping", "identity-conflict", "rollout-aborted"):
-        raised = incidents.on_alert(AlertEdge(ENV, kind, "raised", 1.0, f"{kind} now"))  # type: ignore[arg-type]
+        raised = incidents.on_alert(AlertEdge(ENV, kind, "raised", 1.0, f"{kind} now"))
         assert [(e.edge, e.incident.kind) for e in raised] == [("opened", kind)]
     # a kind this module has never heard of (another helper's resource pressure)
     new_kind = AlertEdge(ENV, "disk-pressure", "raised", 2.0, "disk 97 %")  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from typing import Final, get_args
 import msgspec
 import structlog
 
-from edgeplane.controller.core.incidents import CONTROLLER, Incident, IncidentBook, IncidentEdge
+from edgeplane.controller.core.incidents import EdgeName, Incident, IncidentBook, IncidentEdge
 from edgeplane.controller.core.operations import Effects, Outgoing
 from edgeplane.controller.core.presence import Judgement, Presence
 from edgeplane.controller.core.records import Writes
@@ -65,6 +65,16 @@ def incident_info(incident: Incident) -> IncidentInfo:
     )
 
 
+def _carried(edge: IncidentEdge | None) -> tuple[IncidentEdge, Effects] | None:
+    if edge is None:
+        return None
+    return edge, Effects(writes=Writes(incidents=[edge.incident], urgent=True))
+
+
+def _last_edge(incident: Incident) -> EdgeName:
+    return incident.timeline[-1].state if incident.timeline else "opened"
+
+
 class IncidentDesk:
     def __init__(
         self, root: TopicRoot, clock: Clock, book: IncidentBook, store: Store, presence: Presence
@@ -84,9 +94,12 @@ class IncidentDesk:
     # --- off the publisher -----------------------------------------------------------------
     def take(
         self, judgement: Judgement | None, effects: Effects | None
-    ) -> tuple[list[IncidentEdge], list[Outgoing]]:
-        """The incident edges of what is carried out, and retained states to clear."""
+    ) -> tuple[list[IncidentEdge], list[IncidentEdge], list[Outgoing]]:
+        """The incident edges of what is carried out: those it made now (whose rows are to
+        be stored) and those already in ``effects`` (an operator's, the rotation's: stored
+        with them); and retained states to clear."""
         edges: list[IncidentEdge] = []
+        carried: list[IncidentEdge] = []
         clear: list[Outgoing] = []
         if judgement is not None:
             for transition in judgement.transitions:
@@ -98,6 +111,7 @@ class IncidentDesk:
                     edges += self._beat(record.env, record.bdseq, record.seq)
         if effects is not None:
             writes = effects.writes
+            carried = [IncidentEdge(_last_edge(i), i) for i in writes.incidents]
             for entry in writes.events:
                 edges += self.book.on_event(entry.event, entry.at)
             gone = [r.id for r in writes.records if r.retired is not None]
@@ -106,7 +120,7 @@ class IncidentDesk:
                 edges += self.book.forget(env, "the environment was retired or forgotten")
                 self._beats.pop(env, None)
                 clear += self._cleared_states(env)
-        return edges, clear
+        return edges, carried, clear
 
     def queue_notices(self, number: int, edges: list[IncidentEdge]) -> None:
         """Hand ``edges`` to the sinks once the store number ``number`` is committed."""
@@ -130,28 +144,21 @@ class IncidentDesk:
                     except Exception:  # a sink's bug must not stop the others
                         log.exception("incident sink failed", incident=notice.incident.id)
 
-    # --- operators ---------------------------------------------------------------------------
-    async def acknowledge(self, incident_id: str, note: str, by: str) -> IncidentEdge | None:
-        """Stored (committed) before it returns; None when no open incident has this id."""
-        return await self._committed(self.book.acknowledge(incident_id, note, by or "operator"))
+    # --- operators and the rotation ----------------------------------------------------------
+    def acknowledge(
+        self, incident_id: str, note: str, by: str
+    ) -> tuple[IncidentEdge, Effects] | None:
+        """The edge and its effects to carry out (the reply waits for their commit); None
+        when no open incident has this id."""
+        return _carried(self.book.acknowledge(incident_id, note, by or "operator"))
 
-    async def resolve(self, incident_id: str, note: str, by: str) -> IncidentEdge | None:
-        return await self._committed(self.book.resolve(incident_id, note, by or "operator"))
+    def resolve(self, incident_id: str, note: str, by: str) -> tuple[IncidentEdge, Effects] | None:
+        return _carried(self.book.resolve(incident_id, note, by or "operator"))
 
-    async def _committed(self, edge: IncidentEdge | None) -> IncidentEdge | None:
-        if edge is None:
-            return None
-        number = await self._store.submit(Writes(incidents=[edge.incident], urgent=True))
-        self.queue_notices(number, [edge])
-        await self._store.wait_committed(number)
-        log.info(
-            "incident " + edge.edge,
-            incident=edge.incident.id,
-            env=edge.incident.env,
-            kind=edge.incident.kind,
-            by=edge.incident.timeline[-1].by if edge.incident.timeline else CONTROLLER,
-        )
-        return edge
+    def credential_problem(self, env: str, detail: str) -> Effects:
+        """A credential rotation of ``env`` failed: its effects to carry out."""
+        edge = self.book.credential_problem(env, detail)
+        return Effects(writes=Writes(incidents=[edge.incident], urgent=True))
 
     # --- inside ------------------------------------------------------------------------------
     def _beat(self, env: str, bdseq: int, seq: int) -> list[IncidentEdge]:

@@ -69,9 +69,7 @@ class Publisher:
     async def carry_out(self, judgement: Judgement | None, effects: Effects | None) -> int:
         """Store, then (once committed) publish; returns the store number to wait for."""
         number = 0
-        edges, clear = (
-            ([], []) if self.incidents is None else self.incidents.take(judgement, effects)
-        )
+        edges, carried, clear = self._incident_edges(judgement, effects)
         if judgement:
             number = await self._store.submit(judgement)
             await self._queue_judged(number, judgement)
@@ -83,9 +81,11 @@ class Publisher:
                 number = await self._store.submit(effects.writes)
             for item in effects.outgoing:
                 await self._outbox.put((number, self._signed(item)))
-        if edges and self.incidents is not None:
+        if edges:
             writes = Writes(incidents=[edge.incident for edge in edges], urgent=True)
             number = await self._store.submit(writes)
+        edges += carried
+        if edges and self.incidents is not None:
             self.incidents.queue_notices(number, edges)
             _log_incidents(edges)
             shown = {view.env for view in judgement.views} if judgement else set()
@@ -93,6 +93,13 @@ class Publisher:
         for item in clear:
             await self._outbox.put((number, item))
         return number
+
+    def _incident_edges(
+        self, judgement: Judgement | None, effects: Effects | None
+    ) -> tuple[list[IncidentEdge], list[IncidentEdge], list[Outgoing]]:
+        if self.incidents is None:
+            return [], [], []
+        return self.incidents.take(judgement, effects)
 
     async def send(self, item: Outgoing, after: int = 0) -> None:
         """Publish ``item`` once the store number ``after`` is committed."""

@@ -214,7 +214,7 @@ class RequestHandler:
                     raise RequestRefused("not-found", f"no deployment {dep!r}")
                 return _fitting(events), Effects()
             case IncidentList() | IncidentShow() | IncidentAck() | IncidentResolve():
-                return await self._incident_request(request, requester), Effects()
+                return await self._incident_request(request, requester)
             case EnvTimeline(env=env, since=since, limit=limit):
                 ops.require_known(env)
                 await self._store.flush()
@@ -245,7 +245,7 @@ class RequestHandler:
 
     async def _incident_request(
         self, request: IncidentList | IncidentShow | IncidentAck | IncidentResolve, by: str
-    ) -> Any:
+    ) -> tuple[Any, Effects]:
         desk = self._incident_desk()
         await self._store.flush()
         if isinstance(request, IncidentList):
@@ -258,17 +258,18 @@ class RequestHandler:
                 kind=request.kind,
                 limit=request.limit,
             )
-            return [incident_info(i) for i in found]
+            return [incident_info(i) for i in found], Effects()
         stored = await self._store.incident(request.id)
         if stored is None:
             raise RequestRefused("not-found", f"no incident {request.id!r}")
         if isinstance(request, IncidentShow):
-            return incident_info(stored)
+            return incident_info(stored), Effects()
         act = desk.acknowledge if isinstance(request, IncidentAck) else desk.resolve
-        edge = await act(request.id, request.note, by)
-        if edge is None:
+        done = act(request.id, request.note, by)
+        if done is None:
             raise RequestRefused("conflict", f"incident {request.id} is resolved already")
-        return incident_info(edge.incident)
+        edge, effects = done
+        return incident_info(edge.incident), effects
 
     def _with_incidents(self, info: EnvInfo) -> EnvInfo:
         if self._incidents is None:

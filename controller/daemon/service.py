@@ -184,6 +184,12 @@ class PresenceService:
         incidents = IncidentDesk(root, clock, book, store, core)
         publisher.incidents = incidents
         operations.open_incidents = book.open_count
+        if rotation is not None:
+
+            async def credential_problem(env: str, why: str) -> int:
+                return await publisher.carry_out(None, incidents.credential_problem(env, why))
+
+            rotation.on_failure = credential_problem
         handler = RequestHandler(
             operations,
             store,
