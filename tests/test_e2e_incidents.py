@@ -141,7 +141,7 @@ async def test_events_show_the_transitions_beside_the_events_in_time_order(
             root.view("edge-ev"), after=after, status="online", open_incidents=0
         )
 
-        entries = await system.cli_json("events", "--env", "edge-ev")
+        entries = await system.cli_json("events", "--env", "edge-ev", "--timeline")
         transitions = [(e["to_status"], e["reason"]) for e in entries if e["entry"] == "transition"]
         assert transitions[-3:] == [
             ("online", "heartbeat"),
@@ -156,8 +156,10 @@ async def test_events_show_the_transitions_beside_the_events_in_time_order(
             "offline (connection-lost), was online",
             "online (heartbeat), was offline",
         ]
-        everything = await system.cli_json("events")  # without --env: the log as before
-        assert all("entry" not in e and "event" in e for e in everything)
+        # --json without --timeline: the event log as it was (this agent logged no events)
+        for args in (("events",), ("events", "--env", "edge-ev")):
+            logged = await system.cli_json(*args)
+            assert all("entry" not in e and "event" in e for e in logged)
 
 
 async def test_a_late_subscriber_sees_the_open_flapping_episode(

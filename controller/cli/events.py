@@ -9,11 +9,12 @@ A connection lost while following is made again, and what was logged meanwhile p
 (``id`` and ``at`` are null for events received live).
 
 With ``--env`` (and no ``--dep``) the environment's presence transitions and alert edges
-are shown beside its events, in one time order: in ``--json`` each entry has ``entry``
-(``event``, ``transition`` or ``alert``); an event entry is as before (``id``, ``at``,
-``event``), a transition carries ``from_status``, ``to_status``, ``reason``, an alert
-``kind``, ``state``, ``detail``. With ``--follow`` they are shown up to the start; what
-follows live is events.
+are shown beside its events, in one time order. ``--json`` stays the event log as it was
+(its consumers keep working) unless ``--timeline`` is given too: then each entry has
+``entry`` (``event``, ``transition`` or ``alert``); an event entry is as before (``id``,
+``at``, ``event``), a transition carries ``from_status``, ``to_status``, ``reason``, an
+alert ``kind``, ``state``, ``detail``. With ``--follow`` they are shown up to the start;
+what follows live is events.
 
 An ``--env`` the controller does not know (no record, no agent seen under it, nothing
 logged) is an error, not an empty log: an unregistered agent's id is known until ``env
@@ -64,6 +65,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--dep", default="", action=StoreOnce, metavar="ID", help="only this deployment's events"
     )
     parser.add_argument("--follow", "-f", action="store_true", help="then print new events")
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="with --env and --json: the presence transitions and alerts as entries too",
+    )
     add_operator_flags(parser)
     parser.set_defaults(handler=events)
 
@@ -177,7 +183,7 @@ async def _read_timeline(
     """``--env``'s transitions and alert edges (none for ``--dep`` or the whole log)."""
     from edgeplane.shared.rpc import EnvTimeline
 
-    if not args.env or args.dep:
+    if not args.env or args.dep or (args.json and not args.timeline):
         return []
     entries: list[TimelineEntry] = await controller.call(EnvTimeline(env=args.env), within=within)
     return entries
