@@ -178,3 +178,12 @@ async def test_a_late_subscriber_sees_the_open_flapping_episode(
         assert json.loads(held[topic])["state"] == "raised"
         (flapping,) = await incidents(system, "--kind", "flapping", "--open")
         assert (flapping["env"], flapping["severity"]) == ("edge-flap", "warning")
+
+        mark = system.probe.mark()
+        forgotten = await system.cli("env", "forget", "edge-flap")
+        assert forgotten.code == 0, str(forgotten)
+        await system.probe.wait_for(
+            lambda m: m.topic == topic and not m.payload, after=mark, what="alert state cleared"
+        )
+        assert topic not in await retained_now(broker, topic)
+        assert await incidents(system, "--open") == []

@@ -34,7 +34,16 @@ def same_judgement(held: EnvView | None, ours: EnvView | None) -> bool:
         held.reason,
         held.interval,
         held.registered,
-    ) == (ours.status, ours.since, ours.flapping, ours.reason, ours.interval, ours.registered)
+        held.open_incidents,
+    ) == (
+        ours.status,
+        ours.since,
+        ours.flapping,
+        ours.reason,
+        ours.interval,
+        ours.registered,
+        ours.open_incidents,
+    )
 
 
 class ViewGuard:

@@ -114,12 +114,15 @@ class IncidentDesk:
             carried = [IncidentEdge(_last_edge(i), i) for i in writes.incidents]
             for entry in writes.events:
                 edges += self.book.on_event(entry.event, entry.at)
-            gone = [r.id for r in writes.records if r.retired is not None]
-            gone += [f.env for f in writes.forgotten]
-            for env in gone:
-                edges += self.book.forget(env, "the environment was retired or forgotten")
-                self._beats.pop(env, None)
-                clear += self._cleared_states(env)
+            retired = [r.id for r in writes.records if r.retired is not None]
+            for env in retired:
+                edges += self.book.forget(env, "the environment was retired")
+                clear += self._gone(env)
+            for forgotten in writes.forgotten:
+                resolved = self.book.forget(forgotten.env, "the environment was forgotten")
+                if not forgotten.history:
+                    edges += resolved  # its history stays; with it, its rows are deleted
+                clear += self._gone(forgotten.env)
         return edges, carried, clear
 
     def queue_notices(self, number: int, edges: list[IncidentEdge]) -> None:
@@ -175,7 +178,9 @@ class IncidentDesk:
         now = self._clock.time()
         return self.book.on_missed(env, self._presence.missed_heartbeats(env), now)
 
-    def _cleared_states(self, env: str) -> list[Outgoing]:
+    def _gone(self, env: str) -> list[Outgoing]:
+        """A retired or forgotten environment: its retained alert states, cleared."""
+        self._beats.pop(env, None)
         return [
             Outgoing(self._root.alert_state(env, kind), b"", True) for kind in get_args(AlertKind)
         ]
