@@ -187,3 +187,24 @@ async def test_a_late_subscriber_sees_the_open_flapping_episode(
         )
         assert topic not in await retained_now(broker, topic)
         assert await incidents(system, "--open") == []
+
+
+async def test_open_incidents_survive_a_controller_restart_and_are_not_opened_twice(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        agent = await system.online("edge-rs")
+        await kill_and_wait_offline(system, "edge-rs", agent.proc)
+        (before,) = await incidents(system, "--open")
+        assert system.controller is not None
+        await system.controller.terminate()
+        await system.start_controller()
+        assert [i["id"] for i in await incidents(system, "--open")] == [before["id"]]
+
+        after = system.probe.mark()
+        await system.start_agent("edge-rs")
+        await system.probe.wait_json(
+            root.view("edge-rs"), after=after, status="online", open_incidents=0
+        )
+        (only,) = await incidents(system, "--env", "edge-rs")
+        assert (only["id"], only["state"], only["count"]) == (before["id"], "resolved", 1)
