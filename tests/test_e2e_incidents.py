@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +209,27 @@ async def test_open_incidents_survive_a_controller_restart_and_are_not_opened_tw
         )
         (only,) = await incidents(system, "--env", "edge-rs")
         assert (only["id"], only["state"], only["count"]) == (before["id"], "resolved", 1)
+
+
+async def test_a_failing_preflight_opens_an_incident_a_later_success_resolves(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.online("edge-pf", secrets={"TOKEN": "x"})
+        step = {"name": "noop", "run": [sys.executable, "-c", "pass"], "timeout": 30}
+        needs = system.workflow(
+            "needs", {"name": "needs", "version": "1", "steps": [step],
+                      "requires": {"secrets": ["TOKEN", "MISSING_TOKEN"]}},
+        )  # fmt: skip
+        failed = await system.deploy(needs, "edge-pf", "--wait")
+        assert failed.code == 1, str(failed)
+        (incident,) = await incidents(system, "--env", "edge-pf", "--open")
+        assert incident["kind"] == "preflight-failed"
+        assert "MISSING_TOKEN" in incident["detail"]
+
+        fine = system.workflow("fine", {"name": "fine", "version": "1", "steps": [step]})
+        done = await system.deploy(fine, "edge-pf", "--wait")
+        assert done.code == 0, str(done)
+        assert await incidents(system, "--env", "edge-pf", "--open") == []
+        (resolved,) = await incidents(system, "--env", "edge-pf")
+        assert resolved["timeline"][-1]["state"] == "resolved"

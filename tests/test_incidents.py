@@ -146,6 +146,8 @@ def test_agent_events_open_and_a_success_resolves_them() -> None:
     failing = Check(kind="model", name="detector", ok=False, detail="missing")
     assert incidents.on_event(Preflight(env=ENV, seq=1, dep="d-1", ok=False, checks=[failing]), 1.0)
     assert incidents.on_event(Preflight(env=ENV, seq=2, dep="d-1", ok=True), 1.5) == []
+    dry_run = Preflight(env=ENV, seq=9, dep="d-8", ok=False, checks=[failing], dry_run=True)
+    assert incidents.on_event(dry_run, 1.7) == []  # an operator's check, no incident
     incidents.on_event(Failed(env=ENV, seq=3, dep="d-2", reason="exit 1"), 2.0)
     incidents.on_event(RolledBack(env=ENV, seq=4, dep="d-2", restored="d-0"), 3.0)
     kinds = {i.kind for i in incidents.open_in(ENV)}

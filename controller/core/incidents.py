@@ -13,7 +13,8 @@ Sources, each a method returning the :class:`IncidentEdge` it made (or none):
   clean shutdown or a retirement is no incident;
 - alert edges of any kind (:meth:`~IncidentBook.on_alert`): raised opens an incident of the
   alert's kind, cleared resolves it; a new alert kind needs no change here;
-- agent events (:meth:`~IncidentBook.on_event`): a failed preflight, a failed deployment,
+- agent events (:meth:`~IncidentBook.on_event`): a failed preflight (not a dry run's: that
+  is an operator's check), a failed deployment,
   a rollback; a command refused by the agent (unauthenticated, bad signature, unknown key;
   expired). A later success resolves the deployment ones, an accepted command the refusal;
 - missed heartbeats (:meth:`~IncidentBook.on_missed`), from the heartbeat log;
@@ -235,7 +236,7 @@ class IncidentBook:
         """An agent's event, received at ``at``."""
         env, about = event.env, _about(event)
         match event:
-            case Preflight(ok=False, checks=checks):
+            case Preflight(ok=False, checks=checks, dry_run=False):
                 failing = ", ".join(c.name for c in checks if not c.ok)
                 return [
                     self.raise_(env, "preflight-failed", f"{about}preflight failed: {failing}", at)
