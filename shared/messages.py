@@ -210,6 +210,8 @@ class EnvView(msgspec.Struct, frozen=True):
     # gaps and silences) and the reconnects in it; None until measured.
     missed_pct: Percent | None = None
     reconnects_1h: Count | None = None
+    # The operations log's incidents of this environment not resolved yet.
+    open_incidents: Count = 0
 
 
 # --- R/alerts/{env} -------------------------------------------------------------------------

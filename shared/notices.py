@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import msgspec
 
-from edgeplane.shared.messages import ShortText, UnixTime
+from edgeplane.shared.rpc import IncidentInfo
 
-__all__ = ["AlertNotice"]
+__all__ = ["IncidentNotice"]
 
 
-class AlertNotice(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="alert"):
-    """An alert edge, as ``R/alerts/{env}`` carries it: ``{"type": "alert", "kind",
-    "state", "env", "ts", "detail"}``."""
+class IncidentNotice(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="incident"):
+    """One edge of an incident, sent once the controller has stored it: ``{"type":
+    "incident", "edge", "incident"}``. ``edge`` is ``opened``, ``repeated``,
+    ``acknowledged`` or ``resolved``; ``incident`` is the incident after it (as
+    ``edgeplane --json incidents show`` prints it, timeline included)."""
 
-    kind: ShortText
-    state: ShortText
-    env: ShortText
-    ts: UnixTime
-    detail: str = ""
+    edge: str
+    incident: IncidentInfo

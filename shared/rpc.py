@@ -62,9 +62,17 @@ __all__ = [
     "EnvRetire",
     "EnvRotateCredentials",
     "EnvShow",
+    "EnvTimeline",
     "EnvUpdate",
     "ErrorCode",
     "EventList",
+    "IncidentAck",
+    "IncidentInfo",
+    "IncidentList",
+    "IncidentResolve",
+    "IncidentShow",
+    "IncidentStep",
+    "IncidentSummary",
     "LoggedEvent",
     "OperatorAdd",
     "OperatorAdded",
@@ -85,6 +93,7 @@ __all__ = [
     "SealedCredential",
     "TargetInfo",
     "TargetState",
+    "TimelineEntry",
     "UndeployRequest",
     "WaveInfo",
     "WaveState",
@@ -442,6 +451,49 @@ class RolloutAction(_Request, frozen=True, kw_only=True, tag="rollout-action"):
     action: Literal["pause", "resume", "abort", "approve"]
 
 
+class IncidentList(_Request, frozen=True, kw_only=True, tag="incident-list"):
+    """Result: ``list[IncidentInfo]``, newest first (by when each opened): ``env``'s (an
+    environment the controller does not know is ``not-found``), changed at or after
+    ``since`` (unix seconds), only those not resolved (``open_only``), of one ``kind``."""
+
+    env: ShortText = ""
+    since: UnixTime | None = None
+    open_only: bool = False
+    kind: ShortText = ""
+    limit: Limit = 100
+
+
+class IncidentShow(_Request, frozen=True, kw_only=True, tag="incident-show"):
+    """Result: :class:`IncidentInfo` with its timeline."""
+
+    id: ShortText
+
+
+class IncidentAck(_Request, frozen=True, kw_only=True, tag="incident-ack"):
+    """Result: :class:`IncidentInfo`. An open incident is acknowledged (it still resolves
+    by itself when its condition ends); a resolved one is ``conflict``."""
+
+    id: ShortText
+    note: ShortText = ""
+
+
+class IncidentResolve(_Request, frozen=True, kw_only=True, tag="incident-resolve"):
+    """Result: :class:`IncidentInfo`. An open or acknowledged incident is resolved at the
+    operator's word; a resolved one is ``conflict``."""
+
+    id: ShortText
+    note: ShortText = ""
+
+
+class EnvTimeline(_Request, frozen=True, kw_only=True, tag="env-timeline"):
+    """Result: ``list[TimelineEntry]``: ``env``'s presence transitions and alert edges,
+    oldest first, at or after ``since`` (what ``events --env`` shows beside the log)."""
+
+    env: ShortText
+    since: UnixTime = 0.0
+    limit: Limit = 1000
+
+
 Request = (
     EnvCreate
     | EnvList
@@ -469,6 +521,11 @@ Request = (
     | RolloutList
     | RolloutShow
     | RolloutAction
+    | IncidentList
+    | IncidentShow
+    | IncidentAck
+    | IncidentResolve
+    | EnvTimeline
 )
 
 
@@ -537,6 +594,21 @@ class EnvInfo(msgspec.Struct, frozen=True, kw_only=True):
     pressure: list[ShortText] = []
     missed_pct: Percent | None = None
     reconnects_1h: Count | None = None
+    # The operations log's incidents of this environment not resolved yet (open or
+    # acknowledged): env show lists them.
+    open_incidents: list[IncidentSummary] = []
+
+
+class IncidentSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """An open incident as ``env show`` lists it."""
+
+    id: ShortText
+    kind: ShortText
+    severity: ShortText
+    state: ShortText
+    opened: UnixTime
+    count: Count = 1
+    detail: ShortText = ""
 
 
 class SealedCredential(msgspec.Struct, frozen=True, kw_only=True):
@@ -712,6 +784,50 @@ class RolloutInfo(msgspec.Struct, frozen=True, kw_only=True):
     targets: list[TargetInfo] = []
 
 
+class IncidentStep(msgspec.Struct, frozen=True, kw_only=True):
+    """One transition of an incident: ``state`` opened, repeated, acknowledged or
+    resolved; ``by`` the operator, or ``controller``."""
+
+    state: ShortText
+    at: UnixTime
+    note: ShortText = ""
+    by: ShortText = ""
+
+
+class IncidentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One incident of the operations log: one episode of a problem of one environment
+    (``kind``: offline, flapping, identity-conflict, heartbeats-missed, preflight-failed,
+    deployment-failed, rolled-back, rollout-aborted, command-refused, credential-problem,
+    or any other alert kind). ``count``: how often it happened in this episode."""
+
+    id: ShortText
+    env: EnvId
+    kind: ShortText
+    severity: Literal["critical", "warning", "info"]
+    state: Literal["open", "acknowledged", "resolved"]
+    opened: UnixTime
+    updated: UnixTime
+    detail: ShortText = ""
+    count: Count = 1
+    timeline: list[IncidentStep] = []
+
+
+class TimelineEntry(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A presence transition (``entry`` ``transition``: ``from_status``, ``to_status``,
+    ``reason``) or an alert edge (``alert``: ``kind``, ``state``, ``detail``) of one
+    environment, at the controller's time ``at``."""
+
+    entry: Literal["transition", "alert"]
+    env: EnvId
+    at: UnixTime
+    from_status: ShortText = ""
+    to_status: ShortText = ""
+    reason: ShortText = ""
+    kind: ShortText = ""
+    state: ShortText = ""
+    detail: ShortText = ""
+
+
 class Reply(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The answer to one request. ``ok`` false: ``code`` and ``error`` (one sentence for
     people) say why, and ``result`` may hold details."""
@@ -749,6 +865,11 @@ RESULT_TYPES: Final[dict[type[Any], Any]] = {
     RolloutList: list[RolloutInfo],
     RolloutShow: RolloutInfo,
     RolloutAction: RolloutInfo,
+    IncidentList: list[IncidentInfo],
+    IncidentShow: IncidentInfo,
+    IncidentAck: IncidentInfo,
+    IncidentResolve: IncidentInfo,
+    EnvTimeline: list[TimelineEntry],
 }
 
 # Codecs of the two rpc topics (here, not in shared.codec: the agent never needs them).

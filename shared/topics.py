@@ -8,6 +8,7 @@ Every topic lives under a root (default ``edgeplane/v1``)::
     R/controller/status    the controller's birth and will
     R/view/{env}           the controller's judged status of an environment
     R/alerts/{env}         alerts raised and cleared
+    R/alert-state/{env}/{kind}   the latest alert edge of one kind, retained
     R/controller/req       operator requests to the controller (MQTT 5 request/response)
     R/controller/reply/{client}   the controller's replies, on the requester's topic
 """
@@ -15,6 +16,7 @@ Every topic lives under a root (default ``edgeplane/v1``)::
 from __future__ import annotations
 
 import enum
+import re
 from typing import Final
 
 import msgspec
@@ -34,6 +36,7 @@ class TopicKind(enum.Enum):
     CONTROLLER_STATUS = "controller-status"
     VIEW = "view"
     ALERTS = "alerts"
+    ALERT_STATE = "alert-state"
     REQUEST = "request"
     REPLY = "reply"
 
@@ -42,8 +45,10 @@ class ParsedTopic(msgspec.Struct, frozen=True):
     kind: TopicKind
     env: str | None  # None for the controller's own topics
     client: str | None = None  # the requester of a reply topic
+    alert_kind: str | None = None  # the alert kind of an alert-state topic
 
 
+_ALERT_KIND: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _ENV_SUFFIXES: Final = {
     "status": TopicKind.STATUS,
     "events": TopicKind.EVENTS,
@@ -87,6 +92,12 @@ class TopicRoot(msgspec.Struct, frozen=True):
     def alerts(self, env: str) -> str:
         return f"{self.value}/alerts/{validate_env_id(env)}"
 
+    def alert_state(self, env: str, kind: str) -> str:
+        """The retained latest alert edge of ``kind`` for ``env``."""
+        if not _ALERT_KIND.match(kind):
+            raise InvalidTopic(f"invalid alert kind {kind!r}: lower-case letters, digits, '-'")
+        return f"{self.value}/alert-state/{validate_env_id(env)}/{kind}"
+
     def requests(self) -> str:
         return f"{self.value}/controller/req"
 
@@ -108,6 +119,9 @@ class TopicRoot(msgspec.Struct, frozen=True):
 
     def all_alerts(self) -> str:
         return f"{self.value}/alerts/+"
+
+    def all_alert_states(self) -> str:
+        return f"{self.value}/alert-state/+/+"
 
     def everything(self) -> str:
         return f"{self.value}/#"
@@ -132,6 +146,8 @@ class TopicRoot(msgspec.Struct, frozen=True):
                 return ParsedTopic(TopicKind.VIEW, _checked(env, topic))
             case ["alerts", env]:
                 return ParsedTopic(TopicKind.ALERTS, _checked(env, topic))
+            case ["alert-state", env, kind] if _ALERT_KIND.match(kind):
+                return ParsedTopic(TopicKind.ALERT_STATE, _checked(env, topic), alert_kind=kind)
         raise InvalidTopic(f"topic {topic!r} is not part of the edgeplane tree")
 
 

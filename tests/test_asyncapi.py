@@ -42,7 +42,8 @@ PROTOCOL: Final = DOCS / "protocol.md"
 
 SAMPLE_ENV: Final = "prod-hamburg-vision"
 SAMPLE_CLIENT: Final = "edgeplane-cli-5e0c1a9b3f21"
-SAMPLES: Final = {"env": SAMPLE_ENV, "client": SAMPLE_CLIENT}
+SAMPLE_KIND: Final = "flapping"
+SAMPLES: Final = {"env": SAMPLE_ENV, "client": SAMPLE_CLIENT, "kind": SAMPLE_KIND}
 ROOTS: Final = (TopicRoot(), TopicRoot("site-7/edgeplane/v1"))
 
 # The contract's table: every topic is QoS 1; these are retained.
@@ -53,6 +54,7 @@ RETAINED: Final = {
     TopicKind.CONTROLLER_STATUS: True,
     TopicKind.VIEW: True,
     TopicKind.ALERTS: False,
+    TopicKind.ALERT_STATE: True,
     TopicKind.REQUEST: False,
     TopicKind.REPLY: False,
 }
@@ -65,6 +67,7 @@ CODECS: Final[dict[TopicKind, codec.MessageCodec[Any]]] = {
     TopicKind.CONTROLLER_STATUS: codec.CONTROLLER_STATUS,
     TopicKind.VIEW: codec.VIEW,
     TopicKind.ALERTS: codec.ALERT,
+    TopicKind.ALERT_STATE: codec.ALERT,
     TopicKind.REQUEST: rpc.REQUEST,
     TopicKind.REPLY: rpc.REPLY,
 }
@@ -77,6 +80,7 @@ TOPIC_MESSAGES: Final[dict[TopicKind, Any]] = {
     TopicKind.CONTROLLER_STATUS: messages.ControllerStatus,
     TopicKind.VIEW: messages.EnvView,
     TopicKind.ALERTS: messages.Alert,
+    TopicKind.ALERT_STATE: messages.Alert,
     TopicKind.REQUEST: rpc.Request,
     TopicKind.REPLY: rpc.Reply,
 }
@@ -87,7 +91,7 @@ WIRE_MODULES: Final = (messages, rpc, workflow)
 # view (controller.core.operations); test_agent_commands_e2e.py and test_controller_deploy.py
 # see them on the wire. It is no Struct: decoders report it as "empty".
 CLEARED: Final = "Cleared"
-CLEARED_KINDS: Final = {TopicKind.STATUS, TopicKind.VIEW}
+CLEARED_KINDS: Final = {TopicKind.STATUS, TopicKind.VIEW, TopicKind.ALERT_STATE}
 
 # Fields of the AsyncAPI MQTT bindings, version 0.2.0 (asyncapi/bindings, mqtt/README.md).
 MQTT_BINDING_FIELDS: Final = {

@@ -372,6 +372,19 @@ def test_an_environment_cannot_publish_any_command(
         assert agent_a.next().payload == marker  # its own denied command never arrived
 
 
+def test_only_the_controller_writes_the_retained_alert_state(
+    site: SiteBroker, envs: tuple[Identity, Identity]
+) -> None:
+    a, _ = envs
+    topic = site.root.alert_state(a.username, "flapping")
+    forged = b'{"kind":"flapping","state":"cleared","env":"x","ts":1.0}'
+    with site.client(a) as agent:
+        assert agent.publish(topic, forged, retain=True) == NOT_AUTHORIZED
+        assert agent.subscribe(site.root.all_alert_states()) == [NOT_AUTHORIZED]
+    with site.client(site.controller) as controller:
+        assert controller.publish(topic, b"", retain=True) in ACCEPTED
+
+
 def test_an_environment_cannot_subscribe_everything(
     site: SiteBroker, envs: tuple[Identity, Identity]
 ) -> None:
@@ -403,13 +416,16 @@ def test_a_viewer_reads_but_publishes_nothing(site: SiteBroker, viewer: Identity
     root = site.root
     with site.client(viewer) as client:
         assert (
-            client.subscribe(root.all_views(), root.all_alerts(), root.all_events())
-            == [GRANTED] * 3
+            client.subscribe(
+                root.all_views(), root.all_alerts(), root.all_events(), root.all_alert_states()
+            )
+            == [GRANTED] * 4
         )
         for topic in (
             root.requests(),
             root.view("any"),
             root.alerts("any"),
+            root.alert_state("any", "flapping"),
             root.status("any"),
             root.events("any"),
             root.cmd("any"),

@@ -8,20 +8,21 @@ import base64
 import random
 import socket
 
+import msgspec
 import pytest
 from structlog.testing import capture_logs
 
-from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.notices import (
     NoticeQueue,
     RetryPolicy,
-    alert_notice,
     check_notify_url,
     public_url,
 )
 from edgeplane.controller.daemon.notifier import USER_AGENT, Notifier
 from edgeplane.controller.daemon.settings import load_settings
 from edgeplane.shared.errors import SettingsError
+from edgeplane.shared.notices import IncidentNotice
+from edgeplane.shared.rpc import IncidentInfo
 from tests.support.webhook import webhook
 
 FAST = RetryPolicy(max_tries=3, max_age=30.0, initial=0.01, cap=0.05)
@@ -49,6 +50,20 @@ def test_retry_verdicts() -> None:
     assert policy.verdict(500, 1, 59.5, 1.0) == "give-up"  # the next try would be too old
 
 
+def notice(incident_id: str) -> IncidentNotice:
+    incident = IncidentInfo(
+        id=incident_id,
+        env="dev-a",
+        kind="identity-conflict",
+        severity="critical",
+        state="open",
+        opened=100.0,
+        updated=100.0,
+        detail="two boots",
+    )
+    return IncidentNotice(edge="opened", incident=incident)
+
+
 def test_retry_delays_double_up_to_the_cap_jittered() -> None:
     backoff = RetryPolicy(initial=1.0, cap=8.0).backoff(random.Random(7))
     delays = [backoff.next_delay() for _ in range(7)]
@@ -56,16 +71,14 @@ def test_retry_delays_double_up_to_the_cap_jittered() -> None:
     assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
 
 
-def test_alert_notice_body() -> None:
-    edge = AlertEdge("dev-a", "flapping", "raised", 12.5, "x" * 300)
-    notice = alert_notice(edge)
-    assert (notice.kind, notice.state, notice.env, notice.ts) == (
-        "flapping",
-        "raised",
-        "dev-a",
-        12.5,
+def test_an_incident_notice_is_tagged_incident() -> None:
+    body = msgspec.json.decode(msgspec.json.encode(notice("i-1")))
+    assert body["type"] == "incident"
+    assert (body["edge"], body["incident"]["id"], body["incident"]["kind"]) == (
+        "opened",
+        "i-1",
+        "identity-conflict",
     )
-    assert len(notice.detail) == 256
 
 
 def test_urls_checked_and_shown_without_the_password() -> None:
@@ -88,16 +101,15 @@ def test_a_bad_notify_url_is_a_settings_error_naming_it() -> None:
 
 # --- against a local server ---------------------------------------------------------------
 async def test_a_notice_is_posted_as_json_with_basic_auth_and_user_agent() -> None:
-    edge = AlertEdge("dev-a", "identity-conflict", "raised", 100.0, "two boots")
     with webhook() as hook:
         async with Notifier(hook.url(login="ops:s3cret"), policy=FAST) as notifier:
-            notifier.notify(alert_notice(edge))
+            notifier.notify(notice("i-1"))
             [got] = await hook.wait_received()
             await asyncio.wait_for(notifier.settled(), 10)
         assert notifier.counts.sent == 1
     assert got.path == "/hook"
-    assert got.body == {"type": "alert", "kind": "identity-conflict", "state": "raised",
-                        "env": "dev-a", "ts": 100.0, "detail": "two boots"}  # fmt: skip
+    assert got.body == msgspec.to_builtins(notice("i-1"))
+    assert got.body["type"] == "incident"
     assert got.headers["Content-Type"] == "application/json"
     assert got.headers["User-Agent"] == USER_AGENT
     assert got.headers["Authorization"] == "Basic " + base64.b64encode(b"ops:s3cret").decode()

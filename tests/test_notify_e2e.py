@@ -1,4 +1,4 @@
-"""The webhook through a real controller process: alerts reach it as JSON; a dead or slow
+"""The webhook through a real controller process: incidents reach it as JSON; a dead or slow
 endpoint costs a counter and a log line, never a delayed view or a crash."""
 
 from __future__ import annotations
@@ -40,13 +40,20 @@ async def flap(probe: Probe, root: TopicRoot, env: str) -> None:
     await probe.wait_json(root.alerts(env), kind="flapping", state="raised")
 
 
+def opened(body: Any, kind: str, env: str) -> bool:
+    incident = body.get("incident", {})
+    return bool(
+        body.get("edge") == "opened" and incident.get("kind") == kind and incident.get("env") == env
+    )
+
+
 def log_lines(proc: Proc, event: str) -> list[dict[str, Any]]:
     lines = (json.loads(line) for line in proc.output().splitlines() if line.startswith("{"))
     return [line for line in lines if line.get("event") == event]
 
 
 @pytest.mark.slow
-async def test_flapping_and_identity_conflict_reach_the_webhook_as_json(
+async def test_flapping_and_identity_conflict_incidents_reach_the_webhook_as_json(
     broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
 ) -> None:
     with webhook(answers=[500]) as hook:  # the first try fails: delivered on the retry
@@ -59,16 +66,15 @@ async def test_flapping_and_identity_conflict_reach_the_webhook_as_json(
             for seq, boot in enumerate(["one", "two", "one", "two", "one", "two"]):
                 await heartbeat(probe, root, "twin", bdseq=seq, seq=0, boot=boot)
             await probe.wait_json(root.alerts("twin"), kind="identity-conflict", state="raised")
-            received = await hook.wait_received(2)
+            flapping = await hook.wait_body(lambda b: opened(b, "flapping", "flappy"))
+            conflict = await hook.wait_body(lambda b: opened(b, "identity-conflict", "twin"))
             assert await controller.proc.terminate() == 0
             goodbye = await probe.wait_json(root.controller_status(), status="offline")
-    bodies = {(r.body["kind"], r.body["env"]): r.body for r in received}
-    flapping = bodies["flapping", "flappy"]
-    assert flapping["type"] == "alert"
-    assert flapping["state"] == "raised"
-    assert flapping["ts"] > 0
-    assert "transitions" in flapping["detail"]
-    assert bodies["identity-conflict", "twin"]["state"] == "raised"
+    assert flapping["type"] == "incident"
+    assert flapping["incident"]["state"] == "open"
+    assert flapping["incident"]["opened"] > 0
+    assert "transitions" in flapping["incident"]["detail"]
+    assert conflict["incident"]["severity"] == "critical"
     assert hook.tries >= 3  # one failed, then both delivered
     assert goodbye["notify_sent"] >= 2
     assert goodbye["notify_failed"] == 0

@@ -120,7 +120,9 @@ async def test_an_older_schema_is_migrated_keeping_its_rows(tmp_path: Path) -> N
             "commands",
             "rollouts",
             "rollout_targets",
-        ):  # 5, 8, 9
+            "incident_steps",
+            "incidents",
+        ):  # 5, 8, 9, incidents
             conn.execute(f"DROP TABLE {table}")
         for column in ("missed_pct", "reconnects_1h"):  # the link figures' migration
             conn.execute(f"ALTER TABLE envs DROP COLUMN {column}")

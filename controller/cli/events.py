@@ -8,6 +8,14 @@ A connection lost while following is made again, and what was logged meanwhile p
 ``--json`` prints the log as one JSON array, or with ``--follow`` one JSON object per line
 (``id`` and ``at`` are null for events received live).
 
+With ``--env`` (and no ``--dep``) the environment's presence transitions and alert edges
+are shown beside its events, in one time order. ``--json`` stays the event log as it was
+(its consumers keep working) unless ``--timeline`` is given too: then each entry has
+``entry`` (``event``, ``transition`` or ``alert``); an event entry is as before (``id``,
+``at``, ``event``), a transition carries ``from_status``, ``to_status``, ``reason``, an
+alert ``kind``, ``state``, ``detail``. With ``--follow`` they are shown up to the start;
+what follows live is events.
+
 An ``--env`` the controller does not know (no record, no agent seen under it, nothing
 logged) is an error, not an empty log: an unregistered agent's id is known until ``env
 forget``.
@@ -34,9 +42,9 @@ from edgeplane.controller.operator.settings import load_operator_settings
 if TYPE_CHECKING:
     from edgeplane.controller.operator.client import ControllerClient, EventFeed
     from edgeplane.shared.messages import Event
-    from edgeplane.shared.rpc import LoggedEvent
+    from edgeplane.shared.rpc import LoggedEvent, TimelineEntry
 
-__all__ = ["add_parser", "event_line"]
+__all__ = ["add_parser", "event_line", "timeline_line"]
 
 PAGE: Final = 200  # events per event-list request
 RETRY_PAUSE: Final = 1.0  # seconds before the first attempt to connect again; doubling ...
@@ -57,6 +65,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--dep", default="", action=StoreOnce, metavar="ID", help="only this deployment's events"
     )
     parser.add_argument("--follow", "-f", action="store_true", help="then print new events")
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help="with --env and --json: the presence transitions and alerts as entries too",
+    )
     add_operator_flags(parser)
     parser.set_defaults(handler=events)
 
@@ -75,7 +88,8 @@ def events(args: argparse.Namespace) -> int:
         if not args.follow:
             async with connect() as controller:
                 logged = await _read_log(controller, args, settings.timeout, after=0)
-            _print_log(logged, args.json)
+                timeline = await _read_timeline(controller, args, settings.timeout)
+            _print_log(logged, args.json, timeline)
             return 0
         with _stop_on_signals() as stop:
             await _follow_log(connect, args, settings.timeout, stop)
@@ -100,6 +114,7 @@ async def _follow_log(
 
     seen: set[tuple[str, str, int]] = set()
     after = 0
+    first = True
 
     def retrying(retry: Retry) -> None:
         print(f"edgeplane: {retry.error}; trying again", file=sys.stderr, flush=True)
@@ -113,11 +128,19 @@ async def _follow_log(
     )
 
     async def follow(controller: ControllerClient) -> None:
-        nonlocal after
+        nonlocal after, first
         feed = await controller.follow_events(args.env)
-        for entry in await _read_log(controller, args, within, after=after):
-            after = entry.id
-            _print_new(entry.id, entry.at, entry.event, seen, args)
+        logged = await _read_log(controller, args, within, after=after)
+        timeline = await _read_timeline(controller, args, within) if first else []
+        first = False
+        from edgeplane.shared.rpc import TimelineEntry as TimelineEntryType
+
+        for item in _merged(logged, timeline):
+            if isinstance(item, TimelineEntryType):
+                _print_timeline_entry(item, args.json)
+                continue
+            after = item.id
+            _print_new(item.id, item.at, item.event, seen, args)
         reconnect.settled()
         await _print_live(feed, seen, args, stop)
 
@@ -152,6 +175,26 @@ async def _read_log(
         if not page:  # a short page may only mean large events: the end is an empty one
             return logged
         after = page[-1].id
+
+
+async def _read_timeline(
+    controller: ControllerClient, args: argparse.Namespace, within: float
+) -> list[TimelineEntry]:
+    """``--env``'s transitions and alert edges (none for ``--dep`` or the whole log)."""
+    from edgeplane.shared.rpc import EnvTimeline
+
+    if not args.env or args.dep or (args.json and not args.timeline):
+        return []
+    entries: list[TimelineEntry] = await controller.call(EnvTimeline(env=args.env), within=within)
+    return entries
+
+
+def _merged(
+    logged: list[LoggedEvent], timeline: list[TimelineEntry]
+) -> list[LoggedEvent | TimelineEntry]:
+    """Both in one time order (stable: an event before a transition of the same time)."""
+    items: list[LoggedEvent | TimelineEntry] = [*logged, *timeline]
+    return sorted(items, key=lambda item: item.at)
 
 
 async def _print_live(
@@ -189,16 +232,65 @@ def _print_new(
     _print_entry(entry_id, at, event, args.json)
 
 
-def _print_log(logged: list[LoggedEvent], as_json: bool) -> None:
+def _print_log(
+    logged: list[LoggedEvent], as_json: bool, timeline: list[TimelineEntry] | None = None
+) -> None:
     from edgeplane.controller.operator.output import print_json
 
+    if not timeline:
+        if as_json:
+            print_json(logged)
+        elif not logged:
+            print("no events")
+        else:
+            for entry in logged:
+                print(event_line(entry.at, entry.event))
+        return
+    from edgeplane.shared.rpc import TimelineEntry as TimelineEntryType
+
+    merged = _merged(logged, timeline)
     if as_json:
-        print_json(logged)
-    elif not logged:
-        print("no events")
+        print_json([_json_entry(item) for item in merged])
+        return
+    for item in merged:
+        if isinstance(item, TimelineEntryType):
+            print(timeline_line(item))
+        else:
+            print(event_line(item.at, item.event))
+
+
+def _json_entry(item: LoggedEvent | TimelineEntry) -> dict[str, object]:
+    import msgspec
+
+    from edgeplane.shared.rpc import TimelineEntry as TimelineEntryType
+
+    if isinstance(item, TimelineEntryType):
+        built: dict[str, object] = msgspec.to_builtins(item)
+        return built
+    return {"entry": "event", **msgspec.to_builtins(item)}
+
+
+def _print_timeline_entry(entry: TimelineEntry, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(_json_entry(entry), separators=(",", ":")))
     else:
-        for entry in logged:
-            print(event_line(entry.at, entry.event))
+        print(timeline_line(entry))
+    sys.stdout.flush()
+
+
+def timeline_line(entry: TimelineEntry) -> str:
+    """``2026-11-27 08:01:02  edge-a  -  offline (connection-lost), was online`` or
+    ``...  -  alert flapping raised: 6 transitions in 300 s``"""
+    from edgeplane.controller.operator.output import visible
+
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.at))
+    if entry.entry == "transition":
+        why = f" ({entry.reason})" if entry.reason else ""
+        text = f"{entry.to_status}{why}, was {entry.from_status}"
+    else:
+        detail = f": {entry.detail}" if entry.detail else ""
+        text = f"alert {entry.kind} {entry.state}{detail}"
+    return f"{stamp}  {entry.env}  -  {visible(text)}"
 
 
 def _print_entry(entry_id: int | None, at: float, event: Event, as_json: bool) -> None:

@@ -27,6 +27,7 @@ from edgeplane.controller.cli import (
     deployments,
     env,
     events,
+    incidents,
     operators,
     rollout,
     status,
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     rollout.add_parser(commands)
     undeploy.add_parser(commands)
     events.add_parser(commands)
+    incidents.add_parser(commands)
     demo.add_parser(commands)
     broker.add_parser(commands)
     operators.add_parser(commands)

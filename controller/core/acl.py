@@ -196,6 +196,7 @@ def controller_role(root: TopicRoot) -> Role:
             _send(root.controller_status()),
             _send(f"{root}/view/+"),
             _send(f"{root}/alerts/+"),
+            _send(root.all_alert_states()),
             _send(f"{root}/controller/reply/+"),
             _send(CONTROL_TOPIC),
             _send(root.requests()),
@@ -215,11 +216,13 @@ def controller_role(root: TopicRoot) -> Role:
 
 
 def operator_role(root: TopicRoot, name: str, role: OperatorRole) -> Role:
-    """A viewer reads views, alerts, events and the controller's status and publishes
-    nothing; an admin also sends requests and reads its own replies."""
+    """A viewer reads views, alerts (and their retained states), events and the
+    controller's status and publishes nothing; an admin also sends requests and reads its
+    own replies."""
     reads: tuple[Acl, ...] = (
         _sub(root.all_views()),
         _sub(root.all_alerts()),
+        _sub(root.all_alert_states()),
         _sub(root.all_events()),
         _sub(root.controller_status()),
     )

@@ -13,37 +13,22 @@ from __future__ import annotations
 import collections
 import random
 from dataclasses import dataclass
-from typing import Final, Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.shared.backoff import Backoff
-from edgeplane.shared.notices import AlertNotice
 
 __all__ = [
-    "DETAIL_LIMIT",
     "NoticeQueue",
     "RetryPolicy",
     "TryVerdict",
-    "alert_notice",
     "check_notify_url",
     "public_url",
     "retryable",
 ]
 
-DETAIL_LIMIT: Final = 256
 TryVerdict = Literal["sent", "retry", "give-up"]
 T = TypeVar("T")
-
-
-def alert_notice(edge: AlertEdge) -> AlertNotice:
-    return AlertNotice(
-        kind=edge.kind,
-        state=edge.state,
-        env=edge.env,
-        ts=edge.at,
-        detail=edge.detail[:DETAIL_LIMIT],
-    )
 
 
 class NoticeQueue(Generic[T]):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +154,9 @@ class Operations:
         # (env, workflow name) -> version -> the latest finished dry run of it
         self._validations: dict[tuple[str, str], dict[str, Deployment]] = {}
         self._restored_dry_runs = {d.id: d for d in dry_runs}
+        # How many incidents of an environment are open (the incidents' book says, once
+        # the service has one): each view carries it.
+        self.open_incidents: Callable[[str], int] = _no_incidents
         for dry_run in self._restored_dry_runs.values():
             self._note_dry_run(dry_run)
 
@@ -198,9 +201,10 @@ class Operations:
         if record is not None and record.retired is not None:
             return None
         registered = record is not None
-        if view.registered == registered:
+        incidents = self.open_incidents(view.env)
+        if view.registered == registered and view.open_incidents == incidents:
             return view
-        return replace(view, registered=registered)
+        return replace(view, registered=registered, open_incidents=incidents)
 
     def expected_views(self) -> dict[str, EnvView | None]:
         """What ``R/view/{env}`` should hold for every environment known (None: nothing,
@@ -774,6 +778,10 @@ class Operations:
 def _write_change(effects: Effects, change: Change) -> None:
     effects.writes.deployments.extend(change.deployments)
     effects.writes.commands.extend(change.commands)
+
+
+def _no_incidents(env: str) -> int:
+    return 0
 
 
 def _unknown_view(record: Environment) -> EnvView:

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from edgeplane.controller.core.deployments import Deployment, OperatorCommand
+from edgeplane.controller.core.incidents import Incident
 from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.registry import Environment
 from edgeplane.controller.core.rollout import RolloutRecord, Target
@@ -59,6 +60,7 @@ class Writes:
     key_agents: list[AgentTrust] = field(default_factory=list)
     rollouts: list[RolloutRecord] = field(default_factory=list)
     rollout_targets: list[Target] = field(default_factory=list)
+    incidents: list[Incident] = field(default_factory=list)
     # Deleted after everything before them in the store's queue, before what comes after.
     forgotten: list[Forgotten] = field(default_factory=list)
     urgent: bool = False
@@ -74,6 +76,7 @@ class Writes:
         self.key_agents.extend(other.key_agents)
         self.rollouts.extend(other.rollouts)
         self.rollout_targets.extend(other.rollout_targets)
+        self.incidents.extend(other.incidents)
         self.forgotten.extend(other.forgotten)
         self.urgent = self.urgent or other.urgent
 
@@ -89,5 +92,6 @@ class Writes:
             or self.key_agents
             or self.rollouts
             or self.rollout_targets
+            or self.incidents
             or self.forgotten
         )

@@ -41,6 +41,7 @@ def _judged(view: EnvView) -> tuple[object, ...]:
         view.pressure,
         view.missed_pct,
         view.reconnects_1h,
+        view.open_incidents,
     )
 
 

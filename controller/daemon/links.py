@@ -44,6 +44,7 @@ from edgeplane.controller.core.presence import Presence
 from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.beacon import StatusBeacon
 from edgeplane.controller.daemon.identities import Identities
+from edgeplane.controller.daemon.incident_desk import IncidentDesk
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.publisher import PUBLISH_WINDOW, Publisher
 from edgeplane.controller.daemon.request_desk import REQUEST_WORKERS, RequestDesk
@@ -87,6 +88,7 @@ class DaemonParts:
     identities: Identities | None = None  # None: the broker has none (no broker init)
     rotation: RotationDesk | None = None  # credential rotation, with identities only
     rollouts: RolloutDesk | None = None  # the rollouts' runner
+    incidents: IncidentDesk | None = None  # the incidents' book and notification seam
 
 
 class PresenceLink:
@@ -106,6 +108,7 @@ class PresenceLink:
         self._views = parts.views
         self._rotation = parts.rotation
         self._rollouts = parts.rollouts
+        self._incidents = parts.incidents
 
     @property
     def broker_url(self) -> BrokerUrl:
@@ -151,6 +154,8 @@ class PresenceLink:
                 workers.append(tasks.create_task(self._rotation.tick(), name="rotation-ticker"))
             if self._rollouts is not None:
                 workers.append(tasks.create_task(self._rollouts.serve(), name="rollouts"))
+            if self._incidents is not None:
+                workers.append(tasks.create_task(self._incidents.serve(), name="incidents"))
             if self._ids is not None:
                 ages = self._ids.operator_credentials().watch()
                 workers.append(tasks.create_task(ages, name="operator-ages"))

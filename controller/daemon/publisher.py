@@ -15,14 +15,15 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from typing import Final
 
-import msgspec
 import structlog
 
 from edgeplane.controller.core.alerts import AlertEdge
-from edgeplane.controller.core.notices import alert_notice
+from edgeplane.controller.core.incidents import IncidentEdge
 from edgeplane.controller.core.operations import Effects, Operations, Outgoing
 from edgeplane.controller.core.presence import Judgement, Transition
+from edgeplane.controller.core.records import Writes
 from edgeplane.controller.daemon.command_keys import CommandKeys
+from edgeplane.controller.daemon.incident_desk import IncidentDesk
 from edgeplane.controller.daemon.store import Store
 from edgeplane.controller.daemon.sync import RetainedSync
 from edgeplane.controller.mqtt import Connection
@@ -62,13 +63,13 @@ class Publisher:
         self._window = asyncio.Semaphore(PUBLISH_WINDOW)
         # Told every batch of effects carried out (the rollouts follow their deployments).
         self.watchers: list[Callable[[Effects], None]] = []
-        # The webhook (daemon/notifier.py): given a notice for every alert edge published;
-        # returns at once, never raises. Nothing without --notify-url.
-        self.notify: Callable[[msgspec.Struct], None] = _no_webhook
+        # The incidents' desk: told everything carried out, its rows stored after it.
+        self.incidents: IncidentDesk | None = None
 
     async def carry_out(self, judgement: Judgement | None, effects: Effects | None) -> int:
         """Store, then (once committed) publish; returns the store number to wait for."""
         number = 0
+        edges, carried, clear = self._incident_edges(judgement, effects)
         if judgement:
             number = await self._store.submit(judgement)
             await self._queue_judged(number, judgement)
@@ -80,7 +81,25 @@ class Publisher:
                 number = await self._store.submit(effects.writes)
             for item in effects.outgoing:
                 await self._outbox.put((number, self._signed(item)))
+        if edges:
+            writes = Writes(incidents=[edge.incident for edge in edges], urgent=True)
+            number = await self._store.submit(writes)
+        edges += carried
+        if edges and self.incidents is not None:
+            self.incidents.queue_notices(number, edges)
+            _log_incidents(edges)
+            shown = {view.env for view in judgement.views} if judgement else set()
+            await self._queue_counted(number, edges, shown)
+        for item in clear:
+            await self._outbox.put((number, item))
         return number
+
+    def _incident_edges(
+        self, judgement: Judgement | None, effects: Effects | None
+    ) -> tuple[list[IncidentEdge], list[IncidentEdge], list[Outgoing]]:
+        if self.incidents is None:
+            return [], [], []
+        return self.incidents.take(judgement, effects)
 
     async def send(self, item: Outgoing, after: int = 0) -> None:
         """Publish ``item`` once the store number ``after`` is committed."""
@@ -111,7 +130,17 @@ class Publisher:
             await self._outbox.put((number, self._view(view)))
         for edge in judgement.alerts:
             await self._outbox.put((number, self._alert(edge)))
-            self.notify(alert_notice(edge))
+            await self._outbox.put((number, self._alert_state(edge)))
+
+    async def _queue_counted(self, number: int, edges: list[IncidentEdge], shown: set[str]) -> None:
+        """The views of environments whose count of open incidents changed (``shown``:
+        those whose view goes out anyway)."""
+        changed = {e.incident.env for e in edges if e.edge in ("opened", "resolved")} - shown
+        for env in sorted(changed):
+            view = self._ops.expected_view(env)
+            if view is not None:
+                self._sync.note_sent(env)
+                await self._outbox.put((number, self._view(view)))
 
     def _view(self, view: EnvView) -> Outgoing:
         return Outgoing(self._root.view(view.env), encode(view), True)
@@ -121,6 +150,13 @@ class Publisher:
             kind=edge.kind, state=edge.state, env=edge.env, ts=edge.at, detail=edge.detail[:256]
         )
         return Outgoing(self._root.alerts(edge.env), encode(alert), False)
+
+    def _alert_state(self, edge: AlertEdge) -> Outgoing:
+        """The same edge, retained per environment and kind: a late subscriber sees it."""
+        alert = Alert(
+            kind=edge.kind, state=edge.state, env=edge.env, ts=edge.at, detail=edge.detail[:256]
+        )
+        return Outgoing(self._root.alert_state(edge.env, edge.kind), encode(alert), True)
 
     # --- on a connection ------------------------------------------------------------------
     async def run(self, connection: Connection) -> None:
@@ -162,15 +198,27 @@ class Publisher:
         return iter(unsent)
 
 
-def _no_webhook(notice: msgspec.Struct) -> None:
-    pass
-
-
 def _log_judgement(judgement: Judgement) -> None:
     for transition in judgement.transitions:
         _log_transition(transition)
     for edge in judgement.alerts:
         log.warning("alert", env=edge.env, kind=edge.kind, state=edge.state, detail=edge.detail)
+
+
+def _log_incidents(edges: list[IncidentEdge]) -> None:
+    for edge in edges:
+        if edge.edge == "repeated":
+            continue  # counted on the incident; a flood of repeats is not a flood of lines
+        incident = edge.incident
+        emit = log.warning if edge.edge == "opened" else log.info
+        emit(
+            "incident " + edge.edge,
+            incident=incident.id,
+            env=incident.env,
+            kind=incident.kind,
+            severity=incident.severity,
+            detail=incident.detail,
+        )
 
 
 def _log_transition(transition: Transition) -> None:

@@ -15,11 +15,14 @@ from typing import Any, Final
 import msgspec
 import structlog
 
+from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.operations import Effects, Operations
+from edgeplane.controller.core.presence import Transition
 from edgeplane.controller.core.views import ViewGuard
 from edgeplane.controller.daemon.command_keys import KeyRotator
 from edgeplane.controller.daemon.diagnose_desk import Diagnoser
 from edgeplane.controller.daemon.identities import NO_IDENTITIES, Identities
+from edgeplane.controller.daemon.incident_desk import IncidentDesk, incident_info
 from edgeplane.controller.daemon.rollout_desk import RolloutDesk
 from edgeplane.controller.daemon.rotation_desk import RotationDesk, with_credential
 from edgeplane.controller.daemon.store import Store
@@ -42,9 +45,15 @@ from edgeplane.shared.rpc import (
     EnvRetire,
     EnvRotateCredentials,
     EnvShow,
+    EnvTimeline,
     EnvUpdate,
     ErrorCode,
     EventList,
+    IncidentAck,
+    IncidentList,
+    IncidentResolve,
+    IncidentShow,
+    IncidentSummary,
     LoggedEvent,
     OperatorAdd,
     OperatorList,
@@ -57,6 +66,7 @@ from edgeplane.shared.rpc import (
     RolloutList,
     RolloutShow,
     RolloutStart,
+    TimelineEntry,
     UndeployRequest,
 )
 
@@ -75,6 +85,9 @@ _READS: Final = (
     OperatorList,
     RolloutList,
     RolloutShow,
+    IncidentList,
+    IncidentShow,
+    EnvTimeline,
 )
 
 log = structlog.get_logger("edgeplane.controller.daemon.requests")
@@ -100,8 +113,10 @@ class RequestHandler:
         views: ViewGuard | None = None,
         rollouts: RolloutDesk | None = None,
         diagnoser: Diagnoser | None = None,
+        incidents: IncidentDesk | None = None,
     ) -> None:
         self._ops = operations
+        self._incidents = incidents
         self._diagnoser = diagnoser
         self._rollouts = rollouts
         self._views = views
@@ -152,11 +167,11 @@ class RequestHandler:
                 page = [info for info in infos if info.id > request.after][: request.limit]
                 return [self._credential(info) for info in page], Effects()
             case EnvShow(id=env):
-                return self._credential(ops.env_info(env)), Effects()
+                return self._with_incidents(self._credential(ops.env_info(env))), Effects()
             case EnvDiagnose(id=env):
                 if self._diagnoser is None:
                     raise RequestRefused("unavailable", "this controller cannot diagnose")
-                info = self._credential(ops.env_info(env))
+                info = self._with_incidents(self._credential(ops.env_info(env)))
                 return await self._diagnoser.diagnose(request, info), Effects()
             case EnvUpdate():
                 return ops.update(request)
@@ -210,6 +225,12 @@ class RequestHandler:
                 if unknown and await self._store.deployment(dep) is None:
                     raise RequestRefused("not-found", f"no deployment {dep!r}")
                 return _fitting(events), Effects()
+            case IncidentList() | IncidentShow() | IncidentAck() | IncidentResolve():
+                return await self._incident_request(request, requester)
+            case EnvTimeline(env=env, since=since, limit=limit):
+                ops.require_known(env)
+                await self._store.flush()
+                return _timeline(*await self._store.timeline(env, since, limit)), Effects()
             case OperatorAdd():
                 return await ids().add_operator(request, ops)
             case OperatorList():
@@ -233,6 +254,56 @@ class RequestHandler:
                     raise RequestRefused("unavailable", "this controller cannot rotate its key")
                 return self._keys.request(action)
         raise RequestRefused("invalid", f"unknown request {_op(request)!r}")
+
+    async def _incident_request(
+        self, request: IncidentList | IncidentShow | IncidentAck | IncidentResolve, by: str
+    ) -> tuple[Any, Effects]:
+        desk = self._incident_desk()
+        await self._store.flush()
+        if isinstance(request, IncidentList):
+            if request.env:
+                self._ops.require_known(request.env)
+            found = await self._store.incidents(
+                env=request.env,
+                since=request.since,
+                open_only=request.open_only,
+                kind=request.kind,
+                limit=request.limit,
+            )
+            return [incident_info(i) for i in found], Effects()
+        stored = await self._store.incident(request.id)
+        if stored is None:
+            raise RequestRefused("not-found", f"no incident {request.id!r}")
+        if isinstance(request, IncidentShow):
+            return incident_info(stored), Effects()
+        act = desk.acknowledge if isinstance(request, IncidentAck) else desk.resolve
+        done = act(request.id, request.note, by)
+        if done is None:
+            raise RequestRefused("conflict", f"incident {request.id} is resolved already")
+        edge, effects = done
+        return incident_info(edge.incident), effects
+
+    def _with_incidents(self, info: EnvInfo) -> EnvInfo:
+        if self._incidents is None:
+            return info
+        summaries = [
+            IncidentSummary(
+                id=i.id,
+                kind=i.kind,
+                severity=i.severity,
+                state=i.state,
+                opened=i.opened,
+                count=i.count,
+                detail=i.detail,
+            )
+            for i in self._incidents.book.open_in(info.id)
+        ]
+        return msgspec.structs.replace(info, open_incidents=summaries)
+
+    def _incident_desk(self) -> IncidentDesk:
+        if self._incidents is None:
+            raise RequestRefused("unavailable", "this controller keeps no incidents")
+        return self._incidents
 
     def _rollout_desk(self) -> RolloutDesk:
         if self._rollouts is None:
@@ -285,6 +356,27 @@ class RequestHandler:
         # its own environment's only: another's naming it are forged (and were dropped)
         events = await self._store.events(env=deployment.env, dep=dep, limit=SHOW_EVENTS)
         return deployment.info(_fitting(events))
+
+
+def _timeline(transitions: list[Transition], alerts: list[AlertEdge]) -> list[TimelineEntry]:
+    entries = [
+        TimelineEntry(
+            entry="transition",
+            env=t.env,
+            at=t.at,
+            from_status=t.from_status,
+            to_status=t.to_status,
+            reason=t.reason,
+        )
+        for t in transitions
+    ]
+    entries += [
+        TimelineEntry(
+            entry="alert", env=a.env, at=a.at, kind=a.kind, state=a.state, detail=a.detail[:256]
+        )
+        for a in alerts
+    ]
+    return sorted(entries, key=lambda e: e.at)
 
 
 def _fitting(events: list[LoggedEvent]) -> list[LoggedEvent]:

@@ -123,13 +123,17 @@ class CredentialRotator:
         """After a restart: the steps that were under way, taken again."""
         await self._carry_out(self.rotations.resume())
 
-    async def rotate_due(self, enrolled: dict[str, float]) -> None:
-        """Rotate every credential older than the core's ``rotate_after``."""
+    async def rotate_due(self, enrolled: dict[str, float]) -> list[tuple[str, str]]:
+        """Rotate every credential older than the core's ``rotate_after``; the ones that
+        failed, (env, why)."""
+        failed: list[tuple[str, str]] = []
         for env in self.rotations.due(self._clock.time(), enrolled):
             try:
                 await self.rotate(env, "age")
             except (ControllerError, RequestRefused) as exc:
                 log.warning("automatic credential rotation failed", env=env, error=str(exc))
+                failed.append((env, str(exc)))
+        return failed
 
     # --- the steps --------------------------------------------------------------------------
     async def _carry_out(self, actions: Iterable[Action]) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import msgspec
@@ -53,6 +53,9 @@ class RotationDesk:
         self._queue: asyncio.Queue[OnlineStatus] = asyncio.Queue(ROTATION_QUEUE)
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()  # wakes the ticker
+        # Told each rotation of an environment that failed (env, why): a credential
+        # problem for the operations log.
+        self.on_failure: Callable[[str, str], Awaitable[object]] | None = None
         self.dropped = 0
 
     @property
@@ -99,7 +102,7 @@ class RotationDesk:
         await self._guarded(self.rotator.resume(), "resume")
         while True:
             status = await self._queue.get()
-            await self._guarded(self.rotator.on_online(status), status.env)
+            await self._guarded(self.rotator.on_online(status), status.env, env=status.env)
             self._changed.set()
 
     async def tick(self) -> None:
@@ -114,7 +117,9 @@ class RotationDesk:
                 await self._nap(min(wait, TICK_MAX))
                 continue
             async with self._lock:
-                await self.rotator.rotate_due(self.enrolled())
+                failed = await self.rotator.rotate_due(self.enrolled())
+            for env, why in failed:
+                await self._failed(env, f"automatic credential rotation failed: {why}")
             await asyncio.sleep(TICK_MIN)  # a rotation that failed is not tried in a loop
 
     async def _nap(self, seconds: float) -> None:
@@ -128,7 +133,7 @@ class RotationDesk:
         """Every active environment: when its record was made."""
         return {record.id: record.created for record in self._ops.registry if record.active}
 
-    async def _guarded(self, step: Awaitable[None], what: str) -> None:
+    async def _guarded(self, step: Awaitable[None], what: str, env: str = "") -> None:
         async with self._lock:
             try:
                 await step
@@ -136,6 +141,15 @@ class RotationDesk:
                 # Each state is stored: a reconnect or a restart resumes it, or an
                 # operator asks again.
                 log.warning("credential rotation step failed", what=what, error=str(exc))
+                failure = str(exc)
+            else:
+                return
+        if env:
+            await self._failed(env, f"credential rotation step failed: {failure}")
+
+    async def _failed(self, env: str, why: str) -> None:
+        if self.on_failure is not None:
+            await self.on_failure(env, why)
 
 
 def with_credential(info: EnvInfo, rotations: Rotations) -> EnvInfo:

@@ -112,7 +112,7 @@ INSERT_EVENT: Final = """
 # What `env forget` deletes of an id, by its `env` column: its presence always; its history
 # too when it never had a record (a retired environment keeps its history).
 PRESENCE_TABLES: Final = ("envs", "inventory")
-HISTORY_TABLES: Final = ("transitions", "alerts", "oplog")
+HISTORY_TABLES: Final = ("transitions", "alerts", "oplog", "incidents")
 
 _json: Final = msgspec.json.Encoder()
 _models_decoder: Final = msgspec.json.Decoder(dict[str, list[str]])

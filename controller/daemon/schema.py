@@ -235,6 +235,33 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE envs ADD COLUMN missed_pct REAL;
     ALTER TABLE envs ADD COLUMN reconnects_1h INTEGER;
     """,
+    # version 15: the operations log's incidents: one per episode of a problem
+    # of one environment, its latest state, and its timeline (controller/core/incidents.py)
+    """
+    CREATE TABLE incidents (
+        id TEXT PRIMARY KEY,
+        env TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        state TEXT NOT NULL,
+        opened REAL NOT NULL,
+        updated REAL NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        count INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE INDEX incidents_by_env ON incidents (env, opened);
+    CREATE INDEX incidents_by_time ON incidents (opened);
+    CREATE INDEX incidents_open ON incidents (state) WHERE state != 'resolved';
+    CREATE TABLE incident_steps (
+        incident TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        at REAL NOT NULL,
+        note TEXT NOT NULL DEFAULT '',
+        by TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (incident, step)
+    );
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

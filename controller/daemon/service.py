@@ -32,6 +32,7 @@ from edgeplane.controller.core.badinput import BadInput
 from edgeplane.controller.core.diagnosis import Thresholds
 from edgeplane.controller.core.flapping import FlapDetector
 from edgeplane.controller.core.identity import IdentityWatch
+from edgeplane.controller.core.incidents import IncidentBook
 from edgeplane.controller.core.notices import RetryPolicy
 from edgeplane.controller.core.operations import CONTROLLER_SRC, Operations, new_id
 from edgeplane.controller.core.presence import Presence
@@ -45,6 +46,7 @@ from edgeplane.controller.daemon.broker_admin import BrokerAdmin
 from edgeplane.controller.daemon.command_keys import CommandKeys, KeyRotator, open_command_keys
 from edgeplane.controller.daemon.diagnose_desk import Diagnoser, LastMetrics, PongWaiters
 from edgeplane.controller.daemon.identities import Identities
+from edgeplane.controller.daemon.incident_desk import IncidentDesk
 from edgeplane.controller.daemon.intake import Intake
 from edgeplane.controller.daemon.links import DaemonParts, EventLink, PresenceLink
 from edgeplane.controller.daemon.notifier import Notifier
@@ -65,6 +67,7 @@ from edgeplane.controller.tasks import cancel_and_wait
 from edgeplane.shared.clock import Clock, SystemClock
 from edgeplane.shared.command_signature import CommandSigner
 from edgeplane.shared.messages import Credentials
+from edgeplane.shared.notices import IncidentNotice
 
 __all__ = ["PresenceService"]
 
@@ -132,13 +135,19 @@ class PresenceService:
             raise AnotherController(rival_text(settings, parts.beacon.gave_way_to, "started first"))
 
     def _notifier(self, parts: DaemonParts) -> contextlib.AbstractAsyncContextManager[object]:
-        """The webhook, fed every alert edge published; nothing without ``--notify-url``."""
+        """The webhook, fed every incident edge once stored; nothing without ``--notify-url``."""
         url = self.settings.notify_url
         if url is None:
             return contextlib.nullcontext(None)
         policy = RetryPolicy(max_tries=self.settings.notify_tries)
         notifier = Notifier(url, timeout=self.settings.notify_timeout, policy=policy)
-        parts.publisher.notify = notifier.notify
+        if parts.incidents is not None:
+
+            def notify(notice: IncidentNotice) -> None:
+                if notice.edge != "repeated":  # one body per edge of an episode, not a stream
+                    notifier.notify(notice)
+
+            parts.incidents.sinks.append(notify)
         parts.beacon.notify_counts = lambda: astuple(notifier.counts)
         return notifier
 
@@ -226,6 +235,16 @@ class PresenceService:
         rollouts = RolloutDesk(operations, store, publisher, clock, sync.synced)
         await rollouts.restore()
         publisher.watchers.append(rollouts.note)
+        book = IncidentBook(clock, await store.open_incidents())
+        incidents = IncidentDesk(root, clock, book, store, core)
+        publisher.incidents = incidents
+        operations.open_incidents = book.open_count
+        if rotation is not None:
+
+            async def credential_problem(env: str, why: str) -> int:
+                return await publisher.carry_out(None, incidents.credential_problem(env, why))
+
+            rotation.on_failure = credential_problem
         handler = RequestHandler(
             operations,
             store,
@@ -236,6 +255,7 @@ class PresenceService:
             views=views,
             rollouts=rollouts,
             diagnoser=diagnoser,
+            incidents=incidents,
         )
         desk = RequestDesk(root, handler, publisher, sync.synced, intake.drop, beacon.identity)
         await publisher.carry_out(None, operations.ensure_default())
@@ -254,6 +274,7 @@ class PresenceService:
             identities if identities.enabled else None,
             rotation,
             rollouts,
+            incidents,
         )
 
     async def _rotation(

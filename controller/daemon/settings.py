@@ -144,7 +144,7 @@ CONTROLLER_SETTINGS: Final = (
         "notify_url",
         notify_url,
         None,
-        "webhook: POST a JSON body for every alert edge to this http:// or https:// URL "
+        "webhook: POST a JSON body for every incident edge to this http:// or https:// URL "
         "(user:password in it is sent as basic authentication, never logged)",
     ),
     Setting("notify_timeout", common.positive_float, 5.0, "seconds one webhook POST may take"),

@@ -33,13 +33,14 @@ import aiosqlite
 
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.deployments import REFOLD, Deployment, OperatorCommand, refold
+from edgeplane.controller.core.incidents import Incident, IncidentStepRecord
 from edgeplane.controller.core.key_rotation import AgentTrust, KeyRotation
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
 from edgeplane.controller.core.records import Forgotten, ReportedInventory, Writes
 from edgeplane.controller.core.registry import Environment
 from edgeplane.controller.core.rollout import RolloutRecord, Target
 from edgeplane.controller.core.rotation import Credential
-from edgeplane.controller.daemon import key_rows, rollout_rows, rows
+from edgeplane.controller.daemon import incident_rows, key_rows, rollout_rows, rows
 from edgeplane.controller.daemon.schema import prepare
 from edgeplane.controller.errors import StoreError
 from edgeplane.shared.resources import PRESSURE_KINDS
@@ -196,6 +197,8 @@ class Store:
 
     async def _forget(self, forgotten: Forgotten) -> None:
         tables = rows.HISTORY_TABLES if forgotten.history else ()
+        if forgotten.history:
+            await self._db.execute(incident_rows.DELETE_STEPS_OF_ENV, (forgotten.env,))
         for table in (*rows.PRESENCE_TABLES, *tables):
             await self._db.execute(f"DELETE FROM {table} WHERE env = ?", (forgotten.env,))
 
@@ -225,6 +228,17 @@ class Store:
         targets = {(t.rollout, t.env): rollout_rows.target_row(t) for t in writes.rollout_targets}
         if targets:
             await self._db.executemany(rollout_rows.UPSERT_TARGET, targets.values())
+        await self._write_incidents(writes)
+
+    async def _write_incidents(self, writes: Writes) -> None:
+        incidents = {i.id: i for i in writes.incidents}  # the last version of each wins
+        if not incidents:
+            return
+        await self._db.executemany(
+            incident_rows.UPSERT_INCIDENT, map(incident_rows.incident_row, incidents.values())
+        )
+        steps = [row for i in incidents.values() for row in incident_rows.step_rows(i)]
+        await self._db.executemany(incident_rows.INSERT_STEP, steps)
 
     async def _write_key_rotation(self, writes: Writes) -> None:
         if writes.key_rotation:
@@ -399,6 +413,78 @@ class Store:
             (*args, limit),
         )
         return [rows.logged_event_from_row(row) for row in found]
+
+    async def timeline(
+        self, env: str, since: float, limit: int
+    ) -> tuple[list[Transition], list[AlertEdge]]:
+        """``env``'s transitions and alert edges at or after ``since``, oldest first (at
+        most ``limit`` of each)."""
+        args = (env, since, limit)
+        transitions = await self._query(
+            f"{rows.TRANSITION_SELECT} WHERE env = ? AND at >= ? ORDER BY at, id LIMIT ?", args
+        )
+        alerts = await self._query(
+            f"{rows.ALERT_SELECT} WHERE env = ? AND at >= ? ORDER BY at, id LIMIT ?", args
+        )
+        return (
+            [rows.transition_from_row(row) for row in transitions],
+            [rows.alert_from_row(row) for row in alerts],
+        )
+
+    async def open_incidents(self) -> list[Incident]:
+        """Every incident not resolved, with its timeline (what the book restores)."""
+        return await self.incidents(open_only=True, limit=None)
+
+    async def incidents(
+        self,
+        *,
+        env: str = "",
+        since: float | None = None,
+        open_only: bool = False,
+        kind: str = "",
+        limit: int | None = 100,
+    ) -> list[Incident]:
+        """Incidents, newest first, each with its timeline."""
+        conditions: list[str] = ["1 = 1"]
+        args: list[Any] = []
+        if env:
+            conditions.append("env = ?")
+            args.append(env)
+        if kind:
+            conditions.append("kind = ?")
+            args.append(kind)
+        if since is not None:
+            conditions.append("updated >= ?")
+            args.append(since)
+        if open_only:
+            conditions.append("state != 'resolved'")
+        tail = "" if limit is None else f" LIMIT {int(limit)}"
+        found = await self._query(
+            f"{incident_rows.INCIDENT_SELECT} WHERE {' AND '.join(conditions)}"
+            f" ORDER BY opened DESC, id{tail}",
+            args,
+        )
+        return await self._with_timelines(found)
+
+    async def incident(self, incident_id: str) -> Incident | None:
+        found = await self._query(f"{incident_rows.INCIDENT_SELECT} WHERE id = ?", (incident_id,))
+        incidents = await self._with_timelines(found)
+        return incidents[0] if incidents else None
+
+    async def _with_timelines(self, found: list[sqlite3.Row]) -> list[Incident]:
+        if not found:
+            return []
+        ids = [row[0] for row in found]
+        steps: dict[str, list[IncidentStepRecord]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for row in await self._query(
+                f"{incident_rows.STEP_SELECT} WHERE incident IN ({marks}) ORDER BY incident, step",
+                chunk,
+            ):
+                steps.setdefault(row[0], []).append(incident_rows.step_from_row(row))
+        return [incident_rows.incident_from_row(row, steps.get(row[0], ())) for row in found]
 
     async def rollouts(self) -> list[RolloutRecord]:
         """Every rollout, oldest first."""

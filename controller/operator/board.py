@@ -117,6 +117,7 @@ class Row:
     pressure: tuple[str, ...] = ()  # resources with an open pressure episode
     missed_pct: float | None = None  # link quality over the last hour (None: unmeasured)
     reconnects_1h: int | None = None
+    incidents: int = 0  # the view's count of open incidents
 
     @property
     def shown_status(self) -> str:
@@ -256,6 +257,7 @@ class Board:
                     pressure=tuple(view.pressure),
                     missed_pct=view.missed_pct,
                     reconnects_1h=view.reconnects_1h,
+                    incidents=view.open_incidents,
                 )
             )
         return rows
@@ -348,6 +350,7 @@ def render_row(row: Row) -> dict[str, Any]:
         "pressure": list(row.pressure),
         "missed_pct": row.missed_pct,
         "reconnects_1h": row.reconnects_1h,
+        "open_incidents": row.incidents,
     }
 
 
@@ -359,13 +362,24 @@ def render_table(rows: list[Row], now: float | None = None) -> str:
     if not rows:
         return "no environments known (no retained views under this topic root)"
     now = time.time() if now is None else now
-    header = ("ENV", "STATUS", "SINCE", "FLAPPING", "LAST HEARTBEAT", "LINK", "PRESSURE", "REASON")
+    header = (
+        "ENV",
+        "STATUS",
+        "SINCE",
+        "FLAPPING",
+        "INCIDENTS",
+        "LAST HEARTBEAT",
+        "LINK",
+        "PRESSURE",
+        "REASON",
+    )
     lines = [
         (
             row.env,
             row.shown_status,
             "-" if row.since is None else ago(max(0.0, now - row.since)),
             "yes" if row.flapping else "no",
+            str(row.incidents) if row.incidents else "-",
             "never" if row.heartbeat_age is None else ago(row.heartbeat_age),
             link_text(row.missed_pct, row.reconnects_1h, short=True),
             ",".join(row.pressure) or "-",

@@ -74,6 +74,18 @@ def env_details(info: EnvInfo, *, clock: Callable[[], float] = time.time) -> str
     fields += [("command", command_text(command, clock())) for command in info.commands]
     if info.credential_generation is not None:
         fields.append(("credential", _credential(info, clock())))
+    fields.append(
+        ("incidents", f"{len(info.open_incidents)} open" if info.open_incidents else "none open")
+    )
+    fields += [
+        (
+            "incident",
+            f"{i.id} {i.kind} ({i.severity}, {i.state}) {ago(clock() - i.opened)}"
+            + (f" x{i.count}" if i.count > 1 else "")
+            + (f": {i.detail}" if i.detail else ""),
+        )
+        for i in info.open_incidents
+    ]
     width = max(len(name) for name, _ in fields) + 1
     return "\n".join(f"{name + ':':<{width}} {visible(value)}" for name, value in fields)
 

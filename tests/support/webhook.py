@@ -7,7 +7,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -54,6 +54,15 @@ class Hook:
         """Wait until ``count`` POSTs were answered 2xx."""
         await asyncio.to_thread(self._wait, lambda: len(self.received) >= count, timeout)
         return list(self.received)
+
+    async def wait_body(self, match: Callable[[Any], bool], timeout: float = 15.0) -> Any:
+        """Wait until a body answered 2xx matches; return it."""
+
+        def found() -> Any:
+            return next((r.body for r in list(self.received) if match(r.body)), None)
+
+        await asyncio.to_thread(self._wait, lambda: found() is not None, timeout)
+        return found()
 
     async def wait_tries(self, count: int, timeout: float = 15.0) -> None:
         await asyncio.to_thread(self._wait, lambda: self.tries >= count, timeout)
