@@ -13,6 +13,7 @@ import pytest
 
 from edgeplane.controller.core.alerts import AlertEdge
 from edgeplane.controller.core.deployments import Deployment
+from edgeplane.controller.core.incidents import Incident, IncidentStepRecord
 from edgeplane.controller.core.oplog import SeenEvents
 from edgeplane.controller.core.presence import EnvRecord, Judgement, Transition
 from edgeplane.controller.core.records import LogEntry, Writes
@@ -144,7 +145,7 @@ async def test_age_pruning_keeps_open_deployments_stream_heads_and_the_flap_wind
         before_restart = (await store.open_deployments(), await store.stream_heads())
         retention = Retention(max_age=30 * DAY, per_env=None, protect=600)
         pruned = await Pruner(store, retention, ManualClock(NOW)).prune_once()
-        assert pruned == {"oplog": 2, "transitions": 1, "alerts": 1}
+        assert pruned == {"oplog": 2, "transitions": 1, "alerts": 1, "incidents": 0}
         kept_transitions = [t.at for t in await store.transitions("e1")]
         kept_alerts = [a.state for a in await store.alerts("e1")]
     assert oplog(db, "e1") == [("agent", 1, "d-open"), ("agent", 4, ""), ("controller", 7, "")]
@@ -161,6 +162,37 @@ async def test_age_pruning_keeps_open_deployments_stream_heads_and_the_flap_wind
     assert not seen.first_time("e1", "agent", 3)  # pruned, and still never taken again
     assert not seen.first_time("e1", "agent", 4)
     assert seen.first_time("e1", "agent", 5)
+
+
+async def test_resolved_incidents_go_with_their_timelines_and_open_ones_stay(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "c.db"
+    old = NOW - 40 * DAY
+    steps = (IncidentStepRecord("opened", old), IncidentStepRecord("resolved", old + 60))
+    incidents = [
+        Incident("i-old", "e1", "offline", "critical", "resolved", old, old + 60, "", 1, steps),
+        Incident("i-open", "e1", "disk-pressure", "warning", "open", old, old, "", 1, steps[:1]),
+        Incident("i-new", "e1", "offline", "critical", "resolved", NOW - DAY, NOW - DAY, ""),
+    ]
+    async with open_store(db) as store:
+        await store.wait_committed(await store.submit(Writes(incidents=incidents)))
+        alerts = [AlertEdge("e1", "disk-pressure", "raised", old, "disk 97 %"),
+                  AlertEdge("e1", "flapping", "raised", old, ""),
+                  AlertEdge("e1", "flapping", "cleared", old + 1, "")]  # fmt: skip
+        await store.wait_committed(await store.submit(Judgement(alerts=alerts)))
+        retention = Retention(max_age=30 * DAY, per_env=None, protect=600)
+        pruned = await Pruner(store, retention, ManualClock(NOW)).prune_once()
+        assert pruned == {"oplog": 0, "transitions": 0, "alerts": 1, "incidents": 1}
+        assert [i.id for i in await store.open_incidents()] == ["i-open"]
+        assert await store.incident("i-old") is None
+        assert await store.incident("i-new") is not None
+        # the raised disk-pressure edge is the latest of its kind: the episode is restored
+        kept = [(a.kind, a.state) for a in await store.alerts("e1")]
+    assert sorted(kept) == [("disk-pressure", "raised"), ("flapping", "cleared")]
+    with sqlite3.connect(db) as conn:
+        left = conn.execute("SELECT DISTINCT incident FROM incident_steps ORDER BY 1").fetchall()
+    assert left == [("i-open",)]
 
 
 async def test_pruning_goes_in_bounded_batches_between_the_writers_commits(

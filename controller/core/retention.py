@@ -10,7 +10,10 @@ The history tables are listed by the store (:mod:`edgeplane.controller.daemon.re
   sent again is never taken as new after its row is gone;
 - ``transitions``: those inside the flap window (``:recent``), which the flap detector
   restores at a restart;
-- ``alerts``: nothing more (the alert state is on each environment's row).
+- ``alerts``: the latest edge of each (env, kind), from which an episode still open is
+  restored at a restart;
+- ``incidents``: the open and acknowledged ones (only resolved ones are pruned, by the
+  time they last changed; their timelines go with them).
 
 Deployments, commands and environment rows are state, not history: never pruned here.
 Each step of a :func:`plan` is carried out by the store in bounded batches.

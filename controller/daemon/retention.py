@@ -61,7 +61,17 @@ HISTORY: Final[tuple[History, ...]] = (
     ),
     # Those inside the flap window: the flap detector restores them at a restart.
     History("transitions", newest="at", keep="at >= :recent"),
-    History("alerts", newest="at"),
+    # The latest edge of each (env, kind): an episode still open (a disk full for weeks) is
+    # restored from it at a restart.
+    History(
+        "alerts",
+        newest="at",
+        keep="NOT EXISTS (SELECT 1 FROM alerts AS later WHERE later.env = alerts.env"
+        " AND later.kind = alerts.kind AND later.id > alerts.id)",
+    ),
+    # Resolved incidents only (their timelines go with them: a trigger of the schema); an
+    # open or acknowledged one is kept however old.
+    History("incidents", at="updated", newest="updated", keep="state != 'resolved'"),
 )
 
 

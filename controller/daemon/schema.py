@@ -262,6 +262,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (incident, step)
     );
     """,
+    # version 16: an incident pruned (retention) or deleted takes its timeline with it
+    """
+    CREATE TRIGGER incident_gone AFTER DELETE ON incidents BEGIN
+        DELETE FROM incident_steps WHERE incident = OLD.id;
+    END;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
