@@ -59,9 +59,12 @@ async def test_full_disk_three_times_raises_one_alert_and_back_to_half_clears_it
         shown = await system.cli_json("status")
         assert {row["env"]: row["pressure"] for row in shown}[ENV] == ["disk"]
         table = await system.cli("status")
-        header = ["ENV", "STATUS", "SINCE", "FLAPPING", "LAST HEARTBEAT", "LINK", "PRESSURE"]
-        assert re.split(r"\s{2,}", table.stdout.splitlines()[0].strip())[:7] == header
-        assert status_rows(table.stdout)[ENV][6] == "disk"
+        header = ["ENV", "STATUS", "SINCE", "FLAPPING", "INCIDENTS", "LAST HEARTBEAT", "LINK"]
+        assert re.split(r"\s{2,}", table.stdout.splitlines()[0].strip())[:8] == [
+            *header,
+            "PRESSURE",
+        ]
+        assert status_rows(table.stdout)[ENV][7] == "disk"
         info = await system.cli_json("env", "show", ENV)
         assert info["pressure"] == ["disk"]
         text = await system.cli("env", "show", ENV)
@@ -129,7 +132,7 @@ async def test_gaps_in_seq_show_as_the_share_of_heartbeats_missed(
         rows = {row["env"]: row for row in await system.cli_json("status")}
         assert (rows["edge-link"]["missed_pct"], rows["edge-link"]["reconnects_1h"]) == (50.0, 0)
         table = await system.cli("status")
-        assert status_rows(table.stdout)["edge-link"][5] == "50%, 0 reconn."
+        assert status_rows(table.stdout)["edge-link"][6] == "50%, 0 reconn."
         info = await system.cli_json("env", "show", "edge-link")
         assert (info["missed_pct"], info["reconnects_1h"]) == (50.0, 0)
         text = await system.cli("env", "show", "edge-link")

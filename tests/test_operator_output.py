@@ -146,8 +146,9 @@ def test_env_show_and_list_show_what_the_agent_reported() -> None:
     )  # fmt: skip
     shown = env_details(info, clock=lambda: 2.0)
     # one line per field, whatever they hold: id, project, stage, location, purpose,
-    # labels, created, status, heartbeat, steady, link, pressure, models, platform, running
-    assert_safe(shown, 15)
+    # labels, created, status, heartbeat, steady, link, pressure, models, platform, running,
+    # incidents
+    assert_safe(shown, 16)
     assert "models:    m\\x1b[2J 1\\n2026-01-01" in shown
     assert_safe(env_table([info], clock=lambda: 2.0), 2)
 
