@@ -72,6 +72,8 @@ class HeartbeatBuilder:
         self._started = clock.monotonic()
         self._bdseq = 0
         self._seq = 0
+        self.refused = 0  # CONNECTs refused since the last connection: told in its first
+        self.refused_reason = ""  # online message, then forgotten
         self.box_key = ""  # the agent's public box key, sent in a connection's first online
         self.cred_gen = 0  # the credential generation the connection logged in with
         self.cred_proof = ""  # the proof of possession that came with that credential
@@ -121,9 +123,13 @@ class HeartbeatBuilder:
             cred_gen=self.cred_gen,
             cred_proof=self.cred_proof,
             taken_over_by=self.taken_over_by,
+            refused=self.refused if first else 0,
+            refused_reason=self.refused_reason[:256] if first else "",
         )
         self._seq += 1
         self.taken_over_by = ""
+        if first:
+            self.refused, self.refused_reason = 0, ""
         return message
 
     def _changed_inventory(self) -> Inventory | None:

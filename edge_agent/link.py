@@ -53,6 +53,7 @@ REASSERT_GAP: Final = 1.0  # at most one re-assertion of online per this many se
 LOG_GAP: Final = 60.0  # at most one log line a minute about garbage on the status topic
 STABLE_AFTER: Final = 10.0  # a connection that lasted this long resets the backoff
 TAKEOVER_CAP: Final = 600.0  # the longest wait after a takeover; also when it is forgotten
+MAX_REFUSED_TOLD: Final = 1_000_000  # refusals counted for the next connection's report
 # Every stored login refused (a locked-out agent): waits of 5-10 s growing to 150-300 s, so
 # it neither hammers the broker nor needs a restart once an operator fixes its login.
 LOCKOUT_INITIAL: Final = 10.0
@@ -224,6 +225,8 @@ class BrokerLink:
         """CONNACK refused the connection: a refused login makes way for the next one at
         once; the last one refused, the link backs off long (see :meth:`retry`)."""
         self._refused_bdseq = self.heartbeat.bdseq
+        self.heartbeat.refused = min(self.heartbeat.refused + 1, MAX_REFUSED_TOLD)
+        self.heartbeat.refused_reason = reason
         login = self._login
         if self._logins is None or login is None or not self._logins.refused(login, reason):
             log.error("broker refused the connection", reason=reason)

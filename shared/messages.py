@@ -133,6 +133,11 @@ class OnlineStatus(
     # In the first online message after another runtime took this agent's session over:
     # that runtime's boot id ("unknown" when the broker said so without naming it).
     taken_over_by: ShortText = ""
+    # In the first online message of a connection: the CONNECT attempts the broker refused
+    # since the agent's last connection (a bad or rotated-away login, not authorised) and
+    # the last refusal's reason; absent when none.
+    refused: Count = 0
+    refused_reason: ShortText = ""
 
 
 class OfflineStatus(msgspec.Struct, frozen=True, tag="offline", tag_field="status"):

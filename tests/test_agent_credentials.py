@@ -296,6 +296,11 @@ def test_a_new_credential_the_broker_refuses_leaves_the_agent_online_with_the_ol
     assert broker.logins == [ENV, f"{ENV}.1", ENV]
     assert [o.get("cred_gen", 0) for o in onlines(broker)] == [0, 0]
     assert not any("cred_proof" in o for o in onlines(broker))  # back on the old: no proof
+    # the next connection tells the controller of the refused login, once
+    assert [(o.get("refused", 0), o.get("refused_reason", "")) for o in onlines(broker)] == [
+        (0, ""),
+        (1, "Bad user name or password"),
+    ]
 
 
 def _message(topic: str, payload: bytes) -> MessageIn:

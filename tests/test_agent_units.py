@@ -186,6 +186,18 @@ def test_inventory_and_platform_go_in_the_first_online_of_each_connection_only()
     assert again.platform == facts
 
 
+def test_logins_refused_are_told_once_in_the_next_connections_first_online() -> None:
+    builder = _builder(ManualClock())
+    builder.refused, builder.refused_reason = 2, "Not authorized"
+    builder.new_connection(3)
+    first, plain = builder.online(), builder.online()
+    assert (first.refused, first.refused_reason) == (2, "Not authorized")
+    assert (plain.refused, plain.refused_reason) == (0, "")
+    assert b"refused" not in encode(plain)
+    builder.new_connection(4)
+    assert builder.online().refused == 0, "told once: the next connection had none"
+
+
 def test_an_empty_models_dir_is_reported_as_no_models() -> None:
     builder = HeartbeatBuilder(
         "dev-a", 10, ManualClock(), lambda: Sample(None, None, None), inventory=dict

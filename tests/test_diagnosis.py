@@ -246,7 +246,16 @@ def test_a_rotation_under_way_warns_and_refusals_are_said_unknown() -> None:
     broker = check(report, "credentials", "broker")
     assert broker.state == "warn"
     assert "rotation to generation 2 sent" in broker.reason
-    assert "refused connections: not known to the controller" in broker.reason
+    assert "refused logins: none reported since the controller started" in broker.reason
+
+
+def test_logins_refused_before_the_latest_connection_warn_and_are_named() -> None:
+    broker = check(diagnose(facts(refused=3, refused_reason="not authorised")), "credentials",
+                   "broker")  # fmt: skip
+    assert broker.state == "warn"
+    assert "3 login(s) refused before its latest connection (not authorised)" in broker.reason
+    clean = check(diagnose(facts(refused=0)), "credentials", "broker")
+    assert clean.state == "pass"
 
 
 def test_no_identities_is_said() -> None:

@@ -233,3 +233,30 @@ async def test_a_failing_preflight_opens_an_incident_a_later_success_resolves(
         assert await incidents(system, "--env", "edge-pf", "--open") == []
         (resolved,) = await incidents(system, "--env", "edge-pf")
         assert resolved["timeline"][-1]["state"] == "resolved"
+
+
+async def test_logins_the_broker_refused_open_an_incident_a_clean_login_resolves(
+    broker: MosquittoProcess, root: TopicRoot, tmp_path: Path, procs: list[Proc]
+) -> None:
+    async with open_system(broker, root, tmp_path, procs) as system:
+        await system.start_controller()
+        told = {"status": "online", "env": "edge-pw", "bdseq": 1, "seq": 0, "interval": 30,
+                "boot": "b", "refused": 2, "refused_reason": "Not authorized"}  # fmt: skip
+        after = system.probe.mark()
+        await system.probe.publish(root.status("edge-pw"), json.dumps(told).encode(), retain=True)
+        await system.probe.wait_json(
+            root.view("edge-pw"), after=after, status="online", open_incidents=1
+        )
+        (incident,) = await incidents(system, "--env", "edge-pw", "--open")
+        assert (incident["kind"], incident["severity"]) == ("login-refused", "warning")
+        assert incident["detail"] == (
+            "the broker refused 2 login(s) before this connection: Not authorized"
+        )
+        # a later heartbeat of the same connection says nothing of logins: still open
+        await heartbeat(system.probe, root, "edge-pw", bdseq=1, seq=1)
+        after = system.probe.mark()
+        await heartbeat(system.probe, root, "edge-pw", bdseq=2, seq=0)  # logged in at once
+        await system.probe.wait_json(root.view("edge-pw"), after=after, open_incidents=0)
+        (resolved,) = await incidents(system, "--env", "edge-pw")
+        assert resolved["state"] == "resolved"
+        assert resolved["timeline"][-1]["note"] == "a connection logged in at once"

@@ -208,3 +208,16 @@ def test_retiring_resolves_what_is_open() -> None:
     assert {e.incident.kind for e in edges} == {"offline", "credential-problem"}
     assert all(e.incident.state == "resolved" for e in edges)
     assert incidents.open_count(ENV) == 0
+
+
+def test_logins_refused_before_a_connection_open_one_and_a_clean_login_ends_it() -> None:
+    incidents = book()
+    (opened,) = incidents.on_login(ENV, 3, "not authorised", 1.0)
+    assert (opened.edge, opened.incident.kind) == ("opened", "login-refused")
+    assert opened.incident.detail == (
+        "the broker refused 3 login(s) before this connection: not authorised"
+    )
+    assert [e.edge for e in incidents.on_login(ENV, 1, "", 2.0)] == ["repeated"]
+    (ended,) = incidents.on_login(ENV, 0, "", 3.0)
+    assert (ended.edge, ended.incident.state) == ("resolved", "resolved")
+    assert incidents.on_login(ENV, 0, "", 4.0) == []  # nothing open: nothing to say

@@ -94,7 +94,8 @@ class DiagnosisFacts:
     """Everything the checks judge. ``info``: what ``env show`` says (presence, inventory,
     credential); ``reason``: why presence last changed; ``link_missed``: the link-quality
     figure (heartbeats missed over ``link_window`` seconds, None: none seen); ``refused``:
-    broker connections refused to its identity (None: the controller cannot know);
+    the logins the broker refused before the agent's latest connection, as the agent
+    reported them (None: no connection's first heartbeat seen since the start), and why;
     ``limit``: each check's time limit."""
 
     info: EnvInfo
@@ -108,6 +109,7 @@ class DiagnosisFacts:
     link_hour: tuple[float, int] | None = None  # (percent missed, reconnects) over the hour
     deployed: tuple[DeployedWorkflow, ...] = ()
     refused: int | None = None
+    refused_reason: str = ""
     rotate_after: float | None = None
     key_id: str = ""
     thresholds: Thresholds = field(default=THRESHOLDS)
@@ -277,10 +279,13 @@ def _link(facts: DiagnosisFacts) -> CheckResult:
 # --- 3. credentials ------------------------------------------------------------------------
 def _broker_credential(facts: DiagnosisFacts) -> CheckResult:
     info = facts.info
-    refused = ("refused connections: not known to the controller" if facts.refused is None
-               else f"{facts.refused} refused connections")  # fmt: skip
+    refused = ("refused logins: none reported since the controller started" if facts.refused
+               is None else f"{facts.refused} login(s) refused before its latest connection"
+               + (f" ({facts.refused_reason})" if facts.refused and facts.refused_reason
+                  else ""))  # fmt: skip
     if info.credential_generation is None:
-        return _result("credentials", "broker", "pass",
+        state_: CheckState = "warn" if facts.refused else "pass"
+        return _result("credentials", "broker", state_,
                        f"the broker has no identities (no broker init); {refused}")  # fmt: skip
     generation = info.credential_generation
     age = facts.now - info.credential_since if info.credential_since is not None else None
@@ -304,7 +309,7 @@ def _broker_credential(facts: DiagnosisFacts) -> CheckResult:
             facts=figures,
         )  # fmt: skip
     due = facts.rotate_after is not None and age is not None and age > facts.rotate_after
-    state: CheckState = "warn" if due else "pass"
+    state: CheckState = "warn" if due or facts.refused else "pass"
     tail = "; due for rotation" if due else ""
     return _result("credentials", "broker", state, f"{base}{tail}; {refused}", facts=figures)
 

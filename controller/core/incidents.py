@@ -73,6 +73,7 @@ SEVERITY: Final[dict[str, Severity]] = {
     "identity-conflict": "critical",
     "rollout-aborted": "critical",
     "credential-problem": "critical",
+    "login-refused": "warning",
     "deployment-failed": "warning",
     "preflight-failed": "warning",
     "rolled-back": "warning",
@@ -269,6 +270,14 @@ class IncidentBook:
         if missed == 0:
             return self._ended(env, ("heartbeats-missed",), "heartbeats steady again", at)
         return []
+
+    def on_login(self, env: str, refused: int, reason: str, at: float) -> list[IncidentEdge]:
+        """A connection's first heartbeat: the logins the broker refused before it opens (or
+        repeats) ``login-refused``; a connection that logged in at once ends it."""
+        if refused > 0:
+            why = f"the broker refused {refused} login(s) before this connection: {reason}"
+            return [self.raise_(env, "login-refused", why.strip().rstrip(":"), at)]
+        return self._ended(env, ("login-refused",), "a connection logged in at once", at)
 
     def credential_problem(self, env: str, detail: str, at: float | None = None) -> IncidentEdge:
         return self.raise_(env, "credential-problem", detail, at)

@@ -44,6 +44,7 @@ __all__ = [
     "FlapTracker",
     "IdentityTracker",
     "Judgement",
+    "LoginReport",
     "Presence",
     "Transition",
 ]
@@ -140,6 +141,17 @@ class Transition:
     during_downtime: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class LoginReport:
+    """What an agent said of its logins in the first online message of a connection: the
+    CONNECTs the broker refused since its connection before (0: none), and why."""
+
+    env: str
+    refused: int
+    reason: str
+    at: float
+
+
 @dataclass(slots=True)
 class Judgement:
     """What one message or tick changed. Views and alerts go out only after the records,
@@ -150,12 +162,14 @@ class Judgement:
     alerts: list[AlertEdge] = field(default_factory=list)
     views: list[EnvView] = field(default_factory=list)
     stale: bool = False
+    logins: list[LoginReport] = field(default_factory=list)  # (stored with the records)
 
     def extend(self, other: Judgement) -> None:
         self.records.extend(other.records)
         self.transitions.extend(other.transitions)
         self.alerts.extend(other.alerts)
         self.views.extend(other.views)
+        self.logins.extend(other.logins)
 
     def __bool__(self) -> bool:
         return bool(self.records or self.transitions or self.alerts or self.views)
@@ -290,6 +304,10 @@ class Presence:
         record.interval = message.interval
         self._deadlines.set(message.env, self._clock.monotonic() + _timeout(message.interval))
         self._observe_boot(record, now, judgement, message.taken_over_by)
+        if message.seq == 0:  # a connection's first: how its logins went
+            judgement.logins.append(
+                LoginReport(message.env, message.refused, message.refused_reason, now)
+            )
         shown = self._judge_resources(record, message, now, judgement)
         if record.status != "online":
             self._transition(record, "online", HEARTBEAT, now, retained, judgement)

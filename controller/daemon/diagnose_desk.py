@@ -102,15 +102,23 @@ class LastMetrics:
 
     def __init__(self) -> None:
         self._metrics: dict[str, Metrics] = {}
+        self._refused: dict[str, tuple[int, str]] = {}  # of each latest connection
 
     def note(self, status: OnlineStatus) -> None:
         self._metrics[status.env] = Metrics(status.cpu, status.mem, status.disk)
+        if status.seq == 0:  # a connection's first heartbeat says how its logins went
+            self._refused[status.env] = (status.refused, status.refused_reason)
 
     def get(self, env: str) -> Metrics | None:
         return self._metrics.get(env)
 
+    def refused(self, env: str) -> tuple[int, str] | None:
+        """The logins refused before ``env``'s latest connection, and why (None: unknown)."""
+        return self._refused.get(env)
+
     def forget(self, env: str) -> None:
         self._metrics.pop(env, None)
+        self._refused.pop(env, None)
 
 
 class Diagnoser:
@@ -145,6 +153,7 @@ class Diagnoser:
             raise RequestRefused("retired", f"environment {env!r} is retired: nothing to diagnose")
         ping = await self._ping(info, limit)
         presence = self._presence.get(env)
+        refused = self._metrics.refused(env)
         facts = DiagnosisFacts(
             info=info,
             ping=ping,
@@ -154,6 +163,8 @@ class Diagnoser:
             metrics=self._metrics.get(env),
             link_missed=self._link_missed(env),
             link_hour=self._link_hour(env),
+            refused=None if refused is None else refused[0],
+            refused_reason="" if refused is None else refused[1],
             link_window=WINDOW_INTERVALS * (info.interval or 0.0),
             deployed=self._deployed(env),
             rotate_after=self._rotate_after,

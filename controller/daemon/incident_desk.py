@@ -98,6 +98,8 @@ class IncidentDesk:
                 edges += self.book.on_transition(transition)
             for alert in judgement.alerts:
                 edges += self.book.on_alert(alert)
+            for login in judgement.logins:
+                edges += self.book.on_login(login.env, login.refused, login.reason, login.at)
             for record in judgement.records:
                 if record.bdseq is not None and record.seq is not None:
                     edges += self._beat(record.env, record.bdseq, record.seq)
