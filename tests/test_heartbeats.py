@@ -83,3 +83,13 @@ def test_the_presence_core_keeps_the_log_and_starts_it_afresh_after_not_listenin
     assert presence.missed_heartbeats(ENV) == 0  # the jump in seq while away proves nothing
     presence.forget(ENV)
     assert presence.missed_heartbeats(ENV) is None
+
+
+def test_a_seq_forged_ahead_is_dropped_when_the_real_ones_follow_on() -> None:
+    log = steady_log(4)  # seq 0..3, every 10 s up to 1030
+    assert log.observe(ENV, 1, 53, 10.0, 1031.0)  # someone published seq + 50
+    assert log.missed(ENV, 1031.0) == 5, "never more than the window holds"
+    assert log.observe(ENV, 1, 4, 10.0, 1040.0)  # the agent's own next one
+    assert log.missed(ENV, 1041.0) == 0
+    assert log.observe(ENV, 1, 5, 10.0, 1050.0)
+    assert log.missed(ENV, 1051.0) == 0

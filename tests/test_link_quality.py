@@ -161,3 +161,15 @@ def test_restored_figures_stand_for_the_hour_before_and_fade_out() -> None:
     perfect = LinkQuality()
     perfect.restore(ENV, LinkFigures(0.2, 0), T0)  # a perfect link needs no seed
     assert perfect.figures(ENV, T0) is None
+
+
+def test_real_heartbeats_below_a_seq_forged_ahead_keep_the_agent_heard() -> None:
+    link = LinkQuality()
+    steady(link, range(10))  # up to T0 + 90
+    link.observe(ENV, 1, 59, 10.0, T0 + 91.0, came_back=False)  # forged: seq + 50
+    before = link.figures(ENV, T0 + 92.0)
+    for seq in range(10, 30):  # the agent's own, below the forged seq: heard, not silence
+        link.observe(ENV, 1, seq, 10.0, T0 + seq * 10.0, came_back=False)
+    after = link.figures(ENV, T0 + 292.0)
+    assert before is not None and after is not None
+    assert after.missed_pct <= before.missed_pct, "no silence counted while it is heard"

@@ -51,14 +51,18 @@ class HeartbeatLog:
 
     def observe(self, env: str, bdseq: int, seq: int, interval: float, at: float) -> bool:
         """Note one heartbeat; False for a duplicate (same connection, ``seq`` not above
-        the last one), which is not kept."""
+        the last one), which is not kept, unless it follows on the one before the last:
+        then the last had jumped ahead (forged), and is dropped with the gap it made."""
         beats = self._beats.get(env)
         if beats is None:
             beats = self._beats[env] = deque(maxlen=KEPT)
         elif beats:
             last = beats[-1]
             if last.bdseq == bdseq and seq <= last.seq:
-                return False
+                before = beats[-2] if len(beats) > 1 else None
+                if seq == last.seq or before is None or before.bdseq != bdseq or seq <= before.seq:
+                    return False  # delivered again (or older still)
+                beats.pop()  # the last one had jumped ahead (forged): this one follows on
         if not math.isfinite(interval) or interval <= 0:
             return False
         beats.append(Beat(bdseq, seq, interval, at))
@@ -92,7 +96,8 @@ def missed_in_window(beats: list[Beat], now: float) -> int:
         else:
             missed += _silent(before.at, after.at, before.interval, start, arrived=True)
     last = beats[-1]
-    return missed + _silent(last.at, now, last.interval, start)
+    # A window holds at most WINDOW_INTERVALS heartbeats: a seq that jumped says no more.
+    return min(WINDOW_INTERVALS, missed + _silent(last.at, now, last.interval, start))
 
 
 def _spread(first: float, last: float, count: int, start: float) -> int:

@@ -88,7 +88,12 @@ class LinkQuality:
         link = self._envs.get(env)
         if link is None:
             link = self._envs[env] = _Link(head=_minute(at))
-        elif link.bdseq == bdseq and seq <= link.seq:
+        elif link.bdseq == bdseq and seq == link.seq:
+            return  # a duplicate
+        elif link.bdseq == bdseq and seq < link.seq:
+            # an old one again, or the one before was forged ahead: the agent is heard
+            # (no silence counted), its seq is not taken
+            link.at = max(at, link.at)
             return
         if not math.isfinite(interval) or interval <= 0:
             return

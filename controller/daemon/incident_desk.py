@@ -164,8 +164,9 @@ class IncidentDesk:
         connection is no gap (its silence before was an offline, or a reconnect)."""
         last = self._beats.get(env)
         self._beats[env] = (bdseq, seq)
-        if last is None or last[0] != bdseq or seq <= last[1]:
+        if last is None or last[0] != bdseq or seq == last[1]:
             return []  # the first seen since the start, a new connection, a duplicate
+        # (a seq below the last: a replay, or the last was forged ahead; the log decides)
         steady = seq == last[1] + 1
         if steady and not self.book.is_open(env, "heartbeats-missed"):
             return []  # the hot path: the next heartbeat of a steady connection
