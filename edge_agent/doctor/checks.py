@@ -103,7 +103,12 @@ def judge_lock(found: LockFinding, env: str) -> CheckResult:
         return result("process", "agent", "fail", found.problem)
     if not found.held:
         return result(
-            "process", "agent", "pass", f"no agent runs on this state directory now ({env})"
+            "process",
+            "agent",
+            "warn",
+            f"no agent runs on this state directory now: {env} stays offline until one does",
+            f"start it with these settings (edge-agent run ...; or its service: systemctl "
+            f"start edge-agent), then check `edgeplane status {env}`",
         )
     pid = found.pid or "?"
     if not found.env:  # an agent starting this instant has not written itself down yet
