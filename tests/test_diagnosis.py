@@ -20,7 +20,7 @@ from edgeplane.controller.core.diagnosis import (
 from edgeplane.shared.checkup import ORDER, CheckResult, Report, exit_status, render_text
 from edgeplane.shared.codec import EVENT
 from edgeplane.shared.messages import Platform, Pong, WorkflowProcess
-from edgeplane.shared.rpc import EnvInfo
+from edgeplane.shared.rpc import EnvInfo, IncidentSummary
 from edgeplane.shared.workflow import ModelNeed, Requires, Step, Workflow
 
 NOW = 1_800_000_000.0
@@ -288,3 +288,15 @@ def test_an_agent_without_a_record_is_not_pinged_and_the_record_is_the_hint() ->
     assert trip.reason == f"no ping sent: {why}"
     assert report.cause == "network/round-trip"
     assert report.hint.startswith(f"create its record: edgeplane env create {ENV}")
+
+
+def test_a_flapping_environment_warns_and_its_open_incidents_are_named() -> None:
+    opened = [
+        IncidentSummary(id="i-1", kind="flapping", severity="warning", state="open", opened=1.0),
+        IncidentSummary(id="i-2", kind="offline", severity="critical", state="open", opened=2.0),
+    ]
+    report = diagnose(facts(info=info(flapping=True, open_incidents=opened)))
+    beat = check(report, "process", "heartbeat")
+    assert beat.state == "warn"
+    assert "flapping: it goes offline and online again and again" in beat.reason
+    assert beat.reason.endswith("; 2 open incident(s): flapping, offline")

@@ -171,5 +171,6 @@ def test_real_heartbeats_below_a_seq_forged_ahead_keep_the_agent_heard() -> None
     for seq in range(10, 30):  # the agent's own, below the forged seq: heard, not silence
         link.observe(ENV, 1, seq, 10.0, T0 + seq * 10.0, came_back=False)
     after = link.figures(ENV, T0 + 292.0)
-    assert before is not None and after is not None
+    assert before is not None
+    assert after is not None
     assert after.missed_pct <= before.missed_pct, "no silence counted while it is heard"

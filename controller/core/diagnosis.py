@@ -187,12 +187,20 @@ def _heartbeat(facts: DiagnosisFacts) -> CheckResult:
             facts=figures,
         )  # fmt: skip
     late = interval > 0 and age > facts.thresholds.late_factor * interval
-    state: CheckState = "warn" if late else "pass"
-    flapping = "; flapping" if info.flapping else ""
-    reason = f"online, last heartbeat {age:.1f} s ago (interval {interval:g} s){flapping}"
+    state: CheckState = "warn" if late or info.flapping else "pass"
+    reason = f"online, last heartbeat {age:.1f} s ago (interval {interval:g} s)"
     if late:
         reason = f"online but late: last heartbeat {age:.1f} s ago (interval {interval:g} s)"
-    return _result("process", "heartbeat", state, reason, facts=figures)
+    hint = ""
+    if info.flapping:
+        reason += "; flapping: it goes offline and online again and again"
+        hint = (f"see edgeplane incidents --env {env} and events --env {env}; a flaky link "
+                "shows in network/link, a crashing agent in its log")  # fmt: skip
+    if info.open_incidents:
+        kinds = ", ".join(sorted({i.kind for i in info.open_incidents}))
+        reason += f"; {len(info.open_incidents)} open incident(s): {kinds}"
+        figures["open_incidents"] = str(len(info.open_incidents))
+    return _result("process", "heartbeat", state, reason, hint=hint, facts=figures)
 
 
 def _workflows(facts: DiagnosisFacts) -> CheckResult:

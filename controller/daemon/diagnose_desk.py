@@ -151,13 +151,14 @@ class Diagnoser:
         env, limit = info.id, request.timeout
         if info.retired is not None:
             raise RequestRefused("retired", f"environment {env!r} is retired: nothing to diagnose")
+        now = self._clock.time()  # before the ping's wait: the heartbeat's age is now's
         ping = await self._ping(info, limit)
         presence = self._presence.get(env)
         refused = self._metrics.refused(env)
         facts = DiagnosisFacts(
             info=info,
             ping=ping,
-            now=self._clock.time(),
+            now=now,
             limit=limit,
             reason="" if presence is None else presence.reason,
             metrics=self._metrics.get(env),
