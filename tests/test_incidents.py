@@ -21,6 +21,7 @@ from edgeplane.shared.messages import (
     CommandRejected,
     Expired,
     Failed,
+    Pong,
     Preflight,
     RolledBack,
     Succeeded,
@@ -168,6 +169,9 @@ def test_refused_and_expired_commands_and_an_accepted_one() -> None:
         Accepted(env=ENV, seq=4, dep="d-9", workflow="w", version="1"), 4.0
     )
     assert taken.edge == "resolved"
+    incidents.on_event(Expired(env=ENV, seq=5, cmd="c-2", reason="late"), 5.0)
+    (answered,) = incidents.on_event(Pong(env=ENV, seq=6, cmd="c-3"), 6.0)  # env diagnose's
+    assert (answered.edge, answered.incident.kind) == ("resolved", "command-refused")
 
 
 def test_the_controllers_own_expiry_is_no_refusal() -> None:

@@ -40,6 +40,7 @@ from edgeplane.shared.messages import (
     Event,
     Expired,
     Failed,
+    Pong,
     Preflight,
     RolledBack,
     Running,
@@ -254,7 +255,7 @@ class IncidentBook:
                 return [self.raise_(env, "command-refused", why, at)]
             case Succeeded() | Running():
                 return self._ended(env, _DEPLOYMENT_KINDS, f"{about}succeeded", at)
-            case Accepted() | Ack():
+            case Accepted() | Ack() | Pong():  # a signed command taken, a ping's included
                 return self._ended(env, ("command-refused",), f"{about}command taken", at)
         return []
 
