@@ -225,3 +225,12 @@ def test_logins_refused_before_a_connection_open_one_and_a_clean_login_ends_it()
     (ended,) = incidents.on_login(ENV, 0, "", 3.0)
     assert (ended.edge, ended.incident.state) == ("resolved", "resolved")
     assert incidents.on_login(ENV, 0, "", 4.0) == []  # nothing open: nothing to say
+
+
+def test_going_offline_ends_missed_heartbeats_even_a_clean_stop() -> None:
+    incidents = book()
+    incidents.on_missed(ENV, 3, 1.0)
+    stop = Transition(ENV, "online", "offline", "shutdown", 2.0)
+    (ended,) = incidents.on_transition(stop)
+    assert (ended.edge, ended.incident.kind) == ("resolved", "heartbeats-missed")
+    assert incidents.open_count(ENV) == 0

@@ -219,9 +219,12 @@ class IncidentBook:
     # --- sources ----------------------------------------------------------------------------
     def on_transition(self, transition: Transition) -> list[IncidentEdge]:
         env = transition.env
-        if transition.to_status == "offline" and transition.reason in _LOST:
-            why = f"went offline unexpectedly ({transition.reason})"
-            return [self.raise_(env, "offline", why, transition.at)]
+        if transition.to_status != "online":  # no heartbeats are due any more
+            edges = self._ended(env, ("heartbeats-missed",), "went offline", transition.at)
+            if transition.to_status == "offline" and transition.reason in _LOST:
+                why = f"went offline unexpectedly ({transition.reason})"
+                edges.append(self.raise_(env, "offline", why, transition.at))
+            return edges
         if transition.to_status == "online":
             came_back = self.end(env, "offline", "came back", transition.at)
             return [] if came_back is None else [came_back]
