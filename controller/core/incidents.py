@@ -225,10 +225,8 @@ class IncidentBook:
                 why = f"went offline unexpectedly ({transition.reason})"
                 edges.append(self.raise_(env, "offline", why, transition.at))
             return edges
-        if transition.to_status == "online":
-            came_back = self.end(env, "offline", "came back", transition.at)
-            return [] if came_back is None else [came_back]
-        return []
+        came_back = self.end(env, "offline", "came back", transition.at)
+        return [] if came_back is None else [came_back]
 
     def on_alert(self, edge: AlertEdge) -> list[IncidentEdge]:
         kind = str(edge.kind)
