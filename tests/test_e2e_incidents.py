@@ -128,6 +128,9 @@ async def test_unknown_environments_and_ids_are_errors(
         usage = await system.cli("incidents", "--since", "soon")
         assert usage.code == 2, str(usage)
         assert "invalid duration" in usage.stderr
+        kind = await system.cli("incidents", "--kind", "offlin")
+        assert kind.code == 2, str(kind)
+        assert "unknown kind 'offlin': one of command-refused," in kind.stderr
 
 
 async def test_events_show_the_transitions_beside_the_events_in_time_order(

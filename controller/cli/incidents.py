@@ -52,10 +52,14 @@ def duration_arg(value: str) -> float:
 
 
 def _kind_arg(value: str) -> str:
-    if not _KIND.match(value):
-        raise argparse.ArgumentTypeError(
-            f"invalid kind {value!r}: lower-case letters, digits and '-' (e.g. offline)"
-        )
+    from typing import get_args
+
+    from edgeplane.controller.core.incidents import SEVERITY
+    from edgeplane.shared.messages import AlertKind
+
+    known = sorted({*SEVERITY, *get_args(AlertKind)})
+    if not _KIND.match(value) or value not in known:
+        raise argparse.ArgumentTypeError(f"unknown kind {value!r}: one of {', '.join(known)}")
     return value
 
 
