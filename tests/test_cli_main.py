@@ -237,3 +237,14 @@ def test_json_before_a_command_without_it_is_refused(capsys: pytest.CaptureFixtu
     code, out, err = run(capsys, "--json", "demo")
     assert (code, out) == (2, "")
     assert "--json does not apply to edgeplane demo" in err
+
+
+@pytest.mark.parametrize(
+    "argv", [("events", "--timeline"), ("events", "--timeline", "--dep", "d-1")]
+)
+def test_a_timeline_without_one_environment_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...]
+) -> None:
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert "--timeline needs --env" in err

@@ -71,12 +71,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="with --env and --json: the presence transitions and alerts as entries too",
     )
     add_operator_flags(parser)
-    parser.set_defaults(handler=events)
+    parser.set_defaults(handler=events, parser=parser)
 
 
 def events(args: argparse.Namespace) -> int:
     from edgeplane.controller.operator.client import ControllerClient
 
+    if args.timeline and (not args.env or args.dep):
+        args.parser.error("--timeline needs --env (and no --dep): it is one environment's")
     settings = load_operator_settings(args)
 
     def connect() -> ControllerClient:
