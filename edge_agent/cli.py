@@ -154,7 +154,12 @@ def _run(args: argparse.Namespace) -> int:
     from edgeplane.edge_agent.instance_lock import hold_agent_lock
     from edgeplane.edge_agent.outbox import Outbox
     from edgeplane.edge_agent.secrets import load_secrets
-    from edgeplane.edge_agent.state import BdseqStore, OverridesStore, check_not_retired
+    from edgeplane.edge_agent.state import (
+        RECENT_LOG,
+        BdseqStore,
+        OverridesStore,
+        check_not_retired,
+    )
     from edgeplane.edge_agent.waker import Waker, stop_signals
     from edgeplane.shared.logs import configure_stdlib_logging
 
@@ -171,7 +176,8 @@ def _run(args: argparse.Namespace) -> int:
     except (StateDirError, OutboxError) as exc:
         raise SettingsError(f"--state-dir: {exc}") from exc
     # The level the controller set last, if it did, beats the local one.
-    configure_stdlib_logging(settings.log_format, in_force.log_level)
+    recent = str(settings.state_dir / RECENT_LOG)  # what `doctor --bundle` sends support
+    configure_stdlib_logging(settings.log_format, in_force.log_level, recent=recent)
     waker = Waker()
     try:
         agent = Agent(

@@ -27,6 +27,7 @@ from edgeplane.edge_agent.instance_lock import LOCK_FILE
 __all__ = [
     "BDSEQ_FILE",
     "OVERRIDES_FILE",
+    "RECENT_LOG",
     "RETIRED_FILE",
     "BdseqStore",
     "OverridesStore",
@@ -38,6 +39,7 @@ __all__ = [
 BDSEQ_FILE: Final = "bdseq"
 OVERRIDES_FILE: Final = "overrides.json"
 RETIRED_FILE: Final = "retired"
+RECENT_LOG: Final = "agent.log"  # the latest log lines (and agent.log.1), for support
 
 
 class BdseqStore:

@@ -41,6 +41,7 @@ __all__ = [
     "EventLogger",
     "LogFormat",
     "PipeSafeStream",
+    "RecentLogFile",
     "Redactor",
     "bind_context",
     "bound_context",
@@ -327,13 +328,48 @@ def _discard_writes_to(fd: int) -> None:
         os.close(devnull)
 
 
+class RecentLogFile(logging.FileHandler):
+    """The latest events as JSON lines (masked like every line) in a file of the process's
+    own, mode 0600: at most about twice ``max_bytes`` on disk, the older half in
+    ``NAME.1``. What ``edge-agent doctor --bundle`` sends support."""
+
+    def __init__(self, path: str, max_bytes: int = 512 * 1024) -> None:
+        _private_file(path)
+        super().__init__(path, encoding="utf-8")
+        self.max_bytes = max_bytes
+        self.setFormatter(EventFormatter(as_json=True))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = self.stream
+        if stream is not None and stream.tell() >= self.max_bytes:
+            stream.close()
+            self._rotate()
+        super().emit(record)
+
+    def _rotate(self) -> None:
+        # (if it cannot move, the one file goes on rather than losing what comes next)
+        with contextlib.suppress(OSError):
+            os.replace(self.baseFilename, self.baseFilename + ".1")
+            _private_file(self.baseFilename)
+        self.stream = self._open()
+
+
+def _private_file(path: str) -> None:
+    """``path`` made if missing, readable by its owner only."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+
+
 # --- configuration ---------------------------------------------------------------------------
 _structlog_levels = False  # set_level must reconfigure structlog too
 
 
-def configure_stdlib_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
+def configure_stdlib_logging(
+    fmt: LogFormat = "auto", level: str = "info", *, recent: str | None = None
+) -> None:
     """Configure the standard library loggers of edgeplane (under :data:`ROOT_LOGGER`):
-    events at ``level`` and above to stderr, as JSON or console lines per ``fmt``."""
+    events at ``level`` and above to stderr, as JSON or console lines per ``fmt``, and to
+    the :class:`RecentLogFile` ``recent`` too, when given (a file that cannot be opened
+    is said on stderr, and the process logs on without it)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     stderr = PipeSafeStream(sys.stderr)
     handler = logging.StreamHandler(stderr)
@@ -344,6 +380,13 @@ def configure_stdlib_logging(fmt: LogFormat = "auto", level: str = "info") -> No
     logger.addHandler(handler)
     logger.propagate = False
     logger.setLevel(_numeric(level))
+    if recent is not None:
+        try:
+            logger.addHandler(RecentLogFile(recent))
+        except OSError as exc:
+            logger.warning(
+                "no recent-log file", extra={"fields": {"path": recent, "error": str(exc)}}
+            )
     # Libraries that log through the standard library (paho, aiomqtt) go to stderr too,
     # at warning level so that their per-packet chatter stays out.
     logging.basicConfig(

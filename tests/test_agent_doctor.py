@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 import tarfile
@@ -33,8 +34,11 @@ from edgeplane.edge_agent.doctor.runner import DoctorStep, run_steps
 from edgeplane.edge_agent.errors import StateDirError
 from edgeplane.edge_agent.instance_lock import LockHolder, hold_agent_lock, lock_holder
 from edgeplane.edge_agent.outbox import Outbox
+from edgeplane.edge_agent.state import RECENT_LOG
+from edgeplane.shared import logs
 from edgeplane.shared.checkup import CheckResult, Report
 from edgeplane.shared.clock import ManualClock
+from edgeplane.shared.logs import RecentLogFile
 from edgeplane.shared.messages import Pong
 from edgeplane.shared.topics import TopicRoot
 from tests.support.agent_procs import start_agent, wait_online
@@ -359,6 +363,7 @@ def test_the_bundle_holds_the_report_and_no_secret(
     secrets_file.write_text(f"CAMERA_TOKEN={SECRET_VALUE}\n")
     secrets_file.chmod(0o600)
     args = base_args(tmp_path, broker.url, root, "dev-lab-doc-bundle")
+    recent_log(tmp_path / "state" / RECENT_LOG, f"camera token {SECRET_VALUE} refused")
     bundle = tmp_path / "support.tar.gz"
     config = tmp_path / "agent.toml"
     config.write_text(f'username = "dev-lab-doc-bundle"\npassword = "{PASSWORD}"\n')
@@ -381,9 +386,24 @@ def test_the_bundle_holds_the_report_and_no_secret(
     assert settings["password"] == "<redacted>"
     assert settings["command_key"] == "<redacted>"
     assert "stderr" in members["LOG.txt"].decode()
+    (line,) = [json.loads(line) for line in members["agent.log"].splitlines()]
+    assert line["event"].startswith("camera token ")
+    assert line["event"].endswith(" refused")
     assert json.loads(members["outbox.json"])["rows"] == 0
     assert by_key(report)["compatibility/secrets-file"].reason == "1 secret(s): CAMERA_TOKEN"
     assert time.time() - report.at < 120
+
+
+def recent_log(path: Path, event: str) -> None:
+    """One line of the agent's recent log, written as the agent writes it (masked)."""
+    logs.redactor.add([SECRET_VALUE])
+    handler = RecentLogFile(str(path))
+    try:
+        record = logging.LogRecord("edgeplane.x", logging.WARNING, __file__, 1, event, (), None)
+        handler.emit(record)
+    finally:
+        handler.close()
+        logs.redactor.clear()
 
 
 def read_members(bundle: Path) -> dict[str, bytes]:

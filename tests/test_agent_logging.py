@@ -21,6 +21,7 @@ from edgeplane.shared import logs
 from edgeplane.shared.logs import (
     LogFormat,
     PipeSafeStream,
+    RecentLogFile,
     bind_context,
     bound_context,
     configure_logging,
@@ -207,3 +208,23 @@ def test_logging_into_a_closed_pipe_neither_raises_nor_stops(
     log.info("stopped")
     logging.getLogger("paho").warning("a library's line")
     assert os.write(closed_pipe.fileno(), b"x") == 1, "stderr writes nowhere now"
+
+
+def test_the_recent_log_file_is_private_and_keeps_about_twice_its_size(tmp_path: Path) -> None:
+    path = tmp_path / "agent.log"
+    handler = RecentLogFile(str(path), max_bytes=1000)
+    try:
+        for n in range(100):
+            record = logging.LogRecord(
+                "edgeplane.x", logging.INFO, __file__, 1, f"line {n}", (), None
+            )
+            handler.emit(record)
+    finally:
+        handler.close()
+    older = tmp_path / "agent.log.1"
+    assert oct(path.stat().st_mode & 0o777) == oct(0o600)
+    assert path.stat().st_size <= 1100
+    assert older.stat().st_size <= 1100
+    newest = json.loads(path.read_text().splitlines()[-1])
+    assert newest["event"] == "line 99"
+    assert newest["level"] == "info"

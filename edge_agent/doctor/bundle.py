@@ -5,6 +5,7 @@ where the agent's log is (it logs to stderr only: the service manager keeps it).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import msgspec
 
 from edgeplane.edge_agent.config import AgentConfig
 from edgeplane.edge_agent.doctor.probes import outbox_finding
+from edgeplane.edge_agent.state import RECENT_LOG
 from edgeplane.shared import __version__
 from edgeplane.shared.checkup import Report, render_text
 from edgeplane.shared.command_signature import key_id, parse_public_key
@@ -28,8 +30,11 @@ __all__ = ["REDACTED", "redacted_settings", "write_bundle"]
 
 REDACTED: Final = "<redacted>"
 TOP: Final = "edge-agent-doctor"
-LOG_NOTE: Final = """The agent keeps no log file: it logs to stderr only (JSON lines when
-stderr is not a terminal). Its recent log is where its service manager keeps that output:
+LOG_TAIL: Final = 256 * 1024  # bytes of the agent's recent log in the bundle
+LOG_NOTE: Final = """agent.log here is the end of the agent's own recent log (STATE_DIR/agent.log
+and agent.log.1, JSON lines, secrets it knows masked); there is none when no agent ran on
+this state directory since it began to keep one. Everything it wrote to stderr is where its
+service manager keeps that output:
 
     journalctl -u edge-agent --since -1h      # systemd (use the unit's own name)
     docker logs --since 1h CONTAINER           # a container
@@ -117,6 +122,9 @@ def write_bundle(path: Path, report: Report, settings: AgentConfig) -> None:
         "versions.json": _json(_versions()),
         "LOG.txt": LOG_NOTE.encode("utf-8"),
     }
+    log = _recent_log(settings.state_dir)
+    if log:
+        members["agent.log"] = log
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # also when the file was there before
     with os.fdopen(fd, "wb") as file, tarfile.open(fileobj=file, mode="w:gz") as tar:
@@ -126,6 +134,18 @@ def write_bundle(path: Path, report: Report, settings: AgentConfig) -> None:
             info.mtime = int(time.time())
             info.mode = 0o600
             tar.addfile(info, io.BytesIO(data))
+
+
+def _recent_log(state_dir: Path) -> bytes:
+    """The last :data:`LOG_TAIL` bytes of the agent's recent log, whole lines only."""
+    text = b""
+    for name in (f"{RECENT_LOG}.1", RECENT_LOG):
+        with contextlib.suppress(OSError):
+            text += (state_dir / name).read_bytes()[-LOG_TAIL:]
+    if len(text) > LOG_TAIL:
+        text = text[-LOG_TAIL:]
+        text = text[text.find(b"\n") + 1 :]
+    return text
 
 
 def _json(data: Any) -> bytes:
