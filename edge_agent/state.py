@@ -171,7 +171,7 @@ def check_not_retired(state_dir: Path) -> None:
 def retire_state_dir(state_dir: Path, env: str, paths: list[Path], now: float) -> Path:
     """Write the retired marker, then delete the bdseq, the overrides, the agent's lock and
     ``paths`` (files or directories: the outbox, the executor's record and working
-    directories)."""
+    directories). The recent log (masked) stays, for whoever looks into it later."""
     marker = state_dir / RETIRED_FILE
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
     data = {"env": env, "retired_at": stamp, "ts": now}

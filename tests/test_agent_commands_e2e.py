@@ -202,7 +202,9 @@ async def test_retire_stops_workflows_clears_the_status_wipes_secrets_and_refuse
         assert late.on(status) == [], "nothing retained: cleared, and no will followed"
     assert not secrets.exists(), "the secrets file is wiped"
     assert "tok-1234567" not in agent.output()
-    assert sorted(p.name for p in state.iterdir()) == ["retired"]
+    # the marker, and the agent's recent log (masked) for whoever looks into it later
+    assert sorted(p.name for p in state.iterdir()) == ["agent.log", "retired"]
+    assert "tok-1234567" not in (state / "agent.log").read_text()
 
     result = run_agent(env, broker.url, root, state)
     assert result.returncode == 1, result.stderr
