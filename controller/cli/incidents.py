@@ -37,7 +37,6 @@ __all__ = ["add_parser", "duration_arg", "incident_details", "incident_table"]
 DEFAULT_LIMIT: Final = 100
 _DURATION: Final = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd]?)$")
 _UNIT: Final = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400}
-_KIND: Final = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 def duration_arg(value: str) -> float:
@@ -58,7 +57,7 @@ def _kind_arg(value: str) -> str:
     from edgeplane.shared.messages import AlertKind
 
     known = sorted({*SEVERITY, *get_args(AlertKind)})
-    if not _KIND.match(value) or value not in known:
+    if value not in known:
         raise argparse.ArgumentTypeError(f"unknown kind {value!r}: one of {', '.join(known)}")
     return value
 

@@ -146,17 +146,11 @@ class Publisher:
         return Outgoing(self._root.view(view.env), encode(view), True)
 
     def _alert(self, edge: AlertEdge) -> Outgoing:
-        alert = Alert(
-            kind=edge.kind, state=edge.state, env=edge.env, ts=edge.at, detail=edge.detail[:256]
-        )
-        return Outgoing(self._root.alerts(edge.env), encode(alert), False)
+        return Outgoing(self._root.alerts(edge.env), _alert_payload(edge), False)
 
     def _alert_state(self, edge: AlertEdge) -> Outgoing:
         """The same edge, retained per environment and kind: a late subscriber sees it."""
-        alert = Alert(
-            kind=edge.kind, state=edge.state, env=edge.env, ts=edge.at, detail=edge.detail[:256]
-        )
-        return Outgoing(self._root.alert_state(edge.env, edge.kind), encode(alert), True)
+        return Outgoing(self._root.alert_state(edge.env, edge.kind), _alert_payload(edge), True)
 
     # --- on a connection ------------------------------------------------------------------
     async def run(self, connection: Connection) -> None:
@@ -203,6 +197,13 @@ def _log_judgement(judgement: Judgement) -> None:
         _log_transition(transition)
     for edge in judgement.alerts:
         log.warning("alert", env=edge.env, kind=edge.kind, state=edge.state, detail=edge.detail)
+
+
+def _alert_payload(edge: AlertEdge) -> bytes:
+    alert = Alert(
+        kind=edge.kind, state=edge.state, env=edge.env, ts=edge.at, detail=edge.detail[:256]
+    )
+    return encode(alert)
 
 
 def _log_incidents(edges: list[IncidentEdge]) -> None:
